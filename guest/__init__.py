@@ -1,0 +1,1 @@
+"""The VM side: buddy allocator, hinting policies, the balloon driver, workloads."""

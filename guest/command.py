@@ -1,0 +1,189 @@
+"""``pagehint guest``: run one guest (its allocator, workload and hinting policy)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from guest.mm.buddy import AllocatorError, check_ram_size
+from guest.mm.constants import MAX_ORDER
+from guest.workloads.builtin import BUILTINS
+from guest.workloads.scenario import load_scenario
+from pagehint.cli_support import (
+    choice,
+    convert,
+    from_env,
+    nonneg_float,
+    positive_float,
+    positive_int,
+    to_bool,
+)
+from pagehint.config import LOOPS, POLICIES, GuestConfig, HintingConfig
+from pagehint.errors import UsageError
+from pagehint.units import parse_seconds, parse_size
+
+
+def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "guest",
+        help="run a guest: buddy allocator, workload, hinting worker, balloon driver",
+        description="Run one guest. Without --host, reports go to an in-process loopback "
+        "device (no host process); with --host they travel over gRPC to `pagehint host`.",
+    )
+    e = env
+    p.add_argument(
+        "--ram",
+        default=from_env(e, "--ram", "1GiB"),
+        help="guest RAM (64MiB..64GiB, multiple of 4MiB)",
+    )
+    p.add_argument("--id", dest="guest_id", default=from_env(e, "--id", "guest"), help="guest name")
+    p.add_argument("--host", default=from_env(e, "--host", None), help="host address HOST:PORT")
+    p.add_argument(
+        "--policy", default=from_env(e, "--policy", "bitmap"), help="bitmap | reporting | none"
+    )
+    p.add_argument(
+        "--workload", default=from_env(e, "--workload", None), help="memhog | churn | fragment"
+    )
+    p.add_argument("--scenario", default=from_env(e, "--scenario", None), help="scenario TOML file")
+    p.add_argument(
+        "--duration", default=from_env(e, "--duration", None), help="seconds to run (e.g. 30, 2m)"
+    )
+    p.add_argument("--seed", default=from_env(e, "--seed", "0"), help="random seed for workloads")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=to_bool(from_env(e, "--json", False)),
+        help="print one JSON summary at the end",
+    )
+    p.add_argument(
+        "--timeline", default=from_env(e, "--timeline", None), help="write JSON lines every 100 ms"
+    )
+    p.add_argument("--loop", default=from_env(e, "--loop", "auto"), help="auto | uvloop | asyncio")
+    p.add_argument(
+        "--hinting-order",
+        "--reporting-order",
+        dest="order",
+        default=from_env(e, "--hinting-order", "9"),
+        help="smallest order reported (default 9 = 2 MiB)",
+    )
+    p.add_argument(
+        "--capacity",
+        default=from_env(e, "--capacity", None),
+        help="blocks per report (default 16 bitmap, 32 reporting)",
+    )
+    p.add_argument(
+        "--threshold",
+        default=from_env(e, "--threshold", "16"),
+        help="bitmap: new bits in a zone that wake the worker",
+    )
+    p.add_argument(
+        "--delay", default=from_env(e, "--delay", "2"), help="reporting: delay before a pass"
+    )
+    p.add_argument(
+        "--report-timeout",
+        default=from_env(e, "--report-timeout", "5"),
+        help="seconds to wait for an acknowledgement",
+    )
+    p.add_argument(
+        "--metrics-port",
+        default=from_env(e, "--metrics-port", None),
+        help="serve Prometheus metrics on this port",
+    )
+    p.add_argument(
+        "--poison",
+        default=from_env(e, "--poison", None),
+        help="offer PAGE_POISON with this byte value (0-255)",
+    )
+    p.add_argument(
+        "--unsafe-skip-isolation",
+        action="store_true",
+        default=to_bool(from_env(e, "--unsafe-skip-isolation", False)),
+        help="UNSAFE demonstration: report blocks without isolating them",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        default=to_bool(from_env(e, "--quiet", False)),
+        help="no event log on stderr",
+    )
+    p.set_defaults(handler=run)
+
+
+def config_from_args(a: argparse.Namespace) -> GuestConfig:
+    ram = convert(a.ram, lambda s: parse_size(s, "RAM size"), "--ram")
+    try:
+        check_ram_size(ram)
+    except AllocatorError as err:
+        raise UsageError(f"--ram {a.ram}: {err}") from None
+    policy = choice(str(a.policy), POLICIES, "--policy")
+    if a.workload is not None and a.scenario is not None:
+        raise UsageError("give --workload or --scenario, not both")
+    workload = None
+    if a.workload is not None:
+        workload = choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload")
+    if a.scenario is not None:
+        load_scenario(a.scenario)  # fail now, with the file and step named
+    duration = None if a.duration is None else convert(a.duration, parse_seconds, "--duration")
+    if duration is not None and duration <= 0:
+        raise UsageError(f"--duration {a.duration}: must be positive")
+    order = convert(a.order, int, "--hinting-order")
+    if not 0 <= order <= MAX_ORDER:
+        raise UsageError(f"--hinting-order {a.order}: must be 0..{MAX_ORDER}")
+    capacity = None if a.capacity is None else convert(a.capacity, positive_int, "--capacity")
+    if capacity is not None and capacity > 512:
+        raise UsageError(f"--capacity {a.capacity}: at most 512 blocks per report")
+    poison = None
+    if a.poison is not None:
+        poison = convert(a.poison, lambda s: int(s, 0), "--poison")
+        if not 0 <= poison <= 255:
+            raise UsageError(f"--poison {a.poison}: must be a byte value 0..255")
+    metrics_port = None
+    if a.metrics_port is not None:
+        metrics_port = convert(a.metrics_port, int, "--metrics-port")
+        if not 0 <= metrics_port <= 65535:
+            raise UsageError(f"--metrics-port {a.metrics_port}: not a port number")
+    hinting = HintingConfig(
+        policy=policy,
+        order=order,
+        capacity=capacity,
+        threshold=convert(a.threshold, positive_int, "--threshold"),
+        delay=convert(a.delay, lambda s: nonneg_float(str(parse_seconds(s))), "--delay"),
+        report_timeout=convert(
+            a.report_timeout, lambda s: positive_float(str(parse_seconds(s))), "--report-timeout"
+        ),
+        unsafe_skip_isolation=bool(a.unsafe_skip_isolation),
+    )
+    return GuestConfig(
+        ram_bytes=ram,
+        guest_id=str(a.guest_id),
+        host=a.host,
+        workload=workload,
+        scenario=a.scenario,
+        duration=duration,
+        seed=convert(a.seed, int, "--seed"),
+        json=bool(a.json),
+        timeline=a.timeline,
+        loop=choice(str(a.loop), LOOPS, "--loop"),
+        metrics_port=metrics_port,
+        poison=poison,
+        hinting=hinting,
+    )
+
+
+def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
+    cfg = config_from_args(a)
+    if cfg.workload is None and cfg.scenario is None and cfg.duration is None:
+        raise UsageError("nothing to run: give --workload, --scenario or --duration")
+    from guest.service import run_guest
+
+    summary = run_guest(cfg, quiet=bool(a.quiet))
+    if cfg.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        from guest.report import format_summary
+
+        sys.stdout.write(format_summary(summary) + "\n")
+    return 0

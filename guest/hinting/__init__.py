@@ -1,0 +1,1 @@
+"""Hinting policies behind one small device interface: bitmap (seed), reporting (merged), none."""

@@ -1,0 +1,149 @@
+"""What every hinting policy shares: counters, the report-and-put-back step, backoff."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from guest.hinting.device import Block, ReportError, ReportingDevice
+from guest.mm.buddy import BuddyAllocator
+from guest.mm.constants import PAGE_SIZE
+from pagehint.config import HintingConfig
+
+Log = Callable[[str], None]
+ACK_SAMPLES = 100_000  # keep at most this many ack latencies (oldest dropped)
+
+
+@dataclass
+class HintingStats:
+    reported_blocks: int = 0
+    reported_pages: int = 0
+    reports: int = 0
+    failures: int = 0
+    stale: int = 0
+    walks: int = 0
+    passes: int = 0
+    isolated_peak_pages: int = 0
+    worker_seconds: float = 0.0
+    ack_latency_ms: list[float] = field(default_factory=list)
+
+    @property
+    def reported_bytes(self) -> int:
+        return self.reported_pages * PAGE_SIZE
+
+
+class Policy(abc.ABC):
+    """A hinting policy: installs the allocator hook and runs an async worker."""
+
+    name = "abstract"
+
+    def __init__(
+        self,
+        cfg: HintingConfig,
+        mm: BuddyAllocator,
+        device: ReportingDevice | None,
+        log: Log | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.mm = mm
+        self.device = device
+        self.capacity = cfg.effective_capacity()
+        self.stats = HintingStats()
+        self.log: Log = log or (lambda _m: None)
+        self._consecutive_failures = 0
+        # Blocks currently out with the device (for stop() and invariant checks).
+        self.in_flight: list[Block] = []
+        # Called after a report is acknowledged, with its blocks (the driver uses it to
+        # forget which frames the host now holds discarded).
+        self.on_reported: list[Callable[[Sequence[Block]], None]] = []
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def idle(self) -> bool:
+        """True when no work is pending or running."""
+
+    def note_isolated(self) -> None:
+        now = self.mm.nr_isolated_pages
+        if now > self.stats.isolated_peak_pages:
+            self.stats.isolated_peak_pages = now
+
+    def backoff(self) -> float:
+        """Seconds to wait after the latest failure: doubling from backoff_min."""
+        n = max(0, self._consecutive_failures - 1)
+        return float(min(self.cfg.backoff_max, self.cfg.backoff_min * (2.0**n)))
+
+    async def report_batch(self, batch: list[Block], mark: bool, to_tail: bool) -> bool:
+        """Report isolated blocks, then put them back. Returns False if the report failed.
+
+        On success blocks go back without the hook (marked reported when ``mark``
+        and still free at their order); on failure, or if cancelled, they go back
+        unmarked. Either way none stays isolated.
+        """
+        if not batch:
+            return True
+        assert self.device is not None
+        self.in_flight = batch
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            await asyncio.wait_for(self.device.report(batch), timeout=self.cfg.report_timeout)
+            ok = True
+        except (ReportError, TimeoutError, ConnectionError) as e:
+            self.stats.failures += 1
+            self._consecutive_failures += 1
+            self.log(f"report of {len(batch)} blocks failed: {e or type(e).__name__}")
+        finally:
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            self.in_flight = []
+            if not self.cfg.unsafe_skip_isolation:
+                for pfn, order in batch:
+                    self.mm.putback(pfn, order, to_tail=to_tail)
+                    if ok and mark:
+                        self.mm.mark_reported(pfn, order)
+        self.stats.reports += 1 if ok else 0
+        if ok:
+            self._consecutive_failures = 0
+            self.stats.reported_blocks += len(batch)
+            self.stats.reported_pages += sum(1 << o for _, o in batch)
+            lat = self.stats.ack_latency_ms
+            lat.append(elapsed_ms)
+            if len(lat) > ACK_SAMPLES:
+                del lat[: ACK_SAMPLES // 2]
+            for cb in self.on_reported:
+                cb(batch)
+        return ok
+
+
+class NonePolicy(Policy):
+    """No hinting: the baseline for comparisons."""
+
+    name = "none"
+
+    def start(self) -> None:
+        self.mm.set_hook(None)
+
+    async def stop(self) -> None:
+        return None
+
+    def idle(self) -> bool:
+        return True
+
+
+def make_policy(
+    cfg: HintingConfig, mm: BuddyAllocator, device: ReportingDevice | None, log: Log | None = None
+) -> Policy:
+    if cfg.policy == "none" or device is None:
+        return NonePolicy(cfg, mm, device, log)
+    if cfg.policy == "bitmap":
+        from guest.hinting.bitmap import BitmapPolicy
+
+        return BitmapPolicy(cfg, mm, device, log)
+    raise ValueError(f"unknown policy {cfg.policy!r}")

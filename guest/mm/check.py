@@ -1,0 +1,112 @@
+"""Invariant checker for the buddy allocator, used by tests and --check runs."""
+
+from __future__ import annotations
+
+from guest.mm.buddy import BuddyAllocator
+from guest.mm.constants import (
+    ALLOCATED,
+    FREE,
+    ISOLATED,
+    MAX_ORDER,
+    ORDER_MASK,
+    REPORTED,
+    STATE_MASK,
+    TAIL,
+)
+
+
+class InvariantError(AssertionError):
+    """The allocator's state is inconsistent."""
+
+
+def check_invariants(mm: BuddyAllocator) -> None:
+    """Walk every page and every list; raise InvariantError on the first inconsistency.
+
+    Checks: each page belongs to exactly one block (head flag + zero tails); blocks
+    are aligned to their order and inside one zone; free heads are on exactly the
+    free list of their zone and order, and every listed block is a free head; no
+    two free buddies of the same order both sit on free lists (they would have
+    merged); counters match; pages are conserved.
+    """
+    pg = mm.pg
+    n = mm.nr_pages
+    listed: dict[int, tuple[int, int]] = {}
+    for zone in mm.zones:
+        for order, area in enumerate(zone.free_area):
+            if area.order != order:
+                raise InvariantError(
+                    f"{zone.name} free_area[{order}] thinks it is order {area.order}"
+                )
+            overlap = area.head.keys() & area.tail.keys()
+            if overlap:
+                raise InvariantError(
+                    f"{zone.name} order {order}: {sorted(overlap)[:3]} in both halves"
+                )
+            for pfn in area:
+                if pfn in listed:
+                    raise InvariantError(f"pfn {pfn:#x} on two free lists")
+                listed[pfn] = (zone.index, order)
+    free_pages = [0] * len(mm.zones)
+    isolated_pages = [0] * len(mm.zones)
+    total = 0
+    pfn = 0
+    while pfn < n:
+        flag = pg[pfn]
+        if flag == TAIL:
+            raise InvariantError(f"pfn {pfn:#x} is a tail page where a block should start")
+        state = flag & STATE_MASK
+        order = flag & ORDER_MASK
+        if order > MAX_ORDER or state not in (FREE, ISOLATED, ALLOCATED):
+            raise InvariantError(f"pfn {pfn:#x} has a bad flag {flag:#x}")
+        if flag & REPORTED and state != FREE:
+            raise InvariantError(f"pfn {pfn:#x} is reported but not free")
+        size = 1 << order
+        if pfn & (size - 1):
+            raise InvariantError(f"block {pfn:#x} order {order} is misaligned")
+        if pfn + size > n:
+            raise InvariantError(f"block {pfn:#x} order {order} runs past the end of RAM")
+        zone = mm.zone_of(pfn)
+        if not zone.contains(pfn + size - 1):
+            raise InvariantError(f"block {pfn:#x} order {order} straddles zone {zone.name}")
+        tails = pg[pfn + 1 : pfn + size]
+        if tails.count(0) != size - 1:
+            raise InvariantError(f"block {pfn:#x} order {order} has a non-tail page inside it")
+        where = listed.pop(pfn, None)
+        if state == FREE:
+            if where != (zone.index, order):
+                raise InvariantError(
+                    f"free block {pfn:#x} order {order} is not on {zone.name}'s order-{order} list"
+                )
+            free_pages[zone.index] += size
+            if order < MAX_ORDER:
+                buddy = pfn ^ size
+                bflag = pg[buddy]
+                if bflag & STATE_MASK == FREE and bflag & ORDER_MASK == order:
+                    raise InvariantError(
+                        f"free buddies {pfn:#x} and {buddy:#x} of order {order} did not merge"
+                    )
+        else:
+            if where is not None:
+                raise InvariantError(
+                    f"{'isolated' if state == ISOLATED else 'allocated'} block "
+                    f"{pfn:#x} is on a free list"
+                )
+            if state == ISOLATED:
+                isolated_pages[zone.index] += size
+        total += size
+        pfn += size
+    if listed:
+        bad = next(iter(listed))
+        raise InvariantError(f"free list holds {bad:#x}, which does not head a free block")
+    if total != n:
+        raise InvariantError(f"pages not conserved: {total} counted, {n} in RAM")
+    for zone in mm.zones:
+        if zone.nr_free_pages != free_pages[zone.index]:
+            raise InvariantError(
+                f"{zone.name}: nr_free_pages {zone.nr_free_pages} but {free_pages[zone.index]} free"
+            )
+        if zone.nr_isolated_pages != isolated_pages[zone.index]:
+            raise InvariantError(
+                f"{zone.name}: nr_isolated_pages {zone.nr_isolated_pages} "
+                f"but {isolated_pages[zone.index]} isolated"
+            )

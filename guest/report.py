@@ -1,0 +1,44 @@
+"""Human-readable end-of-run summary of a guest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pagehint.units import format_size
+
+
+def _size(v: Any) -> str:
+    return "n/a" if v is None else format_size(v)
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lat = s.get("ack_latency_ms") or {}
+
+    def ms(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f} ms"
+
+    rows = [
+        (
+            "guest",
+            f"{s['guest_id']} ({_size(s['ram_bytes'])} RAM, policy {s['policy']}, "
+            f"backend {s['backend']})",
+        ),
+        (
+            "reported",
+            f"{_size(s['reported_bytes'])} in {s['chains']} chains ({s['report_failures']} failed)",
+        ),
+        (
+            "free now",
+            f"{_size(s['free_bytes'])} ({_size(s['reportable_free_bytes'])} in reportable blocks)",
+        ),
+        ("isolated peak", _size(s["isolated_peak_bytes"])),
+        ("host resident", _size(s["host_resident_bytes"])),
+        (
+            "ack latency",
+            f"p50 {ms(lat.get('p50'))}, p99 {ms(lat.get('p99'))}, max {ms(lat.get('max'))}",
+        ),
+        ("allocations", f"{s['alloc_ops']} ({s['alloc_failures']} failed)"),
+        ("data loss", f"{s['data_loss_pages']} pages"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

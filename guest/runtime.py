@@ -1,0 +1,151 @@
+"""One guest: its allocator, workload, hinting policy and (optionally) its driver.
+
+The runtime owns the pieces and their lifetimes; it samples the timeline and
+builds the end-of-run summary. Everything else is in the pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from guest.hinting.base import Policy, make_policy
+from guest.hinting.device import ReportingDevice
+from guest.memory import GuestMemory
+from guest.mm.buddy import BuddyAllocator
+from guest.mm.constants import PAGE_SIZE
+from guest.workloads.base import WorkloadContext
+from guest.workloads.builtin import BUILTINS, run_builtin
+from guest.workloads.scenario import Scenario, load_scenario, run_scenario
+from pagehint.config import GuestConfig
+from pagehint.stats import percentiles
+
+TIMELINE_PERIOD = 0.1  # seconds between timeline samples
+
+
+class GuestRuntime:
+    def __init__(
+        self,
+        cfg: GuestConfig,
+        device: ReportingDevice | None = None,
+        scenario: Scenario | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.mm = BuddyAllocator(cfg.ram_bytes)
+        self.memory = GuestMemory(self.mm)
+        self.device = device
+        self.log = log or (lambda _msg: None)
+        if scenario is None and cfg.scenario is not None:
+            scenario = load_scenario(cfg.scenario)
+        self.scenario = scenario
+        self._pending_mark: str | None = None
+        self.ctx = WorkloadContext(self.memory, seed=cfg.seed, on_mark=self._on_mark)
+        self.policy: Policy = make_policy(cfg.hinting, self.mm, device, log=self.log)
+        self.started = time.monotonic()
+        self.timeline: list[dict[str, Any]] = []
+        self.host_resident: Callable[[], int | None] = lambda: None
+
+    def _on_mark(self, label: str) -> None:
+        self._pending_mark = label
+        self.log(f"mark {label} at {self.ctx.now():.2f}s")
+
+    def sample(self) -> dict[str, Any]:
+        st = self.policy.stats
+        row: dict[str, Any] = {
+            "t": round(time.monotonic() - self.started, 3),
+            "free_bytes": self.mm.free_bytes,
+            "isolated_bytes": self.mm.isolated_bytes,
+            "reported_bytes": st.reported_bytes,
+            "host_resident_bytes": self.host_resident(),
+        }
+        if self._pending_mark is not None:
+            row["mark"] = self._pending_mark
+            self._pending_mark = None
+        return row
+
+    async def _sample_loop(self, out: IO[str] | None) -> None:
+        while True:
+            row = self.sample()
+            self.timeline.append(row)
+            if out is not None:
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+            await asyncio.sleep(TIMELINE_PERIOD)
+
+    async def _workload(self) -> None:
+        if self.scenario is not None:
+            await run_scenario(self.scenario, self.ctx)
+        elif self.cfg.workload is not None:
+            await run_builtin(self.cfg.workload, self.ctx)
+
+    async def run(self) -> dict[str, Any]:
+        """Run the workload for the configured duration; returns the summary."""
+        out: IO[str] | None = None
+        if self.cfg.timeline:
+            # Closed in the finally below, after the last sample.
+            out = Path(self.cfg.timeline).open("w", encoding="utf-8")  # noqa: SIM115
+        sampler = asyncio.create_task(self._sample_loop(out))
+        self.policy.start()
+        work = asyncio.create_task(self._workload())
+        try:
+            if self.cfg.duration is not None:
+                done, _ = await asyncio.wait({work}, timeout=self.cfg.duration)
+                if work in done:
+                    # The workload ended early: idle until the duration so hinting can finish.
+                    remaining = self.cfg.duration - (time.monotonic() - self.started)
+                    await self.ctx.sleep(remaining)
+                self.ctx.stop.set()
+            await work
+        finally:
+            self.ctx.stop.set()
+            if not work.done():
+                work.cancel()
+            await self.policy.stop()
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            row = self.sample()
+            self.timeline.append(row)
+            if out is not None:
+                out.write(json.dumps(row) + "\n")
+                out.close()
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        st = self.policy.stats
+        lat = [x / 1e6 for x in self.memory.alloc_latency_ns]
+        return {
+            "guest_id": self.cfg.guest_id,
+            "policy": self.cfg.hinting.policy,
+            "backend": "none",
+            "ram_bytes": self.cfg.ram_bytes,
+            "duration_s": round(time.monotonic() - self.started, 3),
+            "reported_bytes": st.reported_bytes,
+            "reported_blocks": st.reported_blocks,
+            "chains": st.reports,
+            "report_failures": st.failures,
+            "stale_bits": st.stale,
+            "walks": st.walks,
+            "isolated_peak_bytes": st.isolated_peak_pages * PAGE_SIZE,
+            "worker_seconds": round(st.worker_seconds, 4),
+            "free_bytes": self.mm.free_bytes,
+            "reportable_free_bytes": self.mm.free_pages_at_or_above(self.cfg.hinting.order)
+            * PAGE_SIZE,
+            "host_resident_bytes": self.host_resident(),
+            "ack_latency_ms": percentiles(st.ack_latency_ms),
+            "alloc_ops": self.ctx.stats.alloc_ops,
+            "alloc_failures": self.ctx.stats.alloc_failures,
+            "alloc_latency_ms": percentiles(lat),
+            "data_loss_pages": 0,
+            "marks": [{"t": round(t, 3), "label": label} for t, label in self.ctx.stats.marks],
+        }
+
+
+def workload_names() -> list[str]:
+    return sorted(BUILTINS)

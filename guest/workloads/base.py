@@ -1,0 +1,111 @@
+"""What a workload runs against: memory, a clock, marks, and a stop signal."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from guest.memory import GuestMemory
+from guest.mm.constants import PAGE_SIZE
+
+# Yield to the event loop every this many allocator operations, so the hinting
+# worker and the driver get to run while a workload is busy.
+YIELD_EVERY = 512
+
+
+@dataclass
+class WorkloadStats:
+    alloc_ops: int = 0
+    alloc_failures: int = 0
+    free_ops: int = 0
+    marks: list[tuple[float, str]] = field(default_factory=list)
+
+
+class WorkloadContext:
+    """Memory plus named groups of held blocks, marks and a stop event."""
+
+    def __init__(
+        self,
+        memory: GuestMemory,
+        seed: int = 0,
+        on_mark: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.memory = memory
+        self.rng = random.Random(seed)
+        self.stats = WorkloadStats()
+        self.groups: dict[str, list[tuple[int, int]]] = {}
+        self.stop = asyncio.Event()
+        self._on_mark = on_mark
+        self._clock = clock
+        self._t0 = clock()
+        self._ops = 0
+
+    def now(self) -> float:
+        return self._clock() - self._t0
+
+    async def tick(self) -> None:
+        """Count one operation; yield to the loop every YIELD_EVERY of them."""
+        self._ops += 1
+        if self._ops % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep, waking early on stop; returns False if stopped."""
+        if seconds <= 0:
+            return not self.stop.is_set()
+        try:
+            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    def mark(self, label: str) -> None:
+        self.stats.marks.append((self.now(), label))
+        if self._on_mark is not None:
+            self._on_mark(label)
+
+    async def alloc_bytes(self, name: str, size: int, order: int) -> int:
+        """Allocate ``size`` bytes as ``order`` blocks into group ``name``; returns blocks got."""
+        block = PAGE_SIZE << order
+        count = -(-size // block)
+        group = self.groups.setdefault(name, [])
+        got = 0
+        for _ in range(count):
+            if self.stop.is_set():
+                break
+            pfn = self.memory.alloc(order)
+            self.stats.alloc_ops += 1
+            if pfn < 0:
+                self.stats.alloc_failures += 1
+            else:
+                group.append((pfn, order))
+                got += 1
+            await self.tick()
+        return got
+
+    async def free_group(self, name: str, stride: int = 1, offset: int = 0) -> int:
+        """Free every ``stride``-th block of group ``name`` starting at ``offset``."""
+        group = self.groups.get(name, [])
+        keep: list[tuple[int, int]] = []
+        freed = 0
+        for i, (pfn, order) in enumerate(group):
+            if i >= offset and (i - offset) % stride == 0:
+                self.memory.free(pfn, order)
+                self.stats.free_ops += 1
+                freed += 1
+                await self.tick()
+            else:
+                keep.append((pfn, order))
+        if keep:
+            self.groups[name] = keep
+        else:
+            self.groups.pop(name, None)
+        return freed
+
+    async def release_all(self) -> None:
+        for name in list(self.groups):
+            await self.free_group(name)

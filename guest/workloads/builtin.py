@@ -1,0 +1,110 @@
+"""Built-in workloads: memhog, churn, fragment."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from guest.workloads.base import WorkloadContext
+
+
+@dataclass(frozen=True)
+class WorkloadParams:
+    """Knobs of the built-in workloads (``--workload-arg`` style overrides)."""
+
+    # memhog: allocate this fraction of RAM, hold it, free it, stay idle.
+    hog_fraction: float = 0.5
+    hold_seconds: float = 1.0
+    idle_seconds: float = 3.0
+    # churn: random alloc/free of orders 0..3 around this occupancy, at this rate.
+    occupancy: float = 0.5
+    ops_per_second: float = 20_000.0
+    max_order: int = 3
+
+
+async def memhog(ctx: WorkloadContext, p: WorkloadParams) -> None:
+    """Allocate, touch, hold, free; repeat until stopped."""
+    size = int(ctx.memory.mm.ram_bytes * p.hog_fraction)
+    cycle = 0
+    while not ctx.stop.is_set():
+        ctx.mark(f"alloc-{cycle}")
+        await ctx.alloc_bytes("hog", size, 0)
+        if not await ctx.sleep(p.hold_seconds):
+            break
+        ctx.mark(f"free-{cycle}")
+        await ctx.free_group("hog")
+        if not await ctx.sleep(p.idle_seconds):
+            break
+        cycle += 1
+
+
+async def churn(ctx: WorkloadContext, p: WorkloadParams, seconds: float | None = None) -> None:
+    """Random allocations and frees of orders 0..max_order around a target occupancy."""
+    await churn_for(ctx, p.occupancy, p.ops_per_second, p.max_order, seconds)
+
+
+async def churn_for(
+    ctx: WorkloadContext,
+    occupancy: float,
+    ops_per_second: float,
+    max_order: int = 3,
+    seconds: float | None = None,
+    group: str = "churn",
+) -> None:
+    mm = ctx.memory.mm
+    target_pages = int(mm.nr_pages * occupancy)
+    held = ctx.groups.setdefault(group, [])
+    held_pages = sum(1 << o for _, o in held)
+    rng = ctx.rng
+    tick = 0.01  # do a slice of the work every 10 ms
+    per_tick = max(1, int(ops_per_second * tick))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not ctx.stop.is_set():
+        if seconds is not None and loop.time() - start >= seconds:
+            break
+        slice_start = loop.time()
+        for _ in range(per_tick):
+            # Drift toward the target: allocate more often when below it.
+            p_alloc = 0.5 + 0.5 * (target_pages - held_pages) / max(1, target_pages)
+            if held and rng.random() >= p_alloc:
+                i = rng.randrange(len(held))
+                held[i], held[-1] = held[-1], held[i]
+                pfn, order = held.pop()
+                ctx.memory.free(pfn, order)
+                ctx.stats.free_ops += 1
+                held_pages -= 1 << order
+            else:
+                order = rng.randint(0, max_order)
+                pfn = ctx.memory.alloc(order)
+                ctx.stats.alloc_ops += 1
+                if pfn < 0:
+                    ctx.stats.alloc_failures += 1
+                else:
+                    held.append((pfn, order))
+                    held_pages += 1 << order
+        spent = loop.time() - slice_start
+        await ctx.sleep(max(0.0, tick - spent))
+    if not held:
+        ctx.groups.pop(group, None)
+
+
+async def fragment(ctx: WorkloadContext, p: WorkloadParams) -> None:
+    """Allocate a share of RAM page by page, then free every other page, and hold."""
+    size = int(ctx.memory.mm.ram_bytes * p.hog_fraction)
+    ctx.mark("alloc")
+    await ctx.alloc_bytes("frag", size, 0)
+    ctx.mark("free-every-other")
+    await ctx.free_group("frag", stride=2, offset=0)
+    await ctx.stop.wait()
+
+
+WorkloadFn = Callable[[WorkloadContext, WorkloadParams], Awaitable[None]]
+BUILTINS: dict[str, WorkloadFn] = {"memhog": memhog, "churn": churn, "fragment": fragment}
+
+
+async def run_builtin(
+    name: str, ctx: WorkloadContext, params: WorkloadParams | None = None
+) -> None:
+    await BUILTINS[name](ctx, params or WorkloadParams())

@@ -1,0 +1,3 @@
+from pagehint.cli import entry
+
+entry()

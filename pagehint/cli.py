@@ -1,0 +1,75 @@
+"""The ``pagehint`` command: subcommands for guest, host, and the lab tools."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pagehint import __version__
+from pagehint.cli_support import Parser
+from pagehint.errors import UsageError
+
+
+def build_parser(env: Mapping[str, str]) -> Parser:
+    from guest import command as guest_command
+
+    parser = Parser(
+        prog="pagehint",
+        description="Free page hinting emulator: a guest buddy allocator reports free memory "
+        "to a host over a gRPC virtqueue. Every flag can also be set with a PAGEHINT_<FLAG> "
+        "environment variable (e.g. PAGEHINT_RAM=2GiB).",
+    )
+    parser.add_argument("--version", action="version", version=f"pagehint {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    guest_command.add_parser(sub, env)
+    for name in ("host", "health", "compare", "demo", "loadtest"):
+        mod = _optional_command(name)
+        if mod is not None:
+            mod.add_parser(sub, env)
+    return parser
+
+
+def _optional_command(name: str) -> Any:
+    import importlib
+
+    modules = {
+        "host": "host.command",
+        "health": "host.health_command",
+        "compare": "lab.compare_command",
+        "demo": "lab.demo_command",
+        "loadtest": "lab.loadtest_command",
+    }
+    try:
+        return importlib.import_module(modules[name])
+    except ModuleNotFoundError as e:
+        if e.name and modules[name].startswith(e.name):
+            return None
+        raise
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = dict(os.environ) if env is None else env
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        rc: int = args.handler(args, env)
+        return rc
+    except UsageError as e:
+        sys.stderr.write(f"pagehint {args.command}: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"pagehint {args.command}: interrupted\n")
+        return 130
+
+
+def entry() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,77 @@
+"""argparse with one-line errors, and flags whose defaults come from PAGEHINT_* env vars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, TypeVar
+
+from pagehint.errors import UsageError
+
+T = TypeVar("T")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def env_name(flag: str) -> str:
+    return "PAGEHINT_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def from_env(env: Mapping[str, str], flag: str, default: T) -> T | str:
+    """Default for ``flag``: the PAGEHINT_* variable if set, else ``default``."""
+    return env.get(env_name(flag), default)
+
+
+def convert(value: Any, fn: Callable[[str], T], flag: str) -> T:
+    """Convert a flag's value (which may come from the environment) or raise UsageError."""
+    try:
+        return fn(str(value))
+    except UsageError as e:
+        raise UsageError(f"{flag}: {e}") from None
+    except (ValueError, TypeError):
+        raise UsageError(f"{flag}: bad value {value!r}") from None
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise UsageError(f"bad boolean {value!r} (use true or false)")
+
+
+def choice(value: str, choices: tuple[str, ...], flag: str) -> str:
+    if value not in choices:
+        raise UsageError(f"{flag}: unknown value {value!r} (choose from {', '.join(choices)})")
+    return value
+
+
+def positive_int(text: str) -> int:
+    n = int(text)
+    if n <= 0:
+        raise ValueError(text)
+    return n
+
+
+def nonneg_float(text: str) -> float:
+    x = float(text)
+    if not x >= 0 or x == float("inf"):
+        raise ValueError(text)
+    return x
+
+
+def positive_float(text: str) -> float:
+    x = nonneg_float(text)
+    if x <= 0:
+        raise ValueError(text)
+    return x

@@ -1,0 +1,86 @@
+"""Every knob in one place: frozen dataclasses built once from flags and PAGEHINT_* env.
+
+No other module reads os.environ: the CLI passes the environment in here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from guest.mm.constants import PAGEBLOCK_ORDER
+
+POLICIES = ("bitmap", "none")
+LOOPS = ("auto", "uvloop", "asyncio")
+
+
+@dataclass(frozen=True)
+class HintingConfig:
+    """The hinting policy's knobs. Defaults follow the kernel (see DESIGN.md)."""
+
+    policy: str = "bitmap"
+    # Hinting/reporting order: 9 = 2 MiB chunks, so the host's THPs are not split.
+    order: int = PAGEBLOCK_ORDER
+    # Blocks per report: 16 in the seed design, 32 (PAGE_REPORTING_CAPACITY) merged.
+    capacity: int | None = None
+    # Seed design: new bits in a zone before its worker is scheduled.
+    threshold: int = 16
+    # Merged design: delay before a requested pass runs (2 s, as page_reporting_delay).
+    delay: float = 2.0
+    # Merged design: a pass reports at most nr_free / (capacity * divisor) + 1 per list.
+    budget_divisor: int = 16
+    # A report not acknowledged in this long fails (its pages go back unreported).
+    report_timeout: float = 5.0
+    # After a failure the worker waits backoff_min, doubling up to backoff_max.
+    backoff_min: float = 0.1
+    backoff_max: float = 5.0
+    # DANGEROUS demonstration switch: report without isolating (issue 6).
+    unsafe_skip_isolation: bool = False
+
+    def effective_capacity(self) -> int:
+        if self.capacity is not None:
+            return self.capacity
+        return 32 if self.policy == "reporting" else 16
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    ram_bytes: int = 1 << 30
+    guest_id: str = "guest"
+    host: str | None = None
+    workload: str | None = None
+    scenario: str | None = None
+    duration: float | None = None
+    seed: int = 0
+    json: bool = False
+    timeline: str | None = None
+    loop: str = "auto"
+    metrics_port: int | None = None
+    # Frames touched again after a discard are told to the host in batches of this size...
+    touch_batch: int = 1024
+    # ...or after this long, whichever comes first.
+    touch_flush_seconds: float = 0.2
+    # Reconnect backoff when the host is away.
+    reconnect_min: float = 0.1
+    reconnect_max: float = 2.0
+    # VIRTIO_BALLOON_F_PAGE_POISON: the value freed pages are filled with (None: not offered).
+    poison: int | None = None
+    hinting: HintingConfig = field(default_factory=HintingConfig)
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    listen: str = "127.0.0.1:50051"
+    backend: str = "sim"
+    discard: str = "dontneed"
+    # Host memory for all guests together (None: unlimited).
+    capacity_bytes: int | None = None
+    # Chains a guest may have outstanding (the virtqueue's size).
+    queue_size: int = 64
+    # Most page ranges one chain may carry.
+    max_chain_ranges: int = 512
+    shm_dir: str | None = None
+    # A session with no traffic for this long is ended and its memory released.
+    session_timeout: float = 30.0
+    loop: str = "auto"
+    metrics_port: int | None = None
+    drain_seconds: float = 5.0

@@ -1,0 +1,62 @@
+"""Parsing and formatting of byte sizes and durations given on the command line."""
+
+from __future__ import annotations
+
+import re
+
+from pagehint.errors import UsageError
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Parse '4GiB', '512M', '4096' into bytes; a bad value is a UsageError."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise UsageError(f"bad {what} {text!r}: expected a number with a unit, like 4GiB or 512MiB")
+    number, unit = m.group(1), m.group(2).lower()
+    if unit not in _UNITS:
+        raise UsageError(f"bad {what} {text!r}: unknown unit {m.group(2)!r} (use KiB, MiB, GiB)")
+    value = float(number) * _UNITS[unit]
+    if value != int(value):
+        raise UsageError(f"bad {what} {text!r}: not a whole number of bytes")
+    return int(value)
+
+
+def format_size(n: float) -> str:
+    """Human-readable binary size: 1536 -> '1.5 KiB'."""
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{sign}{int(n)} B"
+            return f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_seconds(text: str, what: str = "duration") -> float:
+    """Parse '30', '30s', '2m', '500ms' into seconds."""
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", str(text))
+    if not m:
+        raise UsageError(f"bad {what} {text!r}: expected seconds, like 30 or 2.5s or 500ms")
+    value = float(m.group(1))
+    scale = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+    return value * scale
