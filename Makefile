@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(MAKE) lint
 	@if [ -f virtqueue/generate.py ]; then $(MAKE) protos-check; fi
 	$(PY) -m pytest -q -m "not slow"
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -x
