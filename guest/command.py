@@ -104,6 +104,17 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         help="UNSAFE demonstration: report blocks without isolating them",
     )
     p.add_argument(
+        "--connect-timeout",
+        default=from_env(e, "--connect-timeout", "10"),
+        help="seconds to wait for the host at start-up",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        default=to_bool(from_env(e, "--check", False)),
+        help="check the allocator's invariants at the end (summary field 'invariants')",
+    )
+    p.add_argument(
         "--quiet",
         action="store_true",
         default=to_bool(from_env(e, "--quiet", False)),
@@ -169,6 +180,10 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         loop=choice(str(a.loop), LOOPS, "--loop"),
         metrics_port=metrics_port,
         poison=poison,
+        connect_timeout=convert(
+            a.connect_timeout, lambda s: positive_float(str(parse_seconds(s))), "--connect-timeout"
+        ),
+        check=bool(a.check),
         hinting=hinting,
     )
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +18,7 @@ from guest.hinting.base import Policy, make_policy
 from guest.hinting.device import ReportingDevice
 from guest.memory import GuestMemory
 from guest.mm.buddy import BuddyAllocator
+from guest.mm.check import InvariantError, check_invariants
 from guest.mm.constants import PAGE_SIZE
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import BUILTINS, run_builtin
@@ -35,9 +36,10 @@ class GuestRuntime:
         device: ReportingDevice | None = None,
         scenario: Scenario | None = None,
         log: Callable[[str], None] | None = None,
+        mm: BuddyAllocator | None = None,
     ) -> None:
         self.cfg = cfg
-        self.mm = BuddyAllocator(cfg.ram_bytes)
+        self.mm = mm if mm is not None else build_allocator(cfg)
         self.memory = GuestMemory(self.mm)
         self.device = device
         self.log = log or (lambda _msg: None)
@@ -84,8 +86,14 @@ class GuestRuntime:
         elif self.cfg.workload is not None:
             await run_builtin(self.cfg.workload, self.ctx)
 
-    async def run(self) -> dict[str, Any]:
-        """Run the workload for the configured duration; returns the summary."""
+    async def run(
+        self, before_summary: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, Any]:
+        """Run the workload for the configured duration; returns the summary.
+
+        ``before_summary`` runs after the policy stopped and before the last sample
+        (the driver uses it to fetch the host's final figures).
+        """
         out: IO[str] | None = None
         if self.cfg.timeline:
             # Closed in the finally below, after the last sample.
@@ -107,6 +115,8 @@ class GuestRuntime:
             if not work.done():
                 work.cancel()
             await self.policy.stop()
+            if before_summary is not None:
+                await before_summary()
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
@@ -116,6 +126,15 @@ class GuestRuntime:
                 out.write(json.dumps(row) + "\n")
                 out.close()
         return self.summary()
+
+    def _check(self) -> str | None:
+        if not self.cfg.check:
+            return None
+        try:
+            check_invariants(self.mm)
+        except InvariantError as e:
+            return f"broken: {e}"
+        return "ok"
 
     def summary(self) -> dict[str, Any]:
         st = self.policy.stats
@@ -143,8 +162,14 @@ class GuestRuntime:
             "alloc_failures": self.ctx.stats.alloc_failures,
             "alloc_latency_ms": percentiles(lat),
             "data_loss_pages": 0,
+            "isolated_bytes": self.mm.isolated_bytes,
+            "invariants": self._check(),
             "marks": [{"t": round(t, 3), "label": label} for t, label in self.ctx.stats.marks],
         }
+
+
+def build_allocator(cfg: GuestConfig) -> BuddyAllocator:
+    return BuddyAllocator(cfg.ram_bytes)
 
 
 def workload_names() -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from guest.hinting.device import LoopbackDevice
+from guest.hinting.device import LoopbackDevice, ReportingDevice
 from guest.runtime import GuestRuntime
 from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
@@ -13,16 +13,43 @@ from pagehint.logging import make_logger
 
 async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     log = make_logger(f"guest[{cfg.guest_id}]", quiet)
-    capacity = cfg.hinting.effective_capacity()
-    device = LoopbackDevice(capacity=capacity)
-    rt = GuestRuntime(cfg, device=device, log=log)
-    log(
-        f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, "
-        "in-process loopback host"
+    if cfg.host is None:
+        device: ReportingDevice = LoopbackDevice(capacity=cfg.hinting.effective_capacity())
+        rt = GuestRuntime(cfg, device=device, log=log)
+        log(
+            f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, "
+            "no host (loopback)"
+        )
+        summary = await rt.run()
+        summary["backend"] = "loopback"
+        return summary
+
+    from guest.balloon import BalloonDriver
+    from guest.runtime import build_allocator
+
+    mm = build_allocator(cfg)
+    driver = BalloonDriver(cfg, mm, log)
+    await driver.start()
+    rt = GuestRuntime(cfg, device=driver, log=log, mm=mm)
+    rt.memory.on_alloc.append(driver.on_alloc)
+    rt.host_resident = lambda: driver.host_resident_bytes
+    log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, host {cfg.host}")
+    try:
+        summary = await rt.run(before_summary=driver.stop)
+    finally:
+        await driver.stop()
+    assert driver.accepted is not None
+    summary["backend"] = driver.accepted.backend
+    summary["host_reported_bytes"] = (
+        driver.host_figures.reported_bytes if driver.host_figures is not None else None
     )
-    summary = await rt.run()
-    summary["backend"] = "loopback"
-    log(f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains")
+    summary["host_resident_bytes"] = driver.host_resident_bytes
+    summary["host_connects"] = driver.connects
+    summary["touched_bytes_sent"] = driver.touched_pages_sent * 4096
+    log(
+        f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
+        f"host holds {(driver.host_resident_bytes or 0) >> 20} MiB"
+    )
     return summary
 
 

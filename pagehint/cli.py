@@ -24,7 +24,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
     parser.add_argument("--version", action="version", version=f"pagehint {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     guest_command.add_parser(sub, env)
-    for name in ("host", "health", "compare", "demo", "loadtest"):
+    for name in ("host", "health", "demo", "loadtest", "compare"):
         mod = _optional_command(name)
         if mod is not None:
             mod.add_parser(sub, env)

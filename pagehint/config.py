@@ -64,6 +64,10 @@ class GuestConfig:
     reconnect_max: float = 2.0
     # VIRTIO_BALLOON_F_PAGE_POISON: the value freed pages are filled with (None: not offered).
     poison: int | None = None
+    # Give up at start-up if the host cannot be reached in this long.
+    connect_timeout: float = 10.0
+    # Run the allocator's invariant checker at the end (O(pages): off for huge guests).
+    check: bool = False
     hinting: HintingConfig = field(default_factory=HintingConfig)
 
 

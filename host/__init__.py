@@ -1,0 +1,1 @@
+"""The hypervisor side: the gRPC service, the balloon device, memory backends."""

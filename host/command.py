@@ -1,0 +1,117 @@
+"""``pagehint host``: the hypervisor side, serving any number of guests."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from pagehint import loop as event_loop
+from pagehint.cli_support import choice, convert, from_env, positive_float, positive_int, to_bool
+from pagehint.config import LOOPS, HostConfig
+from pagehint.errors import UsageError
+from pagehint.logging import make_logger
+from pagehint.units import parse_seconds, parse_size
+
+BACKENDS = ("sim",)
+DISCARDS = ("free", "dontneed")
+
+
+def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "host",
+        help="run the host: balloon device and memory backend for many guests",
+        description="Serve the virtqueue over gRPC: guests negotiate, report free page "
+        "ranges, and the host discards them and acknowledges.",
+    )
+    e = env
+    p.add_argument(
+        "--listen",
+        default=from_env(e, "--listen", "127.0.0.1:50051"),
+        help="HOST:PORT (port 0: any)",
+    )
+    p.add_argument("--backend", default=from_env(e, "--backend", "sim"), help="sim | shm")
+    p.add_argument(
+        "--discard",
+        default=from_env(e, "--discard", "dontneed"),
+        help="free (MADV_FREE: lazy) | dontneed (MADV_DONTNEED / punch hole: at once)",
+    )
+    p.add_argument(
+        "--capacity",
+        default=from_env(e, "--capacity", None),
+        help="host memory for all guests (e.g. 8GiB); lazily freed memory is reclaimed first",
+    )
+    p.add_argument(
+        "--queue-size",
+        default=from_env(e, "--queue-size", "64"),
+        help="chains outstanding per guest",
+    )
+    p.add_argument(
+        "--max-chain-ranges",
+        default=from_env(e, "--max-chain-ranges", "512"),
+        help="most ranges in one chain",
+    )
+    p.add_argument(
+        "--session-timeout",
+        default=from_env(e, "--session-timeout", "30"),
+        help="end a session idle this long with no stream open",
+    )
+    p.add_argument(
+        "--shm-dir",
+        default=from_env(e, "--shm-dir", None),
+        help="shm backend: where RAM files live",
+    )
+    p.add_argument("--loop", default=from_env(e, "--loop", "auto"), help="auto | uvloop | asyncio")
+    p.add_argument(
+        "--metrics-port",
+        default=from_env(e, "--metrics-port", None),
+        help="Prometheus metrics port",
+    )
+    p.add_argument(
+        "--ready-file",
+        default=from_env(e, "--ready-file", None),
+        help="write the bound address here once serving",
+    )
+    p.add_argument("--quiet", action="store_true", default=to_bool(from_env(e, "--quiet", False)))
+    p.set_defaults(handler=run)
+
+
+def config_from_args(a: argparse.Namespace) -> HostConfig:
+    listen = str(a.listen)
+    if ":" not in listen:
+        raise UsageError(f"--listen {listen!r}: expected HOST:PORT")
+    port = listen.rsplit(":", 1)[1]
+    if not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen {listen!r}: bad port {port!r}")
+    capacity = None
+    if a.capacity is not None:
+        capacity = convert(a.capacity, lambda s: parse_size(s, "capacity"), "--capacity")
+        if capacity <= 0:
+            raise UsageError("--capacity must be positive")
+    metrics_port = None
+    if a.metrics_port is not None:
+        metrics_port = convert(a.metrics_port, int, "--metrics-port")
+        if not 0 <= metrics_port <= 65535:
+            raise UsageError(f"--metrics-port {a.metrics_port}: not a port number")
+    return HostConfig(
+        listen=listen,
+        backend=choice(str(a.backend), BACKENDS, "--backend"),
+        discard=choice(str(a.discard), DISCARDS, "--discard"),
+        capacity_bytes=capacity,
+        queue_size=convert(a.queue_size, positive_int, "--queue-size"),
+        max_chain_ranges=convert(a.max_chain_ranges, positive_int, "--max-chain-ranges"),
+        session_timeout=convert(
+            a.session_timeout, lambda s: positive_float(str(parse_seconds(s))), "--session-timeout"
+        ),
+        shm_dir=a.shm_dir,
+        loop=choice(str(a.loop), LOOPS, "--loop"),
+        metrics_port=metrics_port,
+    )
+
+
+def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
+    cfg = config_from_args(a)
+    from host.server import serve
+
+    log = make_logger("host", bool(a.quiet))
+    return event_loop.run(serve(cfg, log, a.ready_file), cfg.loop)

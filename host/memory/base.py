@@ -1,0 +1,54 @@
+"""The interface between the balloon device and a memory backend."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+
+class GuestRam(abc.ABC):
+    """One guest's RAM as the host holds it."""
+
+    guest_id: str
+    nr_pages: int
+    page_size: int
+
+    @abc.abstractmethod
+    def discard(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Discard page ranges (pfn, npages); returns pages actually released."""
+
+    @abc.abstractmethod
+    def touched(self, runs: Sequence[tuple[int, int]]) -> int:
+        """The guest touched frames again (pfn, count); returns pages brought back."""
+
+    @abc.abstractmethod
+    def resident_pages(self) -> int: ...
+
+    @abc.abstractmethod
+    def lazily_free_pages(self) -> int: ...
+
+    @property
+    def measured_by_kernel(self) -> bool:
+        return False
+
+    @property
+    def shm_path(self) -> str:
+        return ""
+
+    def release(self) -> None:  # noqa: B027 (optional hook, default: nothing to do)
+        """The session ended: give everything back."""
+
+
+class MemoryBackend(abc.ABC):
+    name: str
+    discard_mode: str
+
+    @abc.abstractmethod
+    def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam: ...
+
+    def reclaim(self, want_pages: int) -> int:
+        """Under host memory pressure, reclaim lazily freed pages; returns pages reclaimed."""
+        return 0
+
+    def close(self) -> None:  # noqa: B027 (optional hook, default: nothing to do)
+        """The host stops."""

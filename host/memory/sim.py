@@ -1,0 +1,138 @@
+"""The simulated ledger: per guest, which frames the host holds.
+
+Each frame is one of:
+  ABSENT    never touched since boot, or discarded with MADV_DONTNEED: the host
+            holds nothing; the next touch is a fault that brings a zeroed page
+  RESIDENT  the host holds the page
+  LAZY      MADV_FREE'd: still resident until the host needs the memory; reused
+            before reclaim, it costs nothing
+
+A guest's RAM starts ABSENT, as a fresh VM's untouched memory does: its RSS on
+the host grows as it touches pages. No page fault crosses the wire, so the
+guest tells the host (Touched messages) which frames it touched again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from host.memory.base import GuestRam, MemoryBackend
+
+ABSENT = 0
+RESIDENT = 1
+LAZY = 2
+
+
+class SimRam(GuestRam):
+    def __init__(self, backend: SimBackend, guest_id: str, nr_pages: int, page_size: int) -> None:
+        self.backend = backend
+        self.guest_id = guest_id
+        self.nr_pages = nr_pages
+        self.page_size = page_size
+        self.frames = bytearray(nr_pages)
+        self.resident = 0  # RESIDENT + LAZY
+        self.lazy = 0
+        self.reused_lazy = 0  # LAZY frames touched again before reclaim (free reuse)
+        self.faulted = 0  # ABSENT frames touched (a fault on a real host)
+        self.released = False
+
+    def discard(self, ranges: Sequence[tuple[int, int]]) -> int:
+        fr = self.frames
+        lazy_mode = self.backend.discard_mode == "free"
+        released = 0
+        for pfn, n in ranges:
+            seg = fr[pfn : pfn + n]
+            res = seg.count(RESIDENT)
+            lz = seg.count(LAZY)
+            if lazy_mode:
+                # MADV_FREE: resident frames become lazily free, nothing leaves yet.
+                if res:
+                    fr[pfn : pfn + n] = seg.replace(bytes([RESIDENT]), bytes([LAZY]))
+                    self.lazy += res
+                    self.backend.lazy_ranges.append((self, pfn, n))
+            else:
+                if res or lz:
+                    fr[pfn : pfn + n] = bytes(n)
+                    self.resident -= res + lz
+                    self.lazy -= lz
+                    self.backend.resident -= res + lz
+                    released += res + lz
+        return released
+
+    def touched(self, runs: Sequence[tuple[int, int]]) -> int:
+        fr = self.frames
+        brought = 0
+        for pfn, n in runs:
+            seg = fr[pfn : pfn + n]
+            absent = seg.count(ABSENT)
+            lz = seg.count(LAZY)
+            if absent or lz:
+                fr[pfn : pfn + n] = bytes([RESIDENT]) * n
+                self.resident += absent
+                self.lazy -= lz
+                self.reused_lazy += lz
+                self.faulted += absent
+                self.backend.resident += absent
+                brought += absent
+        self.backend.pressure()
+        return brought
+
+    def reclaim_range(self, pfn: int, n: int) -> int:
+        fr = self.frames
+        seg = fr[pfn : pfn + n]
+        lz = seg.count(LAZY)
+        if lz:
+            fr[pfn : pfn + n] = seg.replace(bytes([LAZY]), bytes([ABSENT]))
+            self.lazy -= lz
+            self.resident -= lz
+            self.backend.resident -= lz
+        return lz
+
+    def resident_pages(self) -> int:
+        return self.resident
+
+    def lazily_free_pages(self) -> int:
+        return self.lazy
+
+    def release(self) -> None:
+        if not self.released:
+            self.backend.resident -= self.resident
+            self.resident = self.lazy = 0
+            self.frames = bytearray(0)
+            self.released = True
+
+
+class SimBackend(MemoryBackend):
+    """Ledgers for every guest, with a host capacity that reclaims lazy frames first."""
+
+    name = "sim"
+
+    def __init__(self, discard_mode: str = "dontneed", capacity_pages: int | None = None) -> None:
+        self.discard_mode = discard_mode
+        self.capacity_pages = capacity_pages
+        self.resident = 0
+        self.reclaimed = 0
+        self.over_capacity_events = 0
+        # Oldest lazily freed ranges first: reclaim takes from the left.
+        self.lazy_ranges: deque[tuple[SimRam, int, int]] = deque()
+
+    def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:
+        return SimRam(self, guest_id, nr_pages, page_size)
+
+    def pressure(self) -> None:
+        """If over capacity, reclaim lazily freed frames, oldest first."""
+        if self.capacity_pages is None or self.resident <= self.capacity_pages:
+            return
+        self.reclaim(self.resident - self.capacity_pages)
+        if self.resident > self.capacity_pages:
+            self.over_capacity_events += 1
+
+    def reclaim(self, want_pages: int) -> int:
+        got = 0
+        while got < want_pages and self.lazy_ranges:
+            ram, pfn, n = self.lazy_ranges.popleft()
+            if not ram.released:
+                got += ram.reclaim_range(pfn, n)
+        self.reclaimed += got
+        return got

@@ -1,0 +1,125 @@
+"""Run the host: the gRPC server on uvloop, health checking, session janitor, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from host.device import BalloonDevice
+from host.memory.base import MemoryBackend
+from host.memory.sim import SimBackend
+from host.service import BalloonService
+from pagehint.config import HostConfig
+from pagehint.errors import UsageError
+from virtqueue import codec
+
+# A chain of 512 ranges packs to about 6 KiB: anything far bigger is refused by gRPC
+# itself (RESOURCE_EXHAUSTED) before it is parsed.
+MAX_MESSAGE_BYTES = 64 * 1024
+PAGE_SIZE = 4096
+
+
+def make_backend(cfg: HostConfig) -> MemoryBackend:
+    cap = None if cfg.capacity_bytes is None else cfg.capacity_bytes // PAGE_SIZE
+    if cfg.backend == "sim":
+        return SimBackend(cfg.discard, cap)
+    raise UsageError(f"unknown backend {cfg.backend!r}")
+
+
+class HostServer:
+    def __init__(self, cfg: HostConfig, log: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.backend = make_backend(cfg)
+        self.device = BalloonDevice(
+            self.backend,
+            queue_size=cfg.queue_size,
+            max_chain_ranges=cfg.max_chain_ranges,
+            session_timeout=cfg.session_timeout,
+            log=log,
+        )
+        self.service = BalloonService(self.device)
+        self.health = HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> str:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        codec.add_servicer(self.service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        try:
+            self.port = server.add_insecure_port(self.cfg.listen)
+        except RuntimeError as e:
+            raise UsageError(f"--listen {self.cfg.listen}: cannot bind: {e}") from None
+        if self.port == 0:
+            raise UsageError(f"--listen {self.cfg.listen}: cannot bind")
+        await server.start()
+        self.server = server
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(codec.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        host = self.cfg.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def janitor(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.device.expire()
+
+    async def stop(self) -> None:
+        """Drain: stop taking new work, let in-flight chains finish, end streams, close."""
+        if self.server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.service.idle.wait(), self.cfg.drain_seconds)
+        # Streams waiting for their next chain hold nothing in flight: cancelling is safe.
+        await self.server.stop(grace=1.0)
+        for token in list(self.device.sessions):
+            self.device.end(token, "host stopping")
+        self.backend.close()
+        self.server = None
+
+
+async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | None = None) -> int:
+    host = HostServer(cfg, log)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, host.stopping.set)
+    try:
+        addr = await host.start()
+    except UsageError:
+        host.backend.close()
+        raise
+    log(
+        f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
+        f"queue {cfg.queue_size}, capacity "
+        f"{'unlimited' if cfg.capacity_bytes is None else str(cfg.capacity_bytes >> 20) + ' MiB'})"
+    )
+    if ready_file:
+        tmp = Path(ready_file + ".tmp")
+        tmp.write_text(addr + "\n")
+        tmp.replace(ready_file)
+    janitor = asyncio.create_task(host.janitor())
+    try:
+        await host.stopping.wait()
+        log("stopping: draining in-flight chains")
+    finally:
+        janitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await janitor
+        await host.stop()
+    log("stopped")
+    return 0

@@ -1,0 +1,3 @@
+from tests.integration.procs import procs
+
+__all__ = ["procs"]

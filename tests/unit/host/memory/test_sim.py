@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from host.memory.sim import SimBackend
+
+
+def test_dontneed_releases_at_once_and_touch_faults_back() -> None:
+    b = SimBackend("dontneed")
+    r = b.attach("g", 1024, 4096)
+    assert r.resident_pages() == 0  # a fresh guest's RAM is untouched
+    r.touched([(0, 512)])
+    assert r.resident_pages() == 512 == b.resident
+    assert r.discard([(0, 256)]) == 256
+    assert r.resident_pages() == 256
+    r.touched([(0, 1)])
+    assert r.resident_pages() == 257
+
+
+def test_madv_free_stays_resident_until_pressure() -> None:
+    b = SimBackend("free", capacity_pages=600)
+    r = b.attach("g", 1024, 4096)
+    r.touched([(0, 512)])
+    r.discard([(0, 512)])
+    assert r.resident_pages() == 512 and r.lazily_free_pages() == 512
+    # reuse before reclaim costs nothing: the frame is simply resident again
+    r.touched([(0, 10)])
+    assert r.lazily_free_pages() == 502 and r.resident_pages() == 512
+    # other guest pushes the host over capacity: lazy frames are reclaimed first
+    o = b.attach("o", 1024, 4096)
+    o.touched([(0, 300)])
+    assert b.resident <= 600
+    assert b.reclaimed >= 212
+    assert r.resident_pages() == 512 - b.reclaimed
+
+
+def test_release_returns_everything() -> None:
+    b = SimBackend()
+    r = b.attach("g", 1024, 4096)
+    r.touched([(0, 1024)])
+    r.release()
+    assert b.resident == 0

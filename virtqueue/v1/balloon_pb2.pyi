@@ -1,0 +1,166 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Feature(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEATURE_UNSPECIFIED: _ClassVar[Feature]
+    STATS_VQ: _ClassVar[Feature]
+    DEFLATE_ON_OOM: _ClassVar[Feature]
+    FREE_PAGE_HINT: _ClassVar[Feature]
+    PAGE_POISON: _ClassVar[Feature]
+    REPORTING: _ClassVar[Feature]
+FEATURE_UNSPECIFIED: Feature
+STATS_VQ: Feature
+DEFLATE_ON_OOM: Feature
+FREE_PAGE_HINT: Feature
+PAGE_POISON: Feature
+REPORTING: Feature
+
+class NegotiateRequest(_message.Message):
+    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity")
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    POISON_VAL_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    ram_bytes: int
+    page_size: int
+    features: int
+    poison_val: int
+    capacity: int
+    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
+
+class NegotiateReply(_message.Message):
+    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHAIN_RANGES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SHM_PATH_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_FIELD_NUMBER: _ClassVar[int]
+    features: int
+    queue_size: int
+    max_chain_ranges: int
+    session: str
+    backend: str
+    shm_path: str
+    discard: str
+    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ...) -> None: ...
+
+class Chain(_message.Message):
+    __slots__ = ("id", "pfn", "order")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PFN_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    pfn: _containers.RepeatedScalarFieldContainer[int]
+    order: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, id: _Optional[int] = ..., pfn: _Optional[_Iterable[int]] = ..., order: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Touched(_message.Message):
+    __slots__ = ("pfn", "count")
+    PFN_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    pfn: _containers.RepeatedScalarFieldContainer[int]
+    count: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pfn: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GuestMessage(_message.Message):
+    __slots__ = ("chain", "touched")
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    TOUCHED_FIELD_NUMBER: _ClassVar[int]
+    chain: Chain
+    touched: Touched
+    def __init__(self, chain: _Optional[_Union[Chain, _Mapping]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ...) -> None: ...
+
+class Used(_message.Message):
+    __slots__ = ("id", "discarded_pages")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DISCARDED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    discarded_pages: int
+    def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    def __init__(self, session: _Optional[str] = ...) -> None: ...
+
+class GuestStats(_message.Message):
+    __slots__ = ("guest_id", "ram_bytes", "resident_bytes", "lazily_free_bytes", "discarded_bytes", "reported_bytes", "chains", "refused_chains", "touched_bytes", "poison_skipped_chains", "peak_resident_bytes", "measured_by_kernel")
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAZILY_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISCARDED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    TOUCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    POISON_SKIPPED_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_BY_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    ram_bytes: int
+    resident_bytes: int
+    lazily_free_bytes: int
+    discarded_bytes: int
+    reported_bytes: int
+    chains: int
+    refused_chains: int
+    touched_bytes: int
+    poison_skipped_chains: int
+    peak_resident_bytes: int
+    measured_by_kernel: bool
+    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., lazily_free_bytes: _Optional[int] = ..., discarded_bytes: _Optional[int] = ..., reported_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., touched_bytes: _Optional[int] = ..., poison_skipped_chains: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., measured_by_kernel: _Optional[bool] = ...) -> None: ...
+
+class HostStats(_message.Message):
+    __slots__ = ("guests", "capacity_bytes", "resident_bytes", "peak_resident_bytes", "reclaimed_bytes", "chains", "refused_chains", "refusals", "backend", "self")
+    class RefusalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    GUESTS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECLAIMED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SELF_FIELD_NUMBER: _ClassVar[int]
+    guests: _containers.RepeatedCompositeFieldContainer[GuestStats]
+    capacity_bytes: int
+    resident_bytes: int
+    peak_resident_bytes: int
+    reclaimed_bytes: int
+    chains: int
+    refused_chains: int
+    refusals: _containers.ScalarMap[str, int]
+    backend: str
+    self: GuestStats
+    def __init__(self_, guests: _Optional[_Iterable[_Union[GuestStats, _Mapping]]] = ..., capacity_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., reclaimed_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., refusals: _Optional[_Mapping[str, int]] = ..., backend: _Optional[str] = ..., self: _Optional[_Union[GuestStats, _Mapping]] = ...) -> None: ...
+
+class CloseRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    def __init__(self, session: _Optional[str] = ...) -> None: ...
+
+class CloseReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
