@@ -11,7 +11,7 @@ from typing import Any
 from guest.mm.buddy import AllocatorError, check_ram_size
 from guest.mm.constants import MAX_ORDER
 from guest.workloads.builtin import BUILTINS
-from guest.workloads.scenario import load_scenario
+from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
     choice,
     convert,
@@ -135,8 +135,10 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
     workload = None
     if a.workload is not None:
         workload = choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload")
+    scenario = None
     if a.scenario is not None:
-        load_scenario(a.scenario)  # fail now, with the file and step named
+        scenario = resolve_scenario(str(a.scenario))
+        load_scenario(scenario)  # fail now, with the file and step named
     duration = None if a.duration is None else convert(a.duration, parse_seconds, "--duration")
     if duration is not None and duration <= 0:
         raise UsageError(f"--duration {a.duration}: must be positive")
@@ -172,7 +174,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         guest_id=str(a.guest_id),
         host=a.host,
         workload=workload,
-        scenario=a.scenario,
+        scenario=scenario,
         duration=duration,
         seed=convert(a.seed, int, "--seed"),
         json=bool(a.json),

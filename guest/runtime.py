@@ -47,6 +47,7 @@ class GuestRuntime:
             scenario = load_scenario(cfg.scenario)
         self.scenario = scenario
         self._pending_mark: str | None = None
+        self._out: IO[str] | None = None
         self.ctx = WorkloadContext(self.memory, seed=cfg.seed, on_mark=self._on_mark)
         self.policy: Policy = make_policy(cfg.hinting, self.mm, device, log=self.log)
         self.started = time.monotonic()
@@ -54,8 +55,18 @@ class GuestRuntime:
         self.host_resident: Callable[[], int | None] = lambda: None
 
     def _on_mark(self, label: str) -> None:
+        # A row of its own, at once: marks closer than a sampling period all show.
         self._pending_mark = label
+        self._emit(self.sample())
         self.log(f"mark {label} at {self.ctx.now():.2f}s")
+
+    def _emit(self, row: dict[str, Any]) -> None:
+        self.timeline.append(row)
+        if len(self.timeline) > 100_000:
+            del self.timeline[:50_000]
+        if self._out is not None:
+            self._out.write(json.dumps(row) + "\n")
+            self._out.flush()
 
     def sample(self) -> dict[str, Any]:
         st = self.policy.stats
@@ -71,13 +82,9 @@ class GuestRuntime:
             self._pending_mark = None
         return row
 
-    async def _sample_loop(self, out: IO[str] | None) -> None:
+    async def _sample_loop(self) -> None:
         while True:
-            row = self.sample()
-            self.timeline.append(row)
-            if out is not None:
-                out.write(json.dumps(row) + "\n")
-                out.flush()
+            self._emit(self.sample())
             await asyncio.sleep(TIMELINE_PERIOD)
 
     async def _workload(self) -> None:
@@ -94,11 +101,10 @@ class GuestRuntime:
         ``before_summary`` runs after the policy stopped and before the last sample
         (the driver uses it to fetch the host's final figures).
         """
-        out: IO[str] | None = None
         if self.cfg.timeline:
             # Closed in the finally below, after the last sample.
-            out = Path(self.cfg.timeline).open("w", encoding="utf-8")  # noqa: SIM115
-        sampler = asyncio.create_task(self._sample_loop(out))
+            self._out = Path(self.cfg.timeline).open("w", encoding="utf-8")  # noqa: SIM115
+        sampler = asyncio.create_task(self._sample_loop())
         self.policy.start()
         work = asyncio.create_task(self._workload())
         try:
@@ -120,11 +126,10 @@ class GuestRuntime:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
-            row = self.sample()
-            self.timeline.append(row)
-            if out is not None:
-                out.write(json.dumps(row) + "\n")
-                out.close()
+            self._emit(self.sample())
+            if self._out is not None:
+                self._out.close()
+                self._out = None
         return self.summary()
 
     def _check(self) -> str | None:

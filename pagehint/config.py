@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from guest.mm.constants import PAGEBLOCK_ORDER
 
-POLICIES = ("bitmap", "none")
+POLICIES = ("bitmap", "reporting", "none")
 LOOPS = ("auto", "uvloop", "asyncio")
 
 

@@ -103,11 +103,11 @@ class Policy(abc.ABC):
         finally:
             elapsed_ms = (time.perf_counter() - t0) * 1000
             self.in_flight = []
-            if not self.cfg.unsafe_skip_isolation:
-                for pfn, order in batch:
+            for pfn, order in batch:
+                if not self.cfg.unsafe_skip_isolation:
                     self.mm.putback(pfn, order, to_tail=to_tail)
-                    if ok and mark:
-                        self.mm.mark_reported(pfn, order)
+                if ok and mark:
+                    self.mm.mark_reported(pfn, order)
         self.stats.reports += 1 if ok else 0
         if ok:
             self._consecutive_failures = 0
@@ -146,4 +146,8 @@ def make_policy(
         from guest.hinting.bitmap import BitmapPolicy
 
         return BitmapPolicy(cfg, mm, device, log)
+    if cfg.policy == "reporting":
+        from guest.hinting.reporting import ReportingPolicy
+
+        return ReportingPolicy(cfg, mm, device, log)
     raise ValueError(f"unknown policy {cfg.policy!r}")

@@ -195,7 +195,25 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
     return Scenario(name, path, p.steps(data["steps"], "step", set()))
 
 
+BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
+
+
+def builtin_scenarios() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+
+
+def resolve_scenario(name_or_path: str) -> str:
+    """A path to a scenario file, or the name of a shipped one (e.g. ``memhog``)."""
+    if Path(name_or_path).exists() or "/" in name_or_path or name_or_path.endswith(".toml"):
+        return name_or_path
+    builtin = BUILTIN_DIR / f"{name_or_path}.toml"
+    if builtin.exists():
+        return str(builtin)
+    return name_or_path
+
+
 def load_scenario(path: str | Path) -> Scenario:
+    path = resolve_scenario(str(path))
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:

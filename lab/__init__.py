@@ -1,0 +1,1 @@
+"""Runs hosts and guests together: compare, demo, loadtest; reports, timelines, plots."""

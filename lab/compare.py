@@ -1,0 +1,144 @@
+"""Run one scenario or workload under several policies against a host; compare them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.analysis import drop_times, peak
+from lab.plot import plot_series
+from lab.procs import ProcessGroup, read_timeline
+from pagehint.units import format_size
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    policies: tuple[str, ...]
+    ram: str
+    scenario: str | None
+    workload: str | None
+    duration: float | None
+    seed: int
+    host: str | None
+    backend: str
+    out: Path
+    extra_guest_args: tuple[str, ...] = ()
+
+
+def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    group = ProcessGroup(cfg.out)
+    results: dict[str, Any] = {}
+    timelines: dict[str, list[dict[str, Any]]] = {}
+    try:
+        addr = cfg.host
+        if addr is None:
+            addr, _ = group.start_host(["--backend", cfg.backend])
+            log(f"started a host on {addr} (backend {cfg.backend})")
+        for policy in cfg.policies:
+            name = f"compare-{policy}"
+            tl = cfg.out / f"{policy}.timeline.jsonl"
+            args = [
+                "--host",
+                addr,
+                "--id",
+                name,
+                "--ram",
+                cfg.ram,
+                "--policy",
+                policy,
+                "--seed",
+                str(cfg.seed),
+                "--timeline",
+                str(tl),
+                *cfg.extra_guest_args,
+            ]
+            if cfg.scenario is not None:
+                args += ["--scenario", cfg.scenario]
+            if cfg.workload is not None:
+                args += ["--workload", cfg.workload]
+            if cfg.duration is not None:
+                args += ["--duration", str(cfg.duration)]
+            log(f"running policy {policy}")
+            p = group.start_guest(args, name)
+            summary = group.guest_summary(p, name, timeout=(cfg.duration or 120) + 120)
+            rows = read_timeline(tl)
+            timelines[policy] = rows
+            summary["host_resident_peak_bytes"] = peak(rows)
+            summary["drops"] = drop_times(rows)
+            results[policy] = summary
+    finally:
+        group.close()
+    with (cfg.out / "timeline.jsonl").open("w") as f:
+        for policy, rows in timelines.items():
+            for r in rows:
+                f.write(json.dumps({"policy": policy, **r}) + "\n")
+    plot_series(
+        timelines,
+        cfg.out / "timeline.png",
+        title=f"host memory held per policy — {_label(cfg)} on {cfg.ram}",
+    )
+    report = {
+        "policies": list(cfg.policies),
+        "ram": cfg.ram,
+        "scenario": cfg.scenario,
+        "workload": cfg.workload,
+        "results": results,
+        "files": {
+            "summary": str(cfg.out / "summary.json"),
+            "timeline": str(cfg.out / "timeline.jsonl"),
+            "plot": str(cfg.out / "timeline.png"),
+        },
+    }
+    (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _label(cfg: CompareConfig) -> str:
+    return Path(cfg.scenario).stem if cfg.scenario else str(cfg.workload)
+
+
+def _secs(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f} s"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    header = [
+        "policy",
+        "reported",
+        "host end",
+        "host peak",
+        "to 50%",
+        "to 90%",
+        "reports",
+        "worker CPU",
+        "alloc p99",
+    ]
+    rows = [header]
+    for policy, s in report["results"].items():
+        drops = [d for d in s.get("drops", []) if d["t50_s"] is not None]
+        first = drops[0] if drops else {"t50_s": None, "t90_s": None}
+        p99 = (s.get("alloc_latency_ms") or {}).get("p99")
+        rows.append(
+            [
+                policy,
+                format_size(s["reported_bytes"]),
+                "n/a"
+                if s.get("host_resident_bytes") is None
+                else format_size(s["host_resident_bytes"]),
+                "n/a"
+                if s.get("host_resident_peak_bytes") is None
+                else format_size(s["host_resident_peak_bytes"]),
+                _secs(first["t50_s"]),
+                _secs(first["t90_s"]),
+                str(s["chains"]),
+                f"{s['worker_seconds'] * 1000:.1f} ms",
+                "n/a" if p99 is None else f"{p99 * 1000:.1f} µs",
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Start and stop real host and guest processes; nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from pagehint.errors import UsageError
+
+PAGEHINT = [sys.executable, "-m", "pagehint"]
+
+
+class ProcessGroup:
+    """Child processes started by a lab command; ``close()`` ends every one of them."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[str]] = []
+        self._files: list[IO[str]] = []
+
+    def start_host(
+        self, args: Sequence[str], name: str = "host", env: Mapping[str, str] | None = None
+    ) -> tuple[str, subprocess.Popen[str]]:
+        ready = self.workdir / f"{name}.addr"
+        ready.unlink(missing_ok=True)
+        log = (self.workdir / f"{name}.log").open("w")
+        self._files.append(log)
+        p = subprocess.Popen(
+            [*PAGEHINT, "host", "--listen", "127.0.0.1:0", "--ready-file", str(ready), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if p.poll() is not None:
+                text = (self.workdir / f"{name}.log").read_text().strip().splitlines()
+                raise UsageError(f"host failed to start: {text[-1] if text else p.returncode}")
+            if time.monotonic() > deadline:
+                raise UsageError("host did not start within 30 s")
+            time.sleep(0.05)
+        return ready.read_text().strip(), p
+
+    def start_guest(
+        self, args: Sequence[str], name: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        err = (self.workdir / f"{name}.log").open("w")
+        self._files.append(err)
+        p = subprocess.Popen(
+            [*PAGEHINT, "guest", "--json", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        return p
+
+    def guest_summary(self, p: subprocess.Popen[str], name: str, timeout: float) -> dict[str, Any]:
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise UsageError(f"guest {name} did not finish within {timeout:.0f} s") from None
+        if p.returncode != 0:
+            lines = (self.workdir / f"{name}.log").read_text().strip().splitlines()
+            last = lines[-1] if lines else f"exit {p.returncode}"
+            raise UsageError(f"guest {name} failed: {last}")
+        summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return summary
+
+    def stop(self, p: subprocess.Popen[str], timeout: float = 15) -> int | None:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        return p.returncode
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+        for f in self._files:
+            f.close()
+        self._files.clear()
+
+
+def read_timeline(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

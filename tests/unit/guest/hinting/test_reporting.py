@@ -1,0 +1,157 @@
+"""The merged design (mm/page_reporting.c) against the loopback device."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from guest.hinting.device import LoopbackDevice
+from guest.hinting.reporting import (
+    PAGE_REPORTING_IDLE,
+    PAGE_REPORTING_REQUESTED,
+    ReportingPolicy,
+)
+from guest.mm import MAX_ORDER, BuddyAllocator
+from guest.mm.check import check_invariants
+from pagehint.config import HintingConfig
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def make(
+    ram: int,
+    capacity: int = 4,
+    delay: float = 0.05,
+    order: int = 9,
+    dev: LoopbackDevice | None = None,
+) -> tuple[BuddyAllocator, ReportingPolicy, LoopbackDevice]:
+    mm = BuddyAllocator(ram)
+    dev = dev or LoopbackDevice(capacity=capacity)
+    cfg = HintingConfig(policy="reporting", capacity=capacity, delay=delay, order=order)
+    return mm, ReportingPolicy(cfg, mm, dev), dev
+
+
+def dma32_top_list(mm: BuddyAllocator) -> set[int]:
+    return set(mm.zones[1].free_area[MAX_ORDER])
+
+
+async def test_budget_limits_a_pass_and_requests_another() -> None:
+    mm, pol, dev = make(1 << 30)
+    area = mm.zones[1].free_area[MAX_ORDER]
+    nr_free = area.nr_free  # 252 order-10 blocks in DMA32
+    budget = -(-nr_free // (4 * 16))
+    await pol.process()
+    from_list = [b for b in dev.blocks if mm.zone_of(b[0]).name == "DMA32"]
+    assert len(from_list) <= (budget + 1) * 4
+    assert len(from_list) == (budget + 1) * 4  # nothing else interferes here
+    assert pol.budget_exhausted >= 1
+    # running out of budget asked for another pass, scheduled after the delay
+    assert pol.state == PAGE_REPORTING_REQUESTED
+    t0 = asyncio.get_running_loop().time()
+    await wait_for(lambda: pol.stats.passes == 2, 2.0, "the next pass")
+    assert asyncio.get_running_loop().time() - t0 >= 0.04
+    await pol.stop()
+
+
+async def test_reported_blocks_are_skipped_until_reallocated() -> None:
+    mm, pol, dev = make(64 << 20, capacity=4)
+    for _ in range(5):
+        await pol.process()
+    # every top-order block of DMA32 was reported exactly once
+    want = {(p, MAX_ORDER) for p in dma32_top_list(mm)}
+    assert want <= set(dev.blocks)
+    assert len(dev.blocks) == len(set(dev.blocks))
+    n = len(dev.blocks)
+    await pol.process()
+    assert len(dev.blocks) == n  # all reported: skipped
+    # reallocate one reported block and free it: it is unreported again
+    p = mm.alloc(MAX_ORDER)
+    assert not mm.block_at(p).reported
+    mm.free(p, MAX_ORDER)
+    await pol.process()
+    assert dev.blocks[n:] == [(p, MAX_ORDER)]
+    await pol.stop()
+    check_invariants(mm)
+
+
+async def test_merging_clears_the_mark_and_the_merged_block_is_reported() -> None:
+    mm, pol, dev = make(64 << 20, capacity=4)
+    # split a top block into two order-9 halves: allocate both, free one, report it
+    a = mm.alloc(9)
+    b = mm.alloc(9)
+    assert a ^ b == 1 << 9
+    mm.free(a, 9)
+    for _ in range(5):
+        await pol.process()
+    assert (a, 9) in dev.blocks and mm.is_reported(a, 9)
+    mm.free(b, 9)  # merges with the reported half: the mark is gone
+    top = min(a, b)
+    assert mm.is_free(top, MAX_ORDER) and not mm.is_reported(top, MAX_ORDER)
+    await pol.process()
+    assert dev.blocks[-1] == (top, MAX_ORDER)
+    await pol.stop()
+
+
+async def test_failure_ends_the_pass_and_leaves_pages_unmarked() -> None:
+    mm, pol, dev = make(1 << 30)
+    dev.fail_next = 1
+    await pol.process()
+    assert dev.attempts == 1  # the pass ended at the first failure
+    assert pol.stats.failures == 1
+    assert mm.reported_pages() == 0
+    assert mm.nr_isolated_pages == 0
+    check_invariants(mm)
+    await pol.process()
+    assert mm.reported_pages() > 0
+    await pol.stop()
+
+
+async def test_fragmented_memory_reports_nothing_until_order_is_lowered() -> None:
+    for order, expect_reports in ((9, False), (0, True)):
+        mm, pol, dev = make(256 << 20, capacity=32, order=order)
+        held = []
+        while (p := mm.alloc(0)) >= 0:
+            held.append(p)
+        for p in held[::2]:
+            mm.free(p, 0)  # every other page: no buddy ever merges
+        await pol.process()
+        dma32 = mm.zones[1]
+        # the zone was above its watermark: not skipped, just nothing reportable
+        assert dma32.nr_free_pages > dma32.wmark_low + (32 << order)
+        if expect_reports:
+            assert dev.blocks and all(o == 0 for _, o in dev.blocks)
+        else:
+            assert dev.blocks == []
+        await pol.stop()
+
+
+async def test_state_machine_and_put_back_without_hook() -> None:
+    mm, pol, dev = make(64 << 20, capacity=4, delay=0.05)
+    pol.start()  # registration requests the initial pass
+    assert pol.state == PAGE_REPORTING_REQUESTED
+    await wait_for(lambda: pol.state == PAGE_REPORTING_IDLE and pol.stats.passes >= 1, 3, "idle")
+    passes = pol.stats.passes
+    await asyncio.sleep(0.2)
+    assert pol.stats.passes == passes  # put-backs did not request more passes
+    p = mm.alloc(MAX_ORDER)
+    mm.free(p, MAX_ORDER)  # a free at the reporting order requests a pass
+    assert pol.state == PAGE_REPORTING_REQUESTED
+    await wait_for(lambda: dev.blocks[-1] == (p, MAX_ORDER), 2, "the block reported")
+    await pol.stop()
+    assert mm.nr_isolated_pages == 0
+    check_invariants(mm)
+
+
+async def test_zone_below_watermark_is_skipped() -> None:
+    mm, pol, dev = make(64 << 20, capacity=32)
+    # 64 MiB guest: DMA32 holds 12288 pages, below low + 32 << 9 = 16384+
+    await pol.process()
+    assert dev.blocks == []
+    assert pol.zones_skipped == len(mm.zones)
