@@ -66,6 +66,8 @@ class BalloonDriver:
         self.touched_pages_sent = 0
         self.discarded_pages_acked = 0
         self._closing = False
+        # Called with each new session's acceptance (the shm RAM moves to a new file).
+        self.on_session: list[Callable[[codec.Accepted], None]] = []
 
     # ---- ReportingDevice -------------------------------------------------------------
 
@@ -147,7 +149,7 @@ class BalloonDriver:
         """Connect once (a clear UsageError if the host cannot be reached), then keep connected."""
         try:
             await asyncio.wait_for(self._connect(), self.cfg.connect_timeout)
-        except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:
+        except (grpc.aio.AioRpcError, TimeoutError, OSError, ConnectionError) as e:
             await self._close_channel()
             why = (
                 f"no answer in {self.cfg.connect_timeout:g}s"
@@ -180,6 +182,8 @@ class BalloonDriver:
         acc = codec.decode_accepted(reply)
         if not F.has(acc.features, F.REPORTING):
             raise UsageError("the host did not accept VIRTIO_BALLOON_F_REPORTING")
+        for cb in self.on_session:
+            cb(acc)
         self.accepted = acc
         self.capacity = min(self.capacity, acc.max_chain_ranges)
         self._window = asyncio.Semaphore(max(1, acc.queue_size))
@@ -243,7 +247,7 @@ class BalloonDriver:
                     await asyncio.wait_for(self._connect(), NEGOTIATE_TIMEOUT + 1)
                     delay = self.cfg.reconnect_min
                     break
-                except (grpc.aio.AioRpcError, TimeoutError, OSError) as e:
+                except (grpc.aio.AioRpcError, TimeoutError, OSError, ConnectionError) as e:
                     delay = min(self.cfg.reconnect_max, delay * 2)
                     self.log(
                         f"reconnect to {self.address} failed ({_why(e)}); retry in {delay:.1f}s"

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from guest.hinting.device import LoopbackDevice, ReportingDevice
+from guest.ram import SharedRam
 from guest.runtime import GuestRuntime
 from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
 from pagehint.logging import make_logger
+from virtqueue.codec import Accepted
 
 
 async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
@@ -29,8 +31,26 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
 
     mm = build_allocator(cfg)
     driver = BalloonDriver(cfg, mm, log)
+    ram: SharedRam | None = None
+
+    def session(acc: Accepted) -> None:
+        nonlocal ram
+        if acc.backend != "shm":
+            return
+        if ram is None:
+            ram = SharedRam(acc.shm_path, mm, cfg.guest_id, cfg.poison, log)
+            log(f"mapped guest RAM from {acc.shm_path}")
+        else:
+            ram.move_to(acc.shm_path)
+            log(f"moved guest RAM to {acc.shm_path}")
+
+    driver.on_session.append(session)
     await driver.start()
     rt = GuestRuntime(cfg, device=driver, log=log, mm=mm)
+    if ram is not None:
+        # Stamp after the allocator hands a block out; check before it takes it back.
+        rt.memory.on_alloc.append(ram.on_alloc)
+        rt.memory.on_free.append(ram.on_free)
     rt.memory.on_alloc.append(driver.on_alloc)
     rt.host_resident = lambda: driver.host_resident_bytes
     log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, host {cfg.host}")
@@ -46,6 +66,22 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     summary["host_resident_bytes"] = driver.host_resident_bytes
     summary["host_connects"] = driver.connects
     summary["touched_bytes_sent"] = driver.touched_pages_sent * 4096
+    summary["host_poison_skipped_chains"] = (
+        driver.host_figures.poison_skipped_chains if driver.host_figures is not None else None
+    )
+    summary["host_measured_by_kernel"] = bool(
+        driver.host_figures is not None and driver.host_figures.measured_by_kernel
+    )
+    if ram is not None:
+        # Blocks still held at the end are checked too: a loss is a loss.
+        for b in mm.blocks():
+            if b.state == "allocated":
+                ram.check(b.pfn, b.order)
+        summary["data_loss_pages"] = ram.data_loss_pages
+        summary["poison_errors"] = ram.poison_errors
+        summary["pages_checked"] = ram.pages_checked
+        ram.close()
+    summary["data_loss_checked"] = ram is not None
     log(
         f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
         f"host holds {(driver.host_resident_bytes or 0) >> 20} MiB"

@@ -7,13 +7,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from pagehint import loop as event_loop
-from pagehint.cli_support import choice, convert, from_env, positive_float, positive_int, to_bool
+from pagehint.cli_support import (
+    choice,
+    convert,
+    from_env,
+    nonneg_float,
+    positive_float,
+    positive_int,
+    to_bool,
+)
 from pagehint.config import LOOPS, HostConfig
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
 from pagehint.units import parse_seconds, parse_size
 
-BACKENDS = ("sim",)
+BACKENDS = ("sim", "shm")
 DISCARDS = ("free", "dontneed")
 
 
@@ -72,6 +80,11 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         default=from_env(e, "--ready-file", None),
         help="write the bound address here once serving",
     )
+    p.add_argument(
+        "--latency",
+        default=from_env(e, "--latency", "0"),
+        help="seconds before each chain is processed (models a busy host)",
+    )
     p.add_argument("--quiet", action="store_true", default=to_bool(from_env(e, "--quiet", False)))
     p.set_defaults(handler=run)
 
@@ -106,6 +119,7 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         shm_dir=a.shm_dir,
         loop=choice(str(a.loop), LOOPS, "--loop"),
         metrics_port=metrics_port,
+        latency=convert(a.latency, lambda s: nonneg_float(str(parse_seconds(s))), "--latency"),
     )
 
 

@@ -30,6 +30,10 @@ def make_backend(cfg: HostConfig) -> MemoryBackend:
     cap = None if cfg.capacity_bytes is None else cfg.capacity_bytes // PAGE_SIZE
     if cfg.backend == "sim":
         return SimBackend(cfg.discard, cap)
+    if cfg.backend == "shm":
+        from host.memory.shm import ShmBackend
+
+        return ShmBackend(cfg.shm_dir, cfg.discard, cap)
     raise UsageError(f"unknown backend {cfg.backend!r}")
 
 
@@ -45,7 +49,7 @@ class HostServer:
             session_timeout=cfg.session_timeout,
             log=log,
         )
-        self.service = BalloonService(self.device)
+        self.service = BalloonService(self.device, cfg.latency)
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0

@@ -18,8 +18,9 @@ async def _abort(context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
 
 
 class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
-    def __init__(self, device: BalloonDevice) -> None:
+    def __init__(self, device: BalloonDevice, latency: float = 0.0) -> None:
         self.device = device
+        self.latency = latency
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -69,6 +70,8 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
                     self.inflight += 1
                     self.idle.clear()
                     try:
+                        if self.latency:
+                            await asyncio.sleep(self.latency)
                         discarded = self.device.handle_report(session, decoded.pfns, decoded.orders)
                     finally:
                         self.inflight -= 1

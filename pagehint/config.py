@@ -88,3 +88,6 @@ class HostConfig:
     loop: str = "auto"
     metrics_port: int | None = None
     drain_seconds: float = 5.0
+    # Seconds before each chain is processed: models a busy host whose device
+    # thread gets to the virtqueue late (0: at once).
+    latency: float = 0.0

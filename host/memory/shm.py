@@ -1,0 +1,203 @@
+"""The shared-memory backend: each guest's RAM is a real file in /dev/shm.
+
+The host creates the file (the guest's RAM size, sparse), tells the guest its
+path, and the guest maps it and really writes its pages. Reported ranges are
+really given back to the kernel with fallocate(PUNCH_HOLE|KEEP_SIZE), or
+MADV_REMOVE where that is unsupported. The measure of what the host holds is
+the kernel's own: the file's allocated blocks (st_blocks), not RSS (MADV_DONTNEED
+on shared memory drops RSS but frees nothing).
+
+MADV_FREE is refused on shared mappings, so this backend only discards at once
+(``--discard dontneed``).
+
+Files are removed when the session ends, times out, or the host stops. A
+host that was killed leaves its folder behind; the next host to start removes
+every folder or file whose owning host process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from host.memory.base import GuestRam, MemoryBackend
+from host.memory.punch import allocated_bytes, madv_remove, punch_hole, punch_supported
+from pagehint.errors import UsageError
+
+DEFAULT_ROOT = Path("/dev/shm")
+PRIVATE_PREFIX = "pagehint-host-"
+PID_FILE = "host.pid"
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_pid(folder: Path) -> int | None:
+    try:
+        return int((folder / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class ShmRam(GuestRam):
+    def __init__(
+        self, backend: ShmBackend, guest_id: str, nr_pages: int, page_size: int, path: Path
+    ) -> None:
+        self.backend = backend
+        self.guest_id = guest_id
+        self.nr_pages = nr_pages
+        self.page_size = page_size
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.ftruncate(self.fd, nr_pages * page_size)
+        self._map: mmap.mmap | None = None
+        self.released = False
+
+    @property
+    def shm_path(self) -> str:
+        return str(self.path)
+
+    @property
+    def measured_by_kernel(self) -> bool:
+        return True
+
+    def discard(self, ranges: Sequence[tuple[int, int]]) -> int:
+        ps = self.page_size
+        pages = 0
+        # Coalesce adjacent ranges (the device sorted them): fewer system calls.
+        runs: list[list[int]] = []
+        for pfn, n in ranges:
+            if runs and runs[-1][0] + runs[-1][1] == pfn:
+                runs[-1][1] += n
+            else:
+                runs.append([pfn, n])
+        for pfn, n in runs:
+            self._punch(pfn * ps, n * ps)
+            pages += n
+        return pages
+
+    def _punch(self, offset: int, length: int) -> None:
+        if self.backend.use_madv_remove:
+            madv_remove(self._mapping(), offset, length)
+            return
+        try:
+            punch_hole(self.fd, offset, length)
+        except OSError as e:
+            if punch_supported(e):
+                raise
+            self.backend.use_madv_remove = True
+            madv_remove(self._mapping(), offset, length)
+
+    def _mapping(self) -> mmap.mmap:
+        if self._map is None:
+            self._map = mmap.mmap(self.fd, self.nr_pages * self.page_size, mmap.MAP_SHARED)
+        return self._map
+
+    def touched(self, runs: Sequence[tuple[int, int]]) -> int:
+        return 0  # the kernel sees the guest's writes itself
+
+    def resident_pages(self) -> int:
+        if self.released:
+            return 0
+        return allocated_bytes(self.fd) // self.page_size
+
+    def lazily_free_pages(self) -> int:
+        return 0
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self._map is not None:
+            self._map.close()
+        os.close(self.fd)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class ShmBackend(MemoryBackend):
+    name = "shm"
+
+    def __init__(
+        self, shm_dir: str | None, discard_mode: str = "dontneed", capacity_pages: int | None = None
+    ) -> None:
+        if discard_mode != "dontneed":
+            raise UsageError(
+                "--discard free is not possible with --backend shm: "
+                "MADV_FREE is refused on shared memory; use --discard dontneed"
+            )
+        self.discard_mode = discard_mode
+        self.capacity_pages = capacity_pages
+        self.use_madv_remove = False
+        self.rams: list[ShmRam] = []
+        self.cleaned: list[str] = []
+        if shm_dir is None:
+            if not DEFAULT_ROOT.is_dir():
+                raise UsageError("--backend shm: /dev/shm does not exist here; give --shm-dir")
+            self._clean_private_folders(DEFAULT_ROOT)
+            self.dir = DEFAULT_ROOT / f"{PRIVATE_PREFIX}{os.getpid()}"
+            self.private = True
+        else:
+            self.dir = Path(shm_dir)
+            self.private = False
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--shm-dir {self.dir}: cannot create: {e.strerror}") from None
+        self._claim_shared_folder()
+
+    def _clean_private_folders(self, root: Path) -> None:
+        for folder in root.glob(f"{PRIVATE_PREFIX}*"):
+            pid = _owner_pid(folder)
+            if pid is None:
+                m = re.fullmatch(rf"{PRIVATE_PREFIX}(\d+)", folder.name)
+                pid = int(m.group(1)) if m else None
+            if pid is not None and not _pid_alive(pid):
+                shutil.rmtree(folder, ignore_errors=True)
+                self.cleaned.append(str(folder))
+
+    def _claim_shared_folder(self) -> None:
+        pid_file = self.dir / PID_FILE
+        owner = _owner_pid(self.dir)
+        if owner is not None and owner != os.getpid() and _pid_alive(owner):
+            raise UsageError(f"--shm-dir {self.dir}: in use by another host (pid {owner})")
+        # The previous owner is gone: its guests' RAM files are orphans.
+        for f in self.dir.glob("*.ram"):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                self.cleaned.append(str(f))
+        pid_file.write_text(f"{os.getpid()}\n")
+
+    def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:
+        name = _SAFE.sub("_", guest_id)[:64]
+        path = self.dir / f"{name}-{os.urandom(4).hex()}.ram"
+        ram = ShmRam(self, guest_id, nr_pages, page_size, path)
+        self.rams = [r for r in self.rams if not r.released]
+        self.rams.append(ram)
+        return ram
+
+    @property
+    def resident(self) -> int:
+        return sum(r.resident_pages() for r in self.rams if not r.released)
+
+    def close(self) -> None:
+        for r in self.rams:
+            r.release()
+        self.rams.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / PID_FILE).unlink()
+        if self.private:
+            shutil.rmtree(self.dir, ignore_errors=True)

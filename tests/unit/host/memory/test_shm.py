@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+
+from host.memory.shm import ShmBackend
+from pagehint.errors import UsageError
+
+MIB = 1 << 20
+
+
+def test_punch_really_frees_and_release_removes(tmp_path: Path) -> None:
+    b = ShmBackend(str(tmp_path))
+    ram = b.attach("g/1", 4096, 4096)  # 16 MiB
+    path = Path(ram.shm_path)
+    assert path.parent == tmp_path and "/" not in path.name
+    assert ram.resident_pages() == 0  # sparse
+    fd = os.open(path, os.O_RDWR)
+    m = mmap.mmap(fd, 16 * MIB, mmap.MAP_SHARED)
+    m[: 8 * MIB] = b"\x07" * (8 * MIB)
+    assert ram.resident_pages() == 2048  # the kernel's count of allocated blocks
+    assert ram.discard([(0, 512), (512, 512)]) == 1024
+    assert ram.resident_pages() == 1024
+    assert m[0:4] == b"\x00" * 4 and m[4 * MIB : 4 * MIB + 1] == b"\x07"
+    m.close()
+    os.close(fd)
+    ram.release()
+    assert not path.exists()
+    b.close()
+
+
+def test_discard_free_refused_on_shared_memory(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="MADV_FREE is refused on shared memory"):
+        ShmBackend(str(tmp_path), discard_mode="free")
+
+
+def test_orphans_of_a_dead_host_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "host.pid").write_text("999999999\n")  # no such process
+    orphan = tmp_path / "old-guest-1234.ram"
+    orphan.write_bytes(b"x")
+    b = ShmBackend(str(tmp_path))
+    assert not orphan.exists()
+    assert (tmp_path / "host.pid").read_text().strip() == str(os.getpid())
+    b.close()
+    assert not (tmp_path / "host.pid").exists()
+
+
+def test_folder_of_a_live_host_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "host.pid").write_text(f"{os.getppid()}\n")
+    with pytest.raises(UsageError, match="in use by another host"):
+        ShmBackend(str(tmp_path))
