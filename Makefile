@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/pagehint guest --ram 1GiB --scenario guest/workloads/scenarios/memhog.toml --duration 6
+	$(VENV)/bin/pagehint demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

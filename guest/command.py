@@ -104,6 +104,16 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         help="UNSAFE demonstration: report blocks without isolating them",
     )
     p.add_argument(
+        "--rate",
+        default=from_env(e, "--rate", "20000"),
+        help="churn: allocator operations per second",
+    )
+    p.add_argument(
+        "--ack-log",
+        default=from_env(e, "--ack-log", None),
+        help="write each report's ack latency (ms) to this file at the end",
+    )
+    p.add_argument(
         "--connect-timeout",
         default=from_env(e, "--connect-timeout", "10"),
         help="seconds to wait for the host at start-up",
@@ -121,6 +131,20 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         help="no event log on stderr",
     )
     p.set_defaults(handler=run)
+
+
+def expand_id(text: str) -> str:
+    """``{hostname}`` and ``{pid}`` in --id: unique names for scaled services."""
+    import os
+    import socket
+
+    try:
+        out = text.format(hostname=socket.gethostname(), pid=os.getpid())
+    except (KeyError, IndexError, ValueError):
+        raise UsageError(f"--id {text!r}: only {{hostname}} and {{pid}} may be used") from None
+    if not out or len(out) > 128 or not out.isprintable():
+        raise UsageError(f"--id {text!r}: must be 1..128 printable characters")
+    return out
 
 
 def config_from_args(a: argparse.Namespace) -> GuestConfig:
@@ -171,9 +195,10 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
     )
     return GuestConfig(
         ram_bytes=ram,
-        guest_id=str(a.guest_id),
+        guest_id=expand_id(str(a.guest_id)),
         host=a.host,
         workload=workload,
+        rate=convert(a.rate, positive_float, "--rate"),
         scenario=scenario,
         duration=duration,
         seed=convert(a.seed, int, "--seed"),
@@ -186,6 +211,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
             a.connect_timeout, lambda s: positive_float(str(parse_seconds(s))), "--connect-timeout"
         ),
         check=bool(a.check),
+        ack_log=a.ack_log,
         hinting=hinting,
     )
 

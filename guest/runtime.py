@@ -21,7 +21,7 @@ from guest.mm.buddy import BuddyAllocator
 from guest.mm.check import InvariantError, check_invariants
 from guest.mm.constants import PAGE_SIZE
 from guest.workloads.base import WorkloadContext
-from guest.workloads.builtin import BUILTINS, run_builtin
+from guest.workloads.builtin import BUILTINS, WorkloadParams, run_builtin
 from guest.workloads.scenario import Scenario, load_scenario, run_scenario
 from pagehint.config import GuestConfig
 from pagehint.stats import percentiles
@@ -53,6 +53,7 @@ class GuestRuntime:
         self.started = time.monotonic()
         self.timeline: list[dict[str, Any]] = []
         self.host_resident: Callable[[], int | None] = lambda: None
+        self.stopped_by_signal = False
 
     def _on_mark(self, label: str) -> None:
         # A row of its own, at once: marks closer than a sampling period all show.
@@ -91,7 +92,9 @@ class GuestRuntime:
         if self.scenario is not None:
             await run_scenario(self.scenario, self.ctx)
         elif self.cfg.workload is not None:
-            await run_builtin(self.cfg.workload, self.ctx)
+            await run_builtin(
+                self.cfg.workload, self.ctx, WorkloadParams(ops_per_second=self.cfg.rate)
+            )
 
     async def run(
         self, before_summary: Callable[[], Awaitable[None]] | None = None
@@ -108,13 +111,16 @@ class GuestRuntime:
         self.policy.start()
         work = asyncio.create_task(self._workload())
         try:
-            if self.cfg.duration is not None:
-                done, _ = await asyncio.wait({work}, timeout=self.cfg.duration)
-                if work in done:
-                    # The workload ended early: idle until the duration so hinting can finish.
-                    remaining = self.cfg.duration - (time.monotonic() - self.started)
-                    await self.ctx.sleep(remaining)
-                self.ctx.stop.set()
+            stop = asyncio.ensure_future(self.ctx.stop.wait())
+            done, _ = await asyncio.wait(
+                {work, stop}, timeout=self.cfg.duration, return_when=asyncio.FIRST_COMPLETED
+            )
+            if work in done and self.cfg.duration is not None:
+                # The workload ended early: idle until the duration so hinting can finish.
+                remaining = self.cfg.duration - (time.monotonic() - self.started)
+                await self.ctx.sleep(remaining)
+            self.ctx.stop.set()
+            stop.cancel()
             await work
         finally:
             self.ctx.stop.set()

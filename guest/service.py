@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from collections.abc import Callable
 from typing import Any
 
+from guest.balloon import BalloonDriver
 from guest.hinting.device import LoopbackDevice, ReportingDevice
 from guest.ram import SharedRam
 from guest.runtime import GuestRuntime
@@ -18,15 +22,19 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     if cfg.host is None:
         device: ReportingDevice = LoopbackDevice(capacity=cfg.hinting.effective_capacity())
         rt = GuestRuntime(cfg, device=device, log=log)
+        _stop_on_signals(rt, log)
+        metrics = _start_metrics(cfg, rt, None, log)
         log(
             f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, "
             "no host (loopback)"
         )
         summary = await rt.run()
+        if metrics is not None:
+            metrics.shutdown()  # type: ignore[attr-defined]
+        _write_ack_log(cfg, rt)
         summary["backend"] = "loopback"
         return summary
 
-    from guest.balloon import BalloonDriver
     from guest.runtime import build_allocator
 
     mm = build_allocator(cfg)
@@ -47,6 +55,8 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     driver.on_session.append(session)
     await driver.start()
     rt = GuestRuntime(cfg, device=driver, log=log, mm=mm)
+    _stop_on_signals(rt, log)
+    metrics = _start_metrics(cfg, rt, driver, log)
     if ram is not None:
         # Stamp after the allocator hands a block out; check before it takes it back.
         rt.memory.on_alloc.append(ram.on_alloc)
@@ -58,6 +68,9 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
         summary = await rt.run(before_summary=driver.stop)
     finally:
         await driver.stop()
+        if metrics is not None:
+            metrics.shutdown()  # type: ignore[attr-defined]
+    _write_ack_log(cfg, rt)
     assert driver.accepted is not None
     summary["backend"] = driver.accepted.backend
     summary["host_reported_bytes"] = (
@@ -87,6 +100,38 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
         f"host holds {(driver.host_resident_bytes or 0) >> 20} MiB"
     )
     return summary
+
+
+def _stop_on_signals(rt: GuestRuntime, log: Callable[[str], None]) -> None:
+    """SIGTERM / SIGINT end the run cleanly: pages back, session closed, summary printed."""
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log("stopping on signal")
+        rt.ctx.stop.set()
+        rt.stopped_by_signal = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+def _start_metrics(
+    cfg: GuestConfig, rt: GuestRuntime, driver: BalloonDriver | None, log: Callable[[str], None]
+) -> object | None:
+    if cfg.metrics_port is None:
+        return None
+    from guest.metrics import guest_metrics
+    from pagehint.metrics import serve
+
+    server, port = serve(lambda: guest_metrics(rt, driver), cfg.metrics_port)
+    log(f"metrics on http://0.0.0.0:{port}/metrics")
+    return server
+
+
+def _write_ack_log(cfg: GuestConfig, rt: GuestRuntime) -> None:
+    if cfg.ack_log:
+        with open(cfg.ack_log, "w", encoding="utf-8") as f:
+            f.writelines(f"{x:.4f}\n" for x in rt.policy.stats.ack_log)
 
 
 def run_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:

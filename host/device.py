@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from host.memory.base import GuestRam, MemoryBackend
+from pagehint.metrics import LatencyHistogram
 from virtqueue import features as F
 from virtqueue.codec import GuestFigures, HostFigures
 
@@ -93,6 +94,7 @@ class BalloonDevice:
         self.chains = 0
         self.ended: list[Session] = []
         self.peak_resident_pages = 0
+        self.chain_histogram = LatencyHistogram()
         self.log = log or (lambda _m: None)
 
     # ---- sessions ------------------------------------------------------------------
@@ -226,7 +228,9 @@ class BalloonDevice:
         if s.poisoned:
             s.poison_skipped += 1
             return 0
+        t0 = time.perf_counter()
         s.ram.discard(ranges)
+        self.chain_histogram.observe(time.perf_counter() - t0)
         return pages
 
     def refuse(self, reason: str) -> None:

@@ -117,6 +117,11 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         tmp.write_text(addr + "\n")
         tmp.replace(ready_file)
     janitor = asyncio.create_task(host.janitor())
+    metrics = None
+    if cfg.metrics_port is not None:
+        from host.metrics import start_host_metrics
+
+        metrics = start_host_metrics(host.device, cfg.metrics_port, log)
     try:
         await host.stopping.wait()
         log("stopping: draining in-flight chains")
@@ -125,5 +130,7 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         with contextlib.suppress(asyncio.CancelledError):
             await janitor
         await host.stop()
+        if metrics is not None:
+            metrics.shutdown()  # type: ignore[attr-defined]
     log("stopped")
     return 0

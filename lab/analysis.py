@@ -11,15 +11,16 @@ def drop_times(
 ) -> list[dict[str, Any]]:
     """For each mark whose label contains "free": seconds to 50% and 90% of the eventual drop.
 
-    The eventual drop is the value at the mark minus the lowest value before the
-    next mark (or the end). None where nothing dropped.
+    The eventual drop is the highest value after the mark minus the lowest value
+    before the next "free" mark (or the end). None where nothing dropped.
     """
     marks = [(i, r["mark"]) for i, r in enumerate(rows) if r.get("mark")]
     out: list[dict[str, Any]] = []
     for k, (i, label) in enumerate(marks):
         if "free" not in label:
             continue
-        end = marks[k + 1][0] if k + 1 < len(marks) else len(rows)
+        later = [j for j, lab in marks[k + 1 :] if "free" in lab]
+        end = later[0] if later else len(rows)
         window = [r for r in rows[i:end] if r.get(key) is not None]
         if not window:
             out.append(

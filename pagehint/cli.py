@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,6 +57,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    # SIGTERM takes the same clean way out as Ctrl-C: lab commands stop their child
+    # processes and remove what they made. (host and guest install their own handlers.)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         rc: int = args.handler(args, env)
         return rc
@@ -65,6 +69,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except KeyboardInterrupt:
         sys.stderr.write(f"pagehint {args.command}: interrupted\n")
         return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def entry() -> None:

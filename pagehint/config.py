@@ -48,6 +48,8 @@ class GuestConfig:
     guest_id: str = "guest"
     host: str | None = None
     workload: str | None = None
+    # churn: operations per second (a load test of many guests turns this down)
+    rate: float = 20_000.0
     scenario: str | None = None
     duration: float | None = None
     seed: int = 0
@@ -66,6 +68,8 @@ class GuestConfig:
     poison: int | None = None
     # Give up at start-up if the host cannot be reached in this long.
     connect_timeout: float = 10.0
+    # Write every acknowledged report's latency (ms, one per line) here at the end.
+    ack_log: str | None = None
     # Run the allocator's invariant checker at the end (O(pages): off for huge guests).
     check: bool = False
     hinting: HintingConfig = field(default_factory=HintingConfig)

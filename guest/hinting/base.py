@@ -12,6 +12,7 @@ from guest.hinting.device import Block, ReportError, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from pagehint.config import HintingConfig
+from pagehint.metrics import LatencyHistogram
 
 Log = Callable[[str], None]
 ACK_SAMPLES = 100_000  # keep at most this many ack latencies (oldest dropped)
@@ -29,6 +30,9 @@ class HintingStats:
     isolated_peak_pages: int = 0
     worker_seconds: float = 0.0
     ack_latency_ms: list[float] = field(default_factory=list)
+    ack_histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
+    # Every acknowledged report's latency (ms), for --ack-log; bounded.
+    ack_log: list[float] = field(default_factory=list)
 
     @property
     def reported_bytes(self) -> int:
@@ -113,6 +117,9 @@ class Policy(abc.ABC):
             self._consecutive_failures = 0
             self.stats.reported_blocks += len(batch)
             self.stats.reported_pages += sum(1 << o for _, o in batch)
+            self.stats.ack_histogram.observe(elapsed_ms / 1000)
+            if len(self.stats.ack_log) < 1_000_000:
+                self.stats.ack_log.append(elapsed_ms)
             lat = self.stats.ack_latency_ms
             lat.append(elapsed_ms)
             if len(lat) > ACK_SAMPLES:

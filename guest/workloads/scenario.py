@@ -11,7 +11,8 @@ Steps (``op`` names the kind)::
     [[steps]]
     op = "mark"       # label: shows on timelines and plots
     [[steps]]
-    op = "churn"      # seconds, occupancy (default 0.5), rate (ops/s, default 20000)
+    op = "churn"      # seconds, occupancy (default 0.5), rate (ops/s, default 20000),
+                      # name (default "churn": the group a later free can name)
     [[steps]]
     op = "repeat"     # count, steps = [ {op = ...}, ... ]
 
@@ -61,6 +62,7 @@ class Churn:
     seconds: float
     occupancy: float
     rate: float
+    name: str = "churn"  # the group churn holds its blocks in (a later free can name it)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ _FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "free": ({"name"}, {"stride", "offset"}),
     "sleep": ({"seconds"}, set()),
     "mark": ({"label"}, set()),
-    "churn": ({"seconds"}, {"occupancy", "rate"}),
+    "churn": ({"seconds"}, {"occupancy", "rate", "name"}),
     "repeat": ({"count", "steps"}, set()),
 }
 
@@ -154,10 +156,13 @@ class _Parser:
         if op == "mark":
             return Mark(self.string(raw["label"], where, "label"))
         if op == "churn":
+            group = self.string(raw.get("name", "churn"), where, "name")
+            names.add(group)
             return Churn(
                 self.number(raw["seconds"], where, "seconds", 0.0, 86400.0),
                 self.number(raw.get("occupancy", 0.5), where, "occupancy", 0.0, 0.95),
                 self.number(raw.get("rate", 20_000), where, "rate", 1.0, 10_000_000.0),
+                group,
             )
         count = self.integer(raw["count"], where, "count", 1, 1_000_000)
         return Repeat(count, self.steps(raw["steps"], f"{where}.steps", names))
@@ -240,7 +245,7 @@ async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext) -> None:
         elif isinstance(step, Mark):
             ctx.mark(step.label)
         elif isinstance(step, Churn):
-            await churn_for(ctx, step.occupancy, step.rate, seconds=step.seconds)
+            await churn_for(ctx, step.occupancy, step.rate, seconds=step.seconds, group=step.name)
         else:
             for _ in range(step.count):
                 await _run_steps(step.steps, ctx)

@@ -1,0 +1,43 @@
+"""``pagehint health --host ADDR``: exit 0 when the host answers the gRPC health check."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from pagehint.cli_support import convert, from_env, positive_float
+from pagehint.errors import UsageError
+from pagehint.units import parse_seconds
+
+
+def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "health",
+        help="exit 0 if the host answers the gRPC health check",
+        description="Probe a host with the standard gRPC health check "
+        "(for compose and orchestrators).",
+    )
+    p.add_argument("--host", default=from_env(env, "--host", "127.0.0.1:50051"), help="HOST:PORT")
+    p.add_argument("--timeout", default=from_env(env, "--timeout", "3"), help="seconds")
+    p.add_argument("--service", default="", help="service name (default: the whole server)")
+    p.set_defaults(handler=run)
+
+
+def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    timeout = convert(a.timeout, lambda s: positive_float(str(parse_seconds(s))), "--timeout")
+    with grpc.insecure_channel(str(a.host)) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=a.service), timeout=timeout)
+        except grpc.RpcError as e:
+            raise UsageError(f"host {a.host} is not healthy: {e.code().name}") from None
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        raise UsageError(f"host {a.host} is {status}")
+    sys.stdout.write(f"{a.host}: {status}\n")
+    return 0

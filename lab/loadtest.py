@@ -1,0 +1,216 @@
+"""`pagehint loadtest`: many guests against one overcommitted host."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from lab.plot import plot_series
+from lab.procs import ProcessGroup
+from pagehint.errors import UsageError
+from pagehint.stats import percentiles
+from pagehint.units import format_size
+from virtqueue import codec
+
+WORKLOADS = ("memhog", "churn", "fragment")
+POLL = 0.5  # seconds between host-stats samples
+
+
+@dataclass(frozen=True)
+class LoadtestConfig:
+    guests: int
+    ram_bytes: int
+    duration: float
+    capacity_bytes: int
+    backend: str
+    policies: tuple[str, ...]
+    rate: float
+    out: Path
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise UsageError("cannot read MemAvailable from /proc/meminfo")
+
+
+def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    group = ProcessGroup(cfg.out)
+    names = [f"lt-{i + 1:03d}" for i in range(cfg.guests)]
+    host_rows: list[dict[str, Any]] = []
+    summaries: dict[str, Any] = {}
+    errors: list[str] = []
+    t0 = time.monotonic()
+    host_stats: codec.HostFigures | None = None
+    try:
+        addr, host = group.start_host(
+            [
+                "--backend",
+                cfg.backend,
+                "--capacity",
+                str(cfg.capacity_bytes),
+                "--quiet",
+                "--session-timeout",
+                "120",
+            ]
+        )
+        procs = {}
+        for i, n in enumerate(names):
+            procs[n] = group.start_guest(
+                [
+                    "--host",
+                    addr,
+                    "--id",
+                    n,
+                    "--ram",
+                    str(cfg.ram_bytes),
+                    "--workload",
+                    WORKLOADS[i % len(WORKLOADS)],
+                    "--policy",
+                    cfg.policies[i % len(cfg.policies)],
+                    "--duration",
+                    str(cfg.duration),
+                    "--seed",
+                    str(i),
+                    "--rate",
+                    str(cfg.rate),
+                    "--connect-timeout",
+                    "120",
+                    "--ack-log",
+                    str(cfg.out / f"{n}.acks"),
+                    "--quiet",
+                ],
+                n,
+            )
+        log(
+            f"host on {addr} (capacity {format_size(cfg.capacity_bytes)}); "
+            f"{cfg.guests} guests started"
+        )
+        with grpc.insecure_channel(addr) as ch:
+            stub = codec.stub(ch)
+            last_print = 0.0
+            while any(p.poll() is None for p in procs.values()):
+                try:
+                    host_stats = codec.decode_host_stats(
+                        stub.Stats(codec.encode_stats_request(), timeout=5)
+                    )
+                    host_rows.append(
+                        {
+                            "t": round(time.monotonic() - t0, 2),
+                            "host_resident_bytes": host_stats.resident_bytes,
+                            "guests": len(host_stats.guests),
+                            "chains": host_stats.chains,
+                        }
+                    )
+                except grpc.RpcError as e:
+                    errors.append(f"host stats: {e.code().name}")
+                if time.monotonic() - last_print > 5 and host_rows:
+                    last_print = time.monotonic()
+                    r = host_rows[-1]
+                    log(
+                        f"[{r['t']:5.1f}s] {r['guests']} guests connected, host holds "
+                        f"{format_size(r['host_resident_bytes'])}, {r['chains']} chains"
+                    )
+                time.sleep(POLL)
+        for n, p in procs.items():
+            try:
+                summaries[n] = group.guest_summary(p, n, timeout=60)
+            except UsageError as e:
+                errors.append(str(e))
+        if host.poll() is not None:
+            errors.append(f"host exited with {host.returncode}")
+        elapsed = time.monotonic() - t0
+    finally:
+        group.close()
+    acks: list[float] = []
+    for n in names:
+        path = cfg.out / f"{n}.acks"
+        if path.exists():
+            acks.extend(float(x) for x in path.read_text().split())
+    chains = sum(s["chains"] for s in summaries.values())
+    total_ram = cfg.guests * cfg.ram_bytes
+    peak = max((r["host_resident_bytes"] for r in host_rows), default=0)
+    # "End": the last sample with every guest still connected (after that, guests
+    # finishing close their sessions and the host lets their memory go).
+    most = max((r["guests"] for r in host_rows), default=0)
+    full = [r for r in host_rows if r["guests"] == most]
+    end = full[-1]["host_resident_bytes"] if full else 0
+    report = {
+        "guests": cfg.guests,
+        "guests_completed": len(summaries),
+        "guest_ram_total_bytes": total_ram,
+        "host_capacity_bytes": cfg.capacity_bytes,
+        "host_resident_peak_bytes": peak,
+        "host_resident_end_bytes": end,
+        # RAM promised to guests per byte the host actually had to hold at peak.
+        "overcommit_ratio": round(total_ram / peak, 2) if peak else None,
+        "capacity_overcommit_ratio": round(total_ram / cfg.capacity_bytes, 2),
+        "elapsed_s": round(elapsed, 1),
+        "chains": chains,
+        "chains_per_s": round(chains / cfg.duration, 1),
+        "ack_latency_ms": percentiles(acks),
+        "alloc_failures": sum(s["alloc_failures"] for s in summaries.values()),
+        "report_failures": sum(s["report_failures"] for s in summaries.values()),
+        "data_loss_pages": sum(s.get("data_loss_pages") or 0 for s in summaries.values()),
+        # Only the shm backend has real memory whose loss the guests can detect.
+        "data_loss_checked": bool(summaries)
+        and all(s.get("data_loss_checked") for s in summaries.values()),
+        "refused_chains": host_stats.refused_chains if host_stats else None,
+        "errors": errors,
+        "backend": cfg.backend,
+        "per_guest": summaries,
+        "host_timeline": host_rows,
+    }
+    (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
+    cap_rows = [{"t": r["t"], "host_resident_bytes": cfg.capacity_bytes} for r in host_rows]
+    plot_series(
+        {"host resident (all guests)": host_rows, "host capacity": cap_rows},
+        cfg.out / "loadtest.png",
+        title=f"loadtest: {cfg.guests} guests × {format_size(cfg.ram_bytes)} "
+        f"({format_size(total_ram)} promised)",
+    )
+    return report
+
+
+def format_loadtest(r: dict[str, Any]) -> str:
+    lat = r["ack_latency_ms"]
+
+    def ms(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.2f} ms"
+
+    rows = [
+        ("guests", f"{r['guests_completed']}/{r['guests']} completed ({r['backend']} backend)"),
+        ("guest RAM total", format_size(r["guest_ram_total_bytes"])),
+        (
+            "host capacity",
+            f"{format_size(r['host_capacity_bytes'])} "
+            f"(overcommit {r['capacity_overcommit_ratio']}×)",
+        ),
+        (
+            "host resident",
+            f"peak {format_size(r['host_resident_peak_bytes'])}, "
+            f"end {format_size(r['host_resident_end_bytes'])}",
+        ),
+        ("overcommit achieved", f"{r['overcommit_ratio']}× (guest RAM / host peak)"),
+        ("chains", f"{r['chains']} ({r['chains_per_s']}/s)"),
+        ("ack latency", f"p50 {ms(lat['p50'])}, p99 {ms(lat['p99'])}, max {ms(lat['max'])}"),
+        ("alloc failures", str(r["alloc_failures"])),
+        ("report failures", str(r["report_failures"])),
+        (
+            "data loss",
+            f"{r['data_loss_pages']} pages"
+            if r["data_loss_checked"]
+            else "not measured (sim backend has no real memory; use --backend shm)",
+        ),
+        ("errors", "none" if not r["errors"] else "; ".join(r["errors"][:5])),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

@@ -1,0 +1,110 @@
+"""``pagehint loadtest``: N guest processes against one host with overcommit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from guest.mm.buddy import AllocatorError, check_ram_size
+from pagehint.cli_support import choice, convert, from_env, positive_float, positive_int, to_bool
+from pagehint.config import POLICIES
+from pagehint.errors import UsageError
+from pagehint.logging import make_logger
+from pagehint.units import format_size, parse_seconds, parse_size
+
+
+def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "loadtest",
+        help="many guests against one overcommitted host",
+        description="Starts --guests guest processes (workloads memhog, churn, fragment in "
+        "turn) against one host whose --capacity is below their total RAM.",
+    )
+    e = env
+    p.add_argument("--guests", default=from_env(e, "--guests", "8"))
+    p.add_argument("--ram", default=from_env(e, "--ram", "1GiB"), help="RAM per guest")
+    p.add_argument("--duration", default=from_env(e, "--duration", "30"))
+    p.add_argument(
+        "--capacity",
+        default=from_env(e, "--capacity", None),
+        help="host memory (default: half of the guests' total RAM)",
+    )
+    p.add_argument("--backend", default=from_env(e, "--backend", "sim"), help="sim | shm")
+    p.add_argument(
+        "--policy",
+        default=from_env(e, "--policy", "bitmap,reporting"),
+        help="policy, or a comma list given to guests in turn",
+    )
+    p.add_argument(
+        "--rate",
+        default=from_env(e, "--rate", None),
+        help="churn ops/s per guest (default 40000 / guests, at most 20000)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        default=to_bool(from_env(e, "--force", False)),
+        help="with shm, start even if the guests could exhaust this machine's memory",
+    )
+    p.add_argument("--out", default=from_env(e, "--out", None))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from lab.loadtest import LoadtestConfig, format_loadtest, mem_available, run_loadtest
+
+    guests = convert(a.guests, positive_int, "--guests")
+    if guests > 256:
+        raise UsageError("--guests: at most 256")
+    ram = convert(a.ram, lambda s: parse_size(s, "RAM size"), "--ram")
+    try:
+        check_ram_size(ram)
+    except AllocatorError as err:
+        raise UsageError(f"--ram {a.ram}: {err}") from None
+    total = guests * ram
+    capacity = total // 2
+    if a.capacity is not None:
+        capacity = convert(a.capacity, lambda s: parse_size(s, "capacity"), "--capacity")
+        if capacity <= 0:
+            raise UsageError("--capacity must be positive")
+    backend = choice(str(a.backend), ("sim", "shm"), "--backend")
+    if backend == "shm" and not a.force and total > 0.8 * mem_available():
+        raise UsageError(
+            f"--backend shm: {guests} guests × {format_size(ram)} = {format_size(total)} could "
+            f"exhaust this machine's {format_size(mem_available())} available; "
+            "lower --guests/--ram or pass --force"
+        )
+    policies = tuple(x.strip() for x in str(a.policy).split(",") if x.strip())
+    if not policies:
+        raise UsageError("--policy: give at least one policy")
+    for pol in policies:
+        choice(pol, POLICIES, "--policy")
+    rate = min(20000.0, 40000.0 / guests)
+    if a.rate is not None:
+        rate = convert(a.rate, positive_float, "--rate")
+    out = Path(a.out) if a.out else Path("runs") / time.strftime("loadtest-%Y%m%d-%H%M%S")
+    cfg = LoadtestConfig(
+        guests=guests,
+        ram_bytes=ram,
+        duration=convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"),
+        capacity_bytes=capacity,
+        backend=backend,
+        policies=policies,
+        rate=rate,
+        out=out,
+    )
+    log = make_logger("loadtest", quiet=bool(a.json))
+    report = run_loadtest(cfg, log)
+    if a.json:
+        sys.stdout.write(
+            json.dumps({k: v for k, v in report.items() if k != "host_timeline"}) + "\n"
+        )
+    else:
+        sys.stdout.write(format_loadtest(report) + f"\n\nwrote {out}/summary.json, loadtest.png\n")
+    return 0 if not report["errors"] and report["data_loss_pages"] == 0 else 1

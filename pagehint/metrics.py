@@ -1,0 +1,121 @@
+"""Prometheus metrics served over HTTP, read from live state at scrape time.
+
+Collectors read the objects the event loop updates (plain ints and lists), so
+nothing is counted twice; the HTTP server runs in prometheus_client's thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+# Ack latency buckets, seconds.
+ACK_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+class LatencyHistogram:
+    """Cumulative-friendly bucket counts of latencies in seconds (never trimmed)."""
+
+    def __init__(self, bounds: Sequence[float] = ACK_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        i = 0
+        for i, b in enumerate(self.bounds):  # noqa: B007 (i is used after the loop)
+            if seconds <= b:
+                break
+        else:
+            i = len(self.bounds)
+        self.counts[i] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out = []
+        acc = 0
+        for b, c in zip(self.bounds, self.counts, strict=False):
+            acc += c
+            out.append((repr(b), acc))
+        out.append(("+Inf", self.count))
+        return out
+
+
+class FnCollector(Collector):  # type: ignore[misc]
+    """Builds metric families from a function each scrape."""
+
+    def __init__(self, fn: Callable[[], Iterable[Metric]]) -> None:
+        self.fn = fn
+
+    def collect(self) -> Iterable[Metric]:
+        for _ in range(3):  # the event loop may change a dict mid-scrape: retry
+            try:
+                return list(self.fn())
+            except RuntimeError:
+                continue
+        return []
+
+
+def serve(
+    fn: Callable[[], Iterable[Metric]], port: int, addr: str = "0.0.0.0"
+) -> tuple[object, int]:
+    """Serve /metrics on ``port``; returns (server, bound port)."""
+    registry = CollectorRegistry()
+    registry.register(FnCollector(fn))
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server, int(server.server_port)
+
+
+def counter(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
+    m = CounterMetricFamily(name, doc, labels=list(labels or {}))
+    m.add_metric(list((labels or {}).values()), value)
+    return m
+
+
+def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
+    m = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+    m.add_metric(list((labels or {}).values()), value)
+    return m
+
+
+def histogram(name: str, doc: str, h: LatencyHistogram) -> Metric:
+    m = HistogramMetricFamily(name, doc)
+    m.add_metric([], h.buckets(), h.sum)
+    return m
+
+
+__all__ = [
+    "CounterMetricFamily",
+    "GaugeMetricFamily",
+    "LatencyHistogram",
+    "counter",
+    "gauge",
+    "histogram",
+    "serve",
+]

@@ -1,0 +1,171 @@
+"""demo, loadtest, health and metrics with real processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+from tests.integration.procs import Procs, finish, run_cli, wait_until
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def test_metrics_on_host_and_guest(procs: Procs) -> None:
+    hport, gport = free_port(), free_port()
+    addr, _ = procs.host("--metrics-port", str(hport))
+    g = procs.guest(
+        "--host",
+        addr,
+        "--workload",
+        "memhog",
+        "--ram",
+        "256MiB",
+        "--duration",
+        "6",
+        "--threshold",
+        "4",
+        "--metrics-port",
+        str(gport),
+    )
+
+    def ready() -> bool:
+        try:
+            return "pagehint_chains_total" in scrape(gport) and 'guest="guest"' in scrape(hport)
+        except OSError:
+            return False
+
+    wait_until(ready, 20, "both metrics endpoints")
+    wait_until(
+        lambda: "pagehint_ack_latency_seconds_count 0.0" not in scrape(gport), 10, "a report"
+    )
+    guest_text, host_text = scrape(gport), scrape(hport)
+    for name in (
+        "pagehint_reported_bytes_total",
+        "pagehint_chains_total",
+        "pagehint_report_failures_total",
+        "pagehint_isolated_bytes",
+        "pagehint_host_resident_bytes",
+        "pagehint_ack_latency_seconds_bucket",
+    ):
+        assert name in guest_text, name
+    for name in (
+        "pagehint_host_resident_bytes",
+        "pagehint_host_reported_bytes_total",
+        "pagehint_host_chains_total",
+        "pagehint_host_refused_chains",
+        "pagehint_host_chain_seconds_bucket",
+    ):
+        assert name in host_text, name
+    finish(g)
+
+
+def test_health_command(procs: Procs) -> None:
+    addr, _ = procs.host()
+    r = run_cli(["health", "--host", addr])
+    assert r.returncode == 0 and "SERVING" in r.stdout
+    r = run_cli(["health", "--host", "127.0.0.1:1", "--timeout", "1"])
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    before = set(Path("/dev/shm").glob("pagehint-host-*"))
+    r = run_cli(["demo", "--out", str(out), "--duration", "14", "--ram", "512MiB"], timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "guest-1" in r.stdout and "data loss" in r.stdout
+    report = json.loads((out / "summary.json").read_text())
+    assert set(report["guests"]) == {"guest-1", "guest-2"}
+    assert {s["policy"] for s in report["guests"].values()} == {"bitmap", "reporting"}
+    for s in report["guests"].values():
+        assert s["data_loss_pages"] == 0
+        drop = next(d for d in s["drops"] if d["mark"] == "free")
+        assert drop["drop_bytes"] >= 0.9 * (384 << 20), drop  # the PNG shows this drop
+    rows = [json.loads(x) for x in (out / "timeline.jsonl").read_text().splitlines()]
+    assert {r["guest"] for r in rows} == {"guest-1", "guest-2"}
+    with Image.open(out / "timeline.png") as im:
+        im.verify()
+    # nothing left behind: the demo host's RAM folder is gone with it
+    assert set(Path("/dev/shm").glob("pagehint-host-*")) <= before
+
+
+def test_loadtest_small(tmp_path: Path) -> None:
+    out = tmp_path / "lt"
+    r = run_cli(
+        [
+            "loadtest",
+            "--guests",
+            "4",
+            "--ram",
+            "256MiB",
+            "--duration",
+            "6",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    assert s["guests_completed"] == 4 and s["errors"] == []
+    assert s["alloc_failures"] == 0 and s["report_failures"] == 0
+    assert s["chains"] > 0 and s["ack_latency_ms"]["p99"] is not None
+    assert s["host_capacity_bytes"] == 512 << 20
+    assert s["overcommit_ratio"] and s["overcommit_ratio"] > 1
+    with Image.open(out / "loadtest.png") as im:
+        im.verify()
+
+
+def test_loadtest_shm_refuses_to_exhaust_memory() -> None:
+    r = run_cli(["loadtest", "--guests", "64", "--ram", "64GiB", "--backend", "shm"])
+    assert r.returncode == 2 and "could exhaust" in r.stderr and "--force" in r.stderr
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if text in (p / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(p.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_demo_interrupted_leaves_nothing_behind(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo-int"
+    before = set(Path("/dev/shm").glob("pagehint-host-*"))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "pagehint", "demo", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: (out / "guest-2.timeline.jsonl").exists(), 30, "guests to start")
+        p.send_signal(signal.SIGINT)  # Ctrl-C
+        assert p.wait(30) == 130
+    finally:
+        if p.poll() is None:
+            p.kill()
+    wait_until(lambda: not _processes_mentioning(str(out)), 15, "every child process to end")
+    assert set(Path("/dev/shm").glob("pagehint-host-*")) <= before
