@@ -8,7 +8,6 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from guest.mm.buddy import AllocatorError, check_ram_size
 from guest.mm.constants import MAX_ORDER
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
@@ -17,13 +16,14 @@ from pagehint.cli_support import (
     convert,
     from_env,
     nonneg_float,
+    parse_ram,
     positive_float,
     positive_int,
     to_bool,
 )
 from pagehint.config import LOOPS, POLICIES, GuestConfig, HintingConfig
 from pagehint.errors import UsageError
-from pagehint.units import parse_seconds, parse_size
+from pagehint.units import parse_seconds
 
 
 def add_parser(sub: Any, env: Mapping[str, str]) -> None:
@@ -148,11 +148,7 @@ def expand_id(text: str) -> str:
 
 
 def config_from_args(a: argparse.Namespace) -> GuestConfig:
-    ram = convert(a.ram, lambda s: parse_size(s, "RAM size"), "--ram")
-    try:
-        check_ram_size(ram)
-    except AllocatorError as err:
-        raise UsageError(f"--ram {a.ram}: {err}") from None
+    ram = parse_ram(a.ram)
     policy = choice(str(a.policy), POLICIES, "--policy")
     if a.workload is not None and a.scenario is not None:
         raise UsageError("give --workload or --scenario, not both")

@@ -10,6 +10,7 @@ from typing import Any
 from lab.analysis import drop_times, peak
 from lab.plot import plot_series
 from lab.procs import ProcessGroup, read_timeline
+from lab.table import render_table
 from pagehint.units import format_size
 
 
@@ -138,7 +139,4 @@ def format_table(report: dict[str, Any]) -> str:
                 "n/a" if p99 is None else f"{p99 * 1000:.1f} µs",
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render_table(header, rows[1:])

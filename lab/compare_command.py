@@ -10,14 +10,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from guest.mm.buddy import AllocatorError, check_ram_size
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
-from pagehint.cli_support import choice, convert, from_env, positive_float
-from pagehint.config import POLICIES
+from pagehint.cli_support import (
+    choice,
+    convert,
+    from_env,
+    parse_policies,
+    parse_ram,
+    positive_float,
+)
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
-from pagehint.units import parse_seconds, parse_size
+from pagehint.units import parse_seconds
 
 
 def add_parser(sub: Any, env: Mapping[str, str]) -> None:
@@ -54,16 +59,8 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
 
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
-    policies = tuple(x.strip() for x in str(a.policies).split(",") if x.strip())
-    if not policies:
-        raise UsageError("--policies: give at least one policy")
-    for pol in policies:
-        choice(pol, POLICIES, "--policies")
-    ram = convert(a.ram, lambda s: parse_size(s, "RAM size"), "--ram")
-    try:
-        check_ram_size(ram)
-    except AllocatorError as err:
-        raise UsageError(f"--ram {a.ram}: {err}") from None
+    policies = parse_policies(a.policies, "--policies")
+    parse_ram(a.ram)  # validate now; guests get the text as given
     if a.workload and a.scenario:
         raise UsageError("give --workload or --scenario, not both")
     scenario = None

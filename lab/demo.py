@@ -14,6 +14,7 @@ from lab.analysis import drop_times, peak
 from lab.live import Ticker, progress_line
 from lab.plot import plot_series
 from lab.procs import ProcessGroup, read_timeline
+from lab.table import render_table
 from pagehint.units import format_size
 
 
@@ -139,9 +140,7 @@ def format_demo(report: dict[str, Any]) -> str:
                 str(s.get("data_loss_pages", 0)),
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = [render_table(header, rows[1:])]
     lines.append("")
     lines.append(
         f"host holds {format_size(report['host_resident_end_bytes'])} for all guests at the end; "

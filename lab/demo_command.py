@@ -10,13 +10,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from guest.mm.buddy import AllocatorError, check_ram_size
 from guest.workloads.scenario import load_scenario, resolve_scenario
-from pagehint.cli_support import choice, convert, from_env, positive_float, positive_int
-from pagehint.config import POLICIES
+from pagehint.cli_support import (
+    choice,
+    convert,
+    from_env,
+    parse_policies,
+    parse_ram,
+    positive_float,
+    positive_int,
+)
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
-from pagehint.units import parse_seconds, parse_size
+from pagehint.units import parse_seconds
 
 
 def add_parser(sub: Any, env: Mapping[str, str]) -> None:
@@ -49,16 +55,8 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     guests = convert(a.guests, positive_int, "--guests")
     if guests > 16:
         raise UsageError("--guests: the demo runs at most 16 guests (use `pagehint loadtest`)")
-    ram = convert(a.ram, lambda s: parse_size(s, "RAM size"), "--ram")
-    try:
-        check_ram_size(ram)
-    except AllocatorError as err:
-        raise UsageError(f"--ram {a.ram}: {err}") from None
-    policies = tuple(x.strip() for x in str(a.policy).split(",") if x.strip())
-    if not policies:
-        raise UsageError("--policy: give at least one policy")
-    for pol in policies:
-        choice(pol, POLICIES, "--policy")
+    parse_ram(a.ram)  # validate now; guests get the text as given
+    policies = parse_policies(a.policy)
     backend = choice(str(a.backend), ("auto", "shm", "sim"), "--backend")
     if backend == "auto":
         backend = "shm" if shm_available() else "sim"

@@ -10,9 +10,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from guest.mm.buddy import AllocatorError, check_ram_size
-from pagehint.cli_support import choice, convert, from_env, positive_float, positive_int, to_bool
-from pagehint.config import POLICIES
+from pagehint.cli_support import (
+    choice,
+    convert,
+    from_env,
+    parse_policies,
+    parse_ram,
+    positive_float,
+    positive_int,
+    to_bool,
+)
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
 from pagehint.units import format_size, parse_seconds, parse_size
@@ -62,11 +69,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     guests = convert(a.guests, positive_int, "--guests")
     if guests > 256:
         raise UsageError("--guests: at most 256")
-    ram = convert(a.ram, lambda s: parse_size(s, "RAM size"), "--ram")
-    try:
-        check_ram_size(ram)
-    except AllocatorError as err:
-        raise UsageError(f"--ram {a.ram}: {err}") from None
+    ram = parse_ram(a.ram)
     total = guests * ram
     capacity = total // 2
     if a.capacity is not None:
@@ -80,11 +83,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
             f"exhaust this machine's {format_size(mem_available())} available; "
             "lower --guests/--ram or pass --force"
         )
-    policies = tuple(x.strip() for x in str(a.policy).split(",") if x.strip())
-    if not policies:
-        raise UsageError("--policy: give at least one policy")
-    for pol in policies:
-        choice(pol, POLICIES, "--policy")
+    policies = parse_policies(a.policy)
     rate = min(20000.0, 40000.0 / guests)
     if a.rate is not None:
         rate = convert(a.rate, positive_float, "--rate")

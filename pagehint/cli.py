@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from pagehint import __version__
 from pagehint.cli_support import Parser
@@ -15,6 +14,9 @@ from pagehint.errors import UsageError
 
 def build_parser(env: Mapping[str, str]) -> Parser:
     from guest import command as guest_command
+    from host import command as host_command
+    from host import health_command
+    from lab import compare_command, demo_command, loadtest_command
 
     parser = Parser(
         prog="pagehint",
@@ -24,30 +26,16 @@ def build_parser(env: Mapping[str, str]) -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"pagehint {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    guest_command.add_parser(sub, env)
-    for name in ("host", "health", "demo", "loadtest", "compare"):
-        mod = _optional_command(name)
-        if mod is not None:
-            mod.add_parser(sub, env)
+    for module in (
+        demo_command,
+        guest_command,
+        host_command,
+        compare_command,
+        loadtest_command,
+        health_command,
+    ):
+        module.add_parser(sub, env)
     return parser
-
-
-def _optional_command(name: str) -> Any:
-    import importlib
-
-    modules = {
-        "host": "host.command",
-        "health": "host.health_command",
-        "compare": "lab.compare_command",
-        "demo": "lab.demo_command",
-        "loadtest": "lab.loadtest_command",
-    }
-    try:
-        return importlib.import_module(modules[name])
-    except ModuleNotFoundError as e:
-        if e.name and modules[name].startswith(e.name):
-            return None
-        raise
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -75,3 +75,28 @@ def positive_float(text: str) -> float:
     if x <= 0:
         raise ValueError(text)
     return x
+
+
+def parse_ram(value: Any, flag: str = "--ram") -> int:
+    """A guest RAM size: parsed, and within the allocator's limits."""
+    from guest.mm.buddy import AllocatorError, check_ram_size
+    from pagehint.units import parse_size
+
+    ram = convert(value, lambda s: parse_size(s, "RAM size"), flag)
+    try:
+        check_ram_size(ram)
+    except AllocatorError as err:
+        raise UsageError(f"{flag} {value}: {err}") from None
+    return ram
+
+
+def parse_policies(value: Any, flag: str = "--policy") -> tuple[str, ...]:
+    """A policy or a comma list of policies, each one known."""
+    from pagehint.config import POLICIES
+
+    policies = tuple(x.strip() for x in str(value).split(",") if x.strip())
+    if not policies:
+        raise UsageError(f"{flag}: give at least one policy")
+    for pol in policies:
+        choice(pol, POLICIES, flag)
+    return policies

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 
 import pytest
 
@@ -16,17 +15,9 @@ from guest.mm.check import check_invariants
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import churn_for
 from pagehint.config import HintingConfig
+from tests.waiting import wait_for
 
 RAM = 64 << 20
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def make(

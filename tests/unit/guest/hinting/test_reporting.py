@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from guest.hinting.device import LoopbackDevice
 from guest.hinting.reporting import (
@@ -14,15 +13,7 @@ from guest.hinting.reporting import (
 from guest.mm import MAX_ORDER, BuddyAllocator
 from guest.mm.check import check_invariants
 from pagehint.config import HintingConfig
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
+from tests.waiting import wait_for
 
 
 def make(
