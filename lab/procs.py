@@ -49,7 +49,9 @@ class ProcessGroup:
             if time.monotonic() > deadline:
                 raise UsageError("host did not start within 30 s")
             time.sleep(0.05)
-        return ready.read_text().strip(), p
+        addr = ready.read_text().strip()
+        ready.unlink()
+        return addr, p
 
     def start_guest(
         self, args: Sequence[str], name: str, env: Mapping[str, str] | None = None
