@@ -173,6 +173,9 @@ class GuestRuntime:
             "alloc_failures": self.ctx.stats.alloc_failures,
             "alloc_latency_ms": percentiles(lat),
             "data_loss_pages": 0,
+            # Only real guest RAM (the shm backend) can show a loss; the driver sets these.
+            "data_loss_checked": False,
+            "stopped_by_signal": self.stopped_by_signal,
             "isolated_bytes": self.mm.isolated_bytes,
             "invariants": self._check(),
             "marks": [{"t": round(t, 3), "label": label} for t, label in self.ctx.stats.marks],
