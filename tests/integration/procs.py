@@ -64,9 +64,15 @@ class Procs:
         return p
 
     def cleanup(self) -> None:
+        # SIGTERM first, so hosts remove their RAM folders; SIGKILL what lingers.
         for p in self.running:
             if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
+                p.send_signal(signal.SIGTERM)
+        for p in self.running:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
                 p.wait(10)
 
 
