@@ -32,9 +32,19 @@ def instructions(policy: str, ops: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cg.out"
         r = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-             sys.executable, "-c", PROGRAM, policy, str(ops)],
-            capture_output=True, text=True, timeout=3600,
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-c",
+                PROGRAM,
+                policy,
+                str(ops),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=3600,
         )
         m = re.search(r"Collected : (\d+)", r.stderr)
         if r.returncode != 0 or not m:
