@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,36 +21,13 @@ import uvloop
 from bench.common import median
 from guest.balloon import BalloonDriver
 from guest.mm import BuddyAllocator
+from lab.procs import ProcessGroup
 from pagehint.config import GuestConfig, HintingConfig
 from pagehint.stats import percentiles
 
 CHAINS = 3000
 ROUNDS = 3
 RANGES = 32
-
-
-def start_host(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    ready = tmp / "addr"
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pagehint",
-            "host",
-            "--listen",
-            "127.0.0.1:0",
-            "--quiet",
-            "--ready-file",
-            str(ready),
-        ],
-        env=os.environ.copy(),
-    )
-    deadline = time.monotonic() + 20
-    while not ready.exists():
-        if time.monotonic() > deadline or p.poll() is not None:
-            raise SystemExit("host did not start")
-        time.sleep(0.05)
-    return p, ready.read_text().strip()
 
 
 async def measure(addr: str) -> dict[str, object]:
@@ -100,12 +74,12 @@ async def measure(addr: str) -> dict[str, object]:
 
 def main() -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        host, addr = start_host(Path(tmp))
+        group = ProcessGroup(Path(tmp))
         try:
+            addr, _host = group.start_host(["--quiet"])
             return uvloop.run(measure(addr))
         finally:
-            host.terminate()
-            host.wait(20)
+            group.close()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -55,16 +55,15 @@ class BalloonDriver:
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[Any]] = []
         self._stream_done: asyncio.Event = asyncio.Event()
-        # 1 where the host holds the frame as far as the guest knows.
-        self.host_has = bytearray(mm.nr_pages)
+        # 1 where the host holds the frame as far as the guest knows (set per session).
+        self.host_has = bytearray()
         self._touch_runs: list[tuple[int, int]] = []
-        self._touch_pages = 0
+        # The sim ledger needs to be told of touches; with shm the kernel sees them.
+        self._track_touches = True
         self.host_figures: codec.GuestFigures | None = None
         self.host_resident_bytes: int | None = None
         self.connects = 0
-        self.disconnects = 0
         self.touched_pages_sent = 0
-        self.discarded_pages_acked = 0
         self._closing = False
         # Called with each new session's acceptance (the shm RAM moves to a new file).
         self.on_session: list[Callable[[codec.Accepted], None]] = []
@@ -90,8 +89,7 @@ class BalloonDriver:
                 raise ReportError(f"stream broke: {_why(e)}") from None
             finally:
                 self._outstanding.pop(chain_id, None)
-        self.discarded_pages_acked += discarded
-        if discarded:
+        if discarded and self._track_touches:
             # The host no longer holds these frames: the next touch must be told.
             hh = self.host_has
             for pfn, order in batch:
@@ -102,6 +100,8 @@ class BalloonDriver:
 
     def on_alloc(self, pfn: int, order: int) -> None:
         """GuestMemory listener: the workload touches the block it allocated."""
+        if not self._track_touches:
+            return
         hh = self.host_has
         if order == 0:
             if hh[pfn]:
@@ -118,11 +118,14 @@ class BalloonDriver:
             runs[-1] = (runs[-1][0], runs[-1][1] + n)
         else:
             runs.append((pfn, n))
-        self._touch_pages += n
         if len(runs) >= self.cfg.touch_batch and self.connected.is_set():
-            task = asyncio.get_running_loop().create_task(self.flush_touches())
-            self._tasks.append(task)
-            task.add_done_callback(self._forget)
+            self._spawn(self.flush_touches(), "balloon-touch-flush")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A background task that stop() cancels and that is forgotten once done."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         with contextlib.suppress(ValueError):
@@ -157,9 +160,9 @@ class BalloonDriver:
                 else _why(e)
             )
             raise UsageError(f"cannot reach host {self.address}: {why}") from None
-        self._tasks.append(asyncio.create_task(self._keep_connected(), name="balloon-connection"))
-        self._tasks.append(asyncio.create_task(self._poll_stats(), name="balloon-stats"))
-        self._tasks.append(asyncio.create_task(self._touch_flusher(), name="balloon-touches"))
+        self._spawn(self._keep_connected(), "balloon-connection")
+        self._spawn(self._poll_stats(), "balloon-stats")
+        self._spawn(self._touch_flusher(), "balloon-touches")
 
     async def _connect(self) -> None:
         await self._close_channel()
@@ -190,8 +193,9 @@ class BalloonDriver:
         self._ids = itertools.count(1)
         self._call = self._stub.Reporting(metadata=((codec.SESSION_KEY, acc.session),))
         self._stream_done = asyncio.Event()
+        self._track_touches = acc.backend != "shm"
         self._retouch_all()
-        self._tasks.append(asyncio.create_task(self._read_used(self._call), name="balloon-used"))
+        self._spawn(self._read_used(self._call), "balloon-used")
         self.connects += 1
         self.connected.set()
         self.log(
@@ -201,8 +205,10 @@ class BalloonDriver:
 
     def _retouch_all(self) -> None:
         """A new session: the host holds nothing for us yet; tell it what we use."""
-        self.host_has = bytearray(self.mm.nr_pages)
         self._touch_runs = []
+        self.host_has = bytearray(self.mm.nr_pages if self._track_touches else 0)
+        if not self._track_touches:
+            return
         for b in self.mm.blocks():
             if b.state == "allocated":
                 self.on_alloc(b.pfn, b.order)
@@ -240,7 +246,6 @@ class BalloonDriver:
             await self._stream_done.wait()
             if self._closing:
                 return
-            self.disconnects += 1
             while True:
                 await asyncio.sleep(delay)
                 try:

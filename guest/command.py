@@ -12,14 +12,14 @@ from guest.mm.constants import MAX_ORDER
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
+    add_flag,
+    add_switch,
     choice,
     convert,
-    from_env,
     nonneg_float,
     parse_ram,
     positive_float,
     positive_int,
-    to_bool,
 )
 from pagehint.config import LOOPS, POLICIES, GuestConfig, HintingConfig
 from pagehint.errors import UsageError
@@ -34,102 +34,60 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         "device (no host process); with --host they travel over gRPC to `pagehint host`.",
     )
     e = env
-    p.add_argument(
-        "--ram",
-        default=from_env(e, "--ram", "1GiB"),
-        help="guest RAM (64MiB..64GiB, multiple of 4MiB)",
-    )
-    p.add_argument("--id", dest="guest_id", default=from_env(e, "--id", "guest"), help="guest name")
-    p.add_argument("--host", default=from_env(e, "--host", None), help="host address HOST:PORT")
-    p.add_argument(
-        "--policy", default=from_env(e, "--policy", "bitmap"), help="bitmap | reporting | none"
-    )
-    p.add_argument(
-        "--workload", default=from_env(e, "--workload", None), help="memhog | churn | fragment"
-    )
-    p.add_argument("--scenario", default=from_env(e, "--scenario", None), help="scenario TOML file")
-    p.add_argument(
-        "--duration", default=from_env(e, "--duration", None), help="seconds to run (e.g. 30, 2m)"
-    )
-    p.add_argument("--seed", default=from_env(e, "--seed", "0"), help="random seed for workloads")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        default=to_bool(from_env(e, "--json", False)),
-        help="print one JSON summary at the end",
-    )
-    p.add_argument(
-        "--timeline", default=from_env(e, "--timeline", None), help="write JSON lines every 100 ms"
-    )
-    p.add_argument("--loop", default=from_env(e, "--loop", "auto"), help="auto | uvloop | asyncio")
-    p.add_argument(
+    add_flag(p, e, "--ram", default="1GiB", help="guest RAM (64MiB..64GiB, multiple of 4MiB)")
+    add_flag(p, e, "--id", default="guest", dest="guest_id", help="guest name")
+    add_flag(p, e, "--host", default=None, help="host address HOST:PORT")
+    add_flag(p, e, "--policy", default="bitmap", help="bitmap | reporting | none")
+    add_flag(p, e, "--workload", default=None, help="memhog | churn | fragment")
+    add_flag(p, e, "--scenario", default=None, help="scenario TOML file")
+    add_flag(p, e, "--duration", default=None, help="seconds to run (e.g. 30, 2m)")
+    add_flag(p, e, "--seed", default="0", help="random seed for workloads")
+    add_switch(p, e, "--json", help="print one JSON summary at the end")
+    add_flag(p, e, "--timeline", default=None, help="write JSON lines every 100 ms")
+    add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
+    add_flag(
+        p,
+        e,
         "--hinting-order",
         "--reporting-order",
+        default="9",
         dest="order",
-        default=from_env(e, "--hinting-order", "9"),
         help="smallest order reported (default 9 = 2 MiB)",
     )
-    p.add_argument(
-        "--capacity",
-        default=from_env(e, "--capacity", None),
-        help="blocks per report (default 16 bitmap, 32 reporting)",
+    add_flag(
+        p, e, "--capacity", default=None, help="blocks per report (default 16 bitmap, 32 reporting)"
     )
-    p.add_argument(
-        "--threshold",
-        default=from_env(e, "--threshold", "16"),
-        help="bitmap: new bits in a zone that wake the worker",
+    add_flag(
+        p, e, "--threshold", default="16", help="bitmap: new bits in a zone that wake the worker"
     )
-    p.add_argument(
-        "--delay", default=from_env(e, "--delay", "2"), help="reporting: delay before a pass"
-    )
-    p.add_argument(
-        "--report-timeout",
-        default=from_env(e, "--report-timeout", "5"),
-        help="seconds to wait for an acknowledgement",
-    )
-    p.add_argument(
-        "--metrics-port",
-        default=from_env(e, "--metrics-port", None),
-        help="serve Prometheus metrics on this port",
-    )
-    p.add_argument(
-        "--poison",
-        default=from_env(e, "--poison", None),
-        help="offer PAGE_POISON with this byte value (0-255)",
-    )
-    p.add_argument(
+    add_flag(p, e, "--delay", default="2", help="reporting: delay before a pass")
+    add_flag(p, e, "--report-timeout", default="5", help="seconds to wait for an acknowledgement")
+    add_flag(p, e, "--metrics-port", default=None, help="serve Prometheus metrics on this port")
+    add_flag(p, e, "--poison", default=None, help="offer PAGE_POISON with this byte value (0-255)")
+    add_switch(
+        p,
+        e,
         "--unsafe-skip-isolation",
-        action="store_true",
-        default=to_bool(from_env(e, "--unsafe-skip-isolation", False)),
         help="UNSAFE demonstration: report blocks without isolating them",
     )
-    p.add_argument(
-        "--rate",
-        default=from_env(e, "--rate", "20000"),
-        help="churn: allocator operations per second",
-    )
-    p.add_argument(
+    add_flag(p, e, "--rate", default="20000", help="churn: allocator operations per second")
+    add_flag(
+        p,
+        e,
         "--ack-log",
-        default=from_env(e, "--ack-log", None),
+        default=None,
         help="write each report's ack latency (ms) to this file at the end",
     )
-    p.add_argument(
-        "--connect-timeout",
-        default=from_env(e, "--connect-timeout", "10"),
-        help="seconds to wait for the host at start-up",
+    add_flag(
+        p, e, "--connect-timeout", default="10", help="seconds to wait for the host at start-up"
     )
-    p.add_argument(
+    add_switch(
+        p,
+        e,
         "--check",
-        action="store_true",
-        default=to_bool(from_env(e, "--check", False)),
         help="check the allocator's invariants at the end (summary field 'invariants')",
     )
-    p.add_argument(
-        "--quiet",
-        action="store_true",
-        default=to_bool(from_env(e, "--quiet", False)),
-        help="no event log on stderr",
-    )
+    add_switch(p, e, "--quiet", help="no event log on stderr")
     p.set_defaults(handler=run)
 
 

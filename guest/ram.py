@@ -106,6 +106,12 @@ class SharedRam:
                 if self.data_loss_pages <= LOG_FIRST:
                     self.log(f"DATA LOSS: frame {p:#x} lost its contents while allocated")
 
+    def check_all(self, mm: BuddyAllocator) -> None:
+        """Check every block still allocated (at the end of a run: a loss is a loss)."""
+        for b in mm.blocks():
+            if b.state == "allocated":
+                self.check(b.pfn, b.order)
+
     # ---- a new session: a new file ----------------------------------------------------
 
     def move_to(self, path: str) -> None:

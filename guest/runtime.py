@@ -21,7 +21,7 @@ from guest.mm.buddy import BuddyAllocator
 from guest.mm.check import InvariantError, check_invariants
 from guest.mm.constants import PAGE_SIZE
 from guest.workloads.base import WorkloadContext
-from guest.workloads.builtin import BUILTINS, WorkloadParams, run_builtin
+from guest.workloads.builtin import WorkloadParams, run_builtin
 from guest.workloads.scenario import Scenario, load_scenario, run_scenario
 from pagehint.config import GuestConfig
 from pagehint.stats import percentiles
@@ -39,37 +39,30 @@ class GuestRuntime:
         mm: BuddyAllocator | None = None,
     ) -> None:
         self.cfg = cfg
-        self.mm = mm if mm is not None else build_allocator(cfg)
+        self.mm = mm if mm is not None else BuddyAllocator(cfg.ram_bytes)
         self.memory = GuestMemory(self.mm)
-        self.device = device
         self.log = log or (lambda _msg: None)
         if scenario is None and cfg.scenario is not None:
             scenario = load_scenario(cfg.scenario)
         self.scenario = scenario
-        self._pending_mark: str | None = None
         self._out: IO[str] | None = None
         self.ctx = WorkloadContext(self.memory, seed=cfg.seed, on_mark=self._on_mark)
         self.policy: Policy = make_policy(cfg.hinting, self.mm, device, log=self.log)
         self.started = time.monotonic()
-        self.timeline: list[dict[str, Any]] = []
         self.host_resident: Callable[[], int | None] = lambda: None
         self.stopped_by_signal = False
 
     def _on_mark(self, label: str) -> None:
         # A row of its own, at once: marks closer than a sampling period all show.
-        self._pending_mark = label
-        self._emit(self.sample())
+        self._emit(self.sample(mark=label))
         self.log(f"mark {label} at {self.ctx.now():.2f}s")
 
     def _emit(self, row: dict[str, Any]) -> None:
-        self.timeline.append(row)
-        if len(self.timeline) > 100_000:
-            del self.timeline[:50_000]
         if self._out is not None:
             self._out.write(json.dumps(row) + "\n")
             self._out.flush()
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self, mark: str | None = None) -> dict[str, Any]:
         st = self.policy.stats
         row: dict[str, Any] = {
             "t": round(time.monotonic() - self.started, 3),
@@ -78,9 +71,8 @@ class GuestRuntime:
             "reported_bytes": st.reported_bytes,
             "host_resident_bytes": self.host_resident(),
         }
-        if self._pending_mark is not None:
-            row["mark"] = self._pending_mark
-            self._pending_mark = None
+        if mark is not None:
+            row["mark"] = mark
         return row
 
     async def _sample_loop(self) -> None:
@@ -153,7 +145,6 @@ class GuestRuntime:
         return {
             "guest_id": self.cfg.guest_id,
             "policy": self.cfg.hinting.policy,
-            "backend": "none",
             "ram_bytes": self.cfg.ram_bytes,
             "duration_s": round(time.monotonic() - self.started, 3),
             "reported_bytes": st.reported_bytes,
@@ -173,18 +164,10 @@ class GuestRuntime:
             "alloc_failures": self.ctx.stats.alloc_failures,
             "alloc_latency_ms": percentiles(lat),
             "data_loss_pages": 0,
-            # Only real guest RAM (the shm backend) can show a loss; the driver sets these.
+            # Only real guest RAM (the shm backend) can show a loss; the service sets these.
             "data_loss_checked": False,
             "stopped_by_signal": self.stopped_by_signal,
             "isolated_bytes": self.mm.isolated_bytes,
             "invariants": self._check(),
             "marks": [{"t": round(t, 3), "label": label} for t, label in self.ctx.stats.marks],
         }
-
-
-def build_allocator(cfg: GuestConfig) -> BuddyAllocator:
-    return BuddyAllocator(cfg.ram_bytes)
-
-
-def workload_names() -> list[str]:
-    return sorted(BUILTINS)

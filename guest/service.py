@@ -1,4 +1,9 @@
-"""Run a guest process: the runtime plus, with --host, the gRPC balloon driver."""
+"""Run a guest process: the runtime, with the gRPC balloon driver when --host is given.
+
+Without --host, reports go to the in-process loopback device; with it, they
+go to `pagehint host`, and with that host's shm backend the guest's pages are
+real memory, stamped and checked for loss.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from typing import Any
 
 from guest.balloon import BalloonDriver
 from guest.hinting.device import LoopbackDevice, ReportingDevice
+from guest.mm.buddy import BuddyAllocator
+from guest.mm.constants import PAGE_SIZE
 from guest.ram import SharedRam
 from guest.runtime import GuestRuntime
 from pagehint import loop as event_loop
@@ -16,29 +23,13 @@ from pagehint.config import GuestConfig
 from pagehint.logging import make_logger
 from virtqueue.codec import Accepted
 
+Log = Callable[[str], None]
+
 
 async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     log = make_logger(f"guest[{cfg.guest_id}]", quiet)
-    if cfg.host is None:
-        device: ReportingDevice = LoopbackDevice(capacity=cfg.hinting.effective_capacity())
-        rt = GuestRuntime(cfg, device=device, log=log)
-        _stop_on_signals(rt, log)
-        metrics = _start_metrics(cfg, rt, None, log)
-        log(
-            f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, "
-            "no host (loopback)"
-        )
-        summary = await rt.run()
-        if metrics is not None:
-            metrics.shutdown()  # type: ignore[attr-defined]
-        _write_ack_log(cfg, rt)
-        summary["backend"] = "loopback"
-        return summary
-
-    from guest.runtime import build_allocator
-
-    mm = build_allocator(cfg)
-    driver = BalloonDriver(cfg, mm, log)
+    mm = BuddyAllocator(cfg.ram_bytes)
+    driver: BalloonDriver | None = None
     ram: SharedRam | None = None
 
     def session(acc: Accepted) -> None:
@@ -52,57 +43,64 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
             ram.move_to(acc.shm_path)
             log(f"moved guest RAM to {acc.shm_path}")
 
-    driver.on_session.append(session)
-    await driver.start()
-    rt = GuestRuntime(cfg, device=driver, log=log, mm=mm)
-    _stop_on_signals(rt, log)
-    metrics = _start_metrics(cfg, rt, driver, log)
+    device: ReportingDevice
+    if cfg.host is None:
+        device = LoopbackDevice(capacity=cfg.hinting.effective_capacity())
+    else:
+        driver = device = BalloonDriver(cfg, mm, log)
+        driver.on_session.append(session)
+        await driver.start()
+    rt = GuestRuntime(cfg, device=device, log=log, mm=mm)
     if ram is not None:
         # Stamp after the allocator hands a block out; check before it takes it back.
         rt.memory.on_alloc.append(ram.on_alloc)
         rt.memory.on_free.append(ram.on_free)
-    rt.memory.on_alloc.append(driver.on_alloc)
-    rt.host_resident = lambda: driver.host_resident_bytes
-    log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, host {cfg.host}")
+    if driver is not None:
+        connected = driver
+        rt.memory.on_alloc.append(connected.on_alloc)
+        rt.host_resident = lambda: connected.host_resident_bytes
+    _stop_on_signals(rt, log)
+    metrics = _start_metrics(cfg, rt, driver, log)
+    where = "no host (loopback)" if cfg.host is None else f"host {cfg.host}"
+    log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, {where}")
     try:
-        summary = await rt.run(before_summary=driver.stop)
+        summary = await rt.run(before_summary=driver.stop if driver is not None else None)
     finally:
-        await driver.stop()
+        if driver is not None:
+            await driver.stop()
         if metrics is not None:
             metrics.shutdown()  # type: ignore[attr-defined]
-    _write_ack_log(cfg, rt)
-    assert driver.accepted is not None
-    summary["backend"] = driver.accepted.backend
-    summary["host_reported_bytes"] = (
-        driver.host_figures.reported_bytes if driver.host_figures is not None else None
-    )
-    summary["host_resident_bytes"] = driver.host_resident_bytes
-    summary["host_connects"] = driver.connects
-    summary["touched_bytes_sent"] = driver.touched_pages_sent * 4096
-    summary["host_poison_skipped_chains"] = (
-        driver.host_figures.poison_skipped_chains if driver.host_figures is not None else None
-    )
-    summary["host_measured_by_kernel"] = bool(
-        driver.host_figures is not None and driver.host_figures.measured_by_kernel
-    )
+    if cfg.ack_log:
+        with open(cfg.ack_log, "w", encoding="utf-8") as f:
+            f.writelines(f"{x:.4f}\n" for x in rt.policy.stats.ack_latency_ms)
+    summary["backend"] = "loopback" if driver is None else _host_figures(driver, summary)
     if ram is not None:
-        # Blocks still held at the end are checked too: a loss is a loss.
-        for b in mm.blocks():
-            if b.state == "allocated":
-                ram.check(b.pfn, b.order)
+        ram.check_all(mm)
         summary["data_loss_pages"] = ram.data_loss_pages
         summary["poison_errors"] = ram.poison_errors
         summary["pages_checked"] = ram.pages_checked
+        summary["data_loss_checked"] = True
         ram.close()
-    summary["data_loss_checked"] = ram is not None
     log(
         f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
-        f"host holds {(driver.host_resident_bytes or 0) >> 20} MiB"
+        f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
     )
     return summary
 
 
-def _stop_on_signals(rt: GuestRuntime, log: Callable[[str], None]) -> None:
+def _host_figures(driver: BalloonDriver, summary: dict[str, Any]) -> str:
+    """Add what the host said about this guest to the summary; returns its backend."""
+    fig = driver.host_figures
+    summary["host_reported_bytes"] = fig.reported_bytes if fig is not None else None
+    summary["host_poison_skipped_chains"] = fig.poison_skipped_chains if fig is not None else None
+    summary["host_measured_by_kernel"] = bool(fig is not None and fig.measured_by_kernel)
+    summary["host_connects"] = driver.connects
+    summary["touched_bytes_sent"] = driver.touched_pages_sent * PAGE_SIZE
+    assert driver.accepted is not None
+    return driver.accepted.backend
+
+
+def _stop_on_signals(rt: GuestRuntime, log: Log) -> None:
     """SIGTERM / SIGINT end the run cleanly: pages back, session closed, summary printed."""
     loop = asyncio.get_running_loop()
 
@@ -116,7 +114,7 @@ def _stop_on_signals(rt: GuestRuntime, log: Callable[[str], None]) -> None:
 
 
 def _start_metrics(
-    cfg: GuestConfig, rt: GuestRuntime, driver: BalloonDriver | None, log: Callable[[str], None]
+    cfg: GuestConfig, rt: GuestRuntime, driver: BalloonDriver | None, log: Log
 ) -> object | None:
     if cfg.metrics_port is None:
         return None
@@ -126,12 +124,6 @@ def _start_metrics(
     server, port = serve(lambda: guest_metrics(rt, driver), cfg.metrics_port)
     log(f"metrics on http://0.0.0.0:{port}/metrics")
     return server
-
-
-def _write_ack_log(cfg: GuestConfig, rt: GuestRuntime) -> None:
-    if cfg.ack_log:
-        with open(cfg.ack_log, "w", encoding="utf-8") as f:
-            f.writelines(f"{x:.4f}\n" for x in rt.policy.stats.ack_log)
 
 
 def run_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:

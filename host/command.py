@@ -8,13 +8,13 @@ from typing import Any
 
 from pagehint import loop as event_loop
 from pagehint.cli_support import (
+    add_flag,
+    add_switch,
     choice,
     convert,
-    from_env,
     nonneg_float,
     positive_float,
     positive_int,
-    to_bool,
 )
 from pagehint.config import LOOPS, HostConfig
 from pagehint.errors import UsageError
@@ -33,59 +33,43 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         "ranges, and the host discards them and acknowledges.",
     )
     e = env
-    p.add_argument(
-        "--listen",
-        default=from_env(e, "--listen", "127.0.0.1:50051"),
-        help="HOST:PORT (port 0: any)",
-    )
-    p.add_argument("--backend", default=from_env(e, "--backend", "sim"), help="sim | shm")
-    p.add_argument(
+    add_flag(p, e, "--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any)")
+    add_flag(p, e, "--backend", default="sim", help="sim | shm")
+    add_flag(
+        p,
+        e,
         "--discard",
-        default=from_env(e, "--discard", "dontneed"),
+        default="dontneed",
         help="free (MADV_FREE: lazy) | dontneed (MADV_DONTNEED / punch hole: at once)",
     )
-    p.add_argument(
+    add_flag(
+        p,
+        e,
         "--capacity",
-        default=from_env(e, "--capacity", None),
+        default=None,
         help="host memory for all guests (e.g. 8GiB); lazily freed memory is reclaimed first",
     )
-    p.add_argument(
-        "--queue-size",
-        default=from_env(e, "--queue-size", "64"),
-        help="chains outstanding per guest",
-    )
-    p.add_argument(
-        "--max-chain-ranges",
-        default=from_env(e, "--max-chain-ranges", "512"),
-        help="most ranges in one chain",
-    )
-    p.add_argument(
+    add_flag(p, e, "--queue-size", default="64", help="chains outstanding per guest")
+    add_flag(p, e, "--max-chain-ranges", default="512", help="most ranges in one chain")
+    add_flag(
+        p,
+        e,
         "--session-timeout",
-        default=from_env(e, "--session-timeout", "30"),
+        default="30",
         help="end a session idle this long with no stream open",
     )
-    p.add_argument(
-        "--shm-dir",
-        default=from_env(e, "--shm-dir", None),
-        help="shm backend: where RAM files live",
-    )
-    p.add_argument("--loop", default=from_env(e, "--loop", "auto"), help="auto | uvloop | asyncio")
-    p.add_argument(
-        "--metrics-port",
-        default=from_env(e, "--metrics-port", None),
-        help="Prometheus metrics port",
-    )
-    p.add_argument(
-        "--ready-file",
-        default=from_env(e, "--ready-file", None),
-        help="write the bound address here once serving",
-    )
-    p.add_argument(
+    add_flag(p, e, "--shm-dir", default=None, help="shm backend: where RAM files live")
+    add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
+    add_flag(p, e, "--metrics-port", default=None, help="Prometheus metrics port")
+    add_flag(p, e, "--ready-file", default=None, help="write the bound address here once serving")
+    add_flag(
+        p,
+        e,
         "--latency",
-        default=from_env(e, "--latency", "0"),
+        default="0",
         help="seconds before each chain is processed (models a busy host)",
     )
-    p.add_argument("--quiet", action="store_true", default=to_bool(from_env(e, "--quiet", False)))
+    add_switch(p, e, "--quiet")
     p.set_defaults(handler=run)
 
 

@@ -92,7 +92,6 @@ class BalloonDevice:
         self.by_guest: dict[str, str] = {}
         self.refusals: Counter[str] = Counter()
         self.chains = 0
-        self.ended: list[Session] = []
         self.peak_resident_pages = 0
         self.chain_histogram = LatencyHistogram()
         self.log = log or (lambda _m: None)
@@ -157,8 +156,6 @@ class BalloonDevice:
         if self.by_guest.get(s.guest_id) == token:
             del self.by_guest[s.guest_id]
         s.ram.release()
-        self.ended.append(s)
-        del self.ended[:-256]
         self.log(f"session of guest {s.guest_id} ended ({why})")
 
     def expire(self, now: float | None = None) -> list[str]:
@@ -251,25 +248,23 @@ class BalloonDevice:
         self._note_peak(s)
 
     def _note_peak(self, s: Session) -> None:
-        r = s.ram.resident_pages()
-        if r > s.peak_resident_pages:
-            s.peak_resident_pages = r
-        total = self.resident_pages()
-        if total > self.peak_resident_pages:
-            self.peak_resident_pages = total
+        # Residency only rises on touches (a chain only lowers it), and is sampled
+        # whenever figures are asked for: the peak is noted there, not per chain.
+        s.peak_resident_pages = max(s.peak_resident_pages, s.ram.resident_pages())
+        self.peak_resident_pages = max(self.peak_resident_pages, self.resident_pages())
 
     def resident_pages(self) -> int:
-        return sum(s.ram.resident_pages() for s in self.sessions.values())
+        return self.backend.resident_pages_total()
 
     def touch_session(self, s: Session) -> None:
         s.last_seen = time.monotonic()
-        self._note_peak(s)
 
     # ---- figures -----------------------------------------------------------------------
 
     def figures(self, s: Session) -> GuestFigures:
         ps = PAGE_SIZE
         resident = s.ram.resident_pages()
+        s.peak_resident_pages = max(s.peak_resident_pages, resident)
         return GuestFigures(
             guest_id=s.guest_id,
             ram_bytes=s.ram_bytes,
@@ -281,20 +276,20 @@ class BalloonDevice:
             refused_chains=s.refused,
             touched_bytes=s.touched_pages * ps,
             poison_skipped_chains=s.poison_skipped,
-            peak_resident_bytes=max(s.peak_resident_pages, resident) * ps,
+            peak_resident_bytes=s.peak_resident_pages * ps,
             measured_by_kernel=s.ram.measured_by_kernel,
         )
 
     def host_figures(self, self_guest: GuestFigures | None = None) -> HostFigures:
         resident = self.resident_pages()
         self.peak_resident_pages = max(self.peak_resident_pages, resident)
-        cap = getattr(self.backend, "capacity_pages", None)
+        cap = self.backend.capacity_pages
         return HostFigures(
             guests=[self.figures(s) for s in self.sessions.values()],
             capacity_bytes=(cap or 0) * PAGE_SIZE,
             resident_bytes=resident * PAGE_SIZE,
             peak_resident_bytes=self.peak_resident_pages * PAGE_SIZE,
-            reclaimed_bytes=getattr(self.backend, "reclaimed", 0) * PAGE_SIZE,
+            reclaimed_bytes=self.backend.reclaimed * PAGE_SIZE,
             chains=self.chains,
             refused_chains=sum(self.refusals.values()),
             refusals=dict(self.refusals),

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from pagehint.cli_support import convert, from_env, positive_float
+from pagehint.cli_support import add_flag, convert, positive_float
 from pagehint.errors import UsageError
 from pagehint.units import parse_seconds
 
@@ -19,8 +19,8 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         description="Probe a host with the standard gRPC health check "
         "(for compose and orchestrators).",
     )
-    p.add_argument("--host", default=from_env(env, "--host", "127.0.0.1:50051"), help="HOST:PORT")
-    p.add_argument("--timeout", default=from_env(env, "--timeout", "3"), help="seconds")
+    add_flag(p, env, "--host", default="127.0.0.1:50051", help="HOST:PORT")
+    add_flag(p, env, "--timeout", default="3", help="seconds")
     p.add_argument("--service", default="", help="service name (default: the whole server)")
     p.set_defaults(handler=run)
 

@@ -107,6 +107,8 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
     except UsageError:
         host.backend.close()
         raise
+    for path in host.backend.orphans_removed:
+        log(f"removed {path}, left behind by a host that was killed")
     log(
         f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
         f"queue {cfg.queue_size}, capacity "

@@ -13,9 +13,9 @@ from typing import Any
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
+    add_flag,
     choice,
     convert,
-    from_env,
     parse_policies,
     parse_ram,
     positive_float,
@@ -33,27 +33,17 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         "then prints a table and writes summary.json, timeline.jsonl and timeline.png.",
     )
     e = env
-    p.add_argument("--policies", default=from_env(e, "--policies", "bitmap,reporting,none"))
-    p.add_argument(
-        "--scenario",
-        default=from_env(e, "--scenario", None),
-        help="scenario file or shipped name (default: memhog)",
+    add_flag(p, e, "--policies", default="bitmap,reporting,none")
+    add_flag(
+        p, e, "--scenario", default=None, help="scenario file or shipped name (default: memhog)"
     )
-    p.add_argument("--workload", default=from_env(e, "--workload", None))
-    p.add_argument("--duration", default=from_env(e, "--duration", None))
-    p.add_argument("--ram", default=from_env(e, "--ram", "1GiB"))
-    p.add_argument("--seed", default=from_env(e, "--seed", "0"))
-    p.add_argument(
-        "--host", default=from_env(e, "--host", None), help="use this host instead of starting one"
-    )
-    p.add_argument(
-        "--backend", default=from_env(e, "--backend", "sim"), help="backend of the host started"
-    )
-    p.add_argument(
-        "--out",
-        default=from_env(e, "--out", None),
-        help="output folder (default runs/compare-TIME)",
-    )
+    add_flag(p, e, "--workload", default=None)
+    add_flag(p, e, "--duration", default=None)
+    add_flag(p, e, "--ram", default="1GiB")
+    add_flag(p, e, "--seed", default="0")
+    add_flag(p, e, "--host", default=None, help="use this host instead of starting one")
+    add_flag(p, e, "--backend", default="sim", help="backend of the host started")
+    add_flag(p, e, "--out", default=None, help="output folder (default runs/compare-TIME)")
     p.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     p.set_defaults(handler=run)
 

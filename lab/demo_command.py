@@ -12,9 +12,9 @@ from typing import Any
 
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
+    add_flag,
     choice,
     convert,
-    from_env,
     parse_policies,
     parse_ram,
     positive_float,
@@ -34,17 +34,19 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         "prints a summary and writes runs/<time>/summary.json, timeline.jsonl, timeline.png.",
     )
     e = env
-    p.add_argument("--guests", default=from_env(e, "--guests", "2"))
-    p.add_argument("--ram", default=from_env(e, "--ram", "1GiB"), help="RAM per guest")
-    p.add_argument(
+    add_flag(p, e, "--guests", default="2")
+    add_flag(p, e, "--ram", default="1GiB", help="RAM per guest")
+    add_flag(
+        p,
+        e,
         "--policy",
-        default=from_env(e, "--policy", "bitmap,reporting"),
+        default="bitmap,reporting",
         help="policy, or a comma list given to guests in turn",
     )
-    p.add_argument("--backend", default=from_env(e, "--backend", "auto"), help="auto | shm | sim")
-    p.add_argument("--duration", default=from_env(e, "--duration", "20"), help="seconds per guest")
-    p.add_argument("--scenario", default=from_env(e, "--scenario", "phases"))
-    p.add_argument("--out", default=from_env(e, "--out", None), help="default runs/<time>")
+    add_flag(p, e, "--backend", default="auto", help="auto | shm | sim")
+    add_flag(p, e, "--duration", default="20", help="seconds per guest")
+    add_flag(p, e, "--scenario", default="phases")
+    add_flag(p, e, "--out", default=None, help="default runs/<time>")
     p.add_argument("--json", action="store_true", help="print the summary as JSON only")
     p.set_defaults(handler=run)
 

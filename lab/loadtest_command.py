@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from pagehint.cli_support import (
+    add_flag,
+    add_switch,
     choice,
     convert,
-    from_env,
     parse_policies,
     parse_ram,
     positive_float,
     positive_int,
-    to_bool,
 )
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
@@ -33,32 +33,38 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         "turn) against one host whose --capacity is below their total RAM.",
     )
     e = env
-    p.add_argument("--guests", default=from_env(e, "--guests", "8"))
-    p.add_argument("--ram", default=from_env(e, "--ram", "1GiB"), help="RAM per guest")
-    p.add_argument("--duration", default=from_env(e, "--duration", "30"))
-    p.add_argument(
+    add_flag(p, e, "--guests", default="8")
+    add_flag(p, e, "--ram", default="1GiB", help="RAM per guest")
+    add_flag(p, e, "--duration", default="30")
+    add_flag(
+        p,
+        e,
         "--capacity",
-        default=from_env(e, "--capacity", None),
+        default=None,
         help="host memory (default: half of the guests' total RAM)",
     )
-    p.add_argument("--backend", default=from_env(e, "--backend", "sim"), help="sim | shm")
-    p.add_argument(
+    add_flag(p, e, "--backend", default="sim", help="sim | shm")
+    add_flag(
+        p,
+        e,
         "--policy",
-        default=from_env(e, "--policy", "bitmap,reporting"),
+        default="bitmap,reporting",
         help="policy, or a comma list given to guests in turn",
     )
-    p.add_argument(
+    add_flag(
+        p,
+        e,
         "--rate",
-        default=from_env(e, "--rate", None),
+        default=None,
         help="churn ops/s per guest (default 40000 / guests, at most 20000)",
     )
-    p.add_argument(
+    add_switch(
+        p,
+        e,
         "--force",
-        action="store_true",
-        default=to_bool(from_env(e, "--force", False)),
         help="with shm, start even if the guests could exhaust this machine's memory",
     )
-    p.add_argument("--out", default=from_env(e, "--out", None))
+    add_flag(p, e, "--out", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run)
 

@@ -26,14 +26,18 @@ class ProcessGroup:
         self._files: list[IO[str]] = []
 
     def start_host(
-        self, args: Sequence[str], name: str = "host", env: Mapping[str, str] | None = None
+        self,
+        args: Sequence[str],
+        name: str = "host",
+        env: Mapping[str, str] | None = None,
+        listen: str = "127.0.0.1:0",
     ) -> tuple[str, subprocess.Popen[str]]:
         ready = self.workdir / f"{name}.addr"
         ready.unlink(missing_ok=True)
         log = (self.workdir / f"{name}.log").open("w")
         self._files.append(log)
         p = subprocess.Popen(
-            [*PAGEHINT, "host", "--listen", "127.0.0.1:0", "--ready-file", str(ready), *args],
+            [*PAGEHINT, "host", "--listen", listen, "--ready-file", str(ready), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -68,6 +72,9 @@ class ProcessGroup:
         )
         self.procs.append(p)
         return p
+
+    def log_text(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text()
 
     def guest_summary(self, p: subprocess.Popen[str], name: str, timeout: float) -> dict[str, Any]:
         try:

@@ -100,3 +100,17 @@ def parse_policies(value: Any, flag: str = "--policy") -> tuple[str, ...]:
     for pol in policies:
         choice(pol, POLICIES, flag)
     return policies
+
+
+def add_flag(
+    parser: Any, env: Mapping[str, str], *names: str, default: Any = None, **kw: Any
+) -> None:
+    """A flag whose default comes from PAGEHINT_<FIRST NAME> when that is set."""
+    parser.add_argument(*names, default=from_env(env, names[0], default), **kw)
+
+
+def add_switch(parser: Any, env: Mapping[str, str], name: str, **kw: Any) -> None:
+    """An on/off flag, also switched on by PAGEHINT_<NAME>=true."""
+    parser.add_argument(
+        name, action="store_true", default=to_bool(from_env(env, name, False)), **kw
+    )

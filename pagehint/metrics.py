@@ -6,6 +6,7 @@ nothing is counted twice; the HTTP server runs in prometheus_client's thread.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import start_http_server
@@ -47,13 +48,8 @@ class LatencyHistogram:
         self.count = 0
 
     def observe(self, seconds: float) -> None:
-        i = 0
-        for i, b in enumerate(self.bounds):  # noqa: B007 (i is used after the loop)
-            if seconds <= b:
-                break
-        else:
-            i = len(self.bounds)
-        self.counts[i] += 1
+        # The first bucket whose upper bound is >= seconds (the last: +Inf).
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.sum += seconds
         self.count += 1
 
@@ -108,14 +104,3 @@ def histogram(name: str, doc: str, h: LatencyHistogram) -> Metric:
     m = HistogramMetricFamily(name, doc)
     m.add_metric([], h.buckets(), h.sum)
     return m
-
-
-__all__ = [
-    "CounterMetricFamily",
-    "GaugeMetricFamily",
-    "LatencyHistogram",
-    "counter",
-    "gauge",
-    "histogram",
-    "serve",
-]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 from virtqueue.v1 import balloon_pb2 as pb
 from virtqueue.v1 import balloon_pb2_grpc as pb_grpc
 
 SESSION_KEY = "x-pagehint-session"
+T = TypeVar("T", bound="DataclassInstance")
 
 Range = tuple[int, int]  # (pfn, order)
 
@@ -65,40 +69,31 @@ class HostFigures:
     self_guest: GuestFigures | None = None
 
 
+# The domain dataclasses name their fields as the messages do, so conversion is
+# by name: a field added to one side and not the other fails loudly in tests.
+
+
+def _from_message(cls: type[T], m: Any) -> T:
+    return cls(**{f.name: getattr(m, f.name) for f in fields(cls)})
+
+
 # ---- Negotiate -------------------------------------------------------------------
 
 
 def encode_negotiate(n: Negotiation) -> Any:
-    return pb.NegotiateRequest(
-        guest_id=n.guest_id,
-        ram_bytes=n.ram_bytes,
-        page_size=n.page_size,
-        features=n.features,
-        poison_val=n.poison_val,
-        capacity=n.capacity,
-    )
+    return pb.NegotiateRequest(**asdict(n))
 
 
 def decode_negotiate(m: Any) -> Negotiation:
-    return Negotiation(m.guest_id, m.ram_bytes, m.page_size, m.features, m.poison_val, m.capacity)
+    return _from_message(Negotiation, m)
 
 
 def encode_accepted(a: Accepted) -> Any:
-    return pb.NegotiateReply(
-        features=a.features,
-        queue_size=a.queue_size,
-        max_chain_ranges=a.max_chain_ranges,
-        session=a.session,
-        backend=a.backend,
-        shm_path=a.shm_path,
-        discard=a.discard,
-    )
+    return pb.NegotiateReply(**asdict(a))
 
 
 def decode_accepted(m: Any) -> Accepted:
-    return Accepted(
-        m.features, m.queue_size, m.max_chain_ranges, m.session, m.backend, m.shm_path, m.discard
-    )
+    return _from_message(Accepted, m)
 
 
 # ---- Reporting stream ------------------------------------------------------------
@@ -156,37 +151,11 @@ def decode_stats_request(m: Any) -> str:
 
 
 def _encode_guest(g: GuestFigures) -> Any:
-    return pb.GuestStats(
-        guest_id=g.guest_id,
-        ram_bytes=g.ram_bytes,
-        resident_bytes=g.resident_bytes,
-        lazily_free_bytes=g.lazily_free_bytes,
-        discarded_bytes=g.discarded_bytes,
-        reported_bytes=g.reported_bytes,
-        chains=g.chains,
-        refused_chains=g.refused_chains,
-        touched_bytes=g.touched_bytes,
-        poison_skipped_chains=g.poison_skipped_chains,
-        peak_resident_bytes=g.peak_resident_bytes,
-        measured_by_kernel=g.measured_by_kernel,
-    )
+    return pb.GuestStats(**asdict(g))
 
 
 def _decode_guest(m: Any) -> GuestFigures:
-    return GuestFigures(
-        m.guest_id,
-        m.ram_bytes,
-        m.resident_bytes,
-        m.lazily_free_bytes,
-        m.discarded_bytes,
-        m.reported_bytes,
-        m.chains,
-        m.refused_chains,
-        m.touched_bytes,
-        m.poison_skipped_chains,
-        m.peak_resident_bytes,
-        m.measured_by_kernel,
-    )
+    return _from_message(GuestFigures, m)
 
 
 def encode_host_stats(h: HostFigures) -> Any:

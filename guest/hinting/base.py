@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from guest.hinting.device import Block, ReportError, ReportingDevice
@@ -15,7 +15,7 @@ from pagehint.config import HintingConfig
 from pagehint.metrics import LatencyHistogram
 
 Log = Callable[[str], None]
-ACK_SAMPLES = 100_000  # keep at most this many ack latencies (oldest dropped)
+ACK_SAMPLES = 1_000_000  # keep at most this many ack latencies (oldest dropped)
 
 
 @dataclass
@@ -25,14 +25,13 @@ class HintingStats:
     reports: int = 0
     failures: int = 0
     stale: int = 0
-    walks: int = 0
-    passes: int = 0
+    walks: int = 0  # bitmap walks, or reporting passes
     isolated_peak_pages: int = 0
     worker_seconds: float = 0.0
+    # Acknowledged reports' latencies (ms), the newest ACK_SAMPLES of them: the
+    # summary's percentiles and --ack-log both read this.
     ack_latency_ms: list[float] = field(default_factory=list)
     ack_histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
-    # Every acknowledged report's latency (ms), for --ack-log; bounded.
-    ack_log: list[float] = field(default_factory=list)
 
     @property
     def reported_bytes(self) -> int:
@@ -58,11 +57,8 @@ class Policy(abc.ABC):
         self.stats = HintingStats()
         self.log: Log = log or (lambda _m: None)
         self._consecutive_failures = 0
-        # Blocks currently out with the device (for stop() and invariant checks).
+        # Blocks currently out with the device (tests check allocations against it).
         self.in_flight: list[Block] = []
-        # Called after a report is acknowledged, with its blocks (the driver uses it to
-        # forget which frames the host now holds discarded).
-        self.on_reported: list[Callable[[Sequence[Block]], None]] = []
 
     @abc.abstractmethod
     def start(self) -> None: ...
@@ -118,14 +114,10 @@ class Policy(abc.ABC):
             self.stats.reported_blocks += len(batch)
             self.stats.reported_pages += sum(1 << o for _, o in batch)
             self.stats.ack_histogram.observe(elapsed_ms / 1000)
-            if len(self.stats.ack_log) < 1_000_000:
-                self.stats.ack_log.append(elapsed_ms)
             lat = self.stats.ack_latency_ms
             lat.append(elapsed_ms)
             if len(lat) > ACK_SAMPLES:
                 del lat[: ACK_SAMPLES // 2]
-            for cb in self.on_reported:
-                cb(batch)
         return ok
 
 

@@ -121,7 +121,6 @@ class ReportingPolicy(Policy):
     async def process(self) -> None:
         """page_reporting_process(): one pass over every zone."""
         self.state = PAGE_REPORTING_ACTIVE
-        self.stats.passes += 1
         self.stats.walks += 1
         self._t_sync = time.perf_counter()
         try:

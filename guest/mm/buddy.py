@@ -204,10 +204,6 @@ class BuddyAllocator:
         self.free_ops += 1
         self._merge_and_add(zone, pfn, order, False)
 
-    def free_many(self, blocks: Iterator[tuple[int, int]] | list[tuple[int, int]]) -> None:
-        for pfn, order in blocks:
-            self.free(pfn, order)
-
     def _merge_and_add(self, zone: Zone, pfn: int, order: int, putback: bool) -> int:
         """__free_one_page(): merge, add to the list, notify unless a put-back."""
         pg = self.pg
@@ -353,6 +349,3 @@ class BuddyAllocator:
             order = flag & ORDER_MASK
             yield BlockInfo(pfn, order, _state_name(flag), bool(flag & REPORTED))
             pfn += 1 << order
-
-    def page_size(self) -> int:
-        return PAGE_SIZE

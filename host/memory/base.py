@@ -42,6 +42,16 @@ class GuestRam(abc.ABC):
 class MemoryBackend(abc.ABC):
     name: str
     discard_mode: str
+    # Host memory for all guests, in pages (None: unlimited).
+    capacity_pages: int | None = None
+    # Lazily freed pages reclaimed under pressure (only MADV_FREE-like backends reclaim).
+    reclaimed: int = 0
+    # Files a previous, killed host left behind and this one removed at start.
+    orphans_removed: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def resident_pages_total(self) -> int:
+        """Pages held for all guests together."""
 
     @abc.abstractmethod
     def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam: ...

@@ -143,11 +143,11 @@ class ShmBackend(MemoryBackend):
         self.capacity_pages = capacity_pages
         self.use_madv_remove = False
         self.rams: list[ShmRam] = []
-        self.cleaned: list[str] = []
+        cleaned: list[str] = []
         if shm_dir is None:
             if not DEFAULT_ROOT.is_dir():
                 raise UsageError("--backend shm: /dev/shm does not exist here; give --shm-dir")
-            self._clean_private_folders(DEFAULT_ROOT)
+            self._clean_private_folders(DEFAULT_ROOT, cleaned)
             self.dir = DEFAULT_ROOT / f"{PRIVATE_PREFIX}{os.getpid()}"
             self.private = True
         else:
@@ -157,9 +157,10 @@ class ShmBackend(MemoryBackend):
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"--shm-dir {self.dir}: cannot create: {e.strerror}") from None
-        self._claim_shared_folder()
+        self._claim_shared_folder(cleaned)
+        self.orphans_removed = tuple(cleaned)
 
-    def _clean_private_folders(self, root: Path) -> None:
+    def _clean_private_folders(self, root: Path, cleaned: list[str]) -> None:
         for folder in root.glob(f"{PRIVATE_PREFIX}*"):
             pid = _owner_pid(folder)
             if pid is None:
@@ -167,9 +168,9 @@ class ShmBackend(MemoryBackend):
                 pid = int(m.group(1)) if m else None
             if pid is not None and not _pid_alive(pid):
                 shutil.rmtree(folder, ignore_errors=True)
-                self.cleaned.append(str(folder))
+                cleaned.append(str(folder))
 
-    def _claim_shared_folder(self) -> None:
+    def _claim_shared_folder(self, cleaned: list[str]) -> None:
         pid_file = self.dir / PID_FILE
         owner = _owner_pid(self.dir)
         if owner is not None and owner != os.getpid() and _pid_alive(owner):
@@ -178,7 +179,7 @@ class ShmBackend(MemoryBackend):
         for f in self.dir.glob("*.ram"):
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()
-                self.cleaned.append(str(f))
+                cleaned.append(str(f))
         pid_file.write_text(f"{os.getpid()}\n")
 
     def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:
@@ -189,8 +190,8 @@ class ShmBackend(MemoryBackend):
         self.rams.append(ram)
         return ram
 
-    @property
-    def resident(self) -> int:
+    def resident_pages_total(self) -> int:
+        # One fstat per guest: call it when figures are sampled, not per chain.
         return sum(r.resident_pages() for r in self.rams if not r.released)
 
     def close(self) -> None:

@@ -33,8 +33,6 @@ class SimRam(GuestRam):
         self.frames = bytearray(nr_pages)
         self.resident = 0  # RESIDENT + LAZY
         self.lazy = 0
-        self.reused_lazy = 0  # LAZY frames touched again before reclaim (free reuse)
-        self.faulted = 0  # ABSENT frames touched (a fault on a real host)
         self.released = False
 
     def discard(self, ranges: Sequence[tuple[int, int]]) -> int:
@@ -71,8 +69,6 @@ class SimRam(GuestRam):
                 fr[pfn : pfn + n] = bytes([RESIDENT]) * n
                 self.resident += absent
                 self.lazy -= lz
-                self.reused_lazy += lz
-                self.faulted += absent
                 self.backend.resident += absent
                 brought += absent
         self.backend.pressure()
@@ -113,7 +109,6 @@ class SimBackend(MemoryBackend):
         self.capacity_pages = capacity_pages
         self.resident = 0
         self.reclaimed = 0
-        self.over_capacity_events = 0
         # Oldest lazily freed ranges first: reclaim takes from the left.
         self.lazy_ranges: deque[tuple[SimRam, int, int]] = deque()
 
@@ -125,8 +120,9 @@ class SimBackend(MemoryBackend):
         if self.capacity_pages is None or self.resident <= self.capacity_pages:
             return
         self.reclaim(self.resident - self.capacity_pages)
-        if self.resident > self.capacity_pages:
-            self.over_capacity_events += 1
+
+    def resident_pages_total(self) -> int:
+        return self.resident  # kept up to date by every discard and touch
 
     def reclaim(self, want_pages: int) -> int:
         got = 0

@@ -1,21 +1,23 @@
-"""Start real `pagehint host` / `pagehint guest` processes for integration tests."""
+"""Real `pagehint host` / `pagehint guest` processes for integration tests.
+
+A thin layer over lab.procs.ProcessGroup — the same code the lab commands use
+to start, wait for and stop processes — with names chosen for the test.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
+import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-PAGEHINT = [sys.executable, "-m", "pagehint"]
+from lab.procs import PAGEHINT, ProcessGroup
+
+__all__ = ["PAGEHINT", "Procs", "free_port", "procs", "run_cli", "wait_until"]
 
 
 def wait_until(cond: Any, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -26,62 +28,32 @@ def wait_until(cond: Any, timeout: float, what: str, interval: float = 0.05) -> 
         time.sleep(interval)
 
 
-@dataclass
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Procs:
-    tmp: Path
-    running: list[subprocess.Popen[str]] = field(default_factory=list)
+    def __init__(self, tmp: Path) -> None:
+        self.group = ProcessGroup(tmp)
+        self.names: dict[int, str] = {}
 
-    def host(
-        self, *args: str, listen: str = "127.0.0.1:0", env: dict[str, str] | None = None
-    ) -> tuple[str, subprocess.Popen[str]]:
-        ready = self.tmp / f"host-{len(self.running)}.addr"
-        ready.unlink(missing_ok=True)
-        log = open(self.tmp / f"host-{len(self.running)}.log", "w")  # noqa: SIM115
-        p = subprocess.Popen(
-            [*PAGEHINT, "host", "--listen", listen, "--ready-file", str(ready), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.running.append(p)
-        wait_until(lambda: ready.exists() or p.poll() is not None, 20, "host to listen")
-        if p.poll() is not None:
-            raise AssertionError(
-                f"host exited: {(self.tmp / f'host-{len(self.running) - 1}.log').read_text()}"
-            )
-        return ready.read_text().strip(), p
+    def host(self, *args: str, listen: str = "127.0.0.1:0") -> tuple[str, subprocess.Popen[str]]:
+        return self.group.start_host(args, name=f"host-{len(self.group.procs)}", listen=listen)
 
-    def guest(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        p = subprocess.Popen(
-            [*PAGEHINT, "guest", "--json", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.running.append(p)
+    def guest(self, *args: str) -> subprocess.Popen[str]:
+        name = f"guest-{len(self.group.procs)}"
+        p = self.group.start_guest(args, name)
+        self.names[p.pid] = name
         return p
 
-    def cleanup(self) -> None:
-        # SIGTERM first, so hosts remove their RAM folders; SIGKILL what lingers.
-        for p in self.running:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.running:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
-
-
-def finish(p: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
-    out, err = p.communicate(timeout=timeout)
-    assert p.returncode == 0, f"guest exited {p.returncode}: {err[-3000:]}"
-    summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    summary["_stderr"] = err
-    return summary
+    def finish(self, p: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
+        """The guest's JSON summary (it must exit 0), with its log as ``_stderr``."""
+        name = self.names[p.pid]
+        summary = self.group.guest_summary(p, name, timeout)
+        summary["_stderr"] = self.group.log_text(name)
+        return summary
 
 
 def run_cli(args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -94,4 +66,4 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
     try:
         yield ps
     finally:
-        ps.cleanup()
+        ps.group.close()  # SIGTERM first, so hosts remove their RAM folders

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.integration.procs import Procs, finish
+from tests.integration.procs import Procs
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.v1 import balloon_pb2 as pb
@@ -131,7 +131,7 @@ async def test_bad_chains_refused_host_survives_neighbour_unaffected(procs: Proc
             if g.guest_id.startswith("evil-") and g.guest_id != "evil-but-good":
                 assert g.reported_bytes == 0 and g.chains == 0, g
     assert host.poll() is None, "host died"
-    s = finish(good)
+    s = procs.finish(good)
     assert s["report_failures"] == 0
     assert s["reported_bytes"] > 0
     assert s["host_reported_bytes"] == s["reported_bytes"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import Any
 import grpc
 import yaml
 
-from tests.integration.procs import wait_until
+from tests.integration.procs import free_port, wait_until
 from virtqueue import codec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def load() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     return data
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_compose_file_shape() -> None:

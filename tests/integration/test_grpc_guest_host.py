@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from tests.integration.procs import Procs, finish, run_cli, wait_until
+from tests.integration.procs import Procs, run_cli, wait_until
 from virtqueue import codec
 
 MEMHOG = Path(__file__).resolve().parents[2] / "guest" / "workloads" / "scenarios" / "memhog.toml"
@@ -32,7 +32,7 @@ def test_memhog_free_drops_host_ledger(procs: Procs, tmp_path: Path) -> None:
         str(timeline),
         "--check",
     )
-    s = finish(g)
+    s = procs.finish(g)
     assert s["backend"] == "sim"
     assert s["invariants"] == "ok"
     # memhog touched 256 MiB; after the free, hinting reports it and the host lets go.
@@ -85,7 +85,7 @@ def test_host_sigkill_guest_survives_and_reconnects(procs: Procs) -> None:
     # A new host on the same address: the guest reconnects and reporting resumes.
     addr2, _ = procs.host(listen=addr)
     assert addr2 == addr
-    s = finish(g, timeout=60)
+    s = procs.finish(g, timeout=60)
     assert s["invariants"] == "ok"
     assert s["isolated_bytes"] == 0
     assert s["host_connects"] >= 2
@@ -114,7 +114,7 @@ def test_host_sigterm_drains_and_exits_zero(procs: Procs) -> None:
     time.sleep(0.5)
     assert g.poll() is None
     g.send_signal(signal.SIGTERM)
-    s = finish(g)
+    s = procs.finish(g)
     assert s["isolated_bytes"] == 0
 
 

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from pathlib import Path
 
 from PIL import Image
 
-from tests.integration.procs import Procs, finish, run_cli, wait_until
+from tests.integration.procs import Procs, free_port, run_cli, wait_until
 
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> str:
@@ -71,7 +64,7 @@ def test_metrics_on_host_and_guest(procs: Procs) -> None:
         "pagehint_host_chain_seconds_bucket",
     ):
         assert name in host_text, name
-    finish(g)
+    procs.finish(g)
 
 
 def test_health_command(procs: Procs) -> None:

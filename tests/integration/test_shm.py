@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.procs import Procs, finish, wait_until
+from tests.integration.procs import Procs, wait_until
 
 HERE = Path(__file__).resolve().parent
 MEMHOG = HERE.parents[1] / "guest" / "workloads" / "scenarios" / "memhog.toml"
@@ -20,7 +20,7 @@ def test_memhog_free_drops_kernel_measured_memory(procs: Procs, tmp_path: Path) 
     shm = tmp_path / "shm"
     addr, _ = procs.host("--backend", "shm", "--shm-dir", str(shm))
     tl = tmp_path / "tl.jsonl"
-    s = finish(
+    s = procs.finish(
         procs.guest(
             "--host",
             addr,
@@ -73,7 +73,7 @@ def _run_seeds(procs: Procs, addr: str, policy: str, seeds: range, *extra: str) 
         )
         for seed in seeds
     ]
-    return [finish(g, timeout=120) for g in gs]
+    return [procs.finish(g, timeout=120) for g in gs]
 
 
 def test_no_data_loss_with_isolation_and_loss_detected_without(
@@ -97,7 +97,7 @@ def test_no_data_loss_with_isolation_and_loss_detected_without(
 def test_nonzero_poison_means_no_punch_and_contents_kept(procs: Procs, tmp_path: Path) -> None:
     addr, _ = procs.host("--backend", "shm", "--shm-dir", str(tmp_path / "shm"))
     tl = tmp_path / "tl.jsonl"
-    s = finish(
+    s = procs.finish(
         procs.guest(
             "--host",
             addr,

@@ -46,7 +46,7 @@ async def test_budget_limits_a_pass_and_requests_another() -> None:
     # running out of budget asked for another pass, scheduled after the delay
     assert pol.state == PAGE_REPORTING_REQUESTED
     t0 = asyncio.get_running_loop().time()
-    await wait_for(lambda: pol.stats.passes == 2, 2.0, "the next pass")
+    await wait_for(lambda: pol.stats.walks == 2, 2.0, "the next pass")
     assert asyncio.get_running_loop().time() - t0 >= 0.04
     await pol.stop()
 
@@ -127,10 +127,10 @@ async def test_state_machine_and_put_back_without_hook() -> None:
     mm, pol, dev = make(64 << 20, capacity=4, delay=0.05)
     pol.start()  # registration requests the initial pass
     assert pol.state == PAGE_REPORTING_REQUESTED
-    await wait_for(lambda: pol.state == PAGE_REPORTING_IDLE and pol.stats.passes >= 1, 3, "idle")
-    passes = pol.stats.passes
+    await wait_for(lambda: pol.state == PAGE_REPORTING_IDLE and pol.stats.walks >= 1, 3, "idle")
+    passes = pol.stats.walks
     await asyncio.sleep(0.2)
-    assert pol.stats.passes == passes  # put-backs did not request more passes
+    assert pol.stats.walks == passes  # put-backs did not request more passes
     p = mm.alloc(MAX_ORDER)
     mm.free(p, MAX_ORDER)  # a free at the reporting order requests a pass
     assert pol.state == PAGE_REPORTING_REQUESTED
