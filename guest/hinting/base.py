@@ -84,33 +84,43 @@ class Policy(abc.ABC):
         """Report isolated blocks, then put them back. Returns False if the report failed.
 
         On success blocks go back without the hook (marked reported when ``mark``
-        and still free at their order); on failure, or if cancelled, they go back
-        unmarked. Either way none stays isolated.
+        and still free at their order); on failure they go back unmarked. Either
+        way none stays isolated.
+
+        Cancelled mid-report (the policy is stopping), the report is still let
+        finish, bounded by its timeout, and booked, before the cancellation goes
+        on: the host may already hold the chain, and abandoning it would leave the
+        host counting and discarding pages the guest puts back as unreported (the
+        kernel's page_reporting_unregister likewise waits for a running pass).
         """
         if not batch:
             return True
         assert self.device is not None
         self.in_flight = batch
         t0 = time.perf_counter()
-        ok = False
+        report = asyncio.ensure_future(
+            asyncio.wait_for(self.device.report(batch), timeout=self.cfg.report_timeout)
+        )
+        cancelled = False
         try:
-            await asyncio.wait_for(self.device.report(batch), timeout=self.cfg.report_timeout)
-            ok = True
-        except (ReportError, TimeoutError, ConnectionError) as e:
-            self.stats.failures += 1
-            self._consecutive_failures += 1
-            self.log(f"report of {len(batch)} blocks failed: {e or type(e).__name__}")
-        finally:
-            elapsed_ms = (time.perf_counter() - t0) * 1000
-            self.in_flight = []
-            for pfn, order in batch:
-                if not self.cfg.unsafe_skip_isolation:
-                    self.mm.putback(pfn, order, to_tail=to_tail)
-                if ok and mark:
-                    self.mm.mark_reported(pfn, order)
-        self.stats.reports += 1 if ok else 0
+            await asyncio.shield(report)
+        except asyncio.CancelledError:
+            cancelled = True
+            await asyncio.wait({report})
+        except (ReportError, TimeoutError, ConnectionError):
+            pass  # booked below, from the report itself
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        error = report.exception() if not report.cancelled() else asyncio.CancelledError()
+        ok = error is None
+        self.in_flight = []
+        for pfn, order in batch:
+            if not self.cfg.unsafe_skip_isolation:
+                self.mm.putback(pfn, order, to_tail=to_tail)
+            if ok and mark:
+                self.mm.mark_reported(pfn, order)
         if ok:
             self._consecutive_failures = 0
+            self.stats.reports += 1
             self.stats.reported_blocks += len(batch)
             self.stats.reported_pages += sum(1 << o for _, o in batch)
             self.stats.ack_histogram.observe(elapsed_ms / 1000)
@@ -118,6 +128,16 @@ class Policy(abc.ABC):
             lat.append(elapsed_ms)
             if len(lat) > ACK_SAMPLES:
                 del lat[: ACK_SAMPLES // 2]
+        else:
+            self.stats.failures += 1
+            self._consecutive_failures += 1
+            self.log(f"report of {len(batch)} blocks failed: {error or type(error).__name__}")
+        if cancelled:
+            raise asyncio.CancelledError
+        if error is not None and not isinstance(
+            error, ReportError | TimeoutError | ConnectionError | asyncio.CancelledError
+        ):
+            raise error  # a bug, not a failed report: let it show
         return ok
 
 
