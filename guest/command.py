@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from guest.mm.constants import MAX_ORDER
@@ -61,7 +61,42 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         p, e, "--threshold", default="16", help="bitmap: new bits in a zone that wake the worker"
     )
     add_flag(p, e, "--delay", default="2", help="reporting: delay before a pass")
-    add_flag(p, e, "--report-timeout", default="5", help="seconds to wait for an acknowledgement")
+    add_flag(
+        p,
+        e,
+        "--stall-warning",
+        default="5",
+        help="log a report the host has not answered for this long (it stays out until answered)",
+    )
+    add_flag(
+        p,
+        e,
+        "--stop-grace",
+        default="10",
+        help="stopping, wait this long for a report in flight (then leave its blocks isolated)",
+    )
+    add_flag(
+        p,
+        e,
+        "--flush-after",
+        default="0",
+        help="bitmap departure: walk a zone whose bits waited this long below --threshold "
+        "(0: never, as v10)",
+    )
+    add_switch(
+        p,
+        e,
+        "--retry-failed",
+        help="bitmap departure: hint a failed report's chunks again after a backoff "
+        "(v10 drops them)",
+    )
+    add_switch(
+        p,
+        e,
+        "--cross-zone-batches",
+        help="bitmap departure: walk every zone with new bits, one batch across zones "
+        "(v10 walks only zones at the threshold, a batch per zone)",
+    )
     add_flag(p, e, "--metrics-port", default=None, help="serve Prometheus metrics on this port")
     add_flag(p, e, "--poison", default=None, help="offer PAGE_POISON with this byte value (0-255)")
     add_switch(
@@ -142,9 +177,10 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         capacity=capacity,
         threshold=convert(a.threshold, positive_int, "--threshold"),
         delay=convert(a.delay, lambda s: nonneg_float(str(parse_seconds(s))), "--delay"),
-        report_timeout=convert(
-            a.report_timeout, lambda s: positive_float(str(parse_seconds(s))), "--report-timeout"
-        ),
+        stop_grace=convert(a.stop_grace, _seconds(nonneg_float), "--stop-grace"),
+        bitmap_flush_after=convert(a.flush_after, _seconds(nonneg_float), "--flush-after"),
+        bitmap_retry=bool(a.retry_failed),
+        bitmap_cross_zone=bool(a.cross_zone_batches),
         unsafe_skip_isolation=bool(a.unsafe_skip_isolation),
     )
     return GuestConfig(
@@ -166,8 +202,14 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         ),
         check=bool(a.check),
         ack_log=a.ack_log,
+        stall_warning=convert(a.stall_warning, _seconds(positive_float), "--stall-warning"),
         hinting=hinting,
     )
+
+
+def _seconds(check: Callable[[str], float]) -> Callable[[str], float]:
+    """A duration flag ("5", "500ms", "2m") checked by ``check``."""
+    return lambda s: check(str(parse_seconds(s)))
 
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -68,6 +68,7 @@ class GuestRuntime:
             "t": round(time.monotonic() - self.started, 3),
             "free_bytes": self.mm.free_bytes,
             "isolated_bytes": self.mm.isolated_bytes,
+            "allocated_bytes": self.mm.allocated_pages * PAGE_SIZE,
             "reported_bytes": st.reported_bytes,
             "host_resident_bytes": self.host_resident(),
         }
@@ -151,6 +152,10 @@ class GuestRuntime:
             "reported_blocks": st.reported_blocks,
             "chains": st.reports,
             "report_failures": st.failures,
+            "report_failures_by_reason": dict(st.failures_by_reason),
+            "isolation_refused": st.isolation_refused,
+            "abandoned_reports": st.abandoned_reports,
+            "abandoned_bytes": st.abandoned_pages * PAGE_SIZE,
             "stale_bits": st.stale,
             "walks": st.walks,
             "isolated_peak_bytes": st.isolated_peak_pages * PAGE_SIZE,
@@ -168,6 +173,7 @@ class GuestRuntime:
             "data_loss_checked": False,
             "stopped_by_signal": self.stopped_by_signal,
             "isolated_bytes": self.mm.isolated_bytes,
+            "allocated_bytes": self.mm.allocated_pages * PAGE_SIZE,
             "invariants": self._check(),
             "marks": [{"t": round(t, 3), "label": label} for t, label in self.ctx.stats.marks],
         }

@@ -89,12 +89,27 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
 
 
 def _host_figures(driver: BalloonDriver, summary: dict[str, Any]) -> str:
-    """Add what the host said about this guest to the summary; returns its backend."""
+    """Add what the host said about this guest to the summary; returns its backend.
+
+    ``host_reported_bytes`` is the host's count for this guest id since the host
+    process started, across sessions; ``reported_bytes_this_host`` is the
+    guest's count of what that same host process acknowledged. The two agree
+    (a test holds them to it); they differ from the guest's ``reported_bytes``
+    only when the host restarted during the run.
+    """
     fig = driver.host_figures
     summary["host_reported_bytes"] = fig.reported_bytes if fig is not None else None
+    summary["host_chains"] = fig.chains if fig is not None else None
+    summary["host_refused_chains"] = fig.refused_chains if fig is not None else None
+    summary["host_failed_chains"] = fig.failed_chains if fig is not None else None
     summary["host_poison_skipped_chains"] = fig.poison_skipped_chains if fig is not None else None
     summary["host_measured_by_kernel"] = bool(fig is not None and fig.measured_by_kernel)
+    summary["reported_bytes_this_host"] = driver.acked_pages_this_host * PAGE_SIZE
     summary["host_connects"] = driver.connects
+    summary["fences"] = driver.conn.fences
+    summary["fenced_done_chains"] = driver.window.stats.fenced_done
+    summary["fenced_cancelled_chains"] = driver.window.stats.fenced_not_done
+    summary["stalled_reports"] = driver.stalls
     summary["touched_bytes_sent"] = driver.touched_pages_sent * PAGE_SIZE
     assert driver.accepted is not None
     return driver.accepted.backend

@@ -69,6 +69,28 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         default="0",
         help="seconds before each chain is processed (models a busy host)",
     )
+    add_flag(
+        p,
+        e,
+        "--min-order",
+        default="0",
+        help="smallest order the device takes in a range (0: the guest's reporting order)",
+    )
+    add_flag(
+        p,
+        e,
+        "--inject-refuse",
+        default="0",
+        help="fault injection: refuse this fraction of chains (0..1)",
+    )
+    add_flag(
+        p,
+        e,
+        "--inject-discard-error",
+        default="0",
+        help="fault injection: fail this fraction of discards with EIO (0..1)",
+    )
+    add_flag(p, e, "--fault-seed", default="0", help="random seed of the fault injection")
     add_switch(p, e, "--quiet")
     p.set_defaults(handler=run)
 
@@ -104,7 +126,25 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         loop=choice(str(a.loop), LOOPS, "--loop"),
         metrics_port=metrics_port,
         latency=convert(a.latency, lambda s: nonneg_float(str(parse_seconds(s))), "--latency"),
+        min_order=_order(a.min_order, "--min-order"),
+        inject_refuse=_fraction(a.inject_refuse, "--inject-refuse"),
+        inject_discard_error=_fraction(a.inject_discard_error, "--inject-discard-error"),
+        fault_seed=convert(a.fault_seed, int, "--fault-seed"),
     )
+
+
+def _order(text: str, flag: str) -> int:
+    order = convert(text, int, flag)
+    if not 0 <= order <= 10:
+        raise UsageError(f"{flag} {text}: must be 0..10")
+    return order
+
+
+def _fraction(text: str, flag: str) -> float:
+    value = convert(text, float, flag)
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{flag} {text}: must be a fraction 0..1")
+    return value
 
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -3,29 +3,52 @@
 The host trusts nothing a guest sends. A chain with a range outside the
 guest's RAM, misaligned to its order, of a bad order, overlapping or
 duplicating another range of the chain, with more ranges than allowed, or
-with mismatched arrays is refused whole (ChainRefused, with a reason that is
-counted); nothing is discarded for it, and nothing outside that guest's RAM is
-ever touched. Sessions are random 128-bit tokens: a guest can only name its own.
+with mismatched arrays is refused whole, before anything of it is discarded,
+and the refusal is counted by reason; nothing outside that guest's RAM is ever
+touched. Every chain gets exactly one answer (a ``UsedMsg``): DONE, REFUSED
+with the rule it broke, or DISCARD_FAILED with the errno. The stream survives
+all three: a refused chain is the guest's problem, not the connection's.
+
+Sessions are random 128-bit tokens: a guest can only name its own. When a
+guest's stream breaks it negotiates again naming its previous session, and the
+device *fences* it (``fence``): the old session is ended, so none of its chains
+can be discarded any more, and the guest is told which of its chains were DONE.
+Discards run synchronously on the event loop, and ``handle_report`` checks that
+its session is still live immediately before discarding: once a session is
+marked ended, no discard of it can start. So the fence completes at once; were
+discards ever moved off the loop, ``fence`` would have to wait for them.
+
+Counts (chains, bytes reported, refusals, failures) are kept per guest id over
+the host process's life, across that guest's sessions, so guest and host can
+compare totals after reconnects.
 """
 
 from __future__ import annotations
 
+import errno as errno_names
 import itertools
+import random
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from host.memory.base import GuestRam, MemoryBackend
+from host.ratelog import RateLimitedLog
 from pagehint.metrics import LatencyHistogram
+from virtqueue import codec
 from virtqueue import features as F
-from virtqueue.codec import GuestFigures, HostFigures
+from virtqueue.codec import Fence, GuestFigures, HostFigures, UsedMsg
 
 MAX_ORDER = 10
 PAGE_SIZE = 4096
 MAX_GUEST_RAM = 64 << 30
 SUPPORTED = F.mask(F.REPORTING, F.PAGE_POISON)
+# Ended sessions whose chain outcomes are kept for a late fence, and guest ids
+# whose totals are kept after their last session: bounded, oldest dropped.
+ENDED_SESSIONS_KEPT = 1024
+GUEST_TOTALS_KEPT = 4096
 
 
 class ChainRefused(Exception):
@@ -46,6 +69,41 @@ class NegotiationError(Exception):
 
 
 @dataclass
+class Faults:
+    """Fault injection for tests and demos of the fault paths (off by default).
+
+    ``refuse`` and ``discard_error`` are probabilities per chain; a refused chain
+    is answered REFUSED (reason "injected"), a failed discard DISCARD_FAILED with
+    EIO. Both are decided before anything is discarded, like the real faults.
+    """
+
+    refuse: float = 0.0
+    discard_error: float = 0.0
+    seed: int = 0
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    @property
+    def active(self) -> bool:
+        return self.refuse > 0 or self.discard_error > 0
+
+
+@dataclass
+class GuestTotals:
+    """One guest id's counts over the host's life, across its sessions."""
+
+    chains: int = 0
+    refused: int = 0
+    failed: int = 0
+    reported_pages: int = 0
+    touched_pages: int = 0
+    poison_skipped: int = 0
+    sessions: int = 0
+
+
+@dataclass
 class Session:
     token: str
     guest_id: str
@@ -54,15 +112,14 @@ class Session:
     poison_val: int
     capacity: int
     ram: GuestRam
-    created: float = field(default_factory=time.monotonic)
+    totals: GuestTotals
+    queue_size: int = 64
     last_seen: float = field(default_factory=time.monotonic)
-    chains: int = 0
-    refused: int = 0
-    reported_pages: int = 0
-    touched_pages: int = 0
-    poison_skipped: int = 0
     peak_resident_pages: int = 0
     streams: int = 0
+    ended: bool = False
+    # Outcomes of the most recent chains (id, DONE?): what a fence reports.
+    recent: deque[tuple[int, bool]] = field(default_factory=deque)
 
     @property
     def nr_pages(self) -> int:
@@ -74,6 +131,16 @@ class Session:
         # break the guest's poison checks: QEMU skips the discard in that case.
         return F.has(self.features, F.PAGE_POISON) and self.poison_val != 0
 
+    def note_outcome(self, chain_id: int, done: bool) -> None:
+        # At most queue-size chains are outstanding, so twice that many outcomes
+        # cover every chain a broken stream can have left unanswered.
+        self.recent.append((chain_id, done))
+        if len(self.recent) > 2 * self.queue_size:
+            self.recent.popleft()
+
+    def done_ids(self) -> frozenset[int]:
+        return frozenset(i for i, done in self.recent if done)
+
 
 class BalloonDevice:
     def __init__(
@@ -83,18 +150,30 @@ class BalloonDevice:
         max_chain_ranges: int = 512,
         session_timeout: float = 30.0,
         log: Callable[[str], None] | None = None,
+        min_order: int = 0,
+        faults: Faults | None = None,
     ) -> None:
         self.backend = backend
         self.queue_size = queue_size
         self.max_chain_ranges = max_chain_ranges
         self.session_timeout = session_timeout
+        self.min_order = min_order
+        self.faults = faults if faults is not None and faults.active else None
+        self.instance = secrets.token_hex(8)
         self.sessions: dict[str, Session] = {}
         self.by_guest: dict[str, str] = {}
+        self.totals: OrderedDict[str, GuestTotals] = OrderedDict()
+        # token -> (guest id, ids of its chains that were DONE), for late fences.
+        self.ended: OrderedDict[str, tuple[str, frozenset[int]]] = OrderedDict()
         self.refusals: Counter[str] = Counter()
+        self.discard_errors: Counter[str] = Counter()
         self.chains = 0
+        self.failed_chains = 0
         self.peak_resident_pages = 0
         self.chain_histogram = LatencyHistogram()
         self.log = log or (lambda _m: None)
+        # One line per reason per interval, however many chains are refused.
+        self.problems = RateLimitedLog(self.log)
 
     # ---- sessions ------------------------------------------------------------------
 
@@ -106,7 +185,9 @@ class BalloonDevice:
         offered: int,
         poison_val: int,
         capacity: int,
-    ) -> Session:
+        previous_session: str = "",
+    ) -> tuple[Session, Fence | None]:
+        """Open a session; with ``previous_session``, fence that one first."""
         if not guest_id or len(guest_id) > 128 or not guest_id.isprintable():
             raise NegotiationError("guest_id must be 1..128 printable characters")
         if page_size != PAGE_SIZE:
@@ -119,6 +200,7 @@ class BalloonDevice:
             raise NegotiationError("the guest did not offer VIRTIO_BALLOON_F_REPORTING")
         if poison_val > 0xFF:
             raise NegotiationError(f"poison value {poison_val} is not a byte")
+        fence = self.fence(guest_id, previous_session) if previous_session else None
         old = self.by_guest.get(guest_id)
         if old is not None:
             self.log(f"guest {guest_id} negotiated again: ending its previous session")
@@ -126,6 +208,8 @@ class BalloonDevice:
         token = secrets.token_hex(16)
         ram = self.backend.attach(guest_id, ram_bytes // PAGE_SIZE, page_size)
         accepted = offered & SUPPORTED
+        totals = self._totals(guest_id)
+        totals.sessions += 1
         s = Session(
             token=token,
             guest_id=guest_id,
@@ -134,13 +218,41 @@ class BalloonDevice:
             poison_val=poison_val if F.has(accepted, F.PAGE_POISON) else 0,
             capacity=min(capacity or self.max_chain_ranges, self.max_chain_ranges),
             ram=ram,
+            totals=totals,
+            queue_size=self.queue_size,
         )
         self.sessions[token] = s
         self.by_guest[guest_id] = token
         self.log(
             f"guest {guest_id} negotiated: {ram_bytes >> 20} MiB, features {F.describe(accepted)}"
         )
-        return s
+        return s, fence
+
+    def fence(self, guest_id: str, token: str) -> Fence:
+        """End ``token`` (if still open) so none of its chains can be discarded any more,
+        and say which of its chains were DONE."""
+        s = self.sessions.get(token)
+        if s is not None:
+            if s.guest_id != guest_id:
+                raise NegotiationError("previous_session belongs to another guest")
+            self.end(token, "fenced by its guest's new session")
+        record = self.ended.get(token)
+        if record is None or record[0] != guest_id:
+            return Fence(known=False)
+        return Fence(known=True, done_ids=record[1])
+
+    def _totals(self, guest_id: str) -> GuestTotals:
+        t = self.totals.get(guest_id)
+        if t is None:
+            t = self.totals[guest_id] = GuestTotals()
+            while len(self.totals) > GUEST_TOTALS_KEPT:
+                oldest = next(iter(self.totals))
+                if oldest in self.by_guest:
+                    break  # never drop a live guest's totals
+                del self.totals[oldest]
+        else:
+            self.totals.move_to_end(guest_id)
+        return t
 
     def session(self, token: str) -> Session:
         s = self.sessions.get(token)
@@ -153,8 +265,12 @@ class BalloonDevice:
         s = self.sessions.pop(token, None)
         if s is None:
             return
+        s.ended = True  # from here on, handle_report discards nothing for it
         if self.by_guest.get(s.guest_id) == token:
             del self.by_guest[s.guest_id]
+        self.ended[token] = (s.guest_id, s.done_ids())
+        while len(self.ended) > ENDED_SESSIONS_KEPT:
+            self.ended.popitem(last=False)
         s.ram.release()
         self.log(f"session of guest {s.guest_id} ended ({why})")
 
@@ -187,10 +303,15 @@ class BalloonDevice:
                 "too_many_ranges", f"{len(pfns)} ranges exceed the negotiated capacity {s.capacity}"
             )
         limit = s.nr_pages
+        min_order = self.min_order
         ranges: list[tuple[int, int]] = []
         for i, (pfn, order) in enumerate(zip(pfns, orders, strict=True)):
             if order > MAX_ORDER:
                 raise ChainRefused("bad_order", f"range {i}: order {order} is above {MAX_ORDER}")
+            if order < min_order:
+                raise ChainRefused(
+                    "below_min_order", f"range {i}: order {order} is below the device's {min_order}"
+                )
             n = 1 << order
             if pfn & (n - 1):
                 raise ChainRefused(
@@ -209,43 +330,100 @@ class BalloonDevice:
                 raise ChainRefused(kind, f"ranges at pfn {a:#x} and {b:#x} {kind}")
         return ranges
 
-    def handle_report(self, s: Session, pfns: Sequence[int], orders: Sequence[int]) -> int:
-        """Check and discard one chain; returns pages discarded. Raises ChainRefused."""
+    def handle_report(
+        self, s: Session, chain_id: int, pfns: Sequence[int], orders: Sequence[int]
+    ) -> UsedMsg | None:
+        """Check and discard one chain; its answer, or None if its session has ended
+        (a fence cancelled it: nothing was discarded, and nobody is listening)."""
+        if s.ended:
+            return None
         try:
             ranges = self.check_chain(s, pfns, orders)
+            if self.faults is not None and self.faults.rng.random() < self.faults.refuse:
+                raise ChainRefused("injected", "refused by fault injection (--inject-refuse)")
         except ChainRefused as e:
-            s.refused += 1
+            s.totals.refused += 1
             self.refusals[e.reason] += 1
-            self.log(f"guest {s.guest_id}: chain refused: {e.detail}")
-            raise
+            s.note_outcome(chain_id, False)
+            self.problems.note(
+                f"refused:{e.reason}", f"guest {s.guest_id}: chain refused: {e.detail}"
+            )
+            return UsedMsg(
+                chain_id,
+                status=codec.REFUSED,
+                reason=e.reason,
+                detail=e.detail,
+                resident_bytes=s.ram.resident_pages() * PAGE_SIZE,
+            )
         pages = sum(n for _, n in ranges)
-        s.chains += 1
+        discarded = 0
+        if not s.poisoned:
+            t0 = time.perf_counter()
+            try:
+                if self.faults is not None and self.faults.rng.random() < self.faults.discard_error:
+                    raise OSError(
+                        errno_names.EIO, "injected discard error (--inject-discard-error)"
+                    )
+                s.ram.discard(ranges)
+            except OSError as e:
+                return self._discard_failed(s, chain_id, e)
+            self.chain_histogram.observe(time.perf_counter() - t0)
+            discarded = pages
+        else:
+            s.totals.poison_skipped += 1
+        # Booked only now, after the discard: a failed chain is not a reported one.
+        s.totals.chains += 1
+        s.totals.reported_pages += pages
         self.chains += 1
-        s.reported_pages += pages
-        if s.poisoned:
-            s.poison_skipped += 1
-            return 0
-        t0 = time.perf_counter()
-        s.ram.discard(ranges)
-        self.chain_histogram.observe(time.perf_counter() - t0)
-        return pages
+        s.note_outcome(chain_id, True)
+        return UsedMsg(
+            chain_id,
+            discarded_pages=discarded,
+            resident_bytes=s.ram.resident_pages() * PAGE_SIZE,
+        )
 
-    def refuse(self, reason: str) -> None:
-        """Count a refusal that happened before a chain reached a session (e.g. no session)."""
+    def _discard_failed(self, s: Session, chain_id: int, e: OSError) -> UsedMsg:
+        code = e.errno or 0
+        name = errno_names.errorcode.get(code, str(code))
+        s.totals.failed += 1
+        self.failed_chains += 1
+        self.discard_errors[name] += 1
+        s.note_outcome(chain_id, False)
+        detail = f"discard failed: {name} ({e.strerror or e})"
+        self.problems.note(f"discard:{name}", f"guest {s.guest_id}: {detail}")
+        return UsedMsg(
+            chain_id,
+            status=codec.DISCARD_FAILED,
+            reason="discard_failed",
+            detail=detail,
+            errno=code,
+            resident_bytes=s.ram.resident_pages() * PAGE_SIZE,
+        )
+
+    def refuse(self, reason: str, detail: str = "") -> None:
+        """Count a refusal that did not reach a chain's checks (no session, empty message)."""
         self.refusals[reason] += 1
+        self.problems.note(f"refused:{reason}", detail or f"refused: {reason}")
 
-    def handle_touched(self, s: Session, pfns: Sequence[int], counts: Sequence[int]) -> None:
+    def handle_touched(self, s: Session, pfns: Sequence[int], counts: Sequence[int]) -> bool:
+        """Apply a batch of touched frames; False (counted, nothing applied) if it is bad."""
         if len(pfns) != len(counts):
-            raise ChainRefused("malformed", "touched: pfn and count arrays differ in length")
+            self.refuse("touched_malformed", f"guest {s.guest_id}: touched arrays differ in length")
+            return False
         limit = s.nr_pages
         runs = []
         for pfn, c in zip(pfns, counts, strict=True):
             if c == 0 or pfn + c > limit:
-                raise ChainRefused("out_of_range", f"touched run {pfn:#x}+{c} is outside guest RAM")
+                self.refuse(
+                    "touched_out_of_range",
+                    f"guest {s.guest_id}: touched run {pfn:#x}+{c} is outside guest RAM",
+                )
+                return False
             runs.append((pfn, c))
         s.ram.touched(runs)
-        s.touched_pages += sum(c for _, c in runs)
+        s.totals.touched_pages += sum(c for _, c in runs)
         self._note_peak(s)
+        return True
 
     def _note_peak(self, s: Session) -> None:
         # Residency only rises on touches (a chain only lowers it), and is sampled
@@ -265,19 +443,22 @@ class BalloonDevice:
         ps = PAGE_SIZE
         resident = s.ram.resident_pages()
         s.peak_resident_pages = max(s.peak_resident_pages, resident)
+        t = s.totals
         return GuestFigures(
             guest_id=s.guest_id,
             ram_bytes=s.ram_bytes,
             resident_bytes=resident * ps,
             lazily_free_bytes=s.ram.lazily_free_pages() * ps,
             discarded_bytes=(s.nr_pages - resident) * ps,
-            reported_bytes=s.reported_pages * ps,
-            chains=s.chains,
-            refused_chains=s.refused,
-            touched_bytes=s.touched_pages * ps,
-            poison_skipped_chains=s.poison_skipped,
+            reported_bytes=t.reported_pages * ps,
+            chains=t.chains,
+            refused_chains=t.refused,
+            touched_bytes=t.touched_pages * ps,
+            poison_skipped_chains=t.poison_skipped,
             peak_resident_bytes=s.peak_resident_pages * ps,
             measured_by_kernel=s.ram.measured_by_kernel,
+            failed_chains=t.failed,
+            sessions=t.sessions,
         )
 
     def host_figures(self, self_guest: GuestFigures | None = None) -> HostFigures:
@@ -295,4 +476,7 @@ class BalloonDevice:
             refusals=dict(self.refusals),
             backend=self.backend.name,
             self_guest=self_guest,
+            failed_chains=self.failed_chains,
+            discard_errors=dict(self.discard_errors),
+            instance=self.instance,
         )

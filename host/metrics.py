@@ -25,8 +25,8 @@ def host_metrics(device: BalloonDevice) -> Iterator[Metric]:
     )
     for s in sessions:
         resident.add_metric([s.guest_id], s.ram.resident_pages() * PAGE_SIZE)
-        reported.add_metric([s.guest_id], s.reported_pages * PAGE_SIZE)
-        chains.add_metric([s.guest_id], s.chains)
+        reported.add_metric([s.guest_id], s.totals.reported_pages * PAGE_SIZE)
+        chains.add_metric([s.guest_id], s.totals.chains)
     yield resident
     yield reported
     yield chains

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from host.device import BalloonDevice
+from host.device import BalloonDevice, Faults
 from host.memory.base import MemoryBackend
 from host.memory.sim import SimBackend
 from host.service import BalloonService
@@ -48,6 +48,8 @@ class HostServer:
             max_chain_ranges=cfg.max_chain_ranges,
             session_timeout=cfg.session_timeout,
             log=log,
+            min_order=cfg.min_order,
+            faults=Faults(cfg.inject_refuse, cfg.inject_discard_error, cfg.fault_seed),
         )
         self.service = BalloonService(self.device, cfg.latency)
         self.health = HealthServicer()
@@ -81,6 +83,7 @@ class HostServer:
         while True:
             await asyncio.sleep(1.0)
             self.device.expire()
+            self.device.problems.flush()
 
     async def stop(self) -> None:
         """Drain: stop taking new work, let in-flight chains finish, end streams, close."""

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from host.device import BalloonDevice, ChainRefused, NegotiationError, SessionError
+from host.device import BalloonDevice, NegotiationError, SessionError
 from virtqueue import codec
 
 
@@ -28,8 +28,14 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
     async def Negotiate(self, request: Any, context: Any) -> Any:
         n = codec.decode_negotiate(request)
         try:
-            s = self.device.negotiate(
-                n.guest_id, n.ram_bytes, n.page_size, n.features, n.poison_val, n.capacity
+            s, fence = self.device.negotiate(
+                n.guest_id,
+                n.ram_bytes,
+                n.page_size,
+                n.features,
+                n.poison_val,
+                n.capacity,
+                n.previous_session,
             )
         except NegotiationError as e:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -42,6 +48,9 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
                 backend=self.device.backend.name,
                 shm_path=s.ram.shm_path,
                 discard=self.device.backend.discard_mode,
+                min_order=self.device.min_order,
+                fence=fence,
+                instance=self.device.instance,
             )
         )
 
@@ -57,34 +66,34 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         session.streams += 1
         try:
             async for msg in request_iterator:
-                if token not in self.device.sessions:
+                if session.ended:
                     await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "session ended")
                 decoded = codec.decode_guest_message(msg)
                 if decoded is None:
-                    self.device.refuse("malformed")
-                    await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "empty message")
+                    # No chain id to answer: count it and go on (the stream survives).
+                    self.device.refuse("malformed", f"guest {session.guest_id}: empty message")
+                    continue
+                if isinstance(decoded, codec.TouchedMsg):
+                    self.device.handle_touched(session, decoded.pfns, decoded.counts)
+                    continue
+                self.inflight += 1
+                self.idle.clear()
                 try:
-                    if isinstance(decoded, codec.TouchedMsg):
-                        self.device.handle_touched(session, decoded.pfns, decoded.counts)
-                        continue
-                    self.inflight += 1
-                    self.idle.clear()
-                    try:
-                        if self.latency:
-                            await asyncio.sleep(self.latency)
-                        discarded = self.device.handle_report(session, decoded.pfns, decoded.orders)
-                    finally:
-                        self.inflight -= 1
-                        if self.inflight == 0:
-                            self.idle.set()
-                except ChainRefused as e:
-                    await _abort(
-                        context,
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"chain refused ({e.reason}): {e.detail}",
+                    if self.latency:
+                        await asyncio.sleep(self.latency)
+                    used = self.device.handle_report(
+                        session, decoded.id, decoded.pfns, decoded.orders
                     )
+                finally:
+                    self.inflight -= 1
+                    if self.inflight == 0:
+                        self.idle.set()
+                if used is None:
+                    # A fence ended the session while this chain waited: it was
+                    # cancelled before any discard, and its guest has moved on.
+                    return
                 self.device.touch_session(session)
-                yield codec.encode_used(decoded.id, discarded)
+                yield codec.encode_used(used)
         finally:
             session.streams -= 1
             self.device.touch_session(session)

@@ -28,9 +28,19 @@ class HintingConfig:
     delay: float = 2.0
     # Merged design: a pass reports at most nr_free / (capacity * divisor) + 1 per list.
     budget_divisor: int = 16
-    # A report not acknowledged in this long fails (its pages go back unreported).
-    report_timeout: float = 5.0
-    # After a failure the worker waits backoff_min, doubling up to backoff_max.
+    # Stopping, a report in flight is waited for this long; one still unanswered
+    # then is abandoned with its blocks left isolated (never put back while the
+    # host may discard them). No timeout applies while running: a report is out
+    # until the host answers or is fenced.
+    stop_grace: float = 10.0
+    # Seed design departures, each off by default (v10 has none of them):
+    # walk a zone whose bits have waited this long below the threshold (0: never);
+    bitmap_flush_after: float = 0.0
+    # after a failed report, set its chunks' bits again and back off before walking;
+    bitmap_retry: bool = False
+    # walk every zone with new bits once one reaches the threshold, batching across zones.
+    bitmap_cross_zone: bool = False
+    # With bitmap_retry: the wait after a failure, doubling from backoff_min to backoff_max.
     backoff_min: float = 0.1
     backoff_max: float = 5.0
     # DANGEROUS demonstration switch: report without isolating (issue 6).
@@ -61,9 +71,11 @@ class GuestConfig:
     touch_batch: int = 1024
     # ...or after this long, whichever comes first.
     touch_flush_seconds: float = 0.2
-    # Reconnect backoff when the host is away.
+    # Reconnect backoff when the host is away (jittered: half fixed, half random).
     reconnect_min: float = 0.1
     reconnect_max: float = 2.0
+    # Log a report that the host has not answered for this long (it stays out).
+    stall_warning: float = 5.0
     # VIRTIO_BALLOON_F_PAGE_POISON: the value freed pages are filled with (None: not offered).
     poison: int | None = None
     # Give up at start-up if the host cannot be reached in this long.
@@ -95,3 +107,10 @@ class HostConfig:
     # Seconds before each chain is processed: models a busy host whose device
     # thread gets to the virtqueue late (0: at once).
     latency: float = 0.0
+    # Smallest order the device takes (page_reporting_dev_info.order; 0: no
+    # preference, the guest uses its own reporting order).
+    min_order: int = 0
+    # Fault injection (probability per chain, 0: off) and its random seed.
+    inject_refuse: float = 0.0
+    inject_discard_error: float = 0.0
+    fault_seed: int = 0

@@ -26,6 +26,15 @@ class Negotiation:
     features: int
     poison_val: int
     capacity: int
+    previous_session: str = ""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What became of a previous session's chains: see NegotiateRequest.previous_session."""
+
+    known: bool
+    done_ids: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,29 @@ class Accepted:
     backend: str
     shm_path: str
     discard: str
+    min_order: int = 0
+    fence: Fence | None = None
+    instance: str = ""
+
+
+# How the host finished a chain (the wire's UsedStatus).
+DONE = 0
+REFUSED = 1
+DISCARD_FAILED = 2
+STATUS_NAMES = {DONE: "done", REFUSED: "refused", DISCARD_FAILED: "discard_failed"}
+
+
+@dataclass(frozen=True)
+class UsedMsg:
+    """The host's answer to one chain."""
+
+    id: int
+    discarded_pages: int = 0
+    status: int = DONE
+    reason: str = ""
+    detail: str = ""
+    errno: int = 0
+    resident_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +85,8 @@ class GuestFigures:
     poison_skipped_chains: int
     peak_resident_bytes: int
     measured_by_kernel: bool
+    failed_chains: int = 0
+    sessions: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +101,9 @@ class HostFigures:
     refusals: dict[str, int] = field(default_factory=dict)
     backend: str = ""
     self_guest: GuestFigures | None = None
+    failed_chains: int = 0
+    discard_errors: dict[str, int] = field(default_factory=dict)
+    instance: str = ""
 
 
 # The domain dataclasses name their fields as the messages do, so conversion is
@@ -89,11 +126,29 @@ def decode_negotiate(m: Any) -> Negotiation:
 
 
 def encode_accepted(a: Accepted) -> Any:
-    return pb.NegotiateReply(**asdict(a))
+    fields_ = asdict(a)
+    fence = fields_.pop("fence")
+    msg = pb.NegotiateReply(**fields_)
+    if fence is not None:
+        msg.fence.known = fence["known"]
+        msg.fence.done_ids.extend(sorted(fence["done_ids"]))
+    return msg
 
 
 def decode_accepted(m: Any) -> Accepted:
-    return _from_message(Accepted, m)
+    fence = Fence(m.fence.known, frozenset(m.fence.done_ids)) if m.HasField("fence") else None
+    return Accepted(
+        features=m.features,
+        queue_size=m.queue_size,
+        max_chain_ranges=m.max_chain_ranges,
+        session=m.session,
+        backend=m.backend,
+        shm_path=m.shm_path,
+        discard=m.discard,
+        min_order=m.min_order,
+        fence=fence,
+        instance=m.instance,
+    )
 
 
 # ---- Reporting stream ------------------------------------------------------------
@@ -131,12 +186,12 @@ def decode_guest_message(m: Any) -> ChainMsg | TouchedMsg | None:
     return None
 
 
-def encode_used(chain_id: int, discarded_pages: int) -> Any:
-    return pb.Used(id=chain_id, discarded_pages=discarded_pages)
+def encode_used(u: UsedMsg) -> Any:
+    return pb.Used(**asdict(u))
 
 
-def decode_used(m: Any) -> tuple[int, int]:
-    return m.id, m.discarded_pages
+def decode_used(m: Any) -> UsedMsg:
+    return _from_message(UsedMsg, m)
 
 
 # ---- Stats / Close ---------------------------------------------------------------
@@ -169,6 +224,9 @@ def encode_host_stats(h: HostFigures) -> Any:
         refused_chains=h.refused_chains,
         refusals=h.refusals,
         backend=h.backend,
+        failed_chains=h.failed_chains,
+        discard_errors=h.discard_errors,
+        instance=h.instance,
     )
     if h.self_guest is not None:
         msg.self.CopyFrom(_encode_guest(h.self_guest))
@@ -187,6 +245,9 @@ def decode_host_stats(m: Any) -> HostFigures:
         refusals=dict(m.refusals),
         backend=m.backend,
         self_guest=_decode_guest(m.self) if m.HasField("self") else None,
+        failed_chains=m.failed_chains,
+        discard_errors=dict(m.discard_errors),
+        instance=m.instance,
     )
 
 

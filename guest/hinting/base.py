@@ -12,6 +12,7 @@ from guest.hinting.device import Block, ReportError, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from pagehint.config import HintingConfig
+from pagehint.errors import UsageError
 from pagehint.metrics import LatencyHistogram
 
 Log = Callable[[str], None]
@@ -24,10 +25,16 @@ class HintingStats:
     reported_pages: int = 0
     reports: int = 0
     failures: int = 0
+    # Failed reports by reason ("unavailable", "cancelled", "discard_failed", a refusal rule).
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
     stale: int = 0
     walks: int = 0  # bitmap walks, or reporting passes
+    isolation_refused: int = 0  # blocks left free because isolating them would breach wmark_min
     isolated_peak_pages: int = 0
     worker_seconds: float = 0.0
+    # Reports still unanswered when the policy stopped (their blocks stay isolated).
+    abandoned_reports: int = 0
+    abandoned_pages: int = 0
     # Acknowledged reports' latencies (ms), the newest ACK_SAMPLES of them: the
     # summary's percentiles and --ack-log both read this.
     ack_latency_ms: list[float] = field(default_factory=list)
@@ -36,6 +43,10 @@ class HintingStats:
     @property
     def reported_bytes(self) -> int:
         return self.reported_pages * PAGE_SIZE
+
+
+class DeviceTooSmall(Exception):
+    """The device cannot take the policy's reports (the kernel's -ENOSPC at registration)."""
 
 
 class Policy(abc.ABC):
@@ -54,11 +65,20 @@ class Policy(abc.ABC):
         self.mm = mm
         self.device = device
         self.capacity = cfg.effective_capacity()
+        # The device is the source of truth for the smallest order it takes.
+        self.order = max(cfg.order, device.min_order if device is not None else 0)
+        if device is not None and device.capacity < self.capacity:
+            raise DeviceTooSmall(
+                f"the device takes {device.capacity} blocks per report but the {cfg.policy} "
+                f"policy reports {self.capacity}: give --capacity {device.capacity} or less"
+            )
         self.stats = HintingStats()
         self.log: Log = log or (lambda _m: None)
         self._consecutive_failures = 0
         # Blocks currently out with the device (tests check allocations against it).
         self.in_flight: list[Block] = []
+        # Blocks of reports still unanswered when the policy stopped: never put back.
+        self.abandoned: list[Block] = []
 
     @abc.abstractmethod
     def start(self) -> None: ...
@@ -83,36 +103,50 @@ class Policy(abc.ABC):
     async def report_batch(self, batch: list[Block], mark: bool, to_tail: bool) -> bool:
         """Report isolated blocks, then put them back. Returns False if the report failed.
 
-        On success blocks go back without the hook (marked reported when ``mark``
-        and still free at their order); on failure they go back unmarked. Either
-        way none stays isolated.
+        The blocks stay isolated for exactly as long as the device has them:
+        report() returns or raises only when the device can no longer discard
+        them, however long that takes. Then they go back without the hook,
+        marked reported when ``mark`` and the report succeeded.
 
         Cancelled mid-report (the policy is stopping), the report is still let
-        finish, bounded by its timeout, and booked, before the cancellation goes
-        on: the host may already hold the chain, and abandoning it would leave the
-        host counting and discarding pages the guest puts back as unreported (the
-        kernel's page_reporting_unregister likewise waits for a running pass).
+        finish, for up to ``stop_grace`` seconds, and booked: the device may be
+        discarding the blocks right now (the kernel's page_reporting_unregister
+        likewise waits for a running pass). A report still unanswered after that
+        is abandoned with its blocks left isolated — never put back while the
+        host may discard them — and counted.
         """
         if not batch:
             return True
         assert self.device is not None
         self.in_flight = batch
         t0 = time.perf_counter()
-        report = asyncio.ensure_future(
-            asyncio.wait_for(self.device.report(batch), timeout=self.cfg.report_timeout)
-        )
+        report = asyncio.ensure_future(self.device.report(batch))
         cancelled = False
         try:
             await asyncio.shield(report)
         except asyncio.CancelledError:
             cancelled = True
-            await asyncio.wait({report})
-        except (ReportError, TimeoutError, ConnectionError):
+            await asyncio.wait({report}, timeout=self.cfg.stop_grace)
+        except ReportError:
             pass  # booked below, from the report itself
-        elapsed_ms = (time.perf_counter() - t0) * 1000
-        error = report.exception() if not report.cancelled() else asyncio.CancelledError()
-        ok = error is None
         self.in_flight = []
+        if not report.done():
+            self.stats.abandoned_reports += 1
+            self.stats.abandoned_pages += sum(1 << o for _, o in batch)
+            self.abandoned.extend(batch)
+            self.log(
+                f"stopping with a report of {len(batch)} blocks still unanswered after "
+                f"{self.cfg.stop_grace:g}s: its blocks stay isolated"
+            )
+            raise asyncio.CancelledError
+        error = report.exception() if not report.cancelled() else asyncio.CancelledError()
+        if error is not None and not isinstance(error, ReportError):
+            # A bug, not a failed report: the device did not say it is done with the
+            # blocks, so they stay isolated; let it show.
+            self.abandoned.extend(batch)
+            raise error
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        ok = error is None
         for pfn, order in batch:
             if not self.cfg.unsafe_skip_isolation:
                 self.mm.putback(pfn, order, to_tail=to_tail)
@@ -129,15 +163,14 @@ class Policy(abc.ABC):
             if len(lat) > ACK_SAMPLES:
                 del lat[: ACK_SAMPLES // 2]
         else:
+            assert isinstance(error, ReportError)
             self.stats.failures += 1
+            by = self.stats.failures_by_reason
+            by[error.reason] = by.get(error.reason, 0) + 1
             self._consecutive_failures += 1
-            self.log(f"report of {len(batch)} blocks failed: {error or type(error).__name__}")
+            self.log(f"report of {len(batch)} blocks failed: {error}")
         if cancelled:
             raise asyncio.CancelledError
-        if error is not None and not isinstance(
-            error, ReportError | TimeoutError | ConnectionError | asyncio.CancelledError
-        ):
-            raise error  # a bug, not a failed report: let it show
         return ok
 
 
@@ -159,14 +192,18 @@ class NonePolicy(Policy):
 def make_policy(
     cfg: HintingConfig, mm: BuddyAllocator, device: ReportingDevice | None, log: Log | None = None
 ) -> Policy:
-    if cfg.policy == "none" or device is None:
-        return NonePolicy(cfg, mm, device, log)
-    if cfg.policy == "bitmap":
-        from guest.hinting.bitmap import BitmapPolicy
+    """The configured policy; UsageError (one line) if the device cannot take its reports."""
+    try:
+        if cfg.policy == "none" or device is None:
+            return NonePolicy(cfg, mm, None, log)
+        if cfg.policy == "bitmap":
+            from guest.hinting.bitmap import BitmapPolicy
 
-        return BitmapPolicy(cfg, mm, device, log)
-    if cfg.policy == "reporting":
-        from guest.hinting.reporting import ReportingPolicy
+            return BitmapPolicy(cfg, mm, device, log)
+        if cfg.policy == "reporting":
+            from guest.hinting.reporting import ReportingPolicy
 
-        return ReportingPolicy(cfg, mm, device, log)
+            return ReportingPolicy(cfg, mm, device, log)
+    except DeviceTooSmall as e:
+        raise UsageError(str(e)) from None
     raise ValueError(f"unknown policy {cfg.policy!r}")

@@ -16,10 +16,23 @@ Block = tuple[int, int]  # (pfn, order)
 
 
 class ReportError(Exception):
-    """The host did not acknowledge a report; its pages must go back unreported."""
+    """The host did not take a report; its pages must go back unreported.
+
+    ``reason`` is a short key for counting: "unavailable" (nothing was sent),
+    "cancelled" (fenced, never discarded), a refusal's rule, "discard_failed".
+    """
+
+    def __init__(self, message: str, reason: str = "failed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ReportingDevice(Protocol):
+    """What a policy needs of a device (page_reporting_dev_info): the smallest order
+    it takes, the most blocks per report, and report(), which returns only once
+    the device is done with the blocks and raises ReportError if it did not take
+    them. It must never return or raise while the device may still discard them."""
+
     min_order: int
     capacity: int
 
@@ -57,7 +70,9 @@ class LoopbackDevice:
     async def report(self, batch: Sequence[Block]) -> None:
         self.attempts += 1
         if len(batch) > self.capacity:
-            raise ReportError(f"batch of {len(batch)} exceeds capacity {self.capacity}")
+            raise ReportError(
+                f"batch of {len(batch)} exceeds capacity {self.capacity}", reason="too_many_ranges"
+            )
         self.in_flight += 1
         try:
             if self.on_report is not None:
@@ -68,9 +83,9 @@ class LoopbackDevice:
                 await asyncio.sleep(0)
             if self.fail_next > 0:
                 self.fail_next -= 1
-                raise ReportError("loopback device: failing on demand")
+                raise ReportError("loopback device: failing on demand", reason="injected")
             if self.fail_when is not None and self.fail_when(batch):
-                raise ReportError("loopback device: fail_when matched")
+                raise ReportError("loopback device: fail_when matched", reason="injected")
             self.batches.append(list(batch))
         finally:
             self.in_flight -= 1

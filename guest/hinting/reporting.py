@@ -18,8 +18,13 @@ Behaviour reproduced, with the kernel's names:
 * A budget of ``ceil(nr_free / (capacity * 16))`` reports per list per pass (a
   sixteenth of the list, plus one); running out sets REQUESTED and stops that
   list, so another pass follows after the delay.
+* Isolation obeys the zone's min watermark (``__isolate_free_page``): a block
+  that would take the zone to ``wmark_min + 2**order`` free pages or below is
+  left alone, and that list's cycle ends there (rotated to it), as in the kernel.
 * The leftover batch is reported at the end of each zone. A failed report
   drains its pages back unmarked and ends the pass.
+* Capacity and order come from the device (page_reporting_dev_info): the
+  order is the larger of ``--reporting-order`` and the device's minimum.
 * Registering the device requests an initial pass, as page_reporting_register does.
 
 One departure, for cost: the kernel restarts its walk at the list head after
@@ -44,7 +49,6 @@ from pagehint.config import HintingConfig
 PAGE_REPORTING_IDLE = 0
 PAGE_REPORTING_REQUESTED = 1
 PAGE_REPORTING_ACTIVE = 2
-STATE_NAMES = {0: "IDLE", 1: "REQUESTED", 2: "ACTIVE"}
 
 YIELD_EVERY = 1024  # list entries visited between yields to the event loop
 
@@ -60,7 +64,7 @@ class ReportingPolicy(Policy):
         log: Log | None = None,
     ) -> None:
         super().__init__(cfg, mm, device, log)
-        self.page_reporting_order = cfg.order
+        self.page_reporting_order = self.order
         self.delay = cfg.delay
         self.budget_divisor = cfg.budget_divisor
         self.state = PAGE_REPORTING_IDLE
@@ -181,8 +185,13 @@ class ReportingPolicy(Policy):
             if len(self._batch) < self.capacity:
                 if skip_isolation:
                     in_batch.add(pfn)
-                else:
-                    self.mm.isolate(pfn, order)
+                elif not self.mm.isolate_free(pfn, order):
+                    # __isolate_free_page refused (min watermark): the kernel ends this
+                    # list's cycle here, rotated so the next pass starts at this block,
+                    # and goes on with the next order.
+                    self.stats.isolation_refused += 1
+                    area.rotate_to_front(pfn)
+                    return True
                 self._batch.append((pfn, order))
                 i += 1
                 continue

@@ -247,6 +247,19 @@ class BuddyAllocator:
         zone.nr_free_pages -= n
         zone.nr_isolated_pages += n
 
+    def isolate_free(self, pfn: int, order: int) -> bool:
+        """__isolate_free_page(): isolate unless that would breach the zone's min watermark.
+
+        The kernel obeys watermarks "as if the page was being allocated", with an
+        order-0 check against a raised mark: the zone must hold more than
+        ``wmark_min + 2**order`` free pages. False (nothing changed) otherwise.
+        """
+        zone = self._zone_of_block[pfn >> MAX_ORDER] if 0 <= pfn < self.nr_pages else None
+        if zone is not None and zone.nr_free_pages <= zone.wmark_min + (1 << order):
+            return False
+        self.isolate(pfn, order)
+        return True
+
     def putback(self, pfn: int, order: int, to_tail: bool = True) -> int:
         """Return an isolated block to the buddy: merging allowed, the hook not called.
 

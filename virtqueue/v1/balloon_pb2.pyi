@@ -15,31 +15,50 @@ class Feature(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FREE_PAGE_HINT: _ClassVar[Feature]
     PAGE_POISON: _ClassVar[Feature]
     REPORTING: _ClassVar[Feature]
+
+class UsedStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DONE: _ClassVar[UsedStatus]
+    REFUSED: _ClassVar[UsedStatus]
+    DISCARD_FAILED: _ClassVar[UsedStatus]
 FEATURE_UNSPECIFIED: Feature
 STATS_VQ: Feature
 DEFLATE_ON_OOM: Feature
 FREE_PAGE_HINT: Feature
 PAGE_POISON: Feature
 REPORTING: Feature
+DONE: UsedStatus
+REFUSED: UsedStatus
+DISCARD_FAILED: UsedStatus
 
 class NegotiateRequest(_message.Message):
-    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity")
+    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session")
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     POISON_VAL_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SESSION_FIELD_NUMBER: _ClassVar[int]
     guest_id: str
     ram_bytes: int
     page_size: int
     features: int
     poison_val: int
     capacity: int
-    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
+    previous_session: str
+    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ..., previous_session: _Optional[str] = ...) -> None: ...
+
+class Fence(_message.Message):
+    __slots__ = ("known", "done_ids")
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    DONE_IDS_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    done_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, known: _Optional[bool] = ..., done_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NegotiateReply(_message.Message):
-    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard")
+    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHAIN_RANGES_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +66,9 @@ class NegotiateReply(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SHM_PATH_FIELD_NUMBER: _ClassVar[int]
     DISCARD_FIELD_NUMBER: _ClassVar[int]
+    MIN_ORDER_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     features: int
     queue_size: int
     max_chain_ranges: int
@@ -54,7 +76,10 @@ class NegotiateReply(_message.Message):
     backend: str
     shm_path: str
     discard: str
-    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ...) -> None: ...
+    min_order: int
+    fence: Fence
+    instance: str
+    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class Chain(_message.Message):
     __slots__ = ("id", "pfn", "order")
@@ -83,12 +108,22 @@ class GuestMessage(_message.Message):
     def __init__(self, chain: _Optional[_Union[Chain, _Mapping]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ...) -> None: ...
 
 class Used(_message.Message):
-    __slots__ = ("id", "discarded_pages")
+    __slots__ = ("id", "discarded_pages", "status", "reason", "detail", "errno", "resident_bytes")
     ID_FIELD_NUMBER: _ClassVar[int]
     DISCARDED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ERRNO_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: int
     discarded_pages: int
-    def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ...) -> None: ...
+    status: UsedStatus
+    reason: str
+    detail: str
+    errno: int
+    resident_bytes: int
+    def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ..., status: _Optional[_Union[UsedStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., errno: _Optional[int] = ..., resident_bytes: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("session",)
@@ -97,7 +132,7 @@ class StatsRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ...) -> None: ...
 
 class GuestStats(_message.Message):
-    __slots__ = ("guest_id", "ram_bytes", "resident_bytes", "lazily_free_bytes", "discarded_bytes", "reported_bytes", "chains", "refused_chains", "touched_bytes", "poison_skipped_chains", "peak_resident_bytes", "measured_by_kernel")
+    __slots__ = ("guest_id", "ram_bytes", "resident_bytes", "lazily_free_bytes", "discarded_bytes", "reported_bytes", "chains", "refused_chains", "touched_bytes", "poison_skipped_chains", "peak_resident_bytes", "measured_by_kernel", "failed_chains", "sessions")
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +145,8 @@ class GuestStats(_message.Message):
     POISON_SKIPPED_CHAINS_FIELD_NUMBER: _ClassVar[int]
     PEAK_RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEASURED_BY_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
     guest_id: str
     ram_bytes: int
     resident_bytes: int
@@ -122,11 +159,20 @@ class GuestStats(_message.Message):
     poison_skipped_chains: int
     peak_resident_bytes: int
     measured_by_kernel: bool
-    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., lazily_free_bytes: _Optional[int] = ..., discarded_bytes: _Optional[int] = ..., reported_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., touched_bytes: _Optional[int] = ..., poison_skipped_chains: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., measured_by_kernel: _Optional[bool] = ...) -> None: ...
+    failed_chains: int
+    sessions: int
+    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., lazily_free_bytes: _Optional[int] = ..., discarded_bytes: _Optional[int] = ..., reported_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., touched_bytes: _Optional[int] = ..., poison_skipped_chains: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., measured_by_kernel: _Optional[bool] = ..., failed_chains: _Optional[int] = ..., sessions: _Optional[int] = ...) -> None: ...
 
 class HostStats(_message.Message):
-    __slots__ = ("guests", "capacity_bytes", "resident_bytes", "peak_resident_bytes", "reclaimed_bytes", "chains", "refused_chains", "refusals", "backend", "self")
+    __slots__ = ("guests", "capacity_bytes", "resident_bytes", "peak_resident_bytes", "reclaimed_bytes", "chains", "refused_chains", "refusals", "backend", "self", "failed_chains", "discard_errors", "instance")
     class RefusalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class DiscardErrorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +189,9 @@ class HostStats(_message.Message):
     REFUSALS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SELF_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     guests: _containers.RepeatedCompositeFieldContainer[GuestStats]
     capacity_bytes: int
     resident_bytes: int
@@ -153,7 +202,10 @@ class HostStats(_message.Message):
     refusals: _containers.ScalarMap[str, int]
     backend: str
     self: GuestStats
-    def __init__(self_, guests: _Optional[_Iterable[_Union[GuestStats, _Mapping]]] = ..., capacity_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., reclaimed_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., refusals: _Optional[_Mapping[str, int]] = ..., backend: _Optional[str] = ..., self: _Optional[_Union[GuestStats, _Mapping]] = ...) -> None: ...
+    failed_chains: int
+    discard_errors: _containers.ScalarMap[str, int]
+    instance: str
+    def __init__(self_, guests: _Optional[_Iterable[_Union[GuestStats, _Mapping]]] = ..., capacity_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., reclaimed_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., refusals: _Optional[_Mapping[str, int]] = ..., backend: _Optional[str] = ..., self: _Optional[_Union[GuestStats, _Mapping]] = ..., failed_chains: _Optional[int] = ..., discard_errors: _Optional[_Mapping[str, int]] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class CloseRequest(_message.Message):
     __slots__ = ("session",)

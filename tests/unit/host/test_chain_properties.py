@@ -7,8 +7,9 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host.device import BalloonDevice, ChainRefused
+from host.device import BalloonDevice
 from host.memory.sim import SimBackend
+from virtqueue import codec
 from virtqueue import features as F
 
 PAGES = 16384  # 64 MiB
@@ -21,15 +22,19 @@ PAGES = 16384  # 64 MiB
 )
 def test_any_chain_is_either_refused_untouched_or_valid(ranges: list[tuple[int, int]]) -> None:
     d = BalloonDevice(SimBackend())
-    s = d.negotiate("g", PAGES * 4096, 4096, F.mask(F.REPORTING), 0, 32)
+    s, _ = d.negotiate("g", PAGES * 4096, 4096, F.mask(F.REPORTING), 0, 32)
     s.ram.touched([(0, PAGES)])
     pfns = [p for p, _ in ranges]
     orders = [o for _, o in ranges]
-    try:
-        discarded = d.handle_report(s, pfns, orders)
-    except ChainRefused:
+    used = d.handle_report(s, 1, pfns, orders)
+    assert used is not None and used.id == 1
+    if used.status == codec.REFUSED:
+        assert used.reason and used.detail
         assert s.ram.resident_pages() == PAGES  # nothing discarded
+        assert used.resident_bytes == PAGES * 4096
         return
+    assert used.status == codec.DONE
+    discarded = used.discarded_pages
     # accepted: every range lies inside RAM, aligned, disjoint, and exactly those went
     spans = sorted((p, 1 << o) for p, o in ranges)
     assert 1 <= len(spans) <= 32

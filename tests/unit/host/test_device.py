@@ -1,39 +1,51 @@
 from __future__ import annotations
 
+import errno
+
 import pytest
 
-from host.device import BalloonDevice, ChainRefused, NegotiationError, SessionError
+from host.device import BalloonDevice, Faults, NegotiationError, Session, SessionError
 from host.memory.sim import SimBackend
+from virtqueue import codec
 from virtqueue import features as F
 
 RAM = 64 << 20
+PAGES = RAM // 4096
+REPORTING = F.mask(F.REPORTING)
 
 
 def device(**kw: object) -> BalloonDevice:
     return BalloonDevice(SimBackend(), **kw)  # type: ignore[arg-type]
 
 
+def session(d: BalloonDevice, guest: str = "g", previous: str = "") -> Session:
+    s, _ = d.negotiate(guest, RAM, 4096, REPORTING, 0, 32, previous)
+    return s
+
+
 def test_negotiate_accepts_reporting_and_poison_only() -> None:
     d = device()
-    s = d.negotiate("g", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON, F.STATS_VQ), 0xAA, 32)
+    s, fence = d.negotiate("g", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON, F.STATS_VQ), 0xAA, 32)
+    assert fence is None
     assert s.features == F.mask(F.REPORTING, F.PAGE_POISON)
     assert s.poisoned
     assert len(s.token) == 32
     with pytest.raises(NegotiationError, match="REPORTING"):
         d.negotiate("h", RAM, 4096, 0, 0, 32)
     with pytest.raises(NegotiationError, match="page size"):
-        d.negotiate("h", RAM, 8192, F.mask(F.REPORTING), 0, 32)
+        d.negotiate("h", RAM, 8192, REPORTING, 0, 32)
     with pytest.raises(NegotiationError, match="RAM"):
-        d.negotiate("h", RAM + 4096, 4096, F.mask(F.REPORTING), 0, 32)
+        d.negotiate("h", RAM + 4096, 4096, REPORTING, 0, 32)
 
 
 def test_renegotiation_replaces_session() -> None:
     d = device()
-    a = d.negotiate("g", RAM, 4096, F.mask(F.REPORTING), 0, 32)
-    b = d.negotiate("g", RAM, 4096, F.mask(F.REPORTING), 0, 32)
+    a = session(d)
+    b = session(d)
     with pytest.raises(SessionError):
         d.session(a.token)
     assert d.session(b.token) is b
+    assert a.ended
 
 
 @pytest.mark.parametrize(
@@ -51,32 +63,153 @@ def test_renegotiation_replaces_session() -> None:
 )
 def test_bad_chains_refused_and_counted(pfns: list[int], orders: list[int], reason: str) -> None:
     d = device()
-    s = d.negotiate("g", RAM, 4096, F.mask(F.REPORTING), 0, 32)
-    s.ram.touched([(0, 16384)])
-    with pytest.raises(ChainRefused) as e:
-        d.handle_report(s, pfns, orders)
-    assert e.value.reason == reason
+    s = session(d)
+    s.ram.touched([(0, PAGES)])
+    used = d.handle_report(s, 5, pfns, orders)
+    assert used is not None
+    assert (used.id, used.status, used.reason) == (5, codec.REFUSED, reason)
     assert d.refusals[reason] == 1
-    assert s.ram.resident_pages() == 16384  # nothing discarded
-    assert s.reported_pages == 0
+    assert s.ram.resident_pages() == PAGES  # nothing discarded
+    assert s.totals.reported_pages == 0 and s.totals.refused == 1
+    # the session goes on: the next good chain is done
+    ok = d.handle_report(s, 6, [0], [9])
+    assert ok is not None and ok.status == codec.DONE
 
 
 def test_good_chain_discards_and_poison_skips() -> None:
     d = device()
-    s = d.negotiate("g", RAM, 4096, F.mask(F.REPORTING), 0, 32)
-    s.ram.touched([(0, 16384)])
-    assert d.handle_report(s, [1024, 512], [10, 9]) == 1536
-    assert s.ram.resident_pages() == 16384 - 1536
-    p = d.negotiate("p", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON), 0x5A, 32)
-    p.ram.touched([(0, 16384)])
-    assert d.handle_report(p, [0], [10]) == 0
-    assert p.ram.resident_pages() == 16384
-    assert p.poison_skipped == 1
+    s = session(d)
+    s.ram.touched([(0, PAGES)])
+    used = d.handle_report(s, 1, [1024, 512], [10, 9])
+    assert used is not None and used.discarded_pages == 1536
+    assert used.resident_bytes == (PAGES - 1536) * 4096
+    assert s.ram.resident_pages() == PAGES - 1536
+    p, _ = d.negotiate("p", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON), 0x5A, 32)
+    p.ram.touched([(0, PAGES)])
+    skipped = d.handle_report(p, 1, [0], [10])
+    assert skipped is not None and skipped.status == codec.DONE and skipped.discarded_pages == 0
+    assert p.ram.resident_pages() == PAGES
+    assert p.totals.poison_skipped == 1
+
+
+class FailingRam:
+    """Wraps a session's RAM so that its discard fails with an errno."""
+
+    def __init__(self, s: Session, code: int) -> None:
+        self.inner = s.ram
+        self.code = code
+
+    def discard(self, ranges: object) -> int:
+        raise OSError(self.code, "simulated")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_failed_discard_is_answered_counted_and_not_booked() -> None:
+    d = device()
+    s = session(d)
+    s.ram = FailingRam(s, errno.EIO)  # type: ignore[assignment]
+    used = d.handle_report(s, 3, [0], [9])
+    assert used is not None
+    assert (used.status, used.errno, used.reason) == (
+        codec.DISCARD_FAILED,
+        errno.EIO,
+        "discard_failed",
+    )
+    assert "EIO" in used.detail
+    assert s.totals.failed == 1 and s.totals.chains == 0 and s.totals.reported_pages == 0
+    assert d.discard_errors == {"EIO": 1}
+    assert d.chains == 0
+
+
+def test_injected_faults_are_seeded_and_decided_before_any_discard() -> None:
+    d = device(faults=Faults(refuse=0.3, discard_error=0.3, seed=7))
+    s = session(d)
+    s.ram.touched([(0, PAGES)])
+    statuses = [d.handle_report(s, i, [(i % 32) * 512], [9]) for i in range(200)]
+    kinds = {u.status for u in statuses if u is not None}
+    assert kinds == {codec.DONE, codec.REFUSED, codec.DISCARD_FAILED}
+    assert s.totals.chains + s.totals.refused + s.totals.failed == 200
+    assert d.refusals["injected"] == s.totals.refused
+
+
+def test_min_order_is_enforced() -> None:
+    d = device(min_order=9)
+    s = session(d)
+    used = d.handle_report(s, 1, [0], [8])
+    assert used is not None and used.reason == "below_min_order"
+
+
+def test_fence_ends_the_old_session_and_names_its_done_chains() -> None:
+    d = device()
+    old = session(d)
+    assert d.handle_report(old, 1, [0], [9]) is not None  # done
+    assert d.handle_report(old, 2, [1], [9]) is not None  # refused (misaligned)
+    new = session(d, previous=old.token)
+    assert old.ended and old.token not in d.sessions
+    _, fence = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, new.token)
+    assert fence is not None and fence.known
+    # a chain of a fenced session that was still waiting is cancelled, never discarded
+    assert d.handle_report(old, 3, [512], [9]) is None
+
+
+def test_fence_reports_done_ids_and_unknown_sessions() -> None:
+    d = device()
+    old = session(d)
+    d.handle_report(old, 1, [0], [9])
+    d.handle_report(old, 2, [1], [9])
+    _, fence = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, old.token)
+    assert fence == codec.Fence(known=True, done_ids=frozenset({1}))
+    _, unknown = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "f" * 32)
+    assert unknown == codec.Fence(known=False)
+
+
+def test_fence_of_another_guests_session_is_refused() -> None:
+    d = device()
+    a = session(d, "a")
+    with pytest.raises(NegotiationError, match="another guest"):
+        d.negotiate("b", RAM, 4096, REPORTING, 0, 32, a.token)
+    assert not a.ended
+
+
+def test_totals_are_per_guest_id_across_sessions() -> None:
+    d = device()
+    first = session(d)
+    d.handle_report(first, 1, [0], [9])
+    second = session(d, previous=first.token)
+    d.handle_report(second, 2, [512], [9])
+    fig = d.figures(second)
+    assert fig.reported_bytes == 2 * 512 * 4096
+    assert fig.chains == 2 and fig.sessions == 2
+
+
+def test_bad_touched_batches_are_counted_not_fatal() -> None:
+    d = device()
+    s = session(d)
+    assert not d.handle_touched(s, [0], [0])
+    assert not d.handle_touched(s, [0, 1], [1])
+    assert not d.handle_touched(s, [PAGES], [1])
+    assert d.refusals == {"touched_out_of_range": 2, "touched_malformed": 1}
+    assert d.handle_touched(s, [0], [8]) and s.ram.resident_pages() == 8
+
+
+def test_refusal_logs_are_rate_limited_counts_exact() -> None:
+    lines: list[str] = []
+    d = device(log=lines.append)
+    s = session(d)
+    lines.clear()
+    for i in range(1000):
+        d.handle_report(s, i, [PAGES], [0])
+    assert d.refusals["out_of_range"] == 1000
+    assert len(lines) == 1
+    d.problems.flush(now=float("inf"))
+    assert len(lines) == 2 and lines[1].startswith("999 more like this")
 
 
 def test_idle_sessions_expire() -> None:
     d = device(session_timeout=5.0)
-    s = d.negotiate("g", RAM, 4096, F.mask(F.REPORTING), 0, 32)
+    s = session(d)
     assert d.expire(now=s.last_seen + 1) == []
     assert d.expire(now=s.last_seen + 6) == [s.token]
     assert not d.sessions

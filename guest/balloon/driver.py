@@ -1,0 +1,289 @@
+"""The virtio-balloon driver: the ReportingDevice the hinting policies see.
+
+``report(batch)`` sends the batch as one chain and returns when the host has
+used it (DONE); it raises ReportError when the host refused it, its discard
+failed, or a fence showed it was never discarded — the policy then puts the
+blocks back unreported. It never gives up on a chain by itself: a chain is
+outstanding until it is answered or fenced (see window.py and connection.py),
+however long the host takes. A report that is out for longer than
+``stall_warning`` is logged once, and the age of the oldest is a metric.
+
+At most queue-size chains are outstanding (the ring's size). The policies take
+their capacity and minimum order from here, which has them from the host, as
+the kernel takes them from page_reporting_dev_info. A host whose chains are
+too small for the policy is refused at start, as virtio-balloon refuses to
+register page reporting with -ENOSPC when its queue is smaller than
+PAGE_REPORTING_CAPACITY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from guest.balloon.connection import Backoff, Connection, SessionUnusable
+from guest.balloon.touches import TouchTracker
+from guest.balloon.transport import GrpcTransport, NegotiationRefused, Transport, TransportError
+from guest.balloon.window import ChainWindow
+from guest.hinting.device import Block, ReportError
+from guest.mm.buddy import BuddyAllocator
+from guest.mm.constants import PAGE_SIZE
+from pagehint.config import GuestConfig
+from pagehint.errors import UsageError
+from virtqueue import codec
+from virtqueue import features as F
+from virtqueue.codec import Accepted, ChainMsg, GuestFigures, Negotiation, TouchedMsg
+
+STATS_PERIOD = 0.25  # seconds between host-stats polls (for host_resident_bytes)
+WATCH_PERIOD = 0.5  # seconds between looks at the oldest outstanding chain
+
+
+class BalloonDriver:
+    def __init__(
+        self,
+        cfg: GuestConfig,
+        mm: BuddyAllocator,
+        log: Callable[[str], None],
+        transport: Transport | None = None,
+    ) -> None:
+        assert cfg.host is not None or transport is not None
+        self.cfg = cfg
+        self.mm = mm
+        self.log = log
+        self.address = cfg.host or "(injected transport)"
+        # What the policy needs; the host's answer may raise the order.
+        self.min_order = cfg.hinting.order
+        self.capacity = cfg.hinting.effective_capacity()
+        self.window = ChainWindow()
+        self.touches = TouchTracker(cfg.touch_batch)
+        self.conn = Connection(
+            transport if transport is not None else GrpcTransport(self.address),
+            self.window,
+            self._negotiation,
+            self._adopt,
+            log,
+            self.address,
+            Backoff(cfg.reconnect_min, cfg.reconnect_max, random.Random()),
+        )
+        self._write_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.host_figures: GuestFigures | None = None
+        self.host_resident_bytes: int | None = None
+        self.host_instance = ""
+        # Pages the current host process acknowledged (DONE): what its totals can match.
+        self.acked_pages_this_host = 0
+        self.stalls = 0
+        self._stopped = False
+        # Called with each new session's acceptance (the shm RAM moves to a new file).
+        self.on_session: list[Callable[[Accepted], None]] = []
+
+    # ---- state for others ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> asyncio.Event:
+        return self.conn.connected
+
+    @property
+    def accepted(self) -> Accepted | None:
+        return self.conn.accepted
+
+    @property
+    def connects(self) -> int:
+        return self.conn.connects
+
+    @property
+    def touched_pages_sent(self) -> int:
+        return self.touches.pages_sent
+
+    def oldest_report_age(self) -> float:
+        return self.window.oldest_age()
+
+    # ---- ReportingDevice --------------------------------------------------------------
+
+    async def report(self, batch: Sequence[Block]) -> None:
+        if not self.conn.connected.is_set():
+            raise ReportError(f"host {self.address} unavailable", reason="unavailable")
+        async with self.window.slots:
+            stream, session = self.conn.stream, self.conn.session
+            if stream is None or not self.conn.connected.is_set():
+                raise ReportError(f"host {self.address} unavailable", reason="unavailable")
+            chain = self.window.open(batch, session)
+            try:
+                try:
+                    async with self._write_lock:
+                        await self._send_touches(stream)
+                        await stream.write(
+                            ChainMsg(chain.id, [p for p, _ in batch], [o for _, o in batch])
+                        )
+                except TransportError as e:
+                    # It may or may not have reached the host: only a fence can tell.
+                    self.conn.lost(stream, str(e))
+                used = await chain.future
+            finally:
+                self.window.close(chain)
+        if used.status != codec.DONE:
+            name = codec.STATUS_NAMES.get(used.status, str(used.status))
+            why = f"{used.reason}: {used.detail}" if used.detail else used.reason
+            raise ReportError(f"host answered {name} ({why})", reason=used.reason or name)
+        if used.reason != "fenced_done":
+            self.acked_pages_this_host += chain.pages
+            # The host's figure right after this chain's discard: fresher than a poll.
+            self.host_resident_bytes = used.resident_bytes
+        if used.discarded_pages:
+            self.touches.discarded(list(batch))
+
+    # ---- touches --------------------------------------------------------------------
+
+    def on_alloc(self, pfn: int, order: int) -> None:
+        """GuestMemory listener: the workload touches the block it allocated."""
+        if self.touches.on_alloc(pfn, order) and self.conn.connected.is_set():
+            self._spawn(self.flush_touches(), "balloon-touch-flush")
+
+    async def flush_touches(self) -> None:
+        stream = self.conn.stream
+        if stream is None or not self.touches.runs:
+            return
+        async with self._write_lock:
+            try:
+                await self._send_touches(stream)
+            except TransportError as e:
+                self.conn.lost(stream, str(e))
+
+    async def _send_touches(self, stream: Any) -> None:
+        while self.touches.runs:
+            runs = self.touches.take()
+            await stream.write(TouchedMsg([p for p, _ in runs], [n for _, n in runs]))
+
+    # ---- connection -----------------------------------------------------------------
+
+    def _negotiation(self, previous_session: str) -> Negotiation:
+        offered = F.mask(F.REPORTING)
+        poison = 0
+        if self.cfg.poison is not None:
+            offered |= F.mask(F.PAGE_POISON)
+            poison = self.cfg.poison
+        return Negotiation(
+            self.cfg.guest_id,
+            self.mm.ram_bytes,
+            PAGE_SIZE,
+            offered,
+            poison,
+            self.capacity,
+            previous_session,
+        )
+
+    def _adopt(self, acc: Accepted) -> None:
+        """Check a new session against what the policy needs, then take it on."""
+        if not F.has(acc.features, F.REPORTING):
+            raise SessionUnusable("the host did not accept VIRTIO_BALLOON_F_REPORTING")
+        if acc.max_chain_ranges < self.capacity:
+            raise SessionUnusable(
+                f"the host takes at most {acc.max_chain_ranges} ranges per chain but the "
+                f"{self.cfg.hinting.policy} policy reports {self.capacity}: start the guest "
+                f"with --capacity {acc.max_chain_ranges} or the host with a larger "
+                "--max-chain-ranges"
+            )
+        order = max(self.cfg.hinting.order, acc.min_order)
+        if self.conn.connects and order != self.min_order:
+            raise SessionUnusable(
+                f"the host's minimum order {acc.min_order} differs from the running policy's "
+                f"{self.min_order}"
+            )
+        self.min_order = order
+        for cb in self.on_session:
+            cb(acc)
+        if acc.instance != self.host_instance:
+            self.host_instance = acc.instance
+            self.acked_pages_this_host = 0
+        if not self.conn.connects:
+            # The ring's size is fixed by the first session: stranded chains of a
+            # later one still hold their slots until their fence settles them.
+            self.window.resize(acc.queue_size)
+        self.touches.reset(self.mm, enabled=acc.backend != "shm")
+
+    async def start(self) -> None:
+        """Connect once (a clear UsageError if that fails), then keep connected."""
+        try:
+            await asyncio.wait_for(self.conn.connect(), self.cfg.connect_timeout)
+        except NegotiationRefused as e:
+            await self.conn.transport.aclose()
+            raise UsageError(f"host {self.address} refused this guest: {e}") from None
+        except (TransportError, TimeoutError, OSError) as e:
+            await self.conn.transport.aclose()
+            why = (
+                f"no answer in {self.cfg.connect_timeout:g}s" if isinstance(e, TimeoutError) else e
+            )
+            raise UsageError(f"cannot reach host {self.address}: {why}") from None
+        self._spawn(self.conn.keep_connected(), "balloon-connection")
+        self._spawn(self._poll_stats(), "balloon-stats")
+        self._spawn(self._touch_flusher(), "balloon-touches")
+        self._spawn(self._watch_stalls(), "balloon-stall-watch")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A background task that stop() cancels and that is forgotten once done."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def _poll_stats(self) -> None:
+        while True:
+            await self.refresh_stats()
+            await asyncio.sleep(STATS_PERIOD)
+
+    async def refresh_stats(self) -> None:
+        session = self.conn.session
+        if not session or not self.conn.connected.is_set():
+            return
+        try:
+            figures = await self.conn.transport.stats(session, timeout=2.0)
+        except TransportError:
+            return
+        if figures.self_guest is not None:
+            self.host_figures = figures.self_guest
+            self.host_resident_bytes = figures.self_guest.resident_bytes
+
+    async def _touch_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.touch_flush_seconds)
+            await self.flush_touches()
+
+    async def _watch_stalls(self) -> None:
+        """Say so when a report has been out longer than stall_warning (once per chain)."""
+        while True:
+            await asyncio.sleep(WATCH_PERIOD)
+            now = time.monotonic()
+            for chain in list(self.window.chains.values()):
+                age = now - chain.sent_at
+                if not chain.warned and age >= self.cfg.stall_warning:
+                    chain.warned = True
+                    self.stalls += 1
+                    self.log(
+                        f"report {chain.id} unanswered for {age:.1f}s (host slow or stalled): "
+                        f"its {chain.pages * PAGE_SIZE >> 20} MiB stay isolated until the host "
+                        "answers or is fenced"
+                    )
+
+    async def stop(self) -> None:
+        """Flush touches, fetch final figures, close the session and the channel."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.conn.connected.is_set():
+            await self.flush_touches()
+            await self.refresh_stats()
+        self.conn.closing = True
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        await self.conn.close()

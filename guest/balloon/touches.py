@@ -1,0 +1,75 @@
+"""Which frames the host must be told the guest touched again (sim backend only).
+
+No page fault crosses the wire, so for the simulated ledger the guest keeps a
+byte per frame: 1 where the host holds the frame as far as the guest knows.
+Allocating a block whose frames the host does not hold queues a run of
+touched frames; runs go out in batches, in the reporting stream, ahead of any
+later chain. With the shm backend the kernel sees the guest's writes itself
+and nothing is tracked.
+
+``take`` hands a batch over by *removing* it from the queue first: a run that
+an allocation extends after that goes into a new run, never into one whose
+copy is already on its way (extending a run in place while a copy of it was
+being written lost the extension, and the ledger with it).
+"""
+
+from __future__ import annotations
+
+from guest.mm.buddy import BuddyAllocator
+
+
+class TouchTracker:
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.enabled = False
+        self.host_has = bytearray()
+        self.runs: list[tuple[int, int]] = []
+        self.pages_sent = 0
+
+    def reset(self, mm: BuddyAllocator, enabled: bool) -> None:
+        """A new session: the host holds nothing for us yet; queue what we use."""
+        self.enabled = enabled
+        self.runs = []
+        self.host_has = bytearray(mm.nr_pages if enabled else 0)
+        if enabled:
+            for b in mm.blocks():
+                if b.state == "allocated":
+                    self.on_alloc(b.pfn, b.order)
+
+    def on_alloc(self, pfn: int, order: int) -> bool:
+        """The workload touched a block; True when a full batch is waiting."""
+        if not self.enabled:
+            return False
+        hh = self.host_has
+        if order == 0:
+            if hh[pfn]:
+                return False
+            hh[pfn] = 1
+            n = 1
+        else:
+            n = 1 << order
+            if hh[pfn : pfn + n].count(0) == 0:
+                return False
+            hh[pfn : pfn + n] = b"\x01" * n
+        runs = self.runs
+        if runs and runs[-1][0] + runs[-1][1] == pfn:
+            runs[-1] = (runs[-1][0], runs[-1][1] + n)
+        else:
+            runs.append((pfn, n))
+        return len(runs) >= self.batch
+
+    def take(self) -> list[tuple[int, int]]:
+        """Remove and return the next batch of runs (empty when none is queued)."""
+        runs = self.runs[: self.batch]
+        del self.runs[: len(runs)]
+        self.pages_sent += sum(n for _, n in runs)
+        return runs
+
+    def discarded(self, batch: list[tuple[int, int]]) -> None:
+        """The host discarded these blocks: their next touch must be told."""
+        if not self.enabled:
+            return
+        hh = self.host_has
+        for pfn, order in batch:
+            n = 1 << order
+            hh[pfn : pfn + n] = bytes(n)

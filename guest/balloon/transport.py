@@ -1,0 +1,143 @@
+"""The seam under the driver: how it reaches the host.
+
+The driver never touches gRPC itself; it gets a ``Transport`` (by default
+``GrpcTransport``) and talks in the codec's domain types. Tests inject their
+own transport to drive every fault path — a stream that breaks mid-chain, a
+refusal, a late answer, a fence — without processes, the way httpx's
+MockTransport serves its clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import grpc
+
+from virtqueue import codec
+from virtqueue.codec import Accepted, ChainMsg, HostFigures, Negotiation, TouchedMsg, UsedMsg
+
+
+class TransportError(Exception):
+    """The host could not be reached, or the stream or call broke; the message says why."""
+
+
+class NegotiationRefused(TransportError):
+    """The host answered the negotiation with a refusal (retrying as is will not help)."""
+
+
+class Stream(Protocol):
+    """One open reporting stream: chains and touch batches out, used answers in."""
+
+    async def write(self, msg: ChainMsg | TouchedMsg) -> None: ...
+
+    async def read(self) -> UsedMsg | None:
+        """The next answer; None when the host ended the stream cleanly."""
+        ...
+
+    def cancel(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def negotiate(self, n: Negotiation, timeout: float) -> Accepted: ...
+
+    def open_stream(self, session: str) -> Stream: ...
+
+    async def stats(self, session: str, timeout: float) -> HostFigures: ...
+
+    async def close_session(self, session: str, timeout: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def why(e: BaseException) -> str:
+    """One line for a gRPC error or any other exception."""
+    if isinstance(e, grpc.aio.AioRpcError):
+        detail = (e.details() or "").splitlines()[0] if e.details() else ""
+        return f"{e.code().name}: {detail}" if detail else e.code().name
+    return str(e) or type(e).__name__
+
+
+_REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+class GrpcStream:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def write(self, msg: ChainMsg | TouchedMsg) -> None:
+        if isinstance(msg, ChainMsg):
+            wire = codec.encode_chain(msg.id, list(zip(msg.pfns, msg.orders, strict=True)))
+        else:
+            wire = codec.encode_touched(list(zip(msg.pfns, msg.counts, strict=True)))
+        try:
+            await self._call.write(wire)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError) as e:
+            raise TransportError(why(e)) from None
+
+    async def read(self) -> UsedMsg | None:
+        try:
+            msg = await self._call.read()
+        except grpc.aio.AioRpcError as e:
+            raise TransportError(why(e)) from None
+        if msg is grpc.aio.EOF:
+            return None
+        return codec.decode_used(msg)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcTransport:
+    """The gRPC virtqueue. Each negotiation opens a fresh channel (a reconnect)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel: Any = None
+        self._stub: Any = None
+
+    async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
+        await self.aclose()
+        self._channel = grpc.aio.insecure_channel(self.address)
+        self._stub = codec.stub(self._channel)
+        try:
+            reply = await self._stub.Negotiate(
+                codec.encode_negotiate(n), timeout=timeout, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() in _REFUSALS:
+                raise NegotiationRefused(why(e)) from None
+            raise TransportError(why(e)) from None
+        return codec.decode_accepted(reply)
+
+    def open_stream(self, session: str) -> Stream:
+        if self._stub is None:
+            raise TransportError("not connected")
+        return GrpcStream(self._stub.Reporting(metadata=((codec.SESSION_KEY, session),)))
+
+    async def stats(self, session: str, timeout: float) -> HostFigures:
+        if self._stub is None:
+            raise TransportError("not connected")
+        try:
+            reply = await self._stub.Stats(codec.encode_stats_request(session), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise TransportError(why(e)) from None
+        return codec.decode_host_stats(reply)
+
+    async def close_session(self, session: str, timeout: float) -> None:
+        if self._stub is None:
+            return
+        try:
+            await self._stub.Close(codec.encode_close(session), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise TransportError(why(e)) from None
+
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            channel, self._channel, self._stub = self._channel, None, None
+            await channel.close()
