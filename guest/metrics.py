@@ -24,7 +24,12 @@ def guest_metrics(rt: GuestRuntime, driver: BalloonDriver | None) -> Iterator[Me
         g,
     )
     yield counter("pagehint_chains", "Reports (chains) acknowledged by the host.", st.reports, g)
-    yield counter("pagehint_report_failures", "Reports that failed or timed out.", st.failures, g)
+    yield counter(
+        "pagehint_report_failures",
+        "Reports the host refused, failed to discard, or never got (fenced).",
+        st.failures,
+        g,
+    )
     yield counter("pagehint_stale_bits", "Bitmap bits whose chunk was no longer free.", st.stale, g)
     yield gauge(
         "pagehint_isolated_bytes",
@@ -61,4 +66,16 @@ def guest_metrics(rt: GuestRuntime, driver: BalloonDriver | None) -> Iterator[Me
         )
         yield counter(
             "pagehint_host_connects", "Sessions negotiated with the host.", driver.connects, g
+        )
+        yield gauge(
+            "pagehint_oldest_report_age_seconds",
+            "Age of the oldest report the host has not answered (0: none out).",
+            driver.oldest_report_age(),
+            g,
+        )
+        yield gauge(
+            "pagehint_outstanding_report_bytes",
+            "Memory in reports the host has not answered (isolated until it does).",
+            driver.window.outstanding_pages * 4096,
+            g,
         )

@@ -11,6 +11,10 @@ def _size(v: Any) -> str:
     return "n/a" if v is None else format_size(v)
 
 
+def _reasons(by: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     lat = s.get("ack_latency_ms") or {}
 
@@ -32,6 +36,7 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{_size(s['free_bytes'])} ({_size(s['reportable_free_bytes'])} in reportable blocks)",
         ),
         ("isolated peak", _size(s["isolated_peak_bytes"])),
+        ("failed by reason", _reasons(s.get("report_failures_by_reason") or {})),
         ("host resident", _size(s["host_resident_bytes"])),
         (
             "ack latency",
@@ -40,5 +45,13 @@ def format_summary(s: dict[str, Any]) -> str:
         ("allocations", f"{s['alloc_ops']} ({s['alloc_failures']} failed)"),
         ("data loss", f"{s['data_loss_pages']} pages"),
     ]
+    if s.get("abandoned_reports"):
+        rows.append(
+            (
+                "left isolated",
+                f"{_size(s['abandoned_bytes'])} in {s['abandoned_reports']} reports the host "
+                "never answered",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

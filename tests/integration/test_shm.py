@@ -45,7 +45,8 @@ def test_memhog_free_drops_kernel_measured_memory(procs: Procs, tmp_path: Path) 
     after = [
         r for r in rows if t_free < r["t"] <= t_free + 5 and r["host_resident_bytes"] is not None
     ]
-    assert min(r["host_resident_bytes"] for r in after) <= before - 0.9 * 256 * MIB
+    # v10 (the default) leaves chunks below its threshold unreported: 70% at least.
+    assert min(r["host_resident_bytes"] for r in after) <= before - 0.7 * 256 * MIB
     assert s["invariants"] == "ok"
 
 

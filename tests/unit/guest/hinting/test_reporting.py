@@ -146,3 +146,28 @@ async def test_zone_below_watermark_is_skipped() -> None:
     await pol.process()
     assert dev.blocks == []
     assert pol.zones_skipped == len(mm.zones)
+
+
+async def test_isolation_obeys_the_min_watermark_and_ends_that_lists_cycle() -> None:
+    # 64 MiB, capacity 4: DMA32 is walked once its free pages exceed low + 4 << 9.
+    mm, pol, dev = make(64 << 20, capacity=4, delay=0.01)
+    dma32 = mm.zones[1]
+    blocks = [mm.alloc(MAX_ORDER) for _ in range(16)]
+    mine = [p for p in blocks if dma32.contains(p)]
+    seen_free: list[int] = []
+    dev.on_report = lambda batch: seen_free.append(dma32.nr_free_pages)
+    pol.start()
+    try:
+        for p in mine[:3]:
+            mm.free(p, MAX_ORDER)  # 3072 free pages; min watermark 192
+        await wait_for(lambda: pol.stats.reports >= 1 and pol.idle(), 3.0, "a pass")
+        # The third block would leave 1024 free pages, not above min + 1024: refused,
+        # and the cycle ends there with the list rotated to start at it.
+        assert dev.batches[0] == [(p, MAX_ORDER) for p in mine[:2]] or len(dev.batches[0]) == 2
+        assert pol.stats.isolation_refused >= 1
+        assert min(seen_free) > dma32.wmark_min
+        refused = next(p for p in mine[:3] if (p, MAX_ORDER) not in dev.batches[0])
+        assert dma32.free_area[MAX_ORDER].first() == refused
+        check_invariants(mm)
+    finally:
+        await pol.stop()

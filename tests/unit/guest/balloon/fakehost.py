@@ -1,0 +1,138 @@
+"""An in-process transport to a real BalloonDevice, with the faults a network has.
+
+The driver's fault paths run against the real device logic (checks, fencing,
+totals) without processes: ``hold`` makes the host sit on chains (a slow or
+stalled device thread), ``release`` lets it get to them, ``lose_answers`` drops
+its answers on the floor, ``break_streams`` breaks the open stream, ``down``
+makes negotiation fail, and ``restart`` swaps in a fresh device (a host restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from guest.balloon.transport import NegotiationRefused, TransportError
+from host.device import BalloonDevice, NegotiationError, Session
+from host.memory.sim import SimBackend
+from virtqueue.codec import Accepted, ChainMsg, HostFigures, Negotiation, TouchedMsg, UsedMsg
+
+
+class FakeStream:
+    def __init__(self, host: FakeHost, session: Session) -> None:
+        self.host = host
+        self.session = session
+        self.inbox: asyncio.Queue[UsedMsg | Exception | None] = asyncio.Queue()
+        self.dead = False
+        self.write_gate: asyncio.Event | None = None
+
+    async def write(self, msg: ChainMsg | TouchedMsg) -> None:
+        if self.write_gate is not None:
+            await self.write_gate.wait()
+        if self.dead:
+            raise TransportError("UNAVAILABLE: stream broken")
+        if isinstance(msg, TouchedMsg):
+            self.host.device.handle_touched(self.session, msg.pfns, msg.counts)
+            return
+        self.host.chains_received += 1
+        if self.host.hold:
+            self.host.held.append((self, msg))
+        else:
+            self.process(msg)
+
+    def process(self, msg: ChainMsg) -> None:
+        used = self.host.device.handle_report(self.session, msg.id, msg.pfns, msg.orders)
+        if used is not None and not self.dead and not self.host.lose_answers:
+            self.inbox.put_nowait(used)
+
+    async def read(self) -> UsedMsg | None:
+        item = await self.inbox.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self.dead = True
+        self.inbox.put_nowait(None)
+
+    def break_(self) -> None:
+        self.dead = True
+        self.inbox.put_nowait(TransportError("UNAVAILABLE: connection reset"))
+
+
+class FakeHost:
+    def __init__(self, **device_kw: object) -> None:
+        self.device_kw = device_kw
+        self.device = BalloonDevice(SimBackend(), **device_kw)  # type: ignore[arg-type]
+        self.hold = False
+        self.lose_answers = False
+        self.down = False
+        self.held: list[tuple[FakeStream, ChainMsg]] = []
+        self.streams: list[FakeStream] = []
+        self.negotiations: list[Negotiation] = []
+        self.chains_received = 0
+
+    # ---- controls -----------------------------------------------------------------
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for stream, msg in held:
+            stream.process(msg)
+
+    def break_streams(self) -> None:
+        for s in self.streams:
+            if not s.dead:
+                s.break_()
+
+    def restart(self) -> None:
+        self.break_streams()
+        self.held = []
+        self.device = BalloonDevice(SimBackend(), **self.device_kw)  # type: ignore[arg-type]
+
+    # ---- Transport ----------------------------------------------------------------
+
+    async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
+        await asyncio.sleep(0)
+        if self.down:
+            raise TransportError("UNAVAILABLE: host down")
+        self.negotiations.append(n)
+        try:
+            s, fence = self.device.negotiate(
+                n.guest_id,
+                n.ram_bytes,
+                n.page_size,
+                n.features,
+                n.poison_val,
+                n.capacity,
+                n.previous_session,
+            )
+        except NegotiationError as e:
+            raise NegotiationRefused(f"INVALID_ARGUMENT: {e}") from None
+        return Accepted(
+            features=s.features,
+            queue_size=self.device.queue_size,
+            max_chain_ranges=s.capacity,
+            session=s.token,
+            backend="sim",
+            shm_path="",
+            discard="dontneed",
+            min_order=self.device.min_order,
+            fence=fence,
+            instance=self.device.instance,
+        )
+
+    def open_stream(self, session: str) -> FakeStream:
+        stream = FakeStream(self, self.device.session(session))
+        self.streams.append(stream)
+        return stream
+
+    async def stats(self, session: str, timeout: float) -> HostFigures:
+        if self.down:
+            raise TransportError("UNAVAILABLE: host down")
+        s = self.device.sessions.get(session)
+        return self.device.host_figures(self.device.figures(s) if s is not None else None)
+
+    async def close_session(self, session: str, timeout: float) -> None:
+        self.device.end(session, "closed by the guest")
+
+    async def aclose(self) -> None:
+        return None
