@@ -228,6 +228,21 @@ class BalloonDevice:
         )
         return s, fence
 
+    def accepted(self, s: Session, fence: Fence | None) -> codec.Accepted:
+        """The negotiation's answer for a new session."""
+        return codec.Accepted(
+            features=s.features,
+            queue_size=self.queue_size,
+            max_chain_ranges=s.capacity,
+            session=s.token,
+            backend=self.backend.name,
+            shm_path=s.ram.shm_path,
+            discard=self.backend.discard_mode,
+            min_order=self.min_order,
+            fence=fence,
+            instance=self.instance,
+        )
+
     def fence(self, guest_id: str, token: str) -> Fence:
         """End ``token`` (if still open) so none of its chains can be discarded any more,
         and say which of its chains were DONE."""

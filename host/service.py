@@ -39,20 +39,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             )
         except NegotiationError as e:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        return codec.encode_accepted(
-            codec.Accepted(
-                features=s.features,
-                queue_size=self.device.queue_size,
-                max_chain_ranges=s.capacity,
-                session=s.token,
-                backend=self.device.backend.name,
-                shm_path=s.ram.shm_path,
-                discard=self.device.backend.discard_mode,
-                min_order=self.device.min_order,
-                fence=fence,
-                instance=self.device.instance,
-            )
-        )
+        return codec.encode_accepted(self.device.accepted(s, fence))
 
     async def Reporting(
         self, request_iterator: AsyncIterator[Any], context: Any

@@ -107,18 +107,7 @@ class FakeHost:
             )
         except NegotiationError as e:
             raise NegotiationRefused(f"INVALID_ARGUMENT: {e}") from None
-        return Accepted(
-            features=s.features,
-            queue_size=self.device.queue_size,
-            max_chain_ranges=s.capacity,
-            session=s.token,
-            backend="sim",
-            shm_path="",
-            discard="dontneed",
-            min_order=self.device.min_order,
-            fence=fence,
-            instance=self.device.instance,
-        )
+        return self.device.accepted(s, fence)
 
     def open_stream(self, session: str) -> FakeStream:
         stream = FakeStream(self, self.device.session(session))
