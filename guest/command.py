@@ -58,7 +58,11 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         p, e, "--capacity", default=None, help="blocks per report (default 16 bitmap, 32 reporting)"
     )
     add_flag(
-        p, e, "--threshold", default="16", help="bitmap: new bits in a zone that wake the worker"
+        p,
+        e,
+        "--threshold",
+        default=None,
+        help="bitmap: new bits in a zone that wake the worker (default: the capacity, as v10)",
     )
     add_flag(p, e, "--delay", default="2", help="reporting: delay before a pass")
     add_flag(
@@ -171,11 +175,14 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         metrics_port = convert(a.metrics_port, int, "--metrics-port")
         if not 0 <= metrics_port <= 65535:
             raise UsageError(f"--metrics-port {a.metrics_port}: not a port number")
+    threshold = None
+    if a.threshold is not None:
+        threshold = convert(a.threshold, positive_int, "--threshold")
     hinting = HintingConfig(
         policy=policy,
         order=order,
         capacity=capacity,
-        threshold=convert(a.threshold, positive_int, "--threshold"),
+        threshold=threshold,
         delay=convert(a.delay, lambda s: nonneg_float(str(parse_seconds(s))), "--delay"),
         stop_grace=convert(a.stop_grace, _seconds(nonneg_float), "--stop-grace"),
         bitmap_flush_after=convert(a.flush_after, _seconds(nonneg_float), "--flush-after"),

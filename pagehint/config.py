@@ -22,8 +22,9 @@ class HintingConfig:
     order: int = PAGEBLOCK_ORDER
     # Blocks per report: 16 in the seed design, 32 (PAGE_REPORTING_CAPACITY) merged.
     capacity: int | None = None
-    # Seed design: new bits in a zone before its worker is scheduled.
-    threshold: int = 16
+    # Seed design: new bits in a zone before its worker is scheduled. v10 uses its
+    # batch size (max_pages, 16) for both, so None means "the capacity".
+    threshold: int | None = None
     # Merged design: delay before a requested pass runs (2 s, as page_reporting_delay).
     delay: float = 2.0
     # Merged design: a pass reports at most nr_free / (capacity * divisor) + 1 per list.
@@ -45,6 +46,9 @@ class HintingConfig:
     backoff_max: float = 5.0
     # DANGEROUS demonstration switch: report without isolating (issue 6).
     unsafe_skip_isolation: bool = False
+
+    def effective_threshold(self) -> int:
+        return self.threshold if self.threshold is not None else self.effective_capacity()
 
     def effective_capacity(self) -> int:
         if self.capacity is not None:
@@ -107,8 +111,9 @@ class HostConfig:
     # Seconds before each chain is processed: models a busy host whose device
     # thread gets to the virtqueue late (0: at once).
     latency: float = 0.0
-    # Smallest order the device takes (page_reporting_dev_info.order; 0: no
-    # preference, the guest uses its own reporting order).
+    # Smallest order the emulated device accepts in a range (0: any). A departure:
+    # QEMU has no such minimum; the guest then reports at the larger of this and
+    # its own --reporting-order.
     min_order: int = 0
     # Fault injection (probability per chain, 0: off) and its random seed.
     inject_refuse: float = 0.0

@@ -95,7 +95,7 @@ class Connection:
                 known = acc.fence is not None and acc.fence.known
                 self.log(
                     f"fenced the previous session: {settled} stranded chain(s) settled "
-                    f"({'host kept its record' if known else 'host has no record: none discarded'})"
+                    f"({'host kept its record' if known else 'host has no record of it'})"
                 )
         try:
             self._accept(acc)

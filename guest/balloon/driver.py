@@ -129,8 +129,10 @@ class BalloonDriver:
             name = codec.STATUS_NAMES.get(used.status, str(used.status))
             why = f"{used.reason}: {used.detail}" if used.detail else used.reason
             raise ReportError(f"host answered {name} ({why})", reason=used.reason or name)
+        # A fence that says DONE comes from the same host process (a restarted one
+        # has no record), which counted the chain: so does this.
+        self.acked_pages_this_host += chain.pages
         if used.reason != "fenced_done":
-            self.acked_pages_this_host += chain.pages
             # The host's figure right after this chain's discard: fresher than a poll.
             self.host_resident_bytes = used.resident_bytes
         if used.discarded_pages:

@@ -101,7 +101,8 @@ class ChainWindow:
                     chain.id,
                     status=codec.REFUSED,
                     reason="cancelled",
-                    detail="the stream broke before the host used it; fenced, never discarded",
+                    detail="the stream broke before the host answered it; the fence did not "
+                    "list it as done, so it counts as not reported",
                 )
             chain.future.set_result(used)
             settled += 1

@@ -58,7 +58,7 @@ class BitmapPolicy(Policy):
         log: Log | None = None,
     ) -> None:
         super().__init__(cfg, mm, device, log)
-        self.threshold = cfg.threshold
+        self.threshold = cfg.effective_threshold()
         self.flush_after = cfg.bitmap_flush_after
         self.bitmaps: list[bytearray] = [
             bytearray(-(-zone.managed_pages // (1 << self.order))) for zone in mm.zones
@@ -71,6 +71,10 @@ class BitmapPolicy(Policy):
         self._flush_task: asyncio.Task[None] | None = None
         self._walking = False
         self._t_sync = 0.0
+        # --retry-failed: zones whose bits a failed report set again (walked after the
+        # backoff whatever their count), and whether the worker is backing off now.
+        self._retry_zones: set[int] = set()
+        self._backing_off = False
 
     # ---- the hook: runs inside free(), must be cheap ------------------------------
 
@@ -110,7 +114,7 @@ class BitmapPolicy(Policy):
 
     def idle(self) -> bool:
         """No walk running or due (bits below the threshold wait, in v10, for more frees)."""
-        if self._walking or self._wake.is_set():
+        if self._walking or self._wake.is_set() or self._backing_off:
             return False
         return not any(self._due(i, time.monotonic()) for i in range(len(self.new_bits)))
 
@@ -119,7 +123,7 @@ class BitmapPolicy(Policy):
 
     def _due(self, i: int, now: float) -> bool:
         """Is zone ``i`` to be walked: threshold reached, or (departure) flush time passed."""
-        if self.new_bits[i] >= self.threshold:
+        if self.new_bits[i] >= self.threshold or i in self._retry_zones:
             return True
         since = self.pending_since[i]
         return self.flush_after > 0 and since is not None and now - since >= self.flush_after
@@ -144,7 +148,11 @@ class BitmapPolicy(Policy):
                 self._walking = False
             if not ok:
                 # Only with bitmap_retry: back off, then walk the bits set again.
-                await asyncio.sleep(self.backoff())
+                self._backing_off = True
+                try:
+                    await asyncio.sleep(self.backoff())
+                finally:
+                    self._backing_off = False
                 self._wake.set()
 
     async def _run(self) -> bool:
@@ -159,10 +167,23 @@ class BitmapPolicy(Policy):
         if cross and not any(self._due(z.index, now) for z in due):
             return True
         batch: list[Block] = []
+        try:
+            return await self._walk_zones(due, batch, cross)
+        finally:
+            # Stopped mid-walk: blocks isolated but not yet sent go back unreported
+            # (v10's page_hinting_disable waits for the walk instead; a stop here
+            # must not leave them off the free lists).
+            for pfn, order in batch:
+                if not self.cfg.unsafe_skip_isolation:
+                    self.mm.putback(pfn, order, to_tail=False)
+            batch.clear()
+
+    async def _walk_zones(self, due: list[Zone], batch: list[Block], cross: bool) -> bool:
         for zone in due:
             i = zone.index
             taken = self.new_bits[i]
             self.new_bits[i] -= taken
+            self._retry_zones.discard(i)
             scanned, ok = await self._walk_zone(zone, batch, flush_leftover=not cross)
             if scanned > taken:
                 self.new_bits[i] -= scanned - taken
@@ -171,7 +192,9 @@ class BitmapPolicy(Policy):
                 self.new_bits[i] = self.bitmaps[i].count(1)  # the walk stopped part-way
                 return False
         if batch:
-            return await self._send(batch)
+            to_send = list(batch)
+            batch.clear()
+            return await self._send(to_send)
         return True
 
     async def _walk_zone(
@@ -200,8 +223,9 @@ class BitmapPolicy(Policy):
                 else:
                     self.stats.isolation_refused += 1
                 if len(batch) >= capacity:
-                    ok = await self._send_timed(batch)
-                    batch.clear()
+                    to_send = list(batch)
+                    batch.clear()  # from here report_batch owns these blocks
+                    ok = await self._send_timed(to_send)
                     if not ok:
                         return scanned, False
             else:
@@ -213,15 +237,15 @@ class BitmapPolicy(Policy):
             pos = bitmap.find(1, pos + 1)
         self.stats.worker_seconds += time.perf_counter() - self._t_sync
         if flush_leftover and batch:
-            ok = await self._send(list(batch))
+            to_send = list(batch)
             batch.clear()
-            return scanned, ok
+            return scanned, await self._send(to_send)
         return scanned, True
 
     async def _send_timed(self, batch: list[Block]) -> bool:
         self.stats.worker_seconds += time.perf_counter() - self._t_sync
         try:
-            return await self._send(list(batch))
+            return await self._send(batch)
         finally:
             self._t_sync = time.perf_counter()
 
@@ -239,4 +263,5 @@ class BitmapPolicy(Policy):
                 self.new_bits[zone.index] += 1
                 if self.pending_since[zone.index] is None:
                     self.pending_since[zone.index] = time.monotonic()
+            self._retry_zones.add(zone.index)
         return False

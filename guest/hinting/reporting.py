@@ -18,9 +18,9 @@ Behaviour reproduced, with the kernel's names:
 * A budget of ``ceil(nr_free / (capacity * 16))`` reports per list per pass (a
   sixteenth of the list, plus one); running out sets REQUESTED and stops that
   list, so another pass follows after the delay.
-* Isolation obeys the zone's min watermark (``__isolate_free_page``): a block
-  that would take the zone to ``wmark_min + 2**order`` free pages or below is
-  left alone, and that list's cycle ends there (rotated to it), as in the kernel.
+* Isolation obeys the zone's min watermark (``__isolate_free_page``): while the
+  zone holds ``wmark_min + 2**order`` free pages or fewer, a block is left
+  alone, and that list's cycle ends there (rotated to it), as in the kernel.
 * The leftover batch is reported at the end of each zone. A failed report
   drains its pages back unmarked and ends the pass.
 * Capacity and order come from the device (page_reporting_dev_info): the

@@ -120,6 +120,7 @@ async def test_a_chain_done_whose_answer_was_lost_is_booked_done_after_the_fence
     assert driver.window.stats.fenced_done == 1
     await driver.refresh_stats()
     assert driver.host_figures is not None and driver.host_figures.chains == 1
+    assert driver.host_figures.reported_bytes == driver.acked_pages_this_host * 4096
 
 
 async def test_a_restarted_host_has_nothing_to_fence(
