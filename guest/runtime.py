@@ -120,6 +120,7 @@ class GuestRuntime:
             if not work.done():
                 work.cancel()
             await self.policy.stop()
+            self.policy.problems.flush(force=True)
             if before_summary is not None:
                 await before_summary()
             sampler.cancel()

@@ -18,9 +18,10 @@ its session is still live immediately before discarding: once a session is
 marked ended, no discard of it can start. So the fence completes at once; were
 discards ever moved off the loop, ``fence`` would have to wait for them.
 
-Counts (chains, bytes reported, refusals, failures) are kept per guest id over
-the host process's life, across that guest's sessions, so guest and host can
-compare totals after reconnects.
+Counts (chains, bytes reported, refusals, failures) belong to a guest's line
+of sessions: a session that fences its predecessor takes over its totals, and
+a fresh negotiation (a new guest process, even with an id used before) starts
+from zero. So guest and host can compare totals after any number of reconnects.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from host.memory.base import GuestRam, MemoryBackend
-from host.ratelog import RateLimitedLog
 from pagehint.metrics import LatencyHistogram
+from pagehint.ratelog import RateLimitedLog
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.codec import Fence, GuestFigures, HostFigures, UsedMsg
@@ -45,10 +46,9 @@ MAX_ORDER = 10
 PAGE_SIZE = 4096
 MAX_GUEST_RAM = 64 << 30
 SUPPORTED = F.mask(F.REPORTING, F.PAGE_POISON)
-# Ended sessions whose chain outcomes are kept for a late fence, and guest ids
-# whose totals are kept after their last session: bounded, oldest dropped.
+# Ended sessions whose chain outcomes and totals are kept for a late fence:
+# bounded, oldest dropped.
 ENDED_SESSIONS_KEPT = 1024
-GUEST_TOTALS_KEPT = 4096
 
 
 class ChainRefused(Exception):
@@ -92,7 +92,7 @@ class Faults:
 
 @dataclass
 class GuestTotals:
-    """One guest id's counts over the host's life, across its sessions."""
+    """One guest's counts across its line of sessions (each fencing the one before)."""
 
     chains: int = 0
     refused: int = 0
@@ -162,9 +162,8 @@ class BalloonDevice:
         self.instance = secrets.token_hex(8)
         self.sessions: dict[str, Session] = {}
         self.by_guest: dict[str, str] = {}
-        self.totals: OrderedDict[str, GuestTotals] = OrderedDict()
-        # token -> (guest id, ids of its chains that were DONE), for late fences.
-        self.ended: OrderedDict[str, tuple[str, frozenset[int]]] = OrderedDict()
+        # token -> (guest id, ids of its chains that were DONE, its totals), for late fences.
+        self.ended: OrderedDict[str, tuple[str, frozenset[int], GuestTotals]] = OrderedDict()
         self.refusals: Counter[str] = Counter()
         self.discard_errors: Counter[str] = Counter()
         self.chains = 0
@@ -200,7 +199,11 @@ class BalloonDevice:
             raise NegotiationError("the guest did not offer VIRTIO_BALLOON_F_REPORTING")
         if poison_val > 0xFF:
             raise NegotiationError(f"poison value {poison_val} is not a byte")
-        fence = self.fence(guest_id, previous_session) if previous_session else None
+        fence, totals = None, GuestTotals()
+        if previous_session:
+            fence = self.fence(guest_id, previous_session)
+            if fence.known:
+                totals = self.ended[previous_session][2]
         old = self.by_guest.get(guest_id)
         if old is not None:
             self.log(f"guest {guest_id} negotiated again: ending its previous session")
@@ -208,7 +211,6 @@ class BalloonDevice:
         token = secrets.token_hex(16)
         ram = self.backend.attach(guest_id, ram_bytes // PAGE_SIZE, page_size)
         accepted = offered & SUPPORTED
-        totals = self._totals(guest_id)
         totals.sessions += 1
         s = Session(
             token=token,
@@ -256,19 +258,6 @@ class BalloonDevice:
             return Fence(known=False)
         return Fence(known=True, done_ids=record[1])
 
-    def _totals(self, guest_id: str) -> GuestTotals:
-        t = self.totals.get(guest_id)
-        if t is None:
-            t = self.totals[guest_id] = GuestTotals()
-            while len(self.totals) > GUEST_TOTALS_KEPT:
-                oldest = next(iter(self.totals))
-                if oldest in self.by_guest:
-                    break  # never drop a live guest's totals
-                del self.totals[oldest]
-        else:
-            self.totals.move_to_end(guest_id)
-        return t
-
     def session(self, token: str) -> Session:
         s = self.sessions.get(token)
         if s is None:
@@ -283,7 +272,7 @@ class BalloonDevice:
         s.ended = True  # from here on, handle_report discards nothing for it
         if self.by_guest.get(s.guest_id) == token:
             del self.by_guest[s.guest_id]
-        self.ended[token] = (s.guest_id, s.done_ids())
+        self.ended[token] = (s.guest_id, s.done_ids(), s.totals)
         while len(self.ended) > ENDED_SESSIONS_KEPT:
             self.ended.popitem(last=False)
         s.ram.release()

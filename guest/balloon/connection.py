@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from guest.balloon.transport import NegotiationRefused, Stream, Transport, TransportError
 from guest.balloon.window import ChainWindow
+from pagehint.ratelog import RateLimitedLog
 from virtqueue import features as F
 from virtqueue.codec import Accepted, Negotiation
 
@@ -76,8 +77,9 @@ class Connection:
         self.connects = 0
         self.fences = 0
         self.closing = False
-        self.on_answer: Callable[[], Awaitable[None]] | None = None
         self._reader: asyncio.Task[None] | None = None
+        # A long outage or an incompatible host: one line per kind per 10 s.
+        self.problems = RateLimitedLog(log)
 
     @property
     def session(self) -> str:
@@ -161,13 +163,15 @@ class Connection:
                     break
                 except (TransportError, TimeoutError, OSError) as e:
                     why = "no answer" if isinstance(e, TimeoutError) else str(e)
-                    self.log(f"reconnect to {self.address} failed ({why}); retrying")
+                    self.problems.note(
+                        f"reconnect:{why}", f"reconnect to {self.address} failed ({why}); retrying"
+                    )
 
     async def close(self) -> None:
         self.closing = True
         if self.accepted is not None and self.connected.is_set():
             with contextlib.suppress(TransportError):
-                await self.transport.close_session(self.accepted.session, timeout=2.0)
+                await self.transport.close_session(self.accepted.session, timeout=0.5)
         if self.stream is not None:
             self.stream.cancel()
         if self._reader is not None:

@@ -40,6 +40,7 @@ from virtqueue.codec import Accepted, ChainMsg, GuestFigures, Negotiation, Touch
 
 STATS_PERIOD = 0.25  # seconds between host-stats polls (for host_resident_bytes)
 WATCH_PERIOD = 0.5  # seconds between looks at the oldest outstanding chain
+STOP_RPC_SECONDS = 0.5  # each last call to the host when stopping (touches, stats, close)
 
 
 class BalloonDriver:
@@ -182,7 +183,7 @@ class BalloonDriver:
         """Check a new session against what the policy needs, then take it on."""
         if not F.has(acc.features, F.REPORTING):
             raise SessionUnusable("the host did not accept VIRTIO_BALLOON_F_REPORTING")
-        if acc.max_chain_ranges < self.capacity:
+        if acc.max_chain_ranges < self.capacity and self.cfg.hinting.policy != "none":
             raise SessionUnusable(
                 f"the host takes at most {acc.max_chain_ranges} ranges per chain but the "
                 f"{self.cfg.hinting.policy} policy reports {self.capacity}: start the guest "
@@ -240,12 +241,12 @@ class BalloonDriver:
             await self.refresh_stats()
             await asyncio.sleep(STATS_PERIOD)
 
-    async def refresh_stats(self) -> None:
+    async def refresh_stats(self, timeout: float = 2.0) -> None:
         session = self.conn.session
         if not session or not self.conn.connected.is_set():
             return
         try:
-            figures = await self.conn.transport.stats(session, timeout=2.0)
+            figures = await self.conn.transport.stats(session, timeout=timeout)
         except TransportError:
             return
         if figures.self_guest is not None:
@@ -261,6 +262,7 @@ class BalloonDriver:
         """Say so when a report has been out longer than stall_warning (once per chain)."""
         while True:
             await asyncio.sleep(WATCH_PERIOD)
+            self.conn.problems.flush()
             now = time.monotonic()
             for chain in list(self.window.chains.values()):
                 age = now - chain.sent_at
@@ -279,9 +281,12 @@ class BalloonDriver:
             return
         self._stopped = True
         if self.conn.connected.is_set():
-            await self.flush_touches()
-            await self.refresh_stats()
+            # Bounded: a stalled host must not hold the guest's exit for long.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush_touches(), STOP_RPC_SECONDS)
+            await self.refresh_stats(timeout=STOP_RPC_SECONDS)
         self.conn.closing = True
+        self.conn.problems.flush(force=True)
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):

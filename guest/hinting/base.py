@@ -14,6 +14,7 @@ from guest.mm.constants import PAGE_SIZE
 from pagehint.config import HintingConfig
 from pagehint.errors import UsageError
 from pagehint.metrics import LatencyHistogram
+from pagehint.ratelog import RateLimitedLog
 
 Log = Callable[[str], None]
 ACK_SAMPLES = 1_000_000  # keep at most this many ack latencies (oldest dropped)
@@ -74,6 +75,8 @@ class Policy(abc.ABC):
             )
         self.stats = HintingStats()
         self.log: Log = log or (lambda _m: None)
+        # Failed reports: one line per reason per 10 s (the counters stay exact).
+        self.problems = RateLimitedLog(self.log)
         self._consecutive_failures = 0
         # Blocks currently out with the device (tests check allocations against it).
         self.in_flight: list[Block] = []
@@ -168,7 +171,7 @@ class Policy(abc.ABC):
             by = self.stats.failures_by_reason
             by[error.reason] = by.get(error.reason, 0) + 1
             self._consecutive_failures += 1
-            self.log(f"report of {len(batch)} blocks failed: {error}")
+            self.problems.note(error.reason, f"report of {len(batch)} blocks failed: {error}")
         if cancelled:
             raise asyncio.CancelledError
         return ok

@@ -173,7 +173,7 @@ def test_fence_of_another_guests_session_is_refused() -> None:
     assert not a.ended
 
 
-def test_totals_are_per_guest_id_across_sessions() -> None:
+def test_totals_follow_a_guests_line_of_sessions_not_its_id() -> None:
     d = device()
     first = session(d)
     d.handle_report(first, 1, [0], [9])
@@ -182,6 +182,9 @@ def test_totals_are_per_guest_id_across_sessions() -> None:
     fig = d.figures(second)
     assert fig.reported_bytes == 2 * 512 * 4096
     assert fig.chains == 2 and fig.sessions == 2
+    # a new guest process with the same id (no previous session) starts from zero
+    fresh = session(d)
+    assert d.figures(fresh).chains == 0 and d.figures(fresh).sessions == 1
 
 
 def test_bad_touched_batches_are_counted_not_fatal() -> None:

@@ -1,9 +1,10 @@
 """Log lines that a hostile or broken guest could otherwise repeat thousands of times.
 
 The first line of each kind is logged at once; further ones within ``interval``
-seconds are only counted, and ``flush`` (the host's janitor calls it every
-second) logs one summary line per kind: "N more like this". Counters elsewhere
-stay exact; only the log is thinned.
+seconds are only counted. The next line of that kind after the interval says
+how many were held back, and ``flush`` (called periodically, and at the end)
+logs one summary line per kind that is still holding some back. Counters
+elsewhere stay exact; only the log is thinned.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ class RateLimitedLog:
         last = self._last.get(key)
         if last is None or now - last >= self.interval:
             self._last[key] = now
-            self.log(line)
+            n = self._suppressed.pop(key, 0)
+            self._example.pop(key, None)
+            self.log(line if not n else f"{line} (and {n} more like this before it)")
             return
         self._suppressed[key] = self._suppressed.get(key, 0) + 1
         self._example[key] = line
 
-    def flush(self, now: float | None = None) -> None:
-        """Summarise the kinds whose interval has passed since their last logged line."""
+    def flush(self, now: float | None = None, force: bool = False) -> None:
+        """Summarise the kinds whose interval has passed (all of them with ``force``)."""
         now = time.monotonic() if now is None else now
         for key, n in list(self._suppressed.items()):
-            if now - self._last[key] >= self.interval:
+            if force or now - self._last[key] >= self.interval:
                 self.log(f"{n} more like this in the last {self.interval:g}s: {self._example[key]}")
                 self._last[key] = now
                 del self._suppressed[key]
