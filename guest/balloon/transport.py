@@ -72,9 +72,9 @@ class GrpcStream:
 
     async def write(self, msg: ChainMsg | TouchedMsg) -> None:
         if isinstance(msg, ChainMsg):
-            wire = codec.encode_chain(msg.id, list(zip(msg.pfns, msg.orders, strict=True)))
+            wire = codec.encode_chain_msg(msg)
         else:
-            wire = codec.encode_touched(list(zip(msg.pfns, msg.counts, strict=True)))
+            wire = codec.encode_touched_msg(msg)
         try:
             await self._call.write(wire)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError) as e:

@@ -32,11 +32,8 @@ class Outstanding:
     session: str
     sent_at: float
     future: asyncio.Future[UsedMsg]
+    pages: int
     warned: bool = False
-
-    @property
-    def pages(self) -> int:
-        return sum(1 << o for _, o in self.batch)
 
 
 @dataclass
@@ -66,6 +63,7 @@ class ChainWindow:
             session=session,
             sent_at=time.monotonic(),
             future=asyncio.get_running_loop().create_future(),
+            pages=sum(1 << o for _, o in batch),
         )
         self.chains[chain.id] = chain
         return chain
