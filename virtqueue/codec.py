@@ -207,9 +207,7 @@ def encode_used(u: UsedMsg) -> Any:
 
 
 def decode_used(m: Any) -> UsedMsg:
-    return UsedMsg(
-        m.id, m.discarded_pages, m.status, m.reason, m.detail, m.errno, m.resident_bytes
-    )
+    return UsedMsg(m.id, m.discarded_pages, m.status, m.reason, m.detail, m.errno, m.resident_bytes)
 
 
 # ---- Stats / Close ---------------------------------------------------------------
