@@ -14,15 +14,19 @@ from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
     add_flag,
     add_switch,
+    check_writable,
     choice,
     convert,
+    int_in,
     nonneg_float,
+    parse_address,
     parse_ram,
     positive_float,
     positive_int,
 )
 from pagehint.config import LOOPS, POLICIES, GuestConfig, HintingConfig
 from pagehint.errors import UsageError
+from pagehint.tls import load_tls
 from pagehint.units import parse_seconds
 
 
@@ -102,6 +106,17 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         "(v10 walks only zones at the threshold, a batch per zone)",
     )
     add_flag(p, e, "--metrics-port", default=None, help="serve Prometheus metrics on this port")
+    add_flag(
+        p,
+        e,
+        "--metrics-addr",
+        default="127.0.0.1",
+        help="address the metrics listen on (default loopback; 0.0.0.0 exposes them)",
+    )
+    add_flag(p, e, "--tls-cert", default=None, help="mutual TLS: this guest's certificate (PEM)")
+    add_flag(p, e, "--tls-key", default=None, help="mutual TLS: its private key (PEM)")
+    add_flag(p, e, "--tls-ca", default=None, help="mutual TLS: the CA that signs the host (PEM)")
+    add_flag(p, e, "--token", default=None, help="without TLS: this guest's token (host --tokens)")
     add_flag(p, e, "--poison", default=None, help="offer PAGE_POISON with this byte value (0-255)")
     add_switch(
         p,
@@ -172,9 +187,14 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
             raise UsageError(f"--poison {a.poison}: must be a byte value 0..255")
     metrics_port = None
     if a.metrics_port is not None:
-        metrics_port = convert(a.metrics_port, int, "--metrics-port")
-        if not 0 <= metrics_port <= 65535:
-            raise UsageError(f"--metrics-port {a.metrics_port}: not a port number")
+        metrics_port = convert(a.metrics_port, int_in(0, 65535), "--metrics-port")
+    host = None if a.host is None else parse_address(str(a.host), "--host")
+    for flag, path in (("--timeline", a.timeline), ("--ack-log", a.ack_log)):
+        if path is not None:
+            check_writable(str(path), flag)
+    tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
+    if (tls is not None or a.token is not None) and host is None:
+        raise UsageError("--tls-* and --token are for a host connection: give --host too")
     threshold = None
     if a.threshold is not None:
         threshold = convert(a.threshold, positive_int, "--threshold")
@@ -193,7 +213,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
     return GuestConfig(
         ram_bytes=ram,
         guest_id=expand_id(str(a.guest_id)),
-        host=a.host,
+        host=host,
         workload=workload,
         rate=convert(a.rate, positive_float, "--rate"),
         scenario=scenario,
@@ -210,6 +230,9 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         check=bool(a.check),
         ack_log=a.ack_log,
         stall_warning=convert(a.stall_warning, _seconds(positive_float), "--stall-warning"),
+        metrics_addr=str(a.metrics_addr),
+        tls=tls,
+        token=None if a.token is None else str(a.token),
         hinting=hinting,
     )
 

@@ -20,6 +20,7 @@ from guest.ram import SharedRam
 from guest.runtime import GuestRuntime
 from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
+from pagehint.errors import UsageError
 from pagehint.logging import make_logger
 from virtqueue.codec import Accepted
 
@@ -60,7 +61,12 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
         rt.memory.on_alloc.append(connected.on_alloc)
         rt.host_resident = lambda: connected.host_resident_bytes
     _stop_on_signals(rt, log)
-    metrics = _start_metrics(cfg, rt, driver, log)
+    try:
+        metrics = _start_metrics(cfg, rt, driver, log)
+    except UsageError:
+        if driver is not None:
+            await driver.stop()  # close the session we opened: nothing left behind
+        raise
     where = "no host (loopback)" if cfg.host is None else f"host {cfg.host}"
     log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, {where}")
     try:
@@ -71,8 +77,13 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
         if metrics is not None:
             metrics.shutdown()  # type: ignore[attr-defined]
     if cfg.ack_log:
-        with open(cfg.ack_log, "w", encoding="utf-8") as f:
-            f.writelines(f"{x:.4f}\n" for x in rt.policy.stats.ack_latency_ms)
+        try:
+            with open(cfg.ack_log, "w", encoding="utf-8") as f:
+                f.writelines(f"{x:.4f}\n" for x in rt.policy.stats.ack_latency_ms)
+        except OSError as e:
+            # The run's results matter more than the log: say so, keep the summary.
+            log(f"--ack-log {cfg.ack_log}: cannot write: {e.strerror}")
+            summary["ack_log_error"] = e.strerror
     summary["backend"] = "loopback" if driver is None else _host_figures(driver, summary)
     if ram is not None:
         ram.check_all(mm)
@@ -136,8 +147,10 @@ def _start_metrics(
     from guest.metrics import guest_metrics
     from pagehint.metrics import serve
 
-    server, port = serve(lambda: guest_metrics(rt, driver), cfg.metrics_port)
-    log(f"metrics on http://0.0.0.0:{port}/metrics")
+    server, port = serve(
+        lambda: guest_metrics(rt, driver), cfg.metrics_port, cfg.metrics_addr, "--metrics-port"
+    )
+    log(f"metrics on http://{cfg.metrics_addr}:{port}/metrics")
     return server
 
 

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from host.limits import default_max_sessions
 from pagehint import loop as event_loop
 from pagehint.cli_support import (
     add_flag,
     add_switch,
+    check_writable,
     choice,
     convert,
+    int_in,
     nonneg_float,
+    parse_address,
     positive_float,
-    positive_int,
 )
 from pagehint.config import LOOPS, HostConfig
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
+from pagehint.tls import load_tls
 from pagehint.units import parse_seconds, parse_size
 
 BACKENDS = ("sim", "shm")
@@ -45,18 +50,45 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     add_flag(
         p,
         e,
+        "--memory-limit",
         "--capacity",
         default=None,
-        help="host memory for all guests (e.g. 8GiB); lazily freed memory is reclaimed first",
+        dest="memory_limit",
+        help="host memory for all guests (e.g. 8GiB); lazily freed memory is reclaimed first "
+        "(--capacity is the old name; its variable is PAGEHINT_MEMORY_LIMIT)",
     )
-    add_flag(p, e, "--queue-size", default="64", help="chains outstanding per guest")
-    add_flag(p, e, "--max-chain-ranges", default="512", help="most ranges in one chain")
+    add_flag(p, e, "--queue-size", default="64", help="chains outstanding per guest (1..32768)")
+    add_flag(p, e, "--max-chain-ranges", default="512", help="most ranges in one chain (1..4096)")
     add_flag(
         p,
         e,
         "--session-timeout",
         default="30",
-        help="end a session idle this long with no stream open",
+        help="end a session that made no call for this long (guests call several times a second)",
+    )
+    add_flag(
+        p,
+        e,
+        "--max-sessions",
+        default=None,
+        help="most sessions at once (default: what the descriptor limit leaves room for)",
+    )
+    add_flag(p, e, "--tls-cert", default=None, help="mutual TLS: the host's certificate (PEM)")
+    add_flag(p, e, "--tls-key", default=None, help="mutual TLS: its private key (PEM)")
+    add_flag(p, e, "--tls-ca", default=None, help="mutual TLS: the CA that signs guests (PEM)")
+    add_flag(
+        p,
+        e,
+        "--tokens",
+        default=None,
+        help="without TLS: a file of 'GUEST_ID TOKEN' lines; guests must present theirs",
+    )
+    add_flag(
+        p,
+        e,
+        "--metrics-addr",
+        default="127.0.0.1",
+        help="address the metrics listen on (default loopback; 0.0.0.0 exposes them)",
     )
     add_flag(p, e, "--shm-dir", default=None, help="shm backend: where RAM files live")
     add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
@@ -96,29 +128,27 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
 
 
 def config_from_args(a: argparse.Namespace) -> HostConfig:
-    listen = str(a.listen)
-    if ":" not in listen:
-        raise UsageError(f"--listen {listen!r}: expected HOST:PORT")
-    port = listen.rsplit(":", 1)[1]
-    if not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--listen {listen!r}: bad port {port!r}")
+    listen = parse_address(str(a.listen), "--listen", allow_port_zero=True)
     capacity = None
-    if a.capacity is not None:
-        capacity = convert(a.capacity, lambda s: parse_size(s, "capacity"), "--capacity")
+    if a.memory_limit is not None:
+        capacity = convert(a.memory_limit, lambda s: parse_size(s, "size"), "--memory-limit")
         if capacity <= 0:
-            raise UsageError("--capacity must be positive")
+            raise UsageError("--memory-limit must be positive")
     metrics_port = None
     if a.metrics_port is not None:
-        metrics_port = convert(a.metrics_port, int, "--metrics-port")
-        if not 0 <= metrics_port <= 65535:
-            raise UsageError(f"--metrics-port {a.metrics_port}: not a port number")
+        metrics_port = convert(a.metrics_port, int_in(0, 65535), "--metrics-port")
+    if a.ready_file is not None:
+        check_writable(str(a.ready_file), "--ready-file")
+    max_sessions = default_max_sessions()
+    if a.max_sessions is not None:
+        max_sessions = convert(a.max_sessions, int_in(1, 1_000_000), "--max-sessions")
     return HostConfig(
         listen=listen,
         backend=choice(str(a.backend), BACKENDS, "--backend"),
         discard=choice(str(a.discard), DISCARDS, "--discard"),
         capacity_bytes=capacity,
-        queue_size=convert(a.queue_size, positive_int, "--queue-size"),
-        max_chain_ranges=convert(a.max_chain_ranges, positive_int, "--max-chain-ranges"),
+        queue_size=convert(a.queue_size, int_in(1, 32768), "--queue-size"),
+        max_chain_ranges=convert(a.max_chain_ranges, int_in(1, 4096), "--max-chain-ranges"),
         session_timeout=convert(
             a.session_timeout, lambda s: positive_float(str(parse_seconds(s))), "--session-timeout"
         ),
@@ -129,8 +159,37 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         min_order=_order(a.min_order, "--min-order"),
         inject_refuse=_fraction(a.inject_refuse, "--inject-refuse"),
         inject_discard_error=_fraction(a.inject_discard_error, "--inject-discard-error"),
-        fault_seed=convert(a.fault_seed, int, "--fault-seed"),
+        fault_seed=convert(a.fault_seed, int_in(0, 2**63), "--fault-seed"),
+        metrics_addr=str(a.metrics_addr),
+        tls=load_tls(a.tls_cert, a.tls_key, a.tls_ca),
+        tokens=load_tokens(a.tokens) if a.tokens is not None else {},
+        max_sessions=max_sessions,
     )
+
+
+def load_tokens(path: str) -> dict[str, str]:
+    """``GUEST_ID TOKEN`` per line (# comments); one line naming the problem otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise UsageError(f"--tokens {path}: cannot read: {why}") from None
+    tokens: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[1]) < 16:
+            raise UsageError(
+                f"--tokens {path}:{n}: expected 'GUEST_ID TOKEN' with a token of 16+ characters"
+            )
+        if parts[0] in tokens:
+            raise UsageError(f"--tokens {path}:{n}: guest {parts[0]!r} given twice")
+        tokens[parts[0]] = parts[1]
+    if not tokens:
+        raise UsageError(f"--tokens {path}: no tokens in the file")
+    return tokens
 
 
 def _order(text: str, flag: str) -> int:

@@ -26,6 +26,7 @@ from zero. So guest and host can compare totals after any number of reconnects.
 
 from __future__ import annotations
 
+import asyncio
 import errno as errno_names
 import itertools
 import random
@@ -34,6 +35,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from host.memory.base import GuestRam, MemoryBackend
 from pagehint.metrics import LatencyHistogram
@@ -66,6 +68,23 @@ class SessionError(Exception):
 
 class NegotiationError(Exception):
     """A guest asked for something the device cannot do."""
+
+
+class NotPermitted(NegotiationError):
+    """The caller may not act as that guest (identity mismatch, someone else's session)."""
+
+
+class SessionInUse(NegotiationError):
+    """The guest id has a live session that the caller does not hold."""
+
+
+class LimitReached(NegotiationError):
+    """The host cannot take another session now (its limit, or out of resources)."""
+
+
+# A session with no stream open and no call for this long is no longer "live":
+# a new guest process with the same id may take its place (its guest crashed).
+STALE_AFTER = 5.0
 
 
 @dataclass
@@ -118,6 +137,9 @@ class Session:
     peak_resident_pages: int = 0
     streams: int = 0
     ended: bool = False
+    # Reporting handlers of this session: ending the session cancels them, so an
+    # expired or fenced session's idle stream does not linger.
+    stream_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # Outcomes of the most recent chains (id, DONE?): what a fence reports.
     recent: deque[tuple[int, bool]] = field(default_factory=deque)
 
@@ -152,12 +174,14 @@ class BalloonDevice:
         log: Callable[[str], None] | None = None,
         min_order: int = 0,
         faults: Faults | None = None,
+        max_sessions: int = 1024,
     ) -> None:
         self.backend = backend
         self.queue_size = queue_size
         self.max_chain_ranges = max_chain_ranges
         self.session_timeout = session_timeout
         self.min_order = min_order
+        self.max_sessions = max_sessions
         self.faults = faults if faults is not None and faults.active else None
         self.instance = secrets.token_hex(8)
         self.sessions: dict[str, Session] = {}
@@ -185,8 +209,15 @@ class BalloonDevice:
         poison_val: int,
         capacity: int,
         previous_session: str = "",
+        identity: str | None = None,
     ) -> tuple[Session, Fence | None]:
-        """Open a session; with ``previous_session``, fence that one first."""
+        """Open a session; with ``previous_session``, fence that one first.
+
+        ``identity`` is who the caller proved to be (its certificate's name, or the
+        guest id its token belongs to); None when the host checks no identity.
+        A guest id with a live session is taken over only by the holder of that
+        session (naming it as previous) or by the same proven identity.
+        """
         if not guest_id or len(guest_id) > 128 or not guest_id.isprintable():
             raise NegotiationError("guest_id must be 1..128 printable characters")
         if page_size != PAGE_SIZE:
@@ -199,6 +230,18 @@ class BalloonDevice:
             raise NegotiationError("the guest did not offer VIRTIO_BALLOON_F_REPORTING")
         if poison_val > 0xFF:
             raise NegotiationError(f"poison value {poison_val} is not a byte")
+        if identity is not None and identity != guest_id:
+            raise NotPermitted(f"this client may act only as guest {identity!r}, not {guest_id!r}")
+        old = self.by_guest.get(guest_id)
+        if old is not None and old != previous_session and identity is None:
+            live = self.sessions[old]
+            if live.streams or time.monotonic() - live.last_seen < STALE_AFTER:
+                raise SessionInUse(
+                    f"guest id {guest_id!r} has a live session; resume it (previous_session) "
+                    "or use another id"
+                )
+        if old is None and len(self.sessions) >= self.max_sessions:
+            raise LimitReached(f"the host is at its limit of {self.max_sessions} sessions")
         fence, totals = None, GuestTotals()
         if previous_session:
             fence = self.fence(guest_id, previous_session)
@@ -209,7 +252,12 @@ class BalloonDevice:
             self.log(f"guest {guest_id} negotiated again: ending its previous session")
             self.end(old, "replaced")
         token = secrets.token_hex(16)
-        ram = self.backend.attach(guest_id, ram_bytes // PAGE_SIZE, page_size)
+        try:
+            ram = self.backend.attach(guest_id, ram_bytes // PAGE_SIZE, page_size)
+        except OSError as e:
+            # The detail (a path, an errno) is for the host's log, not for the client.
+            self.problems.note(f"attach:{e.errno}", f"guest {guest_id}: cannot hold its RAM: {e}")
+            raise LimitReached("the host cannot hold another guest's RAM now") from None
         accepted = offered & SUPPORTED
         totals.sessions += 1
         s = Session(
@@ -270,6 +318,8 @@ class BalloonDevice:
         if s is None:
             return
         s.ended = True  # from here on, handle_report discards nothing for it
+        for task in s.stream_tasks:
+            task.cancel()
         if self.by_guest.get(s.guest_id) == token:
             del self.by_guest[s.guest_id]
         self.ended[token] = (s.guest_id, s.done_ids(), s.totals)
@@ -279,13 +329,13 @@ class BalloonDevice:
         self.log(f"session of guest {s.guest_id} ended ({why})")
 
     def expire(self, now: float | None = None) -> list[str]:
-        """End sessions idle past the timeout with no stream open."""
+        """End sessions with no call for longer than the timeout, stream open or not.
+
+        A live guest calls Stats several times a second, so only dead or silent
+        ones expire; an idle stream held open does not keep a session alive.
+        """
         now = time.monotonic() if now is None else now
-        gone = [
-            t
-            for t, s in self.sessions.items()
-            if s.streams == 0 and now - s.last_seen > self.session_timeout
-        ]
+        gone = [t for t, s in self.sessions.items() if now - s.last_seen > self.session_timeout]
         for t in gone:
             self.end(t, "timed out")
         return gone
@@ -463,6 +513,21 @@ class BalloonDevice:
             measured_by_kernel=s.ram.measured_by_kernel,
             failed_chains=t.failed,
             sessions=t.sessions,
+        )
+
+    def own_figures(self, self_guest: GuestFigures) -> HostFigures:
+        """What a caller not authorised for every guest sees: its own guest only."""
+        return HostFigures(
+            guests=[],
+            capacity_bytes=0,
+            resident_bytes=0,
+            peak_resident_bytes=0,
+            reclaimed_bytes=0,
+            chains=0,
+            refused_chains=0,
+            backend=self.backend.name,
+            self_guest=self_guest,
+            instance=self.instance,
         )
 
     def host_figures(self, self_guest: GuestFigures | None = None) -> HostFigures:

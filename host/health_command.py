@@ -7,8 +7,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from pagehint.cli_support import add_flag, convert, positive_float
+from pagehint.cli_support import add_flag, convert, parse_address, positive_float
 from pagehint.errors import UsageError
+from pagehint.tls import load_tls
 from pagehint.units import parse_seconds
 
 
@@ -22,6 +23,9 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     add_flag(p, env, "--host", default="127.0.0.1:50051", help="HOST:PORT")
     add_flag(p, env, "--timeout", default="3", help="seconds")
     p.add_argument("--service", default="", help="service name (default: the whole server)")
+    add_flag(p, env, "--tls-cert", default=None, help="mutual TLS: a client certificate (PEM)")
+    add_flag(p, env, "--tls-key", default=None, help="mutual TLS: its private key (PEM)")
+    add_flag(p, env, "--tls-ca", default=None, help="mutual TLS: the CA that signs the host")
     p.set_defaults(handler=run)
 
 
@@ -30,7 +34,14 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     timeout = convert(a.timeout, lambda s: positive_float(str(parse_seconds(s))), "--timeout")
-    with grpc.insecure_channel(str(a.host)) as ch:
+    address = parse_address(str(a.host), "--host")
+    tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
+    channel = (
+        grpc.secure_channel(address, tls.channel_credentials())
+        if tls is not None
+        else grpc.insecure_channel(address)
+    )
+    with channel as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=a.service), timeout=timeout)

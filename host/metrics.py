@@ -50,10 +50,10 @@ def host_metrics(device: BalloonDevice) -> Iterator[Metric]:
     )
 
 
-def start_host_metrics(device: BalloonDevice, port: int, log: object) -> object:
+def start_host_metrics(device: BalloonDevice, addr: str, port: int, log: object) -> object:
     from pagehint.metrics import serve
 
-    server, bound = serve(lambda: host_metrics(device), port)
+    server, bound = serve(lambda: host_metrics(device), port, addr, "--metrics-port")
     if callable(log):
-        log(f"metrics on http://0.0.0.0:{bound}/metrics")
+        log(f"metrics on http://{addr}:{bound}/metrics")
     return server

@@ -50,8 +50,11 @@ class HostServer:
             log=log,
             min_order=cfg.min_order,
             faults=Faults(cfg.inject_refuse, cfg.inject_discard_error, cfg.fault_seed),
+            max_sessions=cfg.max_sessions,
         )
-        self.service = BalloonService(self.device, cfg.latency)
+        self.service = BalloonService(
+            self.device, cfg.latency, tls=cfg.tls is not None, tokens=cfg.tokens
+        )
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -67,7 +70,11 @@ class HostServer:
         codec.add_servicer(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
-            self.port = server.add_insecure_port(self.cfg.listen)
+            if self.cfg.tls is not None:
+                creds = self.cfg.tls.server_credentials()
+                self.port = server.add_secure_port(self.cfg.listen, creds)
+            else:
+                self.port = server.add_insecure_port(self.cfg.listen)
         except RuntimeError as e:
             raise UsageError(f"--listen {self.cfg.listen}: cannot bind: {e}") from None
         if self.port == 0:
@@ -101,32 +108,38 @@ class HostServer:
 
 
 async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT. Everything that can fail — the backend, the port, the
+    metrics port, the ready file — is set up before the host says it is ready; a
+    failure is one line (UsageError) and leaves nothing behind."""
     host = HostServer(cfg, log)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, host.stopping.set)
+    metrics = None
     try:
         addr = await host.start()
-    except UsageError:
+        if cfg.metrics_port is not None:
+            from host.metrics import start_host_metrics
+
+            metrics = start_host_metrics(host.device, cfg.metrics_addr, cfg.metrics_port, log)
+        if ready_file:
+            _write_ready(ready_file, addr)
+    except BaseException:
+        if metrics is not None:
+            metrics.shutdown()  # type: ignore[attr-defined]
+        await host.stop()
         host.backend.close()
         raise
     for path in host.backend.orphans_removed:
         log(f"removed {path}, left behind by a host that was killed")
     log(
         f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
-        f"queue {cfg.queue_size}, capacity "
-        f"{'unlimited' if cfg.capacity_bytes is None else str(cfg.capacity_bytes >> 20) + ' MiB'})"
+        f"queue {cfg.queue_size}, memory limit "
+        f"{'none' if cfg.capacity_bytes is None else str(cfg.capacity_bytes >> 20) + ' MiB'}, "
+        f"{'mutual TLS' if cfg.tls else 'tokens' if cfg.tokens else 'plain text'}, "
+        f"at most {cfg.max_sessions} sessions)"
     )
-    if ready_file:
-        tmp = Path(ready_file + ".tmp")
-        tmp.write_text(addr + "\n")
-        tmp.replace(ready_file)
     janitor = asyncio.create_task(host.janitor())
-    metrics = None
-    if cfg.metrics_port is not None:
-        from host.metrics import start_host_metrics
-
-        metrics = start_host_metrics(host.device, cfg.metrics_port, log)
     try:
         await host.stopping.wait()
         log("stopping: draining in-flight chains")
@@ -137,5 +150,17 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         await host.stop()
         if metrics is not None:
             metrics.shutdown()  # type: ignore[attr-defined]
+        if ready_file:
+            with contextlib.suppress(OSError):
+                Path(ready_file).unlink()
     log("stopped")
     return 0
+
+
+def _write_ready(path: str, addr: str) -> None:
+    tmp = Path(path + ".tmp")
+    try:
+        tmp.write_text(addr + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        raise UsageError(f"--ready-file {path}: cannot write: {e.strerror}") from None

@@ -1,15 +1,34 @@
-"""The gRPC servicer: decode, hand to the device, encode. Kept thin on purpose."""
+"""The gRPC servicer: who is calling, decode, hand to the device, encode. Kept thin.
+
+Who the caller is comes from its client certificate (mutual TLS) or, without
+TLS, from a per-guest token (``--tokens``); with neither the host checks no
+identity (plain text on loopback, the default). Errors reach clients as a gRPC
+status with one plain line: never a host path, never an exception's text.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import hmac
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
 import grpc
 
-from host.device import BalloonDevice, NegotiationError, SessionError
+from host.device import (
+    BalloonDevice,
+    LimitReached,
+    NegotiationError,
+    NotPermitted,
+    SessionError,
+    SessionInUse,
+)
+from pagehint.tls import peer_identity
 from virtqueue import codec
+
+TOKEN_KEY = "x-pagehint-token"
+ADMIN_ID = "admin"  # the --tokens entry whose holder may read every guest's figures
 
 
 async def _abort(context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -17,16 +36,84 @@ async def _abort(context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
     raise AssertionError("context.abort returned")
 
 
+_STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (NotPermitted, grpc.StatusCode.PERMISSION_DENIED),
+    (SessionInUse, grpc.StatusCode.ALREADY_EXISTS),
+    (LimitReached, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NegotiationError, grpc.StatusCode.INVALID_ARGUMENT),
+]
+
+
+def _is_loopback(peer: str) -> bool:
+    return peer.startswith(("ipv4:127.", "ipv6:[::1]", "unix:"))
+
+
 class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
-    def __init__(self, device: BalloonDevice, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        device: BalloonDevice,
+        latency: float = 0.0,
+        tls: bool = False,
+        tokens: Mapping[str, str] | None = None,
+    ) -> None:
         self.device = device
         self.latency = latency
+        self.tls = tls
+        self.tokens = dict(tokens or {})
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
 
+    # ---- who is calling ---------------------------------------------------------------
+
+    async def _identity(self, context: Any, guest_id: str) -> str | None:
+        """The identity the caller proved (None: the host checks none)."""
+        if self.tls:
+            peer = peer_identity(context)
+            if peer is None:  # cannot happen with client auth required; refuse anyway
+                await _abort(
+                    context, grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required"
+                )
+            return peer[0]
+        if self.tokens:
+            given = dict(context.invocation_metadata() or ()).get(TOKEN_KEY, "")
+            want = self.tokens.get(guest_id)
+            if want is None or not hmac.compare_digest(str(given), want):
+                self.device.refuse("bad_token", f"negotiation as {guest_id!r} with a bad token")
+                await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "bad or missing guest token")
+            return guest_id
+        return None
+
+    def _may_read_all(self, context: Any) -> bool:
+        """Every guest's figures: an admin certificate or token, or a local caller of
+        a host that checks no identity (the lab commands, the metrics endpoint)."""
+        if self.tls:
+            peer = peer_identity(context)
+            return peer is not None and peer[1]
+        if self.tokens:
+            given = dict(context.invocation_metadata() or ()).get(TOKEN_KEY, "")
+            admin = self.tokens.get(ADMIN_ID)
+            return admin is not None and hmac.compare_digest(str(given), admin)
+        return _is_loopback(str(context.peer() or ""))
+
+    async def _guarded(self, context: Any, body: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await body()
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # A bug: the whole story goes to the host's log, one plain line to the client.
+            self.device.problems.note("internal", "internal error:\n" + traceback.format_exc())
+            await _abort(context, grpc.StatusCode.INTERNAL, "internal error in the host")
+
+    # ---- the RPCs ------------------------------------------------------------------------
+
     async def Negotiate(self, request: Any, context: Any) -> Any:
+        return await self._guarded(context, lambda: self._negotiate(request, context))
+
+    async def _negotiate(self, request: Any, context: Any) -> Any:
         n = codec.decode_negotiate(request)
+        identity = await self._identity(context, n.guest_id)
         try:
             s, fence = self.device.negotiate(
                 n.guest_id,
@@ -36,9 +123,11 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
                 n.poison_val,
                 n.capacity,
                 n.previous_session,
+                identity,
             )
         except NegotiationError as e:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            code = next(c for cls, c in _STATUS_OF if isinstance(e, cls))
+            await _abort(context, code, str(e))
         return codec.encode_accepted(self.device.accepted(s, fence))
 
     async def Reporting(
@@ -51,6 +140,9 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             self.device.refuse("unknown_session")
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(e))
         session.streams += 1
+        task = asyncio.current_task()
+        if task is not None:
+            session.stream_tasks.add(task)
         try:
             async for msg in request_iterator:
                 if session.ended:
@@ -62,6 +154,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
                     continue
                 if isinstance(decoded, codec.TouchedMsg):
                     self.device.handle_touched(session, decoded.pfns, decoded.counts)
+                    self.device.touch_session(session)
                     continue
                 self.inflight += 1
                 self.idle.clear()
@@ -83,9 +176,13 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
                 yield codec.encode_used(used)
         finally:
             session.streams -= 1
-            self.device.touch_session(session)
+            if task is not None:
+                session.stream_tasks.discard(task)
 
     async def Stats(self, request: Any, context: Any) -> Any:
+        return await self._guarded(context, lambda: self._stats(request, context))
+
+    async def _stats(self, request: Any, context: Any) -> Any:
         token = codec.decode_stats_request(request)
         self_guest = None
         if token:
@@ -94,7 +191,16 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             except SessionError as e:
                 await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(e))
             self_guest = self.device.figures(s)
-        return codec.encode_host_stats(self.device.host_figures(self_guest))
+        figures = self.device.host_figures(self_guest)
+        if not self._may_read_all(context):
+            if self_guest is None:
+                await _abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "host-wide figures need an admin identity; name your session",
+                )
+            figures = self.device.own_figures(self_guest)
+        return codec.encode_host_stats(figures)
 
     async def Close(self, request: Any, context: Any) -> Any:
         token = codec.decode_close(request)

@@ -55,7 +55,7 @@ def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
             [
                 "--backend",
                 cfg.backend,
-                "--capacity",
+                "--memory-limit",
                 str(cfg.capacity_bytes),
                 "--quiet",
                 "--session-timeout",

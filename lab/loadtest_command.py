@@ -30,7 +30,7 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         "loadtest",
         help="many guests against one overcommitted host",
         description="Starts --guests guest processes (workloads memhog, churn, fragment in "
-        "turn) against one host whose --capacity is below their total RAM.",
+        "turn) against one host whose --memory-limit is below their total RAM.",
     )
     e = env
     add_flag(p, e, "--guests", default="8")
@@ -39,9 +39,11 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     add_flag(
         p,
         e,
+        "--memory-limit",
         "--capacity",
         default=None,
-        help="host memory (default: half of the guests' total RAM)",
+        dest="memory_limit",
+        help="host memory (default: half of the guests' total RAM; --capacity is the old name)",
     )
     add_flag(p, e, "--backend", default="sim", help="sim | shm")
     add_flag(
@@ -78,10 +80,10 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     ram = parse_ram(a.ram)
     total = guests * ram
     capacity = total // 2
-    if a.capacity is not None:
-        capacity = convert(a.capacity, lambda s: parse_size(s, "capacity"), "--capacity")
+    if a.memory_limit is not None:
+        capacity = convert(a.memory_limit, lambda s: parse_size(s, "size"), "--memory-limit")
         if capacity <= 0:
-            raise UsageError("--capacity must be positive")
+            raise UsageError("--memory-limit must be positive")
     backend = choice(str(a.backend), ("sim", "shm"), "--backend")
     if backend == "shm" and not a.force and total > 0.8 * mem_available():
         raise UsageError(

@@ -17,6 +17,16 @@ from pagehint.errors import UsageError
 PAGEHINT = [sys.executable, "-m", "pagehint"]
 
 
+def _child_env() -> dict[str, str]:
+    """The environment for a child: this one without PAGEHINT_* settings.
+
+    A lab command passes its children every setting as a flag; a PAGEHINT_*
+    variable meant for the lab command (PAGEHINT_CAPACITY=8GiB for loadtest)
+    must not reach a child where the same name means something else.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("PAGEHINT_")}
+
+
 class ProcessGroup:
     """Child processes started by a lab command; ``close()`` ends every one of them."""
 
@@ -41,7 +51,7 @@ class ProcessGroup:
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**_child_env(), **(env or {})},
             start_new_session=True,
         )
         self.procs.append(p)
@@ -67,7 +77,7 @@ class ProcessGroup:
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**_child_env(), **(env or {})},
             start_new_session=True,
         )
         self.procs.append(p)

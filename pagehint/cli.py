@@ -14,8 +14,8 @@ from pagehint.errors import UsageError
 
 def build_parser(env: Mapping[str, str]) -> Parser:
     from guest import command as guest_command
+    from host import certs_command, health_command
     from host import command as host_command
-    from host import health_command
     from lab import compare_command, demo_command, loadtest_command
 
     parser = Parser(
@@ -33,6 +33,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
         compare_command,
         loadtest_command,
         health_command,
+        certs_command,
     ):
         module.add_parser(sub, env)
     return parser
@@ -40,7 +41,11 @@ def build_parser(env: Mapping[str, str]) -> Parser:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ) if env is None else env
-    parser = build_parser(env)
+    try:
+        parser = build_parser(env)
+    except UsageError as e:  # a bad PAGEHINT_* switch: flags take defaults from env
+        sys.stderr.write(f"pagehint: error: {e}\n")
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
@@ -64,6 +69,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def entry() -> None:
+    # gRPC's C core reads its log level once, when it starts: before any import of
+    # grpc. Without this a host logs a line for every failed TLS handshake (any
+    # port scanner can flood it); errors still show. A user's setting wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     raise SystemExit(main())
 
 

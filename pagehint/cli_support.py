@@ -57,10 +57,58 @@ def choice(value: str, choices: tuple[str, ...], flag: str) -> str:
 
 
 def positive_int(text: str) -> int:
+    if len(text.strip()) > 12:  # no count pagehint takes comes near 10**12
+        raise ValueError(text)
     n = int(text)
     if n <= 0:
         raise ValueError(text)
     return n
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """A whole number from ``lo`` to ``hi`` (the error names the range)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text) if len(text.strip()) <= 20 else hi + 1
+        except ValueError:
+            raise UsageError(f"bad value {text!r}: expected a whole number {lo}..{hi}") from None
+        if not lo <= n <= hi:
+            raise UsageError(f"{text}: must be {lo}..{hi}")
+        return n
+
+    return parse
+
+
+def check_writable(path: str, flag: str) -> None:
+    """A file we will write later: its folder must exist and be writable now."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: folder {folder} is not writable")
+    if Path(path).is_dir():
+        raise UsageError(f"{flag} {path}: is a folder")
+
+
+def parse_address(text: str, flag: str, allow_port_zero: bool = False) -> str:
+    """HOST:PORT (host a name, an IPv4 address or [IPv6]), checked before any use."""
+    text = str(text).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port:
+        raise UsageError(f"{flag} {text!r}: expected HOST:PORT")
+    lowest = 0 if allow_port_zero else 1
+    if not port.isdigit() or len(port) > 5 or not lowest <= int(port) <= 65535:
+        raise UsageError(f"{flag} {text!r}: bad port {port!r}")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise UsageError(f"{flag} {text!r}: bad IPv6 address {host!r}")
+    elif ":" in host or any(c.isspace() for c in host) or "/" in host:
+        raise UsageError(f"{flag} {text!r}: bad host {host!r} (IPv6 goes in brackets)")
+    return text
 
 
 def nonneg_float(text: str) -> float:
@@ -111,6 +159,9 @@ def add_flag(
 
 def add_switch(parser: Any, env: Mapping[str, str], name: str, **kw: Any) -> None:
     """An on/off flag, also switched on by PAGEHINT_<NAME>=true."""
-    parser.add_argument(
-        name, action="store_true", default=to_bool(from_env(env, name, False)), **kw
-    )
+    value = from_env(env, name, False)
+    try:
+        default = to_bool(value)
+    except UsageError:
+        raise UsageError(f"{env_name(name)}={value!r}: not a boolean (use true or false)") from None
+    parser.add_argument(name, action="store_true", default=default, **kw)

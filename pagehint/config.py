@@ -6,6 +6,10 @@ No other module reads os.environ: the CLI passes the environment in here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pagehint.tls import TlsConfig
 
 from guest.mm.constants import PAGEBLOCK_ORDER
 
@@ -88,6 +92,10 @@ class GuestConfig:
     ack_log: str | None = None
     # Run the allocator's invariant checker at the end (O(pages): off for huge guests).
     check: bool = False
+    metrics_addr: str = "127.0.0.1"
+    tls: TlsConfig | None = None
+    # Without TLS, the token the host's --tokens file has for this guest id.
+    token: str | None = None
     hinting: HintingConfig = field(default_factory=HintingConfig)
 
 
@@ -119,3 +127,10 @@ class HostConfig:
     inject_refuse: float = 0.0
     inject_discard_error: float = 0.0
     fault_seed: int = 0
+    # Where metrics listen: loopback unless exposed on purpose (--metrics-addr).
+    metrics_addr: str = "127.0.0.1"
+    # Mutual TLS (None: plain text), and per-guest tokens where TLS is off.
+    tls: TlsConfig | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
+    # Most sessions at once: by default from the descriptor limit (see limits.py).
+    max_sessions: int = 1024

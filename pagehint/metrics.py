@@ -18,6 +18,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from pagehint.errors import UsageError
+
 # Ack latency buckets, seconds.
 ACK_BUCKETS = (
     0.0001,
@@ -79,12 +81,18 @@ class FnCollector(Collector):  # type: ignore[misc]
 
 
 def serve(
-    fn: Callable[[], Iterable[Metric]], port: int, addr: str = "0.0.0.0"
+    fn: Callable[[], Iterable[Metric]], port: int, addr: str = "127.0.0.1", flag: str = ""
 ) -> tuple[object, int]:
-    """Serve /metrics on ``port``; returns (server, bound port)."""
+    """Serve /metrics on ``addr:port``; returns (server, bound port). UsageError (one
+    line) if the address cannot be bound."""
     registry = CollectorRegistry()
     registry.register(FnCollector(fn))
-    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as e:
+        raise UsageError(
+            f"{flag or 'metrics'} {addr}:{port}: cannot listen: {e.strerror or e}"
+        ) from None
     return server, int(server.server_port)
 
 

@@ -23,6 +23,10 @@ _UNITS = {
     "tib": 1 << 40,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# Sane upper bounds: nothing pagehint sizes is near an exbibyte, and no run or
+# timeout is meant to last over 30 days ("forever" is no duration at all).
+MAX_SIZE = 1 << 60
+MAX_SECONDS = 30 * 24 * 3600.0
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -33,7 +37,11 @@ def parse_size(text: str, what: str = "size") -> int:
     number, unit = m.group(1), m.group(2).lower()
     if unit not in _UNITS:
         raise UsageError(f"bad {what} {text!r}: unknown unit {m.group(2)!r} (use KiB, MiB, GiB)")
+    if len(number) > 24:
+        raise UsageError(f"bad {what} {text!r}: too large")
     value = float(number) * _UNITS[unit]
+    if not value <= MAX_SIZE:
+        raise UsageError(f"bad {what} {text!r}: too large (at most 1 EiB)")
     if value != int(value):
         raise UsageError(f"bad {what} {text!r}: not a whole number of bytes")
     return int(value)
@@ -57,6 +65,11 @@ def parse_seconds(text: str, what: str = "duration") -> float:
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", str(text))
     if not m:
         raise UsageError(f"bad {what} {text!r}: expected seconds, like 30 or 2.5s or 500ms")
+    if len(m.group(1)) > 24:
+        raise UsageError(f"bad {what} {text!r}: too long (at most 30 days)")
     value = float(m.group(1))
     scale = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
-    return value * scale
+    seconds = value * scale
+    if not seconds <= MAX_SECONDS:
+        raise UsageError(f"bad {what} {text!r}: too long (at most 30 days)")
+    return seconds

@@ -62,7 +62,7 @@ class BalloonDriver:
         self.window = ChainWindow()
         self.touches = TouchTracker(cfg.touch_batch)
         self.conn = Connection(
-            transport if transport is not None else GrpcTransport(self.address),
+            transport if transport is not None else GrpcTransport(self.address, cfg.tls, cfg.token),
             self.window,
             self._negotiation,
             self._adopt,
@@ -209,18 +209,34 @@ class BalloonDriver:
         self.touches.reset(self.mm, enabled=acc.backend != "shm")
 
     async def start(self) -> None:
-        """Connect once (a clear UsageError if that fails), then keep connected."""
-        try:
-            await asyncio.wait_for(self.conn.connect(), self.cfg.connect_timeout)
-        except NegotiationRefused as e:
-            await self.conn.transport.aclose()
-            raise UsageError(f"host {self.address} refused this guest: {e}") from None
-        except (TransportError, TimeoutError, OSError) as e:
-            await self.conn.transport.aclose()
-            why = (
-                f"no answer in {self.cfg.connect_timeout:g}s" if isinstance(e, TimeoutError) else e
-            )
-            raise UsageError(f"cannot reach host {self.address}: {why}") from None
+        """Connect (trying with backoff for up to connect_timeout; a clear UsageError if
+        that fails or the host refuses), then keep connected."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.connect_timeout
+        while True:
+            try:
+                left = deadline - loop.time()
+                await asyncio.wait_for(self.conn.connect(), max(0.1, left))
+                break
+            except NegotiationRefused as e:
+                await self.conn.transport.aclose()
+                raise UsageError(f"host {self.address} refused this guest: {e}") from None
+            except (TransportError, TimeoutError, OSError) as e:
+                delay = self.conn.backoff.next()
+                if loop.time() + delay >= deadline:
+                    await self.conn.transport.aclose()
+                    why = "no answer" if isinstance(e, TimeoutError) else str(e)
+                    if "UNAVAILABLE" in why:
+                        why += (
+                            " (with TLS: check --tls-ca and that the host trusts this certificate)"
+                            if self.cfg.tls is not None
+                            else " (is it running? does it require TLS?)"
+                        )
+                    raise UsageError(
+                        f"cannot reach host {self.address} in {self.cfg.connect_timeout:g}s: {why}"
+                    ) from None
+                await asyncio.sleep(delay)
+        self.conn.backoff.reset()
         self._spawn(self.conn.keep_connected(), "balloon-connection")
         self._spawn(self._poll_stats(), "balloon-stats")
         self._spawn(self._touch_flusher(), "balloon-touches")

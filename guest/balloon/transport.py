@@ -13,8 +13,11 @@ from typing import Any, Protocol
 
 import grpc
 
+from pagehint.tls import TlsConfig
 from virtqueue import codec
 from virtqueue.codec import Accepted, ChainMsg, HostFigures, Negotiation, TouchedMsg, UsedMsg
+
+TOKEN_KEY = "x-pagehint-token"  # the host's --tokens check (host/service.py)
 
 
 class TransportError(Exception):
@@ -58,12 +61,12 @@ def why(e: BaseException) -> str:
 
 
 _REFUSALS = {
+    grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.FAILED_PRECONDITION,
-}
+}  # RESOURCE_EXHAUSTED is not final: a session may free up, so it is retried
 
 
 class GrpcStream:
@@ -94,20 +97,40 @@ class GrpcStream:
 
 
 class GrpcTransport:
-    """The gRPC virtqueue. Each negotiation opens a fresh channel (a reconnect)."""
+    """The gRPC virtqueue. Each negotiation opens a fresh channel (a reconnect).
 
-    def __init__(self, address: str) -> None:
+    A negotiation fails at once when the host is not there (no wait_for_ready):
+    the connection's own jittered backoff decides when to try again, not gRPC's
+    channel backoff, which grows to minutes and made guests come back late.
+    """
+
+    def __init__(
+        self, address: str, tls: TlsConfig | None = None, token: str | None = None
+    ) -> None:
         self.address = address
+        self.tls = tls
+        self._metadata = ((TOKEN_KEY, token),) if token else ()
         self._channel: Any = None
         self._stub: Any = None
 
+    def _open(self) -> Any:
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        if self.tls is not None:
+            return grpc.aio.secure_channel(
+                self.address, self.tls.channel_credentials(), options=options
+            )
+        return grpc.aio.insecure_channel(self.address, options=options)
+
     async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
         await self.aclose()
-        self._channel = grpc.aio.insecure_channel(self.address)
+        self._channel = self._open()
         self._stub = codec.stub(self._channel)
         try:
             reply = await self._stub.Negotiate(
-                codec.encode_negotiate(n), timeout=timeout, wait_for_ready=True
+                codec.encode_negotiate(n), timeout=timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as e:
             if e.code() in _REFUSALS:
@@ -124,7 +147,9 @@ class GrpcTransport:
         if self._stub is None:
             raise TransportError("not connected")
         try:
-            reply = await self._stub.Stats(codec.encode_stats_request(session), timeout=timeout)
+            reply = await self._stub.Stats(
+                codec.encode_stats_request(session), timeout=timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as e:
             raise TransportError(why(e)) from None
         return codec.decode_host_stats(reply)

@@ -21,6 +21,7 @@ A bad file is a UsageError naming the file, the step and what is wrong.
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import churn_for
 from pagehint.errors import UsageError
 from pagehint.units import parse_size
+
+MAX_NESTING = 16  # repeats inside repeats: deeper is a generated file gone wrong
 
 
 @dataclass(frozen=True)
@@ -112,12 +115,16 @@ class _Parser:
     def fail(self, where: str, msg: str) -> UsageError:
         return UsageError(f"scenario {self.path}: {where}: {msg}")
 
-    def steps(self, raw: Any, where: str, names: set[str]) -> tuple[Step, ...]:
+    def steps(self, raw: Any, where: str, names: set[str], depth: int = 0) -> tuple[Step, ...]:
+        if depth > MAX_NESTING:
+            raise self.fail(where, f"repeats nested more than {MAX_NESTING} deep")
         if not isinstance(raw, list) or not raw:
             raise self.fail(where, "expected a non-empty list of steps")
-        return tuple(self.step(item, f"{where}[{i + 1}]", names) for i, item in enumerate(raw))
+        return tuple(
+            self.step(item, f"{where}[{i + 1}]", names, depth) for i, item in enumerate(raw)
+        )
 
-    def step(self, raw: Any, where: str, names: set[str]) -> Step:
+    def step(self, raw: Any, where: str, names: set[str], depth: int = 0) -> Step:
         if not isinstance(raw, dict):
             raise self.fail(where, "a step must be a table with an 'op'")
         op = raw.get("op")
@@ -165,7 +172,7 @@ class _Parser:
                 group,
             )
         count = self.integer(raw["count"], where, "count", 1, 1_000_000)
-        return Repeat(count, self.steps(raw["steps"], f"{where}.steps", names))
+        return Repeat(count, self.steps(raw["steps"], f"{where}.steps", names, depth + 1))
 
     def string(self, v: Any, where: str, field: str) -> str:
         if not isinstance(v, str) or not v:
@@ -189,6 +196,8 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"scenario {path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise UsageError(f"scenario {path}: nested too deep to read") from None
     extra = set(data) - {"name", "steps"}
     if extra:
         raise UsageError(f"scenario {path}: unknown top-level key {', '.join(sorted(extra))}")
@@ -233,7 +242,10 @@ async def run_scenario(scenario: Scenario, ctx: WorkloadContext) -> None:
 
 
 async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext) -> None:
+    # Every step yields to the event loop, whatever it is (a mark, a zero sleep):
+    # a scenario of a million marks still lets --duration and SIGTERM stop it.
     for step in steps:
+        await asyncio.sleep(0)
         if ctx.stop.is_set():
             return
         if isinstance(step, Alloc):
@@ -248,4 +260,6 @@ async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext) -> None:
             await churn_for(ctx, step.occupancy, step.rate, seconds=step.seconds, group=step.name)
         else:
             for _ in range(step.count):
+                if ctx.stop.is_set():
+                    return
                 await _run_steps(step.steps, ctx)

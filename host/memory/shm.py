@@ -154,7 +154,11 @@ class ShmBackend(MemoryBackend):
             self.dir = Path(shm_dir)
             self.private = False
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            created = not self.dir.exists()
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if created or self.private:
+                # Guests' memory: only this user (and the guests it runs as) may look.
+                os.chmod(self.dir, 0o700)
         except OSError as e:
             raise UsageError(f"--shm-dir {self.dir}: cannot create: {e.strerror}") from None
         self._claim_shared_folder(cleaned)

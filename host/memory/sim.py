@@ -22,6 +22,7 @@ from host.memory.base import GuestRam, MemoryBackend
 ABSENT = 0
 RESIDENT = 1
 LAZY = 2
+LAZY_RANGES_COMPACT_AT = 1 << 20  # ranges remembered before stale ones are dropped
 
 
 class SimRam(GuestRam):
@@ -48,7 +49,7 @@ class SimRam(GuestRam):
                 if res:
                     fr[pfn : pfn + n] = seg.replace(bytes([RESIDENT]), bytes([LAZY]))
                     self.lazy += res
-                    self.backend.lazy_ranges.append((self, pfn, n))
+                    self.backend.note_lazy(self, pfn, n)
             else:
                 if res or lz:
                     fr[pfn : pfn + n] = bytes(n)
@@ -97,6 +98,7 @@ class SimRam(GuestRam):
             self.resident = self.lazy = 0
             self.frames = bytearray(0)
             self.released = True
+            self.backend.forget(self)
 
 
 class SimBackend(MemoryBackend):
@@ -114,6 +116,28 @@ class SimBackend(MemoryBackend):
 
     def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:
         return SimRam(self, guest_id, nr_pages, page_size)
+
+    def note_lazy(self, ram: SimRam, pfn: int, n: int) -> None:
+        """Remember a lazily freed range for reclaim, oldest first.
+
+        Only a host with a memory limit ever reclaims, so only it keeps the list
+        (an unlimited host kept it forever: ~100 bytes a range, never drained).
+        The list is compacted when it outgrows the lazily free memory it covers.
+        """
+        if self.capacity_pages is None:
+            return
+        self.lazy_ranges.append((ram, pfn, n))
+        if len(self.lazy_ranges) > LAZY_RANGES_COMPACT_AT:
+            self.lazy_ranges = deque(
+                (r, p, k)
+                for r, p, k in self.lazy_ranges
+                if not r.released and LAZY in r.frames[p : p + k]
+            )
+
+    def forget(self, ram: SimRam) -> None:
+        """A session ended: its ranges have nothing left to reclaim."""
+        if any(r is ram for r, _, _ in self.lazy_ranges):
+            self.lazy_ranges = deque(e for e in self.lazy_ranges if e[0] is not ram)
 
     def pressure(self) -> None:
         """If over capacity, reclaim lazily freed frames, oldest first."""

@@ -129,7 +129,7 @@ def test_bad_flags_one_line_nonzero() -> None:
         ),
         (["host", "--listen", "nowhere"], "--listen"),
         (["host", "--backend", "tape"], "--backend"),
-        (["host", "--capacity", "lots"], "--capacity"),
+        (["host", "--capacity", "lots"], "--memory-limit"),
     ):
         r = run_cli(args)
         assert r.returncode != 0, args

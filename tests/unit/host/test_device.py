@@ -4,7 +4,17 @@ import errno
 
 import pytest
 
-from host.device import BalloonDevice, Faults, NegotiationError, Session, SessionError
+from host.device import (
+    BalloonDevice,
+    Faults,
+    LimitReached,
+    NegotiationError,
+    NotPermitted,
+    Session,
+    SessionError,
+    SessionInUse,
+)
+from host.memory.base import GuestRam
 from host.memory.sim import SimBackend
 from virtqueue import codec
 from virtqueue import features as F
@@ -38,14 +48,51 @@ def test_negotiate_accepts_reporting_and_poison_only() -> None:
         d.negotiate("h", RAM + 4096, 4096, REPORTING, 0, 32)
 
 
-def test_renegotiation_replaces_session() -> None:
+def test_a_live_guest_id_is_taken_over_only_by_its_holder() -> None:
     d = device()
     a = session(d)
-    b = session(d)
+    with pytest.raises(SessionInUse):
+        session(d)  # someone else, same id, no proof: refused
+    b = session(d, previous=a.token)  # the holder resumes: replaces (and fences) it
     with pytest.raises(SessionError):
         d.session(a.token)
-    assert d.session(b.token) is b
-    assert a.ended
+    assert d.session(b.token) is b and a.ended
+    c, _ = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
+    assert b.ended and d.session(c.token) is c  # the same proven identity may take over
+    with pytest.raises(NotPermitted):
+        d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="other")
+
+
+def test_a_stale_session_of_a_crashed_guest_can_be_replaced() -> None:
+    d = device()
+    a = session(d)
+    a.last_seen -= 10  # no stream, silent for longer than STALE_AFTER
+    b = session(d)
+    assert a.ended and d.session(b.token) is b
+
+
+def test_session_limit_and_attach_failures_are_limits_without_details() -> None:
+    d = device(max_sessions=2)
+    session(d, "a")
+    session(d, "b")
+    with pytest.raises(LimitReached, match="limit of 2"):
+        session(d, "c")
+
+    class NoRoom(SimBackend):
+        def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:
+            raise OSError(errno.EMFILE, "Too many open files", "/dev/shm/secret/path.ram")
+
+    d2 = BalloonDevice(NoRoom())
+    with pytest.raises(LimitReached) as e:
+        session(d2)
+    assert "/dev/shm" not in str(e.value) and "Too many" not in str(e.value)
+
+
+def test_an_idle_session_expires_even_with_a_stream_open() -> None:
+    d = device(session_timeout=5.0)
+    s = session(d)
+    s.streams = 1
+    assert d.expire(now=s.last_seen + 6) == [s.token]
 
 
 @pytest.mark.parametrize(
@@ -161,7 +208,7 @@ def test_fence_reports_done_ids_and_unknown_sessions() -> None:
     d.handle_report(old, 2, [1], [9])
     _, fence = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, old.token)
     assert fence == codec.Fence(known=True, done_ids=frozenset({1}))
-    _, unknown = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "f" * 32)
+    _, unknown = d.negotiate("h", RAM, 4096, REPORTING, 0, 32, "f" * 32)
     assert unknown == codec.Fence(known=False)
 
 
@@ -183,6 +230,7 @@ def test_totals_follow_a_guests_line_of_sessions_not_its_id() -> None:
     assert fig.reported_bytes == 2 * 512 * 4096
     assert fig.chains == 2 and fig.sessions == 2
     # a new guest process with the same id (no previous session) starts from zero
+    second.last_seen -= 10  # (its predecessor crashed: stale)
     fresh = session(d)
     assert d.figures(fresh).chains == 0 and d.figures(fresh).sessions == 1
 

@@ -98,3 +98,29 @@ def test_shipped_scenarios_parse() -> None:
     assert files
     for f in files:
         assert load_scenario(f).steps
+
+
+async def test_a_million_marks_respect_the_duration() -> None:
+    import time
+
+    from guest.runtime import GuestRuntime
+    from pagehint.config import GuestConfig, HintingConfig
+
+    marks = parse_scenario(
+        '[[steps]]\nop = "repeat"\ncount = 1000000\n'
+        'steps = [{op = "mark", label = "m"}, {op = "sleep", seconds = 0}]\n'
+    )
+    cfg = GuestConfig(ram_bytes=64 << 20, duration=0.5, hinting=HintingConfig(policy="none"))
+    rt = GuestRuntime(cfg, scenario=marks)
+    t0 = time.monotonic()
+    s = await rt.run()
+    assert time.monotonic() - t0 < 1.5, "every step must yield, so the duration can end the run"
+    assert 0 < len(s["marks"]) < 1_000_000
+
+
+def test_repeats_nested_too_deep_are_one_line() -> None:
+    inner = '{op = "mark", label = "x"}'
+    for _ in range(20):
+        inner = f'{{op = "repeat", count = 1, steps = [{inner}]}}'
+    with pytest.raises(UsageError, match="nested more than 16 deep"):
+        parse_scenario(f"steps = [{inner}]\n")

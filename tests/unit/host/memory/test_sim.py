@@ -38,3 +38,22 @@ def test_release_returns_everything() -> None:
     r.touched([(0, 1024)])
     r.release()
     assert b.resident == 0
+
+
+def test_lazily_freed_ranges_are_kept_only_where_reclaim_can_happen() -> None:
+    from host.memory.sim import SimBackend
+
+    unlimited = SimBackend(discard_mode="free")
+    ram = unlimited.attach("g", 4096, 4096)
+    ram.touched([(0, 4096)])
+    for p in range(0, 4096, 8):
+        ram.discard([(p, 8)])
+    assert len(unlimited.lazy_ranges) == 0, "no memory limit: nothing ever reclaims them"
+    limited = SimBackend(discard_mode="free", capacity_pages=1 << 20)
+    ram2 = limited.attach("g", 4096, 4096)
+    ram2.touched([(0, 4096)])
+    for p in range(0, 4096, 8):
+        ram2.discard([(p, 8)])
+    assert len(limited.lazy_ranges) == 512
+    ram2.release()
+    assert len(limited.lazy_ranges) == 0, "an ended session's ranges are dropped"

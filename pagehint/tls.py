@@ -1,0 +1,100 @@
+"""Mutual TLS settings shared by host, guest and the health probe.
+
+All three files or none: a certificate, its key and the CA that signs the
+other side. Every file is read and parsed when the command starts, so a bad
+path, an unreadable file, a file that is not PEM, or a key that does not match
+its certificate is one line before anything listens or connects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pagehint.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: bytes
+    key: bytes
+    ca: bytes
+    identity: str  # the certificate's common name
+
+    def server_credentials(self) -> Any:
+        import grpc
+
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
+        )
+
+    def channel_credentials(self) -> Any:
+        import grpc
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot read: {e.strerror}") from None
+
+
+def load_tls(cert: str | None, key: str | None, ca: str | None) -> TlsConfig | None:
+    """The TLS settings from the three flags; None when none is given."""
+    given = {"--tls-cert": cert, "--tls-key": key, "--tls-ca": ca}
+    if not any(given.values()):
+        return None
+    missing = [f for f, v in given.items() if not v]
+    if missing:
+        raise UsageError(
+            f"TLS needs --tls-cert, --tls-key and --tls-ca; missing {', '.join(missing)}"
+        )
+    assert cert and key and ca
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    cert_pem = _read(cert, "--tls-cert")
+    key_pem = _read(key, "--tls-key")
+    ca_pem = _read(ca, "--tls-ca")
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise UsageError(f"--tls-cert {cert}: not a PEM certificate") from None
+    try:
+        x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        raise UsageError(f"--tls-ca {ca}: not a PEM certificate") from None
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise UsageError(f"--tls-key {key}: not an unencrypted PEM private key") from None
+    public = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    ours = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if public != ours:
+        raise UsageError(f"--tls-key {key}: does not match the certificate {cert}")
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    identity = str(names[0].value) if names else ""
+    return TlsConfig(cert_pem, key_pem, ca_pem, identity)
+
+
+def peer_identity(context: Any) -> tuple[str, bool] | None:
+    """The client certificate's (common name, is admin), or None without TLS."""
+    from pagehint.certs import ADMIN_UNIT
+
+    auth = context.auth_context() or {}
+    if auth.get("transport_security_type") != [b"ssl"]:
+        return None
+    cns = auth.get("x509_common_name") or [b""]
+    subject = b"".join(auth.get("x509_subject") or [])
+    admin = f"OU={ADMIN_UNIT}".encode() in subject
+    return cns[0].decode(errors="replace"), admin

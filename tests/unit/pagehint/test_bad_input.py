@@ -1,0 +1,111 @@
+"""Every bad input found from outside: one line on stderr, exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pagehint.cli import main
+from pagehint.errors import UsageError
+from pagehint.units import parse_seconds, parse_size
+
+DIGITS = "9" * 400
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+def one_line(argv: list[str], capsys: pytest.CaptureFixture[str], env: dict[str, str]) -> str:
+    assert main(argv, env=env) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["guest", "--ram", DIGITS, "--duration", "1"], "too large"),
+        (["guest", "--duration", DIGITS], "too long"),
+        (["guest", "--duration", "1e9"], "--duration"),
+        (["guest", "--host", "", "--duration", "1"], "--host ''"),
+        (["guest", "--host", "127.0.0.1:abc", "--duration", "1"], "bad port"),
+        (["guest", "--host", ":99999", "--duration", "1"], "--host"),
+        (["guest", "--host", "127.0.0.1:99999", "--duration", "1"], "bad port"),
+        (["guest", "--timeline", "/no/such/folder/t.jsonl", "--duration", "1"], "does not exist"),
+        (["guest", "--ack-log", "/no/such/folder/a.log", "--duration", "1"], "does not exist"),
+        (["guest", "--tls-cert", "x.crt", "--duration", "1"], "TLS needs"),
+        (["host", "--queue-size", "4294967296"], "--queue-size"),
+        (["host", "--max-chain-ranges", "99999999999999999999999"], "--max-chain-ranges"),
+        (["host", "--listen", "127.0.0.1:abc"], "bad port"),
+        (["host", "--memory-limit", DIGITS], "too large"),
+        (["host", "--latency", DIGITS], "too long"),
+        (["host", "--ready-file", "/no/such/folder/ready"], "does not exist"),
+        (["host", "--max-sessions", "0"], "--max-sessions"),
+        (["host", "--tokens", "/no/such/tokens"], "cannot read"),
+        (["certs", "--guests", "a b"], "not a usable id"),
+    ],
+)
+def test_bad_flags(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert needle in one_line(argv, capsys, {})
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"PAGEHINT_QUIET": "maybe"}, "PAGEHINT_QUIET='maybe'"),
+        ({"PAGEHINT_RETRY_FAILED": "nope"}, "PAGEHINT_RETRY_FAILED"),
+        ({"PAGEHINT_CHECK": "perhaps"}, "PAGEHINT_CHECK"),
+    ],
+)
+def test_bad_boolean_env_vars(
+    env: dict[str, str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert needle in one_line(["--version"], capsys, env)
+
+
+def test_a_scenario_nested_5000_deep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep = "steps = [" * 5000 + "]" * 5000
+    f = tmp_path / "deep.toml"
+    f.write_text(f'[[steps]]\nop = "repeat"\ncount = 1\n{deep}\n')
+    assert "deep" in one_line(["guest", "--scenario", str(f)], capsys, {})
+
+
+def test_a_scenario_size_with_400_digits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "big.toml"
+    f.write_text(f'[[steps]]\nop = "alloc"\nname = "a"\nsize = "{DIGITS}"\n')
+    assert "too large" in one_line(["guest", "--scenario", str(f)], capsys, {})
+
+
+def test_a_busy_guest_metrics_port(busy_port: int, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["guest", "--metrics-port", str(busy_port), "--duration", "1", "--quiet"]
+    assert "cannot listen" in one_line(argv, capsys, {})
+
+
+def test_tokens_file_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "tokens"
+    f.write_text("g1 short\n")
+    assert "16+ characters" in one_line(["host", "--tokens", str(f)], capsys, {})
+    f.write_text("g1 0123456789abcdef\ng1 0123456789abcdef\n")
+    assert "given twice" in one_line(["host", "--tokens", str(f)], capsys, {})
+
+
+def test_sizes_and_durations_have_upper_bounds() -> None:
+    with pytest.raises(UsageError):
+        parse_size("2EiB")
+    with pytest.raises(UsageError):
+        parse_size("1" + "0" * 30)
+    assert parse_size("64GiB") == 64 << 30
+    with pytest.raises(UsageError):
+        parse_seconds("31d".replace("d", "") + "0000000")
+    assert parse_seconds("30m") == 1800.0
