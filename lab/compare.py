@@ -26,6 +26,9 @@ class CompareConfig:
     backend: str
     out: Path
     extra_guest_args: tuple[str, ...] = ()
+    # With mutual TLS a guest may only use its certificate's name: every policy's
+    # guest then runs under it (one after another, so they never overlap).
+    guest_id: str | None = None
 
 
 def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
@@ -45,7 +48,7 @@ def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
                 "--host",
                 addr,
                 "--id",
-                name,
+                cfg.guest_id or name,
                 "--ram",
                 cfg.ram,
                 "--policy",

@@ -16,12 +16,14 @@ from pagehint.cli_support import (
     add_flag,
     choice,
     convert,
+    parse_address,
     parse_policies,
     parse_ram,
     positive_float,
 )
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
+from pagehint.tls import load_tls
 from pagehint.units import parse_seconds
 
 
@@ -42,6 +44,13 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     add_flag(p, e, "--ram", default="1GiB")
     add_flag(p, e, "--seed", default="0")
     add_flag(p, e, "--host", default=None, help="use this host instead of starting one")
+    for flag, what in (
+        ("--tls-cert", "a guest certificate"),
+        ("--tls-key", "its key"),
+        ("--tls-ca", "the host's CA"),
+    ):
+        add_flag(p, e, flag, default=None, help=f"with --host over mutual TLS: {what}")
+    add_flag(p, e, "--token", default=None, help="with --host using --tokens: the guests' token")
     add_flag(p, e, "--backend", default="sim", help="backend of the host started")
     add_flag(p, e, "--out", default=None, help="output folder (default runs/compare-TIME)")
     p.add_argument("--json", action="store_true", help="print summary.json instead of the table")
@@ -67,6 +76,15 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     elif a.workload:
         duration = 15.0
     out = Path(a.out) if a.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+    auth: list[str] = []
+    tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
+    if tls is not None:
+        auth += ["--tls-cert", a.tls_cert, "--tls-key", a.tls_key, "--tls-ca", a.tls_ca]
+    if a.token is not None:
+        auth += ["--token", str(a.token)]
+    if auth and a.host is None:
+        raise UsageError("--tls-* and --token are for a host given with --host")
+    host = None if a.host is None else parse_address(str(a.host), "--host")
     from lab.compare import CompareConfig, format_table, run_compare
 
     cfg = CompareConfig(
@@ -76,7 +94,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         workload=a.workload,
         duration=duration,
         seed=convert(a.seed, int, "--seed"),
-        host=a.host,
+        host=host,
+        extra_guest_args=tuple(auth),
+        guest_id=tls.identity if tls is not None else None,
         backend=choice(str(a.backend), ("sim", "shm"), "--backend"),
         out=out,
     )

@@ -114,7 +114,11 @@ class GrpcTransport:
         self._stub: Any = None
 
     def _open(self) -> Any:
+        # A channel of its own subchannels: with gRPC's global pool a new channel
+        # reuses the old one's subchannel, still backing off from the outage, and
+        # fails at once for seconds after the host is back (guests came back late).
         options = [
+            ("grpc.use_local_subchannel_pool", 1),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]

@@ -97,6 +97,11 @@ def test_mutual_tls_identities(procs: Procs, certs: Path) -> None:
         assert got == ok, who
     r = run_cli(["health", "--host", addr, *tls_flags(certs, "admin")])
     assert r.returncode == 0, r.stderr
+    # The lab's compare runs its guests against that host with their certificate.
+    r = run_cli(["compare", "--host", addr, "--policies", "none", "--workload", "churn",
+                 "--duration", "2", "--ram", "128MiB", "--out", str(certs / "cmp"),
+                 *tls_flags(certs, "guest-g2")], timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_tokens_without_tls(procs: Procs, tmp_path: Path) -> None:
