@@ -88,13 +88,29 @@ def load_tls(cert: str | None, key: str | None, ca: str | None) -> TlsConfig | N
 
 
 def peer_identity(context: Any) -> tuple[str, bool] | None:
-    """The client certificate's (common name, is admin), or None without TLS."""
+    """The client certificate's (common name, is admin), or None without TLS.
+
+    Read from the certificate itself (gRPC hands its PEM over), not by matching
+    text in the subject string: a common name like "x,OU=pagehint-admin" must
+    not pass for the admin unit.
+    """
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     from pagehint.certs import ADMIN_UNIT
 
     auth = context.auth_context() or {}
     if auth.get("transport_security_type") != [b"ssl"]:
         return None
-    cns = auth.get("x509_common_name") or [b""]
-    subject = b"".join(auth.get("x509_subject") or [])
-    admin = f"OU={ADMIN_UNIT}".encode() in subject
-    return cns[0].decode(errors="replace"), admin
+    pems = auth.get("x509_pem_cert") or []
+    if not pems:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(pems[0])
+    except ValueError:
+        return None
+    subject = cert.subject
+    cns = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    units = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    admin = any(u.value == ADMIN_UNIT for u in units)
+    return (str(cns[0].value) if cns else ""), admin
