@@ -47,7 +47,20 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     add_flag(p, e, "--duration", default=None, help="seconds to run (e.g. 30, 2m)")
     add_flag(p, e, "--seed", default="0", help="random seed for workloads")
     add_switch(p, e, "--json", help="print one JSON summary at the end")
-    add_flag(p, e, "--timeline", default=None, help="write JSON lines every 100 ms")
+    add_flag(
+        p,
+        e,
+        "--timeline",
+        default=None,
+        help="write JSON lines: every 100 ms, at every mark and every acknowledged report",
+    )
+    add_flag(
+        p,
+        e,
+        "--reports",
+        default=None,
+        help="write one JSON line per chain: send/answer times, ranges, status, host residency",
+    )
     add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
     add_flag(
         p,
@@ -189,9 +202,15 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
     if a.metrics_port is not None:
         metrics_port = convert(a.metrics_port, int_in(0, 65535), "--metrics-port")
     host = None if a.host is None else parse_address(str(a.host), "--host")
-    for flag, path in (("--timeline", a.timeline), ("--ack-log", a.ack_log)):
+    for flag, path in (
+        ("--timeline", a.timeline),
+        ("--ack-log", a.ack_log),
+        ("--reports", a.reports),
+    ):
         if path is not None:
             check_writable(str(path), flag)
+    if a.reports is not None and host is None:
+        raise UsageError("--reports logs the host's answers: give --host too")
     tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
     if (tls is not None or a.token is not None) and host is None:
         raise UsageError("--tls-* and --token are for a host connection: give --host too")
@@ -233,6 +252,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         metrics_addr=str(a.metrics_addr),
         tls=tls,
         token=None if a.token is None else str(a.token),
+        reports=None if a.reports is None else str(a.reports),
         hinting=hinting,
     )
 

@@ -48,6 +48,7 @@ class SharedRam:
         self.poison_errors = 0
         self.pages_checked = 0
         self.path = path
+        self.fd = -1
         self.map = self._open(path)
         self._poison_page = bytes([poison or 0]) * PAGE_SIZE
 
@@ -59,9 +60,20 @@ class SharedRam:
         try:
             if os.fstat(fd).st_size < self.size:
                 raise ConnectionError(f"RAM file {path} is smaller than guest RAM")
-            return mmap.mmap(fd, self.size, mmap.MAP_SHARED)
-        finally:
+            mapping = mmap.mmap(fd, self.size, mmap.MAP_SHARED)
+        except BaseException:
             os.close(fd)
+            raise
+        # Kept open: fstat of it is the kernel's own count of what the host holds.
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = fd
+        return mapping
+
+    def resident_bytes(self) -> int:
+        """What the host holds for this guest now, as the kernel counts it (the RAM
+        file's allocated blocks): exact at any moment, without asking the host."""
+        return os.fstat(self.fd).st_blocks * 512
 
     # ---- GuestMemory listeners ----------------------------------------------------------
 
@@ -136,3 +148,6 @@ class SharedRam:
 
     def close(self) -> None:
         self.map.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

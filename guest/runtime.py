@@ -26,7 +26,7 @@ from guest.workloads.scenario import Scenario, load_scenario, run_scenario
 from pagehint.config import GuestConfig
 from pagehint.stats import percentiles
 
-TIMELINE_PERIOD = 0.1  # seconds between timeline samples
+TIMELINE_PERIOD = 0.1  # seconds between periodic timeline rows (besides event rows)
 
 
 class GuestRuntime:
@@ -50,22 +50,37 @@ class GuestRuntime:
         self.policy: Policy = make_policy(cfg.hinting, self.mm, device, log=self.log)
         self.started = time.monotonic()
         self.host_resident: Callable[[], int | None] = lambda: None
+        # The id of the chain the host answered last (None without a host).
+        self.last_chain: Callable[[], int | None] = lambda: None
         self.stopped_by_signal = False
+        self.policy.on_ack.append(self._on_ack)
 
     def _on_mark(self, label: str) -> None:
         # A row of its own, at once: marks closer than a sampling period all show.
-        self._emit(self.sample(mark=label))
+        self._emit(self.sample(mark=label, event="mark"))
         self.log(f"mark {label} at {self.ctx.now():.2f}s")
+
+    def _on_ack(self) -> None:
+        # A row at every acknowledgement, with the host's figure right after it:
+        # drops show where the chains were acknowledged, not at the next sample.
+        if self._out is not None:
+            row = self.sample(event="ack")
+            chain = self.last_chain()
+            if chain is not None:
+                row["chain"] = chain
+            self._emit(row)
 
     def _emit(self, row: dict[str, Any]) -> None:
         if self._out is not None:
             self._out.write(json.dumps(row) + "\n")
             self._out.flush()
 
-    def sample(self, mark: str | None = None) -> dict[str, Any]:
+    def sample(self, mark: str | None = None, event: str = "sample") -> dict[str, Any]:
+        """One timeline row: ``event`` is "sample" (periodic), "mark", "ack" or "end"."""
         st = self.policy.stats
         row: dict[str, Any] = {
-            "t": round(time.monotonic() - self.started, 3),
+            "t": round(time.monotonic() - self.started, 4),
+            "event": event,
             "free_bytes": self.mm.free_bytes,
             "isolated_bytes": self.mm.isolated_bytes,
             "allocated_bytes": self.mm.allocated_pages * PAGE_SIZE,
@@ -126,7 +141,7 @@ class GuestRuntime:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
-            self._emit(self.sample())
+            self._emit(self.sample(event="end"))
             if self._out is not None:
                 self._out.close()
                 self._out = None

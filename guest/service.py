@@ -60,6 +60,21 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
         connected = driver
         rt.memory.on_alloc.append(connected.on_alloc)
         rt.host_resident = lambda: connected.host_resident_bytes
+        rt.last_chain = lambda: connected.last_answered
+        connected.epoch = rt.started
+    if ram is not None:
+        # Real memory: the kernel's count, read here at the moment a row describes,
+        # not the host's last answer or a stats poll (which lag by up to 0.25 s).
+        mapped = ram
+        rt.host_resident = lambda: mapped.resident_bytes()
+    reports = None
+    if driver is not None and cfg.reports is not None:
+        try:
+            reports = open(cfg.reports, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            await driver.stop()
+            raise UsageError(f"--reports {cfg.reports}: cannot write: {e.strerror}") from None
+        driver.report_log = reports
     _stop_on_signals(rt, log)
     try:
         metrics = _start_metrics(cfg, rt, driver, log)
@@ -76,6 +91,8 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
             await driver.stop()
         if metrics is not None:
             metrics.shutdown()  # type: ignore[attr-defined]
+        if reports is not None:
+            reports.close()
     if cfg.ack_log:
         try:
             with open(cfg.ack_log, "w", encoding="utf-8") as f:

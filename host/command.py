@@ -86,6 +86,13 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     add_flag(
         p,
         e,
+        "--chain-log",
+        default=None,
+        help="write one JSON line per chain: wall time, guest, chain, status, resident bytes",
+    )
+    add_flag(
+        p,
+        e,
         "--metrics-addr",
         default="127.0.0.1",
         help="address the metrics listen on (default loopback; 0.0.0.0 exposes them)",
@@ -139,6 +146,8 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         metrics_port = convert(a.metrics_port, int_in(0, 65535), "--metrics-port")
     if a.ready_file is not None:
         check_writable(str(a.ready_file), "--ready-file")
+    if a.chain_log is not None:
+        check_writable(str(a.chain_log), "--chain-log")
     max_sessions = default_max_sessions()
     if a.max_sessions is not None:
         max_sessions = convert(a.max_sessions, int_in(1, 1_000_000), "--max-sessions")
@@ -164,6 +173,7 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         tls=load_tls(a.tls_cert, a.tls_key, a.tls_ca),
         tokens=load_tokens(a.tokens) if a.tokens is not None else {},
         max_sessions=max_sessions,
+        chain_log=None if a.chain_log is None else str(a.chain_log),
     )
 
 

@@ -117,6 +117,13 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         loop.add_signal_handler(sig, host.stopping.set)
     metrics = None
     try:
+        if cfg.chain_log:
+            try:
+                host.service.chain_log = open(cfg.chain_log, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as e:
+                raise UsageError(
+                    f"--chain-log {cfg.chain_log}: cannot write: {e.strerror}"
+                ) from None
         addr = await host.start()
         if cfg.metrics_port is not None:
             from host.metrics import start_host_metrics
@@ -153,6 +160,8 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         if ready_file:
             with contextlib.suppress(OSError):
                 Path(ready_file).unlink()
+        if host.service.chain_log is not None:
+            host.service.chain_log.close()
     log("stopped")
     return 0
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import grpc
 
@@ -60,6 +62,8 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         self.latency = latency
         self.tls = tls
         self.tokens = dict(tokens or {})
+        # --chain-log: the host's own per-chain record, for checking guests' timelines.
+        self.chain_log: IO[str] | None = None
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -173,11 +177,24 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
                     # cancelled before any discard, and its guest has moved on.
                     return
                 self.device.touch_session(session)
+                if self.chain_log is not None:
+                    self._log_chain(session.guest_id, used)
                 yield codec.encode_used(used)
         finally:
             session.streams -= 1
             if task is not None:
                 session.stream_tasks.discard(task)
+
+    def _log_chain(self, guest_id: str, used: codec.UsedMsg) -> None:
+        assert self.chain_log is not None
+        record = {
+            "wall": round(time.time(), 4),
+            "guest": guest_id,
+            "chain": used.id,
+            "status": codec.STATUS_NAMES.get(used.status, str(used.status)),
+            "resident_bytes": used.resident_bytes,
+        }
+        self.chain_log.write(json.dumps(record) + "\n")
 
     async def Stats(self, request: Any, context: Any) -> Any:
         return await self._guarded(context, lambda: self._stats(request, context))

@@ -12,7 +12,10 @@ def drop_times(
     """For each mark whose label contains "free": seconds to 50% and 90% of the eventual drop.
 
     The eventual drop is the highest value after the mark minus the lowest value
-    before the next "free" mark (or the end). None where nothing dropped.
+    before the next "free" mark (or the end). None where nothing dropped. Times
+    come from the rows themselves, and the timeline has a row at every mark and
+    every acknowledged report: a drop is timed at the acknowledgement that
+    caused it, not at the next periodic sample.
     """
     marks = [(i, r["mark"]) for i, r in enumerate(rows) if r.get("mark")]
     out: list[dict[str, Any]] = []

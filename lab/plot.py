@@ -28,7 +28,15 @@ def plot_series(
     for name, rows in series.items():
         pts = [(r["t"], r[key] / MIB) for r in rows if r.get(key) is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, linewidth=1.6)
+            # Steps, not slopes: a row holds until the next one, and acknowledgement
+            # rows put each drop where its chain was acknowledged.
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                label=name,
+                linewidth=1.6,
+                drawstyle="steps-post",
+            )
         for r in rows:
             if r.get("mark") and r["mark"] not in marks:
                 marks[r["mark"]] = r["t"]

@@ -96,6 +96,8 @@ class GuestConfig:
     tls: TlsConfig | None = None
     # Without TLS, the token the host's --tokens file has for this guest id.
     token: str | None = None
+    # Write one JSON line per chain (times, ranges, status, host residency) here.
+    reports: str | None = None
     hinting: HintingConfig = field(default_factory=HintingConfig)
 
 
@@ -134,3 +136,6 @@ class HostConfig:
     tokens: dict[str, str] = field(default_factory=dict)
     # Most sessions at once: by default from the descriptor limit (see limits.py).
     max_sessions: int = 1024
+    # The host's own record: one JSON line per chain (wall time, guest, chain id,
+    # status, the guest's resident bytes right after it).
+    chain_log: str | None = None

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import IO, Any
 
 from guest.balloon.connection import Backoff, Connection, SessionUnusable
 from guest.balloon.touches import TouchTracker
 from guest.balloon.transport import GrpcTransport, NegotiationRefused, Transport, TransportError
-from guest.balloon.window import ChainWindow
+from guest.balloon.window import ChainWindow, Outstanding
 from guest.hinting.device import Block, ReportError
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
@@ -36,7 +37,7 @@ from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
 from virtqueue import codec
 from virtqueue import features as F
-from virtqueue.codec import Accepted, ChainMsg, GuestFigures, Negotiation, TouchedMsg
+from virtqueue.codec import Accepted, ChainMsg, GuestFigures, Negotiation, TouchedMsg, UsedMsg
 
 STATS_PERIOD = 0.25  # seconds between host-stats polls (for host_resident_bytes)
 WATCH_PERIOD = 0.5  # seconds between looks at the oldest outstanding chain
@@ -79,6 +80,11 @@ class BalloonDriver:
         self.acked_pages_this_host = 0
         self.stalls = 0
         self._stopped = False
+        # The chain the host answered last, and an optional log of every chain
+        # (--reports): times are seconds since ``epoch`` (the run's start).
+        self.last_answered: int | None = None
+        self.report_log: IO[str] | None = None
+        self.epoch = time.monotonic()
         # Called with each new session's acceptance (the shm RAM moves to a new file).
         self.on_session: list[Callable[[Accepted], None]] = []
 
@@ -126,6 +132,9 @@ class BalloonDriver:
                 used = await chain.future
             finally:
                 self.window.close(chain)
+        self.last_answered = chain.id
+        if self.report_log is not None:
+            self._log_report(chain, used)
         if used.status != codec.DONE:
             name = codec.STATUS_NAMES.get(used.status, str(used.status))
             why = f"{used.reason}: {used.detail}" if used.detail else used.reason
@@ -138,6 +147,23 @@ class BalloonDriver:
             self.host_resident_bytes = used.resident_bytes
         if used.discarded_pages:
             self.touches.discarded(list(batch))
+
+    def _log_report(self, chain: Outstanding, used: UsedMsg) -> None:
+        assert self.report_log is not None
+        fenced = used.reason in ("fenced_done", "cancelled")
+        record = {
+            "chain": chain.id,
+            "t_sent": round(chain.sent_at - self.epoch, 4),
+            "t_answered": round(time.monotonic() - self.epoch, 4),
+            "ranges": [[p, o] for p, o in chain.batch],
+            "bytes": chain.pages * PAGE_SIZE,
+            "status": codec.STATUS_NAMES.get(used.status, str(used.status)),
+            "reason": used.reason,
+            # Right after this chain's discard, as the host counted it (None when a
+            # fence, not the host's answer, settled the chain).
+            "host_resident_bytes": None if fenced else used.resident_bytes,
+        }
+        self.report_log.write(json.dumps(record) + "\n")
 
     # ---- touches --------------------------------------------------------------------
 

@@ -82,6 +82,8 @@ class Policy(abc.ABC):
         self.in_flight: list[Block] = []
         # Blocks of reports still unanswered when the policy stopped: never put back.
         self.abandoned: list[Block] = []
+        # Called after each acknowledged report is booked (the timeline's event rows).
+        self.on_ack: list[Callable[[], None]] = []
 
     @abc.abstractmethod
     def start(self) -> None: ...
@@ -165,6 +167,8 @@ class Policy(abc.ABC):
             lat.append(elapsed_ms)
             if len(lat) > ACK_SAMPLES:
                 del lat[: ACK_SAMPLES // 2]
+            for listener in self.on_ack:
+                listener()
         else:
             assert isinstance(error, ReportError)
             self.stats.failures += 1

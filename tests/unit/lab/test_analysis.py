@@ -26,3 +26,21 @@ def test_drop_times_from_peak_after_the_mark() -> None:
 def test_render_table() -> None:
     text = render_table(["a", "bb"], [["xyz", "1"]])
     assert text.splitlines() == ["a    bb", "---  --", "xyz  1"]
+
+
+def test_drop_times_land_on_acknowledgement_rows() -> None:
+    from lab.analysis import drop_times
+
+    mib = 1 << 20
+    rows = [
+        {"t": 0.0, "event": "sample", "host_resident_bytes": 100 * mib},
+        {"t": 0.05, "event": "mark", "mark": "free", "host_resident_bytes": 100 * mib},
+        {"t": 0.1, "event": "sample", "host_resident_bytes": 100 * mib},
+        # acknowledgements between two samples: the drop is timed at them
+        {"t": 0.137, "event": "ack", "host_resident_bytes": 40 * mib},
+        {"t": 0.162, "event": "ack", "host_resident_bytes": 0},
+        {"t": 0.2, "event": "sample", "host_resident_bytes": 0},
+    ]
+    [d] = drop_times(rows)
+    assert d["drop_bytes"] == 100 * mib
+    assert d["t50_s"] == round(0.137 - 0.05, 3) and d["t90_s"] == round(0.162 - 0.05, 3)

@@ -1,0 +1,59 @@
+"""Timelines true to the event: rows at every acknowledgement, checked against the host."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.integration.procs import Procs
+
+MEMHOG = Path(__file__).resolve().parents[2] / "guest" / "workloads" / "scenarios" / "memhog.toml"
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def run(procs: Procs, tmp: Path, backend: str) -> tuple[list[dict[str, Any]], ...]:
+    chain_log = tmp / f"{backend}.chains.jsonl"
+    addr, host = procs.host("--backend", backend, "--chain-log", str(chain_log))
+    tl, reports = tmp / f"{backend}.timeline.jsonl", tmp / f"{backend}.reports.jsonl"
+    s = procs.finish(
+        procs.guest("--host", addr, "--ram", "512MiB", "--policy", "reporting",
+                    "--scenario", str(MEMHOG), "--duration", "6", "--timeline", str(tl),
+                    "--reports", str(reports), "--id", backend)
+    )  # fmt: skip
+    assert s["reported_bytes"] > 0
+    procs.group.stop(host)  # SIGTERM: the host closes its chain log
+    return lines(tl), lines(reports), lines(chain_log)
+
+
+def test_the_first_drop_appears_within_20ms_of_its_acknowledgement(
+    procs: Procs, tmp_path: Path
+) -> None:
+    rows, reports, _ = run(procs, tmp_path, "shm")
+    t_free = next(r["t"] for r in rows if r.get("mark") == "free")
+    before = max(r["host_resident_bytes"] for r in rows if r["t"] <= t_free)
+    first_ack = next(c for c in reports if c["t_answered"] > t_free and c["status"] == "done")
+    first_drop = next(
+        r for r in rows if r["t"] > t_free and r["host_resident_bytes"] < before - (1 << 20)
+    )
+    assert first_drop["event"] == "ack", first_drop
+    assert abs(first_drop["t"] - first_ack["t_answered"]) <= 0.020, (first_drop, first_ack)
+
+
+def test_every_ack_row_matches_the_hosts_own_record(procs: Procs, tmp_path: Path) -> None:
+    rows, reports, chains = run(procs, tmp_path, "sim")
+    host = {c["chain"]: c for c in chains if c["guest"] == "sim"}
+    acks = [r for r in rows if r["event"] == "ack"]
+    assert acks and len(acks) == sum(1 for c in reports if c["status"] == "done")
+    for r in acks:
+        # The row's host figure is the host's figure right after that very chain.
+        assert r["host_resident_bytes"] == host[r["chain"]]["resident_bytes"], r
+    for c in reports:
+        assert c["host_resident_bytes"] == host[c["chain"]]["resident_bytes"]
+        assert c["t_sent"] <= c["t_answered"] and c["bytes"] > 0 and c["ranges"]
+    events = {r["event"] for r in rows}
+    assert {"sample", "mark", "ack", "end"} <= events
+    assert [r["t"] for r in rows] == sorted(r["t"] for r in rows), "rows in time order"
