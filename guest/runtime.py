@@ -27,6 +27,10 @@ from pagehint.config import GuestConfig
 from pagehint.stats import percentiles
 
 TIMELINE_PERIOD = 0.1  # seconds between periodic timeline rows (besides event rows)
+# Acknowledgement rows: at most one per this many seconds (100/s). Acks closer
+# together are written as one row when the interval ends, so a timeline stays
+# bounded (≤ 10 + 100 rows/s, ~170 bytes each) however fast chains go.
+ACK_ROW_INTERVAL = 0.01
 
 
 class GuestRuntime:
@@ -53,6 +57,8 @@ class GuestRuntime:
         # The id of the chain the host answered last (None without a host).
         self.last_chain: Callable[[], int | None] = lambda: None
         self.stopped_by_signal = False
+        self._last_ack_row = 0.0
+        self._ack_row_pending = False
         self.policy.on_ack.append(self._on_ack)
 
     def _on_mark(self, label: str) -> None:
@@ -63,12 +69,23 @@ class GuestRuntime:
     def _on_ack(self) -> None:
         # A row at every acknowledgement, with the host's figure right after it:
         # drops show where the chains were acknowledged, not at the next sample.
-        if self._out is not None:
-            row = self.sample(event="ack")
-            chain = self.last_chain()
-            if chain is not None:
-                row["chain"] = chain
-            self._emit(row)
+        if self._out is None or self._ack_row_pending:
+            return
+        wait = self._last_ack_row + ACK_ROW_INTERVAL - time.monotonic()
+        if wait > 0:
+            self._ack_row_pending = True
+            asyncio.get_running_loop().call_later(wait, self._ack_row)
+        else:
+            self._ack_row()
+
+    def _ack_row(self) -> None:
+        self._ack_row_pending = False
+        self._last_ack_row = time.monotonic()
+        row = self.sample(event="ack")
+        chain = self.last_chain()
+        if chain is not None:
+            row["chain"] = chain
+        self._emit(row)
 
     def _emit(self, row: dict[str, Any]) -> None:
         if self._out is not None:

@@ -47,7 +47,8 @@ def test_every_ack_row_matches_the_hosts_own_record(procs: Procs, tmp_path: Path
     rows, reports, chains = run(procs, tmp_path, "sim")
     host = {c["chain"]: c for c in chains if c["guest"] == "sim"}
     acks = [r for r in rows if r["event"] == "ack"]
-    assert acks and len(acks) == sum(1 for c in reports if c["status"] == "done")
+    # one row per acknowledgement (acks under 10 ms apart share a row)
+    assert 0 < len(acks) <= sum(1 for c in reports if c["status"] == "done")
     for r in acks:
         # The row's host figure is the host's figure right after that very chain.
         assert r["host_resident_bytes"] == host[r["chain"]]["resident_bytes"], r
