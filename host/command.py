@@ -148,6 +148,8 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         check_writable(str(a.ready_file), "--ready-file")
     if a.chain_log is not None:
         check_writable(str(a.chain_log), "--chain-log")
+    if a.tokens is not None and any((a.tls_cert, a.tls_key, a.tls_ca)):
+        raise UsageError("give mutual TLS (--tls-*) or --tokens, not both")
     max_sessions = default_max_sessions()
     if a.max_sessions is not None:
         max_sessions = convert(a.max_sessions, int_in(1, 1_000_000), "--max-sessions")
@@ -190,9 +192,9 @@ def load_tokens(path: str) -> dict[str, str]:
         if not line:
             continue
         parts = line.split()
-        if len(parts) != 2 or len(parts[1]) < 16:
+        if len(parts) != 2 or len(parts[1]) < 16 or not parts[1].isascii():
             raise UsageError(
-                f"--tokens {path}:{n}: expected 'GUEST_ID TOKEN' with a token of 16+ characters"
+                f"--tokens {path}:{n}: expected 'GUEST_ID TOKEN', the token 16+ ASCII characters"
             )
         if parts[0] in tokens:
             raise UsageError(f"--tokens {path}:{n}: guest {parts[0]!r} given twice")

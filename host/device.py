@@ -242,22 +242,27 @@ class BalloonDevice:
                 )
         if old is None and len(self.sessions) >= self.max_sessions:
             raise LimitReached(f"the host is at its limit of {self.max_sessions} sessions")
+        token = secrets.token_hex(16)
+        try:
+            # First: a failure here must leave the caller's old session untouched.
+            ram = self.backend.attach(guest_id, ram_bytes // PAGE_SIZE, page_size)
+        except OSError as e:
+            # The detail (a path, an errno) is for the host's log, not for the client.
+            self.problems.note(f"attach:{e.errno}", f"guest {guest_id}: cannot hold its RAM: {e}")
+            raise LimitReached("the host cannot hold another guest's RAM now") from None
         fence, totals = None, GuestTotals()
         if previous_session:
-            fence = self.fence(guest_id, previous_session)
+            try:
+                fence = self.fence(guest_id, previous_session)
+            except NegotiationError:
+                ram.release()
+                raise
             if fence.known:
                 totals = self.ended[previous_session][2]
         old = self.by_guest.get(guest_id)
         if old is not None:
             self.log(f"guest {guest_id} negotiated again: ending its previous session")
             self.end(old, "replaced")
-        token = secrets.token_hex(16)
-        try:
-            ram = self.backend.attach(guest_id, ram_bytes // PAGE_SIZE, page_size)
-        except OSError as e:
-            # The detail (a path, an errno) is for the host's log, not for the client.
-            self.problems.note(f"attach:{e.errno}", f"guest {guest_id}: cannot hold its RAM: {e}")
-            raise LimitReached("the host cannot hold another guest's RAM now") from None
         accepted = offered & SUPPORTED
         totals.sessions += 1
         s = Session(

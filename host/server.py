@@ -33,7 +33,11 @@ def make_backend(cfg: HostConfig) -> MemoryBackend:
     if cfg.backend == "shm":
         from host.memory.shm import ShmBackend
 
-        return ShmBackend(cfg.shm_dir, cfg.discard, cap)
+        try:
+            return ShmBackend(cfg.shm_dir, cfg.discard, cap)
+        except OSError as e:  # e.g. a read-only --shm-dir: its pid file cannot be written
+            where = cfg.shm_dir or "/dev/shm"
+            raise UsageError(f"--shm-dir {where}: cannot use: {e.strerror or e}") from None
     raise UsageError(f"unknown backend {cfg.backend!r}")
 
 
@@ -81,10 +85,13 @@ class HostServer:
             raise UsageError(f"--listen {self.cfg.listen}: cannot bind")
         await server.start()
         self.server = server
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(codec.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         host = self.cfg.listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
+
+    async def serving(self) -> None:
+        """Tell health checks we serve: only once everything else is set up."""
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(codec.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
     async def janitor(self) -> None:
         while True:
@@ -129,6 +136,7 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
             from host.metrics import start_host_metrics
 
             metrics = start_host_metrics(host.device, cfg.metrics_addr, cfg.metrics_port, log)
+        await host.serving()
         if ready_file:
             _write_ready(ready_file, addr)
     except BaseException:

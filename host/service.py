@@ -23,6 +23,7 @@ from host.device import (
     LimitReached,
     NegotiationError,
     NotPermitted,
+    Session,
     SessionError,
     SessionInUse,
 )
@@ -47,7 +48,8 @@ _STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
 
 
 def _is_loopback(peer: str) -> bool:
-    return peer.startswith(("ipv4:127.", "ipv6:[::1]", "unix:"))
+    # gRPC writes IPv6 peers URL-encoded: "ipv6:%5B::1%5D:port".
+    return peer.startswith(("ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D"))
 
 
 class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
@@ -150,40 +152,57 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         try:
             async for msg in request_iterator:
                 if session.ended:
-                    await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "session ended")
-                decoded = codec.decode_guest_message(msg)
-                if decoded is None:
-                    # No chain id to answer: count it and go on (the stream survives).
-                    self.device.refuse("malformed", f"guest {session.guest_id}: empty message")
-                    continue
-                if isinstance(decoded, codec.TouchedMsg):
-                    self.device.handle_touched(session, decoded.pfns, decoded.counts)
-                    self.device.touch_session(session)
-                    continue
-                self.inflight += 1
-                self.idle.clear()
-                try:
-                    if self.latency:
-                        await asyncio.sleep(self.latency)
-                    used = self.device.handle_report(
-                        session, decoded.id, decoded.pfns, decoded.orders
-                    )
-                finally:
-                    self.inflight -= 1
-                    if self.inflight == 0:
-                        self.idle.set()
-                if used is None:
-                    # A fence ended the session while this chain waited: it was
-                    # cancelled before any discard, and its guest has moved on.
-                    return
-                self.device.touch_session(session)
-                if self.chain_log is not None:
-                    self._log_chain(session.guest_id, used)
-                yield codec.encode_used(used)
+                    break
+                used = await self._one_message(session, msg)
+                if used is not None:
+                    yield used
+        except asyncio.CancelledError:
+            # Ending the session (fenced, expired, replaced) cancels this task. gRPC
+            # sends no status for a cancelled handler, so the guest would wait on a
+            # silent stream: tell it, and it reconnects.
+            if not session.ended or context.done():
+                raise
+        except (grpc.aio.AbortError, GeneratorExit):
+            raise
+        except Exception:
+            self.device.problems.note("internal", "internal error:\n" + traceback.format_exc())
+            await _abort(context, grpc.StatusCode.INTERNAL, "internal error in the host")
         finally:
             session.streams -= 1
             if task is not None:
                 session.stream_tasks.discard(task)
+        if session.ended:
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "session ended; negotiate again")
+
+    async def _one_message(self, session: Session, msg: Any) -> Any:
+        """Handle one guest message; the encoded answer, or None (nothing to answer)."""
+        decoded = codec.decode_guest_message(msg)
+        if decoded is None:
+            # No chain id to answer: count it and go on (the stream survives).
+            self.device.refuse("malformed", f"guest {session.guest_id}: empty message")
+            return None
+        if isinstance(decoded, codec.TouchedMsg):
+            self.device.handle_touched(session, decoded.pfns, decoded.counts)
+            self.device.touch_session(session)
+            return None
+        self.inflight += 1
+        self.idle.clear()
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            used = self.device.handle_report(session, decoded.id, decoded.pfns, decoded.orders)
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self.idle.set()
+        if used is None:
+            # A fence ended the session while this chain waited: it was cancelled
+            # before any discard, and its guest has moved on.
+            return None
+        self.device.touch_session(session)
+        if self.chain_log is not None:
+            self._log_chain(session.guest_id, used)
+        return codec.encode_used(used)
 
     def _log_chain(self, guest_id: str, used: codec.UsedMsg) -> None:
         assert self.chain_log is not None
@@ -220,6 +239,9 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         return codec.encode_host_stats(figures)
 
     async def Close(self, request: Any, context: Any) -> Any:
+        return await self._guarded(context, lambda: self._close(request, context))
+
+    async def _close(self, request: Any, context: Any) -> Any:
         token = codec.decode_close(request)
         if token not in self.device.sessions:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or expired session")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,9 @@ class CompareConfig:
     # With mutual TLS a guest may only use its certificate's name: every policy's
     # guest then runs under it (one after another, so they never overlap).
     guest_id: str | None = None
+    # Set in the guests' environment (a token: never on a command line, which
+    # any user can read in ps).
+    guest_env: dict[str, str] = field(default_factory=dict)
 
 
 def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
@@ -66,7 +69,7 @@ def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
             if cfg.duration is not None:
                 args += ["--duration", str(cfg.duration)]
             log(f"running policy {policy}")
-            p = group.start_guest(args, name)
+            p = group.start_guest(args, name, env=cfg.guest_env)
             summary = group.guest_summary(p, name, timeout=(cfg.duration or 120) + 120)
             rows = read_timeline(tl)
             timelines[policy] = rows

@@ -80,9 +80,8 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
     if tls is not None:
         auth += ["--tls-cert", a.tls_cert, "--tls-key", a.tls_key, "--tls-ca", a.tls_ca]
-    if a.token is not None:
-        auth += ["--token", str(a.token)]
-    if auth and a.host is None:
+    token_env = {} if a.token is None else {"PAGEHINT_TOKEN": str(a.token)}
+    if (auth or token_env) and a.host is None:
         raise UsageError("--tls-* and --token are for a host given with --host")
     host = None if a.host is None else parse_address(str(a.host), "--host")
     from lab.compare import CompareConfig, format_table, run_compare
@@ -96,6 +95,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         seed=convert(a.seed, int, "--seed"),
         host=host,
         extra_guest_args=tuple(auth),
+        guest_env=token_env,
         guest_id=tls.identity if tls is not None else None,
         backend=choice(str(a.backend), ("sim", "shm"), "--backend"),
         out=out,

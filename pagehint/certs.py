@@ -22,7 +22,9 @@ ADMIN_UNIT = "pagehint-admin"
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    mode = 0o600 if private else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)  # a file that existed keeps its old mode otherwise
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 

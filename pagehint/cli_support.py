@@ -101,7 +101,7 @@ def parse_address(text: str, flag: str, allow_port_zero: bool = False) -> str:
     if not sep or not host or not port:
         raise UsageError(f"{flag} {text!r}: expected HOST:PORT")
     lowest = 0 if allow_port_zero else 1
-    if not port.isdigit() or len(port) > 5 or not lowest <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or len(port) > 5 or not lowest <= int(port) <= 65535:
         raise UsageError(f"{flag} {text!r}: bad port {port!r}")
     if host.startswith("["):
         if not host.endswith("]") or len(host) < 3:

@@ -289,7 +289,12 @@ class BalloonDriver:
             return
         try:
             figures = await self.conn.transport.stats(session, timeout=timeout)
-        except TransportError:
+        except TransportError as e:
+            stream = self.conn.stream
+            if "UNAUTHENTICATED" in str(e) and stream is not None and session == self.conn.session:
+                # The host ended our session (expired while we were paused, say):
+                # the stream is as good as gone; reconnect and fence.
+                self.conn.lost(stream, f"the host ended the session ({e})")
             return
         if figures.self_guest is not None:
             self.host_figures = figures.self_guest

@@ -61,12 +61,12 @@ def why(e: BaseException) -> str:
 
 
 _REFUSALS = {
-    grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.FAILED_PRECONDITION,
-}  # RESOURCE_EXHAUSTED is not final: a session may free up, so it is retried
+}  # not final, so retried: RESOURCE_EXHAUSTED (a session may free up) and
+#   ALREADY_EXISTS (a crashed predecessor's session goes stale within seconds)
 
 
 class GrpcStream:

@@ -22,6 +22,7 @@ import mmap
 import os
 import re
 import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,7 +113,10 @@ class ShmRam(GuestRam):
     def resident_pages(self) -> int:
         if self.released:
             return 0
-        return allocated_bytes(self.fd) // self.page_size
+        try:
+            return allocated_bytes(self.fd) // self.page_size
+        except OSError:
+            return 0  # released meanwhile (the metrics thread races the event loop)
 
     def lazily_free_pages(self) -> int:
         return 0
@@ -154,15 +158,30 @@ class ShmBackend(MemoryBackend):
             self.dir = Path(shm_dir)
             self.private = False
         try:
-            created = not self.dir.exists()
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if created or self.private:
-                # Guests' memory: only this user (and the guests it runs as) may look.
-                os.chmod(self.dir, 0o700)
+            if self.private:
+                self._make_private_folder()
+            else:
+                created = not self.dir.exists()
+                self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if created:
+                    os.chmod(self.dir, 0o700)
         except OSError as e:
             raise UsageError(f"--shm-dir {self.dir}: cannot create: {e.strerror}") from None
         self._claim_shared_folder(cleaned)
         self.orphans_removed = tuple(cleaned)
+
+    def _make_private_folder(self) -> None:
+        """The host's own folder, 0700. One that already exists at the predictable
+        name must be a real folder owned by us (not planted by another user)."""
+        try:
+            self.dir.mkdir(mode=0o700)
+        except FileExistsError:
+            st = os.lstat(self.dir)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                raise UsageError(
+                    f"{self.dir} exists and is not this user's folder: refusing to use it"
+                ) from None
+        os.chmod(self.dir, 0o700)
 
     def _clean_private_folders(self, root: Path, cleaned: list[str]) -> None:
         for folder in root.glob(f"{PRIVATE_PREFIX}*"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -196,3 +197,35 @@ def test_sigterm_stops_a_scenario_of_a_million_marks_within_a_second(tmp_path: P
     out, err = p.communicate(timeout=10)
     assert time.monotonic() - t0 < 1.0, err
     assert p.returncode == 0 and '"stopped_by_signal": true' in out, err
+
+
+async def test_a_session_ended_by_the_host_ends_its_stream_with_a_status(procs: Procs) -> None:
+    addr, _ = procs.host("--session-timeout", "1")
+    async with grpc.aio.insecure_channel(addr) as ch:
+        stub = codec.stub(ch)
+        reply = await stub.Negotiate(
+            codec.encode_negotiate(
+                codec.Negotiation("idle", RAM, 4096, F.mask(F.REPORTING), 0, 32)
+            ),
+            timeout=5,
+        )
+        session = codec.decode_accepted(reply).session
+        call = stub.Reporting(metadata=((codec.SESSION_KEY, session),))
+        # An idle stream, no calls: the janitor expires the session within ~2 s, and
+        # the stream must end with a status (before the fix it hung silently).
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(call.read(), 10)
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_guest_paused_past_the_session_timeout_comes_back(procs: Procs) -> None:
+    addr, _ = procs.host("--session-timeout", "1")
+    g = procs.guest("--host", addr, "--id", "sleeper", "--ram", "128MiB", "--workload",
+                    "memhog", "--duration", "8")  # fmt: skip
+    wait_until(lambda: "sleeper" in guests_of(addr), 20, "the guest's session")
+    g.send_signal(signal.SIGSTOP)
+    time.sleep(3)  # its session expires meanwhile
+    g.send_signal(signal.SIGCONT)
+    s = procs.finish(g)
+    assert s["host_connects"] >= 2, "it noticed the session was gone and negotiated again"
+    assert s["isolated_bytes"] == 0

@@ -52,6 +52,9 @@ def one_line(argv: list[str], capsys: pytest.CaptureFixture[str], env: dict[str,
         (["host", "--max-sessions", "0"], "--max-sessions"),
         (["host", "--tokens", "/no/such/tokens"], "cannot read"),
         (["certs", "--guests", "a b"], "not a usable id"),
+        (["host", "--listen", "127.0.0.1:\u00b2"], "bad port"),
+        (["host", "--tokens", "t", "--tls-cert", "c"], "not both"),
+        (["guest", "--host", "127.0.0.1:1", "--token", "t\u00e9st", "--duration", "1"], "ASCII"),
     ],
 )
 def test_bad_flags(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,9 +98,11 @@ def test_a_busy_guest_metrics_port(busy_port: int, capsys: pytest.CaptureFixture
 def test_tokens_file_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "tokens"
     f.write_text("g1 short\n")
-    assert "16+ characters" in one_line(["host", "--tokens", str(f)], capsys, {})
+    assert "16+ ASCII characters" in one_line(["host", "--tokens", str(f)], capsys, {})
     f.write_text("g1 0123456789abcdef\ng1 0123456789abcdef\n")
     assert "given twice" in one_line(["host", "--tokens", str(f)], capsys, {})
+    f.write_text("g1 0123456789abcdef\u00e9\n", encoding="utf-8")
+    assert "ASCII" in one_line(["host", "--tokens", str(f)], capsys, {})
 
 
 def test_sizes_and_durations_have_upper_bounds() -> None:

@@ -52,3 +52,22 @@ def test_folder_of_a_live_host_is_refused(tmp_path: Path) -> None:
     (tmp_path / "host.pid").write_text(f"{os.getppid()}\n")
     with pytest.raises(UsageError, match="in use by another host"):
         ShmBackend(str(tmp_path))
+
+
+def test_a_planted_private_folder_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from host.memory.shm import ShmBackend
+
+    planted = tmp_path / "pagehint-host-1"
+    planted.mkdir()
+    os.chown(planted, 65534, 65534)  # another user's folder at our predictable name
+    backend = ShmBackend.__new__(ShmBackend)
+    backend.dir = planted
+    with pytest.raises(UsageError, match="not this user's folder"):
+        backend._make_private_folder()
+    link = tmp_path / "pagehint-host-2"
+    link.symlink_to(tmp_path)
+    backend.dir = link
+    with pytest.raises(UsageError, match="not this user's folder"):
+        backend._make_private_folder()
