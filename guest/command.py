@@ -212,8 +212,10 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
     if a.reports is not None and host is None:
         raise UsageError("--reports logs the host's answers: give --host too")
     tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
-    if a.token is not None and not (str(a.token).isascii() and str(a.token).isprintable()):
-        raise UsageError("--token: must be printable ASCII")
+    if a.token is not None and not (
+        str(a.token).isascii() and str(a.token).isprintable() and len(str(a.token)) <= 256
+    ):
+        raise UsageError("--token: must be printable ASCII, at most 256 characters")
     if (tls is not None or a.token is not None) and host is None:
         raise UsageError("--tls-* and --token are for a host connection: give --host too")
     threshold = None

@@ -39,12 +39,16 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     from pagehint.certs import make_certs
 
-    guests = [g.strip() for g in str(a.guests).split(",") if g.strip()]
+    guests = list(dict.fromkeys(g.strip() for g in str(a.guests).split(",") if g.strip()))
     if not guests:
         raise UsageError("--guests: give at least one guest id")
     for g in guests:
         if not _ID.match(g):
             raise UsageError(f"--guests: {g!r} is not a usable id (letters, digits, _ . -)")
+        if g == "admin":
+            raise UsageError("--guests: 'admin' is the admin certificate's name, not a guest's")
+    if (Path(str(a.out)) / "ca.crt").exists():
+        raise UsageError(f"--out {a.out}: already holds a CA (ca.crt); choose another folder")
     names = [h.strip() for h in str(a.host_name).split(",") if h.strip()]
     days = convert(a.days, int_in(1, 36500), "--days")
     written = make_certs(Path(str(a.out)), guests, names, days)

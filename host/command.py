@@ -172,7 +172,7 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         inject_discard_error=_fraction(a.inject_discard_error, "--inject-discard-error"),
         fault_seed=convert(a.fault_seed, int_in(0, 2**63), "--fault-seed"),
         metrics_addr=str(a.metrics_addr),
-        tls=load_tls(a.tls_cert, a.tls_key, a.tls_ca),
+        tls=load_tls(a.tls_cert, a.tls_key, a.tls_ca, role="server"),
         tokens=load_tokens(a.tokens) if a.tokens is not None else {},
         max_sessions=max_sessions,
         chain_log=None if a.chain_log is None else str(a.chain_log),
@@ -188,16 +188,18 @@ def load_tokens(path: str) -> dict[str, str]:
         raise UsageError(f"--tokens {path}: cannot read: {why}") from None
     tokens: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
+        line = line.strip()
+        if not line or line.startswith("#"):  # comments are whole lines: a token may hold '#'
             continue
         parts = line.split()
-        if len(parts) != 2 or len(parts[1]) < 16 or not parts[1].isascii():
+        if len(parts) != 2 or not 16 <= len(parts[1]) <= 256 or not parts[1].isascii():
             raise UsageError(
                 f"--tokens {path}:{n}: expected 'GUEST_ID TOKEN', the token 16+ ASCII characters"
             )
         if parts[0] in tokens:
             raise UsageError(f"--tokens {path}:{n}: guest {parts[0]!r} given twice")
+        if parts[1] in tokens.values():
+            raise UsageError(f"--tokens {path}:{n}: a token shared by two guests")
         tokens[parts[0]] = parts[1]
     if not tokens:
         raise UsageError(f"--tokens {path}: no tokens in the file")

@@ -188,6 +188,9 @@ class BalloonDevice:
         self.by_guest: dict[str, str] = {}
         # token -> (guest id, ids of its chains that were DONE, its totals), for late fences.
         self.ended: OrderedDict[str, tuple[str, frozenset[int], GuestTotals]] = OrderedDict()
+        # Sessions that another client with the same identity took over: their old
+        # holder may not take the id back (two processes would evict each other).
+        self.taken_over: OrderedDict[str, None] = OrderedDict()
         self.refusals: Counter[str] = Counter()
         self.discard_errors: Counter[str] = Counter()
         self.chains = 0
@@ -233,6 +236,11 @@ class BalloonDevice:
         if identity is not None and identity != guest_id:
             raise NotPermitted(f"this client may act only as guest {identity!r}, not {guest_id!r}")
         old = self.by_guest.get(guest_id)
+        if old is not None and previous_session in self.taken_over:
+            raise SessionInUse(
+                f"guest id {guest_id!r} was taken over by another client with the same "
+                "identity; this one gives way"
+            )
         if old is not None and old != previous_session and identity is None:
             live = self.sessions[old]
             if live.streams or time.monotonic() - live.last_seen < STALE_AFTER:
@@ -263,6 +271,10 @@ class BalloonDevice:
         if old is not None:
             self.log(f"guest {guest_id} negotiated again: ending its previous session")
             self.end(old, "replaced")
+            if old != previous_session:
+                self.taken_over[old] = None
+                while len(self.taken_over) > ENDED_SESSIONS_KEPT:
+                    self.taken_over.popitem(last=False)
         accepted = offered & SUPPORTED
         totals.sessions += 1
         s = Session(

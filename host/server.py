@@ -79,10 +79,17 @@ class HostServer:
                 self.port = server.add_secure_port(self.cfg.listen, creds)
             else:
                 self.port = server.add_insecure_port(self.cfg.listen)
-        except RuntimeError as e:
-            raise UsageError(f"--listen {self.cfg.listen}: cannot bind: {e}") from None
+        except RuntimeError:
+            # gRPC's own text names its debug switches, not the problem.
+            raise UsageError(
+                f"--listen {self.cfg.listen}: cannot bind (address in use, not local, "
+                "or not resolvable)"
+            ) from None
         if self.port == 0:
-            raise UsageError(f"--listen {self.cfg.listen}: cannot bind")
+            raise UsageError(
+                f"--listen {self.cfg.listen}: cannot bind (address in use, not local, "
+                "or not resolvable)"
+            )
         await server.start()
         self.server = server
         host = self.cfg.listen.rsplit(":", 1)[0]

@@ -47,6 +47,11 @@ _STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
 ]
 
 
+def _same(given: object, want: str) -> bool:
+    """Constant-time token comparison that any header value (even non-ASCII) survives."""
+    return hmac.compare_digest(str(given).encode("utf-8", "replace"), want.encode())
+
+
 def _is_loopback(peer: str) -> bool:
     # gRPC writes IPv6 peers URL-encoded: "ipv6:%5B::1%5D:port".
     return peer.startswith(("ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D"))
@@ -84,7 +89,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         if self.tokens:
             given = dict(context.invocation_metadata() or ()).get(TOKEN_KEY, "")
             want = self.tokens.get(guest_id)
-            if want is None or not hmac.compare_digest(str(given), want):
+            if want is None or not _same(given, want):
                 self.device.refuse("bad_token", f"negotiation as {guest_id!r} with a bad token")
                 await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "bad or missing guest token")
             return guest_id
@@ -99,7 +104,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         if self.tokens:
             given = dict(context.invocation_metadata() or ()).get(TOKEN_KEY, "")
             admin = self.tokens.get(ADMIN_ID)
-            return admin is not None and hmac.compare_digest(str(given), admin)
+            return admin is not None and _same(given, admin)
         return _is_loopback(str(context.peer() or ""))
 
     async def _guarded(self, context: Any, body: Callable[[], Awaitable[Any]]) -> Any:

@@ -71,8 +71,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def entry() -> None:
     # gRPC's C core reads its log level once, when it starts: before any import of
     # grpc. Without this a host logs a line for every failed TLS handshake (any
-    # port scanner can flood it); errors still show. A user's setting wins.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # port scanner can flood it) and a bad flag comes with core's own error lines
+    # before ours; every failure pagehint sees is reported in its own one line.
+    # A user's setting wins (GRPC_VERBOSITY=ERROR or DEBUG to look inside).
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     raise SystemExit(main())
 
 

@@ -44,8 +44,16 @@ def _read(path: str, flag: str) -> bytes:
         raise UsageError(f"{flag} {path}: cannot read: {e.strerror}") from None
 
 
-def load_tls(cert: str | None, key: str | None, ca: str | None) -> TlsConfig | None:
-    """The TLS settings from the three flags; None when none is given."""
+def load_tls(
+    cert: str | None, key: str | None, ca: str | None, role: str = "client"
+) -> TlsConfig | None:
+    """The TLS settings from the three flags; None when none is given.
+
+    ``role`` is "server" (the host) or "client": the certificate must be valid
+    now, not a CA, and allowed for that role by its extended key usage — checked
+    here, so that a host never announces itself ready with a certificate no
+    guest will accept.
+    """
     given = {"--tls-cert": cert, "--tls-key": key, "--tls-ca": ca}
     if not any(given.values()):
         return None
@@ -82,9 +90,35 @@ def load_tls(cert: str | None, key: str | None, ca: str | None) -> TlsConfig | N
     )
     if public != ours:
         raise UsageError(f"--tls-key {key}: does not match the certificate {cert}")
+    _check_use(certificate, cert, role)
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     identity = str(names[0].value) if names else ""
     return TlsConfig(cert_pem, key_pem, ca_pem, identity)
+
+
+def _check_use(certificate: Any, path: str, role: str) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    if now < certificate.not_valid_before_utc:
+        raise UsageError(f"--tls-cert {path}: not valid before {certificate.not_valid_before_utc}")
+    if now > certificate.not_valid_after_utc:
+        raise UsageError(f"--tls-cert {path}: expired on {certificate.not_valid_after_utc}")
+    try:
+        if certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise UsageError(f"--tls-cert {path}: is a CA certificate, not a {role}'s")
+    except x509.ExtensionNotFound:
+        pass
+    want = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if want not in usages:
+        raise UsageError(f"--tls-cert {path}: not made for a {role} (its extended key usage)")
 
 
 def peer_identity(context: Any) -> tuple[str, bool] | None:

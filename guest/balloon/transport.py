@@ -9,6 +9,7 @@ MockTransport serves its clients.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 import grpc
@@ -80,7 +81,12 @@ class GrpcStream:
             wire = codec.encode_touched_msg(msg)
         try:
             await self._call.write(wire)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError) as e:
+        except (
+            grpc.aio.AioRpcError,
+            grpc.aio.UsageError,
+            ConnectionError,
+            asyncio.InvalidStateError,  # "RPC already finished": the stream is gone
+        ) as e:
             raise TransportError(why(e)) from None
 
     async def read(self) -> UsedMsg | None:

@@ -56,6 +56,9 @@ class WorkloadContext:
     async def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on stop; returns False if stopped."""
         if seconds <= 0:
+            # Still a yield: a workload that overruns its time slice (churn at a
+            # rate it cannot reach) must let signals and --duration in.
+            await asyncio.sleep(0)
             return not self.stop.is_set()
         try:
             await asyncio.wait_for(self.stop.wait(), timeout=seconds)

@@ -34,6 +34,8 @@ from pagehint.errors import UsageError
 from pagehint.units import parse_size
 
 MAX_NESTING = 16  # repeats inside repeats: deeper is a generated file gone wrong
+MAX_FILE_BYTES = 1 << 20  # a scenario is a handful of steps; repeats make it long
+MAX_STEPS = 100_000  # steps written out in the file (repeats not multiplied)
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,15 @@ def _duration(steps: tuple[Step, ...]) -> float:
 class _Parser:
     def __init__(self, path: str) -> None:
         self.path = path
+        self.count = 0
 
     def fail(self, where: str, msg: str) -> UsageError:
         return UsageError(f"scenario {self.path}: {where}: {msg}")
 
     def steps(self, raw: Any, where: str, names: set[str], depth: int = 0) -> tuple[Step, ...]:
+        self.count += len(raw) if isinstance(raw, list) else 0
+        if self.count > MAX_STEPS:
+            raise self.fail(where, f"more than {MAX_STEPS} steps (use repeat)")
         if depth > MAX_NESTING:
             raise self.fail(where, f"repeats nested more than {MAX_NESTING} deep")
         if not isinstance(raw, list) or not raw:
@@ -229,6 +235,8 @@ def resolve_scenario(name_or_path: str) -> str:
 def load_scenario(path: str | Path) -> Scenario:
     path = resolve_scenario(str(path))
     try:
+        if Path(path).stat().st_size > MAX_FILE_BYTES:
+            raise UsageError(f"scenario {path}: larger than 1 MiB (use repeat)")
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"scenario {path}: cannot read: {e.strerror or e}") from None

@@ -34,6 +34,7 @@ DEFAULT_ROOT = Path("/dev/shm")
 PRIVATE_PREFIX = "pagehint-host-"
 PID_FILE = "host.pid"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_RAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}\.ram")  # see attach()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -155,6 +156,8 @@ class ShmBackend(MemoryBackend):
             self.dir = DEFAULT_ROOT / f"{PRIVATE_PREFIX}{os.getpid()}"
             self.private = True
         else:
+            if not shm_dir.strip():
+                raise UsageError("--shm-dir: give a folder (empty given)")
             self.dir = Path(shm_dir)
             self.private = False
         try:
@@ -198,11 +201,15 @@ class ShmBackend(MemoryBackend):
         owner = _owner_pid(self.dir)
         if owner is not None and owner != os.getpid() and _pid_alive(owner):
             raise UsageError(f"--shm-dir {self.dir}: in use by another host (pid {owner})")
-        # The previous owner is gone: its guests' RAM files are orphans.
-        for f in self.dir.glob("*.ram"):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-                cleaned.append(str(f))
+        # A previous host's pid file, its process gone: the RAM files it made are
+        # orphans. Only those: a folder no pagehint host claimed, or a file not
+        # named as ours, is someone else's and stays.
+        if owner is not None:
+            for f in self.dir.glob("*.ram"):
+                if _RAM_NAME.fullmatch(f.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        f.unlink()
+                        cleaned.append(str(f))
         pid_file.write_text(f"{os.getpid()}\n")
 
     def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:

@@ -229,3 +229,13 @@ def test_a_guest_paused_past_the_session_timeout_comes_back(procs: Procs) -> Non
     s = procs.finish(g)
     assert s["host_connects"] >= 2, "it noticed the session was gone and negotiated again"
     assert s["isolated_bytes"] == 0
+
+
+def test_churn_faster_than_it_can_go_still_stops_on_time() -> None:
+    # Each 10 ms slice overruns: the workload must still yield, so SIGTERM and
+    # --duration get in (it used to spin until killed).
+    t0 = time.monotonic()
+    r = run_cli(["guest", "--ram", "64MiB", "--workload", "churn", "--rate", "10000000",
+                 "--duration", "2", "--quiet"], timeout=30)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 6

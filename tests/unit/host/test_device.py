@@ -264,3 +264,14 @@ def test_idle_sessions_expire() -> None:
     assert d.expire(now=s.last_seen + 1) == []
     assert d.expire(now=s.last_seen + 6) == [s.token]
     assert not d.sessions
+
+
+def test_a_session_taken_over_by_the_same_identity_is_not_taken_back() -> None:
+    d = device()
+    first, _ = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
+    second, _ = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
+    assert first.ended
+    # the evicted process reconnects naming its old session: it gives way
+    with pytest.raises(SessionInUse, match="taken over"):
+        d.negotiate("g", RAM, 4096, REPORTING, 0, 32, first.token, identity="g")
+    assert not second.ended

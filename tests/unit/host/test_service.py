@@ -19,3 +19,11 @@ from host.service import _is_loopback
 )
 def test_loopback_peers(peer: str, local: bool) -> None:
     assert _is_loopback(peer) is local
+
+
+def test_token_comparison_survives_any_header() -> None:
+    from host.service import _same
+
+    assert _same("0123456789abcdef", "0123456789abcdef")
+    assert not _same("é" * 20, "0123456789abcdef")
+    assert not _same("", "0123456789abcdef")

@@ -114,3 +114,9 @@ def test_sizes_and_durations_have_upper_bounds() -> None:
     with pytest.raises(UsageError):
         parse_seconds("31d".replace("d", "") + "0000000")
     assert parse_seconds("30m") == 1800.0
+
+
+def test_a_scenario_file_over_1mib(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "huge.toml"
+    f.write_text('[[steps]]\nop = "mark"\nlabel = "m"\n' * 40_000)
+    assert "larger than 1 MiB" in one_line(["guest", "--scenario", str(f)], capsys, {})

@@ -45,3 +45,22 @@ def test_every_tls_problem_is_one_line(
     with pytest.raises(UsageError) as e:
         load_tls(str(certs / cert), str(certs / key) if key else None, str(certs / ca))
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_certificate_must_fit_its_role(certs: Path) -> None:
+    ca = str(certs / "ca.crt")
+    with pytest.raises(UsageError, match="is a CA certificate"):
+        load_tls(ca, str(certs / "ca.key"), ca, role="server")
+    with pytest.raises(UsageError, match="not made for a server"):
+        load_tls(str(certs / "guest-g1.crt"), str(certs / "guest-g1.key"), ca, role="server")
+    with pytest.raises(UsageError, match="not made for a client"):
+        load_tls(str(certs / "host.crt"), str(certs / "host.key"), ca, role="client")
+    assert load_tls(str(certs / "host.crt"), str(certs / "host.key"), ca, role="server")
+
+
+def test_certs_refuse_to_replace_a_ca(certs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pagehint.cli import main
+
+    assert main(["certs", "--out", str(certs), "--guests", "x"], env={}) == 2
+    assert "already holds a CA" in capsys.readouterr().err
+    assert main(["certs", "--out", str(certs / "new"), "--guests", "admin"], env={}) == 2

@@ -39,10 +39,12 @@ def test_discard_free_refused_on_shared_memory(tmp_path: Path) -> None:
 
 def test_orphans_of_a_dead_host_are_removed(tmp_path: Path) -> None:
     (tmp_path / "host.pid").write_text("999999999\n")  # no such process
-    orphan = tmp_path / "old-guest-1234.ram"
+    orphan = tmp_path / "old-guest-0123abcd.ram"  # named as a host names RAM files
     orphan.write_bytes(b"x")
+    theirs = tmp_path / "disk-image.ram"  # not ours, even in a folder a host owned
+    theirs.write_bytes(b"precious")
     b = ShmBackend(str(tmp_path))
-    assert not orphan.exists()
+    assert not orphan.exists() and theirs.exists()
     assert (tmp_path / "host.pid").read_text().strip() == str(os.getpid())
     b.close()
     assert not (tmp_path / "host.pid").exists()
@@ -71,3 +73,13 @@ def test_a_planted_private_folder_is_refused(tmp_path: Path) -> None:
     backend.dir = link
     with pytest.raises(UsageError, match="not this user's folder"):
         backend._make_private_folder()
+
+
+def test_a_folder_no_host_owned_keeps_its_files(tmp_path: Path) -> None:
+    precious = tmp_path / "vm-0123abcd.ram"
+    precious.write_bytes(b"precious")  # named like ours, but no host.pid: not ours
+    b = ShmBackend(str(tmp_path))
+    assert precious.exists()
+    b.close()
+    with pytest.raises(UsageError, match="empty"):
+        ShmBackend("")
