@@ -39,7 +39,10 @@ def test_the_first_drop_appears_within_20ms_of_its_acknowledgement(
     first_drop = next(
         r for r in rows if r["t"] > t_free and r["host_resident_bytes"] < before - (1 << 20)
     )
-    assert first_drop["event"] == "ack", first_drop
+    # Usually the ack's own row; with shm a periodic row read between the host's
+    # discard and the answer's arrival may show it first (the kernel's count is
+    # read at that moment) — either way within 20 ms of the acknowledgement.
+    assert first_drop["event"] in ("ack", "sample"), first_drop
     assert abs(first_drop["t"] - first_ack["t_answered"]) <= 0.020, (first_drop, first_ack)
 
 
