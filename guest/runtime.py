@@ -54,8 +54,11 @@ class GuestRuntime:
         self.policy: Policy = make_policy(cfg.hinting, self.mm, device, log=self.log)
         self.started = time.monotonic()
         self.host_resident: Callable[[], int | None] = lambda: None
-        # The id of the chain the host answered last (None without a host).
+        # The id of the last chain the host answered DONE (None without a host).
         self.last_chain: Callable[[], int | None] = lambda: None
+        # The host figure for acknowledgement rows: the answer to that chain itself
+        # (set by the service; by default whatever host_resident says).
+        self.ack_resident: Callable[[], int | None] | None = None
         self.stopped_by_signal = False
         self._last_ack_row = 0.0
         self._ack_row_pending = False
@@ -85,6 +88,8 @@ class GuestRuntime:
         chain = self.last_chain()
         if chain is not None:
             row["chain"] = chain
+        if self.ack_resident is not None:
+            row["host_resident_bytes"] = self.ack_resident()
         self._emit(row)
 
     def _emit(self, row: dict[str, Any]) -> None:

@@ -60,13 +60,17 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
         connected = driver
         rt.memory.on_alloc.append(connected.on_alloc)
         rt.host_resident = lambda: connected.host_resident_bytes
-        rt.last_chain = lambda: connected.last_answered
+        rt.last_chain = lambda: connected.last_done
+        # sim: an ack row holds the host's answer to that very chain (a stats poll
+        # in between would mix in later touches); shm overrides both below.
+        rt.ack_resident = lambda: connected.last_done_resident
         connected.epoch = rt.started
     if ram is not None:
         # Real memory: the kernel's count, read here at the moment a row describes,
         # not the host's last answer or a stats poll (which lag by up to 0.25 s).
         mapped = ram
         rt.host_resident = lambda: mapped.resident_bytes()
+        rt.ack_resident = None
     reports = None
     if driver is not None and cfg.reports is not None:
         try:

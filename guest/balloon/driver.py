@@ -80,9 +80,11 @@ class BalloonDriver:
         self.acked_pages_this_host = 0
         self.stalls = 0
         self._stopped = False
-        # The chain the host answered last, and an optional log of every chain
-        # (--reports): times are seconds since ``epoch`` (the run's start).
-        self.last_answered: int | None = None
+        # The last chain the host answered DONE (whose answer host_resident_bytes
+        # holds), and an optional log of every chain (--reports): times are
+        # seconds since ``epoch`` (the run's start).
+        self.last_done: int | None = None
+        self.last_done_resident: int | None = None
         self.report_log: IO[str] | None = None
         self.epoch = time.monotonic()
         # Called with each new session's acceptance (the shm RAM moves to a new file).
@@ -132,7 +134,6 @@ class BalloonDriver:
                 used = await chain.future
             finally:
                 self.window.close(chain)
-        self.last_answered = chain.id
         if self.report_log is not None:
             self._log_report(chain, used)
         if used.status != codec.DONE:
@@ -145,6 +146,8 @@ class BalloonDriver:
         if used.reason != "fenced_done":
             # The host's figure right after this chain's discard: fresher than a poll.
             self.host_resident_bytes = used.resident_bytes
+            self.last_done = chain.id
+            self.last_done_resident = used.resident_bytes
         if used.discarded_pages:
             self.touches.discarded(list(batch))
 
