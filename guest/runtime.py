@@ -61,6 +61,7 @@ class GuestRuntime:
         self.ack_resident: Callable[[], int | None] | None = None
         self.stopped_by_signal = False
         self._last_ack_row = 0.0
+        self.timeline_error: str | None = None
         self._ack_row_pending = False
         self.policy.on_ack.append(self._on_ack)
 
@@ -93,9 +94,18 @@ class GuestRuntime:
         self._emit(row)
 
     def _emit(self, row: dict[str, Any]) -> None:
-        if self._out is not None:
+        if self._out is None:
+            return
+        try:
             self._out.write(json.dumps(row) + "\n")
             self._out.flush()
+        except OSError as e:
+            # The run matters more than its timeline: say so once, stop writing.
+            self.log(f"--timeline: cannot write ({e.strerror}); no more timeline rows")
+            self.timeline_error = e.strerror or str(e)
+            out, self._out = self._out, None
+            with contextlib.suppress(OSError):
+                out.close()
 
     def sample(self, mark: str | None = None, event: str = "sample") -> dict[str, Any]:
         """One timeline row: ``event`` is "sample" (periodic), "mark", "ack" or "end"."""
@@ -165,7 +175,8 @@ class GuestRuntime:
                 await sampler
             self._emit(self.sample(event="end"))
             if self._out is not None:
-                self._out.close()
+                with contextlib.suppress(OSError):
+                    self._out.close()
                 self._out = None
         return self.summary()
 
@@ -214,4 +225,5 @@ class GuestRuntime:
             "allocated_bytes": self.mm.allocated_pages * PAGE_SIZE,
             "invariants": self._check(),
             "marks": [{"t": round(t, 3), "label": label} for t, label in self.ctx.stats.marks],
+            "timeline_error": self.timeline_error,
         }

@@ -8,6 +8,7 @@ real memory, stamped and checked for loss.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -74,7 +75,8 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     reports = None
     if driver is not None and cfg.reports is not None:
         try:
-            reports = open(cfg.reports, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+            # Line-buffered: a killed guest leaves every finished line behind.
+            reports = open(cfg.reports, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
         except OSError as e:
             await driver.stop()
             raise UsageError(f"--reports {cfg.reports}: cannot write: {e.strerror}") from None
@@ -96,7 +98,8 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
         if metrics is not None:
             metrics.shutdown()  # type: ignore[attr-defined]
         if reports is not None:
-            reports.close()
+            with contextlib.suppress(OSError):
+                reports.close()
     if cfg.ack_log:
         try:
             with open(cfg.ack_log, "w", encoding="utf-8") as f:

@@ -133,7 +133,11 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
     try:
         if cfg.chain_log:
             try:
-                host.service.chain_log = open(cfg.chain_log, "w", encoding="utf-8")  # noqa: SIM115
+                # Appended and line-buffered: a restarted host adds to the record,
+                # a killed one leaves every finished line behind.
+                host.service.chain_log = open(  # noqa: SIM115 (closed when the host stops)
+                    cfg.chain_log, "a", encoding="utf-8", buffering=1
+                )
             except OSError as e:
                 raise UsageError(
                     f"--chain-log {cfg.chain_log}: cannot write: {e.strerror}"
@@ -176,7 +180,8 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
             with contextlib.suppress(OSError):
                 Path(ready_file).unlink()
         if host.service.chain_log is not None:
-            host.service.chain_log.close()
+            with contextlib.suppress(OSError):
+                host.service.chain_log.close()
     log("stopped")
     return 0
 

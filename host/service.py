@@ -218,7 +218,12 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             "status": codec.STATUS_NAMES.get(used.status, str(used.status)),
             "resident_bytes": used.resident_bytes,
         }
-        self.chain_log.write(json.dumps(record) + "\n")
+        try:
+            self.chain_log.write(json.dumps(record) + "\n")
+        except OSError as e:
+            # A record, not the service: keep serving, say so once, stop writing.
+            self.device.log(f"--chain-log: cannot write ({e.strerror}); no more chain lines")
+            self.chain_log = None
 
     async def Stats(self, request: Any, context: Any) -> Any:
         return await self._guarded(context, lambda: self._stats(request, context))

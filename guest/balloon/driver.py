@@ -166,7 +166,13 @@ class BalloonDriver:
             # fence, not the host's answer, settled the chain).
             "host_resident_bytes": None if fenced else used.resident_bytes,
         }
-        self.report_log.write(json.dumps(record) + "\n")
+        try:
+            self.report_log.write(json.dumps(record) + "\n")
+        except OSError as e:
+            # The log is a by-product: losing it must not lose the report (its
+            # blocks still have to go back). Say so once and stop writing it.
+            self.log(f"--reports: cannot write ({e.strerror}); no more report lines")
+            self.report_log = None
 
     # ---- touches --------------------------------------------------------------------
 

@@ -61,3 +61,19 @@ def test_every_ack_row_matches_the_hosts_own_record(procs: Procs, tmp_path: Path
     events = {r["event"] for r in rows}
     assert {"sample", "mark", "ack", "end"} <= events
     assert [r["t"] for r in rows] == sorted(r["t"] for r in rows), "rows in time order"
+
+
+def test_logs_that_cannot_be_written_cost_nothing_but_themselves(procs: Procs) -> None:
+    # /dev/full: every write fails with ENOSPC. The run goes on, every block goes
+    # back, the summary says what was lost.
+    addr, _ = procs.host("--chain-log", "/dev/full")
+    s = procs.finish(
+        procs.guest("--host", addr, "--ram", "256MiB", "--policy", "reporting", "--delay", "0",
+                    "--workload", "churn", "--hinting-order", "0", "--duration", "3",
+                    "--reports", "/dev/full", "--timeline", "/dev/full", "--check")
+    )  # fmt: skip
+    assert s["isolated_bytes"] == 0 and s["abandoned_reports"] == 0
+    assert s["invariants"] == "ok" and s["reported_bytes"] > 0
+    assert s["report_failures_by_reason"].get("internal", 0) == 0 and s["host_connects"] == 1
+    assert s["timeline_error"]
+    assert "cannot write" in s["_stderr"]
