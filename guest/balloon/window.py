@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from guest.hinting.device import Block
 from virtqueue import codec
@@ -41,8 +41,6 @@ class WindowStats:
     answered: int = 0
     fenced_done: int = 0  # answered by a fence: the host had finished them
     fenced_not_done: int = 0  # answered by a fence: never discarded
-    late_answers: int = 0  # answers for chains no longer outstanding (ignored)
-    by_status: dict[str, int] = field(default_factory=dict)
 
 
 class ChainWindow:
@@ -75,11 +73,8 @@ class ChainWindow:
         """The host used a chain. False if no such chain is outstanding (ignored)."""
         chain = self.chains.get(used.id)
         if chain is None or chain.future.done():
-            self.stats.late_answers += 1
             return False
-        name = codec.STATUS_NAMES.get(used.status, str(used.status))
         self.stats.answered += 1
-        self.stats.by_status[name] = self.stats.by_status.get(name, 0) + 1
         chain.future.set_result(used)
         return True
 
