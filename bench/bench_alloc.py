@@ -1,15 +1,15 @@
-"""Order-0 alloc+free pairs per second at 50% occupancy on a 4 GiB guest.
+"""The allocator against its yardstick: pagehint's BuddyAllocator and a plain
+dict-per-order buddy (bench/reference/plain_buddy.py) on the same states.
 
-Cases, interleaved in one run:
-  off       no hook installed
-  noop@9    a no-op notify_free hook with min order 9 (how hinting installs it;
-            the kernel's page_reporting_notify_free also returns early below
-            page_reporting_order)
-  noop@0    a no-op hook called after every free (the worst case for the hook)
-
-Each pair allocates one page and frees a random held page (the victim index
-is drawn in advance, so the RNG is not timed). Also: a 64 GiB guest's init
-time and the process's peak RSS, measured in a fresh subprocess.
+States: ``compact`` (the lowest half of RAM allocated page by page),
+``random`` (each page allocated with probability 1/2), both at 1 GiB and
+64 GiB, built with guest.mm.bulk (seconds, not the minute page-by-page
+allocation takes); ``cascade`` (all of 1 GiB free: every pair splits a 4 MiB
+block down to one page and merges it back, ten levels each way). Each pair
+allocates one page and frees a held page drawn in advance (the victims are the
+same for both sides). pagehint runs with a no-op hook at order 9, as hinting
+installs it. Rounds alternate the sides; rates are per CPU second (this
+process's CPU time) and per wall second; medians.
 
     .venv/bin/python -m bench.bench_alloc
 """
@@ -17,79 +17,146 @@ time and the process's peak RSS, measured in a fresh subprocess.
 from __future__ import annotations
 
 import json
+import os
 import random
-import subprocess
-import sys
 import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from bench.common import interleave, median
+from bench.common import Machine, goal_line, median
+from bench.reference.plain_buddy import PlainBuddy
 from guest.mm import BuddyAllocator
+from guest.mm.bulk import allocated_pfns, compact_occupancy, random_occupancy, with_allocated_pages
 from guest.mm.zone import Zone
 
-PAIRS = 300_000
-ROUNDS = 7
+PAIRS = 200_000
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+GIB = 1 << 30
+
+
+class Allocator(Protocol):
+    def alloc(self, order: int = 0) -> int: ...
+
+    def free(self, pfn: int, order: int = 0) -> None: ...
 
 
 def noop(zone: Zone, order: int) -> None:
     return None
 
 
-def main() -> dict[str, object]:
-    mm = BuddyAllocator(4 << 30)
+def _pairs(a: Allocator, held: list[int], victims: list[int]) -> tuple[float, float]:
+    """(pairs per CPU second, pairs per wall second)."""
+    alloc, free, h = a.alloc, a.free, held
+    c0, t0 = time.process_time(), time.perf_counter()
+    for i in victims:
+        p = alloc(0)
+        free(h[i], 0)
+        h[i] = p
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    return len(victims) / max(cpu, 1e-9), len(victims) / wall
+
+
+def _cascade(a: Allocator, n: int) -> tuple[float, float]:
+    alloc, free = a.alloc, a.free
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        free(alloc(0), 0)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    return n / max(cpu, 1e-9), n / wall
+
+
+def _free_lists(mm: BuddyAllocator) -> list[list[int]]:
+    return [[p for z in mm.zonelist for p in z.free_area[o]] for o in range(11)]
+
+
+def _state(kind: str, ram: int) -> tuple[BuddyAllocator, float]:
+    t0 = time.perf_counter()
+    occ = random_occupancy(ram, 0.5, seed=1) if kind == "random" else compact_occupancy(ram, 0.5)
+    mm = with_allocated_pages(ram, occ)
+    return mm, time.perf_counter() - t0
+
+
+def main() -> dict[str, Any]:
+    machine = Machine.start()
     rng = random.Random(42)
-    half = mm.nr_pages // 2
-    held = [mm.alloc(0) for _ in range(half)]
-    rng.shuffle(held)
-    victims = [rng.randrange(half) for _ in range(PAIRS)]
-
-    def run(hook_order: int | None) -> float:
-        if hook_order is None:
-            mm.set_hook(None)
-        else:
-            mm.set_hook(noop, hook_order)
-        alloc, free, h = mm.alloc, mm.free, held
-        t0 = time.perf_counter()
-        for i in victims:
-            p = alloc(0)
-            free(h[i], 0)
-            h[i] = p
-        return PAIRS / (time.perf_counter() - t0)
-
-    samples = interleave(
-        {"off": lambda: run(None), "noop@9": lambda: run(9), "noop@0": lambda: run(0)}, ROUNDS
+    out: dict[str, Any] = {"rounds": ROUNDS, "pairs": PAIRS}
+    build_s: dict[str, float] = {}
+    for kind in ("compact", "random"):
+        for ram in (GIB, 64 * GIB):
+            name = f"{kind}@{ram // GIB}GiB"
+            mm, build_s[name] = _state(kind, ram)
+            mm.set_hook(noop, 9)
+            held = allocated_pfns(mm)
+            rng.shuffle(held)
+            plain = PlainBuddy.same_state(_free_lists(mm))
+            held_plain = list(held)
+            victims = [rng.randrange(len(held)) for _ in range(PAIRS)]
+            runs: dict[str, Callable[[], tuple[float, float]]] = {
+                "pagehint": lambda mm=mm, h=held, v=victims: _pairs(mm, h, v),
+                "plain": lambda p=plain, h=held_plain, v=victims: _pairs(p, h, v),
+            }
+            out[name] = _paired(runs)
+            del mm, plain, held, held_plain
+    mm = BuddyAllocator(GIB)
+    mm.set_hook(noop, 9)
+    plain = PlainBuddy.same_state(_free_lists(mm))
+    out["cascade@1GiB"] = _paired(
+        {"pagehint": lambda: _cascade(mm, PAIRS // 4), "plain": lambda: _cascade(plain, PAIRS // 4)}
     )
-    med = {k: median(v) for k, v in samples.items()}
-    init = subprocess.run(
-        [sys.executable, "-c", INIT_PROBE], capture_output=True, text=True, check=True
-    )
-    init_stats = json.loads(init.stdout)
-    result = {
-        "pairs_per_s": {k: round(v) for k, v in med.items()},
-        "hook_cost_pct@9": round(100 * (1 - med["noop@9"] / med["off"]), 2),
-        "hook_cost_pct@0": round(100 * (1 - med["noop@0"] / med["off"]), 2),
-        "init_64gib_s": init_stats["init_s"],
-        "rss_64gib_mb": init_stats["rss_mb"],
+    out["build_s"] = {k: round(v, 2) for k, v in build_s.items()}
+    # Flat with size: the 64 GiB rate over the 1 GiB rate, for each side.
+    out["flat_64_vs_1"] = {
+        kind: round(
+            out[f"{kind}@64GiB"]["pagehint"]["cpu"] / out[f"{kind}@1GiB"]["pagehint"]["cpu"], 3
+        )
+        for kind in ("compact", "random")
     }
-    return result
+    out["plain_flat_64_vs_1"] = {
+        kind: round(out[f"{kind}@64GiB"]["plain"]["cpu"] / out[f"{kind}@1GiB"]["plain"]["cpu"], 3)
+        for kind in ("compact", "random")
+    }
+    out["machine"] = machine.report()
+    return out
 
 
-INIT_PROBE = """
-import json, resource, time
-t0 = time.perf_counter()
-from guest.mm import BuddyAllocator
-t1 = time.perf_counter()
-mm = BuddyAllocator(64 << 30)
-t2 = time.perf_counter()
-mm.free(mm.alloc(0), 0)
-print(json.dumps({"init_s": round(t2 - t1, 4),
-                  "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
-"""
+def _paired(runs: dict[str, Callable[[], tuple[float, float]]]) -> dict[str, Any]:
+    """Rounds alternating the two sides; medians, and the median of per-round ratios."""
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+    names = list(runs)
+    for r in range(ROUNDS):
+        for side in names if r % 2 == 0 else names[::-1]:
+            samples[side].append(runs[side]())
+    row: dict[str, Any] = {
+        side: {
+            "cpu": round(median([c for c, _ in s])),
+            "wall": round(median([w for _, w in s])),
+        }
+        for side, s in samples.items()
+    }
+    row["ratio"] = round(
+        median([a[0] / b[0] for a, b in zip(samples["pagehint"], samples["plain"], strict=True)]), 3
+    )
+    return row
+
+
+def verdicts(r: dict[str, Any]) -> list[str]:
+    lines = [
+        goal_line(f"allocator, {name}, vs plain buddy (CPU)", r[name]["ratio"], 1.0)
+        for name in ("compact@1GiB", "random@1GiB", "compact@64GiB", "random@64GiB", "cascade@1GiB")
+    ]
+    for kind, ratio in r["flat_64_vs_1"].items():
+        lines.append(
+            goal_line(
+                f"allocator flat with size, {kind} 64 GiB / 1 GiB",
+                ratio,
+                0.9,
+                f"plain buddy: {r['plain_flat_64_vs_1'][kind]}",
+            )
+        )
+    return lines
+
 
 if __name__ == "__main__":
-    r = main()
-    print(json.dumps(r, indent=2))
-    print(
-        f"off {r['pairs_per_s']['off']:,}/s  noop@9 {r['pairs_per_s']['noop@9']:,}/s "  # type: ignore[index]
-        f"(cost {r['hook_cost_pct@9']}%)  noop@0 {r['pairs_per_s']['noop@0']:,}/s "  # type: ignore[index]
-        f"(cost {r['hook_cost_pct@0']}%)"
-    )
+    result = main()
+    print(json.dumps(result, indent=2))
+    print("\n".join(verdicts(result)))

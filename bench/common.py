@@ -1,10 +1,16 @@
-"""Helpers for benchmarks: interleaved rounds so noise hits both sides alike."""
+"""Helpers for benchmarks: interleaved rounds so noise hits both sides alike, and the
+figures that say how much to trust a run (CPU time, the machine's steal time)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def interleave(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
@@ -24,3 +30,50 @@ def median(xs: list[float]) -> float:
 
 def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of another process (from /proc, 1/CLK_TCK resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces: fields are counted after its ')'.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    steal = parts[7] if len(parts) > 7 else 0
+    # guest and guest_nice are already counted in user and nice.
+    return steal, sum(parts[:8])
+
+
+@dataclass
+class Machine:
+    """Steal time over a stretch of a run: CPU the hypervisor gave to others."""
+
+    steal0: int = 0
+    total0: int = 0
+    wall0: float = 0.0
+
+    @classmethod
+    def start(cls) -> Machine:
+        steal, total = _cpu_ticks()
+        return cls(steal, total, time.monotonic())
+
+    def report(self) -> dict[str, float]:
+        steal, total = _cpu_ticks()
+        dt = max(1, total - self.total0)
+        return {
+            "steal_pct": round(100 * (steal - self.steal0) / dt, 2),
+            "wall_s": round(time.monotonic() - self.wall0, 1),
+            "cpus": float(os.cpu_count() or 1),
+        }
+
+
+def goal_line(name: str, ratio: float, goal: float, note: str = "") -> str:
+    """One line of ``make bench``'s verdicts: the ratio beside its goal."""
+    verdict = "met" if ratio >= goal else "NOT met"
+    extra = f"  ({note})" if note else ""
+    return f"{name:<46} {ratio:6.3f}  goal >= {goal:<4}  {verdict}{extra}"

@@ -155,12 +155,23 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         if task is not None:
             session.stream_tasks.add(task)
         try:
-            async for msg in request_iterator:
-                if session.ended:
-                    break
-                used = await self._one_message(session, msg)
-                if used is not None:
-                    yield used
+            if self.latency:
+                async for msg in request_iterator:
+                    if session.ended:
+                        break
+                    used = await self._delayed_message(session, msg)
+                    if used is not None:
+                        yield used
+            else:
+                # The hot path: one message handled start to finish without
+                # yielding to the loop (no task or future per chain).
+                one = self._one_message
+                async for msg in request_iterator:
+                    if session.ended:
+                        break
+                    used = one(session, msg)
+                    if used is not None:
+                        yield used
         except asyncio.CancelledError:
             # Ending the session (fenced, expired, replaced) cancels this task. gRPC
             # sends no status for a cancelled handler, so the guest would wait on a
@@ -179,7 +190,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         if session.ended:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "session ended; negotiate again")
 
-    async def _one_message(self, session: Session, msg: Any) -> Any:
+    def _one_message(self, session: Session, msg: Any) -> Any:
         """Handle one guest message; the encoded answer, or None (nothing to answer)."""
         decoded = codec.decode_guest_message(msg)
         if decoded is None:
@@ -188,26 +199,31 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             return None
         if isinstance(decoded, codec.TouchedMsg):
             self.device.handle_touched(session, decoded.pfns, decoded.counts)
-            self.device.touch_session(session)
+            session.last_seen = time.monotonic()
             return None
-        self.inflight += 1
-        self.idle.clear()
-        try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
-            used = self.device.handle_report(session, decoded.id, decoded.pfns, decoded.orders)
-        finally:
-            self.inflight -= 1
-            if self.inflight == 0:
-                self.idle.set()
+        used = self.device.handle_report(session, decoded.id, decoded.pfns, decoded.orders)
         if used is None:
             # A fence ended the session while this chain waited: it was cancelled
             # before any discard, and its guest has moved on.
             return None
-        self.device.touch_session(session)
+        session.last_seen = time.monotonic()
         if self.chain_log is not None:
             self._log_chain(session.guest_id, used)
         return codec.encode_used(used)
+
+    async def _delayed_message(self, session: Session, msg: Any) -> Any:
+        """--latency: a slow host. The chain is held for the delay first (the drain
+        on SIGTERM waits for such chains: ``inflight``/``idle``)."""
+        if isinstance(codec.decode_guest_message(msg), codec.ChainMsg):
+            self.inflight += 1
+            self.idle.clear()
+            try:
+                await asyncio.sleep(self.latency)
+            finally:
+                self.inflight -= 1
+                if self.inflight == 0:
+                    self.idle.set()
+        return self._one_message(session, msg)
 
     def _log_chain(self, guest_id: str, used: codec.UsedMsg) -> None:
         assert self.chain_log is not None

@@ -44,6 +44,12 @@ WATCH_PERIOD = 0.5  # seconds between looks at the oldest outstanding chain
 STOP_RPC_SECONDS = 0.5  # each last call to the host when stopping (touches, stats, close)
 
 
+def _columns(batch: Sequence[Block]) -> tuple[Sequence[int], Sequence[int]]:
+    """(pfns, orders) of a batch, transposed in C (``zip(*batch)``)."""
+    pfns, orders = zip(*batch, strict=True) if batch else ((), ())
+    return pfns, orders
+
+
 class BalloonDriver:
     def __init__(
         self,
@@ -120,14 +126,15 @@ class BalloonDriver:
             stream, session = self.conn.stream, self.conn.session
             if stream is None or not self.conn.connected.is_set():
                 raise ReportError(f"host {self.address} unavailable", reason="unavailable")
-            chain = self.window.open(batch, session)
+            # Ascending pfn order: the host's check takes one pass over such a chain.
+            pfns, orders = _columns(sorted(batch))
+            chain = self.window.open(batch, orders, session)
             try:
                 try:
                     async with self._write_lock:
-                        await self._send_touches(stream)
-                        await stream.write(
-                            ChainMsg(chain.id, [p for p, _ in batch], [o for _, o in batch])
-                        )
+                        if self.touches.runs:
+                            await self._send_touches(stream)
+                        await stream.write(ChainMsg(chain.id, pfns, orders))
                 except TransportError as e:
                     # It may or may not have reached the host: only a fence can tell.
                     self.conn.lost(stream, str(e))
@@ -149,7 +156,7 @@ class BalloonDriver:
             self.last_done = chain.id
             self.last_done_resident = used.resident_bytes
         if used.discarded_pages:
-            self.touches.discarded(list(batch))
+            self.touches.discarded(batch)
 
     def _log_report(self, chain: Outstanding, used: UsedMsg) -> None:
         assert self.report_log is not None

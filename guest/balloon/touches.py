@@ -15,7 +15,13 @@ being written lost the extension, and the ledger with it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from guest.mm.buddy import BuddyAllocator
+from guest.mm.constants import MAX_BLOCK_PAGES
+
+# Zero bytes for clearing a block's frames without allocating (a view: no copy).
+_ZEROS = memoryview(bytes(MAX_BLOCK_PAGES))
 
 
 class TouchTracker:
@@ -48,7 +54,7 @@ class TouchTracker:
             n = 1
         else:
             n = 1 << order
-            if hh[pfn : pfn + n].count(0) == 0:
+            if not hh.count(0, pfn, pfn + n):
                 return False
             hh[pfn : pfn + n] = b"\x01" * n
         runs = self.runs
@@ -65,11 +71,11 @@ class TouchTracker:
         self.pages_sent += sum(n for _, n in runs)
         return runs
 
-    def discarded(self, batch: list[tuple[int, int]]) -> None:
+    def discarded(self, batch: Sequence[tuple[int, int]]) -> None:
         """The host discarded these blocks: their next touch must be told."""
         if not self.enabled:
             return
         hh = self.host_has
+        zeros = _ZEROS
         for pfn, order in batch:
-            n = 1 << order
-            hh[pfn : pfn + n] = bytes(n)
+            hh[pfn : pfn + (1 << order)] = zeros[: 1 << order]

@@ -21,8 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from guest.hinting.device import Block
+from guest.mm.constants import MAX_ORDER
 from virtqueue import codec
 from virtqueue.codec import Fence, UsedMsg
+
+_SIZES = tuple(1 << o for o in range(MAX_ORDER + 1))
 
 
 @dataclass
@@ -54,14 +57,14 @@ class ChainWindow:
         """A new session's queue size. Only called while nothing is waiting for a slot."""
         self.slots = asyncio.Semaphore(max(1, size - len(self.chains)))
 
-    def open(self, batch: Sequence[Block], session: str) -> Outstanding:
+    def open(self, batch: Sequence[Block], orders: Sequence[int], session: str) -> Outstanding:
         chain = Outstanding(
             id=next(self._ids),
             batch=batch,
             session=session,
             sent_at=time.monotonic(),
             future=asyncio.get_running_loop().create_future(),
-            pages=sum(1 << o for _, o in batch),
+            pages=sum(map(_SIZES.__getitem__, orders)),
         )
         self.chains[chain.id] = chain
         return chain

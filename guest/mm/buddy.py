@@ -113,8 +113,8 @@ class BuddyAllocator:
         # is a static inline that returns early below page_reporting_order.
         self._hook: NotifyFree | None = None
         self._notify_order = _NEVER
-        self.alloc_ops = 0
-        self.free_ops = 0
+        # Only failures are counted here (off the hot path); the workload layer
+        # counts operations, as metrics read the core from outside.
         self.alloc_failures = 0
         # Populate from top-order blocks: 16 M single-page frees would take a minute.
         top = MAX_ORDER | FREE
@@ -124,7 +124,6 @@ class BuddyAllocator:
             for pfn in range(zone.start_pfn, zone.end_pfn, MAX_BLOCK_PAGES):
                 pg[pfn] = top
                 area.tail[pfn] = None
-            zone.nr_free_pages = zone.managed_pages
 
     # ---- hook -------------------------------------------------------------------
 
@@ -165,7 +164,6 @@ class BuddyAllocator:
         if not 0 <= order <= MAX_ORDER:
             raise AllocatorError(f"bad order {order}: must be 0..{MAX_ORDER}")
         pg = self.pg
-        self.alloc_ops += 1
         for zone in self.zonelist:
             areas = zone.free_area
             o = order
@@ -186,26 +184,44 @@ class BuddyAllocator:
                     pg[upper] = FREE | o
                     areas[o].head[upper] = None
                 pg[pfn] = ALLOCATED | order
-                zone.nr_free_pages -= 1 << order
                 return pfn
         self.alloc_failures += 1
         return -1
 
     def free(self, pfn: int, order: int = 0) -> None:
         """Free an allocated block, merge it with free buddies, then notify the hook."""
+        pg = self.pg
         try:
-            flag = self.pg[pfn]
+            flag = pg[pfn]
         except (IndexError, TypeError):
             raise AllocatorError(f"free of pfn {pfn!r}: outside guest RAM") from None
-        if flag != ALLOCATED | order:
-            raise self._misuse("free", pfn, order, flag, ALLOCATED)
+        if flag != ALLOCATED | order or pfn < 0:
+            raise self._misuse("free", pfn, order, flag if pfn >= 0 else -1, ALLOCATED)
         zone = self._zone_of_block[pfn >> MAX_ORDER]
-        zone.nr_free_pages += 1 << order
-        self.free_ops += 1
-        self._merge_and_add(zone, pfn, order, False)
+        areas = zone.free_area
+        # __free_one_page(), inlined: this is the hot path (put-backs take
+        # _merge_and_add, which differs only in where the block goes).
+        while order < MAX_ORDER:
+            buddy = pfn ^ (1 << order)
+            if pg[buddy] | REPORTED != _FREE_OR_REPORTED | order:
+                break
+            area = areas[order]
+            if area.head.pop(buddy, 1) is not None:
+                del area.tail[buddy]
+            if buddy < pfn:
+                pg[pfn] = TAIL
+                pfn = buddy
+            else:
+                pg[buddy] = TAIL
+            order += 1
+        pg[pfn] = FREE | order
+        areas[order].head[pfn] = None
+        if order >= self._notify_order:
+            self._hook(zone, order)  # type: ignore[misc]
 
-    def _merge_and_add(self, zone: Zone, pfn: int, order: int, putback: bool) -> int:
-        """__free_one_page(): merge, add to the list, notify unless a put-back."""
+    def _merge_and_add_tail(self, zone: Zone, pfn: int, order: int) -> int:
+        """__free_one_page() for a put-back: merge, add at the tail, no hook
+        (FPI_SKIP_REPORT_NOTIFY | FPI_TO_TAIL). Returns the merged block's head."""
         pg = self.pg
         areas = zone.free_area
         while order < MAX_ORDER:
@@ -222,15 +238,10 @@ class BuddyAllocator:
             else:
                 pg[buddy] = TAIL
             order += 1
-        # A merged or freed block starts unreported (the kernel clears PageReported
-        # when a page leaves the free list).
+        # A merged block starts unreported (the kernel clears PageReported when a
+        # page leaves the free list).
         pg[pfn] = FREE | order
-        if putback:
-            areas[order].tail[pfn] = None
-        else:
-            areas[order].head[pfn] = None
-            if order >= self._notify_order:
-                self._hook(zone, order)  # type: ignore[misc]
+        areas[order].tail[pfn] = None
         return pfn
 
     # ---- isolation (page_reporting / page hinting) ---------------------------------
@@ -243,9 +254,7 @@ class BuddyAllocator:
         zone = self._zone_of_block[pfn >> MAX_ORDER]
         zone.free_area[order].remove(pfn)
         self.pg[pfn] = ISOLATED | order
-        n = 1 << order
-        zone.nr_free_pages -= n
-        zone.nr_isolated_pages += n
+        zone.nr_isolated_pages += 1 << order
 
     def isolate_free(self, pfn: int, order: int) -> bool:
         """__isolate_free_page(): isolate unless that would breach the zone's min watermark.
@@ -270,12 +279,10 @@ class BuddyAllocator:
         if flag != ISOLATED | order:
             raise self._misuse("putback", pfn, order, flag, ISOLATED)
         zone = self._zone_of_block[pfn >> MAX_ORDER]
-        n = 1 << order
-        zone.nr_isolated_pages -= n
-        zone.nr_free_pages += n
+        zone.nr_isolated_pages -= 1 << order
+        head = self._merge_and_add_tail(zone, pfn, order)
         if to_tail:
-            return self._merge_and_add(zone, pfn, order, True)
-        head = self._merge_and_add(zone, pfn, order, True)
+            return head
         area = zone.free_area[self.pg[head] & ORDER_MASK]
         area.remove(head)
         area.add_head(head)

@@ -104,12 +104,18 @@ class Zone:
     free_area: list[FreeArea] = field(
         default_factory=lambda: [FreeArea(o) for o in range(NR_ORDERS)]
     )
-    nr_free_pages: int = 0
     nr_isolated_pages: int = 0
     # Watermarks in pages, set by guest.mm.watermarks.
     wmark_min: int = 0
     wmark_low: int = 0
     wmark_high: int = 0
+
+    @property
+    def nr_free_pages(self) -> int:
+        """Free pages, counted from the free lists when asked: keeping a running
+        count cost two attribute updates on every alloc and free, the hot path,
+        while it is read only by watermark checks and statistics."""
+        return sum(len(a) << a.order for a in self.free_area)
 
     @property
     def managed_pages(self) -> int:

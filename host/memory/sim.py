@@ -23,6 +23,10 @@ ABSENT = 0
 RESIDENT = 1
 LAZY = 2
 LAZY_RANGES_COMPACT_AT = 1 << 20  # ranges remembered before stale ones are dropped
+_RESIDENT, _LAZY = bytes([RESIDENT]), bytes([LAZY])
+# Zero frames for clearing a discarded range without allocating (a view: no copy).
+_ZERO_PAGES = 1 << 10  # the largest block (MAX_ORDER)
+_ZEROS = memoryview(bytes(_ZERO_PAGES))
 
 
 class SimRam(GuestRam):
@@ -38,25 +42,34 @@ class SimRam(GuestRam):
 
     def discard(self, ranges: Sequence[tuple[int, int]]) -> int:
         fr = self.frames
-        lazy_mode = self.backend.discard_mode == "free"
-        released = 0
-        for pfn, n in ranges:
-            seg = fr[pfn : pfn + n]
-            res = seg.count(RESIDENT)
-            lz = seg.count(LAZY)
-            if lazy_mode:
-                # MADV_FREE: resident frames become lazily free, nothing leaves yet.
+        if self.backend.discard_mode == "free":
+            # MADV_FREE: resident frames become lazily free, nothing leaves yet.
+            for pfn, n in ranges:
+                res = fr.count(RESIDENT, pfn, pfn + n)
                 if res:
-                    fr[pfn : pfn + n] = seg.replace(bytes([RESIDENT]), bytes([LAZY]))
+                    fr[pfn : pfn + n] = fr[pfn : pfn + n].replace(_RESIDENT, _LAZY)
                     self.lazy += res
                     self.backend.note_lazy(self, pfn, n)
-            else:
-                if res or lz:
-                    fr[pfn : pfn + n] = bytes(n)
-                    self.resident -= res + lz
-                    self.lazy -= lz
-                    self.backend.resident -= res + lz
-                    released += res + lz
+            return 0
+        # MADV_DONTNEED: every held frame (resident or lazy) goes. Counted in
+        # place (bytearray.count with bounds copies nothing) and cleared from a
+        # shared zero buffer, so a range costs two C calls.
+        released = 0
+        lazy = 0
+        zeros = _ZEROS
+        for pfn, n in ranges:
+            end = pfn + n
+            held = n - fr.count(ABSENT, pfn, end)
+            if held:
+                if self.lazy:
+                    lazy += fr.count(LAZY, pfn, end)
+                # (a longer range than the buffer would resize the ledger: never)
+                fr[pfn:end] = zeros[:n] if n <= _ZERO_PAGES else bytes(n)
+                released += held
+        if released:
+            self.resident -= released
+            self.lazy -= lazy
+            self.backend.resident -= released
         return released
 
     def touched(self, runs: Sequence[tuple[int, int]]) -> int:
