@@ -154,6 +154,13 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         "--check",
         help="check the allocator's invariants at the end (summary field 'invariants')",
     )
+    add_flag(
+        p,
+        e,
+        "--start-delay",
+        default="0",
+        help="wait this long before booting (loadtest --ramp spreads guests' starts with it)",
+    )
     add_switch(p, e, "--quiet", help="no event log on stderr")
     p.set_defaults(handler=run)
 
@@ -253,6 +260,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         check=bool(a.check),
         ack_log=a.ack_log,
         stall_warning=convert(a.stall_warning, _seconds(positive_float), "--stall-warning"),
+        start_delay=convert(a.start_delay, _seconds(nonneg_float), "--start-delay"),
         metrics_addr=str(a.metrics_addr),
         tls=tls,
         token=None if a.token is None else str(a.token),

@@ -30,6 +30,8 @@ Log = Callable[[str], None]
 
 async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     log = make_logger(f"guest[{cfg.guest_id}]", quiet)
+    if cfg.start_delay:
+        await asyncio.sleep(cfg.start_delay)
     mm = BuddyAllocator(cfg.ram_bytes)
     driver: BalloonDriver | None = None
     ram: SharedRam | None = None
@@ -85,6 +87,7 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     try:
         metrics = _start_metrics(cfg, rt, driver, log)
     except UsageError:
+        _forget(rt)
         if driver is not None:
             await driver.stop()  # close the session we opened: nothing left behind
         raise
@@ -93,6 +96,7 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     try:
         summary = await rt.run(before_summary=driver.stop if driver is not None else None)
     finally:
+        _forget(rt)
         if driver is not None:
             await driver.stop()
         if metrics is not None:
@@ -150,17 +154,31 @@ def _host_figures(driver: BalloonDriver, summary: dict[str, Any]) -> str:
     return driver.accepted.backend
 
 
+# Every guest running in this process (several with `pagehint guest-group`): a
+# signal stops them all. loop.add_signal_handler keeps one handler per signal,
+# so the handler walks this list rather than each guest installing its own.
+_RUNNING: list[tuple[GuestRuntime, Log]] = []
+
+
 def _stop_on_signals(rt: GuestRuntime, log: Log) -> None:
     """SIGTERM / SIGINT end the run cleanly: pages back, session closed, summary printed."""
+    _RUNNING.append((rt, log))
+    if len(_RUNNING) > 1:
+        return  # installed by the first guest of this loop
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
-        log("stopping on signal")
-        rt.ctx.stop.set()
-        rt.stopped_by_signal = True
+        for each, its_log in _RUNNING:
+            its_log("stopping on signal")
+            each.ctx.stop.set()
+            each.stopped_by_signal = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+
+
+def _forget(rt: GuestRuntime) -> None:
+    _RUNNING[:] = [(r, lg) for r, lg in _RUNNING if r is not rt]
 
 
 def _start_metrics(

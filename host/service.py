@@ -245,7 +245,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         return await self._guarded(context, lambda: self._stats(request, context))
 
     async def _stats(self, request: Any, context: Any) -> Any:
-        token = codec.decode_stats_request(request)
+        token, self_only = codec.decode_stats_request(request)
         self_guest = None
         if token:
             try:
@@ -253,6 +253,8 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             except SessionError as e:
                 await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(e))
             self_guest = self.device.figures(s)
+            if self_only:
+                return codec.encode_host_stats(self.device.own_figures(self_guest))
         figures = self.device.host_figures(self_guest)
         if not self._may_read_all(context):
             if self_guest is None:

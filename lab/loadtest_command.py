@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from pagehint.cli_support import (
     add_switch,
     choice,
     convert,
+    nonneg_float,
     parse_policies,
     parse_ram,
     positive_float,
@@ -44,6 +46,20 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         default=None,
         dest="memory_limit",
         help="host memory (default: half of the guests' total RAM; --capacity is the old name)",
+    )
+    add_flag(
+        p,
+        e,
+        "--guests-per-process",
+        default="auto",
+        help="guests sharing one process and event loop (default auto: one process per CPU)",
+    )
+    add_flag(
+        p,
+        e,
+        "--ramp",
+        default="0",
+        help="spread the guests' starts over this many seconds (default 0: all boot at once)",
     )
     add_flag(p, e, "--backend", default="sim", help="sim | shm")
     add_flag(
@@ -92,6 +108,10 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
             "lower --guests/--ram or pass --force"
         )
     policies = parse_policies(a.policy)
+    if str(a.guests_per_process) == "auto":
+        per_process = -(-guests // (os.cpu_count() or 1))
+    else:
+        per_process = convert(a.guests_per_process, positive_int, "--guests-per-process")
     rate = min(20000.0, 40000.0 / guests)
     if a.rate is not None:
         rate = convert(a.rate, positive_float, "--rate")
@@ -105,6 +125,8 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         policies=policies,
         rate=rate,
         out=out,
+        guests_per_process=min(per_process, guests),
+        ramp=convert(a.ramp, lambda s: nonneg_float(str(parse_seconds(s))), "--ramp"),
     )
     log = make_logger("loadtest", quiet=bool(a.json))
     report = run_loadtest(cfg, log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -82,6 +83,53 @@ class ProcessGroup:
         )
         self.procs.append(p)
         return p
+
+    def start_guest_group(
+        self, guests: Sequence[Sequence[str]], name: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """Several guests in one process (`pagehint guest-group`), one flag list each."""
+        spec = self.workdir / f"{name}.guests"
+        spec.write_text("".join(shlex.join(g) + "\n" for g in guests))
+        err = (self.workdir / f"{name}.log").open("w")
+        # Summaries go to a file, not a pipe: hundreds of them overflow a pipe's
+        # buffer, and a group blocked writing would never exit.
+        out = (self.workdir / f"{name}.out").open("w")
+        self._files.extend([err, out])
+        p = subprocess.Popen(
+            [*PAGEHINT, "guest-group", str(spec), "--json", "--quiet"],
+            stdout=out,
+            stderr=err,
+            text=True,
+            env={**_child_env(), **(env or {})},
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        return p
+
+    def group_summaries(
+        self, p: subprocess.Popen[str], name: str, timeout: float
+    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """({guest id: summary} for the guests that finished, [one line per failure])."""
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return {}, [f"guest group {name} did not finish within {timeout:.0f} s"]
+        summaries: dict[str, dict[str, Any]] = {}
+        for line in (self.workdir / f"{name}.out").read_text().splitlines():
+            if line.strip():
+                s = json.loads(line)
+                summaries[str(s["guest_id"])] = s
+        errors = [
+            line.removeprefix("pagehint guest-group: ")
+            for line in self.log_text(name).splitlines()
+            if line.startswith("pagehint guest-group: ")
+        ]
+        if p.returncode != 0 and not errors:
+            lines = self.log_text(name).strip().splitlines()
+            errors.append(f"guest group {name} failed: {lines[-1] if lines else p.returncode}")
+        return summaries, errors
 
     def log_text(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text()

@@ -14,6 +14,7 @@ from pagehint.errors import UsageError
 
 def build_parser(env: Mapping[str, str]) -> Parser:
     from guest import command as guest_command
+    from guest import group_command
     from host import certs_command, health_command
     from host import command as host_command
     from lab import compare_command, demo_command, loadtest_command
@@ -29,6 +30,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
     for module in (
         demo_command,
         guest_command,
+        group_command,
         host_command,
         compare_command,
         loadtest_command,

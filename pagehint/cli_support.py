@@ -20,6 +20,14 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class RaisingParser(Parser):
+    """A Parser whose errors raise UsageError (for flags read from a file, whose
+    caller names the line)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
 def env_name(flag: str) -> str:
     return "PAGEHINT_" + flag.lstrip("-").replace("-", "_").upper()
 

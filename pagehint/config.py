@@ -88,6 +88,9 @@ class GuestConfig:
     poison: int | None = None
     # Give up at start-up if the host cannot be reached in this long.
     connect_timeout: float = 10.0
+    # Wait this long before booting (a load test's ramp: guests of a fleet do not
+    # all boot in the same instant).
+    start_delay: float = 0.0
     # Write every acknowledged report's latency (ms, one per line) here at the end.
     ack_log: str | None = None
     # Run the allocator's invariant checker at the end (O(pages): off for huge guests).

@@ -213,12 +213,13 @@ def decode_used(m: Any) -> UsedMsg:
 # ---- Stats / Close ---------------------------------------------------------------
 
 
-def encode_stats_request(session: str = "") -> Any:
-    return pb.StatsRequest(session=session)
+def encode_stats_request(session: str = "", self_only: bool = False) -> Any:
+    return pb.StatsRequest(session=session, self_only=self_only)
 
 
-def decode_stats_request(m: Any) -> str:
-    return str(m.session)
+def decode_stats_request(m: Any) -> tuple[str, bool]:
+    """(session, self_only)."""
+    return str(m.session), bool(m.self_only)
 
 
 def _encode_guest(g: GuestFigures) -> Any:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from guest.memory import GuestMemory
 from guest.mm.constants import PAGE_SIZE
+from guest.workloads import share
 
 # Yield to the event loop every this many allocator operations, so the hinting
 # worker and the driver get to run while a workload is busy.
@@ -43,15 +44,22 @@ class WorkloadContext:
         self._clock = clock
         self._t0 = clock()
         self._ops = 0
+        self._resumed = time.perf_counter()
 
     def now(self) -> float:
         return self._clock() - self._t0
 
     async def tick(self) -> None:
-        """Count one operation; yield to the loop every YIELD_EVERY of them."""
+        """Count one operation; yield to the loop every YIELD_EVERY of them (or, on a
+        loop shared by many guests, as the LoopShare says: see share.py)."""
         self._ops += 1
-        if self._ops % YIELD_EVERY == 0:
-            await asyncio.sleep(0)
+        loop_share = share.shared
+        if loop_share is None:
+            if self._ops % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        elif self._ops % loop_share.slice_ops == 0:
+            await loop_share.pass_turn(time.perf_counter() - self._resumed)
+            self._resumed = time.perf_counter()
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on stop; returns False if stopped."""

@@ -108,6 +108,10 @@ def test_loadtest_small(tmp_path: Path) -> None:
             "256MiB",
             "--duration",
             "6",
+            "--guests-per-process",
+            "2",
+            "--ramp",
+            "1",
             "--out",
             str(out),
             "--json",
@@ -117,12 +121,45 @@ def test_loadtest_small(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)
     assert s["guests_completed"] == 4 and s["errors"] == []
+    # Two guests per process: two processes, each guest's own summary.
+    assert s["guest_processes"] == 2
+    assert sorted(s["per_guest"]) == [f"lt-{i:03d}" for i in range(1, 5)]
+    assert {g["policy"] for g in s["per_guest"].values()} == {"bitmap", "reporting"}
     assert s["alloc_failures"] == 0 and s["report_failures"] == 0
     assert s["chains"] > 0 and s["ack_latency_ms"]["p99"] is not None
     assert s["host_capacity_bytes"] == 512 << 20
     assert s["overcommit_ratio"] and s["overcommit_ratio"] > 1
     with Image.open(out / "loadtest.png") as im:
         im.verify()
+
+
+def test_loadtest_guests_sharing_a_process_keep_their_memory(tmp_path: Path) -> None:
+    # Real memory (shm): three guests on one event loop, each with its own RAM
+    # file, allocator and session; every page they wrote is checked.
+    r = run_cli(
+        [
+            "loadtest",
+            "--guests",
+            "3",
+            "--ram",
+            "128MiB",
+            "--duration",
+            "5",
+            "--backend",
+            "shm",
+            "--guests-per-process",
+            "3",
+            "--out",
+            str(tmp_path / "lt"),
+            "--json",
+        ],
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    assert s["guest_processes"] == 1 and s["guests_completed"] == 3 and s["errors"] == []
+    assert s["data_loss_checked"] and s["data_loss_pages"] == 0
+    assert s["chains"] > 0
 
 
 def test_loadtest_shm_refuses_to_exhaust_memory() -> None:

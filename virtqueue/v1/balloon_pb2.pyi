@@ -126,10 +126,12 @@ class Used(_message.Message):
     def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ..., status: _Optional[_Union[UsedStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., errno: _Optional[int] = ..., resident_bytes: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ("session",)
+    __slots__ = ("session", "self_only")
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    SELF_ONLY_FIELD_NUMBER: _ClassVar[int]
     session: str
-    def __init__(self, session: _Optional[str] = ...) -> None: ...
+    self_only: bool
+    def __init__(self, session: _Optional[str] = ..., self_only: _Optional[bool] = ...) -> None: ...
 
 class GuestStats(_message.Message):
     __slots__ = ("guest_id", "ram_bytes", "resident_bytes", "lazily_free_bytes", "discarded_bytes", "reported_bytes", "chains", "refused_chains", "touched_bytes", "poison_skipped_chains", "peak_resident_bytes", "measured_by_kernel", "failed_chains", "sessions")

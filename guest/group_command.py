@@ -1,0 +1,151 @@
+"""`pagehint guest-group FILE`: many guests in one process, on one event loop.
+
+Each line of FILE holds the flags of one `pagehint guest` (blank lines and
+lines starting with # are skipped). Every guest keeps its own allocator,
+policy, session and stream; they share the process's event loop, which is how
+a load test runs hundreds of guests on a small machine instead of hundreds of
+processes fighting for its cores. Each guest's flags are checked before any
+starts; a guest that fails at run time is reported, the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pagehint.cli_support import RaisingParser, add_switch
+from pagehint.config import GuestConfig
+from pagehint.errors import UsageError
+
+MAX_GUESTS = 1024
+MAX_FILE_BYTES = 1 << 20
+
+
+def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "guest-group",
+        help="run many guests in one process (one `pagehint guest` per line of FILE)",
+        description="Run several guests on one event loop. FILE has one guest per line: the "
+        "flags of `pagehint guest` (e.g. --host 127.0.0.1:50051 --id a --workload churn "
+        "--duration 30). # starts a comment line.",
+    )
+    p.add_argument("file", help="file with one guest's flags per line")
+    add_switch(p, env, "--json", help="print one JSON summary line per guest")
+    add_switch(p, env, "--quiet", help="no event log on stderr")
+    p.set_defaults(handler=run)
+
+
+def read_group(path: Path, env: Mapping[str, str]) -> list[GuestConfig]:
+    """Each line's flags parsed and checked exactly as `pagehint guest` does."""
+    from guest.command import config_from_args
+
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise UsageError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    parser = _guest_parser(env)
+    configs: list[GuestConfig] = []
+    seen: dict[str, int] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if len(configs) >= MAX_GUESTS:
+            raise UsageError(f"{path}: more than {MAX_GUESTS} guests")
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            raise UsageError(f"{path} line {n}: {e}") from None
+        args = _parse_line(parser, words, f"{path} line {n}")
+        try:
+            cfg = config_from_args(args)
+        except UsageError as e:
+            raise UsageError(f"{path} line {n}: {e}") from None
+        if cfg.workload is None and cfg.scenario is None and cfg.duration is None:
+            raise UsageError(
+                f"{path} line {n}: nothing to run: give --workload, --scenario or --duration"
+            )
+        if cfg.guest_id in seen:
+            raise UsageError(
+                f"{path} line {n}: guest id {cfg.guest_id!r} is already used on line "
+                f"{seen[cfg.guest_id]} (a host takes one session per id)"
+            )
+        seen[cfg.guest_id] = n
+        configs.append(cfg)
+    if not configs:
+        raise UsageError(f"{path}: no guests (one line of `pagehint guest` flags per guest)")
+    return configs
+
+
+def _guest_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """`pagehint` with only its guest subcommand, raising UsageError on a bad flag."""
+    from guest import command as guest_command
+
+    root = RaisingParser(prog="pagehint")
+    sub = root.add_subparsers(dest="command", parser_class=RaisingParser)
+    guest_command.add_parser(sub, env)
+    return root
+
+
+def _parse_line(
+    parser: argparse.ArgumentParser, words: list[str], where: str
+) -> argparse.Namespace:
+    """Parse one line as `pagehint guest WORDS`; a bad flag is a UsageError naming the line."""
+    try:
+        return parser.parse_args(["guest", *words])
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+    except SystemExit:  # --help and the like
+        raise UsageError(f"{where}: not a guest's flags") from None
+
+
+async def run_group(
+    configs: list[GuestConfig], quiet: bool
+) -> list[dict[str, Any] | BaseException]:
+    from guest.service import serve_guest
+    from guest.workloads import share
+
+    # Many guests, one loop: workloads take turns within a budget so that every
+    # guest's driver and worker stay responsive (guest/workloads/share.py).
+    share.shared = share.LoopShare() if len(configs) > 1 else None
+    results = await asyncio.gather(
+        *(serve_guest(cfg, quiet) for cfg in configs), return_exceptions=True
+    )
+    return list(results)
+
+
+def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from pagehint import loop as event_loop
+
+    configs = read_group(Path(a.file), env)
+    loops = {cfg.loop for cfg in configs}
+    if len(loops) > 1:
+        raise UsageError(
+            f"{a.file}: guests ask for different --loop values; one process has one loop"
+        )
+    results = event_loop.run(run_group(configs, bool(a.quiet)), loops.pop())
+    failed = 0
+    for cfg, result in zip(configs, results, strict=True):
+        if isinstance(result, UsageError):
+            failed += 1
+            sys.stderr.write(f"pagehint guest-group: guest {cfg.guest_id}: error: {result}\n")
+        elif isinstance(result, BaseException):
+            failed += 1
+            sys.stderr.write(
+                f"pagehint guest-group: guest {cfg.guest_id}: internal error: "
+                f"{type(result).__name__}: {result}\n"
+            )
+        elif a.json:
+            sys.stdout.write(json.dumps(result) + "\n")
+        else:
+            from guest.report import format_summary
+
+            sys.stdout.write(f"== guest {cfg.guest_id}\n{format_summary(result)}\n")
+    return 2 if failed else 0
