@@ -97,6 +97,7 @@ def main() -> dict[str, Any]:
             }
             out[name] = _paired(runs)
             del mm, plain, held, held_plain
+    out["hook_cost"] = _hook_cost(rng)
     mm = BuddyAllocator(GIB)
     mm.set_hook(noop, 9)
     plain = PlainBuddy.same_state(_free_lists(mm))
@@ -117,6 +118,31 @@ def main() -> dict[str, Any]:
     }
     out["machine"] = machine.report()
     return out
+
+
+def _hook_cost(rng: random.Random) -> dict[str, Any]:
+    """What the notify_free hook costs, on the random 1 GiB state: no hook, a no-op
+    hook at order 9 (as hinting installs it), a no-op hook on every free."""
+    mm, _ = _state("random", GIB)
+    held = allocated_pfns(mm)
+    victims = [rng.randrange(len(held)) for _ in range(PAIRS)]
+
+    def run(order: int | None) -> float:
+        mm.set_hook(None if order is None else noop, order or 0)
+        return _pairs(mm, held, victims)[0]
+
+    samples: dict[str, list[float]] = {"off": [], "noop@9": [], "noop@0": []}
+    cases = {"off": None, "noop@9": 9, "noop@0": 0}
+    names = list(cases)
+    for r in range(ROUNDS):
+        for name in names if r % 2 == 0 else names[::-1]:
+            samples[name].append(run(cases[name]))
+    med = {k: median(v) for k, v in samples.items()}
+    return {
+        "pairs_per_cpu_s": {k: round(v) for k, v in med.items()},
+        "cost_pct@9": round(100 * (1 - med["noop@9"] / med["off"]), 2),
+        "cost_pct@0": round(100 * (1 - med["noop@0"] / med["off"]), 2),
+    }
 
 
 def _paired(runs: dict[str, Callable[[], tuple[float, float]]]) -> dict[str, Any]:

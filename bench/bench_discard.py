@@ -36,7 +36,7 @@ PAGE = 4096
 def main() -> dict[str, object]:
     with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
         dev = BalloonDevice(ShmBackend(d))
-        s = dev.negotiate("bench", RAM, PAGE, F.mask(F.REPORTING), 0, 32)
+        s, _fence = dev.negotiate("bench", RAM, PAGE, F.mask(F.REPORTING), 0, 32)
         fd = os.open(s.ram.shm_path, os.O_RDWR)
         m = mmap.mmap(fd, RAM, mmap.MAP_SHARED)
         block = b"\x5a" * (64 << 20)
@@ -54,8 +54,9 @@ def main() -> dict[str, object]:
             rng.shuffle(order)  # chains name scattered blocks, as real reports do
             chains = [order[i : i + 32] for i in range(0, len(order), 32)]
             t0 = time.perf_counter()
-            for c in chains:
-                dev.handle_report(s, c, [9] * len(c))
+            for i, c in enumerate(chains):
+                used = dev.handle_report(s, i, c, [9] * len(c))
+                assert used is not None and used.status == 0, used
             dt = time.perf_counter() - t0
             assert allocated_bytes(fd) == 0
             return RAM / dt / (1 << 30)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from lab.procs import cpu_seconds
 
 
 def interleave(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
@@ -33,11 +33,11 @@ def max_rss_mb() -> float:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of another process (from /proc, 1/CLK_TCK resolution)."""
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name may hold spaces: fields are counted after its ')'.
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User + system CPU time of another (live) process."""
+    cpu = cpu_seconds(pid)
+    if cpu is None:
+        raise RuntimeError(f"process {pid} is gone")
+    return cpu
 
 
 def _cpu_ticks() -> tuple[int, int]:

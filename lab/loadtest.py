@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from lab.plot import plot_series
-from lab.procs import ProcessGroup
+from lab.procs import ProcessGroup, cpu_seconds
 from pagehint.errors import UsageError
 from pagehint.stats import percentiles
 from pagehint.units import format_size
@@ -53,6 +53,7 @@ def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
     errors: list[str] = []
     t0 = time.monotonic()
     host_stats: codec.HostFigures | None = None
+    host_cpu: float | None = None
     try:
         addr, host = group.start_host(
             [
@@ -138,6 +139,7 @@ def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
             errors.extend(failed)
         if host.poll() is not None:
             errors.append(f"host exited with {host.returncode}")
+        host_cpu = cpu_seconds(host.pid)
         elapsed = time.monotonic() - t0
     finally:
         group.close()
@@ -176,6 +178,9 @@ def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
         "data_loss_checked": bool(summaries)
         and all(s.get("data_loss_checked") for s in summaries.values()),
         "refused_chains": host_stats.refused_chains if host_stats else None,
+        # The host's CPU over the whole run, and as a share of one core.
+        "host_cpu_s": None if host_cpu is None else round(host_cpu, 2),
+        "host_cpu_share": None if host_cpu is None else round(host_cpu / elapsed, 3),
         "errors": errors,
         "backend": cfg.backend,
         "ramp_s": cfg.ramp,
@@ -219,6 +224,12 @@ def format_loadtest(r: dict[str, Any]) -> str:
         ("overcommit achieved", f"{r['overcommit_ratio']}× (guest RAM / host peak)"),
         ("chains", f"{r['chains']} ({r['chains_per_s']}/s)"),
         ("ack latency", f"p50 {ms(lat['p50'])}, p99 {ms(lat['p99'])}, max {ms(lat['max'])}"),
+        (
+            "host CPU",
+            "n/a"
+            if r["host_cpu_s"] is None
+            else f"{r['host_cpu_s']} s ({r['host_cpu_share'] * 100:.0f}% of one core)",
+        ),
         ("alloc failures", str(r["alloc_failures"])),
         ("report failures", str(r["report_failures"])),
         (

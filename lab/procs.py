@@ -175,6 +175,17 @@ class ProcessGroup:
         self._files.clear()
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a live process has used (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name may hold spaces: fields are counted after its ')'.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_timeline(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
