@@ -71,18 +71,7 @@ class ProcessGroup:
     def start_guest(
         self, args: Sequence[str], name: str, env: Mapping[str, str] | None = None
     ) -> subprocess.Popen[str]:
-        err = (self.workdir / f"{name}.log").open("w")
-        self._files.append(err)
-        p = subprocess.Popen(
-            [*PAGEHINT, "guest", "--json", *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env={**_child_env(), **(env or {})},
-            start_new_session=True,
-        )
-        self.procs.append(p)
-        return p
+        return self._spawn(["guest", "--json", *args], name, subprocess.PIPE, env)
 
     def start_guest_group(
         self, guests: Sequence[Sequence[str]], name: str, env: Mapping[str, str] | None = None
@@ -90,14 +79,21 @@ class ProcessGroup:
         """Several guests in one process (`pagehint guest-group`), one flag list each."""
         spec = self.workdir / f"{name}.guests"
         spec.write_text("".join(shlex.join(g) + "\n" for g in guests))
-        err = (self.workdir / f"{name}.log").open("w")
         # Summaries go to a file, not a pipe: hundreds of them overflow a pipe's
         # buffer, and a group blocked writing would never exit.
         out = (self.workdir / f"{name}.out").open("w")
-        self._files.extend([err, out])
+        self._files.append(out)
+        return self._spawn(["guest-group", str(spec), "--json", "--quiet"], name, out, env)
+
+    def _spawn(
+        self, args: Sequence[str], name: str, stdout: Any, env: Mapping[str, str] | None
+    ) -> subprocess.Popen[str]:
+        """A pagehint child in its own session, its stderr in ``name``.log."""
+        err = (self.workdir / f"{name}.log").open("w")
+        self._files.append(err)
         p = subprocess.Popen(
-            [*PAGEHINT, "guest-group", str(spec), "--json", "--quiet"],
-            stdout=out,
+            [*PAGEHINT, *args],
+            stdout=stdout,
             stderr=err,
             text=True,
             env={**_child_env(), **(env or {})},
