@@ -115,9 +115,12 @@ async def run_group(
     # Many guests, one loop: workloads take turns within a budget so that every
     # guest's driver and worker stay responsive (guest/workloads/share.py).
     share.shared = share.LoopShare() if len(configs) > 1 else None
-    results = await asyncio.gather(
-        *(serve_guest(cfg, quiet) for cfg in configs), return_exceptions=True
-    )
+    try:
+        results = await asyncio.gather(
+            *(serve_guest(cfg, quiet) for cfg in configs), return_exceptions=True
+        )
+    finally:
+        share.shared = None
     return list(results)
 
 

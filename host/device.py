@@ -429,7 +429,7 @@ class BalloonDevice:
                 raise ChainRefused(
                     "misaligned", f"range {i}: pfn {pfn:#x} is not aligned to order {order}"
                 )
-            if pfn + n > limit:
+            if pfn < 0 or pfn + n > limit:  # (negative: only from in-process callers)
                 raise ChainRefused(
                     "out_of_range",
                     f"range {i}: pfn {pfn:#x} order {order} is outside guest RAM ({limit} pages)",

@@ -130,9 +130,11 @@ class BalloonDriver:
             stream, session = self.conn.stream, self.conn.session
             if stream is None or not self.conn.connected.is_set():
                 raise ReportError(f"host {self.address} unavailable", reason="unavailable")
-            # Ascending pfn order: the host's check takes one pass over such a chain.
-            pfns, orders = _columns(sorted(batch))
-            chain = self.window.open(batch, orders, session)
+            # Ascending pfn order: the host's check takes one pass over such a chain
+            # (and the chain's record, the --reports line, shows what was sent).
+            sent = sorted(batch)
+            pfns, orders = _columns(sent)
+            chain = self.window.open(sent, orders, session)
             try:
                 try:
                     async with self._write_lock:

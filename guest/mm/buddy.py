@@ -200,7 +200,7 @@ class BuddyAllocator:
         zone = self._zone_of_block[pfn >> MAX_ORDER]
         areas = zone.free_area
         # __free_one_page(), inlined: this is the hot path (put-backs take
-        # _merge_and_add, which differs only in where the block goes).
+        # _merge_and_add_tail, which differs only in where the block goes).
         while order < MAX_ORDER:
             buddy = pfn ^ (1 << order)
             if pg[buddy] | REPORTED != _FREE_OR_REPORTED | order:

@@ -4,7 +4,10 @@ Allocating half of a 64 GiB guest page by page took a minute; experiments
 and benchmarks want such states in seconds. ``with_allocated_pages`` takes a
 byte per page (non-zero: allocated, as an order-0 block) and produces exactly
 the state the buddy allocator would have reached: every free page merged with
-its free buddies as far as they go. The work is done on whole byte strings
+its free buddies as far as they go, the same blocks free at the same orders in
+the same zones. (Within a free list the blocks are in ascending pfn order,
+which page-by-page freeing need not give: the first allocations from a built
+state may take other, equally free, blocks.) The work is done on whole byte strings
 (slices, ``translate``, big-integer arithmetic) and never per page in Python.
 """
 

@@ -58,11 +58,21 @@ class WorkloadContext:
             if self._ops % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         elif self._ops % loop_share.slice_ops == 0:
-            await loop_share.pass_turn(time.perf_counter() - self._resumed)
+            # Capped: a slice that spans a wait the clock cannot see (a caller's
+            # own await) must not be charged as a whole window of work.
+            spent = min(time.perf_counter() - self._resumed, loop_share.window)
+            await loop_share.pass_turn(spent)
             self._resumed = time.perf_counter()
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on stop; returns False if stopped."""
+        try:
+            return await self._sleep(seconds)
+        finally:
+            # Time asleep is not work: the loop share charges only what runs.
+            self._resumed = time.perf_counter()
+
+    async def _sleep(self, seconds: float) -> bool:
         if seconds <= 0:
             # Still a yield: a workload that overruns its time slice (churn at a
             # rate it cannot reach) must let signals and --duration in.

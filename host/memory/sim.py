@@ -57,8 +57,14 @@ class SimRam(GuestRam):
         released = 0
         lazy = 0
         zeros = _ZEROS
+        limit = len(fr)  # 0 once released: nothing is held any more
         for pfn, n in ranges:
             end = pfn + n
+            if end > limit:  # the device never sends such a range; clip, as slices do
+                end = limit
+                n = end - pfn
+                if n <= 0:
+                    continue
             held = n - fr.count(ABSENT, pfn, end)
             if held:
                 if self.lazy:

@@ -75,3 +75,15 @@ def test_a_failing_guest_does_not_stop_the_others(
     out = capsys.readouterr()
     assert [json.loads(x)["guest_id"] for x in out.out.splitlines()] == ["g0"]
     assert "guest g1: error: cannot reach host 127.0.0.1:1" in out.err
+
+
+def test_the_loop_share_ends_with_the_group(tmp_path: Path) -> None:
+    from guest.workloads import share
+
+    f = group_file(
+        tmp_path,
+        "--id a --ram 64MiB --workload memhog --duration 0.5\n"
+        "--id b --ram 64MiB --workload churn --duration 0.5\n",
+    )
+    assert main(["guest-group", f, "--json", "--quiet"], env={}) == 0
+    assert share.shared is None  # later runs in this process are not throttled

@@ -275,3 +275,21 @@ def test_a_session_taken_over_by_the_same_identity_is_not_taken_back() -> None:
     with pytest.raises(SessionInUse, match="taken over"):
         d.negotiate("g", RAM, 4096, REPORTING, 0, 32, first.token, identity="g")
     assert not second.ended
+
+
+def test_negative_pfns_from_in_process_callers_are_refused_by_name() -> None:
+    d = device()
+    s = session(d)
+    used = d.handle_report(s, 1, [-1024], [10])
+    assert used is not None and used.status == codec.REFUSED and used.reason == "out_of_range"
+
+
+def test_a_released_ledger_discards_nothing() -> None:
+    d = device()
+    s = session(d)
+    s.ram.touched([(0, 1024)])
+    before = d.backend.resident_pages_total()
+    s.ram.release()
+    assert s.ram.discard([(0, 1024)]) == 0
+    assert s.ram.resident_pages() == 0
+    assert d.backend.resident_pages_total() == before - 1024
