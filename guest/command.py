@@ -24,6 +24,7 @@ from pagehint.cli_support import (
     positive_float,
     positive_int,
 )
+from pagehint.cli_support import rate as ops_rate
 from pagehint.config import LOOPS, POLICIES, GuestConfig, HintingConfig
 from pagehint.errors import UsageError
 from pagehint.tls import load_tls
@@ -245,7 +246,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         guest_id=expand_id(str(a.guest_id)),
         host=host,
         workload=workload,
-        rate=convert(a.rate, positive_float, "--rate"),
+        rate=convert(a.rate, ops_rate, "--rate"),
         scenario=scenario,
         duration=duration,
         seed=convert(a.seed, int, "--seed"),

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shlex
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +27,7 @@ from pagehint.errors import UsageError
 
 MAX_GUESTS = 1024
 MAX_FILE_BYTES = 1 << 20
+MAX_LINE_CHARS = 16 * 1024  # argparse is quadratic in a line's words
 
 
 def add_parser(sub: Any, env: Mapping[str, str]) -> None:
@@ -46,23 +49,35 @@ def read_group(path: Path, env: Mapping[str, str]) -> list[GuestConfig]:
     from guest.command import config_from_args
 
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
+        if not stat.S_ISREG(path.stat().st_mode):
+            # A device (/dev/zero) or a FIFO would be read without end or wait forever.
+            raise UsageError(f"{path}: not a regular file")
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
             raise UsageError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     parser = _guest_parser(env)
     configs: list[GuestConfig] = []
     seen: dict[str, int] = {}
+    taken: dict[tuple[str, str], int] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         if len(configs) >= MAX_GUESTS:
             raise UsageError(f"{path}: more than {MAX_GUESTS} guests")
+        if len(line) > MAX_LINE_CHARS:
+            raise UsageError(f"{path} line {n}: longer than {MAX_LINE_CHARS} characters")
+        if "\x00" in line:
+            raise UsageError(f"{path} line {n}: contains a NUL character")
         try:
             words = shlex.split(line)
         except ValueError as e:
             raise UsageError(f"{path} line {n}: {e}") from None
+        if {"-h", "--help"} & set(words):
+            raise UsageError(f"{path} line {n}: --help is not a guest to run")
         args = _parse_line(parser, words, f"{path} line {n}")
         try:
             cfg = config_from_args(args)
@@ -78,10 +93,33 @@ def read_group(path: Path, env: Mapping[str, str]) -> list[GuestConfig]:
                 f"{seen[cfg.guest_id]} (a host takes one session per id)"
             )
         seen[cfg.guest_id] = n
+        for what, key in _exclusive(cfg):
+            if key in taken:
+                raise UsageError(
+                    f"{path} line {n}: {what} is already used on line {taken[key]} "
+                    "(each guest needs its own)"
+                )
+            taken[key] = n
         configs.append(cfg)
     if not configs:
         raise UsageError(f"{path}: no guests (one line of `pagehint guest` flags per guest)")
     return configs
+
+
+def _exclusive(cfg: GuestConfig) -> list[tuple[str, tuple[str, str]]]:
+    """What two guests of one group cannot share: output files, a metrics port."""
+    out = []
+    for flag, value in (
+        ("--timeline", cfg.timeline),
+        ("--reports", cfg.reports),
+        ("--ack-log", cfg.ack_log),
+    ):
+        if value is not None:
+            out.append((f"{flag} {value}", ("file", os.path.realpath(value))))
+    if cfg.metrics_port:  # 0: any free port, never shared
+        where = f"{cfg.metrics_addr}:{cfg.metrics_port}"
+        out.append((f"--metrics-port {cfg.metrics_port}", ("port", where)))
+    return out
 
 
 def _guest_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -109,15 +147,19 @@ def _parse_line(
 async def run_group(
     configs: list[GuestConfig], quiet: bool
 ) -> list[dict[str, Any] | BaseException]:
-    from guest.service import serve_guest
+    from guest.service import StopSignals, serve_guest
     from guest.workloads import share
 
     # Many guests, one loop: workloads take turns within a budget so that every
     # guest's driver and worker stay responsive (guest/workloads/share.py).
     share.shared = share.LoopShare() if len(configs) > 1 else None
+    # One signal handler for all, in place before any guest boots: a guest still
+    # waiting to start or connecting is stopped too.
+    signals = StopSignals()
+    signals.install()
     try:
         results = await asyncio.gather(
-            *(serve_guest(cfg, quiet) for cfg in configs), return_exceptions=True
+            *(serve_guest(cfg, quiet, signals) for cfg in configs), return_exceptions=True
         )
     finally:
         share.shared = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from guest.balloon import BalloonDriver
@@ -28,10 +28,16 @@ from virtqueue.codec import Accepted
 Log = Callable[[str], None]
 
 
-async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
+async def serve_guest(
+    cfg: GuestConfig, quiet: bool = False, signals: StopSignals | None = None
+) -> dict[str, Any]:
+    """Run one guest to its end; ``signals`` is shared by the guests of a group
+    (a lone guest installs its own)."""
+    if signals is None:
+        signals = StopSignals()
+        signals.install()
     log = make_logger(f"guest[{cfg.guest_id}]", quiet)
-    if cfg.start_delay:
-        await asyncio.sleep(cfg.start_delay)
+    await signals.before_boot(cfg.start_delay)
     mm = BuddyAllocator(cfg.ram_bytes)
     driver: BalloonDriver | None = None
     ram: SharedRam | None = None
@@ -53,7 +59,11 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     else:
         driver = device = BalloonDriver(cfg, mm, log)
         driver.on_session.append(session)
-        await driver.start()
+        try:
+            await signals.unless_stopped(driver.start())
+        except UsageError:
+            await driver.stop()  # a session it may have opened is closed
+            raise
     rt = GuestRuntime(cfg, device=device, log=log, mm=mm)
     if ram is not None:
         # Stamp after the allocator hands a block out; check before it takes it back.
@@ -83,11 +93,11 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
             await driver.stop()
             raise UsageError(f"--reports {cfg.reports}: cannot write: {e.strerror}") from None
         driver.report_log = reports
-    _stop_on_signals(rt, log)
+    signals.add(rt)
     try:
         metrics = _start_metrics(cfg, rt, driver, log)
     except UsageError:
-        _forget(rt)
+        signals.remove(rt)
         if driver is not None:
             await driver.stop()  # close the session we opened: nothing left behind
         raise
@@ -96,7 +106,7 @@ async def serve_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
     try:
         summary = await rt.run(before_summary=driver.stop if driver is not None else None)
     finally:
-        _forget(rt)
+        signals.remove(rt)
         if driver is not None:
             await driver.stop()
         if metrics is not None:
@@ -154,31 +164,66 @@ def _host_figures(driver: BalloonDriver, summary: dict[str, Any]) -> str:
     return driver.accepted.backend
 
 
-# Every guest running in this process (several with `pagehint guest-group`): a
-# signal stops them all. loop.add_signal_handler keeps one handler per signal,
-# so the handler walks this list rather than each guest installing its own.
-_RUNNING: list[tuple[GuestRuntime, Log]] = []
+class StopSignals:
+    """SIGTERM / SIGINT for every guest of this process (several with
+    `pagehint guest-group`), installed before any of them boots.
 
+    A guest that is running ends cleanly (pages back, session closed, summary
+    printed); one still waiting for its --start-delay or still connecting does
+    not start at all. loop.add_signal_handler keeps one handler per signal, so
+    one object serves them all.
+    """
 
-def _stop_on_signals(rt: GuestRuntime, log: Log) -> None:
-    """SIGTERM / SIGINT end the run cleanly: pages back, session closed, summary printed."""
-    _RUNNING.append((rt, log))
-    if len(_RUNNING) > 1:
-        return  # installed by the first guest of this loop
-    loop = asyncio.get_running_loop()
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.running: list[tuple[GuestRuntime, Log]] = []
 
-    def stop() -> None:
-        for each, its_log in _RUNNING:
-            its_log("stopping on signal")
-            each.ctx.stop.set()
-            each.stopped_by_signal = True
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+    def stop(self) -> None:
+        self.requested.set()
+        for rt, log in self.running:
+            log("stopping on signal")
+            self.stop_one(rt)
 
+    @staticmethod
+    def stop_one(rt: GuestRuntime) -> None:
+        rt.ctx.stop.set()
+        rt.stopped_by_signal = True
 
-def _forget(rt: GuestRuntime) -> None:
-    _RUNNING[:] = [(r, lg) for r, lg in _RUNNING if r is not rt]
+    def add(self, rt: GuestRuntime) -> None:
+        self.running.append((rt, rt.log))
+        if self.requested.is_set():
+            self.stop_one(rt)
+
+    def remove(self, rt: GuestRuntime) -> None:
+        self.running = [(r, lg) for r, lg in self.running if r is not rt]
+
+    async def before_boot(self, seconds: float) -> None:
+        """Wait ``seconds`` (a start delay) unless a signal comes first."""
+        if seconds:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.requested.wait(), seconds)
+        if self.requested.is_set():
+            raise UsageError("stopped by a signal before it started")
+
+    async def unless_stopped(self, start: Coroutine[Any, Any, None]) -> None:
+        """Run ``start`` (connecting to the host) unless a signal comes first."""
+        task = asyncio.ensure_future(start)
+        stop = asyncio.ensure_future(self.requested.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise UsageError("stopped by a signal while connecting to the host")
+        task.result()
 
 
 def _start_metrics(

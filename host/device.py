@@ -331,6 +331,7 @@ class BalloonDevice:
             min_order=self.min_order,
             fence=fence,
             instance=self.instance,
+            session_timeout_ms=min(int(self.session_timeout * 1000), 2**32 - 1),
         )
 
     def fence(self, guest_id: str, token: str) -> Fence:
@@ -540,6 +541,9 @@ class BalloonDevice:
         # Residency only rises on touches (a chain only lowers it), and is sampled
         # whenever figures are asked for: the peak is noted there, not per chain.
         s.peak_resident_pages = max(s.peak_resident_pages, s.ram.resident_pages())
+        self.peak_resident_pages = max(self.peak_resident_pages, self.resident_pages())
+
+    def note_host_peak(self) -> None:
         self.peak_resident_pages = max(self.peak_resident_pages, self.resident_pages())
 
     def resident_pages(self) -> int:

@@ -22,6 +22,7 @@ from pagehint.cli_support import (
     positive_float,
     positive_int,
 )
+from pagehint.cli_support import rate as ops_rate
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
 from pagehint.units import format_size, parse_seconds, parse_size
@@ -114,7 +115,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         per_process = convert(a.guests_per_process, positive_int, "--guests-per-process")
     rate = min(20000.0, 40000.0 / guests)
     if a.rate is not None:
-        rate = convert(a.rate, positive_float, "--rate")
+        rate = convert(a.rate, ops_rate, "--rate")
     out = Path(a.out) if a.out else Path("runs") / time.strftime("loadtest-%Y%m%d-%H%M%S")
     cfg = LoadtestConfig(
         guests=guests,
@@ -128,6 +129,15 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         guests_per_process=min(per_process, guests),
         ramp=convert(a.ramp, lambda s: nonneg_float(str(parse_seconds(s))), "--ramp"),
     )
+    if cfg.ramp and cfg.ramp >= cfg.duration:
+        raise UsageError(
+            f"--ramp {cfg.ramp:g}: must be shorter than --duration {cfg.duration:g} "
+            "(or the first guests finish before the last start)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create the folder: {e.strerror}") from None
     log = make_logger("loadtest", quiet=bool(a.json))
     report = run_loadtest(cfg, log)
     if a.json:

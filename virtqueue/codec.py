@@ -49,6 +49,7 @@ class Accepted:
     min_order: int = 0
     fence: Fence | None = None
     instance: str = ""
+    session_timeout_ms: int = 0
 
 
 # How the host finished a chain (the wire's UsedStatus).
@@ -148,6 +149,7 @@ def decode_accepted(m: Any) -> Accepted:
         min_order=m.min_order,
         fence=fence,
         instance=m.instance,
+        session_timeout_ms=m.session_timeout_ms,
     )
 
 

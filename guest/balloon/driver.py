@@ -303,8 +303,18 @@ class BalloonDriver:
     async def _poll_stats(self) -> None:
         while True:
             await self.refresh_stats()
-            watched = self.cfg.timeline is not None or self.cfg.metrics_port is not None
-            await asyncio.sleep(STATS_PERIOD if watched else STATS_PERIOD_QUIET)
+            await asyncio.sleep(self.stats_period())
+
+    def stats_period(self) -> float:
+        """Seconds to the next poll: fast while a timeline or metrics watch, slow
+        otherwise, and always well inside the host's session timeout (the poll is
+        what keeps an idle guest's session alive)."""
+        watched = self.cfg.timeline is not None or self.cfg.metrics_port is not None
+        period = STATS_PERIOD if watched else STATS_PERIOD_QUIET
+        acc = self.conn.accepted
+        if acc is not None and acc.session_timeout_ms:
+            period = min(period, acc.session_timeout_ms / 1000 / 4)
+        return max(0.05, period)
 
     async def refresh_stats(self, timeout: float = 2.0) -> None:
         session = self.conn.session

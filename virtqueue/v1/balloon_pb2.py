@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avirtqueue/v1/balloon.proto\x12\x0bpagehint.v1\"\x9c\x01\n\x10NegotiateRequest\x12\x10\n\x08guest_id\x18\x01 \x01(\t\x12\x11\n\tram_bytes\x18\x02 \x01(\x04\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x01(\x04\x12\x12\n\npoison_val\x18\x05 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\r\x12\x18\n\x10previous_session\x18\x07 \x01(\t\"(\n\x05\x46\x65nce\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x10\n\x08\x64one_ids\x18\x02 \x03(\x06\"\xdd\x01\n\x0eNegotiateReply\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x01(\x04\x12\x12\n\nqueue_size\x18\x02 \x01(\r\x12\x18\n\x10max_chain_ranges\x18\x03 \x01(\r\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x10\n\x08shm_path\x18\x06 \x01(\t\x12\x0f\n\x07\x64iscard\x18\x07 \x01(\t\x12\x11\n\tmin_order\x18\x08 \x01(\r\x12!\n\x05\x66\x65nce\x18\t \x01(\x0b\x32\x12.pagehint.v1.Fence\x12\x10\n\x08instance\x18\n \x01(\t\"/\n\x05\x43hain\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0b\n\x03pfn\x18\x02 \x03(\x06\x12\r\n\x05order\x18\x03 \x03(\r\"%\n\x07Touched\x12\x0b\n\x03pfn\x18\x01 \x03(\x06\x12\r\n\x05\x63ount\x18\x02 \x03(\r\"d\n\x0cGuestMessage\x12#\n\x05\x63hain\x18\x01 \x01(\x0b\x32\x12.pagehint.v1.ChainH\x00\x12\'\n\x07touched\x18\x02 \x01(\x0b\x32\x14.pagehint.v1.TouchedH\x00\x42\x06\n\x04kind\"\x9b\x01\n\x04Used\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x17\n\x0f\x64iscarded_pages\x18\x02 \x01(\x04\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.pagehint.v1.UsedStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\r\n\x05\x65rrno\x18\x06 \x01(\r\x12\x16\n\x0eresident_bytes\x18\x07 \x01(\x04\"2\n\x0cStatsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tself_only\x18\x02 \x01(\x08\"\xd5\x02\n\nGuestStats\x12\x10\n\x08guest_id\x18\x01 \x01(\t\x12\x11\n\tram_bytes\x18\x02 \x01(\x04\x12\x16\n\x0eresident_bytes\x18\x03 \x01(\x04\x12\x19\n\x11lazily_free_bytes\x18\x04 \x01(\x04\x12\x17\n\x0f\x64iscarded_bytes\x18\x05 \x01(\x04\x12\x16\n\x0ereported_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06\x63hains\x18\x07 \x01(\x04\x12\x16\n\x0erefused_chains\x18\x08 \x01(\x04\x12\x15\n\rtouched_bytes\x18\t \x01(\x04\x12\x1d\n\x15poison_skipped_chains\x18\n \x01(\x04\x12\x1b\n\x13peak_resident_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12measured_by_kernel\x18\x0c \x01(\x08\x12\x15\n\rfailed_chains\x18\r \x01(\x04\x12\x10\n\x08sessions\x18\x0e \x01(\x04\"\x85\x04\n\tHostStats\x12\'\n\x06guests\x18\x01 \x03(\x0b\x32\x17.pagehint.v1.GuestStats\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x16\n\x0eresident_bytes\x18\x03 \x01(\x04\x12\x1b\n\x13peak_resident_bytes\x18\x04 \x01(\x04\x12\x17\n\x0freclaimed_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06\x63hains\x18\x06 \x01(\x04\x12\x16\n\x0erefused_chains\x18\x07 \x01(\x04\x12\x36\n\x08refusals\x18\x08 \x03(\x0b\x32$.pagehint.v1.HostStats.RefusalsEntry\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12%\n\x04self\x18\n \x01(\x0b\x32\x17.pagehint.v1.GuestStats\x12\x15\n\rfailed_chains\x18\x0b \x01(\x04\x12\x41\n\x0e\x64iscard_errors\x18\x0c \x03(\x0b\x32).pagehint.v1.HostStats.DiscardErrorsEntry\x12\x10\n\x08instance\x18\r \x01(\t\x1a/\n\rRefusalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12\x44iscardErrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x1f\n\x0c\x43loseRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"\x0c\n\nCloseReply*x\n\x07\x46\x65\x61ture\x12\x17\n\x13\x46\x45\x41TURE_UNSPECIFIED\x10\x00\x12\x0c\n\x08STATS_VQ\x10\x01\x12\x12\n\x0e\x44\x45\x46LATE_ON_OOM\x10\x02\x12\x12\n\x0e\x46REE_PAGE_HINT\x10\x03\x12\x0f\n\x0bPAGE_POISON\x10\x04\x12\r\n\tREPORTING\x10\x05*7\n\nUsedStatus\x12\x08\n\x04\x44ONE\x10\x00\x12\x0b\n\x07REFUSED\x10\x01\x12\x12\n\x0e\x44ISCARD_FAILED\x10\x02\x32\x8a\x02\n\x07\x42\x61lloon\x12G\n\tNegotiate\x12\x1d.pagehint.v1.NegotiateRequest\x1a\x1b.pagehint.v1.NegotiateReply\x12=\n\tReporting\x12\x19.pagehint.v1.GuestMessage\x1a\x11.pagehint.v1.Used(\x01\x30\x01\x12:\n\x05Stats\x12\x19.pagehint.v1.StatsRequest\x1a\x16.pagehint.v1.HostStats\x12;\n\x05\x43lose\x12\x19.pagehint.v1.CloseRequest\x1a\x17.pagehint.v1.CloseReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avirtqueue/v1/balloon.proto\x12\x0bpagehint.v1\"\x9c\x01\n\x10NegotiateRequest\x12\x10\n\x08guest_id\x18\x01 \x01(\t\x12\x11\n\tram_bytes\x18\x02 \x01(\x04\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x01(\x04\x12\x12\n\npoison_val\x18\x05 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\r\x12\x18\n\x10previous_session\x18\x07 \x01(\t\"(\n\x05\x46\x65nce\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x10\n\x08\x64one_ids\x18\x02 \x03(\x06\"\xf9\x01\n\x0eNegotiateReply\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x01(\x04\x12\x12\n\nqueue_size\x18\x02 \x01(\r\x12\x18\n\x10max_chain_ranges\x18\x03 \x01(\r\x12\x0f\n\x07session\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x10\n\x08shm_path\x18\x06 \x01(\t\x12\x0f\n\x07\x64iscard\x18\x07 \x01(\t\x12\x11\n\tmin_order\x18\x08 \x01(\r\x12!\n\x05\x66\x65nce\x18\t \x01(\x0b\x32\x12.pagehint.v1.Fence\x12\x10\n\x08instance\x18\n \x01(\t\x12\x1a\n\x12session_timeout_ms\x18\x0b \x01(\r\"/\n\x05\x43hain\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0b\n\x03pfn\x18\x02 \x03(\x06\x12\r\n\x05order\x18\x03 \x03(\r\"%\n\x07Touched\x12\x0b\n\x03pfn\x18\x01 \x03(\x06\x12\r\n\x05\x63ount\x18\x02 \x03(\r\"d\n\x0cGuestMessage\x12#\n\x05\x63hain\x18\x01 \x01(\x0b\x32\x12.pagehint.v1.ChainH\x00\x12\'\n\x07touched\x18\x02 \x01(\x0b\x32\x14.pagehint.v1.TouchedH\x00\x42\x06\n\x04kind\"\x9b\x01\n\x04Used\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x17\n\x0f\x64iscarded_pages\x18\x02 \x01(\x04\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.pagehint.v1.UsedStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\r\n\x05\x65rrno\x18\x06 \x01(\r\x12\x16\n\x0eresident_bytes\x18\x07 \x01(\x04\"2\n\x0cStatsRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tself_only\x18\x02 \x01(\x08\"\xd5\x02\n\nGuestStats\x12\x10\n\x08guest_id\x18\x01 \x01(\t\x12\x11\n\tram_bytes\x18\x02 \x01(\x04\x12\x16\n\x0eresident_bytes\x18\x03 \x01(\x04\x12\x19\n\x11lazily_free_bytes\x18\x04 \x01(\x04\x12\x17\n\x0f\x64iscarded_bytes\x18\x05 \x01(\x04\x12\x16\n\x0ereported_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06\x63hains\x18\x07 \x01(\x04\x12\x16\n\x0erefused_chains\x18\x08 \x01(\x04\x12\x15\n\rtouched_bytes\x18\t \x01(\x04\x12\x1d\n\x15poison_skipped_chains\x18\n \x01(\x04\x12\x1b\n\x13peak_resident_bytes\x18\x0b \x01(\x04\x12\x1a\n\x12measured_by_kernel\x18\x0c \x01(\x08\x12\x15\n\rfailed_chains\x18\r \x01(\x04\x12\x10\n\x08sessions\x18\x0e \x01(\x04\"\x85\x04\n\tHostStats\x12\'\n\x06guests\x18\x01 \x03(\x0b\x32\x17.pagehint.v1.GuestStats\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x16\n\x0eresident_bytes\x18\x03 \x01(\x04\x12\x1b\n\x13peak_resident_bytes\x18\x04 \x01(\x04\x12\x17\n\x0freclaimed_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06\x63hains\x18\x06 \x01(\x04\x12\x16\n\x0erefused_chains\x18\x07 \x01(\x04\x12\x36\n\x08refusals\x18\x08 \x03(\x0b\x32$.pagehint.v1.HostStats.RefusalsEntry\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12%\n\x04self\x18\n \x01(\x0b\x32\x17.pagehint.v1.GuestStats\x12\x15\n\rfailed_chains\x18\x0b \x01(\x04\x12\x41\n\x0e\x64iscard_errors\x18\x0c \x03(\x0b\x32).pagehint.v1.HostStats.DiscardErrorsEntry\x12\x10\n\x08instance\x18\r \x01(\t\x1a/\n\rRefusalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12\x44iscardErrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x1f\n\x0c\x43loseRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"\x0c\n\nCloseReply*x\n\x07\x46\x65\x61ture\x12\x17\n\x13\x46\x45\x41TURE_UNSPECIFIED\x10\x00\x12\x0c\n\x08STATS_VQ\x10\x01\x12\x12\n\x0e\x44\x45\x46LATE_ON_OOM\x10\x02\x12\x12\n\x0e\x46REE_PAGE_HINT\x10\x03\x12\x0f\n\x0bPAGE_POISON\x10\x04\x12\r\n\tREPORTING\x10\x05*7\n\nUsedStatus\x12\x08\n\x04\x44ONE\x10\x00\x12\x0b\n\x07REFUSED\x10\x01\x12\x12\n\x0e\x44ISCARD_FAILED\x10\x02\x32\x8a\x02\n\x07\x42\x61lloon\x12G\n\tNegotiate\x12\x1d.pagehint.v1.NegotiateRequest\x1a\x1b.pagehint.v1.NegotiateReply\x12=\n\tReporting\x12\x19.pagehint.v1.GuestMessage\x1a\x11.pagehint.v1.Used(\x01\x30\x01\x12:\n\x05Stats\x12\x19.pagehint.v1.StatsRequest\x1a\x16.pagehint.v1.HostStats\x12;\n\x05\x43lose\x12\x19.pagehint.v1.CloseRequest\x1a\x17.pagehint.v1.CloseReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,38 +35,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOSTSTATS_REFUSALSENTRY']._serialized_options = b'8\001'
   _globals['_HOSTSTATS_DISCARDERRORSENTRY']._loaded_options = None
   _globals['_HOSTSTATS_DISCARDERRORSENTRY']._serialized_options = b'8\001'
-  _globals['_FEATURE']._serialized_start=1779
-  _globals['_FEATURE']._serialized_end=1899
-  _globals['_USEDSTATUS']._serialized_start=1901
-  _globals['_USEDSTATUS']._serialized_end=1956
+  _globals['_FEATURE']._serialized_start=1807
+  _globals['_FEATURE']._serialized_end=1927
+  _globals['_USEDSTATUS']._serialized_start=1929
+  _globals['_USEDSTATUS']._serialized_end=1984
   _globals['_NEGOTIATEREQUEST']._serialized_start=44
   _globals['_NEGOTIATEREQUEST']._serialized_end=200
   _globals['_FENCE']._serialized_start=202
   _globals['_FENCE']._serialized_end=242
   _globals['_NEGOTIATEREPLY']._serialized_start=245
-  _globals['_NEGOTIATEREPLY']._serialized_end=466
-  _globals['_CHAIN']._serialized_start=468
-  _globals['_CHAIN']._serialized_end=515
-  _globals['_TOUCHED']._serialized_start=517
-  _globals['_TOUCHED']._serialized_end=554
-  _globals['_GUESTMESSAGE']._serialized_start=556
-  _globals['_GUESTMESSAGE']._serialized_end=656
-  _globals['_USED']._serialized_start=659
-  _globals['_USED']._serialized_end=814
-  _globals['_STATSREQUEST']._serialized_start=816
-  _globals['_STATSREQUEST']._serialized_end=866
-  _globals['_GUESTSTATS']._serialized_start=869
-  _globals['_GUESTSTATS']._serialized_end=1210
-  _globals['_HOSTSTATS']._serialized_start=1213
-  _globals['_HOSTSTATS']._serialized_end=1730
-  _globals['_HOSTSTATS_REFUSALSENTRY']._serialized_start=1629
-  _globals['_HOSTSTATS_REFUSALSENTRY']._serialized_end=1676
-  _globals['_HOSTSTATS_DISCARDERRORSENTRY']._serialized_start=1678
-  _globals['_HOSTSTATS_DISCARDERRORSENTRY']._serialized_end=1730
-  _globals['_CLOSEREQUEST']._serialized_start=1732
-  _globals['_CLOSEREQUEST']._serialized_end=1763
-  _globals['_CLOSEREPLY']._serialized_start=1765
-  _globals['_CLOSEREPLY']._serialized_end=1777
-  _globals['_BALLOON']._serialized_start=1959
-  _globals['_BALLOON']._serialized_end=2225
+  _globals['_NEGOTIATEREPLY']._serialized_end=494
+  _globals['_CHAIN']._serialized_start=496
+  _globals['_CHAIN']._serialized_end=543
+  _globals['_TOUCHED']._serialized_start=545
+  _globals['_TOUCHED']._serialized_end=582
+  _globals['_GUESTMESSAGE']._serialized_start=584
+  _globals['_GUESTMESSAGE']._serialized_end=684
+  _globals['_USED']._serialized_start=687
+  _globals['_USED']._serialized_end=842
+  _globals['_STATSREQUEST']._serialized_start=844
+  _globals['_STATSREQUEST']._serialized_end=894
+  _globals['_GUESTSTATS']._serialized_start=897
+  _globals['_GUESTSTATS']._serialized_end=1238
+  _globals['_HOSTSTATS']._serialized_start=1241
+  _globals['_HOSTSTATS']._serialized_end=1758
+  _globals['_HOSTSTATS_REFUSALSENTRY']._serialized_start=1657
+  _globals['_HOSTSTATS_REFUSALSENTRY']._serialized_end=1704
+  _globals['_HOSTSTATS_DISCARDERRORSENTRY']._serialized_start=1706
+  _globals['_HOSTSTATS_DISCARDERRORSENTRY']._serialized_end=1758
+  _globals['_CLOSEREQUEST']._serialized_start=1760
+  _globals['_CLOSEREQUEST']._serialized_end=1791
+  _globals['_CLOSEREPLY']._serialized_start=1793
+  _globals['_CLOSEREPLY']._serialized_end=1805
+  _globals['_BALLOON']._serialized_start=1987
+  _globals['_BALLOON']._serialized_end=2253
 # @@protoc_insertion_point(module_scope)

@@ -58,7 +58,7 @@ class Fence(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., done_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NegotiateReply(_message.Message):
-    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance")
+    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance", "session_timeout_ms")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHAIN_RANGES_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class NegotiateReply(_message.Message):
     MIN_ORDER_FIELD_NUMBER: _ClassVar[int]
     FENCE_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     features: int
     queue_size: int
     max_chain_ranges: int
@@ -79,7 +80,8 @@ class NegotiateReply(_message.Message):
     min_order: int
     fence: Fence
     instance: str
-    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ...) -> None: ...
+    session_timeout_ms: int
+    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class Chain(_message.Message):
     __slots__ = ("id", "pfn", "order")

@@ -40,7 +40,17 @@ def test_three_guests_in_one_process(tmp_path: Path, capsys: pytest.CaptureFixtu
         ("--id a\n", "line 1: nothing to run"),
         ("--id 'a --duration 1\n", "line 1: No closing quotation"),
         ("# only a comment\n\n", "no guests"),
-        ("--help\n", "line 1: not a guest's flags"),
+        ("--id a --duration 1\n--help\n", "line 2: --help is not a guest to run"),
+        ("--id a --duration 1 --timeline a\x00b\n", "line 1: contains a NUL character"),
+        ("--id a --duration 1 " + "--seed 1 " * 3000 + "\n", "line 1: longer than 16384"),
+        (
+            "--id a --duration 1 --ack-log r.txt\n--id b --duration 1 --ack-log ./r.txt\n",
+            "line 2: --ack-log ./r.txt is already used on line 1",
+        ),
+        (
+            "--id a --duration 1 --metrics-port 9555\n--id b --duration 1 --metrics-port 9555\n",
+            "line 2: --metrics-port 9555 is already used on line 1",
+        ),
     ],
 )
 def test_bad_lines_are_one_line_errors(
@@ -50,6 +60,17 @@ def test_bad_lines_are_one_line_errors(
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+def test_devices_and_fifos_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    assert main(["guest-group", "/dev/zero"], env={}) == 2
+    assert "/dev/zero: not a regular file" in capsys.readouterr().err
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["guest-group", str(fifo)], env={}) == 2  # would block forever if opened
+    assert "not a regular file" in capsys.readouterr().err
 
 
 def test_missing_and_binary_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
