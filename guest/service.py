@@ -216,6 +216,9 @@ class StopSignals:
         stop = asyncio.ensure_future(self.requested.wait())
         try:
             await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()  # this guest itself was cancelled: so is its connecting
+            raise
         finally:
             stop.cancel()
         if not task.done():
