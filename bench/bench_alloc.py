@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from bench.common import Machine, goal_line, median
+from bench.common import Machine, goal_line, interleave, median
 from bench.reference.plain_buddy import PlainBuddy
 from guest.mm import BuddyAllocator
 from guest.mm.bulk import allocated_pfns, compact_occupancy, random_occupancy, with_allocated_pages
@@ -131,12 +131,9 @@ def _hook_cost(rng: random.Random) -> dict[str, Any]:
         mm.set_hook(None if order is None else noop, order or 0)
         return _pairs(mm, held, victims)[0]
 
-    samples: dict[str, list[float]] = {"off": [], "noop@9": [], "noop@0": []}
-    cases = {"off": None, "noop@9": 9, "noop@0": 0}
-    names = list(cases)
-    for r in range(ROUNDS):
-        for name in names if r % 2 == 0 else names[::-1]:
-            samples[name].append(run(cases[name]))
+    samples = interleave(
+        {"off": lambda: run(None), "noop@9": lambda: run(9), "noop@0": lambda: run(0)}, ROUNDS
+    )
     med = {k: median(v) for k, v in samples.items()}
     return {
         "pairs_per_cpu_s": {k: round(v) for k, v in med.items()},
@@ -147,11 +144,7 @@ def _hook_cost(rng: random.Random) -> dict[str, Any]:
 
 def _paired(runs: dict[str, Callable[[], tuple[float, float]]]) -> dict[str, Any]:
     """Rounds alternating the two sides; medians, and the median of per-round ratios."""
-    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
-    names = list(runs)
-    for r in range(ROUNDS):
-        for side in names if r % 2 == 0 else names[::-1]:
-            samples[side].append(runs[side]())
+    samples = interleave(runs, ROUNDS)
     row: dict[str, Any] = {
         side: {
             "cpu": round(median([c for c, _ in s])),

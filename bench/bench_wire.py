@@ -106,13 +106,7 @@ async def _pagehint_clients(
         for d in drivers:
             await d.stop()
 
-    async def make(d: BalloonDriver) -> Report:
-        async def report(batch: list[tuple[int, int]]) -> None:
-            await d.report(batch)
-
-        return report
-
-    return [await make(d) for d in drivers], stop
+    return [d.report for d in drivers], stop
 
 
 async def _bare_clients(addr: str, n: int) -> tuple[list[Report], Callable[[], Awaitable[None]]]:

@@ -9,13 +9,16 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lab.procs import cpu_seconds
 
+T = TypeVar("T")
 
-def interleave(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+
+def interleave(cases: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
     """Run each case once per round, in alternating order; return per-case samples."""
-    out: dict[str, list[float]] = {name: [] for name in cases}
+    out: dict[str, list[T]] = {name: [] for name in cases}
     names = list(cases)
     for r in range(rounds):
         order = names if r % 2 == 0 else list(reversed(names))

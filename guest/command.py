@@ -19,12 +19,12 @@ from pagehint.cli_support import (
     convert,
     int_in,
     nonneg_float,
+    ops_rate,
     parse_address,
     parse_ram,
     positive_float,
     positive_int,
 )
-from pagehint.cli_support import rate as ops_rate
 from pagehint.config import LOOPS, POLICIES, GuestConfig, HintingConfig
 from pagehint.errors import UsageError
 from pagehint.tls import load_tls

@@ -176,7 +176,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.requested = asyncio.Event()
-        self.running: list[tuple[GuestRuntime, Log]] = []
+        self.running: list[GuestRuntime] = []
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -185,8 +185,8 @@ class StopSignals:
 
     def stop(self) -> None:
         self.requested.set()
-        for rt, log in self.running:
-            log("stopping on signal")
+        for rt in self.running:
+            rt.log("stopping on signal")
             self.stop_one(rt)
 
     @staticmethod
@@ -195,12 +195,12 @@ class StopSignals:
         rt.stopped_by_signal = True
 
     def add(self, rt: GuestRuntime) -> None:
-        self.running.append((rt, rt.log))
+        self.running.append(rt)
         if self.requested.is_set():
             self.stop_one(rt)
 
     def remove(self, rt: GuestRuntime) -> None:
-        self.running = [(r, lg) for r, lg in self.running if r is not rt]
+        self.running = [r for r in self.running if r is not rt]
 
     async def before_boot(self, seconds: float) -> None:
         """Wait ``seconds`` (a start delay) unless a signal comes first."""

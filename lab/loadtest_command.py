@@ -17,12 +17,12 @@ from pagehint.cli_support import (
     choice,
     convert,
     nonneg_float,
+    ops_rate,
     parse_policies,
     parse_ram,
     positive_float,
     positive_int,
 )
-from pagehint.cli_support import rate as ops_rate
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
 from pagehint.units import format_size, parse_seconds, parse_size

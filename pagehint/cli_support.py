@@ -122,7 +122,7 @@ def parse_address(text: str, flag: str, allow_port_zero: bool = False) -> str:
 MAX_RATE = 10_000_000.0  # allocator operations per second: far above what Python reaches
 
 
-def rate(text: str) -> float:
+def ops_rate(text: str) -> float:
     """A workload's operations per second: positive and at most MAX_RATE."""
     x = positive_float(text)
     if x > MAX_RATE:

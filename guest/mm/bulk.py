@@ -51,9 +51,9 @@ def with_allocated_pages(
         )
     assert TAIL == 0
     mm.pg[:] = pg
+    heads = [re.compile(re.escape(bytes([FREE | order]))) for order in range(MAX_ORDER + 1)]
     for zone in mm.zones:
-        for order, area in enumerate(zone.free_area):
-            head = re.compile(re.escape(bytes([FREE | order])))
+        for head, area in zip(heads, zone.free_area, strict=True):
             area.head = {}
             area.tail = dict.fromkeys(
                 m.start() for m in head.finditer(pg, zone.start_pfn, zone.end_pfn)

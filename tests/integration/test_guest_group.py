@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from tests.integration.procs import PAGEHINT, Procs, procs  # noqa: F401
+from tests.integration.procs import PAGEHINT, Procs, procs, wait_until  # noqa: F401
 from virtqueue import codec
 
 
@@ -27,7 +27,13 @@ def test_a_signal_stops_guests_not_yet_started(procs: Procs, tmp_path: Path) -> 
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)
+
+    def early_connected() -> bool:
+        with grpc.insecure_channel(addr) as ch:
+            st = codec.stub(ch).Stats(codec.encode_stats_request(), timeout=5)
+        return any(g.guest_id == "early" for g in codec.decode_host_stats(st).guests)
+
+    wait_until(early_connected, 20, "the early guest to connect")
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
