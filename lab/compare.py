@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.analysis import drop_times, peak
-from lab.plot import plot_series
+from lab.plot import plot_files, plot_series
 from lab.procs import ProcessGroup, read_timeline
 from lab.table import render_table
 from pagehint.units import format_size
@@ -82,7 +82,7 @@ def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
         for policy, rows in timelines.items():
             for r in rows:
                 f.write(json.dumps({"policy": policy, **r}) + "\n")
-    plot_series(
+    plot = plot_series(
         timelines,
         cfg.out / "timeline.png",
         title=f"host memory held per policy — {_label(cfg)} on {cfg.ram}",
@@ -93,11 +93,7 @@ def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
         "scenario": cfg.scenario,
         "workload": cfg.workload,
         "results": results,
-        "files": {
-            "summary": str(cfg.out / "summary.json"),
-            "timeline": str(cfg.out / "timeline.jsonl"),
-            "plot": str(cfg.out / "timeline.png"),
-        },
+        "files": plot_files(cfg.out, "timeline.jsonl", plot),
     }
     (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
     return report

@@ -12,6 +12,7 @@ from typing import Any
 
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
+from lab.plot import files_line
 from pagehint.cli_support import (
     add_flag,
     choice,
@@ -106,5 +107,5 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
         sys.stdout.write(format_table(report) + "\n")
-        sys.stdout.write(f"\nwrote {out}/summary.json, timeline.jsonl, timeline.png\n")
+        sys.stdout.write("\n" + files_line(report["files"]) + "\n")
     return 0

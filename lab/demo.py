@@ -12,7 +12,7 @@ from typing import Any
 
 from lab.analysis import drop_times, peak
 from lab.live import Ticker, progress_line
-from lab.plot import plot_series
+from lab.plot import files_line, plot_files, plot_series
 from lab.procs import ProcessGroup, read_timeline
 from lab.table import render_table
 from pagehint.units import format_size
@@ -84,7 +84,7 @@ def run_demo(cfg: DemoConfig, log: Any) -> dict[str, Any]:
         for n, rs in rows.items():
             for r in rs:
                 f.write(json.dumps({"guest": n, "policy": policy_of[n], **r}) + "\n")
-    plot_series(
+    plot = plot_series(
         {f"{n} ({policy_of[n]})": rs for n, rs in rows.items()},
         cfg.out / "timeline.png",
         title=f"pagehint demo — host memory per guest ({cfg.backend} backend)",
@@ -101,14 +101,7 @@ def run_demo(cfg: DemoConfig, log: Any) -> dict[str, Any]:
         ),
         "data_loss_pages": sum(s.get("data_loss_pages") or 0 for s in summaries.values()),
         "elapsed_s": round(time.monotonic() - t0, 1),
-        "files": {
-            k: str(cfg.out / v)
-            for k, v in (
-                ("summary", "summary.json"),
-                ("timeline", "timeline.jsonl"),
-                ("plot", "timeline.png"),
-            )
-        },
+        "files": plot_files(cfg.out, "timeline.jsonl", plot),
     }
     (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
     return report
@@ -146,8 +139,5 @@ def format_demo(report: dict[str, Any]) -> str:
         f"host holds {format_size(report['host_resident_end_bytes'])} for all guests at the end; "
         f"data loss: {report['data_loss_pages']} pages ({report['backend']} backend)"
     )
-    lines.append(
-        f"wrote {report['files']['summary']}, {report['files']['timeline']}, "
-        f"{report['files']['plot']}"
-    )
+    lines.append(files_line(report["files"]))
     return "\n".join(lines)

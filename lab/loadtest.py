@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from lab.plot import plot_series
+from lab.plot import plot_files, plot_series
 from lab.procs import ProcessGroup, cpu_seconds
 from pagehint.errors import UsageError
 from pagehint.stats import percentiles
@@ -187,14 +187,15 @@ def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
         "per_guest": summaries,
         "host_timeline": host_rows,
     }
-    (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
     cap_rows = [{"t": r["t"], "host_resident_bytes": cfg.capacity_bytes} for r in host_rows]
-    plot_series(
+    plot = plot_series(
         {"host resident (all guests)": host_rows, "host capacity": cap_rows},
         cfg.out / "loadtest.png",
         title=f"loadtest: {cfg.guests} guests × {format_size(cfg.ram_bytes)} "
         f"({format_size(total_ram)} promised)",
     )
+    report["files"] = plot_files(cfg.out, None, plot)
+    (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lab.plot import files_line
 from pagehint.cli_support import (
     add_flag,
     add_switch,
@@ -145,5 +146,5 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
             json.dumps({k: v for k, v in report.items() if k != "host_timeline"}) + "\n"
         )
     else:
-        sys.stdout.write(format_loadtest(report) + f"\n\nwrote {out}/summary.json, loadtest.png\n")
+        sys.stdout.write(format_loadtest(report) + "\n\n" + files_line(report["files"]) + "\n")
     return 0 if not report["errors"] and report["data_loss_pages"] == 0 else 1

@@ -1,17 +1,45 @@
-"""PNG plots of timelines (matplotlib, headless)."""
+"""PNG plots of timelines (matplotlib, headless).
+
+matplotlib comes with the optional `lab` extra (`pip install 'pagehint[lab]'`):
+the host and guest services, and their container image, do without it. Without
+it the lab commands still run and write their JSON; only the PNG is skipped.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 MIB = 1 << 20
+
+PLOTS_MISSING = "plot skipped: matplotlib is not installed (pip install 'pagehint[lab]')"
+
+
+def plots_available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def plot_files(out: Path, timeline: str | None, plot: Path | None) -> dict[str, str]:
+    """The files a lab run wrote, for its summary: summary.json, the timeline, the plot."""
+    files = {"summary": str(out / "summary.json")}
+    if timeline:
+        files["timeline"] = str(out / timeline)
+    if plot is not None:
+        files["plot"] = str(plot)
+    else:
+        files["plot_skipped"] = PLOTS_MISSING
+    return files
+
+
+def files_line(files: dict[str, str]) -> str:
+    """`wrote DIR/a, b, c` for a command's last line, plus why a plot is missing."""
+    paths = [Path(v) for k, v in files.items() if k != "plot_skipped"]
+    line = f"wrote {paths[0].parent}/" + ", ".join(p.name for p in paths)
+    if "plot_skipped" in files:
+        line += f"\n{files['plot_skipped']}"
+    return line
 
 
 def plot_series(
@@ -21,8 +49,18 @@ def plot_series(
     key: str = "host_resident_bytes",
     total: bool = False,
     ylabel: str = "host resident (MiB)",
-) -> None:
-    """One line per series over time; marks as dotted verticals; optionally a total line."""
+) -> Path | None:
+    """One line per series over time; marks as dotted verticals; optionally a total line.
+
+    Returns the file written, or None when matplotlib is not installed.
+    """
+    if not plots_available():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
     marks: dict[str, float] = {}
     for name, rows in series.items():
@@ -72,3 +110,4 @@ def plot_series(
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+    return out

@@ -1,4 +1,6 @@
-"""docker-compose.yml, checked without a Docker engine.
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine.
+
+The same file in real containers: test_compose_docker.py (make compose-test).
 
 Parses the file, checks its services, then runs each service's command and
 health check as local processes with the compose environment: service names
@@ -9,6 +11,7 @@ shared volume becomes a temporary folder.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +26,7 @@ from tests.integration.procs import free_port, wait_until
 from virtqueue import codec
 
 ROOT = Path(__file__).resolve().parents[2]
+CHECK_JSONSCHEMA = str(Path(sys.executable).parent / "check-jsonschema")
 
 
 def load() -> dict[str, Any]:
@@ -43,8 +47,62 @@ def test_compose_file_shape() -> None:
     assert guest["environment"]["PAGEHINT_HOST"].startswith("host:")
     assert "{hostname}" in guest["environment"]["PAGEHINT_ID"]  # unique per replica
     assert "guest-ram" in c["volumes"]
+    # Compose v1 (Debian's 1.29) refuses a top-level name.
+    assert "name" not in c
+    assert host["image"] == guest["image"] == "${PAGEHINT_IMAGE:-pagehint:local}"
+    # The tmpfs that holds the RAM files belongs to the image's non-root user.
     docker = (ROOT / "Dockerfile").read_text()
+    (uid,) = re.findall(r"^USER (\d+):\d+$", docker, re.M)
+    assert int(uid) != 0
+    assert f"uid={uid}" in c["volumes"]["guest-ram"]["driver_opts"]["o"]
     assert 'ENTRYPOINT ["pagehint"]' in docker
+
+
+def test_dockerfile_layers() -> None:
+    """Dependencies install before the source is copied, so a source edit reuses them."""
+    lines = [ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if ln and ln[0] != "#"]
+    stages = [i for i, ln in enumerate(lines) if ln.startswith("FROM ")]
+    assert len(stages) == 2, "a build stage and a runtime stage"
+    deps = next(i for i, ln in enumerate(lines) if "-r /src/requirements.txt" in ln)
+    first_source = next(i for i, ln in enumerate(lines) if ln.startswith("COPY pagehint "))
+    assert deps < first_source
+    # The runtime stage carries the venv only: no compilers, no source, no wheels.
+    runtime = lines[stages[1] :]
+    assert [ln for ln in runtime if ln.startswith("COPY")] == [
+        "COPY --from=build /opt/pagehint /opt/pagehint"
+    ]
+
+
+def test_requirements_script_lists_runtime_dependencies_only() -> None:
+    script = ROOT / "deploy" / "docker" / "requirements.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    names = {re.split(r"[<>=;\[ ]", ln, maxsplit=1)[0].lower() for ln in out if ln}
+    assert {"grpcio", "protobuf", "prometheus-client"} <= names
+    assert "matplotlib" not in names and "pytest" not in names
+
+
+def test_compose_file_matches_the_compose_spec(tmp_path: Path) -> None:
+    """Compose v2 reads the compose-spec; check the file against its schema."""
+
+    def check(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(path)],
+            capture_output=True,
+            text=True,
+        )
+
+    ok = check(ROOT / "docker-compose.yml")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    broken = load()
+    broken["services"]["host"]["healthcheck"]["retires"] = 6  # a typo compose must refuse
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(yaml.safe_dump(broken))
+    assert check(bad).returncode != 0, "the schema check cannot fail: it checks nothing"
 
 
 def test_compose_services_run_as_local_processes(tmp_path: Path) -> None:

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# pagehint in real containers, from a machine with no Docker to a clean teardown.
+#
+#   deploy/compose.sh engine   install Docker's Debian packages if missing; start a
+#                              daemon if none answers (vfs, no iptables, no bridge)
+#   deploy/compose.sh image    build the base image from Debian's packages when no
+#                              registry is reachable, the wheels, then the image
+#   deploy/compose.sh up       host + 3 guests (GUESTS=N), waits for the host's health
+#   deploy/compose.sh status   the host's view: resident and reported bytes per guest
+#   deploy/compose.sh down     stop and remove containers, network and the RAM volume
+#   deploy/compose.sh stop-engine   stop the daemon, if this script started it
+#   deploy/compose.sh demo     engine, image, up, watch for DEMO_SECONDS (30), down
+#   deploy/compose.sh test     engine, image, then the container tests (pytest -m docker)
+#
+# Every step is idempotent: what is already there is used, not rebuilt.
+# Settings (environment): PROJECT (compose project, default pagehint), IMAGE
+# (default pagehint:local), BASE (the image's base; default: python:3.11-slim if
+# the engine has it or can pull it, else pagehint-base:bookworm built here),
+# GUESTS (3), DEMO_SECONDS (30), PYTHON (the Python that builds wheels).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+STATE="$ROOT/build/compose"
+PROJECT="${PROJECT:-pagehint}"
+IMAGE="${IMAGE:-pagehint:local}"
+LOCAL_BASE="pagehint-base:bookworm"
+GUESTS="${GUESTS:-3}"
+DEMO_SECONDS="${DEMO_SECONDS:-30}"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+export PAGEHINT_IMAGE="$IMAGE"
+mkdir -p "$STATE"
+
+say() { printf 'compose.sh: %s\n' "$*" >&2; }
+die() {
+    say "$*"
+    exit 1
+}
+
+# Why the engine or the image could not be made: the container tests read this and
+# report themselves skipped with it, instead of passing silently.
+skip_because() {
+    printf '%s\n' "$*" >"$STATE/skip-reason"
+    die "$*"
+}
+
+engine_answers() { docker info >/dev/null 2>&1; }
+
+compose() {
+    # Compose v2 (the docker CLI plugin) when present, else Debian's v1.
+    if docker compose version >/dev/null 2>&1; then
+        docker compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"
+    else
+        docker-compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"
+    fi
+}
+
+cmd_engine() {
+    rm -f "$STATE/skip-reason"
+    local need=()
+    command -v docker >/dev/null || need+=(docker.io)
+    command -v dockerd >/dev/null || need+=(docker.io)
+    command -v debootstrap >/dev/null || need+=(debootstrap)
+    if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+        need+=(docker-compose)
+    fi
+    if ((${#need[@]})); then
+        [[ $(id -u) -eq 0 ]] || skip_because "need ${need[*]} and not root to install them"
+        command -v apt-get >/dev/null || skip_because "need ${need[*]}; no apt-get here"
+        say "installing ${need[*]} (Debian packages)"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            "${need[@]}"; } >"$STATE/apt.log" 2>&1; then
+            skip_because "apt-get install ${need[*]} failed: $(tail -1 "$STATE/apt.log")"
+        fi
+    fi
+    if engine_answers; then
+        say "a Docker engine answers: $(docker version --format '{{.Server.Version}}')"
+        return 0
+    fi
+    [[ $(id -u) -eq 0 ]] || skip_because "no Docker engine answers and not root to start one"
+    say "starting dockerd (storage vfs, no iptables, no default bridge)"
+    # setsid: the daemon outlives this script and is not killed with its terminal.
+    setsid dockerd --storage-driver=vfs --iptables=false --bridge=none \
+        >"$STATE/dockerd.log" 2>&1 </dev/null &
+    echo $! >"$STATE/dockerd.pid"
+    for _ in $(seq 120); do
+        engine_answers && {
+            say "dockerd is up (pid $(cat "$STATE/dockerd.pid"))"
+            return 0
+        }
+        kill -0 "$(cat "$STATE/dockerd.pid")" 2>/dev/null || break
+        sleep 0.5
+    done
+    skip_because "dockerd did not start: $(tail -1 "$STATE/dockerd.log" 2>/dev/null)"
+}
+
+cmd_stop_engine() {
+    [[ -f "$STATE/dockerd.pid" ]] || return 0
+    local pid
+    pid="$(cat "$STATE/dockerd.pid")"
+    if kill -0 "$pid" 2>/dev/null; then
+        say "stopping the dockerd this script started (pid $pid)"
+        kill "$pid"
+        for _ in $(seq 60); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$STATE/dockerd.pid"
+}
+
+# The base: a registry's python:3.11-slim when there is one, else Debian's own
+# packages through debootstrap (no registry is needed).
+pick_base() {
+    if [[ -n "${BASE:-}" ]]; then
+        echo "$BASE"
+    elif docker image inspect python:3.11-slim >/dev/null 2>&1 ||
+        timeout 60 docker pull -q python:3.11-slim >/dev/null 2>&1; then
+        echo python:3.11-slim
+    else
+        echo "$LOCAL_BASE"
+    fi
+}
+
+build_local_base() {
+    docker image inspect "$LOCAL_BASE" >/dev/null 2>&1 && return 0
+    command -v debootstrap >/dev/null || skip_because "debootstrap is missing (run: $0 engine)"
+    local rootfs="$STATE/rootfs"
+    rm -rf "$rootfs"
+    say "building $LOCAL_BASE with debootstrap (about a minute)"
+    if ! debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        bookworm "$rootfs" >"$STATE/debootstrap.log" 2>&1; then
+        skip_because "debootstrap failed: $(tail -1 "$STATE/debootstrap.log")"
+    fi
+    # What a container never reads: the package cache and lists, docs, manuals, locales.
+    rm -rf "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* \
+        "$rootfs"/usr/share/doc "$rootfs"/usr/share/man "$rootfs"/usr/share/locale
+    tar -C "$rootfs" -c . | docker import - "$LOCAL_BASE" >/dev/null
+    rm -rf "$rootfs"
+}
+
+cmd_image() {
+    engine_answers || skip_because "no Docker engine answers (run: $0 engine)"
+    local base args=()
+    base="$(pick_base)"
+    if [[ "$base" == "$LOCAL_BASE" ]]; then
+        build_local_base
+        # No package index inside the build: wheels made here, installed offline there.
+        say "building wheels into build/wheels"
+        "$PYTHON" "$ROOT/deploy/docker/requirements.py" "$ROOT/pyproject.toml" \
+            >"$STATE/requirements.txt"
+        if ! "$PYTHON" -m pip wheel -q -w "$ROOT/build/wheels" -r "$STATE/requirements.txt" \
+            setuptools wheel >"$STATE/wheels.log" 2>&1; then
+            skip_because "pip wheel failed: $(tail -1 "$STATE/wheels.log")"
+        fi
+        args=(--build-arg WHEELS=build/wheels
+            --build-arg "PIP_INSTALL_ARGS=--no-index --find-links /wheels")
+    fi
+    say "building $IMAGE on $base"
+    local t0=$SECONDS
+    if ! DOCKER_BUILDKIT=0 docker build -q --network host --build-arg "BASE=$base" "${args[@]}" \
+        -t "$IMAGE" "$ROOT" >"$STATE/build.log" 2>&1; then
+        skip_because "docker build failed: $(tail -1 "$STATE/build.log")"
+    fi
+    local size
+    size="$(docker image inspect "$IMAGE" --format '{{.Size}}')"
+    say "built $IMAGE in $((SECONDS - t0)) s: $((size / 1000000)) MB"
+}
+
+wait_healthy() {
+    local id state
+    for _ in $(seq 120); do
+        id="$(compose ps -q host 2>/dev/null || true)"
+        if [[ -n "$id" ]]; then
+            state="$(docker inspect "$id" --format '{{.State.Health.Status}}' 2>/dev/null || true)"
+            [[ "$state" == healthy ]] && return 0
+        fi
+        sleep 1
+    done
+    die "the host did not become healthy; see: docker logs \$(docker ps -qf name=${PROJECT}_host)"
+}
+
+cmd_up() {
+    engine_answers || die "no Docker engine answers (run: $0 engine)"
+    docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE (run: $0 image)"
+    compose up -d --no-build --scale "guest=$GUESTS"
+    wait_healthy
+    say "host healthy, $GUESTS guests started; metrics: $(compose port host 9100)"
+}
+
+cmd_status() {
+    local port
+    port="$(compose port host 9100 | sed 's/.*://')"
+    "$PYTHON" - "$port" <<'EOF'
+import re, sys, urllib.request
+
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+rows: dict[str, dict[str, float]] = {}
+for name, guest, value in re.findall(
+    r'^pagehint_host_(resident_bytes|reported_bytes_total)\{guest="([^"]+)"\} (\S+)$', text, re.M
+):
+    rows.setdefault(guest, {})[name] = float(value)
+print(f"{'guest':<28} {'host resident':>14} {'reported':>12}")
+for guest, r in sorted(rows.items()):
+    print(
+        f"{guest:<28} {r.get('resident_bytes', 0) / 2**20:>10.0f} MiB"
+        f" {r.get('reported_bytes_total', 0) / 2**20:>8.0f} MiB"
+    )
+EOF
+}
+
+cmd_down() {
+    engine_answers || return 0
+    compose down -v --remove-orphans --timeout 20
+}
+
+cmd_demo() {
+    cmd_engine
+    cmd_image
+    trap 'cmd_down; cmd_stop_engine' EXIT
+    cmd_up
+    local end=$((SECONDS + DEMO_SECONDS))
+    while ((SECONDS < end)); do
+        sleep 5
+        cmd_status
+        echo
+    done
+    compose stop --timeout 20 guest
+    say "the guests' own summaries:"
+    compose logs --no-color guest | grep -E 'done:|reported|data loss' || true
+}
+
+cmd_test() {
+    local rc=0
+    (cmd_engine && cmd_image) || say "container tests will report themselves skipped"
+    "$PYTHON" -m pytest -q -m docker "$ROOT/tests/integration" || rc=$?
+    cmd_stop_engine
+    return "$rc"
+}
+
+case "${1:-}" in
+engine) cmd_engine ;;
+image) cmd_image ;;
+up) cmd_up ;;
+status) cmd_status ;;
+down) cmd_down ;;
+stop-engine) cmd_stop_engine ;;
+demo) cmd_demo ;;
+test) cmd_test ;;
+*)
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+esac
