@@ -43,7 +43,7 @@ def _engine_or_skip() -> None:
         why = reason.read_text().strip() if reason.exists() else "no Docker engine answers"
         pytest.skip(f"{why} (make compose-test starts one where it can)")
     if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
-        pytest.fail(f"the engine answers but there is no image {IMAGE}: run deploy/compose.sh image")
+        pytest.fail(f"the engine answers but there is no image {IMAGE} (deploy/compose.sh image)")
 
 
 def _compose_cmd() -> list[str]:
@@ -164,9 +164,7 @@ def test_compose_stack_end_to_end(stack: Stack) -> None:
     stack.compose("up", "-d", "--no-build", "--no-recreate", "--scale", "guest=6")
     wait_until(lambda: reported(6), 120, "6 guests reporting to the host", interval=1)
     stack.compose("up", "-d", "--no-build", "--no-recreate", "--scale", "guest=2")
-    wait_until(
-        lambda: len(stack.per_guest("resident_bytes")) == 2, 60, "the host to drop 4 guests"
-    )
+    wait_until(lambda: len(stack.per_guest("resident_bytes")) == 2, 60, "the host to drop 4 guests")
     assert len(stack.containers("guest")) == 2
     ram_files = _run(
         "docker", "exec", host, "sh", "-c", "ls /shm | grep -c '\\.ram$' || true"
