@@ -30,6 +30,9 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
 export PAGEHINT_IMAGE="$IMAGE"
+# The host's metrics on any free loopback port unless told otherwise: never clash
+# with something on 9100, never expose them beyond this machine.
+export PAGEHINT_METRICS_PUBLISH="${PAGEHINT_METRICS_PUBLISH:-127.0.0.1:}"
 mkdir -p "$STATE"
 
 say() { printf 'compose.sh: %s\n' "$*" >&2; }
