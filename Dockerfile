@@ -1,5 +1,6 @@
 # pagehint: one image for the host and the guest services (docker-compose.yml,
-# deploy/kubernetes/). Builds with the classic builder and BuildKit alike.
+# deploy/kubernetes/). Uses nothing BuildKit-only; deploy/compose.sh builds it with
+# the classic builder (Debian's docker.io has no buildx), BuildKit is not tested here.
 #
 #   docker build -t pagehint .                       # from the package index
 #

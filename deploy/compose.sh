@@ -149,6 +149,10 @@ cmd_image() {
     local base args=()
     base="$(pick_base)"
     if [[ "$base" == "$LOCAL_BASE" ]]; then
+        # The wheels must fit the base's Python (bookworm: 3.11).
+        if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+            die "the offline image's base is Debian bookworm (Python 3.11): set PYTHON to a Python 3.11 to build its wheels"
+        fi
         build_local_base
         # No package index inside the build: wheels made here, installed offline there.
         say "building wheels into build/wheels"
@@ -182,7 +186,7 @@ wait_healthy() {
         fi
         sleep 1
     done
-    die "the host did not become healthy; see: docker logs \$(docker ps -qf name=${PROJECT}_host)"
+    die "the host did not become healthy; see: docker logs \$(docker ps -qf label=com.docker.compose.service=host)"
 }
 
 cmd_up() {

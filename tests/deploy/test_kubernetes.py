@@ -179,3 +179,62 @@ def test_shm_overlay_shares_one_node_folder() -> None:
     env = container_env(host["containers"][0], docs)
     assert env["PAGEHINT_BACKEND"] == "shm"
     assert env["PAGEHINT_SHM_DIR"] == mounts["pagehint-host"][1]
+
+
+def _restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """The Pod Security Standards' restricted profile, rule by rule, for one pod."""
+    bad = []
+    pod_sc = spec.get("securityContext", {})
+    for v in spec.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= {"configMap", "secret", "emptyDir", "projected", "downwardAPI"}:
+            bad.append(f"volume {v['name']}: {sorted(kinds)}")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            bad.append(key)
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("privileged"):
+            bad.append(f"{c['name']}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{c['name']}: allowPrivilegeEscalation not false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{c['name']}: capabilities not dropped")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{c['name']}: adds {caps['add']}")
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            bad.append(f"{c['name']}: may run as root")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            bad.append(f"{c['name']}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{c['name']}: no seccomp profile")
+        for p in c.get("ports", []):
+            if "hostPort" in p:
+                bad.append(f"{c['name']}: hostPort")
+    return bad
+
+
+@pytest.mark.parametrize("variant", ["base", "overlays/loadtest"])
+def test_pods_meet_the_restricted_pod_security_standard(variant: str) -> None:
+    docs = render(variant)
+    (ns,) = [d for d in docs if d["kind"] == "Namespace"]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for name, spec in pod_specs(docs):
+        assert _restricted_violations(spec) == [], name
+
+
+def test_the_shm_overlay_says_why_it_is_privileged() -> None:
+    docs = render("overlays/shm")
+    (ns,) = [d for d in docs if d["kind"] == "Namespace"]
+    labels = ns["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert labels["pod-security.kubernetes.io/warn"] == "baseline"
+    (host,) = [s for n, s in pod_specs(docs) if n == "pagehint-host"]
+    found = _restricted_violations(host)
+    assert any("hostPath" in v for v in found) and any("CHOWN" in v for v in found)
+    # Every container, the init container too, runs the image kustomize names.
+    for _, spec in pod_specs(docs):
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            assert c["image"] == "pagehint:local"

@@ -192,3 +192,13 @@ def test_compose_file_accepted_by_compose_v1_for_real() -> None:
         pytest.skip("Debian's docker-compose (Compose v1) is not installed")
     out = _run("docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config")
     assert "guest-ram:" in out and "image: pagehint:local" in out
+    assert "127.0.0.1:9100:9100/tcp" in out  # loopback only, unless told otherwise
+    # The form the scripts and tests use: any free loopback port.
+    p = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PAGEHINT_METRICS_PUBLISH": "127.0.0.1:"},
+    )
+    assert p.returncode == 0, p.stderr
+    assert "127.0.0.1::9100/tcp" in p.stdout
