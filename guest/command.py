@@ -8,7 +8,9 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from guest.mm.constants import MAX_ORDER
+from guest.mm.constants import MAX_ORDER, MAX_RAM
+from guest.trace.load import load_plan
+from guest.trace.replay import MAPPINGS
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
@@ -25,7 +27,7 @@ from pagehint.cli_support import (
     positive_float,
     positive_int,
 )
-from pagehint.config import LOOPS, POLICIES, GuestConfig, HintingConfig
+from pagehint.config import LOOPS, POLICIES, GuestConfig, HintingConfig, TraceConfig
 from pagehint.errors import UsageError
 from pagehint.tls import load_tls
 from pagehint.units import parse_seconds
@@ -39,12 +41,42 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         "device (no host process); with --host they travel over gRPC to `pagehint host`.",
     )
     e = env
-    add_flag(p, e, "--ram", default="1GiB", help="guest RAM (64MiB..64GiB, multiple of 4MiB)")
+    add_flag(
+        p,
+        e,
+        "--ram",
+        default=None,
+        help="guest RAM (64MiB..64GiB, multiple of 4MiB; default 1GiB, or what covers --trace)",
+    )
     add_flag(p, e, "--id", default="guest", dest="guest_id", help="guest name")
     add_flag(p, e, "--host", default=None, help="host address HOST:PORT")
     add_flag(p, e, "--policy", default="bitmap", help="bitmap | reporting | none")
     add_flag(p, e, "--workload", default=None, help="memhog | churn | fragment")
     add_flag(p, e, "--scenario", default=None, help="scenario TOML file")
+    add_flag(
+        p,
+        e,
+        "--trace",
+        default=None,
+        help="replay a kernel page allocator trace (ftrace text of kmem:mm_page_alloc/"
+        "mm_page_free/mm_page_free_batched; .gz read as is)",
+    )
+    add_flag(
+        p,
+        e,
+        "--speed",
+        default="1",
+        help="--trace: scale the trace's clock (2: twice as fast), or max (as fast as possible)",
+    )
+    add_flag(
+        p,
+        e,
+        "--trace-map",
+        default="identity",
+        help="--trace: identity (guest pfn = trace pfn, zones kept) | compact (only the "
+        "4 MiB blocks the trace touches)",
+    )
+    add_switch(p, e, "--trace-lenient", help="--trace: count malformed lines instead of stopping")
     add_flag(p, e, "--duration", default=None, help="seconds to run (e.g. 30, 2m)")
     add_flag(p, e, "--seed", default="0", help="random seed for workloads")
     add_switch(p, e, "--json", help="print one JSON summary at the end")
@@ -181,10 +213,16 @@ def expand_id(text: str) -> str:
 
 
 def config_from_args(a: argparse.Namespace) -> GuestConfig:
-    ram = parse_ram(a.ram)
     policy = choice(str(a.policy), POLICIES, "--policy")
-    if a.workload is not None and a.scenario is not None:
-        raise UsageError("give --workload or --scenario, not both")
+    if sum(x is not None for x in (a.workload, a.scenario, a.trace)) > 1:
+        raise UsageError("give one of --workload, --scenario and --trace")
+    trace = _trace_config(a)
+    if a.ram is not None:
+        ram = parse_ram(a.ram)
+    elif trace is not None:
+        ram = _trace_ram(trace)
+    else:
+        ram = 1 << 30
     workload = None
     if a.workload is not None:
         workload = choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload")
@@ -267,7 +305,43 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         token=None if a.token is None else str(a.token),
         reports=None if a.reports is None else str(a.reports),
         hinting=hinting,
+        trace=trace,
     )
+
+
+def _trace_config(a: argparse.Namespace) -> TraceConfig | None:
+    if a.trace is None:
+        for flag, value, default in (
+            ("--speed", a.speed, "1"),
+            ("--trace-map", a.trace_map, "identity"),
+        ):
+            if str(value) != default:
+                raise UsageError(f"{flag} is for --trace: give --trace FILE too")
+        return None
+    speed = None
+    if str(a.speed) != "max":
+        speed = convert(a.speed, positive_float, "--speed")
+        if speed > 1e6:
+            raise UsageError(f"--speed {a.speed}: at most 1000000 (or max)")
+    cfg = TraceConfig(
+        path=str(a.trace),
+        speed=speed,
+        mapping=choice(str(a.trace_map), MAPPINGS, "--trace-map"),
+        lenient=bool(a.trace_lenient),
+    )
+    load_plan(cfg)  # fail now, naming the file and line
+    return cfg
+
+
+def _trace_ram(trace: TraceConfig) -> int:
+    """The RAM that covers the trace's pfns (once mapped)."""
+    plan = load_plan(trace)
+    if plan.ram_bytes > MAX_RAM:
+        raise UsageError(
+            f"--trace {trace.path}: its pfns reach {plan.ram_bytes >> 30} GiB, above the "
+            f"64 GiB a guest can have; use --trace-map compact"
+        )
+    return plan.ram_bytes
 
 
 def _seconds(check: Callable[[str], float]) -> Callable[[str], float]:
@@ -277,8 +351,8 @@ def _seconds(check: Callable[[str], float]) -> Callable[[str], float]:
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     cfg = config_from_args(a)
-    if cfg.workload is None and cfg.scenario is None and cfg.duration is None:
-        raise UsageError("nothing to run: give --workload, --scenario or --duration")
+    if cfg.workload is None and cfg.scenario is None and cfg.trace is None and cfg.duration is None:
+        raise UsageError("nothing to run: give --workload, --scenario, --trace or --duration")
     from guest.service import run_guest
 
     summary = run_guest(cfg, quiet=bool(a.quiet))

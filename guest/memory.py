@@ -46,3 +46,12 @@ class GuestMemory:
         for listener in self.on_free:
             listener(pfn, order)
         self.mm.free(pfn, order)
+
+    def alloc_at(self, pfn: int, order: int) -> str | None:
+        """Allocate and touch exactly this block (a replayed trace); None on success,
+        else why not (see BuddyAllocator.alloc_at)."""
+        why = self.mm.alloc_at(pfn, order)
+        if why is None:
+            for listener in self.on_alloc:
+                listener(pfn, order)
+        return why

@@ -53,5 +53,47 @@ def format_summary(s: dict[str, Any]) -> str:
                 "never answered",
             )
         )
+    if s.get("trace"):
+        rows.extend(_trace_rows(s["trace"]))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _trace_rows(t: dict[str, Any]) -> list[tuple[str, str]]:
+    speed = "as fast as possible" if t["speed"] is None else f"speed {t['speed']:g}"
+    rate = "" if t["events_per_s"] is None else f", {t['events_per_s']:,} events/s"
+    rows = [
+        (
+            "trace",
+            f"{t['replayed']:,} of {t['events']:,} events ({t['allocs']:,} allocs, "
+            f"{t['frees']:,} frees) in {t['seconds']:.3f} s ({speed}{rate})",
+        ),
+        (
+            "trace pfns",
+            f"{t['pfn_range'][0]}-{t['pfn_range'][1]} mapped {t['mapping']}; "
+            f"{t['initially_allocated_pages']:,} pages allocated before the first event",
+        ),
+        ("inconsistent", _reasons(t["inconsistencies"]) or "none"),
+    ]
+    if t["isolated_waits"]:
+        rows.append(
+            (
+                "waited on hinting",
+                f"{t['isolated_waits']} allocations of isolated blocks, "
+                f"{t['isolated_wait_s']:.3f} s in all",
+            )
+        )
+    other = [
+        f"{n:,} {what}"
+        for what, n in (
+            ("failed allocations", t["failed_allocs_in_trace"]),
+            ("lost events", t["lost_events"]),
+            ("batched frees told twice", t["batched_duplicates"]),
+            ("malformed lines", t["malformed_lines"]),
+            ("other events", sum(t["skipped_events"].values())),
+        )
+        if n
+    ]
+    if other:
+        rows.append(("trace also had", ", ".join(other)))
+    return rows

@@ -20,6 +20,9 @@ from guest.memory import GuestMemory
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.check import InvariantError, check_invariants
 from guest.mm.constants import PAGE_SIZE
+from guest.trace.load import load_plan
+from guest.trace.replay import ReplayPlan, ReplayStats, prepare, replay
+from guest.trace.replay import summary as replay_summary
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import WorkloadParams, run_builtin
 from guest.workloads.scenario import Scenario, load_scenario, run_scenario
@@ -64,6 +67,12 @@ class GuestRuntime:
         self.timeline_error: str | None = None
         self._ack_row_pending = False
         self.policy.on_ack.append(self._on_ack)
+        self.replay_plan: ReplayPlan | None = None
+        self.replay_stats = ReplayStats()
+        self.replay_speed: float | None = None
+        if cfg.trace is not None:
+            self.replay_plan = load_plan(cfg.trace)
+            self.replay_speed = cfg.trace.speed
 
     def _on_mark(self, label: str) -> None:
         # A row of its own, at once: marks closer than a sampling period all show.
@@ -129,7 +138,12 @@ class GuestRuntime:
             await asyncio.sleep(TIMELINE_PERIOD)
 
     async def _workload(self) -> None:
-        if self.scenario is not None:
+        if self.replay_plan is not None:
+            prepare(self.replay_plan, self.ctx, self.replay_stats)
+            self.ctx.mark("trace-start")
+            await replay(self.replay_plan, self.ctx, self.replay_speed, self.replay_stats)
+            self.ctx.mark("trace-end")
+        elif self.scenario is not None:
             await run_scenario(self.scenario, self.ctx)
         elif self.cfg.workload is not None:
             await run_builtin(
@@ -226,4 +240,7 @@ class GuestRuntime:
             "invariants": self._check(),
             "marks": [{"t": round(t, 3), "label": label} for t, label in self.ctx.stats.marks],
             "timeline_error": self.timeline_error,
+            "trace": None
+            if self.replay_plan is None
+            else replay_summary(self.replay_plan, self.replay_stats, self.replay_speed),
         }

@@ -61,6 +61,19 @@ class HintingConfig:
 
 
 @dataclass(frozen=True)
+class TraceConfig:
+    """Replay a kernel page allocator trace (guest/trace/) as the workload."""
+
+    path: str
+    # Scale the trace's clock (2.0: twice as fast); None: as fast as possible.
+    speed: float | None = 1.0
+    # identity | compact: where the trace's pfns land in guest RAM (guest/trace/replay.py)
+    mapping: str = "identity"
+    # Count malformed lines instead of stopping at the first.
+    lenient: bool = False
+
+
+@dataclass(frozen=True)
 class GuestConfig:
     ram_bytes: int = 1 << 30
     guest_id: str = "guest"
@@ -102,6 +115,7 @@ class GuestConfig:
     # Write one JSON line per chain (times, ranges, status, host residency) here.
     reports: str | None = None
     hinting: HintingConfig = field(default_factory=HintingConfig)
+    trace: TraceConfig | None = None
 
 
 @dataclass(frozen=True)

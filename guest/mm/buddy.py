@@ -219,6 +219,103 @@ class BuddyAllocator:
         if order >= self._notify_order:
             self._hook(zone, order)  # type: ignore[misc]
 
+    # ---- exact blocks (trace replay) ----------------------------------------------
+
+    def containing_block(self, pfn: int) -> tuple[int, int]:
+        """(head, flag) of the block that holds page ``pfn``.
+
+        The first non-tail head met while aligning ``pfn`` down, order by order, is
+        its block's head: a block's pages between its head and ``pfn`` are tails.
+        """
+        pg = self.pg
+        head, o = pfn, 0
+        while pg[head] == TAIL and o < MAX_ORDER:
+            o += 1
+            head = pfn & ~((1 << o) - 1)
+        return head, pg[head]
+
+    def alloc_at(self, pfn: int, order: int) -> str | None:
+        """Allocate exactly the block ``[pfn, pfn + 2**order)``: the kernel's answer,
+        replayed. Splits the free block that holds it (expand(), around ``pfn``).
+
+        None on success; otherwise why not, with nothing changed: "outside" (not
+        in RAM), "isolated" (hinting holds it now) or "not_free" (some page of it
+        is allocated).
+        """
+        if not 0 <= order <= MAX_ORDER or pfn & ((1 << order) - 1):
+            raise AllocatorError(f"alloc_at: pfn {pfn:#x} is not a block of order {order}")
+        if pfn < 0 or pfn + (1 << order) > self.nr_pages:
+            return "outside"
+        head, flag = self.containing_block(pfn)
+        k = flag & ORDER_MASK
+        state = flag & STATE_MASK
+        if k < order or head + (1 << k) <= pfn:
+            # The range spans several blocks: at least one is not free, or it
+            # would have merged; an isolated one is what keeps it apart.
+            return "isolated" if self._any_isolated(pfn, order) else "not_free"
+        if state == ISOLATED:
+            return "isolated"
+        if state != FREE:
+            return "not_free"
+        zone = self._zone_of_block[head >> MAX_ORDER]
+        areas = zone.free_area
+        areas[k].remove(head)
+        pg = self.pg
+        # expand() around pfn: the half without it goes back free (unreported).
+        while k > order:
+            k -= 1
+            half = head + (1 << k)
+            if pfn >= half:
+                pg[head] = FREE | k
+                areas[k].add_head(head)
+                head = half
+            else:
+                pg[half] = FREE | k
+                areas[k].add_head(half)
+        pg[pfn] = ALLOCATED | order
+        return None
+
+    def _any_isolated(self, pfn: int, order: int) -> bool:
+        pg = self.pg
+        end = pfn + (1 << order)
+        p = pfn
+        while p < end:
+            flag = pg[p]
+            if flag & STATE_MASK == ISOLATED:
+                return True
+            p += 1 << (flag & ORDER_MASK) if flag != TAIL else 1
+        return False
+
+    def reshape_allocated(self, pfn: int, order: int) -> str | None:
+        """Make ``[pfn, pfn + 2**order)`` one allocated block of ``order`` when every
+        page of it is allocated in another shape: inside a larger allocated block
+        (split into single pages first, as split_page() does) or as several
+        smaller allocated blocks. None when done; else "not_allocated"."""
+        if not 0 <= order <= MAX_ORDER or pfn & ((1 << order) - 1):
+            raise AllocatorError(f"reshape: pfn {pfn:#x} is not a block of order {order}")
+        if pfn < 0 or pfn + (1 << order) > self.nr_pages:
+            return "not_allocated"
+        pg = self.pg
+        head, flag = self.containing_block(pfn)
+        if flag & STATE_MASK != ALLOCATED or head + (1 << (flag & ORDER_MASK)) <= pfn:
+            return "not_allocated"
+        k = flag & ORDER_MASK
+        if k > order:
+            # split_page(): the large block becomes single allocated pages.
+            pg[head : head + (1 << k)] = bytes([ALLOCATED]) * (1 << k)
+        end = pfn + (1 << order)
+        p = pfn
+        while p < end:
+            flag = pg[p]
+            if flag & STATE_MASK != ALLOCATED:
+                return "not_allocated"
+            p += 1 << (flag & ORDER_MASK)
+        if p != end:
+            return "not_allocated"
+        pg[pfn + 1 : end] = bytes(end - pfn - 1)  # TAIL is 0
+        pg[pfn] = ALLOCATED | order
+        return None
+
     def _merge_and_add_tail(self, zone: Zone, pfn: int, order: int) -> int:
         """__free_one_page() for a put-back: merge, add at the tail, no hook
         (FPI_SKIP_REPORT_NOTIFY | FPI_TO_TAIL). Returns the merged block's head."""

@@ -1,0 +1,1 @@
+"""Replaying a real kernel's page allocator trace (ftrace kmem events)."""

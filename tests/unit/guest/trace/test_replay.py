@@ -1,0 +1,136 @@
+"""Replaying events against the buddy allocator: exact blocks, inconsistencies counted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from guest.memory import GuestMemory
+from guest.mm import BuddyAllocator
+from guest.mm.check import check_invariants
+from guest.trace.parse import parse_trace
+from guest.trace.replay import ReplayError, ReplayStats, plan_replay, prepare, replay, summary
+from guest.workloads.base import WorkloadContext
+
+
+def line(t: float, event: str, pfn: int, order: int) -> str:
+    extra = " migratetype=0 gfp_flags=GFP_KERNEL" if event == "mm_page_alloc" else ""
+    return (
+        f"  app-10 [000] ..... {t:.6f}: {event}: page=0000000012345678 "
+        f"pfn={pfn:#x} order={order}{extra}\n"
+    )
+
+
+def trace_file(tmp_path: Path, events: list[tuple[str, int, int]]) -> str:
+    p = tmp_path / "t.trace"
+    p.write_text("".join(line(1.0 + i * 1e-3, e, pfn, o) for i, (e, pfn, o) in enumerate(events)))
+    return str(p)
+
+
+async def run(path: str, ram: int | None = None, mapping: str = "identity", speed=None):  # type: ignore[no-untyped-def]
+    plan = plan_replay(parse_trace(path), mapping)
+    mm = BuddyAllocator(ram or plan.ram_bytes)
+    ctx = WorkloadContext(GuestMemory(mm))
+    stats = ReplayStats()
+    prepare(plan, ctx, stats)
+    await replay(plan, ctx, speed, stats)
+    check_invariants(mm)
+    return plan, mm, stats
+
+
+async def test_exact_blocks_and_the_state_before_the_trace(tmp_path: Path) -> None:
+    path = trace_file(
+        tmp_path,
+        [
+            ("mm_page_free", 0x2000, 2),  # first seen freed: allocated before the trace
+            ("mm_page_alloc", 0x3005, 0),
+            ("mm_page_alloc", 0x3008, 3),
+            ("mm_page_free", 0x3005, 0),
+        ],
+    )
+    plan, mm, stats = await run(path)
+    assert plan.initial == [(0x2000, 2)]
+    assert plan.ram_bytes == 64 << 20  # covers pfn 0x3010, at least the minimum
+    assert stats.inconsistencies == {}
+    assert stats.events == 4 and stats.allocs == 2 and stats.frees == 2
+    assert mm.block_at(0x3008).state == "allocated" and mm.block_at(0x3008).order == 3
+    assert mm.allocated_pages == 8
+
+
+async def test_inconsistencies_are_counted_by_kind(tmp_path: Path) -> None:
+    path = trace_file(
+        tmp_path,
+        [
+            ("mm_page_alloc", 0x100, 0),
+            ("mm_page_alloc", 0x100, 0),  # already allocated
+            ("mm_page_free", 0x100, 0),
+            ("mm_page_free", 0x100, 0),  # already free
+            ("mm_page_alloc", 0x203, 2),  # not aligned to its order
+            ("mm_page_alloc", 0x400, 3),
+            ("mm_page_free", 0x402, 1),  # part of an order-3 block: split, then freed
+        ],
+    )
+    _, mm, stats = await run(path)
+    assert stats.inconsistencies == {
+        "alloc_not_free": 1,
+        "free_not_allocated": 1,
+        "misaligned": 1,
+        "free_reshaped": 1,
+    }
+    assert mm.allocated_pages == 6  # 0x400, 0x401, 0x404..0x407 stay
+
+
+async def test_pfns_outside_a_smaller_ram(tmp_path: Path) -> None:
+    path = trace_file(tmp_path, [("mm_page_alloc", 0x100000, 0), ("mm_page_alloc", 0x10, 0)])
+    plan, _, stats = await run(path, ram=64 << 20)
+    assert plan.ram_bytes == (0x100001 * 4096 + (4 << 20) - 1) // (4 << 20) * (4 << 20)
+    assert stats.inconsistencies == {"outside_ram": 1}
+
+
+async def test_compact_mapping_keeps_buddies_and_shrinks_ram(tmp_path: Path) -> None:
+    path = trace_file(
+        tmp_path,
+        [
+            ("mm_page_alloc", 0x80_0401, 0),
+            ("mm_page_alloc", 0x200_0000, 1),
+            ("mm_page_free", 0x80_0401, 0),
+        ],
+    )
+    plan, mm, stats = await run(path, mapping="compact")
+    assert list(plan.pfns) == [0x1, 0x400, 0x1]  # blocks 0x2001, 0x8000 -> 0, 1
+    assert plan.ram_bytes == 64 << 20 and stats.inconsistencies == {}
+    assert mm.allocated_pages == 2
+
+
+async def test_an_allocation_of_an_isolated_block_waits_for_its_putback(tmp_path: Path) -> None:
+    path = trace_file(tmp_path, [("mm_page_alloc", 0x800, 0)])
+    plan = plan_replay(parse_trace(path))
+    mm = BuddyAllocator(plan.ram_bytes)
+    ctx = WorkloadContext(GuestMemory(mm))
+    mm.isolate(0x800, 10)  # the hinting worker holds it
+    asyncio.get_running_loop().call_later(0.05, mm.putback, 0x800, 10)
+    stats = ReplayStats()
+    await replay(plan, ctx, None, stats)
+    assert stats.isolated_waits == 1 and stats.isolated_wait_s >= 0.04
+    assert stats.inconsistencies == {} and mm.block_at(0x800).state == "allocated"
+
+
+async def test_speed_follows_the_trace_clock(tmp_path: Path) -> None:
+    p = tmp_path / "slow.trace"
+    p.write_text(line(1.0, "mm_page_alloc", 0x10, 0) + line(1.2, "mm_page_free", 0x10, 0))
+    plan = plan_replay(parse_trace(str(p)))
+    ctx = WorkloadContext(GuestMemory(BuddyAllocator(plan.ram_bytes)))
+    stats = ReplayStats()
+    await replay(plan, ctx, 2.0, stats)  # 0.2 s of trace at twice the speed
+    assert 0.09 <= stats.seconds < 1.0
+    s = summary(plan, stats, 2.0)
+    assert s["replayed"] == 2 and s["speed"] == 2.0 and s["trace_seconds"] == pytest.approx(0.2)
+
+
+def test_an_empty_trace_cannot_be_replayed(tmp_path: Path) -> None:
+    p = tmp_path / "empty.trace"
+    p.write_text("# tracer: nop\n")
+    with pytest.raises(ReplayError, match="no mm_page_alloc"):
+        plan_replay(parse_trace(str(p)))
