@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from guest.hinting.plugin import check_policy_name
 from guest.mm.constants import MAX_ORDER, MAX_RAM
 from guest.trace.load import load_plan
 from guest.trace.replay import MAPPINGS
@@ -27,7 +28,7 @@ from pagehint.cli_support import (
     positive_float,
     positive_int,
 )
-from pagehint.config import LOOPS, POLICIES, GuestConfig, HintingConfig, TraceConfig
+from pagehint.config import LOOPS, GuestConfig, HintingConfig, TraceConfig
 from pagehint.errors import UsageError
 from pagehint.tls import load_tls
 from pagehint.units import parse_seconds
@@ -213,7 +214,7 @@ def expand_id(text: str) -> str:
 
 
 def config_from_args(a: argparse.Namespace) -> GuestConfig:
-    policy = choice(str(a.policy), POLICIES, "--policy")
+    policy = check_policy_name(str(a.policy))
     if sum(x is not None for x in (a.workload, a.scenario, a.trace)) > 1:
         raise UsageError("give one of --workload, --scenario and --trace")
     trace = _trace_config(a)
@@ -362,4 +363,16 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         from guest.report import format_summary
 
         sys.stdout.write(format_summary(summary) + "\n")
+    if summary["policy_errors"]:
+        sys.stderr.write(
+            f"pagehint guest: policy {cfg.hinting.policy} broke the rules: "
+            f"{summary['policy_errors'][0]}"
+            + (
+                f" (and {len(summary['policy_errors']) - 1} more)"
+                if len(summary["policy_errors"]) > 1
+                else ""
+            )
+            + "\n"
+        )
+        return 1
     return 0

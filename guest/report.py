@@ -53,6 +53,8 @@ def format_summary(s: dict[str, Any]) -> str:
                 "never answered",
             )
         )
+    for what in s.get("policy_errors") or []:
+        rows.append(("POLICY BROKE RULES", what))
     if s.get("trace"):
         rows.extend(_trace_rows(s["trace"]))
     width = max(len(k) for k, _ in rows)

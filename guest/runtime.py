@@ -240,6 +240,8 @@ class GuestRuntime:
             "invariants": self._check(),
             "marks": [{"t": round(t, 3), "label": label} for t, label in self.ctx.stats.marks],
             "timeline_error": self.timeline_error,
+            # Contract breaks of the policy (docs/policies.md): each one fails the run.
+            "policy_errors": list(self.policy.rule_errors),
             "trace": None
             if self.replay_plan is None
             else replay_summary(self.replay_plan, self.replay_stats, self.replay_speed),

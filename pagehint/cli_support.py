@@ -159,13 +159,14 @@ def parse_ram(value: Any, flag: str = "--ram") -> int:
 
 def parse_policies(value: Any, flag: str = "--policy") -> tuple[str, ...]:
     """A policy or a comma list of policies, each one known."""
-    from pagehint.config import POLICIES
 
     policies = tuple(x.strip() for x in str(value).split(",") if x.strip())
     if not policies:
         raise UsageError(f"{flag}: give at least one policy")
+    from guest.hinting.plugin import check_policy_name
+
     for pol in policies:
-        choice(pol, POLICIES, flag)
+        check_policy_name(pol, flag)
     return policies
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from guest.hinting.device import Block, ReportError, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
-from guest.mm.constants import PAGE_SIZE
+from guest.mm.constants import FREE, ISOLATED, PAGE_SIZE, STATE_MASK
 from pagehint.config import HintingConfig
 from pagehint.errors import UsageError
 from pagehint.metrics import LatencyHistogram
@@ -44,6 +44,11 @@ class HintingStats:
     @property
     def reported_bytes(self) -> int:
         return self.reported_pages * PAGE_SIZE
+
+
+class PolicyRuleError(Exception):
+    """A policy broke the contract (docs/policies.md), e.g. reported a block it did
+    not isolate. Raised before anything reaches the device."""
 
 
 class DeviceTooSmall(Exception):
@@ -84,6 +89,8 @@ class Policy(abc.ABC):
         self.abandoned: list[Block] = []
         # Called after each acknowledged report is booked (the timeline's event rows).
         self.on_ack: list[Callable[[], None]] = []
+        # Contract breaks found by report_batch (a guarded outside policy shares its list).
+        self.rule_errors: list[str] = []
 
     @abc.abstractmethod
     def start(self) -> None: ...
@@ -123,6 +130,8 @@ class Policy(abc.ABC):
         if not batch:
             return True
         assert self.device is not None
+        if not self.cfg.unsafe_skip_isolation:
+            self.check_batch(batch)
         self.in_flight = batch
         t0 = time.perf_counter()
         report = asyncio.ensure_future(self.device.report(batch))
@@ -180,6 +189,27 @@ class Policy(abc.ABC):
             raise asyncio.CancelledError
         return ok
 
+    def check_batch(self, batch: list[Block]) -> None:
+        """Every block of a report must be isolated at its order (the device may
+        discard it): PolicyRuleError, with nothing sent, otherwise."""
+        pg = self.mm.pg
+        nr_pages = self.mm.nr_pages
+        for pfn, order in batch:
+            if not (0 <= pfn < nr_pages and pg[pfn] == ISOLATED | order):
+                if not 0 <= pfn < nr_pages:
+                    state = "outside RAM"
+                else:
+                    _, flag = self.mm.containing_block(pfn)
+                    state = {ISOLATED: "isolated at another order", FREE: "free"}.get(
+                        flag & STATE_MASK, "allocated"
+                    )
+                what = (
+                    f"reported pfn {pfn:#x} order {order} without isolating it "
+                    f"(it is {state}); nothing sent"
+                )
+                self.rule_errors.append(what)
+                raise PolicyRuleError(what)
+
 
 class NonePolicy(Policy):
     """No hinting: the baseline for comparisons."""
@@ -203,6 +233,10 @@ def make_policy(
     try:
         if cfg.policy == "none" or device is None:
             return NonePolicy(cfg, mm, None, log)
+        if ":" in cfg.policy:
+            from guest.hinting.plugin import GuardedPolicy, load_policy_class
+
+            return GuardedPolicy(load_policy_class(cfg.policy), cfg, mm, device, log)
         if cfg.policy == "bitmap":
             from guest.hinting.bitmap import BitmapPolicy
 

@@ -136,6 +136,11 @@ class BuddyAllocator:
     def hook(self) -> NotifyFree | None:
         return self._hook
 
+    @property
+    def hook_order(self) -> int:
+        """The smallest merged order the hook is called for."""
+        return self._notify_order
+
     # ---- lookups ------------------------------------------------------------------
 
     def zone_of(self, pfn: int) -> Zone:

@@ -1,0 +1,171 @@
+"""Policies of your own: ``--policy package.module:ClassName`` or ``path/to/file.py:ClassName``.
+
+A policy is a subclass of guest.hinting.base.Policy (the contract is in
+docs/policies.md). A policy from outside is held to that contract here, so a
+broken one cannot take the guest down or lose pages:
+
+- its hook and its start()/stop() may raise: the error is recorded, the hook is
+  switched off, the guest goes on without hinting;
+- reporting a block it did not isolate is refused before anything reaches the
+  device (Policy.report_batch checks every block; see ``check_batch``);
+- blocks it leaves isolated when it stops are put back into the buddy.
+
+Every break is in the run summary (``policy_errors``) and makes the guest exit 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from guest.hinting.base import Log, Policy
+from guest.hinting.device import ReportingDevice
+from guest.mm.buddy import BuddyAllocator
+from guest.mm.constants import ISOLATED, ORDER_MASK, STATE_MASK
+from guest.mm.zone import Zone
+from pagehint.config import HintingConfig
+from pagehint.errors import UsageError
+
+BUILTIN = ("bitmap", "reporting", "none")
+
+
+def is_plugin(name: str) -> bool:
+    return ":" in name
+
+
+def load_policy_class(spec: str) -> type[Policy]:
+    """The Policy subclass ``spec`` names; UsageError (one line) if it cannot be had."""
+    where, _, cls_name = spec.rpartition(":")
+    if not where or not cls_name.isidentifier():
+        raise UsageError(f"--policy {spec}: give MODULE:CLASS or FILE.py:CLASS")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise UsageError(f"--policy {spec}: no file {where}")
+            name = f"pagehint_policy_{abs(hash(str(path.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            if module_spec is None or module_spec.loader is None:
+                raise UsageError(f"--policy {spec}: cannot load {where}")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except UsageError:
+        raise
+    except ModuleNotFoundError as e:
+        if e.name is None or not where.startswith(e.name):
+            raise UsageError(f"--policy {spec}: importing it failed: no module {e.name}") from None
+        raise UsageError(
+            f"--policy {spec}: no module {e.name} (give a FILE.py:CLASS, or put its folder "
+            f"on PYTHONPATH)"
+        ) from None
+    except Exception as e:  # the module's own code failed while importing
+        raise UsageError(f"--policy {spec}: importing it failed: {type(e).__name__}: {e}") from None
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise UsageError(f"--policy {spec}: {cls_name} is not a guest.hinting.base.Policy")
+    return cls
+
+
+def check_policy_name(name: str, flag: str = "--policy") -> str:
+    """A built-in name, or a plugin spec that loads."""
+    if is_plugin(name):
+        load_policy_class(name)
+        return name
+    if name not in BUILTIN:
+        raise UsageError(f"{flag} {name}: must be one of {', '.join(BUILTIN)} or MODULE:CLASS")
+    return name
+
+
+class GuardedPolicy(Policy):
+    """Runs an outside policy, catching what it breaks (see the module's docstring)."""
+
+    def __init__(
+        self,
+        inner: type[Policy],
+        cfg: HintingConfig,
+        mm: BuddyAllocator,
+        device: ReportingDevice | None,
+        log: Log | None = None,
+    ) -> None:
+        super().__init__(cfg, mm, device, log)
+        self.name = cfg.policy
+        self.errors = self.rule_errors  # one list: the inner's report_batch adds to it
+        try:
+            self.inner: Policy | None = inner(cfg, mm, device, log)
+        except Exception as e:
+            self.inner = None
+            self._broke(f"__init__ raised {type(e).__name__}: {e}")
+            return
+        # One set of counters: what the summary and metrics read is the inner's.
+        self.stats = self.inner.stats
+        self.on_ack = self.inner.on_ack
+        self.problems = self.inner.problems
+        self.inner.rule_errors = self.errors
+
+    def _broke(self, what: str) -> None:
+        self.errors.append(what)
+        self.log(f"policy {self.cfg.policy} broke the rules: {what}")
+
+    def start(self) -> None:
+        if self.inner is None:
+            return
+        try:
+            self.inner.start()
+        except Exception as e:
+            self._broke(f"start() raised {type(e).__name__}: {e}")
+            self.mm.set_hook(None)
+            return
+        hook, order = self.mm.hook, self.mm.hook_order
+        if hook is not None:
+
+            def guarded(zone: Zone, order: int) -> None:
+                try:
+                    hook(zone, order)
+                except Exception as e:
+                    self._broke(f"its hook raised {type(e).__name__}: {e}; hook off")
+                    self.mm.set_hook(None)
+
+            self.mm.set_hook(guarded, order)
+
+    async def stop(self) -> None:
+        if self.inner is not None:
+            try:
+                await self.inner.stop()
+            except Exception as e:
+                self._broke(f"stop() raised {type(e).__name__}: {e}")
+            self.abandoned = self.inner.abandoned
+        self.mm.set_hook(None)
+        self._return_isolated()
+
+    def idle(self) -> bool:
+        if self.inner is None:
+            return True
+        try:
+            return self.inner.idle()
+        except Exception as e:
+            self._broke(f"idle() raised {type(e).__name__}: {e}")
+            return True
+
+    def _return_isolated(self) -> None:
+        """Put back what the policy left isolated (not what a device may still hold)."""
+        held = {pfn for pfn, _ in self.abandoned}
+        pg = self.mm.pg
+        left = []
+        pfn = 0
+        while pfn < self.mm.nr_pages:
+            # Starting at pfn 0 and stepping by block sizes visits only heads.
+            flag = pg[pfn]
+            order = flag & ORDER_MASK
+            if flag & STATE_MASK == ISOLATED and pfn not in held:
+                left.append((pfn, order))
+            pfn += 1 << order
+        for pfn, order in left:
+            self.mm.putback(pfn, order)
+        if left:
+            pages = sum(1 << o for _, o in left)
+            self._broke(f"left {len(left)} blocks ({pages} pages) isolated; put back")

@@ -1,0 +1,139 @@
+"""Policies of your own: loaded by path or module, held to the contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guest.hinting.plugin import check_policy_name, load_policy_class
+from pagehint.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[4]
+IDLE = ROOT / "examples" / "policies" / "idle.py"
+
+BAD = '''
+import asyncio
+from guest.hinting.base import Policy
+from guest.mm.constants import MAX_ORDER
+
+
+class Quiet(Policy):
+    def start(self): self.mm.set_hook(None)
+    async def stop(self): pass
+    def idle(self): return True
+
+
+class ReportsUnisolated(Quiet):
+    """Reports a free block straight off the free list."""
+    def start(self):
+        async def go():
+            zone = self.mm.zones[-1]
+            pfn = next(iter(zone.free_area[MAX_ORDER]))
+            await self.report_batch([(pfn, MAX_ORDER)], mark=True, to_tail=True)
+        self.task = asyncio.get_running_loop().create_task(go())
+    async def stop(self):
+        try:
+            await self.task
+        except Exception:
+            pass
+
+
+class LeavesIsolated(Quiet):
+    def start(self):
+        zone = self.mm.zones[-1]
+        self.mm.isolate(next(iter(zone.free_area[MAX_ORDER])), MAX_ORDER)
+
+
+class RaisingHook(Quiet):
+    def start(self):
+        def hook(zone, order): raise RuntimeError("boom")
+        self.mm.set_hook(hook, 0)
+
+
+class RaisingStart(Quiet):
+    def start(self): raise ValueError("no")
+
+
+class NotAPolicy:
+    pass
+'''
+
+
+def guest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pagehint", "guest", "--ram", "128MiB", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_loaded_by_path_and_by_module() -> None:
+    by_path = load_policy_class(f"{IDLE}:IdlePolicy")
+    assert by_path.__name__ == "IdlePolicy"
+    sys.path.insert(0, str(ROOT))
+    try:
+        by_module = load_policy_class("examples.policies.idle:IdlePolicy")
+    finally:
+        sys.path.remove(str(ROOT))
+    assert by_module.__name__ == "IdlePolicy"
+
+
+def test_bad_specs_are_one_line_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(BAD)
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_here\n")
+    for spec, message in [
+        ("nosuch.module:Policy", "no module nosuch"),
+        (f"{bad}:NotAPolicy", "is not a guest.hinting.base.Policy"),
+        (f"{bad}:Missing", "is not a"),
+        (f"{tmp_path / 'none.py'}:X", "no file"),
+        (f"{broken}:X", "importing it failed: no module no_such_module_here"),
+        (f"{bad}:", "MODULE:CLASS"),
+        ("spiral", "must be one of bitmap, reporting, none or MODULE:CLASS"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            check_policy_name(spec)
+
+
+def test_the_example_policy_reports_once_idle() -> None:
+    r = guest(
+        "--policy", f"{IDLE}:IdlePolicy", "--workload", "memhog", "--delay", "0.5",
+        "--duration", "6", "--json", "--check",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["reported_bytes"] > 0 and s["policy_errors"] == [] and s["invariants"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        ("ReportsUnisolated", "without isolating it (it is free); nothing sent"),
+        ("LeavesIsolated", "left 1 blocks (1024 pages) isolated; put back"),
+        ("RaisingHook", "its hook raised RuntimeError: boom; hook off"),
+        ("RaisingStart", "start() raised ValueError: no"),
+    ],
+)
+def test_a_policy_that_breaks_the_rules_is_caught(tmp_path: Path, cls: str, message: str) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(BAD)
+    r = guest(
+        "--policy", f"{bad}:{cls}", "--workload", "memhog", "--duration", "2.5",
+        "--json", "--check",
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout)
+    assert any(message in e for e in s["policy_errors"]), s["policy_errors"]
+    # the pages came back: nothing isolated, the allocator intact
+    assert s["isolated_bytes"] == 0 and s["invariants"] == "ok"
+    assert s["reported_bytes"] == 0
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("pagehint guest:")]
+    assert "broke the rules" in line
