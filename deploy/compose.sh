@@ -50,6 +50,21 @@ skip_because() {
 
 engine_answers() { docker info >/dev/null 2>&1; }
 
+# Set when this very run started the daemon: only then do test and demo stop it.
+STARTED_HERE=0
+
+# The pid in dockerd.pid, if it still names a running dockerd (pids are reused).
+recorded_dockerd() {
+    local pid
+    [[ -f "$STATE/dockerd.pid" ]] || return 1
+    pid="$(cat "$STATE/dockerd.pid")"
+    [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == dockerd ]] || {
+        rm -f "$STATE/dockerd.pid"
+        return 1
+    }
+    echo "$pid"
+}
+
 compose() {
     # Compose v2 (the docker CLI plugin) when present, else Debian's v1.
     if docker compose version >/dev/null 2>&1; then
@@ -79,7 +94,11 @@ cmd_engine() {
     fi
     if engine_answers; then
         say "a Docker engine answers: $(docker version --format '{{.Server.Version}}')"
+        recorded_dockerd >/dev/null || true # forget a stale pid file
         return 0
+    fi
+    if [[ -S /var/run/docker.sock && ! -w /var/run/docker.sock ]]; then
+        skip_because "the Docker socket is not writable by this user (add it to the docker group)"
     fi
     [[ $(id -u) -eq 0 ]] || skip_because "no Docker engine answers and not root to start one"
     say "starting dockerd (storage vfs, no iptables, no default bridge)"
@@ -87,6 +106,7 @@ cmd_engine() {
     setsid dockerd --storage-driver=vfs --iptables=false --bridge=none \
         >"$STATE/dockerd.log" 2>&1 </dev/null &
     echo $! >"$STATE/dockerd.pid"
+    STARTED_HERE=1
     for _ in $(seq 120); do
         engine_answers && {
             say "dockerd is up (pid $(cat "$STATE/dockerd.pid"))"
@@ -99,9 +119,8 @@ cmd_engine() {
 }
 
 cmd_stop_engine() {
-    [[ -f "$STATE/dockerd.pid" ]] || return 0
     local pid
-    pid="$(cat "$STATE/dockerd.pid")"
+    pid="$(recorded_dockerd)" || return 0
     if kill -0 "$pid" 2>/dev/null; then
         say "stopping the dockerd this script started (pid $pid)"
         kill "$pid"
@@ -169,7 +188,7 @@ cmd_image() {
     local t0=$SECONDS
     if ! DOCKER_BUILDKIT=0 docker build -q --network host --build-arg "BASE=$base" "${args[@]}" \
         -t "$IMAGE" "$ROOT" >"$STATE/build.log" 2>&1; then
-        skip_because "docker build failed: $(tail -1 "$STATE/build.log")"
+        die "docker build failed: $(grep -iE -m1 'error|invalid|denied|failed' "$STATE/build.log" || tail -1 "$STATE/build.log") (all of it: $STATE/build.log)"
     fi
     local size
     size="$(docker image inspect "$IMAGE" --format '{{.Size}}')"
@@ -199,6 +218,8 @@ cmd_up() {
 
 cmd_status() {
     local port
+    engine_answers || die "no Docker engine answers (run: $0 engine)"
+    [[ -n "$(compose ps -q host 2>/dev/null)" ]] || die "no stack is up (run: $0 up)"
     port="$(compose port host 9100 | sed 's/.*://')"
     "$PYTHON" - "$port" <<'EOF'
 import re, sys, urllib.request
@@ -223,10 +244,17 @@ cmd_down() {
     compose down -v --remove-orphans --timeout 20
 }
 
+# Stop the daemon at exit only if this run started it.
+stop_engine_if_started_here() { if ((STARTED_HERE)); then cmd_stop_engine; fi; }
+
 cmd_demo() {
     cmd_engine
+    trap stop_engine_if_started_here EXIT
+    if [[ -n "$(compose ps -q 2>/dev/null)" ]]; then
+        die "a stack of project $PROJECT is already up: take it down first ($0 down) or set PROJECT"
+    fi
     cmd_image
-    trap 'cmd_down; cmd_stop_engine' EXIT
+    trap 'cmd_down; stop_engine_if_started_here' EXIT
     cmd_up
     local end=$((SECONDS + DEMO_SECONDS))
     while ((SECONDS < end)); do
@@ -239,11 +267,28 @@ cmd_demo() {
     compose logs --no-color guest | grep -E 'done:|reported|data loss' || true
 }
 
+# The test stacks' projects are phtest<pid>: take down any an interrupted run left.
+down_test_stacks() {
+    engine_answers || return 0
+    local p
+    for p in $(docker ps -a --format '{{.Label "com.docker.compose.project"}}' | grep '^phtest' | sort -u); do
+        PROJECT="$p" compose down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+    done
+}
+
 cmd_test() {
-    local rc=0
-    (cmd_engine && cmd_image) || say "container tests will report themselves skipped"
+    local rc=0 answered=0
+    engine_answers && answered=1
+    # In a subshell: an engine that cannot run here ends it, not this script.
+    if (cmd_engine); then
+        ((answered)) || STARTED_HERE=1
+        trap 'down_test_stacks; stop_engine_if_started_here' EXIT
+        trap 'exit 130' INT TERM
+        (cmd_image) || rc=$?
+    else
+        say "container tests will report themselves skipped"
+    fi
     "$PYTHON" -m pytest -q -m docker "$ROOT/tests/integration" || rc=$?
-    cmd_stop_engine
     return "$rc"
 }
 
@@ -257,7 +302,7 @@ stop-engine) cmd_stop_engine ;;
 demo) cmd_demo ;;
 test) cmd_test ;;
 *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac
