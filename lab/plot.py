@@ -111,3 +111,47 @@ def plot_series(
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_tradeoff(rows: Sequence[dict[str, Any]], out: Path) -> Path | None:
+    """Memory saved (GiB·s) against chains sent, one point per combination; the
+    Pareto front (most saved for fewest chains) joined by a line."""
+    pts = [
+        (r["chains"], r["saved_gib_s"], r["combination"])
+        for r in rows
+        if r.get("chains") is not None and r.get("saved_gib_s") is not None
+    ]
+    if not pts or not plots_available():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = sorted(
+        p
+        for p in pts
+        if not any((q[1] >= p[1] and q[0] <= p[0]) and (q[1] > p[1] or q[0] < p[0]) for q in pts)
+    )
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="tab:blue", zorder=2)
+    for x, y, label in pts:
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.plot(
+        [p[0] for p in front],
+        [p[1] for p in front],
+        color="tab:red",
+        linewidth=1.2,
+        marker="o",
+        label="Pareto front",
+        zorder=3,
+    )
+    ax.set_xlabel("chains sent (cost)")
+    ax.set_ylabel("memory returned vs none (GiB·s)")
+    ax.set_title("sweep: memory saved against cost")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

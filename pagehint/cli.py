@@ -17,7 +17,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
     from guest import group_command
     from host import certs_command, health_command
     from host import command as host_command
-    from lab import compare_command, demo_command, loadtest_command
+    from lab import compare_command, demo_command, loadtest_command, sweep_command
 
     parser = Parser(
         prog="pagehint",
@@ -34,6 +34,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
         host_command,
         compare_command,
         loadtest_command,
+        sweep_command,
         health_command,
         certs_command,
     ):

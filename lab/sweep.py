@@ -1,0 +1,295 @@
+"""Run one workload, scenario or trace across a grid of policies and knobs.
+
+Every combination runs ``repeat`` times (seeds 0..repeat-1) as guests against
+one host, ``parallel`` at a time; a ``none`` guest per seed is the baseline.
+Per combination (means over repeats):
+
+- ``saved_gib_s``: the area between the baseline's host-resident curve and the
+  combination's, over the run (GiB·s): memory given back, and for how long;
+- ``t90_s``: after each ``free`` mark, the time until the host-resident drop
+  reached 90% of the lowest point before the next mark (mean over marks);
+- chains, worker CPU seconds, allocation p99, allocation failures.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.plot import plot_files, plot_series, plot_tradeoff
+from lab.procs import ProcessGroup, read_timeline
+
+GIB = 1 << 30
+# Knobs a sweep may vary: the guest flag each sets.
+KNOBS = {
+    "policy": "--policy",
+    "reporting-order": "--reporting-order",
+    "delay": "--delay",
+    "capacity": "--capacity",
+    "threshold": "--threshold",
+    "rate": "--rate",
+    "speed": "--speed",
+}
+COLUMNS = [
+    "combination",
+    "runs",
+    "saved_gib_s",
+    "t90_s",
+    "chains",
+    "worker_s",
+    "alloc_p99_ms",
+    "alloc_failures",
+    "data_loss_pages",
+]
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    grid: dict[str, tuple[str, ...]]  # knob -> values
+    workload_args: tuple[str, ...]  # --workload W | --scenario F | --trace F (+ its flags)
+    ram: str
+    duration: float
+    repeat: int
+    parallel: int
+    backend: str
+    out: Path
+    extra_guest_args: tuple[str, ...] = ()
+
+
+@dataclass
+class Run:
+    combo: dict[str, str]
+    seed: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return combo_label(self.combo)
+
+
+def combo_label(combo: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in combo.items()) or "default"
+
+
+def combinations(grid: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def _resident_points(rows: Sequence[dict[str, Any]]) -> list[tuple[float, int]]:
+    return [
+        (r["t"], r["host_resident_bytes"]) for r in rows if r.get("host_resident_bytes") is not None
+    ]
+
+
+def resident_area(rows: Sequence[dict[str, Any]], end: float) -> float:
+    """∫ host resident dt (byte·s) as steps, from 0 to ``end``."""
+    pts = [
+        (r["t"], r["host_resident_bytes"]) for r in rows if r.get("host_resident_bytes") is not None
+    ]
+    area = 0.0
+    for (t0, v), (t1, _) in itertools.pairwise([*pts, (end, 0)]):
+        if t0 < end:
+            area += v * (min(t1, end) - t0)
+    return area
+
+
+def time_to_90(rows: Sequence[dict[str, Any]]) -> float | None:
+    """Mean time, after each free mark, for host resident to make 90% of its drop."""
+    marks = [(r["t"], r["mark"]) for r in rows if r.get("mark")]
+    pts = [
+        (r["t"], r["host_resident_bytes"]) for r in rows if r.get("host_resident_bytes") is not None
+    ]
+    times = []
+    for i, (tm, label) in enumerate(marks):
+        if not label.startswith("free"):
+            continue
+        t_next = marks[i + 1][0] if i + 1 < len(marks) else float("inf")
+        window = [(t, v) for t, v in pts if tm <= t < t_next]
+        before = [v for t, v in pts if t <= tm]
+        if not window or not before:
+            continue
+        start, low = before[-1], min(v for _, v in window)
+        if start - low <= 0:
+            continue
+        target = start - 0.9 * (start - low)
+        hit = next(t for t, v in window if v <= target)
+        times.append(hit - tm)
+    return statistics.fmean(times) if times else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return round(statistics.fmean(got), 4) if got else None
+
+
+def aggregate(runs: list[Run], baseline: dict[int, Run], duration: float) -> list[dict[str, Any]]:
+    by_combo: dict[str, list[Run]] = {}
+    for r in runs:
+        by_combo.setdefault(r.label, []).append(r)
+    out = []
+    for label, rs in by_combo.items():
+        saved = []
+        for r in rs:
+            base = baseline.get(r.seed)
+            if base is not None:
+                gap = resident_area(base.rows, duration) - resident_area(r.rows, duration)
+                saved.append(gap / GIB)
+        out.append(
+            {
+                "combination": label,
+                **rs[0].combo,
+                "runs": len(rs),
+                "saved_gib_s": _mean(list(saved)),
+                "t90_s": _mean([time_to_90(r.rows) for r in rs]),
+                "chains": _mean([r.summary.get("chains") for r in rs]),
+                "worker_s": _mean([r.summary.get("worker_seconds") for r in rs]),
+                "alloc_p99_ms": _mean(
+                    [(r.summary.get("alloc_latency_ms") or {}).get("p99") for r in rs]
+                ),
+                "alloc_failures": sum(r.summary.get("alloc_failures") or 0 for r in rs),
+                "data_loss_pages": sum(r.summary.get("data_loss_pages") or 0 for r in rs),
+            }
+        )
+    return out
+
+
+def run_sweep(
+    cfg: SweepConfig, log: Callable[[str], None], progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run the grid; on KeyboardInterrupt stop every process and keep what finished."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    combos = combinations(cfg.grid)
+    # The baseline first (one per seed), then every combination.
+    todo = [Run({"policy": "none"}, seed) for seed in range(cfg.repeat)]
+    todo += [Run(c, seed) for c in combos for seed in range(cfg.repeat)]
+    done: list[Run] = []
+    interrupted = False
+    group = ProcessGroup(cfg.out)
+    try:
+        addr, _ = group.start_host(["--backend", cfg.backend])
+        log(f"host on {addr} (backend {cfg.backend}); {len(todo)} runs, {cfg.parallel} at a time")
+        for start in range(0, len(todo), cfg.parallel):
+            batch = todo[start : start + cfg.parallel]
+            procs = []
+            for i, run in enumerate(batch, start):
+                name = f"run{i:03d}"
+                args = ["--host", addr, "--id", f"sweep-{i:03d}", "--ram", cfg.ram]
+                args += ["--seed", str(run.seed), "--duration", f"{cfg.duration:g}"]
+                args += ["--timeline", str(cfg.out / f"{name}.timeline.jsonl")]
+                args += [*cfg.workload_args, *cfg.extra_guest_args]
+                for knob, value in run.combo.items():
+                    args += [KNOBS[knob], value]
+                procs.append((run, name, group.start_guest(args, name)))
+            for run, name, p in procs:
+                run.summary = group.guest_summary(p, name, timeout=cfg.duration + 120)
+                run.rows = read_timeline(cfg.out / f"{name}.timeline.jsonl")
+                done.append(run)
+                progress(f"[{len(done)}/{len(todo)}] {run.label} seed={run.seed}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log(f"interrupted: stopping every process; keeping {len(done)} finished runs")
+    finally:
+        group.close()
+    return _report(cfg, done, len(todo), interrupted)
+
+
+def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) -> dict[str, Any]:
+    baseline = {r.seed: r for r in done if r.combo == {"policy": "none"}}
+    rows = aggregate([r for r in done if r.combo != {"policy": "none"}], baseline, cfg.duration)
+    series = {}
+    for r in done:
+        if r.seed == 0:
+            series[r.label if r.combo != {"policy": "none"} else "baseline: none"] = r.rows
+    plot = plot_series(
+        series, cfg.out / "resident.png", title="sweep: host resident per combination (seed 0)"
+    )
+    tradeoff = plot_tradeoff(rows, cfg.out / "tradeoff.png")
+    report = {
+        "grid": {k: list(v) for k, v in cfg.grid.items()},
+        "workload": list(cfg.workload_args),
+        "ram": cfg.ram,
+        "duration_s": cfg.duration,
+        "repeat": cfg.repeat,
+        "runs_planned": planned,
+        "runs_done": len(done),
+        "interrupted": interrupted,
+        "results": rows,
+        "pareto": pareto_front(rows),
+        "files": {
+            **plot_files(cfg.out, None, plot),
+            "summary": str(cfg.out / "sweep.json"),
+            "csv": str(cfg.out / "sweep.csv"),
+            **({"tradeoff": str(tradeoff)} if tradeoff else {}),
+        },
+    }
+    (cfg.out / "sweep.json").write_text(json.dumps(report, indent=2))
+    with (cfg.out / "sweep.csv").open("w", newline="") as f:
+        keys = [*COLUMNS, *cfg.grid]
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return report
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[str]:
+    """Combinations no other beats on both memory saved (more) and chains (fewer)."""
+    pts = [(r["combination"], r["saved_gib_s"], r["chains"]) for r in rows]
+    pts = [p for p in pts if p[1] is not None and p[2] is not None]
+    front = []
+    for name, saved, cost in pts:
+        dominated = any((s >= saved and c <= cost) and (s > saved or c < cost) for _, s, c in pts)
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def format_sweep(report: dict[str, Any]) -> str:
+    from lab.table import render_table
+
+    front = set(report["pareto"])
+    header = [
+        "combination",
+        "runs",
+        "saved GiB·s",
+        "t90 s",
+        "chains",
+        "worker s",
+        "alloc p99 ms",
+        "fails",
+    ]
+    body = []
+    for r in sorted(report["results"], key=lambda r: -(r["saved_gib_s"] or 0)):
+        body.append(
+            [
+                ("* " if r["combination"] in front else "  ") + r["combination"],
+                str(r["runs"]),
+                _fmt(r["saved_gib_s"]),
+                _fmt(r["t90_s"]),
+                _fmt(r["chains"], 0),
+                _fmt(r["worker_s"], 3),
+                _fmt(r["alloc_p99_ms"], 3),
+                str(r["alloc_failures"]),
+            ]
+        )
+    lines = [
+        render_table(header, body),
+        "",
+        "* on the Pareto front (most memory saved for fewest chains)",
+    ]
+    if report["interrupted"]:
+        lines.append(
+            f"interrupted: {report['runs_done']} of {report['runs_planned']} runs finished"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"

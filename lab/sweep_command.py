@@ -1,0 +1,151 @@
+"""``pagehint sweep``: one workload across a grid of policies and knobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from guest.workloads.builtin import BUILTINS
+from guest.workloads.scenario import load_scenario, resolve_scenario
+from lab.plot import files_line
+from lab.sweep import KNOBS, SweepConfig, combinations, format_sweep, run_sweep
+from pagehint.cli_support import (
+    add_flag,
+    choice,
+    convert,
+    int_in,
+    parse_policies,
+    parse_ram,
+    positive_float,
+)
+from pagehint.errors import UsageError
+from pagehint.logging import make_logger
+from pagehint.units import parse_seconds
+
+MAX_RUNS = 1000
+
+
+def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run one workload across a grid of policies and knobs",
+        description="Runs a workload, scenario or trace once per combination of the --set "
+        "values (times --repeat seeds), a few guests at a time against one host, with a "
+        "`none` guest per seed as the baseline; prints a table and writes sweep.json, "
+        "sweep.csv, resident.png and tradeoff.png.",
+    )
+    e = env
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KNOB=V1,V2",
+        help="a knob and its values: policy, reporting-order, delay, capacity, threshold, "
+        "rate, speed (repeat --set for a grid)",
+    )
+    add_flag(p, e, "--workload", default=None, help="memhog | churn | fragment")
+    add_flag(p, e, "--scenario", default=None, help="scenario file or shipped name")
+    add_flag(p, e, "--trace", default=None, help="a kernel page allocator trace to replay")
+    add_flag(p, e, "--ram", default="1GiB")
+    add_flag(p, e, "--duration", default="15", help="seconds per run")
+    add_flag(p, e, "--repeat", default="1", help="runs per combination, seeds 0..N-1")
+    add_flag(p, e, "--parallel", default="2", help="guests at a time")
+    add_flag(p, e, "--backend", default="sim", help="sim | shm: the host started")
+    add_flag(p, e, "--out", default=None, help="output folder (default runs/sweep-TIME)")
+    p.add_argument("--json", action="store_true", help="print sweep.json instead of the table")
+    p.set_defaults(handler=run)
+
+
+def parse_grid(sets: list[str]) -> dict[str, tuple[str, ...]]:
+    grid: dict[str, tuple[str, ...]] = {}
+    for item in sets:
+        knob, eq, values = item.partition("=")
+        knob = knob.strip()
+        if not eq or knob not in KNOBS:
+            raise UsageError(f"--set {item}: give KNOB=V1,V2 with KNOB one of {', '.join(KNOBS)}")
+        if knob in grid:
+            raise UsageError(f"--set {knob}: given twice")
+        vals = tuple(v.strip() for v in values.split(",") if v.strip())
+        if not vals:
+            raise UsageError(f"--set {item}: no values")
+        grid[knob] = vals
+    if "policy" in grid:
+        parse_policies(",".join(grid["policy"]), "--set policy")
+    else:
+        grid = {"policy": ("reporting",), **grid}
+    return grid
+
+
+def _check_values(grid: dict[str, tuple[str, ...]], ram: str, workload_args: list[str]) -> None:
+    """Each combination's guest flags, checked by the guest's own parser now."""
+    from guest import command as guest_command
+    from pagehint.cli import build_parser
+
+    parser = build_parser({})
+    for combo in combinations(grid):
+        args = ["guest", "--ram", ram, "--duration", "1", *workload_args]
+        for knob, value in combo.items():
+            args += [KNOBS[knob], value]
+        try:
+            guest_command.config_from_args(parser.parse_args(args))
+        except UsageError as e:
+            raise UsageError(f"--set: {e}") from None
+
+
+def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
+    grid = parse_grid(list(a.set))
+    given = [x for x in (a.workload, a.scenario, a.trace) if x is not None]
+    if len(given) > 1:
+        raise UsageError("give one of --workload, --scenario and --trace")
+    workload_args: list[str]
+    if a.trace is not None:
+        workload_args = ["--trace", str(a.trace)]
+    elif a.workload is not None:
+        workload_args = [
+            "--workload",
+            choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload"),
+        ]
+    else:
+        scenario = resolve_scenario(str(a.scenario or "memhog"))
+        load_scenario(scenario)
+        workload_args = ["--scenario", scenario]
+    parse_ram(a.ram)
+    _check_values(grid, str(a.ram), workload_args)
+    repeat = convert(a.repeat, int_in(1, 100), "--repeat")
+    runs = repeat * (1 + len(combinations(grid)))
+    if runs > MAX_RUNS:
+        raise UsageError(f"the grid makes {runs} runs: at most {MAX_RUNS}")
+    out = Path(a.out) if a.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create the folder: {e.strerror}") from None
+    cfg = SweepConfig(
+        grid=grid,
+        workload_args=tuple(workload_args),
+        ram=str(a.ram),
+        duration=convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"),
+        repeat=repeat,
+        parallel=convert(a.parallel, int_in(1, 64), "--parallel"),
+        backend=choice(str(a.backend), ("sim", "shm"), "--backend"),
+        out=out,
+    )
+    log = make_logger("sweep", quiet=bool(a.json))
+
+    def progress(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    report = run_sweep(cfg, log, progress)
+    if a.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        sys.stdout.write(format_sweep(report) + "\n\n" + files_line(report["files"]) + "\n")
+    if report["interrupted"]:
+        return 130
+    return 0 if all(r["data_loss_pages"] == 0 for r in report["results"]) else 1

@@ -1,0 +1,55 @@
+"""The sweep's figures: area saved, time to 90%, the Pareto front, the grid."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.sweep import Run, aggregate, combinations, pareto_front, resident_area, time_to_90
+from lab.sweep_command import parse_grid
+from pagehint.errors import UsageError
+
+GIB = 1 << 30
+
+
+def rows(*pts: tuple[float, float], marks: dict[float, str] | None = None) -> list[dict]:  # type: ignore[type-arg]
+    out = [{"t": t, "host_resident_bytes": int(v * GIB)} for t, v in pts]
+    for t, label in (marks or {}).items():
+        out.append({"t": t, "mark": label, "host_resident_bytes": None})
+    return sorted(out, key=lambda r: r["t"])
+
+
+def test_resident_area_is_steps_to_the_end() -> None:
+    assert resident_area(rows((0, 1), (2, 0.5)), end=4) == pytest.approx(3 * GIB)
+
+
+def test_time_to_90_after_each_free_mark() -> None:
+    r = rows((0, 1), (1, 1), (1.5, 0.5), (2, 0.05), (3, 0.0), marks={1.0: "free-0", 2.5: "alloc-1"})
+    # from 1 GiB down to 0.05 (lowest before the next mark): 90% of the drop is 0.145
+    assert time_to_90(r) == pytest.approx(1.0)
+    assert time_to_90(rows((0, 1), marks={0.5: "alloc"})) is None
+
+
+def test_saved_area_against_the_baseline_and_the_front() -> None:
+    base = Run({"policy": "none"}, 0, {}, rows((0, 1)))
+    good = Run({"policy": "reporting"}, 0, {"chains": 10}, rows((0, 1), (1, 0)))
+    cheap = Run({"policy": "bitmap"}, 0, {"chains": 2}, rows((0, 1), (3, 0)))
+    worse = Run({"policy": "x:Y"}, 0, {"chains": 20}, rows((0, 1), (2, 0)))
+    out = aggregate([good, cheap, worse], {0: base}, duration=4)
+    saved = {r["combination"]: r["saved_gib_s"] for r in out}
+    assert saved == {"policy=reporting": 3.0, "policy=bitmap": 1.0, "policy=x:Y": 2.0}
+    assert pareto_front(out) == ["policy=reporting", "policy=bitmap"]
+
+
+def test_grid_parsing() -> None:
+    grid = parse_grid(["reporting-order=0,9", "delay=0.5,2"])
+    assert grid == {"policy": ("reporting",), "reporting-order": ("0", "9"), "delay": ("0.5", "2")}
+    assert len(combinations(grid)) == 4
+    for bad, message in [
+        (["speedy=1"], "KNOB=V1,V2"),
+        (["delay"], "KNOB=V1,V2"),
+        (["delay="], "no values"),
+        (["delay=1", "delay=2"], "given twice"),
+        (["policy=spiral"], "must be one of"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            parse_grid(bad)
