@@ -77,7 +77,10 @@ def check_policy_name(name: str, flag: str = "--policy") -> str:
         load_policy_class(name)
         return name
     if name not in BUILTIN:
-        raise UsageError(f"{flag} {name}: must be one of {', '.join(BUILTIN)} or MODULE:CLASS")
+        raise UsageError(
+            f"{flag}: unknown value {name!r} (choose from {', '.join(BUILTIN)}, "
+            f"or FILE.py:CLASS / MODULE:CLASS for your own)"
+        )
     return name
 
 

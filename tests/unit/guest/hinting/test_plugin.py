@@ -97,7 +97,7 @@ def test_bad_specs_are_one_line_errors(tmp_path: Path) -> None:
         (f"{tmp_path / 'none.py'}:X", "no file"),
         (f"{broken}:X", "importing it failed: no module no_such_module_here"),
         (f"{bad}:", "MODULE:CLASS"),
-        ("spiral", "must be one of bitmap, reporting, none or MODULE:CLASS"),
+        ("spiral", "unknown value 'spiral' \\(choose from bitmap, reporting, none, or FILE"),
     ]:
         with pytest.raises(UsageError, match=message):
             check_policy_name(spec)
