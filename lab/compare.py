@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,10 @@ def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
             addr, _ = group.start_host(["--backend", cfg.backend])
             log(f"started a host on {addr} (backend {cfg.backend})")
         for policy in cfg.policies:
-            name = f"compare-{policy}"
-            tl = cfg.out / f"{policy}.timeline.jsonl"
+            # A policy of your own is named by a path: keep file names and ids flat.
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", policy)
+            name = f"compare-{safe}"
+            tl = cfg.out / f"{safe}.timeline.jsonl"
             args = [
                 "--host",
                 addr,

@@ -46,3 +46,28 @@ def test_compare_bad_input() -> None:
     r = run_cli(["compare", "--policies", "bitmap,psychic"])
     assert r.returncode == 2 and "--policies: unknown value 'psychic'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_compare_takes_a_policy_of_your_own(tmp_path: Path) -> None:
+    idle = Path(__file__).resolve().parents[2] / "examples" / "policies" / "idle.py"
+    out = tmp_path / "cmp"
+    r = run_cli(
+        [
+            "compare",
+            "--ram",
+            "256MiB",
+            "--scenario",
+            str(SHORT),
+            "--out",
+            str(out),
+            "--policies",
+            f"reporting,{idle}:IdlePolicy",
+            "--json",
+        ],
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"]
+    mine = res[f"{idle}:IdlePolicy"]
+    assert mine["reported_bytes"] > 0 and mine["policy_errors"] == []
+    assert mine["host_reported_bytes"] == mine["reported_bytes"]
