@@ -52,12 +52,18 @@ class WorkloadContext:
     async def tick(self) -> None:
         """Count one operation; yield to the loop every YIELD_EVERY of them (or, on a
         loop shared by many guests, as the LoopShare says: see share.py)."""
-        self._ops += 1
+        await self.ticks(1)
+
+    async def ticks(self, n: int) -> None:
+        """Count ``n`` operations at once (a tight loop's batch), yielding as tick()
+        would have somewhere among them."""
+        before = self._ops
+        self._ops += n
         loop_share = share.shared
         if loop_share is None:
-            if self._ops % YIELD_EVERY == 0:
+            if self._ops // YIELD_EVERY != before // YIELD_EVERY:
                 await asyncio.sleep(0)
-        elif self._ops % loop_share.slice_ops == 0:
+        elif self._ops // loop_share.slice_ops != before // loop_share.slice_ops:
             # Capped: a slice that spans a wait the clock cannot see (a caller's
             # own await) must not be charged as a whole window of work.
             spent = min(time.perf_counter() - self._resumed, loop_share.window)
