@@ -11,7 +11,7 @@ from typing import Any
 from guest.hinting.plugin import check_policy_name
 from guest.mm.constants import MAX_ORDER, MAX_RAM
 from guest.trace.load import load_plan
-from guest.trace.replay import MAPPINGS
+from guest.trace.replay import MAPPINGS, UNTOUCHED
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
@@ -76,6 +76,13 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         default="identity",
         help="--trace: identity (guest pfn = trace pfn, zones kept) | compact (only the "
         "4 MiB blocks the trace touches)",
+    )
+    add_flag(
+        p,
+        e,
+        "--trace-untouched",
+        default="free",
+        help="--trace: the pages the trace never names start free (default) | allocated",
     )
     add_switch(p, e, "--trace-lenient", help="--trace: count malformed lines instead of stopping")
     add_flag(p, e, "--duration", default=None, help="seconds to run (e.g. 30, 2m)")
@@ -315,6 +322,7 @@ def _trace_config(a: argparse.Namespace) -> TraceConfig | None:
         for flag, value, default in (
             ("--speed", a.speed, "1"),
             ("--trace-map", a.trace_map, "identity"),
+            ("--trace-untouched", a.trace_untouched, "free"),
         ):
             if str(value) != default:
                 raise UsageError(f"{flag} is for --trace: give --trace FILE too")
@@ -329,8 +337,14 @@ def _trace_config(a: argparse.Namespace) -> TraceConfig | None:
         speed=speed,
         mapping=choice(str(a.trace_map), MAPPINGS, "--trace-map"),
         lenient=bool(a.trace_lenient),
+        untouched=choice(str(a.trace_untouched), UNTOUCHED, "--trace-untouched"),
     )
-    load_plan(cfg)  # fail now, naming the file and line
+    plan = load_plan(cfg)  # fail now, naming the file and line
+    if speed is not None and not plan.trace.seconds_clock:
+        raise UsageError(
+            f"--trace {cfg.path}: its timestamps are not seconds (a counter or TSC trace "
+            f"clock): give --speed max"
+        )
     return cfg
 
 

@@ -77,12 +77,28 @@ def _trace_rows(t: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("inconsistent", _reasons(t["inconsistencies"]) or "none"),
     ]
-    if t["isolated_waits"]:
+    if t["substituted"]:
         rows.append(
             (
-                "waited on hinting",
-                f"{t['isolated_waits']} allocations of isolated blocks, "
-                f"{t['isolated_wait_s']:.3f} s in all",
+                "substituted",
+                f"{t['substituted']:,} allocations of blocks under report took another "
+                "block, as the kernel's allocator would",
+            )
+        )
+    if t["untouched_allocated_pages"]:
+        rows.append(
+            (
+                "untouched",
+                f"{t['untouched_allocated_pages']:,} pages the trace never names "
+                "allocated at the start",
+            )
+        )
+    if t["batched_only"]:
+        rows.append(
+            (
+                "warning",
+                "frees known only from mm_page_free_batched (it prints order 0 for "
+                "every folio): record mm_page_free too",
             )
         )
     other = [
@@ -90,6 +106,7 @@ def _trace_rows(t: dict[str, Any]) -> list[tuple[str, str]]:
         for what, n in (
             ("failed allocations", t["failed_allocs_in_trace"]),
             ("lost events", t["lost_events"]),
+            ("lost-event markers without a count", t["lost_markers"]),
             ("batched frees told twice", t["batched_duplicates"]),
             ("malformed lines", t["malformed_lines"]),
             ("other events", sum(t["skipped_events"].values())),

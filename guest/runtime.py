@@ -70,7 +70,9 @@ class GuestRuntime:
         self.replay_plan: ReplayPlan | None = None
         self.replay_stats = ReplayStats()
         self.replay_speed: float | None = None
+        self.replay_untouched = "free"
         if cfg.trace is not None:
+            self.replay_untouched = cfg.trace.untouched
             self.replay_plan = load_plan(cfg.trace)
             self.replay_speed = cfg.trace.speed
 
@@ -139,7 +141,7 @@ class GuestRuntime:
 
     async def _workload(self) -> None:
         if self.replay_plan is not None:
-            prepare(self.replay_plan, self.ctx, self.replay_stats)
+            prepare(self.replay_plan, self.ctx, self.replay_stats, self.replay_untouched)
             self.ctx.mark("trace-start")
             await replay(self.replay_plan, self.ctx, self.replay_speed, self.replay_stats)
             self.ctx.mark("trace-end")

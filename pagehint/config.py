@@ -71,6 +71,8 @@ class TraceConfig:
     mapping: str = "identity"
     # Count malformed lines instead of stopping at the first.
     lenient: bool = False
+    # free | allocated: the pages the trace never names, at the start.
+    untouched: str = "free"
 
 
 @dataclass(frozen=True)

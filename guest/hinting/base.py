@@ -194,6 +194,10 @@ class Policy(abc.ABC):
         discard it): PolicyRuleError, with nothing sent, otherwise."""
         pg = self.mm.pg
         nr_pages = self.mm.nr_pages
+        if len({pfn for pfn, _ in batch}) != len(batch):
+            what = "reported a block twice in one report; nothing sent"
+            self.rule_errors.append(what)
+            raise PolicyRuleError(what)
         for pfn, order in batch:
             if not (0 <= pfn < nr_pages and pg[pfn] == ISOLATED | order):
                 if not 0 <= pfn < nr_pages:

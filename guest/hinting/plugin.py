@@ -8,13 +8,18 @@ broken one cannot take the guest down or lose pages:
   switched off, the guest goes on without hinting;
 - reporting a block it did not isolate is refused before anything reaches the
   device (Policy.report_batch checks every block; see ``check_batch``);
-- blocks it leaves isolated when it stops are put back into the buddy.
+- the tasks it started in start() are cancelled and awaited when it stops (a
+  task that died of an exception is reported), and blocks of a report still
+  in flight stay isolated (the device may be discarding them), as the kernel's
+  page_reporting_unregister() waits for a running pass;
+- blocks it leaves isolated when it stops, and no device holds, are put back.
 
 Every break is in the run summary (``policy_errors``) and makes the guest exit 1.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import sys
@@ -98,6 +103,7 @@ class GuardedPolicy(Policy):
         super().__init__(cfg, mm, device, log)
         self.name = cfg.policy
         self.errors = self.rule_errors  # one list: the inner's report_batch adds to it
+        self._tasks: set[asyncio.Task[object]] = set()
         try:
             self.inner: Policy | None = inner(cfg, mm, device, log)
         except Exception as e:
@@ -117,12 +123,15 @@ class GuardedPolicy(Policy):
     def start(self) -> None:
         if self.inner is None:
             return
+        before = asyncio.all_tasks()
         try:
             self.inner.start()
         except Exception as e:
             self._broke(f"start() raised {type(e).__name__}: {e}")
             self.mm.set_hook(None)
             return
+        finally:
+            self._tasks = asyncio.all_tasks() - before
         hook, order = self.mm.hook, self.mm.hook_order
         if hook is not None:
 
@@ -138,12 +147,37 @@ class GuardedPolicy(Policy):
     async def stop(self) -> None:
         if self.inner is not None:
             try:
-                await self.inner.stop()
+                await asyncio.wait_for(self.inner.stop(), self.cfg.stop_grace + 5)
+            except TimeoutError:
+                self._broke("stop() did not return within the stop grace")
             except Exception as e:
                 self._broke(f"stop() raised {type(e).__name__}: {e}")
-            self.abandoned = self.inner.abandoned
+            await self._end_tasks()
+            self.abandoned = list(self.inner.abandoned)
+            # A report still out: the device may be discarding its blocks now.
+            if self.inner.in_flight:
+                self.abandoned.extend(self.inner.in_flight)
+                self._broke(
+                    f"stopped with a report of {len(self.inner.in_flight)} blocks in flight; "
+                    "they stay isolated"
+                )
         self.mm.set_hook(None)
         self._return_isolated()
+
+    async def _end_tasks(self) -> None:
+        """Cancel and await what start() created; report what died of an exception."""
+        for task in self._tasks:
+            if not task.done():
+                task.cancel()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.cfg.stop_grace + 5)
+            except asyncio.CancelledError:
+                pass
+            except TimeoutError:
+                self._broke("a task of its own ignored cancellation")
+            except Exception as e:
+                self._broke(f"a task of its own raised {type(e).__name__}: {e}")
 
     def idle(self) -> bool:
         if self.inner is None:

@@ -45,8 +45,12 @@ _LINE = re.compile(
 )
 _PFN = re.compile(r"\bpfn=(0x[0-9a-fA-F]+|\d+)\b")
 _ORDER = re.compile(r"\border=(\d+)\b")
-_NULL_PAGE = re.compile(r"\bpage=(?:\(null\)|0+\b|0x0+\b)")
-_LOST = re.compile(r"CPU:?\s*\d+\s*\[LOST (\d+) EVENTS\]")
+# A NULL page: "(null)" (padded to the pointer's width before 5.2), glibc's
+# "(nil)" from libtraceevent, or zeros.
+_NULL_PAGE = re.compile(r"\bpage=\s*(?:\(null\)|\(nil\)|0+\b|0x0+\b)")
+# The kernel's "CPU:N [LOST N EVENTS]" / "CPU:N [LOST EVENTS]" (count unknown),
+# trace-cmd's "CPU:N [N EVENTS DROPPED]" / "CPU:N [EVENTS DROPPED]".
+_LOST = re.compile(r"CPU:?\s*\d+\s*\[(?:LOST (\d+)? ?EVENTS|(\d+)? ?EVENTS DROPPED)\]")
 _HEADER = re.compile(r"cpus=\d+|version\s*=\s*\d+|CPU \d+ is empty|#{3,}.*")
 _EVENTS = {"mm_page_alloc": ALLOC, "mm_page_free": FREE, "mm_page_free_batched": _BATCHED}
 _MAX_ORDER_IN_TRACE = 10  # the kernel's MAX_PAGE_ORDER on x86-64 (a larger order is bad input)
@@ -70,9 +74,12 @@ class Trace:
     skipped: dict[str, int] = field(default_factory=dict)  # other events, by name
     failed_allocs: int = 0  # mm_page_alloc of page=(null): the kernel found none
     lost_events: int = 0  # the tracer's own [LOST N EVENTS] markers
+    lost_markers: int = 0  # markers of lost events whose count the tracer did not know
+    seconds_clock: bool = True  # False: integer timestamps (a counter or TSC clock)
     malformed: int = 0  # lenient only
     malformed_examples: list[str] = field(default_factory=list)
     batched_duplicates: int = 0  # mm_page_free_batched told again after mm_page_free
+    batched_only: bool = False  # frees known only from mm_page_free_batched (order 0 only)
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -136,7 +143,11 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
                         continue
                     lost = _LOST.search(text)
                     if lost:
-                        trace.lost_events += int(lost.group(1))
+                        n = lost.group(1) or lost.group(2)
+                        if n is None:
+                            trace.lost_markers += 1
+                        else:
+                            trace.lost_events += int(n)
                         continue
                     bad("not an ftrace event line", line)
                     continue
@@ -151,7 +162,11 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
                 if pm is None or (om is None and event != "mm_page_free_batched"):
                     bad(f"{event} without pfn= and order=", line)
                     continue
-                if kind == ALLOC and _NULL_PAGE.search(body):
+                text = pm.group(1)
+                pfn = int(text, 16) if text[1:2] in ("x", "X") else int(text)
+                # A failed allocation prints a NULL page and pfn 0 (x86 never hands
+                # out pfn 0: the first page is reserved for the BIOS).
+                if kind == ALLOC and (pfn == 0 or _NULL_PAGE.search(body)):
                     trace.failed_allocs += 1
                     continue
                 order = int(om.group(1)) if om is not None else 0
@@ -159,10 +174,12 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
                     bad(f"order {order} is above {_MAX_ORDER_IN_TRACE}", line)
                     continue
                 kinds.append(kind)
-                text = pm.group(1)
-                pfns.append(int(text, 16) if text[1:2] in ("x", "X") else int(text))
+                pfns.append(pfn)
                 orders.append(order)
-                times.append(float(m.group("ts")))
+                ts = m.group("ts")
+                if "." not in ts:
+                    trace.seconds_clock = False
+                times.append(float(ts))
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         why = getattr(e, "strerror", None) or str(e)
         raise TraceError(f"{path}: cannot read past line {lineno}: {why}") from None
@@ -174,17 +191,42 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
 
 
 def _settle_batched(trace: Trace) -> None:
-    """Batched frees are duplicates when the trace has mm_page_free, else the frees."""
+    """Pair each batched free with the mm_page_free of the same page (after it in
+    current kernels, before it in 3.3-4.13): paired, it is a duplicate and dropped;
+    unpaired (its mm_page_free filtered out or lost), it is the free."""
     kinds = trace.kinds
-    batched = kinds.count(_BATCHED)
-    if not batched:
+    if _BATCHED not in kinds:
         return
-    if FREE not in kinds:
-        trace.kinds = kinds.replace(bytes([_BATCHED]), bytes([FREE]))
-        return
-    keep = [i for i, k in enumerate(kinds) if k != _BATCHED]
+    pfns = trace.pfns
+    # Only order 0 is printed for a batched free, whatever the folio's order (6.10+
+    # batch-frees large folios too): a trace without mm_page_free under-reads them.
+    trace.batched_only = FREE not in kinds
+    drop: set[int] = set()
+    freed: dict[int, int] = {}  # pfn -> index of its mm_page_free not yet paired
+    waiting: dict[int, int] = {}  # pfn -> index of a batched free not yet paired
+    for i, k in enumerate(kinds):
+        pfn = pfns[i]
+        if k == FREE:
+            j = waiting.pop(pfn, None)
+            if j is not None:
+                drop.add(j)
+            else:
+                freed[pfn] = i
+        elif k == _BATCHED:
+            if freed.pop(pfn, None) is not None:
+                drop.add(i)
+            else:
+                waiting[pfn] = i
+        else:  # an allocation ends what was pending for the page
+            freed.pop(pfn, None)
+            j = waiting.pop(pfn, None)
+            if j is not None:
+                kinds[j] = FREE
+    for j in waiting.values():
+        kinds[j] = FREE
+    keep = [i for i in range(len(kinds)) if i not in drop]
     trace.kinds = bytearray(kinds[i] for i in keep)
     trace.pfns = array("q", (trace.pfns[i] for i in keep))
     trace.orders = bytearray(trace.orders[i] for i in keep)
     trace.times = array("d", (trace.times[i] for i in keep))
-    trace.batched_duplicates = batched
+    trace.batched_duplicates = len(drop)

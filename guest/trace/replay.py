@@ -21,10 +21,16 @@ Choices a replay has to make, and the ones made here:
   ``misaligned`` (a pfn not aligned to its order). A free of pages allocated in
   another shape (a high-order allocation freed page by page after
   split_page()) is done as the kernel did it and counted as ``free_reshaped``.
-- **An allocation of a block the hinting worker holds isolated.** The kernel
-  would have handed out another page; the trace names this one, so the replay
-  waits until the block is put back (counted with the time waited). Only
-  after ISOLATED_WAIT_LIMIT is it given up as ``alloc_isolated_timeout``.
+- **An allocation of a block the hinting worker holds isolated.** In the kernel
+  that cannot happen: page_reporting_cycle() takes the block off the free list
+  (__isolate_free_page), so the allocator hands out another one. The replay
+  does the same: it allocates a substitute block of that order, counts it
+  (``alloc_substituted``), and the trace's later free of that pfn frees the
+  substitute.
+- **The level the events come from.** mm_page_alloc/mm_page_free fire at the
+  allocator's API: a page freed into a per-CPU list reaches the buddy (and can
+  merge, and be reported) only when the list is drained. The replay frees
+  straight into the buddy, as if the per-CPU lists were off.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ from guest.trace.parse import FREE, Trace
 from guest.workloads.base import WorkloadContext
 
 MAPPINGS = ("identity", "compact")
+UNTOUCHED = ("free", "allocated")  # pages the trace never names, at the start
 TICK_MASK = 63  # events between counting ticks (a power of two, minus one)
-ISOLATED_WAIT_LIMIT = 30.0  # seconds an allocation waits for hinting to put a block back
 _MAX_BLOCK = 1 << MAX_ORDER
 
 
@@ -65,8 +71,8 @@ class ReplayStats:
     allocs: int = 0
     frees: int = 0
     inconsistencies: dict[str, int] = field(default_factory=dict)
-    isolated_waits: int = 0
-    isolated_wait_s: float = 0.0
+    substituted: int = 0  # allocations of a block under report, given another block
+    untouched_allocated_pages: int = 0  # --trace-untouched allocated
     seconds: float = 0.0  # wall time of the replay loop
     behind_s: float = 0.0  # at --speed: how far the replay fell behind the trace's clock
 
@@ -114,8 +120,12 @@ def _initial(trace: Trace, pfns: array[int]) -> list[tuple[int, int]]:
     return initial
 
 
-def prepare(plan: ReplayPlan, ctx: WorkloadContext, stats: ReplayStats) -> None:
-    """Allocate what was allocated before the first event."""
+def prepare(
+    plan: ReplayPlan, ctx: WorkloadContext, stats: ReplayStats, untouched: str = "free"
+) -> None:
+    """Allocate what was allocated before the first event; with ``untouched``
+    "allocated", also every page the trace never names (the traced machine's
+    other memory: only what the trace frees can then be reported)."""
     alloc_at = ctx.memory.alloc_at
     for pfn, order in plan.initial:
         if pfn & ((1 << order) - 1):
@@ -123,6 +133,28 @@ def prepare(plan: ReplayPlan, ctx: WorkloadContext, stats: ReplayStats) -> None:
         why = alloc_at(pfn, order)
         if why is not None and why != "outside":
             stats.count(f"initial_{why}")
+    if untouched == "allocated":
+        stats.untouched_allocated_pages = _allocate_untouched(plan, ctx)
+
+
+def _allocate_untouched(plan: ReplayPlan, ctx: WorkloadContext) -> int:
+    mm = ctx.memory.mm
+    touched = bytearray(mm.nr_pages)
+    for pfn, order in zip(plan.pfns, plan.trace.orders, strict=True):
+        end = min(pfn + (1 << order), mm.nr_pages)
+        if pfn < end:
+            touched[pfn:end] = b"\x01" * (end - pfn)
+    alloc_at = ctx.memory.alloc_at
+    pages = 0
+    for block in range(0, mm.nr_pages, _MAX_BLOCK):
+        if touched.find(1, block, block + _MAX_BLOCK) < 0:
+            if alloc_at(block, MAX_ORDER) is None:
+                pages += _MAX_BLOCK
+            continue
+        for pfn in range(block, block + _MAX_BLOCK):
+            if not touched[pfn] and alloc_at(pfn, 0) is None:
+                pages += 1
+    return pages
 
 
 async def replay(
@@ -135,6 +167,8 @@ async def replay(
     nr_pages = mm.nr_pages
     kinds, pfns, orders, times = plan.trace.kinds, plan.pfns, plan.trace.orders, plan.trace.times
     alloc_at, free, reshape = memory.alloc_at, memory.free, mm.reshape_allocated
+    substitutes: dict[int, tuple[int, int]] = {}  # trace pfn -> (stand-in pfn, order)
+    stand_ins: set[int] = set()  # their heads: the trace never allocated these
     count = stats.count
     ticks = ctx.ticks
     stop = ctx.stop
@@ -158,7 +192,15 @@ async def replay(
                 count("outside_ram")
             elif kinds[i] == FREE:
                 stats.frees += 1
-                if pg[pfn] == ALLOCATED | order:
+                if substitutes and pfn in substitutes:
+                    sub, sub_order = substitutes.pop(pfn)
+                    stand_ins.discard(sub)
+                    free(sub, sub_order)
+                    if sub_order != order:
+                        count("free_not_allocated")
+                elif stand_ins and mm.containing_block(pfn)[0] in stand_ins:
+                    count("free_not_allocated")  # a stand-in: not the trace's to free
+                elif pg[pfn] == ALLOCATED | order:
                     free(pfn, order)
                 elif reshape(pfn, order) is None:
                     count("free_reshaped")
@@ -169,7 +211,19 @@ async def replay(
                 stats.allocs += 1
                 why = alloc_at(pfn, order)
                 if why == "isolated":
-                    why = await _wait_isolated(ctx, pfn, order, stats)
+                    # The kernel's allocator would have taken another block.
+                    sub = memory.alloc(order)
+                    if sub >= 0:
+                        if pfn in substitutes:  # allocated twice without a free
+                            count("alloc_not_free")
+                            memory.free(sub, order)
+                        else:
+                            substitutes[pfn] = (sub, order)
+                            stand_ins.add(sub)
+                            stats.substituted += 1
+                        why = None
+                    else:
+                        why = "isolated_no_memory"
                 if why is not None:
                     count(f"alloc_{why}")
             if not i & TICK_MASK:
@@ -183,23 +237,6 @@ async def replay(
         stats.seconds = time.perf_counter() - start
         ctx.stats.alloc_ops += stats.allocs
         ctx.stats.free_ops += stats.frees
-
-
-async def _wait_isolated(
-    ctx: WorkloadContext, pfn: int, order: int, stats: ReplayStats
-) -> str | None:
-    stats.isolated_waits += 1
-    t0 = time.perf_counter()
-    try:
-        while time.perf_counter() - t0 < ISOLATED_WAIT_LIMIT:
-            if not await ctx.sleep(0.001):
-                return "isolated_stopped"
-            why = ctx.memory.alloc_at(pfn, order)
-            if why != "isolated":
-                return why
-        return "isolated_timeout"
-    finally:
-        stats.isolated_wait_s += time.perf_counter() - t0
 
 
 def summary(plan: ReplayPlan, stats: ReplayStats, speed: float | None) -> dict[str, Any]:
@@ -220,8 +257,11 @@ def summary(plan: ReplayPlan, stats: ReplayStats, speed: float | None) -> dict[s
         "pfn_range": None if rng is None else [hex(rng[0]), hex(rng[1])],
         "initially_allocated_pages": sum(1 << o for _, o in plan.initial),
         "inconsistencies": dict(sorted(stats.inconsistencies.items())),
-        "isolated_waits": stats.isolated_waits,
-        "isolated_wait_s": round(stats.isolated_wait_s, 3),
+        "substituted": stats.substituted,
+        "untouched_allocated_pages": stats.untouched_allocated_pages,
+        "seconds_clock": t.seconds_clock,
+        "batched_only": t.batched_only,
+        "lost_markers": t.lost_markers,
         "skipped_events": dict(sorted(t.skipped.items())),
         "failed_allocs_in_trace": t.failed_allocs,
         "lost_events": t.lost_events,

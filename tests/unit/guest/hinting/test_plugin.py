@@ -59,6 +59,22 @@ class RaisingStart(Quiet):
     def start(self): raise ValueError("no")
 
 
+class TaskRaises(Quiet):
+    def start(self):
+        async def go(): raise RuntimeError("worker died")
+        self.task = asyncio.get_running_loop().create_task(go())
+
+
+class ReportsTwice(ReportsUnisolated):
+    def start(self):
+        async def go():
+            zone = self.mm.zones[-1]
+            pfn = next(iter(zone.free_area[MAX_ORDER]))
+            self.mm.isolate(pfn, MAX_ORDER)
+            await self.report_batch([(pfn, MAX_ORDER), (pfn, MAX_ORDER)], mark=True, to_tail=True)
+        self.task = asyncio.get_running_loop().create_task(go())
+
+
 class NotAPolicy:
     pass
 '''
@@ -120,6 +136,8 @@ def test_the_example_policy_reports_once_idle() -> None:
         ("LeavesIsolated", "left 1 blocks (1024 pages) isolated; put back"),
         ("RaisingHook", "its hook raised RuntimeError: boom; hook off"),
         ("RaisingStart", "start() raised ValueError: no"),
+        ("TaskRaises", "a task of its own raised RuntimeError: worker died"),
+        ("ReportsTwice", "reported a block twice in one report; nothing sent"),
     ],
 )
 def test_a_policy_that_breaks_the_rules_is_caught(tmp_path: Path, cls: str, message: str) -> None:

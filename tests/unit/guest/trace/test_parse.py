@@ -134,3 +134,44 @@ def test_the_shipped_trace_parses() -> None:
     t = parse_trace(str(root / "examples" / "traces" / "python-grow-shrink.trace.gz"))
     assert len(t) > 40_000 and t.malformed == 0 and t.lost_events == 0
     assert t.batched_duplicates > 0
+
+
+def test_null_pages_in_every_spelling_and_pfn_zero_are_failed_allocations(tmp_path: Path) -> None:
+    lines = [
+        "  a-1 [000] ..... 1.0: mm_page_alloc: page=          (null) pfn=0 order=2 migratetype=0 gfp_flags=X\n",
+        "  a-1 [000] ..... 1.1: mm_page_alloc: page=(nil) pfn=0x0 order=0 migratetype=0 gfp_flags=X\n",
+        "  a-1 [000] ..... 1.2: mm_page_alloc: page=000000004e3f0c2a pfn=0x0 order=0 migratetype=0 gfp_flags=X\n",
+    ]
+    t = parse_trace(write(tmp_path, "".join(lines)))
+    assert len(t) == 0 and t.failed_allocs == 3
+
+
+def test_every_lost_events_marker(tmp_path: Path) -> None:
+    text = ALLOC_HEX + (
+        "CPU:0 [LOST 5 EVENTS]\nCPU:1 [LOST EVENTS]\nCPU:0 [7 EVENTS DROPPED]\nCPU:1 [EVENTS DROPPED]\n"
+    )
+    t = parse_trace(write(tmp_path, text))
+    assert t.lost_events == 12 and t.lost_markers == 2
+
+
+def test_batched_frees_pair_with_their_own_page_in_either_order(tmp_path: Path) -> None:
+    def ev(t: float, event: str, pfn: int) -> str:
+        return f"  a-1 [000] ..... {t:.6f}: {event}: page=0000000012345678 pfn={pfn:#x} order=0\n"
+
+    text = "".join(
+        [
+            ev(1.0, "mm_page_free", 0x10),  # current kernels: free, then batched
+            ev(1.1, "mm_page_free_batched", 0x10),
+            ev(1.2, "mm_page_free_batched", 0x20),  # 3.3-4.13: batched, then free
+            ev(1.3, "mm_page_free", 0x20),
+            ev(1.4, "mm_page_free_batched", 0x30),  # its mm_page_free filtered out
+        ]
+    )
+    t = parse_trace(write(tmp_path, text))
+    assert list(t.pfns) == [0x10, 0x20, 0x30] and list(t.kinds) == [FREE] * 3
+    assert t.batched_duplicates == 2 and not t.batched_only
+
+
+def test_integer_timestamps_are_not_seconds(tmp_path: Path) -> None:
+    line = "  a-1 [000] ..... 123456789: mm_page_free: page=0 pfn=0x10 order=0\n"
+    assert not parse_trace(write(tmp_path, line)).seconds_clock

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -104,17 +103,32 @@ async def test_compact_mapping_keeps_buddies_and_shrinks_ram(tmp_path: Path) -> 
     assert mm.allocated_pages == 2
 
 
-async def test_an_allocation_of_an_isolated_block_waits_for_its_putback(tmp_path: Path) -> None:
-    path = trace_file(tmp_path, [("mm_page_alloc", 0x800, 0)])
+async def test_an_allocation_of_a_block_under_report_takes_another(tmp_path: Path) -> None:
+    path = trace_file(tmp_path, [("mm_page_alloc", 0x800, 0), ("mm_page_free", 0x800, 0)])
     plan = plan_replay(parse_trace(path))
     mm = BuddyAllocator(plan.ram_bytes)
     ctx = WorkloadContext(GuestMemory(mm))
-    mm.isolate(0x800, 10)  # the hinting worker holds it
-    asyncio.get_running_loop().call_later(0.05, mm.putback, 0x800, 10)
+    mm.isolate(0x800, 10)  # the hinting worker holds it, as page_reporting_cycle would
     stats = ReplayStats()
     await replay(plan, ctx, None, stats)
-    assert stats.isolated_waits == 1 and stats.isolated_wait_s >= 0.04
-    assert stats.inconsistencies == {} and mm.block_at(0x800).state == "allocated"
+    assert stats.substituted == 1 and stats.inconsistencies == {}
+    # the substitute was freed by the trace's free of 0x800; the isolated block untouched
+    assert mm.allocated_pages == 0 and mm.block_at(0x800).state == "isolated"
+    mm.putback(0x800, 10)
+    check_invariants(mm)
+
+
+async def test_untouched_pages_can_start_allocated(tmp_path: Path) -> None:
+    path = trace_file(tmp_path, [("mm_page_alloc", 0x805, 0), ("mm_page_free", 0x805, 0)])
+    plan = plan_replay(parse_trace(path))
+    mm = BuddyAllocator(plan.ram_bytes)
+    ctx = WorkloadContext(GuestMemory(mm))
+    stats = ReplayStats()
+    prepare(plan, ctx, stats, untouched="allocated")
+    assert stats.untouched_allocated_pages == mm.nr_pages - 1
+    await replay(plan, ctx, None, stats)
+    assert stats.inconsistencies == {} and mm.nr_free_pages == 1
+    check_invariants(mm)
 
 
 async def test_speed_follows_the_trace_clock(tmp_path: Path) -> None:
