@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from guest.mm.buddy import BuddyAllocator
+from guest.mm.constants import ORDER_MASK
 
 PageListener = Callable[[int, int], None]
 
@@ -55,3 +56,40 @@ class GuestMemory:
             for listener in self.on_alloc:
                 listener(pfn, order)
         return why
+
+    def reshape(self, pfn: int, order: int) -> str | None:
+        """Make ``[pfn, pfn + 2**order)`` one allocated block (a replayed free of
+        another shape; see BuddyAllocator.reshape_allocated). Listeners see the old
+        blocks freed and the new ones allocated, so a page checker keyed by block
+        keeps every page's contents."""
+        if not (self.on_free or self.on_alloc):
+            return self.mm.reshape_allocated(pfn, order)
+        old, new = self._shapes(pfn, order)
+        why = self.mm.reshape_allocated(pfn, order)
+        if why is None:
+            for block in old:
+                for listener in self.on_free:
+                    listener(*block)
+            for block in new:
+                for listener in self.on_alloc:
+                    listener(*block)
+        return why
+
+    def _shapes(self, pfn: int, order: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The allocated blocks a reshape replaces, and the blocks it makes."""
+        mm = self.mm
+        end = pfn + (1 << order)
+        if not 0 <= pfn < end <= mm.nr_pages:
+            return [], []
+        head, flag = mm.containing_block(pfn)
+        k = flag & ORDER_MASK
+        if k > order:  # split_page() of a larger block, then the range joined
+            big = range(head, head + (1 << k))
+            return [(head, k)], [(p, 0) for p in big if not pfn <= p < end] + [(pfn, order)]
+        old = []
+        p = pfn
+        while p < end:
+            k = mm.pg[p] & ORDER_MASK
+            old.append((p, k))
+            p += 1 << k
+        return old, [(pfn, order)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from guest.hinting.device import Block, ReportError, ReportingDevice
@@ -156,8 +156,10 @@ class Policy(abc.ABC):
         error = report.exception() if not report.cancelled() else asyncio.CancelledError()
         if error is not None and not isinstance(error, ReportError):
             # A bug, not a failed report: the device did not say it is done with the
-            # blocks, so they stay isolated; let it show.
-            self.abandoned.extend(batch)
+            # blocks, so they stay isolated; let it show. (A broken rule was caught
+            # before anything was sent: no device holds those blocks.)
+            if not isinstance(error, PolicyRuleError):
+                self.abandoned.extend(batch)
             raise error
         elapsed_ms = (time.perf_counter() - t0) * 1000
         ok = error is None
@@ -191,28 +193,34 @@ class Policy(abc.ABC):
 
     def check_batch(self, batch: list[Block]) -> None:
         """Every block of a report must be isolated at its order (the device may
-        discard it): PolicyRuleError, with nothing sent, otherwise."""
-        pg = self.mm.pg
-        nr_pages = self.mm.nr_pages
-        if len({pfn for pfn, _ in batch}) != len(batch):
-            what = "reported a block twice in one report; nothing sent"
+        discard it), each once: PolicyRuleError, with nothing sent, otherwise."""
+        what = check_isolated(self.mm, batch)
+        if what is not None:
             self.rule_errors.append(what)
             raise PolicyRuleError(what)
-        for pfn, order in batch:
-            if not (0 <= pfn < nr_pages and pg[pfn] == ISOLATED | order):
-                if not 0 <= pfn < nr_pages:
-                    state = "outside RAM"
-                else:
-                    _, flag = self.mm.containing_block(pfn)
-                    state = {ISOLATED: "isolated at another order", FREE: "free"}.get(
-                        flag & STATE_MASK, "allocated"
-                    )
-                what = (
-                    f"reported pfn {pfn:#x} order {order} without isolating it "
-                    f"(it is {state}); nothing sent"
+
+
+def check_isolated(mm: BuddyAllocator, batch: Sequence[Block]) -> str | None:
+    """What is wrong with reporting ``batch``, or None: every block isolated at its
+    order, none twice."""
+    pg = mm.pg
+    nr_pages = mm.nr_pages
+    if len({pfn for pfn, _ in batch}) != len(batch):
+        return "reported a block twice in one report; nothing sent"
+    for pfn, order in batch:
+        if not (0 <= pfn < nr_pages and pg[pfn] == ISOLATED | order):
+            if not 0 <= pfn < nr_pages:
+                state = "outside RAM"
+            else:
+                _, flag = mm.containing_block(pfn)
+                state = {ISOLATED: "isolated at another order", FREE: "free"}.get(
+                    flag & STATE_MASK, "allocated"
                 )
-                self.rule_errors.append(what)
-                raise PolicyRuleError(what)
+            return (
+                f"reported pfn {pfn:#x} order {order} without isolating it "
+                f"(it is {state}); nothing sent"
+            )
+    return None
 
 
 class NonePolicy(Policy):

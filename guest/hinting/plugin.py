@@ -20,13 +20,16 @@ Every break is in the run summary (``policy_errors``) and makes the guest exit 1
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import importlib.util
+import inspect
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from guest.hinting.base import Log, Policy
-from guest.hinting.device import ReportingDevice
+from guest.hinting.base import Log, Policy, PolicyRuleError, check_isolated
+from guest.hinting.device import Block, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import ISOLATED, ORDER_MASK, STATE_MASK
 from guest.mm.zone import Zone
@@ -40,8 +43,17 @@ def is_plugin(name: str) -> bool:
     return ":" in name
 
 
+def _said(e: BaseException) -> str:
+    """An exception in one short line (a module's message may be long or multi-line)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text if len(text) <= 200 else text[:200] + "…"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@functools.lru_cache(maxsize=32)
 def load_policy_class(spec: str) -> type[Policy]:
-    """The Policy subclass ``spec`` names; UsageError (one line) if it cannot be had."""
+    """The Policy subclass ``spec`` names; UsageError (one line) if it cannot be had.
+    Loaded once per process (a module's import-time code runs once)."""
     where, _, cls_name = spec.rpartition(":")
     if not where or not cls_name.isidentifier():
         raise UsageError(f"--policy {spec}: give MODULE:CLASS or FILE.py:CLASS")
@@ -68,11 +80,18 @@ def load_policy_class(spec: str) -> type[Policy]:
             f"--policy {spec}: no module {e.name} (give a FILE.py:CLASS, or put its folder "
             f"on PYTHONPATH)"
         ) from None
-    except Exception as e:  # the module's own code failed while importing
-        raise UsageError(f"--policy {spec}: importing it failed: {type(e).__name__}: {e}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # the module's own code failed (or exited) while importing
+        raise UsageError(f"--policy {spec}: importing it failed: {_said(e)}") from None
     cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise UsageError(f"--policy {spec}: no class {cls_name} in {where}")
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
         raise UsageError(f"--policy {spec}: {cls_name} is not a guest.hinting.base.Policy")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise UsageError(f"--policy {spec}: {cls_name} is abstract (implement {missing})")
     return cls
 
 
@@ -105,10 +124,14 @@ class GuardedPolicy(Policy):
         self.errors = self.rule_errors  # one list: the inner's report_batch adds to it
         self._tasks: set[asyncio.Task[object]] = set()
         try:
-            self.inner: Policy | None = inner(cfg, mm, device, log)
-        except Exception as e:
+            # The inner policy reports through a device that checks every batch
+            # itself: a policy cannot skip the check by overriding it or by
+            # calling the device directly.
+            checked = None if device is None else CheckedDevice(device, mm, self.rule_errors)
+            self.inner: Policy | None = inner(cfg, mm, checked, log)
+        except (Exception, SystemExit, asyncio.CancelledError) as e:
             self.inner = None
-            self._broke(f"__init__ raised {type(e).__name__}: {e}")
+            self._broke(f"__init__ raised {_said(e)}")
             return
         # One set of counters: what the summary and metrics read is the inner's.
         self.stats = self.inner.stats
@@ -126,8 +149,8 @@ class GuardedPolicy(Policy):
         before = asyncio.all_tasks()
         try:
             self.inner.start()
-        except Exception as e:
-            self._broke(f"start() raised {type(e).__name__}: {e}")
+        except (Exception, SystemExit, asyncio.CancelledError) as e:
+            self._broke(f"start() raised {_said(e)}")
             self.mm.set_hook(None)
             return
         finally:
@@ -138,8 +161,8 @@ class GuardedPolicy(Policy):
             def guarded(zone: Zone, order: int) -> None:
                 try:
                     hook(zone, order)
-                except Exception as e:
-                    self._broke(f"its hook raised {type(e).__name__}: {e}; hook off")
+                except (Exception, SystemExit, asyncio.CancelledError) as e:
+                    self._broke(f"its hook raised {_said(e)}; hook off")
                     self.mm.set_hook(None)
 
             self.mm.set_hook(guarded, order)
@@ -150,8 +173,8 @@ class GuardedPolicy(Policy):
                 await asyncio.wait_for(self.inner.stop(), self.cfg.stop_grace + 5)
             except TimeoutError:
                 self._broke("stop() did not return within the stop grace")
-            except Exception as e:
-                self._broke(f"stop() raised {type(e).__name__}: {e}")
+            except (Exception, SystemExit, asyncio.CancelledError) as e:
+                self._broke(f"stop() raised {_said(e)}")
             await self._end_tasks()
             self.abandoned = list(self.inner.abandoned)
             # A report still out: the device may be discarding its blocks now.
@@ -176,16 +199,16 @@ class GuardedPolicy(Policy):
                 pass
             except TimeoutError:
                 self._broke("a task of its own ignored cancellation")
-            except Exception as e:
-                self._broke(f"a task of its own raised {type(e).__name__}: {e}")
+            except (Exception, SystemExit) as e:
+                self._broke(f"a task of its own raised {_said(e)}")
 
     def idle(self) -> bool:
         if self.inner is None:
             return True
         try:
-            return self.inner.idle()
-        except Exception as e:
-            self._broke(f"idle() raised {type(e).__name__}: {e}")
+            return bool(self.inner.idle())
+        except (Exception, SystemExit, asyncio.CancelledError) as e:
+            self._broke(f"idle() raised {_said(e)}")
             return True
 
     def _return_isolated(self) -> None:
@@ -206,3 +229,23 @@ class GuardedPolicy(Policy):
         if left:
             pages = sum(1 << o for _, o in left)
             self._broke(f"left {len(left)} blocks ({pages} pages) isolated; put back")
+
+
+class CheckedDevice:
+    """The device as an outside policy sees it: every report is checked first by
+    check_isolated (not by the policy's own, overridable, methods)."""
+
+    def __init__(self, device: ReportingDevice, mm: BuddyAllocator, errors: list[str]) -> None:
+        self._device = device
+        self._mm = mm
+        self._errors = errors
+        self.min_order = device.min_order
+        self.capacity = device.capacity
+
+    async def report(self, batch: Sequence[Block]) -> None:
+        what = check_isolated(self._mm, batch)
+        if what is not None:
+            if what not in self._errors:
+                self._errors.append(what)
+            raise PolicyRuleError(what)
+        await self._device.report(batch)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import stat
 from array import array
 from dataclasses import dataclass, field
 from typing import IO
@@ -97,9 +98,20 @@ class Trace:
         return self.times[-1] - self.times[0] if len(self.times) > 1 else 0.0
 
 
+MAX_LINE = 64 * 1024  # a trace line is ~150 characters; far longer is not a trace
+
+
 def _open(path: str) -> IO[str]:
     if os.path.isdir(path):
         raise TraceError(f"{path}: a folder, not a trace file")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        # A pipe cannot be read twice (the format check, then the events) and a
+        # device may never end: save the trace to a file first.
+        raise TraceError(f"{path}: not a regular file (save the trace to a file first)")
     try:
         with open(path, "rb") as f:
             magic = f.read(10)
@@ -132,7 +144,14 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
 
     try:
         with _open(path) as f:
-            for lineno, line in enumerate(f, 1):  # noqa: B007 (bad() reads it)
+            readline = f.readline
+            while True:
+                line = readline(MAX_LINE)
+                if not line:
+                    break
+                lineno += 1
+                if len(line) == MAX_LINE and not line.endswith("\n"):
+                    raise TraceError(f"{path}:{lineno}: a line longer than {MAX_LINE} characters")
                 if "\x00" in line:
                     bad("binary data, not ftrace text", line)
                     continue

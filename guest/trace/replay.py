@@ -166,7 +166,7 @@ async def replay(
     pg = mm.pg
     nr_pages = mm.nr_pages
     kinds, pfns, orders, times = plan.trace.kinds, plan.pfns, plan.trace.orders, plan.trace.times
-    alloc_at, free, reshape = memory.alloc_at, memory.free, mm.reshape_allocated
+    alloc_at, free, reshape = memory.alloc_at, memory.free, memory.reshape
     substitutes: dict[int, tuple[int, int]] = {}  # trace pfn -> (stand-in pfn, order)
     stand_ins: set[int] = set()  # their heads: the trace never allocated these
     count = stats.count

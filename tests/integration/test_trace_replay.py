@@ -62,3 +62,31 @@ def test_bad_trace_flags_are_one_line_errors(tmp_path: Path) -> None:
         assert len(lines) == 1 and message in lines[0], (args, r.stderr)
     ok = run_cli(["guest", "--trace", str(bad), "--trace-lenient", "--json"])
     assert ok.returncode == 2 and "no mm_page_alloc/mm_page_free events" in ok.stderr
+
+
+def test_frees_of_another_shape_keep_every_page_on_a_real_host(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """An order-1 allocation freed page by page, two pages freed as one block: the
+    shm backend's page checker must follow the new shapes (no false data loss)."""
+
+    def ev(t: float, event: str, pfn: int, order: int) -> str:
+        extra = " migratetype=0 gfp_flags=GFP_KERNEL" if event == "mm_page_alloc" else ""
+        page = "page=00000000deadbeef"
+        return f"  a-1 [000] ..... {t:.6f}: {event}: {page} pfn={pfn:#x} order={order}{extra}\n"
+
+    trace = tmp_path / "shapes.trace"
+    trace.write_text(
+        ev(1.0, "mm_page_alloc", 0x1000, 1)
+        + ev(1.1, "mm_page_free", 0x1000, 0)
+        + ev(1.2, "mm_page_free", 0x1001, 0)
+        + ev(1.3, "mm_page_alloc", 0x2000, 0)
+        + ev(1.3, "mm_page_alloc", 0x2001, 0)
+        + ev(1.4, "mm_page_free", 0x2000, 1)
+    )
+    addr, _ = procs.host("--backend", "shm", "--shm-dir", str(tmp_path / "shm"))
+    s = procs.finish(
+        procs.guest("--host", addr, "--trace", str(trace), "--speed", "max", "--check")
+    )
+    assert s["trace"]["inconsistencies"] == {"free_reshaped": 2}
+    assert s["data_loss_checked"] and s["data_loss_pages"] == 0 and s["pages_checked"] >= 4

@@ -109,7 +109,7 @@ def test_bad_specs_are_one_line_errors(tmp_path: Path) -> None:
     for spec, message in [
         ("nosuch.module:Policy", "no module nosuch"),
         (f"{bad}:NotAPolicy", "is not a guest.hinting.base.Policy"),
-        (f"{bad}:Missing", "is not a"),
+        (f"{bad}:Missing", "no class Missing in"),
         (f"{tmp_path / 'none.py'}:X", "no file"),
         (f"{broken}:X", "importing it failed: no module no_such_module_here"),
         (f"{bad}:", "MODULE:CLASS"),
@@ -155,3 +155,85 @@ def test_a_policy_that_breaks_the_rules_is_caught(tmp_path: Path, cls: str, mess
     assert s["reported_bytes"] == 0
     (line,) = [x for x in r.stderr.splitlines() if x.startswith("pagehint guest:")]
     assert "broke the rules" in line
+
+
+BYPASS = """
+import asyncio
+from guest.hinting.base import Policy
+
+
+class Quiet(Policy):
+    def start(self):
+        self.mm.set_hook(None)
+        async def go():
+            await asyncio.sleep(0.3)
+            await self.attack()
+        self.task = asyncio.get_running_loop().create_task(go())
+    async def stop(self):
+        try:
+            await self.task
+        except BaseException:
+            pass
+    def idle(self): return True
+
+
+class DirectDevice(Quiet):
+    async def attack(self):
+        pfn = self.mm.alloc(0)  # an allocated page, straight to the device
+        await self.device.report([(pfn, 0)])
+
+
+class NoCheck(Quiet):
+    def check_batch(self, batch): pass
+    async def attack(self):
+        pfn = self.mm.alloc(0)
+        await self.report_batch([(pfn, 0)], mark=False, to_tail=True)
+
+
+class StopHangs(Quiet):
+    async def attack(self): pass
+    async def stop(self): await asyncio.Event().wait()
+
+
+class HookExits(Quiet):
+    async def attack(self): pass
+    def start(self):
+        def hook(zone, order): raise SystemExit(3)
+        self.mm.set_hook(hook, 0)
+"""
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        ("DirectDevice", "without isolating it (it is allocated); nothing sent"),
+        ("NoCheck", "without isolating it (it is allocated); nothing sent"),
+        ("StopHangs", "stop() did not return within the stop grace"),
+        ("HookExits", "its hook raised SystemExit: 3; hook off"),
+    ],
+)
+def test_the_guard_cannot_be_bypassed(tmp_path: Path, cls: str, message: str) -> None:
+    bad = tmp_path / "bypass.py"
+    bad.write_text(BYPASS)
+    r = guest(
+        "--policy", f"{bad}:{cls}", "--workload", "memhog", "--duration", "1.5",
+        "--stop-grace", "0.5", "--json", "--check",
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout)
+    assert any(message in e for e in s["policy_errors"]), s["policy_errors"]
+    assert s["reported_bytes"] == 0 and s["invariants"] == "ok"
+
+
+def test_abstract_and_missing_classes_are_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="is abstract"):
+        check_policy_name("guest.hinting.base:Policy")
+    mod = tmp_path / "exits.py"
+    mod.write_text("import sys\nsys.exit(7)\n")
+    with pytest.raises(UsageError, match="importing it failed: SystemExit: 7"):
+        check_policy_name(f"{mod}:X")
+    long = tmp_path / "long.py"
+    long.write_text("raise RuntimeError('x' * 5000 + '\\nsecond line')\n")
+    with pytest.raises(UsageError) as e:
+        check_policy_name(f"{long}:X")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
