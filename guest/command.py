@@ -330,8 +330,8 @@ def _trace_config(a: argparse.Namespace) -> TraceConfig | None:
     speed = None
     if str(a.speed) != "max":
         speed = convert(a.speed, positive_float, "--speed")
-        if speed > 1e6:
-            raise UsageError(f"--speed {a.speed}: at most 1000000 (or max)")
+        if not 1e-3 <= speed <= 1e6:
+            raise UsageError(f"--speed {a.speed}: must be 0.001..1000000 (or max)")
     cfg = TraceConfig(
         path=str(a.trace),
         speed=speed,

@@ -24,8 +24,12 @@ from typing import Any
 
 from lab.plot import plot_files, plot_series, plot_tradeoff
 from lab.procs import ProcessGroup, read_timeline
+from pagehint.errors import UsageError
 
 GIB = 1 << 30
+# Knobs of the workload itself: the baseline runs with them too, so that a
+# combination is compared with `none` under the same load.
+WORKLOAD_KNOBS = ("speed", "rate")
 # Knobs a sweep may vary: the guest flag each sets.
 KNOBS = {
     "policy": "--policy",
@@ -46,6 +50,7 @@ COLUMNS = [
     "alloc_p99_ms",
     "alloc_failures",
     "data_loss_pages",
+    "failed_runs",
 ]
 
 
@@ -53,7 +58,7 @@ COLUMNS = [
 class SweepConfig:
     grid: dict[str, tuple[str, ...]]  # knob -> values
     workload_args: tuple[str, ...]  # --workload W | --scenario F | --trace F (+ its flags)
-    ram: str
+    ram: str | None  # None: the guest's default (with --trace, what covers the trace)
     duration: float
     repeat: int
     parallel: int
@@ -68,10 +73,17 @@ class Run:
     seed: int
     summary: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    baseline: bool = False
+    error: str | None = None
 
     @property
     def label(self) -> str:
-        return combo_label(self.combo)
+        return ("baseline: " if self.baseline else "") + combo_label(self.combo)
+
+    @property
+    def load(self) -> tuple[tuple[str, str], ...]:
+        """The workload knobs: which baseline this run is compared with."""
+        return tuple((k, v) for k, v in self.combo.items() if k in WORKLOAD_KNOBS)
 
 
 def combo_label(combo: dict[str, str]) -> str:
@@ -130,15 +142,23 @@ def _mean(values: list[float | None]) -> float | None:
     return round(statistics.fmean(got), 4) if got else None
 
 
-def aggregate(runs: list[Run], baseline: dict[int, Run], duration: float) -> list[dict[str, Any]]:
+def aggregate(
+    runs: list[Run], baseline: dict[tuple[Any, int], Run], duration: float
+) -> list[dict[str, Any]]:
     by_combo: dict[str, list[Run]] = {}
     for r in runs:
         by_combo.setdefault(r.label, []).append(r)
     out = []
-    for label, rs in by_combo.items():
+    for label, every in by_combo.items():
+        rs = [r for r in every if r.error is None]
+        failed = len(every) - len(rs)
+        if not rs:
+            out.append({"combination": label, **every[0].combo, "runs": 0, "failed_runs": failed})
+            out[-1].update({k: None for k in COLUMNS if k not in out[-1]})
+            continue
         saved = []
         for r in rs:
-            base = baseline.get(r.seed)
+            base = baseline.get((r.load, r.seed))
             if base is not None:
                 gap = resident_area(base.rows, duration) - resident_area(r.rows, duration)
                 saved.append(gap / GIB)
@@ -156,6 +176,7 @@ def aggregate(runs: list[Run], baseline: dict[int, Run], duration: float) -> lis
                 ),
                 "alloc_failures": sum(r.summary.get("alloc_failures") or 0 for r in rs),
                 "data_loss_pages": sum(r.summary.get("data_loss_pages") or 0 for r in rs),
+                "failed_runs": failed,
             }
         )
     return out
@@ -167,8 +188,13 @@ def run_sweep(
     """Run the grid; on KeyboardInterrupt stop every process and keep what finished."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     combos = combinations(cfg.grid)
-    # The baseline first (one per seed), then every combination.
-    todo = [Run({"policy": "none"}, seed) for seed in range(cfg.repeat)]
+    # The baselines first (one per seed and workload-knob setting), then the grid.
+    loads = list(dict.fromkeys(Run(c, 0).load for c in combos))
+    todo = [
+        Run({"policy": "none", **dict(load)}, seed, baseline=True)
+        for load in loads
+        for seed in range(cfg.repeat)
+    ]
     todo += [Run(c, seed) for c in combos for seed in range(cfg.repeat)]
     done: list[Run] = []
     interrupted = False
@@ -181,7 +207,9 @@ def run_sweep(
             procs = []
             for i, run in enumerate(batch, start):
                 name = f"run{i:03d}"
-                args = ["--host", addr, "--id", f"sweep-{i:03d}", "--ram", cfg.ram]
+                args = ["--host", addr, "--id", f"sweep-{i:03d}"]
+                if cfg.ram is not None:
+                    args += ["--ram", cfg.ram]
                 args += ["--seed", str(run.seed), "--duration", f"{cfg.duration:g}"]
                 args += ["--timeline", str(cfg.out / f"{name}.timeline.jsonl")]
                 args += [*cfg.workload_args, *cfg.extra_guest_args]
@@ -189,10 +217,14 @@ def run_sweep(
                     args += [KNOBS[knob], value]
                 procs.append((run, name, group.start_guest(args, name)))
             for run, name, p in procs:
-                run.summary = group.guest_summary(p, name, timeout=cfg.duration + 120)
-                run.rows = read_timeline(cfg.out / f"{name}.timeline.jsonl")
+                try:
+                    run.summary = group.guest_summary(p, name, timeout=cfg.duration + 120)
+                    run.rows = read_timeline(cfg.out / f"{name}.timeline.jsonl")
+                except UsageError as e:  # this run failed; the others go on
+                    run.error = str(e)
                 done.append(run)
-                progress(f"[{len(done)}/{len(todo)}] {run.label} seed={run.seed}")
+                what = f"FAILED: {run.error}" if run.error else "done"
+                progress(f"[{len(done)}/{len(todo)}] {run.label} seed={run.seed}: {what}")
     except KeyboardInterrupt:
         interrupted = True
         log(f"interrupted: stopping every process; keeping {len(done)} finished runs")
@@ -202,15 +234,14 @@ def run_sweep(
 
 
 def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) -> dict[str, Any]:
-    baseline = {r.seed: r for r in done if r.combo == {"policy": "none"}}
-    rows = aggregate([r for r in done if r.combo != {"policy": "none"}], baseline, cfg.duration)
-    series = {}
-    for r in done:
-        if r.seed == 0:
-            series[r.label if r.combo != {"policy": "none"} else "baseline: none"] = r.rows
-    plot = plot_series(
-        series, cfg.out / "resident.png", title="sweep: host resident per combination (seed 0)"
-    )
+    baseline = {(r.load, r.seed): r for r in done if r.baseline and r.error is None}
+    rows = aggregate([r for r in done if not r.baseline], baseline, cfg.duration)
+    series = {r.label: r.rows for r in done if r.seed == 0 and r.rows}
+    plot = None
+    if series:
+        plot = plot_series(
+            series, cfg.out / "resident.png", title="sweep: host resident per combination (seed 0)"
+        )
     tradeoff = plot_tradeoff(rows, cfg.out / "tradeoff.png")
     report = {
         "grid": {k: list(v) for k, v in cfg.grid.items()},
@@ -220,6 +251,9 @@ def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) 
         "repeat": cfg.repeat,
         "runs_planned": planned,
         "runs_done": len(done),
+        "runs_failed": [
+            {"combination": r.label, "seed": r.seed, "error": r.error} for r in done if r.error
+        ],
         "interrupted": interrupted,
         "results": rows,
         "pareto": pareto_front(rows),
@@ -267,6 +301,8 @@ def format_sweep(report: dict[str, Any]) -> str:
     ]
     body = []
     for r in sorted(report["results"], key=lambda r: -(r["saved_gib_s"] or 0)):
+        if not r["runs"]:
+            continue
         body.append(
             [
                 ("* " if r["combination"] in front else "  ") + r["combination"],
@@ -284,6 +320,8 @@ def format_sweep(report: dict[str, Any]) -> str:
         "",
         "* on the Pareto front (most memory saved for fewest chains)",
     ]
+    for f in report["runs_failed"]:
+        lines.append(f"failed: {f['combination']} seed={f['seed']}: {f['error']}")
     if report["interrupted"]:
         lines.append(
             f"interrupted: {report['runs_done']} of {report['runs_planned']} runs finished"

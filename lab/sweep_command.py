@@ -51,7 +51,10 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     add_flag(p, e, "--workload", default=None, help="memhog | churn | fragment")
     add_flag(p, e, "--scenario", default=None, help="scenario file or shipped name")
     add_flag(p, e, "--trace", default=None, help="a kernel page allocator trace to replay")
-    add_flag(p, e, "--ram", default="1GiB")
+    add_flag(
+        p, e, "--ram", default=None, help="guest RAM (default 1GiB; with --trace, what covers it)"
+    )
+    add_flag(p, e, "--trace-map", default=None, help="with --trace: identity | compact")
     add_flag(p, e, "--duration", default="15", help="seconds per run")
     add_flag(p, e, "--repeat", default="1", help="runs per combination, seeds 0..N-1")
     add_flag(p, e, "--parallel", default="2", help="guests at a time")
@@ -73,7 +76,11 @@ def parse_grid(sets: list[str]) -> dict[str, tuple[str, ...]]:
         vals = tuple(v.strip() for v in values.split(",") if v.strip())
         if not vals:
             raise UsageError(f"--set {item}: no values")
+        if len(set(vals)) != len(vals):
+            raise UsageError(f"--set {item}: a value given twice")
         grid[knob] = vals
+    if "none" in grid.get("policy", ()):
+        raise UsageError("--set policy: none is the baseline, and runs anyway; leave it out")
     if "policy" in grid:
         parse_policies(",".join(grid["policy"]), "--set policy")
     else:
@@ -81,14 +88,16 @@ def parse_grid(sets: list[str]) -> dict[str, tuple[str, ...]]:
     return grid
 
 
-def _check_values(grid: dict[str, tuple[str, ...]], ram: str, workload_args: list[str]) -> None:
+def _check_values(
+    grid: dict[str, tuple[str, ...]], ram: str | None, workload_args: list[str]
+) -> None:
     """Each combination's guest flags, checked by the guest's own parser now."""
     from guest import command as guest_command
     from pagehint.cli import build_parser
 
     parser = build_parser({})
     for combo in combinations(grid):
-        args = ["guest", "--ram", ram, "--duration", "1", *workload_args]
+        args = ["guest", *(["--ram", ram] if ram else []), "--duration", "1", *workload_args]
         for knob, value in combo.items():
             args += [KNOBS[knob], value]
         try:
@@ -105,6 +114,10 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     workload_args: list[str]
     if a.trace is not None:
         workload_args = ["--trace", str(a.trace)]
+        if a.trace_map is not None:
+            workload_args += ["--trace-map", str(a.trace_map)]
+    elif a.trace_map is not None:
+        raise UsageError("--trace-map is for --trace: give --trace FILE too")
     elif a.workload is not None:
         workload_args = [
             "--workload",
@@ -114,21 +127,31 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         scenario = resolve_scenario(str(a.scenario or "memhog"))
         load_scenario(scenario)
         workload_args = ["--scenario", scenario]
-    parse_ram(a.ram)
-    _check_values(grid, str(a.ram), workload_args)
+    ram = None if a.ram is None else str(a.ram)
+    if ram is None and a.trace is None:
+        ram = "1GiB"
+    if ram is not None:
+        parse_ram(ram)
     repeat = convert(a.repeat, int_in(1, 100), "--repeat")
-    runs = repeat * (1 + len(combinations(grid)))
-    if runs > MAX_RUNS:
-        raise UsageError(f"the grid makes {runs} runs: at most {MAX_RUNS}")
+    # Counted before anything is checked run by run: a huge grid fails at once.
+    combos = 1
+    for values in grid.values():
+        combos *= len(values)
+    if repeat * combos > MAX_RUNS:
+        raise UsageError(f"the grid makes {repeat * combos} runs: at most {MAX_RUNS}")
+    _check_values(grid, ram, workload_args)
     out = Path(a.out) if a.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pagehint-write-test"
+        probe.write_text("")
+        probe.unlink()
     except OSError as e:
-        raise UsageError(f"--out {out}: cannot create the folder: {e.strerror}") from None
+        raise UsageError(f"--out {out}: cannot write there: {e.strerror}") from None
     cfg = SweepConfig(
         grid=grid,
         workload_args=tuple(workload_args),
-        ram=str(a.ram),
+        ram=ram,
         duration=convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"),
         repeat=repeat,
         parallel=convert(a.parallel, int_in(1, 64), "--parallel"),
@@ -148,4 +171,5 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         sys.stdout.write(format_sweep(report) + "\n\n" + files_line(report["files"]) + "\n")
     if report["interrupted"]:
         return 130
-    return 0 if all(r["data_loss_pages"] == 0 for r in report["results"]) else 1
+    lost = any(r["data_loss_pages"] for r in report["results"])
+    return 1 if lost or report["runs_failed"] else 0

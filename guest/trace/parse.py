@@ -95,7 +95,8 @@ class Trace:
 
     @property
     def duration(self) -> float:
-        return self.times[-1] - self.times[0] if len(self.times) > 1 else 0.0
+        # max - min: a merged trace's clock can step back between CPUs' buffers
+        return max(self.times) - min(self.times) if len(self.times) > 1 else 0.0
 
 
 MAX_LINE = 64 * 1024  # a trace line is ~150 characters; far longer is not a trace

@@ -37,7 +37,7 @@ def test_a_small_grid_writes_its_table_files_and_plots(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "saved GiB·s" in r.stdout and "Pareto front" in r.stdout
-    assert r.stderr.count("] policy=") == 3  # progress: baseline + two combinations
+    assert r.stderr.count(": done\n") == 3  # progress: baseline + two combinations
     report = json.loads((out / "sweep.json").read_text())
     assert report["runs_done"] == report["runs_planned"] == 3 and not report["interrupted"]
     by = {row["policy"]: row for row in report["results"]}
@@ -90,3 +90,29 @@ def test_ctrl_c_stops_every_process_and_keeps_what_finished(tmp_path: Path) -> N
     # no pagehint process of this sweep is left
     left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout
     assert left.strip() == ""
+
+
+def test_a_failing_guest_is_reported_and_the_rest_go_on(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from guest.hinting.base import Policy\n"
+        "class Raises(Policy):\n"
+        "    def start(self): raise RuntimeError('no')\n"
+        "    async def stop(self): pass\n"
+        "    def idle(self): return True\n"
+    )
+    out = tmp_path / "sweep"
+    r = run_cli(
+        [
+            "sweep", "--workload", "memhog", "--ram", "128MiB", "--duration", "2",
+            "--set", f"policy={bad}:Raises,bitmap", "--out", str(out),
+        ],
+        timeout=240,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["runs_done"] == 3 and len(report["runs_failed"]) == 1
+    assert "broke the rules" in report["runs_failed"][0]["error"]
+    by = {row["policy"]: row for row in report["results"]}
+    assert by["bitmap"]["runs"] == 1 and by["bitmap"]["saved_gib_s"] is not None
+    assert "failed:" in r.stdout

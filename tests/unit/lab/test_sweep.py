@@ -34,7 +34,7 @@ def test_saved_area_against_the_baseline_and_the_front() -> None:
     good = Run({"policy": "reporting"}, 0, {"chains": 10}, rows((0, 1), (1, 0)))
     cheap = Run({"policy": "bitmap"}, 0, {"chains": 2}, rows((0, 1), (3, 0)))
     worse = Run({"policy": "x:Y"}, 0, {"chains": 20}, rows((0, 1), (2, 0)))
-    out = aggregate([good, cheap, worse], {0: base}, duration=4)
+    out = aggregate([good, cheap, worse], {((), 0): base}, duration=4)
     saved = {r["combination"]: r["saved_gib_s"] for r in out}
     assert saved == {"policy=reporting": 3.0, "policy=bitmap": 1.0, "policy=x:Y": 2.0}
     assert pareto_front(out) == ["policy=reporting", "policy=bitmap"]
@@ -50,6 +50,25 @@ def test_grid_parsing() -> None:
         (["delay="], "no values"),
         (["delay=1", "delay=2"], "given twice"),
         (["policy=spiral"], "unknown value 'spiral'"),
+        (["policy=none"], "none is the baseline"),
+        (["delay=1,1"], "a value given twice"),
     ]:
         with pytest.raises(UsageError, match=message):
             parse_grid(bad)
+
+
+def test_each_workload_setting_has_its_own_baseline() -> None:
+    base_fast = Run({"policy": "none", "speed": "max"}, 0, {}, rows((0, 2)), baseline=True)
+    base_slow = Run({"policy": "none", "speed": "1"}, 0, {}, rows((0, 1)), baseline=True)
+    fast = Run({"policy": "reporting", "speed": "max"}, 0, {"chains": 1}, rows((0, 0)))
+    slow = Run({"policy": "reporting", "speed": "1"}, 0, {"chains": 1}, rows((0, 0)))
+    baseline = {(r.load, r.seed): r for r in (base_fast, base_slow)}
+    out = {r["combination"]: r["saved_gib_s"] for r in aggregate([fast, slow], baseline, 1)}
+    assert out == {"policy=reporting speed=max": 2.0, "policy=reporting speed=1": 1.0}
+
+
+def test_a_failed_run_is_a_row_not_a_crash() -> None:
+    ok = Run({"policy": "reporting"}, 0, {"chains": 3}, rows((0, 0)))
+    bad = Run({"policy": "reporting"}, 1, error="guest run002 failed: boom")
+    (row,) = aggregate([ok, bad], {}, 1)
+    assert row["runs"] == 1 and row["failed_runs"] == 1 and row["chains"] == 3
