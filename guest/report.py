@@ -93,6 +93,15 @@ def _trace_rows(t: dict[str, Any]) -> list[tuple[str, str]]:
                 "allocated at the start",
             )
         )
+    outside = t["inconsistencies"].get("outside_ram", 0)
+    if outside * 2 > t["replayed"] > 0:
+        rows.append(
+            (
+                "warning",
+                f"{outside:,} of {t['replayed']:,} events fell outside RAM: give a larger "
+                "--ram (or none: it covers the trace), or --trace-map compact",
+            )
+        )
     if t["batched_only"]:
         rows.append(
             (
