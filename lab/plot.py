@@ -102,15 +102,7 @@ def plot_series(
     for label, t in marks.items():
         ax.axvline(t, color="grey", linestyle=":", linewidth=1)
         ax.text(t, ymax * 0.98, f" {label}", rotation=90, va="top", fontsize=8, color="dimgray")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, ax, out, ("time (s)", ylabel, title), "upper right")
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], out: Path) -> Path | None:
@@ -146,11 +138,23 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], out: Path) -> Path | None:
         label="Pareto front",
         zorder=3,
     )
-    ax.set_xlabel("chains sent (cost)")
-    ax.set_ylabel("memory returned vs none (GiB·s)")
-    ax.set_title("sweep: memory saved against cost")
+    labels = (
+        "chains sent (cost)",
+        "memory returned vs none (GiB·s)",
+        "sweep: memory saved against cost",
+    )
+    return _finish(plt, fig, ax, out, labels, "lower right")
+
+
+def _finish(
+    plt: Any, fig: Any, ax: Any, out: Path, labels: tuple[str, str, str], legend: str
+) -> Path:
+    """Axis labels and title, a light grid, the legend, and the PNG written."""
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(labels[2])
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc=legend, fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

@@ -80,6 +80,19 @@ class NotAPolicy:
 '''
 
 
+def broken_run(source: str, spec: str, tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    """Run a guest with a rule-breaking policy: exit 1, pages back, invariants ok."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(source)
+    r = guest("--policy", f"{bad}:{spec}", "--workload", "memhog", "--json", "--check", *args)
+    assert r.returncode == 1, r.stderr
+    s: dict = json.loads(r.stdout)  # type: ignore[type-arg]
+    assert s["reported_bytes"] == 0 and s["invariants"] == "ok"
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("pagehint guest:")]
+    assert "broke the rules" in line
+    return s
+
+
 def guest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pagehint", "guest", "--ram", "128MiB", *args],
@@ -141,20 +154,9 @@ def test_the_example_policy_reports_once_idle() -> None:
     ],
 )
 def test_a_policy_that_breaks_the_rules_is_caught(tmp_path: Path, cls: str, message: str) -> None:
-    bad = tmp_path / "bad.py"
-    bad.write_text(BAD)
-    r = guest(
-        "--policy", f"{bad}:{cls}", "--workload", "memhog", "--duration", "2.5",
-        "--json", "--check",
-    )  # fmt: skip
-    assert r.returncode == 1, r.stderr
-    s = json.loads(r.stdout)
+    s = broken_run(BAD, cls, tmp_path, "--duration", "2.5")
     assert any(message in e for e in s["policy_errors"]), s["policy_errors"]
-    # the pages came back: nothing isolated, the allocator intact
-    assert s["isolated_bytes"] == 0 and s["invariants"] == "ok"
-    assert s["reported_bytes"] == 0
-    (line,) = [x for x in r.stderr.splitlines() if x.startswith("pagehint guest:")]
-    assert "broke the rules" in line
+    assert s["isolated_bytes"] == 0  # the pages came back
 
 
 BYPASS = """
@@ -213,16 +215,8 @@ class HookExits(Quiet):
     ],
 )
 def test_the_guard_cannot_be_bypassed(tmp_path: Path, cls: str, message: str) -> None:
-    bad = tmp_path / "bypass.py"
-    bad.write_text(BYPASS)
-    r = guest(
-        "--policy", f"{bad}:{cls}", "--workload", "memhog", "--duration", "1.5",
-        "--stop-grace", "0.5", "--json", "--check",
-    )  # fmt: skip
-    assert r.returncode == 1, r.stderr
-    s = json.loads(r.stdout)
+    s = broken_run(BYPASS, cls, tmp_path, "--duration", "1.5", "--stop-grace", "0.5")
     assert any(message in e for e in s["policy_errors"]), s["policy_errors"]
-    assert s["reported_bytes"] == 0 and s["invariants"] == "ok"
 
 
 def test_abstract_and_missing_classes_are_refused_up_front(tmp_path: Path) -> None:
