@@ -143,7 +143,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], out: Path) -> Path | None:
         "memory returned vs none (GiB·s)",
         "sweep: memory saved against cost",
     )
-    return _finish(plt, fig, ax, out, labels, "lower right")
+    return _finish(plt, fig, ax, out, labels, "best")
 
 
 def _finish(
