@@ -40,17 +40,15 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from host.memory.base import GuestRam, MemoryBackend
-from pagehint.metrics import LatencyHistogram
 from pagehint.ratelog import RateLimitedLog
+from pagehint.stats import LatencyHistogram
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.codec import Fence, GuestFigures, HostFigures, UsedMsg
+from virtqueue.contract import MAX_GUEST_RAM, MAX_ORDER, PAGE_SIZE
 
-MAX_ORDER = 10
-PAGE_SIZE = 4096
 _second = operator.itemgetter(1)
 _SIZES = tuple(1 << o for o in range(MAX_ORDER + 1))  # pages in a block of each order
-MAX_GUEST_RAM = 64 << 30
 SUPPORTED = F.mask(F.REPORTING, F.PAGE_POISON)
 # Ended sessions whose chain outcomes and totals are kept for a late fence:
 # bounded, oldest dropped.

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from host.device import PAGE_SIZE, BalloonDevice
+from host.device import BalloonDevice
 from pagehint.metrics import counter, gauge, histogram
+from virtqueue.contract import PAGE_SIZE
 
 
 def host_metrics(device: BalloonDevice) -> Iterator[Metric]:

@@ -19,12 +19,12 @@ from host.service import BalloonService
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
 from virtqueue import codec
+from virtqueue.contract import PAGE_SIZE
 
 # A chain of 512 ranges packs to about 6 KiB: anything far bigger is refused by gRPC
 # itself (RESOURCE_EXHAUSTED) before it is parsed.
 MAX_MESSAGE_BYTES = 64 * 1024
 PEAK_PERIOD = 0.25  # seconds between samples of the host-wide resident peak
-PAGE_SIZE = 4096
 
 
 def make_backend(cfg: HostConfig) -> MemoryBackend:

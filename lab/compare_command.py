@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from guest.hinting.plugin import parse_policies
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from lab.plot import files_line
@@ -18,7 +19,6 @@ from pagehint.cli_support import (
     choice,
     convert,
     parse_address,
-    parse_policies,
     parse_ram,
     positive_float,
 )

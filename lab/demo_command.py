@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
     add_flag,
     choice,
     convert,
-    parse_policies,
     parse_ram,
     positive_float,
     positive_int,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from guest.hinting.plugin import parse_policies
 from lab.plot import files_line
 from pagehint.cli_support import (
     add_flag,
@@ -19,7 +20,6 @@ from pagehint.cli_support import (
     convert,
     nonneg_float,
     ops_rate,
-    parse_policies,
     parse_ram,
     positive_float,
     positive_int,

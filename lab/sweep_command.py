@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from guest.hinting.plugin import parse_policies
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from lab.plot import files_line
@@ -19,7 +20,6 @@ from pagehint.cli_support import (
     choice,
     convert,
     int_in,
-    parse_policies,
     parse_ram,
     positive_float,
 )
@@ -93,9 +93,11 @@ def _check_values(
 ) -> None:
     """Each combination's guest flags, checked by the guest's own parser now."""
     from guest import command as guest_command
-    from pagehint.cli import build_parser
+    from pagehint.cli_support import RaisingParser
 
-    parser = build_parser({})
+    # The guest's own flags and checks, without the whole CLI above the lab.
+    parser = RaisingParser(prog="pagehint")
+    guest_command.add_parser(parser.add_subparsers(parser_class=RaisingParser), {})
     for combo in combinations(grid):
         args = ["guest", *(["--ram", ram] if ram else []), "--duration", "1", *workload_args]
         for knob, value in combo.items():

@@ -145,29 +145,20 @@ def positive_float(text: str) -> float:
 
 
 def parse_ram(value: Any, flag: str = "--ram") -> int:
-    """A guest RAM size: parsed, and within the allocator's limits."""
-    from guest.mm.buddy import AllocatorError, check_ram_size
+    """A guest RAM size: parsed, and within the contract's limits (whole top-order
+    blocks, 64 MiB to 64 GiB: virtqueue/contract.py)."""
     from pagehint.units import parse_size
+    from virtqueue.contract import MAX_GUEST_RAM, MAX_ORDER, MIN_GUEST_RAM, PAGE_SIZE
 
     ram = convert(value, lambda s: parse_size(s, "RAM size"), flag)
-    try:
-        check_ram_size(ram)
-    except AllocatorError as err:
-        raise UsageError(f"{flag} {value}: {err}") from None
+    if not MIN_GUEST_RAM <= ram <= MAX_GUEST_RAM:
+        raise UsageError(
+            f"{flag} {value}: RAM size {ram} bytes is out of range: must be between 64 MiB "
+            "and 64 GiB"
+        )
+    if ram % (PAGE_SIZE << MAX_ORDER):
+        raise UsageError(f"{flag} {value}: RAM size {ram} bytes is not a multiple of 4 MiB")
     return ram
-
-
-def parse_policies(value: Any, flag: str = "--policy") -> tuple[str, ...]:
-    """A policy or a comma list of policies, each one known."""
-
-    policies = tuple(x.strip() for x in str(value).split(",") if x.strip())
-    if not policies:
-        raise UsageError(f"{flag}: give at least one policy")
-    from guest.hinting.plugin import check_policy_name
-
-    for pol in policies:
-        check_policy_name(pol, flag)
-    return policies
 
 
 def add_flag(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pagehint.tls import TlsConfig
 
-from guest.mm.constants import PAGEBLOCK_ORDER
+from virtqueue.contract import PAGEBLOCK_ORDER
 
 POLICIES = ("bitmap", "reporting", "none")
 LOOPS = ("auto", "uvloop", "asyncio")

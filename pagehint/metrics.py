@@ -6,8 +6,7 @@ nothing is counted twice; the HTTP server runs in prometheus_client's thread.
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 from prometheus_client import start_http_server
 from prometheus_client.core import (
@@ -19,50 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from pagehint.errors import UsageError
-
-# Ack latency buckets, seconds.
-ACK_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
-
-
-class LatencyHistogram:
-    """Cumulative-friendly bucket counts of latencies in seconds (never trimmed)."""
-
-    def __init__(self, bounds: Sequence[float] = ACK_BUCKETS) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, seconds: float) -> None:
-        # The first bucket whose upper bound is >= seconds (the last: +Inf).
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-        self.count += 1
-
-    def buckets(self) -> list[tuple[str, int]]:
-        out = []
-        acc = 0
-        for b, c in zip(self.bounds, self.counts, strict=False):
-            acc += c
-            out.append((repr(b), acc))
-        out.append(("+Inf", self.count))
-        return out
+from pagehint.stats import LatencyHistogram
 
 
 class FnCollector(Collector):  # type: ignore[misc]

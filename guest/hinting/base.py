@@ -13,8 +13,8 @@ from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import FREE, ISOLATED, PAGE_SIZE, STATE_MASK
 from pagehint.config import HintingConfig
 from pagehint.errors import UsageError
-from pagehint.metrics import LatencyHistogram
 from pagehint.ratelog import RateLimitedLog
+from pagehint.stats import LatencyHistogram
 
 Log = Callable[[str], None]
 ACK_SAMPLES = 1_000_000  # keep at most this many ack latencies (oldest dropped)

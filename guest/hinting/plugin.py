@@ -249,3 +249,13 @@ class CheckedDevice:
                 self._errors.append(what)
             raise PolicyRuleError(what)
         await self._device.report(batch)
+
+
+def parse_policies(value: object, flag: str = "--policy") -> tuple[str, ...]:
+    """A policy or a comma list of policies, each one known (or loadable)."""
+    policies = tuple(x.strip() for x in str(value).split(",") if x.strip())
+    if not policies:
+        raise UsageError(f"{flag}: give at least one policy")
+    for pol in policies:
+        check_policy_name(pol, flag)
+    return policies

@@ -1,20 +1,29 @@
-"""Constants of the emulated machine: x86-64 Linux defaults."""
+"""Constants of the emulated machine: x86-64 Linux defaults.
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT  # 4 KiB
-# The kernel's MAX_ORDER (called MAX_PAGE_ORDER since 6.8): largest block is 2**10 pages (4 MiB).
-MAX_ORDER = 10
+Page size, orders and RAM bounds are the wire contract's (virtqueue/contract.py):
+guest and host agree on them, so they are defined there, once.
+"""
+
+from virtqueue.contract import (
+    MAX_GUEST_RAM,
+    MAX_ORDER,
+    MIN_GUEST_RAM,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGEBLOCK_ORDER,
+)
+
+__all__ = ["MAX_ORDER", "PAGEBLOCK_ORDER", "PAGE_SHIFT", "PAGE_SIZE"]
+
 NR_ORDERS = MAX_ORDER + 1
 MAX_BLOCK_PAGES = 1 << MAX_ORDER
-# pageblock_order on x86-64 with THP: 2 MiB, the default reporting/hinting order.
-PAGEBLOCK_ORDER = 9
 
 # Zone boundaries in bytes (x86-64): DMA below 16 MiB, DMA32 below 4 GiB, Normal above.
 DMA_LIMIT = 16 << 20
 DMA32_LIMIT = 4 << 30
 
-MIN_RAM = 64 << 20
-MAX_RAM = 64 << 30
+MIN_RAM = MIN_GUEST_RAM
+MAX_RAM = MAX_GUEST_RAM
 # RAM must be a whole number of top-order blocks so every buddy lies inside RAM.
 RAM_ALIGN = MAX_BLOCK_PAGES * PAGE_SIZE
 

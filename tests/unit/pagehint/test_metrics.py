@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pagehint.metrics import LatencyHistogram
+from pagehint.stats import LatencyHistogram
 
 
 def test_histogram_buckets_are_cumulative_with_inf() -> None:

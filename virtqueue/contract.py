@@ -1,0 +1,18 @@
+"""The numbers both ends of the virtqueue agree on, defined once.
+
+A chain's ranges are (pfn, order) blocks of PAGE_SIZE pages; an order is at
+most MAX_ORDER; a guest's RAM is a whole number of top-order blocks, at most
+MAX_GUEST_RAM. The guest's allocator (guest/mm/constants.py) and the host's
+device (host/device.py) both take these from here.
+"""
+
+from __future__ import annotations
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT  # 4 KiB, x86-64
+# The kernel's MAX_ORDER (MAX_PAGE_ORDER since 6.8): the largest block is 2**10 pages.
+MAX_ORDER = 10
+# pageblock_order on x86-64 with THP (2 MiB): the default reporting/hinting order.
+PAGEBLOCK_ORDER = 9
+MIN_GUEST_RAM = 64 << 20
+MAX_GUEST_RAM = 64 << 30
