@@ -23,7 +23,7 @@ COPY pyproject.toml deploy/docker/requirements.py /src/
 RUN python3 /src/requirements.py /src/pyproject.toml > /src/requirements.txt \
     && /opt/pagehint/bin/pip install $PIP_INSTALL_ARGS setuptools wheel \
     && /opt/pagehint/bin/pip install $PIP_INSTALL_ARGS -r /src/requirements.txt
-COPY README.md /src/
+COPY README.md LICENSE /src/
 COPY pagehint /src/pagehint
 COPY virtqueue /src/virtqueue
 COPY guest /src/guest

@@ -547,9 +547,6 @@ class BalloonDevice:
     def resident_pages(self) -> int:
         return self.backend.resident_pages_total()
 
-    def touch_session(self, s: Session) -> None:
-        s.last_seen = time.monotonic()
-
     # ---- figures -----------------------------------------------------------------------
 
     def figures(self, s: Session) -> GuestFigures:

@@ -103,9 +103,7 @@ def _resident_points(rows: Sequence[dict[str, Any]]) -> list[tuple[float, int]]:
 
 def resident_area(rows: Sequence[dict[str, Any]], end: float) -> float:
     """∫ host resident dt (byte·s) as steps, from 0 to ``end``."""
-    pts = [
-        (r["t"], r["host_resident_bytes"]) for r in rows if r.get("host_resident_bytes") is not None
-    ]
+    pts = _resident_points(rows)
     area = 0.0
     for (t0, v), (t1, _) in itertools.pairwise([*pts, (end, 0)]):
         if t0 < end:
@@ -116,9 +114,7 @@ def resident_area(rows: Sequence[dict[str, Any]], end: float) -> float:
 def time_to_90(rows: Sequence[dict[str, Any]]) -> float | None:
     """Mean time, after each free mark, for host resident to make 90% of its drop."""
     marks = [(r["t"], r["mark"]) for r in rows if r.get("mark")]
-    pts = [
-        (r["t"], r["host_resident_bytes"]) for r in rows if r.get("host_resident_bytes") is not None
-    ]
+    pts = _resident_points(rows)
     times = []
     for i, (tm, label) in enumerate(marks):
         if not label.startswith("free"):

@@ -13,13 +13,12 @@ if TYPE_CHECKING:
 
 from virtqueue.contract import PAGEBLOCK_ORDER
 
-POLICIES = ("bitmap", "reporting", "none")
 LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
 class HintingConfig:
-    """The hinting policy's knobs. Defaults follow the kernel (see DESIGN.md)."""
+    """The hinting policy's knobs. Defaults follow the kernel (docs/architecture.md)."""
 
     policy: str = "bitmap"
     # Hinting/reporting order: 9 = 2 MiB chunks, so the host's THPs are not split.
@@ -48,7 +47,8 @@ class HintingConfig:
     # With bitmap_retry: the wait after a failure, doubling from backoff_min to backoff_max.
     backoff_min: float = 0.1
     backoff_max: float = 5.0
-    # DANGEROUS demonstration switch: report without isolating (issue 6).
+    # DANGEROUS demonstration switch: report without isolating, to show the data
+    # loss isolation prevents (README "What the demo shows").
     unsafe_skip_isolation: bool = False
 
     def effective_threshold(self) -> int:

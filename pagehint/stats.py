@@ -10,15 +10,6 @@ import bisect
 from collections.abc import Sequence
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile, q in [0, 100]; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k]
-
-
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
     """p50, p99 and max, rounded to microseconds when the unit is ms."""
     if not values:

@@ -9,8 +9,8 @@ added at the head (most recent last), ``tail`` holds blocks added at the tail
 (oldest first). The list in order is ``reversed(head)`` then ``tail``. Popping
 the head is ``head.popitem()``; when ``head`` is empty, ``tail`` is flipped into
 ``head`` once (each block moves at most once per insertion, so this is O(1)
-amortised). Dicts, not sets: sets become pathologically slow to drain after
-many deletions (DESIGN.md stack notes).
+amortised). Dicts, not sets: a set that has had many deletions gets slow to
+drain (its popping scans past dummy slots; measured when this was written).
 """
 
 from __future__ import annotations

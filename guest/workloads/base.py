@@ -132,7 +132,3 @@ class WorkloadContext:
         else:
             self.groups.pop(name, None)
         return freed
-
-    async def release_all(self) -> None:
-        for name in list(self.groups):
-            await self.free_group(name)

@@ -11,7 +11,7 @@ from guest.workloads.base import WorkloadContext
 
 @dataclass(frozen=True)
 class WorkloadParams:
-    """Knobs of the built-in workloads (``--workload-arg`` style overrides)."""
+    """Knobs of the built-in workloads (``--rate`` sets churn's)."""
 
     # memhog: allocate this fraction of RAM, hold it, free it, stay idle.
     hog_fraction: float = 0.5

@@ -95,20 +95,6 @@ class Scenario:
     path: str
     steps: tuple[Step, ...]
 
-    def duration_hint(self) -> float:
-        """Seconds the scenario spends sleeping or churning (its minimum run time)."""
-        return _duration(self.steps)
-
-
-def _duration(steps: tuple[Step, ...]) -> float:
-    total = 0.0
-    for s in steps:
-        if isinstance(s, Sleep | Churn):
-            total += s.seconds
-        elif isinstance(s, Repeat):
-            total += s.count * _duration(s.steps)
-    return total
-
 
 class _Parser:
     def __init__(self, path: str) -> None:
@@ -216,10 +202,6 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
 
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
-
-
-def builtin_scenarios() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
 
 
 def resolve_scenario(name_or_path: str) -> str:
