@@ -31,7 +31,7 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2
 
     timeout = convert(a.timeout, lambda s: positive_float(str(parse_seconds(s))), "--timeout")
     address = parse_address(str(a.host), "--host")
@@ -42,9 +42,14 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         else grpc.insecure_channel(address)
     )
     with channel as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
+        # The method itself, typed (the stubs' HealthStub declares no methods).
+        check = ch.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=a.service), timeout=timeout)
+            reply = check(health_pb2.HealthCheckRequest(service=a.service), timeout=timeout)
         except grpc.RpcError as e:
             raise UsageError(f"host {a.host} is not healthy: {e.code().name}") from None
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -21,7 +21,7 @@ from pagehint.errors import UsageError
 from pagehint.stats import LatencyHistogram
 
 
-class FnCollector(Collector):  # type: ignore[misc]
+class FnCollector(Collector):
     """Builds metric families from a function each scrape."""
 
     def __init__(self, fn: Callable[[], Iterable[Metric]]) -> None:
