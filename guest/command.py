@@ -41,7 +41,13 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         description="Run one guest. Without --host, reports go to an in-process loopback "
         "device (no host process); with --host they travel over gRPC to `pagehint host`.",
     )
-    e = env
+    for group in (_what_to_run, _outputs, _hinting_knobs, _host_and_checks):
+        group(p, env)
+    p.set_defaults(handler=run)
+
+
+def _what_to_run(p: Any, e: Mapping[str, str]) -> None:
+    """Flags: the guest, its workload (or scenario, or trace), how long."""
     add_flag(
         p,
         e,
@@ -87,6 +93,10 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     add_switch(p, e, "--trace-lenient", help="--trace: count malformed lines instead of stopping")
     add_flag(p, e, "--duration", default=None, help="seconds to run (e.g. 30, 2m)")
     add_flag(p, e, "--seed", default="0", help="random seed for workloads")
+
+
+def _outputs(p: Any, e: Mapping[str, str]) -> None:
+    """Flags: what the run writes, and its event loop."""
     add_switch(p, e, "--json", help="print one JSON summary at the end")
     add_flag(
         p,
@@ -103,6 +113,10 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         help="write one JSON line per chain: send/answer times, ranges, status, host residency",
     )
     add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
+
+
+def _hinting_knobs(p: Any, e: Mapping[str, str]) -> None:
+    """Flags: the hinting policy's knobs."""
     add_flag(
         p,
         e,
@@ -159,6 +173,10 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         help="bitmap departure: walk every zone with new bits, one batch across zones "
         "(v10 walks only zones at the threshold, a batch per zone)",
     )
+
+
+def _host_and_checks(p: Any, e: Mapping[str, str]) -> None:
+    """Flags: metrics, the host connection and its identity, checks."""
     add_flag(p, e, "--metrics-port", default=None, help="serve Prometheus metrics on this port")
     add_flag(
         p,
@@ -203,7 +221,6 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         help="wait this long before booting (loadtest --ramp spreads guests' starts with it)",
     )
     add_switch(p, e, "--quiet", help="no event log on stderr")
-    p.set_defaults(handler=run)
 
 
 def expand_id(text: str) -> str:

@@ -37,7 +37,13 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         description="Serve the virtqueue over gRPC: guests negotiate, report free page "
         "ranges, and the host discards them and acknowledges.",
     )
-    e = env
+    for group in (_serving, _identity_and_outputs, _faults):
+        group(p, env)
+    p.set_defaults(handler=run)
+
+
+def _serving(p: Any, e: Mapping[str, str]) -> None:
+    """Flags: where and how the host serves, and what it holds."""
     add_flag(p, e, "--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any)")
     add_flag(p, e, "--backend", default="sim", help="sim | shm")
     add_flag(
@@ -73,6 +79,10 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
         default=None,
         help="most sessions at once (default: what the descriptor limit leaves room for)",
     )
+
+
+def _identity_and_outputs(p: Any, e: Mapping[str, str]) -> None:
+    """Flags: who may call, what the host writes, its loop and metrics."""
     add_flag(p, e, "--tls-cert", default=None, help="mutual TLS: the host's certificate (PEM)")
     add_flag(p, e, "--tls-key", default=None, help="mutual TLS: its private key (PEM)")
     add_flag(p, e, "--tls-ca", default=None, help="mutual TLS: the CA that signs guests (PEM)")
@@ -101,6 +111,10 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
     add_flag(p, e, "--metrics-port", default=None, help="Prometheus metrics port")
     add_flag(p, e, "--ready-file", default=None, help="write the bound address here once serving")
+
+
+def _faults(p: Any, e: Mapping[str, str]) -> None:
+    """Flags: latency and fault injection (tests and demos), and the log."""
     add_flag(
         p,
         e,
@@ -131,7 +145,6 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     )
     add_flag(p, e, "--fault-seed", default="0", help="random seed of the fault injection")
     add_switch(p, e, "--quiet")
-    p.set_defaults(handler=run)
 
 
 def config_from_args(a: argparse.Namespace) -> HostConfig:
