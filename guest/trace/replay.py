@@ -25,7 +25,7 @@ Choices a replay has to make, and the ones made here:
   that cannot happen: page_reporting_cycle() takes the block off the free list
   (__isolate_free_page), so the allocator hands out another one. The replay
   does the same: it allocates a substitute block of that order, counts it
-  (``alloc_substituted``), and the trace's later free of that pfn frees the
+  (``substituted``), and the trace's later free of that pfn frees the
   substitute.
 - **The level the events come from.** mm_page_alloc/mm_page_free fire at the
   allocator's API: a page freed into a per-CPU list reaches the buddy (and can
@@ -72,6 +72,7 @@ class ReplayStats:
     frees: int = 0
     inconsistencies: dict[str, int] = field(default_factory=dict)
     substituted: int = 0  # allocations of a block under report, given another block
+    initial_pages: int = 0  # allocated before the first event (inside RAM)
     untouched_allocated_pages: int = 0  # --trace-untouched allocated
     seconds: float = 0.0  # wall time of the replay loop
     behind_s: float = 0.0  # at --speed: how far the replay fell behind the trace's clock
@@ -131,7 +132,9 @@ def prepare(
         if pfn & ((1 << order) - 1):
             continue  # counted when its free is replayed
         why = alloc_at(pfn, order)
-        if why is not None and why != "outside":
+        if why is None:
+            stats.initial_pages += 1 << order
+        elif why != "outside":
             stats.count(f"initial_{why}")
     if untouched == "allocated":
         stats.untouched_allocated_pages = _allocate_untouched(plan, ctx)
@@ -255,7 +258,7 @@ def summary(plan: ReplayPlan, stats: ReplayStats, speed: float | None) -> dict[s
         "behind_s": round(stats.behind_s, 3),
         "mapping": plan.mapping,
         "pfn_range": None if rng is None else [hex(rng[0]), hex(rng[1])],
-        "initially_allocated_pages": sum(1 << o for _, o in plan.initial),
+        "initially_allocated_pages": stats.initial_pages,
         "inconsistencies": dict(sorted(stats.inconsistencies.items())),
         "substituted": stats.substituted,
         "untouched_allocated_pages": stats.untouched_allocated_pages,
