@@ -77,39 +77,7 @@ def _trace_rows(t: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("inconsistent", _reasons(t["inconsistencies"]) or "none"),
     ]
-    if t["substituted"]:
-        rows.append(
-            (
-                "substituted",
-                f"{t['substituted']:,} allocations of blocks under report took another "
-                "block, as the kernel's allocator would",
-            )
-        )
-    if t["untouched_allocated_pages"]:
-        rows.append(
-            (
-                "untouched",
-                f"{t['untouched_allocated_pages']:,} pages the trace never names "
-                "allocated at the start",
-            )
-        )
-    outside = t["inconsistencies"].get("outside_ram", 0)
-    if outside * 2 > t["replayed"] > 0:
-        rows.append(
-            (
-                "warning",
-                f"{outside:,} of {t['replayed']:,} events fell outside RAM: give a larger "
-                "--ram (or none: it covers the trace), or --trace-map compact",
-            )
-        )
-    if t["batched_only"]:
-        rows.append(
-            (
-                "warning",
-                "frees known only from mm_page_free_batched (it prints order 0 for "
-                "every folio): record mm_page_free too",
-            )
-        )
+    rows += [(k, v) for k, v in _trace_notes(t) if v]
     other = [
         f"{n:,} {what}"
         for what, n in (
@@ -125,3 +93,37 @@ def _trace_rows(t: dict[str, Any]) -> list[tuple[str, str]]:
     if other:
         rows.append(("trace also had", ", ".join(other)))
     return rows
+
+
+def _trace_notes(t: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rows a replay shows only when they say something (empty text: left out)."""
+    outside = t["inconsistencies"].get("outside_ram", 0)
+    return [
+        (
+            "substituted",
+            f"{t['substituted']:,} allocations of blocks under report took another block, "
+            "as the kernel's allocator would"
+            if t["substituted"]
+            else "",
+        ),
+        (
+            "untouched",
+            f"{t['untouched_allocated_pages']:,} pages the trace never names allocated at the start"
+            if t["untouched_allocated_pages"]
+            else "",
+        ),
+        (
+            "warning",
+            f"{outside:,} of {t['replayed']:,} events fell outside RAM: give a larger --ram "
+            "(or none: it covers the trace), or --trace-map compact"
+            if outside * 2 > t["replayed"] > 0
+            else "",
+        ),
+        (
+            "warning",
+            "frees known only from mm_page_free_batched (it prints order 0 for every "
+            "folio): record mm_page_free too"
+            if t["batched_only"]
+            else "",
+        ),
+    ]

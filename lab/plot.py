@@ -79,25 +79,7 @@ def plot_series(
             if r.get("mark") and r["mark"] not in marks:
                 marks[r["mark"]] = r["t"]
     if total and len(series) > 1:
-        # Each guest's last value in each half-second bin, summed across guests.
-        buckets: dict[float, float] = {}
-        for rows in series.values():
-            last: dict[float, float] = {}
-            for r in rows:
-                if r.get(key) is not None:
-                    last[round(r["t"] * 2) / 2] = r[key] / MIB
-            for b, v in last.items():
-                buckets[b] = buckets.get(b, 0.0) + v
-        if buckets:
-            xs = sorted(buckets)
-            ax.plot(
-                xs,
-                [buckets[x] for x in xs],
-                label="total (0.5 s bins)",
-                color="black",
-                linewidth=1.0,
-                linestyle="--",
-            )
+        _plot_total(ax, series, key)
     ymax = ax.get_ylim()[1]
     for label, t in marks.items():
         ax.axvline(t, color="grey", linestyle=":", linewidth=1)
@@ -159,3 +141,25 @@ def _finish(
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _plot_total(ax: Any, series: Mapping[str, Sequence[dict[str, Any]]], key: str) -> None:
+    """Each guest's last value in each half-second bin, summed across guests."""
+    buckets: dict[float, float] = {}
+    for rows in series.values():
+        last: dict[float, float] = {}
+        for r in rows:
+            if r.get(key) is not None:
+                last[round(r["t"] * 2) / 2] = r[key] / MIB
+        for b, v in last.items():
+            buckets[b] = buckets.get(b, 0.0) + v
+    if buckets:
+        xs = sorted(buckets)
+        ax.plot(
+            xs,
+            [buckets[x] for x in xs],
+            label="total (0.5 s bins)",
+            color="black",
+            linewidth=1.0,
+            linestyle="--",
+        )

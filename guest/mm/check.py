@@ -28,8 +28,38 @@ def check_invariants(mm: BuddyAllocator) -> None:
     two free buddies of the same order both sit on free lists (they would have
     merged); counters match; pages are conserved.
     """
-    pg = mm.pg
-    n = mm.nr_pages
+    listed = _listed_blocks(mm)
+    free_pages = [0] * len(mm.zones)
+    isolated_pages = [0] * len(mm.zones)
+    total = 0
+    pfn = 0
+    while pfn < mm.nr_pages:
+        zone, state, size = _check_block(mm, pfn, listed.pop(pfn, None))
+        if state == FREE:
+            free_pages[zone] += size
+        elif state == ISOLATED:
+            isolated_pages[zone] += size
+        total += size
+        pfn += size
+    if listed:
+        bad = next(iter(listed))
+        raise InvariantError(f"free list holds {bad:#x}, which does not head a free block")
+    if total != mm.nr_pages:
+        raise InvariantError(f"pages not conserved: {total} counted, {mm.nr_pages} in RAM")
+    for z in mm.zones:
+        if z.nr_free_pages != free_pages[z.index]:
+            raise InvariantError(
+                f"{z.name}: nr_free_pages {z.nr_free_pages} but {free_pages[z.index]} free"
+            )
+        if z.nr_isolated_pages != isolated_pages[z.index]:
+            raise InvariantError(
+                f"{z.name}: nr_isolated_pages {z.nr_isolated_pages} "
+                f"but {isolated_pages[z.index]} isolated"
+            )
+
+
+def _listed_blocks(mm: BuddyAllocator) -> dict[int, tuple[int, int]]:
+    """Every block on a free list: pfn -> (zone index, order); each list sane."""
     listed: dict[int, tuple[int, int]] = {}
     for zone in mm.zones:
         for order, area in enumerate(zone.free_area):
@@ -46,67 +76,47 @@ def check_invariants(mm: BuddyAllocator) -> None:
                 if pfn in listed:
                     raise InvariantError(f"pfn {pfn:#x} on two free lists")
                 listed[pfn] = (zone.index, order)
-    free_pages = [0] * len(mm.zones)
-    isolated_pages = [0] * len(mm.zones)
-    total = 0
-    pfn = 0
-    while pfn < n:
-        flag = pg[pfn]
-        if flag == TAIL:
-            raise InvariantError(f"pfn {pfn:#x} is a tail page where a block should start")
-        state = flag & STATE_MASK
-        order = flag & ORDER_MASK
-        if order > MAX_ORDER or state not in (FREE, ISOLATED, ALLOCATED):
-            raise InvariantError(f"pfn {pfn:#x} has a bad flag {flag:#x}")
-        if flag & REPORTED and state != FREE:
-            raise InvariantError(f"pfn {pfn:#x} is reported but not free")
-        size = 1 << order
-        if pfn & (size - 1):
-            raise InvariantError(f"block {pfn:#x} order {order} is misaligned")
-        if pfn + size > n:
-            raise InvariantError(f"block {pfn:#x} order {order} runs past the end of RAM")
-        zone = mm.zone_of(pfn)
-        if not zone.contains(pfn + size - 1):
-            raise InvariantError(f"block {pfn:#x} order {order} straddles zone {zone.name}")
-        tails = pg[pfn + 1 : pfn + size]
-        if tails.count(0) != size - 1:
-            raise InvariantError(f"block {pfn:#x} order {order} has a non-tail page inside it")
-        where = listed.pop(pfn, None)
-        if state == FREE:
-            if where != (zone.index, order):
-                raise InvariantError(
-                    f"free block {pfn:#x} order {order} is not on {zone.name}'s order-{order} list"
-                )
-            free_pages[zone.index] += size
-            if order < MAX_ORDER:
-                buddy = pfn ^ size
-                bflag = pg[buddy]
-                if bflag & STATE_MASK == FREE and bflag & ORDER_MASK == order:
-                    raise InvariantError(
-                        f"free buddies {pfn:#x} and {buddy:#x} of order {order} did not merge"
-                    )
-        else:
-            if where is not None:
-                raise InvariantError(
-                    f"{'isolated' if state == ISOLATED else 'allocated'} block "
-                    f"{pfn:#x} is on a free list"
-                )
-            if state == ISOLATED:
-                isolated_pages[zone.index] += size
-        total += size
-        pfn += size
-    if listed:
-        bad = next(iter(listed))
-        raise InvariantError(f"free list holds {bad:#x}, which does not head a free block")
-    if total != n:
-        raise InvariantError(f"pages not conserved: {total} counted, {n} in RAM")
-    for zone in mm.zones:
-        if zone.nr_free_pages != free_pages[zone.index]:
+    return listed
+
+
+def _check_block(
+    mm: BuddyAllocator, pfn: int, where: tuple[int, int] | None
+) -> tuple[int, int, int]:
+    """The block headed at ``pfn``, checked: (zone index, state, pages)."""
+    pg = mm.pg
+    flag = pg[pfn]
+    if flag == TAIL:
+        raise InvariantError(f"pfn {pfn:#x} is a tail page where a block should start")
+    state = flag & STATE_MASK
+    order = flag & ORDER_MASK
+    if order > MAX_ORDER or state not in (FREE, ISOLATED, ALLOCATED):
+        raise InvariantError(f"pfn {pfn:#x} has a bad flag {flag:#x}")
+    if flag & REPORTED and state != FREE:
+        raise InvariantError(f"pfn {pfn:#x} is reported but not free")
+    size = 1 << order
+    if pfn & (size - 1):
+        raise InvariantError(f"block {pfn:#x} order {order} is misaligned")
+    if pfn + size > mm.nr_pages:
+        raise InvariantError(f"block {pfn:#x} order {order} runs past the end of RAM")
+    zone = mm.zone_of(pfn)
+    if not zone.contains(pfn + size - 1):
+        raise InvariantError(f"block {pfn:#x} order {order} straddles zone {zone.name}")
+    if pg[pfn + 1 : pfn + size].count(0) != size - 1:
+        raise InvariantError(f"block {pfn:#x} order {order} has a non-tail page inside it")
+    if state == FREE:
+        if where != (zone.index, order):
             raise InvariantError(
-                f"{zone.name}: nr_free_pages {zone.nr_free_pages} but {free_pages[zone.index]} free"
+                f"free block {pfn:#x} order {order} is not on {zone.name}'s order-{order} list"
             )
-        if zone.nr_isolated_pages != isolated_pages[zone.index]:
-            raise InvariantError(
-                f"{zone.name}: nr_isolated_pages {zone.nr_isolated_pages} "
-                f"but {isolated_pages[zone.index]} isolated"
-            )
+        if order < MAX_ORDER:
+            buddy = pfn ^ size
+            bflag = pg[buddy]
+            if bflag & STATE_MASK == FREE and bflag & ORDER_MASK == order:
+                raise InvariantError(
+                    f"free buddies {pfn:#x} and {buddy:#x} of order {order} did not merge"
+                )
+    elif where is not None:
+        raise InvariantError(
+            f"{'isolated' if state == ISOLATED else 'allocated'} block {pfn:#x} is on a free list"
+        )
+    return zone.index, state, size
