@@ -161,35 +161,42 @@ class Policy(abc.ABC):
             if not isinstance(error, PolicyRuleError):
                 self.abandoned.extend(batch)
             raise error
-        elapsed_ms = (time.perf_counter() - t0) * 1000
         ok = error is None
         for pfn, order in batch:
             if not self.cfg.unsafe_skip_isolation:
                 self.mm.putback(pfn, order, to_tail=to_tail)
             if ok and mark:
                 self.mm.mark_reported(pfn, order)
-        if ok:
-            self._consecutive_failures = 0
-            self.stats.reports += 1
-            self.stats.reported_blocks += len(batch)
-            self.stats.reported_pages += sum(1 << o for _, o in batch)
-            self.stats.ack_histogram.observe(elapsed_ms / 1000)
-            lat = self.stats.ack_latency_ms
-            lat.append(elapsed_ms)
-            if len(lat) > ACK_SAMPLES:
-                del lat[: ACK_SAMPLES // 2]
-            for listener in self.on_ack:
-                listener()
+        if error is None:
+            self._book_done(batch, (time.perf_counter() - t0) * 1000)
         else:
             assert isinstance(error, ReportError)
-            self.stats.failures += 1
-            by = self.stats.failures_by_reason
-            by[error.reason] = by.get(error.reason, 0) + 1
-            self._consecutive_failures += 1
-            self.problems.note(error.reason, f"report of {len(batch)} blocks failed: {error}")
+            self._book_failed(batch, error)
         if cancelled:
             raise asyncio.CancelledError
         return ok
+
+    def _book_done(self, batch: list[Block], elapsed_ms: float) -> None:
+        """Count an acknowledged report and tell the listeners (timeline rows)."""
+        self._consecutive_failures = 0
+        self.stats.reports += 1
+        self.stats.reported_blocks += len(batch)
+        self.stats.reported_pages += sum(1 << o for _, o in batch)
+        self.stats.ack_histogram.observe(elapsed_ms / 1000)
+        lat = self.stats.ack_latency_ms
+        lat.append(elapsed_ms)
+        if len(lat) > ACK_SAMPLES:
+            del lat[: ACK_SAMPLES // 2]
+        for listener in self.on_ack:
+            listener()
+
+    def _book_failed(self, batch: list[Block], error: ReportError) -> None:
+        """Count a failed report by reason; one log line per reason per 10 s."""
+        self.stats.failures += 1
+        by = self.stats.failures_by_reason
+        by[error.reason] = by.get(error.reason, 0) + 1
+        self._consecutive_failures += 1
+        self.problems.note(error.reason, f"report of {len(batch)} blocks failed: {error}")
 
     def check_batch(self, batch: list[Block]) -> None:
         """Every block of a report must be isolated at its order (the device may
