@@ -185,6 +185,24 @@ class Session:
         return frozenset(i for i, done in self.recent if done)
 
 
+def _check_offer(
+    guest_id: str, ram_bytes: int, page_size: int, offered: int, poison_val: int
+) -> None:
+    """What a guest offers at negotiation, checked against the contract."""
+    if not guest_id or len(guest_id) > 128 or not guest_id.isprintable():
+        raise NegotiationError("guest_id must be 1..128 printable characters")
+    if page_size != PAGE_SIZE:
+        raise NegotiationError(f"page size {page_size} unsupported (only {PAGE_SIZE})")
+    if not 0 < ram_bytes <= MAX_GUEST_RAM or ram_bytes % (PAGE_SIZE << MAX_ORDER):
+        raise NegotiationError(
+            f"RAM size {ram_bytes} must be 4 MiB-aligned and at most {MAX_GUEST_RAM}"
+        )
+    if not F.has(offered, F.REPORTING):
+        raise NegotiationError("the guest did not offer VIRTIO_BALLOON_F_REPORTING")
+    if poison_val > 0xFF:
+        raise NegotiationError(f"poison value {poison_val} is not a byte")
+
+
 class BalloonDevice:
     def __init__(
         self,
@@ -242,35 +260,10 @@ class BalloonDevice:
         A guest id with a live session is taken over only by the holder of that
         session (naming it as previous) or by the same proven identity.
         """
-        if not guest_id or len(guest_id) > 128 or not guest_id.isprintable():
-            raise NegotiationError("guest_id must be 1..128 printable characters")
-        if page_size != PAGE_SIZE:
-            raise NegotiationError(f"page size {page_size} unsupported (only {PAGE_SIZE})")
-        if not 0 < ram_bytes <= MAX_GUEST_RAM or ram_bytes % (PAGE_SIZE << MAX_ORDER):
-            raise NegotiationError(
-                f"RAM size {ram_bytes} must be 4 MiB-aligned and at most {MAX_GUEST_RAM}"
-            )
-        if not F.has(offered, F.REPORTING):
-            raise NegotiationError("the guest did not offer VIRTIO_BALLOON_F_REPORTING")
-        if poison_val > 0xFF:
-            raise NegotiationError(f"poison value {poison_val} is not a byte")
+        _check_offer(guest_id, ram_bytes, page_size, offered, poison_val)
         if identity is not None and identity != guest_id:
             raise NotPermitted(f"this client may act only as guest {identity!r}, not {guest_id!r}")
-        old = self.by_guest.get(guest_id)
-        if old is not None and previous_session in self.taken_over:
-            raise SessionInUse(
-                f"guest id {guest_id!r} was taken over by another client with the same "
-                "identity; this one gives way"
-            )
-        if old is not None and old != previous_session and identity is None:
-            live = self.sessions[old]
-            if live.streams or time.monotonic() - live.last_seen < STALE_AFTER:
-                raise SessionInUse(
-                    f"guest id {guest_id!r} has a live session; resume it (previous_session) "
-                    "or use another id"
-                )
-        if old is None and len(self.sessions) >= self.max_sessions:
-            raise LimitReached(f"the host is at its limit of {self.max_sessions} sessions")
+        self._check_takeover(guest_id, previous_session, identity)
         token = secrets.token_hex(16)
         try:
             # First: a failure here must leave the caller's old session untouched.
@@ -288,14 +281,7 @@ class BalloonDevice:
                 raise
             if fence.known:
                 totals = self.ended[previous_session][2]
-        old = self.by_guest.get(guest_id)
-        if old is not None:
-            self.log(f"guest {guest_id} negotiated again: ending its previous session")
-            self.end(old, "replaced")
-            if old != previous_session:
-                self.taken_over[old] = None
-                while len(self.taken_over) > ENDED_SESSIONS_KEPT:
-                    self.taken_over.popitem(last=False)
+        self._end_replaced(guest_id, previous_session)
         accepted = offered & SUPPORTED
         totals.sessions += 1
         s = Session(
@@ -315,6 +301,36 @@ class BalloonDevice:
             f"guest {guest_id} negotiated: {ram_bytes >> 20} MiB, features {F.describe(accepted)}"
         )
         return s, fence
+
+    def _check_takeover(self, guest_id: str, previous_session: str, identity: str | None) -> None:
+        """May this caller open a session for ``guest_id`` now? Raise if not."""
+        old = self.by_guest.get(guest_id)
+        if old is not None and previous_session in self.taken_over:
+            raise SessionInUse(
+                f"guest id {guest_id!r} was taken over by another client with the same "
+                "identity; this one gives way"
+            )
+        if old is not None and old != previous_session and identity is None:
+            live = self.sessions[old]
+            if live.streams or time.monotonic() - live.last_seen < STALE_AFTER:
+                raise SessionInUse(
+                    f"guest id {guest_id!r} has a live session; resume it (previous_session) "
+                    "or use another id"
+                )
+        if old is None and len(self.sessions) >= self.max_sessions:
+            raise LimitReached(f"the host is at its limit of {self.max_sessions} sessions")
+
+    def _end_replaced(self, guest_id: str, previous_session: str) -> None:
+        """End the guest id's current session, remembering a take-over."""
+        old = self.by_guest.get(guest_id)
+        if old is None:
+            return
+        self.log(f"guest {guest_id} negotiated again: ending its previous session")
+        self.end(old, "replaced")
+        if old != previous_session:
+            self.taken_over[old] = None
+            while len(self.taken_over) > ENDED_SESSIONS_KEPT:
+                self.taken_over.popitem(last=False)
 
     def accepted(self, s: Session, fence: Fence | None) -> codec.Accepted:
         """The negotiation's answer for a new session."""
