@@ -15,6 +15,11 @@ import datetime
 import ipaddress
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 from pagehint.errors import UsageError
 
@@ -31,87 +36,112 @@ def _write(path: Path, data: bytes, private: bool) -> None:
 
 def make_certs(out: Path, guests: list[str], host_names: list[str], days: int = 365) -> list[Path]:
     """Write ca, host, guest-<id> and admin certificates and keys into ``out``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot create: {e.strerror}") from None
-    now = datetime.datetime.now(datetime.UTC)
-    until = now + datetime.timedelta(days=days)
+    ca = _Authority(out, days)
+    ca.write_self()
+    sans: list[x509.GeneralName] = []
+    for h in ["localhost", "127.0.0.1", "::1", *host_names]:
+        sans.append(_san(h))
+    ca.issue("host", _name(host_names[0] if host_names else "localhost"), True, sans)
+    for g in guests:
+        ca.issue(f"guest-{g}", _name(g), False, [])
+    ca.issue("admin", _name("admin", ADMIN_UNIT), False, [])
+    return ca.written
 
-    def name(cn: str, unit: str | None = None) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pagehint")]
-        if unit:
-            attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
-        return x509.Name(attrs)
 
-    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
+def _name(cn: str, unit: str | None = None) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pagehint")]
+    if unit:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+    return x509.Name(attrs)
+
+
+def _san(host: str) -> x509.GeneralName:
+    """A subject alternative name: an IP address if it parses as one, else a DNS name."""
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+class _Authority:
+    """A demo CA: its own key and certificate, and the certificates it issues."""
+
+    def __init__(self, out: Path, days: int) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.out = out
+        self.now = datetime.datetime.now(datetime.UTC)
+        self.until = self.now + datetime.timedelta(days=days)
+        self.written: list[Path] = []
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = _name("pagehint demo CA")
+        self.cert = (
+            self._builder(self.name, self.key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def _builder(
+        self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey
+    ) -> x509.CertificateBuilder:
+        from cryptography import x509
+
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self.now)
+            .not_valid_after(self.until)
+        )
+
+    def _save(self, stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+        _write(self.out / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM), False)
+        _write(self.out / f"{stem}.key", pem, True)
+        self.written.extend([self.out / f"{stem}.crt", self.out / f"{stem}.key"])
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("pagehint demo CA")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    written = []
+    def write_self(self) -> None:
+        self._save("ca", self.key, self.cert)
 
-    def issue(stem: str, subject: x509.Name, server: bool, sans: list[x509.GeneralName]) -> None:
+    def issue(
+        self, stem: str, subject: x509.Name, server: bool, sans: list[x509.GeneralName]
+    ) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
         key = ec.generate_private_key(ec.SECP256R1())
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
+            self._builder(subject, key.public_key())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        _write(out / f"{stem}.key", key_pem(key), private=True)
-        _write(out / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM), private=False)
-        written.extend([out / f"{stem}.crt", out / f"{stem}.key"])
-
-    _write(out / "ca.crt", ca.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(out / "ca.key", key_pem(ca_key), private=True)
-    written.extend([out / "ca.crt", out / "ca.key"])
-    sans: list[x509.GeneralName] = []
-    for h in ["localhost", "127.0.0.1", "::1", *host_names]:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
-    issue("host", name(host_names[0] if host_names else "localhost"), True, sans)
-    for g in guests:
-        issue(f"guest-{g}", name(g), False, [])
-    issue("admin", name("admin", ADMIN_UNIT), False, [])
-    return written
+        self._save(stem, key, builder.sign(self.key, hashes.SHA256()))
