@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pagehint.metrics import counter, gauge, histogram
+from virtqueue.contract import PAGE_SIZE
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -58,24 +59,29 @@ def guest_metrics(rt: GuestRuntime, driver: BalloonDriver | None) -> Iterator[Me
         st.ack_histogram,
     )
     if driver is not None:
-        yield gauge(
-            "pagehint_connected",
-            "1 while connected to the host.",
-            1 if driver.connected.is_set() else 0,
-            g,
-        )
-        yield counter(
-            "pagehint_host_connects", "Sessions negotiated with the host.", driver.connects, g
-        )
-        yield gauge(
-            "pagehint_oldest_report_age_seconds",
-            "Age of the oldest report the host has not answered (0: none out).",
-            driver.oldest_report_age(),
-            g,
-        )
-        yield gauge(
-            "pagehint_outstanding_report_bytes",
-            "Memory in reports the host has not answered (isolated until it does).",
-            driver.window.outstanding_pages * 4096,
-            g,
-        )
+        yield from _driver_metrics(driver, g)
+
+
+def _driver_metrics(driver: BalloonDriver, g: dict[str, str]) -> Iterator[Metric]:
+    """What only a guest with a host has: the connection and its reports in flight."""
+    yield gauge(
+        "pagehint_connected",
+        "1 while connected to the host.",
+        1 if driver.connected.is_set() else 0,
+        g,
+    )
+    yield counter(
+        "pagehint_host_connects", "Sessions negotiated with the host.", driver.connects, g
+    )
+    yield gauge(
+        "pagehint_oldest_report_age_seconds",
+        "Age of the oldest report the host has not answered (0: none out).",
+        driver.oldest_report_age(),
+        g,
+    )
+    yield gauge(
+        "pagehint_outstanding_report_bytes",
+        "Memory in reports the host has not answered (isolated until it does).",
+        driver.window.outstanding_pages * PAGE_SIZE,
+        g,
+    )
