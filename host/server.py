@@ -7,6 +7,7 @@ import contextlib
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -140,16 +141,7 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
     metrics = None
     try:
         if cfg.chain_log:
-            try:
-                # Appended and line-buffered: a restarted host adds to the record,
-                # a killed one leaves every finished line behind.
-                host.service.chain_log = open(  # noqa: SIM115 (closed when the host stops)
-                    cfg.chain_log, "a", encoding="utf-8", buffering=1
-                )
-            except OSError as e:
-                raise UsageError(
-                    f"--chain-log {cfg.chain_log}: cannot write: {e.strerror}"
-                ) from None
+            host.service.chain_log = _open_chain_log(cfg.chain_log)
         addr = await host.start()
         if cfg.metrics_port is not None:
             from host.metrics import start_host_metrics
@@ -166,13 +158,7 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         raise
     for path in host.backend.orphans_removed:
         log(f"removed {path}, left behind by a host that was killed")
-    log(
-        f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
-        f"queue {cfg.queue_size}, memory limit "
-        f"{'none' if cfg.capacity_bytes is None else str(cfg.capacity_bytes >> 20) + ' MiB'}, "
-        f"{'mutual TLS' if cfg.tls else 'tokens' if cfg.tokens else 'plain text'}, "
-        f"at most {cfg.max_sessions} sessions)"
-    )
+    log(_listening_line(cfg, addr))
     janitor = asyncio.create_task(host.janitor())
     try:
         await host.stopping.wait()
@@ -192,6 +178,25 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
                 host.service.chain_log.close()
     log("stopped")
     return 0
+
+
+def _open_chain_log(path: str) -> TextIO:
+    try:
+        # Appended and line-buffered: a restarted host adds to the record, a killed
+        # one leaves every finished line behind. Closed when the host stops.
+        return open(path, "a", encoding="utf-8", buffering=1)
+    except OSError as e:
+        raise UsageError(f"--chain-log {path}: cannot write: {e.strerror}") from None
+
+
+def _listening_line(cfg: HostConfig, addr: str) -> str:
+    limit = "none" if cfg.capacity_bytes is None else f"{cfg.capacity_bytes >> 20} MiB"
+    who = "mutual TLS" if cfg.tls else "tokens" if cfg.tokens else "plain text"
+    return (
+        f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
+        f"queue {cfg.queue_size}, memory limit {limit}, {who}, "
+        f"at most {cfg.max_sessions} sessions)"
+    )
 
 
 def _write_ready(path: str, addr: str) -> None:
