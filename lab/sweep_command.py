@@ -109,57 +109,7 @@ def _check_values(
 
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
-    grid = parse_grid(list(a.set))
-    given = [x for x in (a.workload, a.scenario, a.trace) if x is not None]
-    if len(given) > 1:
-        raise UsageError("give one of --workload, --scenario and --trace")
-    workload_args: list[str]
-    if a.trace is not None:
-        workload_args = ["--trace", str(a.trace)]
-        if a.trace_map is not None:
-            workload_args += ["--trace-map", str(a.trace_map)]
-    elif a.trace_map is not None:
-        raise UsageError("--trace-map is for --trace: give --trace FILE too")
-    elif a.workload is not None:
-        workload_args = [
-            "--workload",
-            choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload"),
-        ]
-    else:
-        scenario = resolve_scenario(str(a.scenario or "memhog"))
-        load_scenario(scenario)
-        workload_args = ["--scenario", scenario]
-    ram = None if a.ram is None else str(a.ram)
-    if ram is None and a.trace is None:
-        ram = "1GiB"
-    if ram is not None:
-        parse_ram(ram)
-    repeat = convert(a.repeat, int_in(1, 100), "--repeat")
-    # Counted before anything is checked run by run: a huge grid fails at once.
-    combos = 1
-    for values in grid.values():
-        combos *= len(values)
-    if repeat * combos > MAX_RUNS:
-        raise UsageError(f"the grid makes {repeat * combos} runs: at most {MAX_RUNS}")
-    _check_values(grid, ram, workload_args)
-    out = Path(a.out) if a.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".pagehint-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot write there: {e.strerror}") from None
-    cfg = SweepConfig(
-        grid=grid,
-        workload_args=tuple(workload_args),
-        ram=ram,
-        duration=convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"),
-        repeat=repeat,
-        parallel=convert(a.parallel, int_in(1, 64), "--parallel"),
-        backend=choice(str(a.backend), ("sim", "shm"), "--backend"),
-        out=out,
-    )
+    cfg = config_from_args(a)
     log = make_logger("sweep", quiet=bool(a.json))
 
     def progress(line: str) -> None:
@@ -175,3 +125,61 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 130
     lost = any(r["data_loss_pages"] for r in report["results"])
     return 1 if lost or report["runs_failed"] else 0
+
+
+def config_from_args(a: argparse.Namespace) -> SweepConfig:
+    """The flags checked (every combination by the guest's own parser) into a SweepConfig."""
+    grid = parse_grid(list(a.set))
+    workload_args = _workload_args(a)
+    ram = None if a.ram is None else str(a.ram)
+    if ram is None and a.trace is None:
+        ram = "1GiB"
+    if ram is not None:
+        parse_ram(ram)
+    repeat = convert(a.repeat, int_in(1, 100), "--repeat")
+    # Counted before anything is checked run by run: a huge grid fails at once.
+    combos = 1
+    for values in grid.values():
+        combos *= len(values)
+    if repeat * combos > MAX_RUNS:
+        raise UsageError(f"the grid makes {repeat * combos} runs: at most {MAX_RUNS}")
+    _check_values(grid, ram, workload_args)
+    return SweepConfig(
+        grid=grid,
+        workload_args=tuple(workload_args),
+        ram=ram,
+        duration=convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"),
+        repeat=repeat,
+        parallel=convert(a.parallel, int_in(1, 64), "--parallel"),
+        backend=choice(str(a.backend), ("sim", "shm"), "--backend"),
+        out=_writable_out(a.out),
+    )
+
+
+def _workload_args(a: argparse.Namespace) -> list[str]:
+    """The guest flags for what every run runs: a workload, a scenario or a trace."""
+    given = [x for x in (a.workload, a.scenario, a.trace) if x is not None]
+    if len(given) > 1:
+        raise UsageError("give one of --workload, --scenario and --trace")
+    if a.trace is not None:
+        args = ["--trace", str(a.trace)]
+        return args + (["--trace-map", str(a.trace_map)] if a.trace_map is not None else [])
+    if a.trace_map is not None:
+        raise UsageError("--trace-map is for --trace: give --trace FILE too")
+    if a.workload is not None:
+        return ["--workload", choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload")]
+    scenario = resolve_scenario(str(a.scenario or "memhog"))
+    load_scenario(scenario)
+    return ["--scenario", scenario]
+
+
+def _writable_out(value: str | None) -> Path:
+    out = Path(value) if value else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pagehint-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there: {e.strerror}") from None
+    return out
