@@ -10,7 +10,7 @@ from typing import Any
 
 from lab.analysis import drop_times, peak
 from lab.plot import plot_files, plot_series
-from lab.procs import ProcessGroup, read_timeline
+from lab.procs import ProcessGroup, read_timeline, write_timelines
 from lab.table import render_table
 from pagehint.units import format_size
 
@@ -46,45 +46,11 @@ def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
             addr, _ = group.start_host(["--backend", cfg.backend])
             log(f"started a host on {addr} (backend {cfg.backend})")
         for policy in cfg.policies:
-            # A policy of your own is named by a path: keep file names and ids flat.
-            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", policy)
-            name = f"compare-{safe}"
-            tl = cfg.out / f"{safe}.timeline.jsonl"
-            args = [
-                "--host",
-                addr,
-                "--id",
-                cfg.guest_id or name,
-                "--ram",
-                cfg.ram,
-                "--policy",
-                policy,
-                "--seed",
-                str(cfg.seed),
-                "--timeline",
-                str(tl),
-                *cfg.extra_guest_args,
-            ]
-            if cfg.scenario is not None:
-                args += ["--scenario", cfg.scenario]
-            if cfg.workload is not None:
-                args += ["--workload", cfg.workload]
-            if cfg.duration is not None:
-                args += ["--duration", str(cfg.duration)]
             log(f"running policy {policy}")
-            p = group.start_guest(args, name, env=cfg.guest_env)
-            summary = group.guest_summary(p, name, timeout=(cfg.duration or 120) + 120)
-            rows = read_timeline(tl)
-            timelines[policy] = rows
-            summary["host_resident_peak_bytes"] = peak(rows)
-            summary["drops"] = drop_times(rows)
-            results[policy] = summary
+            results[policy], timelines[policy] = _run_policy(cfg, group, addr, policy)
     finally:
         group.close()
-    with (cfg.out / "timeline.jsonl").open("w") as f:
-        for policy, rows in timelines.items():
-            for r in rows:
-                f.write(json.dumps({"policy": policy, **r}) + "\n")
+    write_timelines(cfg.out / "timeline.jsonl", timelines, lambda policy: {"policy": policy})
     plot = plot_series(
         timelines,
         cfg.out / "timeline.png",
@@ -100,6 +66,31 @@ def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
     }
     (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _run_policy(
+    cfg: CompareConfig, group: ProcessGroup, addr: str, policy: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One guest under ``policy`` to the end: its summary and its timeline."""
+    # A policy of your own is named by a path: keep file names and ids flat.
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", policy)
+    name = f"compare-{safe}"
+    tl = cfg.out / f"{safe}.timeline.jsonl"
+    args = ["--host", addr, "--id", cfg.guest_id or name, "--ram", cfg.ram]
+    args += ["--policy", policy, "--seed", str(cfg.seed), "--timeline", str(tl)]
+    args += cfg.extra_guest_args
+    if cfg.scenario is not None:
+        args += ["--scenario", cfg.scenario]
+    if cfg.workload is not None:
+        args += ["--workload", cfg.workload]
+    if cfg.duration is not None:
+        args += ["--duration", str(cfg.duration)]
+    p = group.start_guest(args, name, env=cfg.guest_env)
+    summary = group.guest_summary(p, name, timeout=(cfg.duration or 120) + 120)
+    rows = read_timeline(tl)
+    summary["host_resident_peak_bytes"] = peak(rows)
+    summary["drops"] = drop_times(rows)
+    return summary, rows
 
 
 def _label(cfg: CompareConfig) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from lab.analysis import drop_times, peak
 from lab.live import Ticker, progress_line
 from lab.plot import files_line, plot_files, plot_series
-from lab.procs import ProcessGroup, read_timeline
+from lab.procs import ProcessGroup, read_timeline, write_timelines
 from lab.table import render_table
 from pagehint.units import format_size
 
@@ -36,54 +36,15 @@ def shm_available() -> bool:
 
 def run_demo(cfg: DemoConfig, log: Any) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
-    group = ProcessGroup(cfg.out)
     names = [f"guest-{i + 1}" for i in range(cfg.guests)]
     policy_of = {n: cfg.policies[i % len(cfg.policies)] for i, n in enumerate(names)}
     timelines = {n: cfg.out / f"{n}.timeline.jsonl" for n in names}
-    summaries: dict[str, Any] = {}
     t0 = time.monotonic()
-    try:
-        addr, _host = group.start_host(["--backend", cfg.backend])
-        log(f"host on {addr}, backend {cfg.backend}; starting {cfg.guests} guests")
-        procs = {
-            n: group.start_guest(
-                [
-                    "--host",
-                    addr,
-                    "--id",
-                    n,
-                    "--ram",
-                    cfg.ram,
-                    "--policy",
-                    policy_of[n],
-                    "--scenario",
-                    cfg.scenario,
-                    "--duration",
-                    str(cfg.duration),
-                    "--timeline",
-                    str(timelines[n]),
-                    "--seed",
-                    str(i),
-                ],
-                n,
-            )
-            for i, n in enumerate(names)
-        }
-        ticker = Ticker(sys.stderr, 1.0 if sys.stderr.isatty() else 3.0)
-        labels = {f"{n}[{policy_of[n]}]": timelines[n] for n in names}
-        while any(p.poll() is None for p in procs.values()):
-            if not cfg.json:
-                ticker.maybe(lambda: progress_line(time.monotonic() - t0, labels))
-            time.sleep(0.2)
-        for n, p in procs.items():
-            summaries[n] = group.guest_summary(p, n, timeout=30)
-    finally:
-        group.close()
+    summaries = _run_guests(cfg, log, policy_of, timelines, t0)
     rows = {n: read_timeline(timelines[n]) for n in names}
-    with (cfg.out / "timeline.jsonl").open("w") as f:
-        for n, rs in rows.items():
-            for r in rs:
-                f.write(json.dumps({"guest": n, "policy": policy_of[n], **r}) + "\n")
+    write_timelines(
+        cfg.out / "timeline.jsonl", rows, lambda n: {"guest": n, "policy": policy_of[n]}
+    )
     plot = plot_series(
         {f"{n} ({policy_of[n]})": rs for n, rs in rows.items()},
         cfg.out / "timeline.png",
@@ -105,6 +66,31 @@ def run_demo(cfg: DemoConfig, log: Any) -> dict[str, Any]:
     }
     (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _run_guests(
+    cfg: DemoConfig, log: Any, policy_of: dict[str, str], timelines: dict[str, Path], t0: float
+) -> dict[str, Any]:
+    """One host and the guests, all at once, with a progress line; their summaries."""
+    group = ProcessGroup(cfg.out)
+    try:
+        addr, _host = group.start_host(["--backend", cfg.backend])
+        log(f"host on {addr}, backend {cfg.backend}; starting {cfg.guests} guests")
+        procs = {}
+        for i, n in enumerate(policy_of):
+            args = ["--host", addr, "--id", n, "--ram", cfg.ram, "--policy", policy_of[n]]
+            args += ["--scenario", cfg.scenario, "--duration", str(cfg.duration)]
+            args += ["--timeline", str(timelines[n]), "--seed", str(i)]
+            procs[n] = group.start_guest(args, n)
+        ticker = Ticker(sys.stderr, 1.0 if sys.stderr.isatty() else 3.0)
+        labels = {f"{n}[{policy_of[n]}]": timelines[n] for n in policy_of}
+        while any(p.poll() is None for p in procs.values()):
+            if not cfg.json:
+                ticker.maybe(lambda: progress_line(time.monotonic() - t0, labels))
+            time.sleep(0.2)
+        return {n: group.guest_summary(p, n, timeout=30) for n, p in procs.items()}
+    finally:
+        group.close()
 
 
 def format_demo(report: dict[str, Any]) -> str:

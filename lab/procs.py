@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -186,3 +186,14 @@ def read_timeline(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_timelines(
+    path: Path, rows: dict[str, list[dict[str, Any]]], label: Callable[[str], dict[str, Any]]
+) -> None:
+    """Every run's timeline rows in one JSON-lines file, each row with its run's labels."""
+    with path.open("w") as f:
+        for name, rs in rows.items():
+            tags = label(name)
+            for r in rs:
+                f.write(json.dumps({**tags, **r}) + "\n")
