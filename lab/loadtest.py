@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,58 +44,30 @@ def mem_available() -> int:
     raise UsageError("cannot read MemAvailable from /proc/meminfo")
 
 
+@dataclass
+class _Observed:
+    """What a load test saw while it ran."""
+
+    host_rows: list[dict[str, Any]] = field(default_factory=list)
+    summaries: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    host_stats: codec.HostFigures | None = None
+    host_cpu: float | None = None
+    elapsed: float = 0.0
+
+
 def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     group = ProcessGroup(cfg.out)
     names = [f"lt-{i + 1:03d}" for i in range(cfg.guests)]
-    host_rows: list[dict[str, Any]] = []
-    summaries: dict[str, Any] = {}
-    errors: list[str] = []
+    seen = _Observed()
     t0 = time.monotonic()
-    host_stats: codec.HostFigures | None = None
-    host_cpu: float | None = None
     try:
-        addr, host = group.start_host(
-            [
-                "--backend",
-                cfg.backend,
-                "--memory-limit",
-                str(cfg.capacity_bytes),
-                "--quiet",
-                "--session-timeout",
-                "120",
-            ]
-        )
-        flags = [
-            [
-                "--host",
-                addr,
-                "--id",
-                n,
-                "--ram",
-                str(cfg.ram_bytes),
-                "--workload",
-                WORKLOADS[i % len(WORKLOADS)],
-                "--policy",
-                cfg.policies[i % len(cfg.policies)],
-                "--duration",
-                str(cfg.duration),
-                "--seed",
-                str(i),
-                "--rate",
-                str(cfg.rate),
-                "--connect-timeout",
-                "120",
-                "--ack-log",
-                str(cfg.out / f"{n}.acks"),
-                "--quiet",
-                "--start-delay",
-                f"{cfg.ramp * i / cfg.guests:.3f}",
-            ]
-            for i, n in enumerate(names)
-        ]
+        host_args = ["--backend", cfg.backend, "--memory-limit", str(cfg.capacity_bytes)]
+        addr, host = group.start_host([*host_args, "--quiet", "--session-timeout", "120"])
         # Guests share processes (`pagehint guest-group`): one event loop each, so
         # hundreds of guests are a few processes, not hundreds fighting for cores.
+        flags = _guest_flags(cfg, addr, names)
         per = cfg.guests_per_process
         procs = {
             f"lt-group-{k // per + 1:03d}": group.start_guest_group(
@@ -107,47 +79,81 @@ def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
             f"host on {addr} (capacity {format_size(cfg.capacity_bytes)}); "
             f"{cfg.guests} guests started in {len(procs)} process(es)"
         )
-        with grpc.insecure_channel(addr) as ch:
-            stub = codec.stub(ch)
-            last_print = 0.0
-            while any(p.poll() is None for p in procs.values()):
-                try:
-                    host_stats = codec.decode_host_stats(
-                        stub.Stats(codec.encode_stats_request(), timeout=5)
-                    )
-                    host_rows.append(
-                        {
-                            "t": round(time.monotonic() - t0, 2),
-                            "host_resident_bytes": host_stats.resident_bytes,
-                            "guests": len(host_stats.guests),
-                            "chains": host_stats.chains,
-                        }
-                    )
-                except grpc.RpcError as e:
-                    errors.append(f"host stats: {e.code().name}")
-                if time.monotonic() - last_print > 5 and host_rows:
-                    last_print = time.monotonic()
-                    r = host_rows[-1]
-                    log(
-                        f"[{r['t']:5.1f}s] {r['guests']} guests connected, host holds "
-                        f"{format_size(r['host_resident_bytes'])}, {r['chains']} chains"
-                    )
-                time.sleep(POLL)
+        _watch_host(addr, procs, seen, log, t0)
         for n, p in procs.items():
             done, failed = group.group_summaries(p, n, timeout=60)
-            summaries.update(done)
-            errors.extend(failed)
+            seen.summaries.update(done)
+            seen.errors.extend(failed)
         if host.poll() is not None:
-            errors.append(f"host exited with {host.returncode}")
-        host_cpu = cpu_seconds(host.pid)
-        elapsed = time.monotonic() - t0
+            seen.errors.append(f"host exited with {host.returncode}")
+        seen.host_cpu = cpu_seconds(host.pid)
+        seen.elapsed = time.monotonic() - t0
     finally:
         group.close()
+    report = _report(cfg, names, seen)
+    cap_rows = [{"t": r["t"], "host_resident_bytes": cfg.capacity_bytes} for r in seen.host_rows]
+    plot = plot_series(
+        {"host resident (all guests)": seen.host_rows, "host capacity": cap_rows},
+        cfg.out / "loadtest.png",
+        title=f"loadtest: {cfg.guests} guests × {format_size(cfg.ram_bytes)} "
+        f"({format_size(cfg.guests * cfg.ram_bytes)} promised)",
+    )
+    report["files"] = plot_files(cfg.out, None, plot)
+    (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _guest_flags(cfg: LoadtestConfig, addr: str, names: list[str]) -> list[list[str]]:
+    """Each guest's flags: workloads and policies in turn, starts spread over the ramp."""
+    flags = []
+    for i, n in enumerate(names):
+        f = ["--host", addr, "--id", n, "--ram", str(cfg.ram_bytes)]
+        f += ["--workload", WORKLOADS[i % len(WORKLOADS)]]
+        f += ["--policy", cfg.policies[i % len(cfg.policies)]]
+        f += ["--duration", str(cfg.duration), "--seed", str(i), "--rate", str(cfg.rate)]
+        f += ["--connect-timeout", "120", "--ack-log", str(cfg.out / f"{n}.acks"), "--quiet"]
+        f += ["--start-delay", f"{cfg.ramp * i / cfg.guests:.3f}"]
+        flags.append(f)
+    return flags
+
+
+def _watch_host(addr: str, procs: dict[str, Any], seen: _Observed, log: Any, t0: float) -> None:
+    """Sample the host's figures every POLL seconds until every guest process ends."""
+    with grpc.insecure_channel(addr) as ch:
+        stub = codec.stub(ch)
+        last_print = 0.0
+        while any(p.poll() is None for p in procs.values()):
+            try:
+                seen.host_stats = codec.decode_host_stats(
+                    stub.Stats(codec.encode_stats_request(), timeout=5)
+                )
+                seen.host_rows.append(
+                    {
+                        "t": round(time.monotonic() - t0, 2),
+                        "host_resident_bytes": seen.host_stats.resident_bytes,
+                        "guests": len(seen.host_stats.guests),
+                        "chains": seen.host_stats.chains,
+                    }
+                )
+            except grpc.RpcError as e:
+                seen.errors.append(f"host stats: {e.code().name}")
+            if time.monotonic() - last_print > 5 and seen.host_rows:
+                last_print = time.monotonic()
+                r = seen.host_rows[-1]
+                log(
+                    f"[{r['t']:5.1f}s] {r['guests']} guests connected, host holds "
+                    f"{format_size(r['host_resident_bytes'])}, {r['chains']} chains"
+                )
+            time.sleep(POLL)
+
+
+def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> dict[str, Any]:
     acks: list[float] = []
     for n in names:
         path = cfg.out / f"{n}.acks"
         if path.exists():
             acks.extend(float(x) for x in path.read_text().split())
+    summaries, host_rows = seen.summaries, seen.host_rows
     chains = sum(s["chains"] for s in summaries.values())
     total_ram = cfg.guests * cfg.ram_bytes
     peak = max((r["host_resident_bytes"] for r in host_rows), default=0)
@@ -155,19 +161,19 @@ def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
     # finishing close their sessions and the host lets their memory go).
     most = max((r["guests"] for r in host_rows), default=0)
     full = [r for r in host_rows if r["guests"] == most]
-    end = full[-1]["host_resident_bytes"] if full else 0
-    report = {
+    cpu = seen.host_cpu
+    return {
         "guests": cfg.guests,
         "guests_completed": len(summaries),
         "guest_processes": -(-cfg.guests // cfg.guests_per_process),
         "guest_ram_total_bytes": total_ram,
         "host_capacity_bytes": cfg.capacity_bytes,
         "host_resident_peak_bytes": peak,
-        "host_resident_end_bytes": end,
+        "host_resident_end_bytes": full[-1]["host_resident_bytes"] if full else 0,
         # RAM promised to guests per byte the host actually had to hold at peak.
         "overcommit_ratio": round(total_ram / peak, 2) if peak else None,
         "capacity_overcommit_ratio": round(total_ram / cfg.capacity_bytes, 2),
-        "elapsed_s": round(elapsed, 1),
+        "elapsed_s": round(seen.elapsed, 1),
         "chains": chains,
         "chains_per_s": round(chains / cfg.duration, 1),
         "ack_latency_ms": percentiles(acks),
@@ -177,26 +183,16 @@ def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
         # Only the shm backend has real memory whose loss the guests can detect.
         "data_loss_checked": bool(summaries)
         and all(s.get("data_loss_checked") for s in summaries.values()),
-        "refused_chains": host_stats.refused_chains if host_stats else None,
+        "refused_chains": seen.host_stats.refused_chains if seen.host_stats else None,
         # The host's CPU over the whole run, and as a share of one core.
-        "host_cpu_s": None if host_cpu is None else round(host_cpu, 2),
-        "host_cpu_share": None if host_cpu is None else round(host_cpu / elapsed, 3),
-        "errors": errors,
+        "host_cpu_s": None if cpu is None else round(cpu, 2),
+        "host_cpu_share": None if cpu is None else round(cpu / seen.elapsed, 3),
+        "errors": seen.errors,
         "backend": cfg.backend,
         "ramp_s": cfg.ramp,
         "per_guest": summaries,
         "host_timeline": host_rows,
     }
-    cap_rows = [{"t": r["t"], "host_resident_bytes": cfg.capacity_bytes} for r in host_rows]
-    plot = plot_series(
-        {"host resident (all guests)": host_rows, "host capacity": cap_rows},
-        cfg.out / "loadtest.png",
-        title=f"loadtest: {cfg.guests} guests × {format_size(cfg.ram_bytes)} "
-        f"({format_size(total_ram)} promised)",
-    )
-    report["files"] = plot_files(cfg.out, None, plot)
-    (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
-    return report
 
 
 def format_loadtest(r: dict[str, Any]) -> str:
