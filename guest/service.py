@@ -65,25 +65,7 @@ async def serve_guest(
             await driver.stop()  # a session it may have opened is closed
             raise
     rt = GuestRuntime(cfg, device=device, log=log, mm=mm)
-    if ram is not None:
-        # Stamp after the allocator hands a block out; check before it takes it back.
-        rt.memory.on_alloc.append(ram.on_alloc)
-        rt.memory.on_free.append(ram.on_free)
-    if driver is not None:
-        connected = driver
-        rt.memory.on_alloc.append(connected.on_alloc)
-        rt.host_resident = lambda: connected.host_resident_bytes
-        rt.last_chain = lambda: connected.last_done
-        # sim: an ack row holds the host's answer to that very chain (a stats poll
-        # in between would mix in later touches); shm overrides both below.
-        rt.ack_resident = lambda: connected.last_done_resident
-        connected.epoch = rt.started
-    if ram is not None:
-        # Real memory: the kernel's count, read here at the moment a row describes,
-        # not the host's last answer or a stats poll (which lag by up to 0.25 s).
-        mapped = ram
-        rt.host_resident = lambda: mapped.resident_bytes()
-        rt.ack_resident = None
+    _wire(rt, driver, ram)
     reports = None
     if driver is not None and cfg.reports is not None:
         try:
@@ -114,6 +96,46 @@ async def serve_guest(
         if reports is not None:
             with contextlib.suppress(OSError):
                 reports.close()
+    _finish(cfg, rt, driver, ram, summary, log)
+    log(
+        f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
+        f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
+    )
+    return summary
+
+
+def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None) -> None:
+    """Connect the runtime to the driver and the real RAM: listeners, host figures."""
+    if ram is not None:
+        # Stamp after the allocator hands a block out; check before it takes it back.
+        rt.memory.on_alloc.append(ram.on_alloc)
+        rt.memory.on_free.append(ram.on_free)
+    if driver is not None:
+        connected = driver
+        rt.memory.on_alloc.append(connected.on_alloc)
+        rt.host_resident = lambda: connected.host_resident_bytes
+        rt.last_chain = lambda: connected.last_done
+        # sim: an ack row holds the host's answer to that very chain (a stats poll
+        # in between would mix in later touches); shm overrides both below.
+        rt.ack_resident = lambda: connected.last_done_resident
+        connected.epoch = rt.started
+    if ram is not None:
+        # Real memory: the kernel's count, read here at the moment a row describes,
+        # not the host's last answer or a stats poll (which lag by up to 0.25 s).
+        mapped = ram
+        rt.host_resident = lambda: mapped.resident_bytes()
+        rt.ack_resident = None
+
+
+def _finish(
+    cfg: GuestConfig,
+    rt: GuestRuntime,
+    driver: BalloonDriver | None,
+    ram: SharedRam | None,
+    summary: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
+    """After the run: the ack log, the host's figures, the final check of real RAM."""
     if cfg.ack_log:
         try:
             with open(cfg.ack_log, "w", encoding="utf-8") as f:
@@ -124,17 +146,12 @@ async def serve_guest(
             summary["ack_log_error"] = e.strerror
     summary["backend"] = "loopback" if driver is None else _host_figures(driver, summary)
     if ram is not None:
-        ram.check_all(mm)
+        ram.check_all(rt.mm)
         summary["data_loss_pages"] = ram.data_loss_pages
         summary["poison_errors"] = ram.poison_errors
         summary["pages_checked"] = ram.pages_checked
         summary["data_loss_checked"] = True
         ram.close()
-    log(
-        f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
-        f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
-    )
-    return summary
 
 
 def _host_figures(driver: BalloonDriver, summary: dict[str, Any]) -> str:
