@@ -30,7 +30,7 @@ from pagehint.cli_support import (
 )
 from pagehint.config import LOOPS, GuestConfig, HintingConfig, TraceConfig
 from pagehint.errors import UsageError
-from pagehint.tls import load_tls
+from pagehint.tls import TlsConfig, load_tls
 from pagehint.units import parse_seconds
 
 
@@ -239,31 +239,8 @@ def expand_id(text: str) -> str:
 
 def config_from_args(a: argparse.Namespace) -> GuestConfig:
     policy = check_policy_name(str(a.policy))
-    if sum(x is not None for x in (a.workload, a.scenario, a.trace)) > 1:
-        raise UsageError("give one of --workload, --scenario and --trace")
-    trace = _trace_config(a)
-    if a.ram is not None:
-        ram = parse_ram(a.ram)
-    elif trace is not None:
-        ram = _trace_ram(trace)
-    else:
-        ram = 1 << 30
-    workload = None
-    if a.workload is not None:
-        workload = choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload")
-    scenario = None
-    if a.scenario is not None:
-        scenario = resolve_scenario(str(a.scenario))
-        load_scenario(scenario)  # fail now, with the file and step named
-    duration = None if a.duration is None else convert(a.duration, parse_seconds, "--duration")
-    if duration is not None and duration <= 0:
-        raise UsageError(f"--duration {a.duration}: must be positive")
-    order = convert(a.order, int, "--hinting-order")
-    if not 0 <= order <= MAX_ORDER:
-        raise UsageError(f"--hinting-order {a.order}: must be 0..{MAX_ORDER}")
-    capacity = None if a.capacity is None else convert(a.capacity, positive_int, "--capacity")
-    if capacity is not None and capacity > 512:
-        raise UsageError(f"--capacity {a.capacity}: at most 512 blocks per report")
+    ram, workload, scenario, trace, duration = _workload_config(a)
+    hinting = _hinting_config(a, policy)
     poison = None
     if a.poison is not None:
         poison = convert(a.poison, lambda s: int(s, 0), "--poison")
@@ -272,38 +249,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
     metrics_port = None
     if a.metrics_port is not None:
         metrics_port = convert(a.metrics_port, int_in(0, 65535), "--metrics-port")
-    host = None if a.host is None else parse_address(str(a.host), "--host")
-    for flag, path in (
-        ("--timeline", a.timeline),
-        ("--ack-log", a.ack_log),
-        ("--reports", a.reports),
-    ):
-        if path is not None:
-            check_writable(str(path), flag)
-    if a.reports is not None and host is None:
-        raise UsageError("--reports logs the host's answers: give --host too")
-    tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
-    if a.token is not None and not (
-        str(a.token).isascii() and str(a.token).isprintable() and len(str(a.token)) <= 256
-    ):
-        raise UsageError("--token: must be printable ASCII, at most 256 characters")
-    if (tls is not None or a.token is not None) and host is None:
-        raise UsageError("--tls-* and --token are for a host connection: give --host too")
-    threshold = None
-    if a.threshold is not None:
-        threshold = convert(a.threshold, positive_int, "--threshold")
-    hinting = HintingConfig(
-        policy=policy,
-        order=order,
-        capacity=capacity,
-        threshold=threshold,
-        delay=convert(a.delay, lambda s: nonneg_float(str(parse_seconds(s))), "--delay"),
-        stop_grace=convert(a.stop_grace, _seconds(nonneg_float), "--stop-grace"),
-        bitmap_flush_after=convert(a.flush_after, _seconds(nonneg_float), "--flush-after"),
-        bitmap_retry=bool(a.retry_failed),
-        bitmap_cross_zone=bool(a.cross_zone_batches),
-        unsafe_skip_isolation=bool(a.unsafe_skip_isolation),
-    )
+    host, tls = _connection(a)
     return GuestConfig(
         ram_bytes=ram,
         guest_id=expand_id(str(a.guest_id)),
@@ -332,6 +278,78 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         hinting=hinting,
         trace=trace,
     )
+
+
+def _workload_config(
+    a: argparse.Namespace,
+) -> tuple[int, str | None, str | None, TraceConfig | None, float | None]:
+    """RAM, and one of a workload, a scenario or a trace, and for how long."""
+    if sum(x is not None for x in (a.workload, a.scenario, a.trace)) > 1:
+        raise UsageError("give one of --workload, --scenario and --trace")
+    trace = _trace_config(a)
+    if a.ram is not None:
+        ram = parse_ram(a.ram)
+    elif trace is not None:
+        ram = _trace_ram(trace)
+    else:
+        ram = 1 << 30
+    workload = None
+    if a.workload is not None:
+        workload = choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload")
+    scenario = None
+    if a.scenario is not None:
+        scenario = resolve_scenario(str(a.scenario))
+        load_scenario(scenario)  # fail now, with the file and step named
+    duration = None if a.duration is None else convert(a.duration, parse_seconds, "--duration")
+    if duration is not None and duration <= 0:
+        raise UsageError(f"--duration {a.duration}: must be positive")
+    return ram, workload, scenario, trace, duration
+
+
+def _hinting_config(a: argparse.Namespace, policy: str) -> HintingConfig:
+    order = convert(a.order, int, "--hinting-order")
+    if not 0 <= order <= MAX_ORDER:
+        raise UsageError(f"--hinting-order {a.order}: must be 0..{MAX_ORDER}")
+    capacity = None if a.capacity is None else convert(a.capacity, positive_int, "--capacity")
+    if capacity is not None and capacity > 512:
+        raise UsageError(f"--capacity {a.capacity}: at most 512 blocks per report")
+    threshold = None
+    if a.threshold is not None:
+        threshold = convert(a.threshold, positive_int, "--threshold")
+    return HintingConfig(
+        policy=policy,
+        order=order,
+        capacity=capacity,
+        threshold=threshold,
+        delay=convert(a.delay, lambda s: nonneg_float(str(parse_seconds(s))), "--delay"),
+        stop_grace=convert(a.stop_grace, _seconds(nonneg_float), "--stop-grace"),
+        bitmap_flush_after=convert(a.flush_after, _seconds(nonneg_float), "--flush-after"),
+        bitmap_retry=bool(a.retry_failed),
+        bitmap_cross_zone=bool(a.cross_zone_batches),
+        unsafe_skip_isolation=bool(a.unsafe_skip_isolation),
+    )
+
+
+def _connection(a: argparse.Namespace) -> tuple[str | None, TlsConfig | None]:
+    """The host address, the files written, and the identity: checked together."""
+    host = None if a.host is None else parse_address(str(a.host), "--host")
+    for flag, path in (
+        ("--timeline", a.timeline),
+        ("--ack-log", a.ack_log),
+        ("--reports", a.reports),
+    ):
+        if path is not None:
+            check_writable(str(path), flag)
+    if a.reports is not None and host is None:
+        raise UsageError("--reports logs the host's answers: give --host too")
+    tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
+    if a.token is not None and not (
+        str(a.token).isascii() and str(a.token).isprintable() and len(str(a.token)) <= 256
+    ):
+        raise UsageError("--token: must be printable ASCII, at most 256 characters")
+    if (tls is not None or a.token is not None) and host is None:
+        raise UsageError("--tls-* and --token are for a host connection: give --host too")
+    return host, tls
 
 
 def _trace_config(a: argparse.Namespace) -> TraceConfig | None:

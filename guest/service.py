@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import IO, Any
 
 from guest.balloon import BalloonDriver
 from guest.hinting.device import LoopbackDevice, ReportingDevice
@@ -85,8 +85,25 @@ async def serve_guest(
         raise
     where = "no host (loopback)" if cfg.host is None else f"host {cfg.host}"
     log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, {where}")
+    summary = await _run_then_close(rt, driver, signals, (metrics, reports))
+    _finish(cfg, rt, driver, ram, summary, log)
+    log(
+        f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
+        f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
+    )
+    return summary
+
+
+async def _run_then_close(
+    rt: GuestRuntime,
+    driver: BalloonDriver | None,
+    signals: StopSignals,
+    closers: tuple[object, IO[str] | None],
+) -> dict[str, Any]:
+    """Run the guest; then, however it ended, close the driver, metrics and report log."""
+    metrics, reports = closers
     try:
-        summary = await rt.run(before_summary=driver.stop if driver is not None else None)
+        return await rt.run(before_summary=driver.stop if driver is not None else None)
     finally:
         signals.remove(rt)
         if driver is not None:
@@ -96,12 +113,6 @@ async def serve_guest(
         if reports is not None:
             with contextlib.suppress(OSError):
                 reports.close()
-    _finish(cfg, rt, driver, ram, summary, log)
-    log(
-        f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
-        f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
-    )
-    return summary
 
 
 def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None) -> None:

@@ -145,13 +145,7 @@ class Policy(abc.ABC):
             pass  # booked below, from the report itself
         self.in_flight = []
         if not report.done():
-            self.stats.abandoned_reports += 1
-            self.stats.abandoned_pages += sum(1 << o for _, o in batch)
-            self.abandoned.extend(batch)
-            self.log(
-                f"stopping with a report of {len(batch)} blocks still unanswered after "
-                f"{self.cfg.stop_grace:g}s: its blocks stay isolated"
-            )
+            self._abandon(batch)
             raise asyncio.CancelledError
         error = report.exception() if not report.cancelled() else asyncio.CancelledError()
         if error is not None and not isinstance(error, ReportError):
@@ -175,6 +169,16 @@ class Policy(abc.ABC):
         if cancelled:
             raise asyncio.CancelledError
         return ok
+
+    def _abandon(self, batch: list[Block]) -> None:
+        """A report still unanswered after the stop grace: its blocks stay isolated."""
+        self.stats.abandoned_reports += 1
+        self.stats.abandoned_pages += sum(1 << o for _, o in batch)
+        self.abandoned.extend(batch)
+        self.log(
+            f"stopping with a report of {len(batch)} blocks still unanswered after "
+            f"{self.cfg.stop_grace:g}s: its blocks stay isolated"
+        )
 
     def _book_done(self, batch: list[Block], elapsed_ms: float) -> None:
         """Count an acknowledged report and tell the listeners (timeline rows)."""
