@@ -158,41 +158,21 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
                     continue
                 m = match_line(line)
                 if m is None:
-                    text = line.strip()
-                    if not text or text[0] == "#" or _HEADER.fullmatch(text):
-                        continue
-                    lost = _LOST.search(text)
-                    if lost:
-                        n = lost.group(1) or lost.group(2)
-                        if n is None:
-                            trace.lost_markers += 1
-                        else:
-                            trace.lost_events += int(n)
-                        continue
-                    bad("not an ftrace event line", line)
+                    if not _other_line(line.strip(), trace):
+                        bad("not an ftrace event line", line)
                     continue
                 event = m.group("event").rsplit(":", 1)[-1]
                 kind = _EVENTS.get(event)
                 if kind is None:
                     skipped[event] = skipped.get(event, 0) + 1
                     continue
-                body = m.group("body")
-                pm = _PFN.search(body)
-                om = _ORDER.search(body)
-                if pm is None or (om is None and event != "mm_page_free_batched"):
-                    bad(f"{event} without pfn= and order=", line)
+                got = _fields(kind, event, m.group("body"), trace)
+                if isinstance(got, str):
+                    bad(got, line)
                     continue
-                text = pm.group(1)
-                pfn = int(text, 16) if text[1:2] in ("x", "X") else int(text)
-                # A failed allocation prints a NULL page and pfn 0 (x86 never hands
-                # out pfn 0: the first page is reserved for the BIOS).
-                if kind == ALLOC and (pfn == 0 or _NULL_PAGE.search(body)):
-                    trace.failed_allocs += 1
+                if got is None:
                     continue
-                order = int(om.group(1)) if om is not None else 0
-                if order > _MAX_ORDER_IN_TRACE:
-                    bad(f"order {order} is above {_MAX_ORDER_IN_TRACE}", line)
-                    continue
+                pfn, order = got
                 kinds.append(kind)
                 pfns.append(pfn)
                 orders.append(order)
@@ -208,6 +188,42 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
     trace.lines = lineno
     _settle_batched(trace)
     return trace
+
+
+def _other_line(text: str, trace: Trace) -> bool:
+    """A line that is no event: a comment, a header, or a lost-events marker
+    (counted). False for anything else (malformed)."""
+    if not text or text[0] == "#" or _HEADER.fullmatch(text):
+        return True
+    lost = _LOST.search(text)
+    if lost is None:
+        return False
+    n = lost.group(1) or lost.group(2)
+    if n is None:
+        trace.lost_markers += 1
+    else:
+        trace.lost_events += int(n)
+    return True
+
+
+def _fields(kind: int, event: str, body: str, trace: Trace) -> tuple[int, int] | str | None:
+    """(pfn, order) of an event; None for a failed allocation (counted); else why the
+    line is malformed."""
+    pm = _PFN.search(body)
+    om = _ORDER.search(body)
+    if pm is None or (om is None and event != "mm_page_free_batched"):
+        return f"{event} without pfn= and order="
+    text = pm.group(1)
+    pfn = int(text, 16) if text[1:2] in ("x", "X") else int(text)
+    # A failed allocation prints a NULL page and pfn 0 (x86 never hands out pfn 0:
+    # the first page is reserved for the BIOS).
+    if kind == ALLOC and (pfn == 0 or _NULL_PAGE.search(body)):
+        trace.failed_allocs += 1
+        return None
+    order = int(om.group(1)) if om is not None else 0
+    if order > _MAX_ORDER_IN_TRACE:
+        return f"order {order} is above {_MAX_ORDER_IN_TRACE}"
+    return pfn, order
 
 
 def _settle_batched(trace: Trace) -> None:

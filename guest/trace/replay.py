@@ -160,21 +160,62 @@ def _allocate_untouched(plan: ReplayPlan, ctx: WorkloadContext) -> int:
     return pages
 
 
+class _OddEvents:
+    """The events that are not a plain free of an allocated block or a plain
+    allocation of a free one: substitutes, stand-ins, reshapes, inconsistencies."""
+
+    def __init__(self, ctx: WorkloadContext, stats: ReplayStats) -> None:
+        self.memory = ctx.memory
+        self.stats = stats
+        self.substitutes: dict[int, tuple[int, int]] = {}  # trace pfn -> (stand-in, order)
+        self.stand_ins: set[int] = set()  # their heads: the trace never allocated these
+
+    def free(self, pfn: int, order: int) -> None:
+        memory, count = self.memory, self.stats.count
+        if pfn in self.substitutes:
+            sub, sub_order = self.substitutes.pop(pfn)
+            self.stand_ins.discard(sub)
+            memory.free(sub, sub_order)
+            if sub_order != order:
+                count("free_not_allocated")
+        elif self.stand_ins and memory.mm.containing_block(pfn)[0] in self.stand_ins:
+            count("free_not_allocated")  # a stand-in: not the trace's to free
+        elif memory.mm.pg[pfn] == ALLOCATED | order:
+            memory.free(pfn, order)
+        elif memory.reshape(pfn, order) is None:
+            count("free_reshaped")
+            memory.free(pfn, order)
+        else:
+            count("free_not_allocated")
+
+    def alloc(self, pfn: int, order: int, why: str) -> None:
+        """An allocation alloc_at refused for ``why``."""
+        if why == "isolated":
+            # The kernel's allocator would have taken another block.
+            sub = self.memory.alloc(order)
+            if sub < 0:
+                why = "isolated_no_memory"
+            elif pfn in self.substitutes:  # allocated twice without a free
+                why = "not_free"
+                self.memory.free(sub, order)
+            else:
+                self.substitutes[pfn] = (sub, order)
+                self.stand_ins.add(sub)
+                self.stats.substituted += 1
+                return
+        self.stats.count(f"alloc_{why}")
+
+
 async def replay(
     plan: ReplayPlan, ctx: WorkloadContext, speed: float | None, stats: ReplayStats
 ) -> None:
     """Run the events; ``speed`` scales the trace's clock (None: as fast as possible)."""
     memory = ctx.memory
-    mm = memory.mm
-    pg = mm.pg
-    nr_pages = mm.nr_pages
+    pg, nr_pages = memory.mm.pg, memory.mm.nr_pages
     kinds, pfns, orders, times = plan.trace.kinds, plan.pfns, plan.trace.orders, plan.trace.times
-    alloc_at, free, reshape = memory.alloc_at, memory.free, memory.reshape
-    substitutes: dict[int, tuple[int, int]] = {}  # trace pfn -> (stand-in pfn, order)
-    stand_ins: set[int] = set()  # their heads: the trace never allocated these
-    count = stats.count
-    ticks = ctx.ticks
-    stop = ctx.stop
+    alloc_at, free = memory.alloc_at, memory.free
+    odd = _OddEvents(ctx, stats)
+    count, ticks, stop = stats.count, ctx.ticks, ctx.stop
     t_first = times[0]
     start = time.perf_counter()
     i = 0
@@ -195,40 +236,16 @@ async def replay(
                 count("outside_ram")
             elif kinds[i] == FREE:
                 stats.frees += 1
-                if substitutes and pfn in substitutes:
-                    sub, sub_order = substitutes.pop(pfn)
-                    stand_ins.discard(sub)
-                    free(sub, sub_order)
-                    if sub_order != order:
-                        count("free_not_allocated")
-                elif stand_ins and mm.containing_block(pfn)[0] in stand_ins:
-                    count("free_not_allocated")  # a stand-in: not the trace's to free
-                elif pg[pfn] == ALLOCATED | order:
-                    free(pfn, order)
-                elif reshape(pfn, order) is None:
-                    count("free_reshaped")
+                # The plain case inline (it is nearly every event); the rest apart.
+                if not odd.substitutes and pg[pfn] == ALLOCATED | order:
                     free(pfn, order)
                 else:
-                    count("free_not_allocated")
+                    odd.free(pfn, order)
             else:
                 stats.allocs += 1
                 why = alloc_at(pfn, order)
-                if why == "isolated":
-                    # The kernel's allocator would have taken another block.
-                    sub = memory.alloc(order)
-                    if sub >= 0:
-                        if pfn in substitutes:  # allocated twice without a free
-                            count("alloc_not_free")
-                            memory.free(sub, order)
-                        else:
-                            substitutes[pfn] = (sub, order)
-                            stand_ins.add(sub)
-                            stats.substituted += 1
-                        why = None
-                    else:
-                        why = "isolated_no_memory"
                 if why is not None:
-                    count(f"alloc_{why}")
+                    odd.alloc(pfn, order, why)
             if not i & TICK_MASK:
                 # The loop's share of time, counted a batch at a time (an await per
                 # event would cost more than the event).
