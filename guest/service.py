@@ -40,32 +40,20 @@ async def serve_guest(
     await signals.before_boot(cfg.start_delay)
     mm = BuddyAllocator(cfg.ram_bytes)
     driver: BalloonDriver | None = None
-    ram: SharedRam | None = None
-
-    def session(acc: Accepted) -> None:
-        nonlocal ram
-        if acc.backend != "shm":
-            return
-        if ram is None:
-            ram = SharedRam(acc.shm_path, mm, cfg.guest_id, cfg.poison, log)
-            log(f"mapped guest RAM from {acc.shm_path}")
-        else:
-            ram.move_to(acc.shm_path)
-            log(f"moved guest RAM to {acc.shm_path}")
-
+    shm = _RamFollower(cfg, mm, log)
     device: ReportingDevice
     if cfg.host is None:
         device = LoopbackDevice(capacity=cfg.hinting.effective_capacity())
     else:
         driver = device = BalloonDriver(cfg, mm, log)
-        driver.on_session.append(session)
+        driver.on_session.append(shm)
         try:
             await signals.unless_stopped(driver.start())
         except UsageError:
             await driver.stop()  # a session it may have opened is closed
             raise
     rt = GuestRuntime(cfg, device=device, log=log, mm=mm)
-    _wire(rt, driver, ram)
+    _wire(rt, driver, shm.ram)
     reports = None
     if driver is not None and cfg.reports is not None:
         try:
@@ -86,12 +74,33 @@ async def serve_guest(
     where = "no host (loopback)" if cfg.host is None else f"host {cfg.host}"
     log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, {where}")
     summary = await _run_then_close(rt, driver, signals, (metrics, reports))
-    _finish(cfg, rt, driver, ram, summary, log)
+    _finish(cfg, rt, driver, shm.ram, summary, log)
     log(
         f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
         f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
     )
     return summary
+
+
+class _RamFollower:
+    """The guest's real RAM (shm backend), following the host's sessions: mapped at
+    the first one, moved to the new file when a later session names one."""
+
+    def __init__(self, cfg: GuestConfig, mm: BuddyAllocator, log: Log) -> None:
+        self.cfg, self.mm, self.log = cfg, mm, log
+        self.ram: SharedRam | None = None
+
+    def __call__(self, acc: Accepted) -> None:
+        if acc.backend != "shm":
+            return
+        if self.ram is None:
+            self.ram = SharedRam(
+                acc.shm_path, self.mm, self.cfg.guest_id, self.cfg.poison, self.log
+            )
+            self.log(f"mapped guest RAM from {acc.shm_path}")
+        else:
+            self.ram.move_to(acc.shm_path)
+            self.log(f"moved guest RAM to {acc.shm_path}")
 
 
 async def _run_then_close(

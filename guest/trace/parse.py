@@ -132,8 +132,7 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
     (or, when ``lenient``, count malformed lines and go on)."""
     trace = Trace(path=path)
     kinds, pfns, orders, times = trace.kinds, trace.pfns, trace.orders, trace.times
-    skipped = trace.skipped
-    match_line = _LINE.match
+    skipped, match_line = trace.skipped, _LINE.match
     lineno = 0
 
     def bad(why: str, line: str) -> None:
@@ -186,8 +185,7 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
     except OverflowError:
         raise TraceError(f"{path}:{lineno}: pfn too large") from None
     trace.lines = lineno
-    _settle_batched(trace)
-    return trace
+    return _settle_batched(trace)
 
 
 def _other_line(text: str, trace: Trace) -> bool:
@@ -226,13 +224,13 @@ def _fields(kind: int, event: str, body: str, trace: Trace) -> tuple[int, int] |
     return pfn, order
 
 
-def _settle_batched(trace: Trace) -> None:
+def _settle_batched(trace: Trace) -> Trace:
     """Pair each batched free with the mm_page_free of the same page (after it in
     current kernels, before it in 3.3-4.13): paired, it is a duplicate and dropped;
     unpaired (its mm_page_free filtered out or lost), it is the free."""
     kinds = trace.kinds
     if _BATCHED not in kinds:
-        return
+        return trace
     pfns = trace.pfns
     # Only order 0 is printed for a batched free, whatever the folio's order (6.10+
     # batch-frees large folios too): a trace without mm_page_free under-reads them.
@@ -266,3 +264,4 @@ def _settle_batched(trace: Trace) -> None:
     trace.orders = bytearray(trace.orders[i] for i in keep)
     trace.times = array("d", (trace.times[i] for i in keep))
     trace.batched_duplicates = len(drop)
+    return trace
