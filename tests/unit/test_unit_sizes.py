@@ -21,7 +21,7 @@ def long_functions(root: Path = ROOT, packages: list[str] = PACKAGES) -> list[st
                     lines = (node.end_lineno or node.lineno) - node.lineno + 1
                     if lines > LIMIT:
                         found.append(
-                            f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})"
+                            f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines})"
                         )
     return found
 
