@@ -36,7 +36,7 @@ async def serve_guest(
     if signals is None:
         signals = StopSignals()
         signals.install()
-    log = make_logger(f"guest[{cfg.guest_id}]", quiet)
+    log = make_logger(f"guest[{cfg.guest_id}]", quiet, guest=cfg.guest_id)
     await signals.before_boot(cfg.start_delay)
     mm = BuddyAllocator(cfg.ram_bytes)
     driver: BalloonDriver | None = None
