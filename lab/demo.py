@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,11 @@ def run_demo(cfg: DemoConfig, log: Any) -> dict[str, Any]:
 
 
 def _run_guests(
-    cfg: DemoConfig, log: Any, policy_of: dict[str, str], timelines: dict[str, Path], t0: float
+    cfg: DemoConfig,
+    log: Callable[[str], None],
+    policy_of: dict[str, str],
+    timelines: dict[str, Path],
+    t0: float,
 ) -> dict[str, Any]:
     """One host and the guests, all at once, with a progress line; their summaries."""
     group = ProcessGroup(cfg.out)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +119,13 @@ def _guest_flags(cfg: LoadtestConfig, addr: str, names: list[str]) -> list[list[
     return flags
 
 
-def _watch_host(addr: str, procs: dict[str, Any], seen: _Observed, log: Any, t0: float) -> None:
+def _watch_host(
+    addr: str,
+    procs: dict[str, subprocess.Popen[str]],
+    seen: _Observed,
+    log: Callable[[str], None],
+    t0: float,
+) -> None:
     """Sample the host's figures every POLL seconds until every guest process ends."""
     with grpc.insecure_channel(addr) as ch:
         stub = codec.stub(ch)
