@@ -1,0 +1,43 @@
+"""Frames touched again after a discard are told to the host, each once, in runs."""
+
+from __future__ import annotations
+
+from guest.balloon.touches import TouchTracker
+from guest.mm import BuddyAllocator
+
+
+def test_runs_merge_and_each_frame_is_told_once() -> None:
+    mm = BuddyAllocator(64 << 20)
+    t = TouchTracker(batch=2)
+    t.reset(mm, enabled=True)  # nothing allocated: nothing queued
+    assert t.runs == []
+    assert t.on_alloc(10, 0) is False
+    assert t.on_alloc(11, 0) is False  # extends the run
+    assert t.runs == [(10, 2)]
+    assert t.on_alloc(10, 0) is False and t.runs == [(10, 2)]  # already told
+    assert t.on_alloc(16, 2) is True  # a second run: a full batch
+    assert t.take() == [(10, 2), (16, 4)] and t.pages_sent == 6
+    assert t.take() == []
+
+
+def test_a_discard_makes_the_next_touch_count_again() -> None:
+    mm = BuddyAllocator(64 << 20)
+    t = TouchTracker(batch=8)
+    t.reset(mm, enabled=True)
+    t.on_alloc(0, 1)
+    t.take()
+    assert t.on_alloc(0, 1) is False and t.runs == []
+    t.discarded([(0, 1)])
+    t.on_alloc(0, 1)
+    assert t.runs == [(0, 2)]
+
+
+def test_a_new_session_queues_what_is_allocated_and_off_means_nothing() -> None:
+    mm = BuddyAllocator(64 << 20)
+    p = mm.alloc(3)
+    t = TouchTracker(batch=8)
+    t.reset(mm, enabled=True)
+    assert t.runs == [(p, 8)]
+    t.reset(mm, enabled=False)
+    assert t.on_alloc(p, 3) is False and t.runs == []
+    t.discarded([(p, 3)])  # ignored when off

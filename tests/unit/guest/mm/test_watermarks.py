@@ -1,0 +1,30 @@
+"""Watermarks as mm/page_alloc.c computes them."""
+
+from __future__ import annotations
+
+import math
+
+from guest.mm import BuddyAllocator
+from guest.mm.watermarks import min_free_kbytes
+
+
+def test_min_free_kbytes_is_sqrt_of_16_times_lowmem_clamped() -> None:
+    gib = (1 << 30) // 4096
+    assert min_free_kbytes(gib) == math.isqrt(1024 * 1024 * 16)  # 4096 KiB for 1 GiB
+    assert min_free_kbytes(16) == 128  # tiny: the floor
+    assert min_free_kbytes(1 << 40) == 262144  # huge: the ceiling
+
+
+def test_zones_share_min_by_size_and_low_high_step_up() -> None:
+    mm = BuddyAllocator(8 << 30)
+    total_min = mm.min_free_kbytes // 4
+    assert sum(z.wmark_min for z in mm.zones) <= total_min
+    for z in mm.zones:
+        assert z.wmark_min <= z.wmark_low <= z.wmark_high
+        assert z.wmark_high - z.wmark_low == z.wmark_low - z.wmark_min
+    normal = mm.zones[-1]
+    assert normal.name == "Normal" and normal.wmark_min == max(z.wmark_min for z in mm.zones)
+
+
+def test_an_explicit_min_free_kbytes_is_used() -> None:
+    assert BuddyAllocator(1 << 30, min_free_kbytes=65536).min_free_kbytes == 65536

@@ -1,0 +1,57 @@
+"""The guest's summary as a table: every row a user reads, and the optional ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from guest.report import format_summary
+
+
+def summary(**extra: Any) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "guest_id": "g1",
+        "ram_bytes": 1 << 30,
+        "policy": "reporting",
+        "backend": "shm",
+        "reported_bytes": 3 << 20,
+        "chains": 2,
+        "report_failures": 0,
+        "free_bytes": 512 << 20,
+        "reportable_free_bytes": 256 << 20,
+        "isolated_peak_bytes": 128 << 20,
+        "report_failures_by_reason": {},
+        "host_resident_bytes": 100 << 20,
+        "ack_latency_ms": {"p50": 0.5, "p99": 2.0, "max": 3.0},
+        "alloc_ops": 10,
+        "alloc_failures": 0,
+        "data_loss_pages": 0,
+    }
+    s.update(extra)
+    return s
+
+
+def test_the_rows_a_user_reads() -> None:
+    text = format_summary(summary())
+    assert "g1 (1.0 GiB RAM, policy reporting, backend shm)" in text
+    assert "3.0 MiB in 2 chains (0 failed)" in text
+    assert "p50 0.500 ms, p99 2.000 ms" in text
+    assert "data loss         0 pages" in text
+    assert "POLICY BROKE RULES" not in text and "trace" not in text
+
+
+def test_policy_errors_and_a_trace_show() -> None:
+    trace = {
+        "replayed": 10, "events": 10, "allocs": 6, "frees": 4, "seconds": 0.01,
+        "speed": None, "events_per_s": 1000, "pfn_range": ["0x10", "0x20"],
+        "mapping": "compact", "initially_allocated_pages": 1,
+        "inconsistencies": {"outside_ram": 6}, "substituted": 0,
+        "untouched_allocated_pages": 0, "batched_only": True, "failed_allocs_in_trace": 1,
+        "lost_events": 0, "lost_markers": 0, "batched_duplicates": 0, "malformed_lines": 0,
+        "skipped_events": {"kmalloc": 3},
+    }  # fmt: skip
+    text = format_summary(summary(policy_errors=["hook raised"], trace=trace))
+    assert "POLICY BROKE RULES  hook raised" in text
+    assert "10 of 10 events (6 allocs, 4 frees)" in text and "as fast as possible" in text
+    assert "6 of 10 events fell outside RAM" in text
+    assert "mm_page_free_batched" in text
+    assert "1 failed allocations, 3 other events" in text
