@@ -148,16 +148,12 @@ def parse_ram(value: Any, flag: str = "--ram") -> int:
     """A guest RAM size: parsed, and within the contract's limits (whole top-order
     blocks, 64 MiB to 64 GiB: virtqueue/contract.py)."""
     from pagehint.units import parse_size
-    from virtqueue.contract import MAX_GUEST_RAM, MAX_ORDER, MIN_GUEST_RAM, PAGE_SIZE
+    from virtqueue.contract import ram_size_problem
 
     ram = convert(value, lambda s: parse_size(s, "RAM size"), flag)
-    if not MIN_GUEST_RAM <= ram <= MAX_GUEST_RAM:
-        raise UsageError(
-            f"{flag} {value}: RAM size {ram} bytes is out of range: must be between 64 MiB "
-            "and 64 GiB"
-        )
-    if ram % (PAGE_SIZE << MAX_ORDER):
-        raise UsageError(f"{flag} {value}: RAM size {ram} bytes is not a multiple of 4 MiB")
+    problem = ram_size_problem(ram)
+    if problem is not None:
+        raise UsageError(f"{flag} {value}: {problem}")
     return ram
 
 

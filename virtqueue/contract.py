@@ -16,3 +16,13 @@ MAX_ORDER = 10
 PAGEBLOCK_ORDER = 9
 MIN_GUEST_RAM = 64 << 20
 MAX_GUEST_RAM = 64 << 30
+
+
+def ram_size_problem(ram_bytes: int) -> str | None:
+    """Why a guest RAM size is not one the contract allows (None: it is): whole
+    top-order blocks, MIN_GUEST_RAM to MAX_GUEST_RAM."""
+    if not MIN_GUEST_RAM <= ram_bytes <= MAX_GUEST_RAM:
+        return f"RAM size {ram_bytes} bytes is out of range: must be between 64 MiB and 64 GiB"
+    if ram_bytes % (PAGE_SIZE << MAX_ORDER):
+        return f"RAM size {ram_bytes} bytes is not a multiple of 4 MiB"
+    return None

@@ -27,18 +27,17 @@ from guest.mm.constants import (
     MAX_BLOCK_PAGES,
     MAX_ORDER,
     MAX_RAM,
-    MIN_RAM,
     NR_ORDERS,
     ORDER_MASK,
     PAGE_SHIFT,
     PAGE_SIZE,
-    RAM_ALIGN,
     REPORTED,
     STATE_MASK,
     TAIL,
 )
 from guest.mm.watermarks import set_watermarks
 from guest.mm.zone import Zone
+from virtqueue.contract import ram_size_problem
 
 NotifyFree = Callable[[Zone, int], None]
 
@@ -70,12 +69,9 @@ def _state_name(flag: int) -> str:
 
 
 def check_ram_size(ram_bytes: int) -> None:
-    if ram_bytes < MIN_RAM or ram_bytes > MAX_RAM:
-        raise AllocatorError(
-            f"RAM size {ram_bytes} bytes is out of range: must be between 64 MiB and 64 GiB"
-        )
-    if ram_bytes % RAM_ALIGN:
-        raise AllocatorError(f"RAM size {ram_bytes} bytes is not a multiple of 4 MiB")
+    problem = ram_size_problem(ram_bytes)
+    if problem is not None:
+        raise AllocatorError(problem)
 
 
 class BuddyAllocator:

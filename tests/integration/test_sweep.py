@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from lab.plot import plots_available
@@ -76,8 +75,8 @@ def test_ctrl_c_stops_every_process_and_keeps_what_finished(tmp_path: Path) -> N
         text=True,
     )
     try:
-        wait_until(lambda: len(list(out.glob("run001.timeline.jsonl"))) == 1, 60, "two runs")
-        time.sleep(0.5)
+        # The first run finished and the second is writing its timeline: interrupt now.
+        wait_until(lambda: (out / "run001.timeline.jsonl").exists(), 60, "the second run")
         p.send_signal(signal.SIGINT)
         stdout, stderr = p.communicate(timeout=60)
     finally:
