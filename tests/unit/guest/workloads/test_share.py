@@ -3,32 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from guest.memory import GuestMemory
 from guest.mm import BuddyAllocator
 from guest.workloads import share
-from guest.workloads.base import WorkloadContext
+from guest.workloads.base import YIELD_EVERY, WorkloadContext
 
 
-async def _probe_wait(burners: int, loop_share: share.LoopShare | None) -> float:
-    """Worst delay of a 1 ms timer while ``burners`` workloads allocate flat out."""
+def _ops(contexts: list[WorkloadContext]) -> int:
+    return sum(c.stats.alloc_ops + c.stats.free_ops for c in contexts)
+
+
+async def _probe_wait(burners: int, loop_share: share.LoopShare | None) -> int:
+    """Most workload operations run while a 1 ms timer waited, with ``burners``
+    workloads allocating flat out.
+
+    Counted in operations, not seconds: without a share the loop's FIFO order
+    alone makes a waiter sit behind every burner's slice, a count no load on
+    the machine changes; with one, what runs meanwhile is bounded by the
+    window's budget of time, which a slower (busier) machine only shrinks.
+    """
     share.shared = loop_share
     stop = asyncio.Event()
+    contexts = [
+        WorkloadContext(GuestMemory(BuddyAllocator(64 << 20)), seed=i) for i in range(burners)
+    ]
 
-    async def burn(seed: int) -> None:
-        ctx = WorkloadContext(GuestMemory(BuddyAllocator(64 << 20)), seed=seed)
+    async def burn(ctx: WorkloadContext) -> None:
         while not stop.is_set():
             await ctx.alloc_bytes("x", 4 << 20, 0)
             await ctx.free_group("x")
 
-    tasks = [asyncio.create_task(burn(i)) for i in range(burners)]
-    worst = 0.0
+    tasks = [asyncio.create_task(burn(c)) for c in contexts]
+    worst = 0
     try:
+        await asyncio.sleep(0)
         for _ in range(20):
-            t0 = time.perf_counter()
+            before = _ops(contexts)
             await asyncio.sleep(0.001)
-            worst = max(worst, time.perf_counter() - t0)
+            worst = max(worst, _ops(contexts) - before)
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -38,9 +51,11 @@ async def _probe_wait(burners: int, loop_share: share.LoopShare | None) -> float
 
 async def test_a_shared_loop_stays_responsive_under_busy_workloads() -> None:
     # Same loop, same burners, in one run: only the share differs. Without it a
-    # waiter waits for every burner's slice; with it, about one window.
-    alone = await _probe_wait(60, None)
-    shared = await _probe_wait(60, share.LoopShare(window=0.01, share=0.5))
+    # waiter waits for every burner's slice; with it, about one window's budget.
+    burners = 60
+    alone = await _probe_wait(burners, None)
+    assert alone >= burners * YIELD_EVERY // 2, alone
+    shared = await _probe_wait(burners, share.LoopShare(window=0.01, share=0.5))
     assert shared < alone / 2, (shared, alone)
 
 
