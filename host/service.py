@@ -14,7 +14,7 @@ import json
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import IO, Any, NoReturn
+from typing import IO, NoReturn, TypeVar
 
 import grpc
 
@@ -33,8 +33,11 @@ from virtqueue import codec
 TOKEN_KEY = "x-pagehint-token"
 ADMIN_ID = "admin"  # the --tokens entry whose holder may read every guest's figures
 
+Context = codec.Context
+R = TypeVar("R")
 
-async def _abort(context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
+
+async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("context.abort returned")
 
@@ -57,7 +60,7 @@ def _is_loopback(peer: str) -> bool:
     return peer.startswith(("ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D"))
 
 
-class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
+class BalloonService:
     def __init__(
         self,
         device: BalloonDevice,
@@ -77,7 +80,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
 
     # ---- who is calling ---------------------------------------------------------------
 
-    async def _identity(self, context: Any, guest_id: str) -> str | None:
+    async def _identity(self, context: Context, guest_id: str) -> str | None:
         """The identity the caller proved (None: the host checks none)."""
         if self.tls:
             peer = peer_identity(context)
@@ -95,7 +98,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             return guest_id
         return None
 
-    def _may_read_all(self, context: Any) -> bool:
+    def _may_read_all(self, context: Context) -> bool:
         """Every guest's figures: an admin certificate or token, or a local caller of
         a host that checks no identity (the lab commands, the metrics endpoint)."""
         if self.tls:
@@ -107,7 +110,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             return admin is not None and _same(given, admin)
         return _is_loopback(str(context.peer() or ""))
 
-    async def _guarded(self, context: Any, body: Callable[[], Awaitable[Any]]) -> Any:
+    async def _guarded(self, context: Context, body: Callable[[], Awaitable[R]]) -> R:
         try:
             return await body()
         except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -119,10 +122,14 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
 
     # ---- the RPCs ------------------------------------------------------------------------
 
-    async def Negotiate(self, request: Any, context: Any) -> Any:
+    async def Negotiate(
+        self, request: codec.NegotiateRequest, context: Context
+    ) -> codec.NegotiateReply:
         return await self._guarded(context, lambda: self._negotiate(request, context))
 
-    async def _negotiate(self, request: Any, context: Any) -> Any:
+    async def _negotiate(
+        self, request: codec.NegotiateRequest, context: Context
+    ) -> codec.NegotiateReply:
         n = codec.decode_negotiate(request)
         identity = await self._identity(context, n.guest_id)
         try:
@@ -142,9 +149,11 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         return codec.encode_accepted(self.device.accepted(s, fence))
 
     async def Reporting(
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[Any]:
+        self, request_iterator: AsyncIterator[codec.GuestMessage], context: Context
+    ) -> AsyncIterator[codec.Used]:
         token = dict(context.invocation_metadata() or ()).get(codec.SESSION_KEY, "")
+        if not isinstance(token, str):  # a binary (-bin) header: no session of ours
+            token = ""
         try:
             session = self.device.session(token)
         except SessionError as e:
@@ -190,7 +199,7 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
         if session.ended:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "session ended; negotiate again")
 
-    def _one_message(self, session: Session, msg: Any) -> Any:
+    def _one_message(self, session: Session, msg: codec.GuestMessage) -> codec.Used | None:
         """Handle one guest message; the encoded answer, or None (nothing to answer)."""
         decoded = codec.decode_guest_message(msg)
         if decoded is None:
@@ -211,7 +220,9 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             self._log_chain(session.guest_id, used)
         return codec.encode_used(used)
 
-    async def _delayed_message(self, session: Session, msg: Any) -> Any:
+    async def _delayed_message(
+        self, session: Session, msg: codec.GuestMessage
+    ) -> codec.Used | None:
         """--latency: a slow host. The chain is held for the delay first (the drain
         on SIGTERM waits for such chains: ``inflight``/``idle``)."""
         if isinstance(codec.decode_guest_message(msg), codec.ChainMsg):
@@ -241,10 +252,10 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             self.device.log(f"--chain-log: cannot write ({e.strerror}); no more chain lines")
             self.chain_log = None
 
-    async def Stats(self, request: Any, context: Any) -> Any:
+    async def Stats(self, request: codec.StatsRequest, context: Context) -> codec.HostStats:
         return await self._guarded(context, lambda: self._stats(request, context))
 
-    async def _stats(self, request: Any, context: Any) -> Any:
+    async def _stats(self, request: codec.StatsRequest, context: Context) -> codec.HostStats:
         token, self_only = codec.decode_stats_request(request)
         self_guest = None
         if token:
@@ -266,10 +277,10 @@ class BalloonService(codec.BalloonServicerBase):  # type: ignore[misc]
             figures = self.device.own_figures(self_guest)
         return codec.encode_host_stats(figures)
 
-    async def Close(self, request: Any, context: Any) -> Any:
+    async def Close(self, request: codec.CloseRequest, context: Context) -> codec.CloseReply:
         return await self._guarded(context, lambda: self._close(request, context))
 
-    async def _close(self, request: Any, context: Any) -> Any:
+    async def _close(self, request: codec.CloseRequest, context: Context) -> codec.CloseReply:
         token = codec.decode_close(request)
         if token not in self.device.sessions:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or expired session")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar, cast
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -111,22 +115,22 @@ class HostFigures:
 # by name: a field added to one side and not the other fails loudly in tests.
 
 
-def _from_message(cls: type[T], m: Any) -> T:
+def _from_message(cls: type[T], m: Message) -> T:
     return cls(**{f.name: getattr(m, f.name) for f in fields(cls)})
 
 
 # ---- Negotiate -------------------------------------------------------------------
 
 
-def encode_negotiate(n: Negotiation) -> Any:
+def encode_negotiate(n: Negotiation) -> pb.NegotiateRequest:
     return pb.NegotiateRequest(**asdict(n))
 
 
-def decode_negotiate(m: Any) -> Negotiation:
+def decode_negotiate(m: pb.NegotiateRequest) -> Negotiation:
     return _from_message(Negotiation, m)
 
 
-def encode_accepted(a: Accepted) -> Any:
+def encode_accepted(a: Accepted) -> pb.NegotiateReply:
     fields_ = asdict(a)
     fence = fields_.pop("fence")
     msg = pb.NegotiateReply(**fields_)
@@ -136,7 +140,7 @@ def encode_accepted(a: Accepted) -> Any:
     return msg
 
 
-def decode_accepted(m: Any) -> Accepted:
+def decode_accepted(m: pb.NegotiateReply) -> Accepted:
     fence = Fence(m.fence.known, frozenset(m.fence.done_ids)) if m.HasField("fence") else None
     return Accepted(
         features=m.features,
@@ -156,21 +160,21 @@ def decode_accepted(m: Any) -> Accepted:
 # ---- Reporting stream ------------------------------------------------------------
 
 
-def encode_chain(chain_id: int, ranges: Sequence[Range]) -> Any:
+def encode_chain(chain_id: int, ranges: Sequence[Range]) -> pb.GuestMessage:
     return pb.GuestMessage(
         chain=pb.Chain(id=chain_id, pfn=[p for p, _ in ranges], order=[o for _, o in ranges])
     )
 
 
-def encode_chain_msg(c: ChainMsg) -> Any:
+def encode_chain_msg(c: ChainMsg) -> pb.GuestMessage:
     return pb.GuestMessage(chain=pb.Chain(id=c.id, pfn=c.pfns, order=c.orders))
 
 
-def encode_touched_msg(t: TouchedMsg) -> Any:
+def encode_touched_msg(t: TouchedMsg) -> pb.GuestMessage:
     return pb.GuestMessage(touched=pb.Touched(pfn=t.pfns, count=t.counts))
 
 
-def encode_touched(runs: Sequence[tuple[int, int]]) -> Any:
+def encode_touched(runs: Sequence[tuple[int, int]]) -> pb.GuestMessage:
     return pb.GuestMessage(touched=pb.Touched(pfn=[p for p, _ in runs], count=[c for _, c in runs]))
 
 
@@ -185,7 +189,7 @@ class TouchedMsg(NamedTuple):
     counts: Sequence[int]
 
 
-def decode_guest_message(m: Any) -> ChainMsg | TouchedMsg | None:
+def decode_guest_message(m: pb.GuestMessage) -> ChainMsg | TouchedMsg | None:
     kind = m.WhichOneof("kind")
     if kind == "chain":
         return ChainMsg(m.chain.id, m.chain.pfn, m.chain.order)
@@ -196,7 +200,7 @@ def decode_guest_message(m: Any) -> ChainMsg | TouchedMsg | None:
 
 # Used is on the per-chain hot path: field by field (asdict() deep-copies and
 # costs several microseconds a call).
-def encode_used(u: UsedMsg) -> Any:
+def encode_used(u: UsedMsg) -> pb.Used:
     return pb.Used(
         id=u.id,
         discarded_pages=u.discarded_pages,
@@ -208,31 +212,31 @@ def encode_used(u: UsedMsg) -> Any:
     )
 
 
-def decode_used(m: Any) -> UsedMsg:
+def decode_used(m: pb.Used) -> UsedMsg:
     return UsedMsg(m.id, m.discarded_pages, m.status, m.reason, m.detail, m.errno, m.resident_bytes)
 
 
 # ---- Stats / Close ---------------------------------------------------------------
 
 
-def encode_stats_request(session: str = "", self_only: bool = False) -> Any:
+def encode_stats_request(session: str = "", self_only: bool = False) -> pb.StatsRequest:
     return pb.StatsRequest(session=session, self_only=self_only)
 
 
-def decode_stats_request(m: Any) -> tuple[str, bool]:
+def decode_stats_request(m: pb.StatsRequest) -> tuple[str, bool]:
     """(session, self_only)."""
     return str(m.session), bool(m.self_only)
 
 
-def _encode_guest(g: GuestFigures) -> Any:
+def _encode_guest(g: GuestFigures) -> pb.GuestStats:
     return pb.GuestStats(**asdict(g))
 
 
-def _decode_guest(m: Any) -> GuestFigures:
+def _decode_guest(m: pb.GuestStats) -> GuestFigures:
     return _from_message(GuestFigures, m)
 
 
-def encode_host_stats(h: HostFigures) -> Any:
+def encode_host_stats(h: HostFigures) -> pb.HostStats:
     msg = pb.HostStats(
         guests=[_encode_guest(g) for g in h.guests],
         capacity_bytes=h.capacity_bytes,
@@ -252,7 +256,7 @@ def encode_host_stats(h: HostFigures) -> Any:
     return msg
 
 
-def decode_host_stats(m: Any) -> HostFigures:
+def decode_host_stats(m: pb.HostStats) -> HostFigures:
     return HostFigures(
         guests=[_decode_guest(g) for g in m.guests],
         capacity_bytes=m.capacity_bytes,
@@ -270,28 +274,82 @@ def decode_host_stats(m: Any) -> HostFigures:
     )
 
 
-def encode_close(session: str) -> Any:
+def encode_close(session: str) -> pb.CloseRequest:
     return pb.CloseRequest(session=session)
 
 
-def decode_close(m: Any) -> str:
+def decode_close(m: pb.CloseRequest) -> str:
     return str(m.session)
 
 
-def close_reply() -> Any:
+def close_reply() -> pb.CloseReply:
     return pb.CloseReply()
 
 
 # ---- service plumbing -------------------------------------------------------------
+# The generated *_pb2_grpc module has no type stubs; these Protocols give its
+# stub and servicer surface the message types above, so callers are checked.
+
+# Re-exported for the layers above, which never import *_pb2 themselves.
+NegotiateRequest = pb.NegotiateRequest
+NegotiateReply = pb.NegotiateReply
+GuestMessage = pb.GuestMessage
+Used = pb.Used
+StatsRequest = pb.StatsRequest
+HostStats = pb.HostStats
+CloseRequest = pb.CloseRequest
+CloseReply = pb.CloseReply
 
 
-def stub(channel: Any) -> Any:
-    return pb_grpc.BalloonStub(channel)
+class BalloonStub(Protocol):
+    """The client side on a blocking channel (grpc.Channel): tools and tests."""
+
+    Negotiate: grpc.UnaryUnaryMultiCallable[pb.NegotiateRequest, pb.NegotiateReply]
+    Reporting: grpc.StreamStreamMultiCallable[pb.GuestMessage, pb.Used]
+    Stats: grpc.UnaryUnaryMultiCallable[pb.StatsRequest, pb.HostStats]
+    Close: grpc.UnaryUnaryMultiCallable[pb.CloseRequest, pb.CloseReply]
 
 
-def add_servicer(servicer: Any, server: Any) -> None:
+class AioBalloonStub(Protocol):
+    """The client side on an asyncio channel (grpc.aio.Channel): the guest's driver."""
+
+    Negotiate: grpc.aio.UnaryUnaryMultiCallable[pb.NegotiateRequest, pb.NegotiateReply]
+    Reporting: grpc.aio.StreamStreamMultiCallable[pb.GuestMessage, pb.Used]
+    Stats: grpc.aio.UnaryUnaryMultiCallable[pb.StatsRequest, pb.HostStats]
+    Close: grpc.aio.UnaryUnaryMultiCallable[pb.CloseRequest, pb.CloseReply]
+
+
+# What a servicer method is handed: the asyncio server's per-call context.
+Context = grpc.aio.ServicerContext[Message, Message]
+
+
+def stub(channel: grpc.Channel) -> BalloonStub:
+    return cast(BalloonStub, pb_grpc.BalloonStub(channel))
+
+
+def aio_stub(channel: grpc.aio.Channel) -> AioBalloonStub:
+    return cast(AioBalloonStub, pb_grpc.BalloonStub(channel))
+
+
+class BalloonServicer(Protocol):
+    """What the host implements: every RPC of the service (the generated base
+    class would answer a forgotten one UNIMPLEMENTED; this makes it a type error)."""
+
+    async def Negotiate(
+        self, request: pb.NegotiateRequest, context: Context
+    ) -> pb.NegotiateReply: ...
+
+    def Reporting(
+        self, request_iterator: AsyncIterator[pb.GuestMessage], context: Context
+    ) -> AsyncIterator[pb.Used]: ...
+
+    async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.HostStats: ...
+
+    async def Close(self, request: pb.CloseRequest, context: Context) -> pb.CloseReply: ...
+
+
+def add_servicer(servicer: BalloonServicer, server: grpc.aio.Server) -> None:
     pb_grpc.add_BalloonServicer_to_server(servicer, server)
 
 
-BalloonServicerBase: Any = pb_grpc.BalloonServicer
 SERVICE_NAME = "pagehint.v1.Balloon"

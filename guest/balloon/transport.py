@@ -10,7 +10,7 @@ MockTransport serves its clients.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Protocol, cast
 
 import grpc
 
@@ -71,7 +71,7 @@ _REFUSALS = {
 
 
 class GrpcStream:
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: grpc.aio.StreamStreamCall[codec.GuestMessage, codec.Used]) -> None:
         self._call = call
 
     async def write(self, msg: ChainMsg | TouchedMsg) -> None:
@@ -96,7 +96,7 @@ class GrpcStream:
             raise TransportError(why(e)) from None
         if msg is grpc.aio.EOF:
             return None
-        return codec.decode_used(msg)
+        return codec.decode_used(cast(codec.Used, msg))
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -116,10 +116,10 @@ class GrpcTransport:
         self.address = address
         self.tls = tls
         self._metadata = ((TOKEN_KEY, token),) if token else ()
-        self._channel: Any = None
-        self._stub: Any = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: codec.AioBalloonStub | None = None
 
-    def _open(self) -> Any:
+    def _open(self) -> grpc.aio.Channel:
         # A channel of its own subchannels: with gRPC's global pool a new channel
         # reuses the old one's subchannel, still backing off from the outage, and
         # fails at once for seconds after the host is back (guests came back late).
@@ -137,9 +137,9 @@ class GrpcTransport:
     async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
         await self.aclose()
         self._channel = self._open()
-        self._stub = codec.stub(self._channel)
+        self._stub = stub = codec.aio_stub(self._channel)
         try:
-            reply = await self._stub.Negotiate(
+            reply = await stub.Negotiate(
                 codec.encode_negotiate(n), timeout=timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as e:
