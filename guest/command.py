@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from guest.hinting.plugin import check_policy_name
 from guest.mm.constants import MAX_ORDER, MAX_RAM
@@ -15,6 +14,7 @@ from guest.trace.replay import MAPPINGS, UNTOUCHED
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
+    Subparsers,
     add_flag,
     add_switch,
     check_writable,
@@ -34,7 +34,7 @@ from pagehint.tls import TlsConfig, load_tls
 from pagehint.units import parse_seconds
 
 
-def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "guest",
         help="run a guest: buddy allocator, workload, hinting worker, balloon driver",
@@ -46,7 +46,7 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     p.set_defaults(handler=run)
 
 
-def _what_to_run(p: Any, e: Mapping[str, str]) -> None:
+def _what_to_run(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     """Flags: the guest, its workload (or scenario, or trace), how long."""
     add_flag(
         p,
@@ -95,7 +95,7 @@ def _what_to_run(p: Any, e: Mapping[str, str]) -> None:
     add_flag(p, e, "--seed", default="0", help="random seed for workloads")
 
 
-def _outputs(p: Any, e: Mapping[str, str]) -> None:
+def _outputs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     """Flags: what the run writes, and its event loop."""
     add_switch(p, e, "--json", help="print one JSON summary at the end")
     add_flag(
@@ -115,7 +115,7 @@ def _outputs(p: Any, e: Mapping[str, str]) -> None:
     add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
 
 
-def _hinting_knobs(p: Any, e: Mapping[str, str]) -> None:
+def _hinting_knobs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     """Flags: the hinting policy's knobs."""
     add_flag(
         p,
@@ -175,7 +175,7 @@ def _hinting_knobs(p: Any, e: Mapping[str, str]) -> None:
     )
 
 
-def _host_and_checks(p: Any, e: Mapping[str, str]) -> None:
+def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     """Flags: metrics, the host connection and its identity, checks."""
     add_flag(p, e, "--metrics-port", default=None, help="serve Prometheus metrics on this port")
     add_flag(

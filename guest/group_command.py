@@ -19,18 +19,18 @@ import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from pagehint.cli_support import RaisingParser, add_switch
+from pagehint.cli_support import RaisingParser, Subparsers, add_switch
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
+from pagehint.schema import GuestSummary
 
 MAX_GUESTS = 1024
 MAX_FILE_BYTES = 1 << 20
 MAX_LINE_CHARS = 16 * 1024  # argparse is quadratic in a line's words
 
 
-def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "guest-group",
         help="run many guests in one process (one `pagehint guest` per line of FILE)",
@@ -144,9 +144,7 @@ def _parse_line(
         raise UsageError(f"{where}: not a guest's flags") from None
 
 
-async def run_group(
-    configs: list[GuestConfig], quiet: bool
-) -> list[dict[str, Any] | BaseException]:
+async def run_group(configs: list[GuestConfig], quiet: bool) -> list[GuestSummary | BaseException]:
     from guest.service import StopSignals, serve_guest
     from guest.workloads import share
 

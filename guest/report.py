@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from pagehint.schema import GuestSummary, TraceSummary
 from pagehint.units import format_size
 
 
-def _size(v: Any) -> str:
+def _size(v: int | None) -> str:
     return "n/a" if v is None else format_size(v)
 
 
@@ -15,10 +14,10 @@ def _reasons(by: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"
 
 
-def format_summary(s: dict[str, Any]) -> str:
-    lat = s.get("ack_latency_ms") or {}
+def format_summary(s: GuestSummary) -> str:
+    lat = s["ack_latency_ms"]
 
-    def ms(v: Any) -> str:
+    def ms(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f} ms"
 
     rows = [
@@ -53,17 +52,18 @@ def format_summary(s: dict[str, Any]) -> str:
                 "never answered",
             )
         )
-    for what in s.get("policy_errors") or []:
+    for what in s["policy_errors"]:
         rows.append(("POLICY BROKE RULES", what))
-    if s.get("trace"):
+    if s["trace"] is not None:
         rows.extend(_trace_rows(s["trace"]))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _trace_rows(t: dict[str, Any]) -> list[tuple[str, str]]:
+def _trace_rows(t: TraceSummary) -> list[tuple[str, str]]:
     speed = "as fast as possible" if t["speed"] is None else f"speed {t['speed']:g}"
     rate = "" if t["events_per_s"] is None else f", {t['events_per_s']:,} events/s"
+    pfns = t["pfn_range"]
     rows = [
         (
             "trace",
@@ -72,7 +72,7 @@ def _trace_rows(t: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "trace pfns",
-            f"{t['pfn_range'][0]}-{t['pfn_range'][1]} mapped {t['mapping']}; "
+            ("none" if pfns is None else f"{pfns[0]}-{pfns[1]}") + f" mapped {t['mapping']}; "
             f"{t['initially_allocated_pages']:,} pages allocated before the first event",
         ),
         ("inconsistent", _reasons(t["inconsistencies"]) or "none"),
@@ -95,7 +95,7 @@ def _trace_rows(t: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _trace_notes(t: dict[str, Any]) -> list[tuple[str, str]]:
+def _trace_notes(t: TraceSummary) -> list[tuple[str, str]]:
     """The rows a replay shows only when they say something (empty text: left out)."""
     outside = t["inconsistencies"].get("outside_ram", 0)
     return [

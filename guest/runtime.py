@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from guest.hinting.base import Policy, make_policy
 from guest.hinting.device import ReportingDevice
@@ -27,6 +26,7 @@ from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import WorkloadParams, run_builtin
 from guest.workloads.scenario import Scenario, load_scenario, run_scenario
 from pagehint.config import GuestConfig
+from pagehint.schema import Event, GuestSummary, TimelineRow, encode
 from pagehint.stats import percentiles
 
 TIMELINE_PERIOD = 0.1  # seconds between periodic timeline rows (besides event rows)
@@ -104,11 +104,11 @@ class GuestRuntime:
             row["host_resident_bytes"] = self.ack_resident()
         self._emit(row)
 
-    def _emit(self, row: dict[str, Any]) -> None:
+    def _emit(self, row: TimelineRow) -> None:
         if self._out is None:
             return
         try:
-            self._out.write(json.dumps(row) + "\n")
+            self._out.write(encode(row) + "\n")
             self._out.flush()
         except OSError as e:
             # The run matters more than its timeline: say so once, stop writing.
@@ -118,10 +118,10 @@ class GuestRuntime:
             with contextlib.suppress(OSError):
                 out.close()
 
-    def sample(self, mark: str | None = None, event: str = "sample") -> dict[str, Any]:
+    def sample(self, mark: str | None = None, event: Event = "sample") -> TimelineRow:
         """One timeline row: ``event`` is "sample" (periodic), "mark", "ack" or "end"."""
         st = self.policy.stats
-        row: dict[str, Any] = {
+        row: TimelineRow = {
             "t": round(time.monotonic() - self.started, 4),
             "event": event,
             "free_bytes": self.mm.free_bytes,
@@ -154,7 +154,7 @@ class GuestRuntime:
 
     async def run(
         self, before_summary: Callable[[], Awaitable[None]] | None = None
-    ) -> dict[str, Any]:
+    ) -> GuestSummary:
         """Run the workload for the configured duration; returns the summary.
 
         ``before_summary`` runs after the policy stopped and before the last sample
@@ -205,7 +205,7 @@ class GuestRuntime:
             return f"broken: {e}"
         return "ok"
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> GuestSummary:
         st = self.policy.stats
         lat = [x / 1e6 for x in self.memory.alloc_latency_ns]
         return {

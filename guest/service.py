@@ -23,6 +23,7 @@ from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
+from pagehint.schema import GuestSummary
 from virtqueue.codec import Accepted
 
 Log = Callable[[str], None]
@@ -30,7 +31,7 @@ Log = Callable[[str], None]
 
 async def serve_guest(
     cfg: GuestConfig, quiet: bool = False, signals: StopSignals | None = None
-) -> dict[str, Any]:
+) -> GuestSummary:
     """Run one guest to its end; ``signals`` is shared by the guests of a group
     (a lone guest installs its own)."""
     if signals is None:
@@ -108,7 +109,7 @@ async def _run_then_close(
     driver: BalloonDriver | None,
     signals: StopSignals,
     closers: tuple[object, IO[str] | None],
-) -> dict[str, Any]:
+) -> GuestSummary:
     """Run the guest; then, however it ended, close the driver, metrics and report log."""
     metrics, reports = closers
     try:
@@ -152,7 +153,7 @@ def _finish(
     rt: GuestRuntime,
     driver: BalloonDriver | None,
     ram: SharedRam | None,
-    summary: dict[str, Any],
+    summary: GuestSummary,
     log: Callable[[str], None],
 ) -> None:
     """After the run: the ack log, the host's figures, the final check of real RAM."""
@@ -174,7 +175,7 @@ def _finish(
         ram.close()
 
 
-def _host_figures(driver: BalloonDriver, summary: dict[str, Any]) -> str:
+def _host_figures(driver: BalloonDriver, summary: GuestSummary) -> str:
     """Add what the host said about this guest to the summary; returns its backend.
 
     ``host_reported_bytes`` is the host's count for this guest id since the host
@@ -281,5 +282,5 @@ def _start_metrics(
     return server
 
 
-def run_guest(cfg: GuestConfig, quiet: bool = False) -> dict[str, Any]:
+def run_guest(cfg: GuestConfig, quiet: bool = False) -> GuestSummary:
     return event_loop.run(serve_guest(cfg, quiet), cfg.loop)

@@ -7,15 +7,14 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from pagehint.cli_support import add_flag, convert, int_in
+from pagehint.cli_support import Subparsers, add_flag, convert, int_in
 from pagehint.errors import UsageError
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "certs",
         help="create a CA and host, guest and admin certificates for mutual TLS",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from host.limits import default_max_sessions
 from pagehint import loop as event_loop
 from pagehint.cli_support import (
+    Subparsers,
     add_flag,
     add_switch,
     check_writable,
@@ -30,7 +30,7 @@ BACKENDS = ("sim", "shm")
 DISCARDS = ("free", "dontneed")
 
 
-def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "host",
         help="run the host: balloon device and memory backend for many guests",
@@ -42,7 +42,7 @@ def add_parser(sub: Any, env: Mapping[str, str]) -> None:
     p.set_defaults(handler=run)
 
 
-def _serving(p: Any, e: Mapping[str, str]) -> None:
+def _serving(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     """Flags: where and how the host serves, and what it holds."""
     add_flag(p, e, "--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any)")
     add_flag(p, e, "--backend", default="sim", help="sim | shm")
@@ -81,7 +81,7 @@ def _serving(p: Any, e: Mapping[str, str]) -> None:
     )
 
 
-def _identity_and_outputs(p: Any, e: Mapping[str, str]) -> None:
+def _identity_and_outputs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     """Flags: who may call, what the host writes, its loop and metrics."""
     add_flag(p, e, "--tls-cert", default=None, help="mutual TLS: the host's certificate (PEM)")
     add_flag(p, e, "--tls-key", default=None, help="mutual TLS: its private key (PEM)")
@@ -113,7 +113,7 @@ def _identity_and_outputs(p: Any, e: Mapping[str, str]) -> None:
     add_flag(p, e, "--ready-file", default=None, help="write the bound address here once serving")
 
 
-def _faults(p: Any, e: Mapping[str, str]) -> None:
+def _faults(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     """Flags: latency and fault injection (tests and demos), and the log."""
     add_flag(
         p,

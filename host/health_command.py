@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
-from typing import Any
 
-from pagehint.cli_support import add_flag, convert, parse_address, positive_float
+from pagehint.cli_support import Subparsers, add_flag, convert, parse_address, positive_float
 from pagehint.errors import UsageError
 from pagehint.tls import load_tls
 from pagehint.units import parse_seconds
 
 
-def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "health",
         help="exit 0 if the host answers the gRPC health check",

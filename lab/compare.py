@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from lab.analysis import drop_times, peak
 from lab.plot import plot_files, plot_series
 from lab.procs import ProcessGroup, read_timeline, write_timelines
 from lab.table import render_table
+from pagehint.schema import Drop, GuestSummary, TimelineRow
 from pagehint.units import format_size
 
 
@@ -35,11 +37,22 @@ class CompareConfig:
     guest_env: dict[str, str] = field(default_factory=dict)
 
 
-def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
+class CompareReport(TypedDict):
+    """`pagehint compare --json`, and summary.json."""
+
+    policies: list[str]
+    ram: str
+    scenario: str | None
+    workload: str | None
+    results: dict[str, GuestSummary]  # by policy, with host_resident_peak_bytes and drops
+    files: dict[str, str]
+
+
+def run_compare(cfg: CompareConfig, log: Callable[[str], None]) -> CompareReport:
     cfg.out.mkdir(parents=True, exist_ok=True)
     group = ProcessGroup(cfg.out)
-    results: dict[str, Any] = {}
-    timelines: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, GuestSummary] = {}
+    timelines: dict[str, list[TimelineRow]] = {}
     try:
         addr = cfg.host
         if addr is None:
@@ -56,7 +69,7 @@ def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
         cfg.out / "timeline.png",
         title=f"host memory held per policy — {_label(cfg)} on {cfg.ram}",
     )
-    report = {
+    report: CompareReport = {
         "policies": list(cfg.policies),
         "ram": cfg.ram,
         "scenario": cfg.scenario,
@@ -70,7 +83,7 @@ def run_compare(cfg: CompareConfig, log: Any) -> dict[str, Any]:
 
 def _run_policy(
     cfg: CompareConfig, group: ProcessGroup, addr: str, policy: str
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[GuestSummary, list[TimelineRow]]:
     """One guest under ``policy`` to the end: its summary and its timeline."""
     # A policy of your own is named by a path: keep file names and ids flat.
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", policy)
@@ -101,7 +114,7 @@ def _secs(v: float | None) -> str:
     return "—" if v is None else f"{v:.1f} s"
 
 
-def format_table(report: dict[str, Any]) -> str:
+def format_table(report: CompareReport) -> str:
     header = [
         "policy",
         "reported",
@@ -116,20 +129,18 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [header]
     for policy, s in report["results"].items():
         drops = [d for d in s.get("drops", []) if d["t50_s"] is not None]
-        first = drops[0] if drops else {"t50_s": None, "t90_s": None}
-        p99 = (s.get("alloc_latency_ms") or {}).get("p99")
+        first: Drop | None = drops[0] if drops else None
+        p99 = s["alloc_latency_ms"]["p99"]
+        peak_ = s.get("host_resident_peak_bytes")
+        end = s["host_resident_bytes"]
         rows.append(
             [
                 policy,
                 format_size(s["reported_bytes"]),
-                "n/a"
-                if s.get("host_resident_bytes") is None
-                else format_size(s["host_resident_bytes"]),
-                "n/a"
-                if s.get("host_resident_peak_bytes") is None
-                else format_size(s["host_resident_peak_bytes"]),
-                _secs(first["t50_s"]),
-                _secs(first["t90_s"]),
+                "n/a" if end is None else format_size(end),
+                "n/a" if peak_ is None else format_size(peak_),
+                _secs(None if first is None else first["t50_s"]),
+                _secs(None if first is None else first["t90_s"]),
                 str(s["chains"]),
                 f"{s['worker_seconds'] * 1000:.1f} ms",
                 "n/a" if p99 is None else f"{p99 * 1000:.1f} µs",

@@ -8,13 +8,13 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from lab.plot import files_line
 from pagehint.cli_support import (
+    Subparsers,
     add_flag,
     choice,
     convert,
@@ -28,7 +28,7 @@ from pagehint.tls import load_tls
 from pagehint.units import parse_seconds
 
 
-def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "compare",
         help="run one scenario under several policies and compare them",

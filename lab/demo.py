@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from lab.analysis import drop_times, peak
 from lab.live import Ticker, progress_line
 from lab.plot import files_line, plot_files, plot_series
 from lab.procs import ProcessGroup, read_timeline, write_timelines
 from lab.table import render_table
+from pagehint.schema import GuestSummary
 from pagehint.units import format_size
 
 
@@ -35,7 +36,18 @@ def shm_available() -> bool:
     return os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
 
 
-def run_demo(cfg: DemoConfig, log: Any) -> dict[str, Any]:
+class DemoReport(TypedDict):
+    """`pagehint demo --json`, and summary.json."""
+
+    backend: str
+    guests: dict[str, GuestSummary]  # with host_resident_peak_bytes and drops
+    host_resident_end_bytes: int  # all guests together, at the end
+    data_loss_pages: int
+    elapsed_s: float
+    files: dict[str, str]
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> DemoReport:
     cfg.out.mkdir(parents=True, exist_ok=True)
     names = [f"guest-{i + 1}" for i in range(cfg.guests)]
     policy_of = {n: cfg.policies[i % len(cfg.policies)] for i, n in enumerate(names)}
@@ -55,13 +67,11 @@ def run_demo(cfg: DemoConfig, log: Any) -> dict[str, Any]:
     for n, s in summaries.items():
         s["host_resident_peak_bytes"] = peak(rows[n])
         s["drops"] = drop_times(rows[n])
-    report = {
+    report: DemoReport = {
         "backend": cfg.backend,
         "guests": summaries,
-        "host_resident_end_bytes": sum(
-            s.get("host_resident_bytes") or 0 for s in summaries.values()
-        ),
-        "data_loss_pages": sum(s.get("data_loss_pages") or 0 for s in summaries.values()),
+        "host_resident_end_bytes": sum(s["host_resident_bytes"] or 0 for s in summaries.values()),
+        "data_loss_pages": sum(s["data_loss_pages"] for s in summaries.values()),
         "elapsed_s": round(time.monotonic() - t0, 1),
         "files": plot_files(cfg.out, "timeline.jsonl", plot),
     }
@@ -75,7 +85,7 @@ def _run_guests(
     policy_of: dict[str, str],
     timelines: dict[str, Path],
     t0: float,
-) -> dict[str, Any]:
+) -> dict[str, GuestSummary]:
     """One host and the guests, all at once, with a progress line; their summaries."""
     group = ProcessGroup(cfg.out)
     try:
@@ -98,7 +108,7 @@ def _run_guests(
         group.close()
 
 
-def format_demo(report: dict[str, Any]) -> str:
+def format_demo(report: DemoReport) -> str:
     header = [
         "guest",
         "policy",
@@ -118,10 +128,10 @@ def format_demo(report: dict[str, Any]) -> str:
                 s["policy"],
                 format_size(s["reported_bytes"]),
                 format_size(s.get("host_resident_peak_bytes") or 0),
-                format_size(s.get("host_resident_bytes") or 0),
+                format_size(s["host_resident_bytes"] or 0),
                 "—" if not drops else f"{drops[0]['t90_s']:.1f} s",
                 str(s["chains"]),
-                str(s.get("data_loss_pages", 0)),
+                str(s["data_loss_pages"]),
             ]
         )
     lines = [render_table(header, rows[1:])]

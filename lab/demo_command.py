@@ -8,11 +8,11 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from pagehint.cli_support import (
+    Subparsers,
     add_flag,
     choice,
     convert,
@@ -25,7 +25,7 @@ from pagehint.logging import make_logger
 from pagehint.units import parse_seconds
 
 
-def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "demo",
         help="one host and two guests on loopback, showing hinting at work",

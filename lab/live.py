@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from pagehint.errors import UsageError
+from pagehint.schema import TimelineRow, decode
 from pagehint.units import format_size
 
 
-def last_row(path: Path) -> dict[str, Any] | None:
+def last_row(path: Path) -> TimelineRow | None:
     try:
         with path.open("rb") as f:
             f.seek(0, 2)
@@ -21,14 +23,13 @@ def last_row(path: Path) -> dict[str, Any] | None:
         return None
     for line in reversed(lines):
         try:
-            row: dict[str, Any] = json.loads(line)
-            return row
-        except ValueError:
+            return decode(TimelineRow, line)
+        except UsageError:  # the first line cut by the seek, or one half written
             continue
     return None
 
 
-def _mib(v: Any) -> str:
+def _mib(v: int | None) -> str:
     return "—" if v is None else format_size(v)
 
 
@@ -54,7 +55,7 @@ class Ticker:
         self.period = period
         self.last = 0.0
 
-    def maybe(self, line_fn: Any) -> None:
+    def maybe(self, line_fn: Callable[[], str]) -> None:
         now = time.monotonic()
         if now - self.last >= self.period:
             self.last = now

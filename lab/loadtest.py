@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import grpc
 
 from lab.plot import plot_files, plot_series
 from lab.procs import ProcessGroup, cpu_seconds
 from pagehint.errors import UsageError
+from pagehint.schema import GuestSummary, Percentiles, ResidentPoint
 from pagehint.stats import percentiles
 from pagehint.units import format_size
 from virtqueue import codec
@@ -46,19 +47,60 @@ def mem_available() -> int:
     raise UsageError("cannot read MemAvailable from /proc/meminfo")
 
 
+class HostSample(TypedDict):
+    """The host's figures, every POLL seconds (a ResidentPoint, so it plots)."""
+
+    t: float
+    host_resident_bytes: int | None
+    guests: int  # guests with a session
+    chains: int
+    mark: NotRequired[str]
+
+
+class LoadtestReport(TypedDict):
+    """`pagehint loadtest --json`, and summary.json."""
+
+    guests: int
+    guests_completed: int
+    guest_processes: int
+    guest_ram_total_bytes: int
+    host_capacity_bytes: int
+    host_resident_peak_bytes: int
+    host_resident_end_bytes: int  # the last sample with every guest connected
+    overcommit_ratio: float | None  # guest RAM / host peak
+    capacity_overcommit_ratio: float  # guest RAM / host capacity
+    elapsed_s: float
+    chains: int
+    chains_per_s: float
+    ack_latency_ms: Percentiles
+    alloc_failures: int
+    report_failures: int
+    data_loss_pages: int
+    data_loss_checked: bool  # every guest had real RAM to check (shm backend)
+    refused_chains: int | None
+    host_cpu_s: float | None
+    host_cpu_share: float | None  # of one core, over the run
+    errors: list[str]
+    backend: str
+    ramp_s: float
+    per_guest: dict[str, GuestSummary]
+    host_timeline: list[HostSample]
+    files: NotRequired[dict[str, str]]
+
+
 @dataclass
 class _Observed:
     """What a load test saw while it ran."""
 
-    host_rows: list[dict[str, Any]] = field(default_factory=list)
-    summaries: dict[str, Any] = field(default_factory=dict)
+    host_rows: list[HostSample] = field(default_factory=list)
+    summaries: dict[str, GuestSummary] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     host_stats: codec.HostFigures | None = None
     host_cpu: float | None = None
     elapsed: float = 0.0
 
 
-def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
+def run_loadtest(cfg: LoadtestConfig, log: Callable[[str], None]) -> LoadtestReport:
     cfg.out.mkdir(parents=True, exist_ok=True)
     group = ProcessGroup(cfg.out)
     names = [f"lt-{i + 1:03d}" for i in range(cfg.guests)]
@@ -93,7 +135,9 @@ def run_loadtest(cfg: LoadtestConfig, log: Any) -> dict[str, Any]:
     finally:
         group.close()
     report = _report(cfg, names, seen)
-    cap_rows = [{"t": r["t"], "host_resident_bytes": cfg.capacity_bytes} for r in seen.host_rows]
+    cap_rows: list[ResidentPoint] = [
+        {"t": r["t"], "host_resident_bytes": cfg.capacity_bytes} for r in seen.host_rows
+    ]
     plot = plot_series(
         {"host resident (all guests)": seen.host_rows, "host capacity": cap_rows},
         cfg.out / "loadtest.png",
@@ -150,12 +194,12 @@ def _watch_host(
                 r = seen.host_rows[-1]
                 log(
                     f"[{r['t']:5.1f}s] {r['guests']} guests connected, host holds "
-                    f"{format_size(r['host_resident_bytes'])}, {r['chains']} chains"
+                    f"{format_size(r['host_resident_bytes'] or 0)}, {r['chains']} chains"
                 )
             time.sleep(POLL)
 
 
-def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> dict[str, Any]:
+def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> LoadtestReport:
     acks: list[float] = []
     for n in names:
         path = cfg.out / f"{n}.acks"
@@ -164,7 +208,7 @@ def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> dict[str,
     summaries, host_rows = seen.summaries, seen.host_rows
     chains = sum(s["chains"] for s in summaries.values())
     total_ram = cfg.guests * cfg.ram_bytes
-    peak = max((r["host_resident_bytes"] for r in host_rows), default=0)
+    peak = max((v for r in host_rows if (v := r["host_resident_bytes"]) is not None), default=0)
     # "End": the last sample with every guest still connected (after that, guests
     # finishing close their sessions and the host lets their memory go).
     most = max((r["guests"] for r in host_rows), default=0)
@@ -177,7 +221,7 @@ def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> dict[str,
         "guest_ram_total_bytes": total_ram,
         "host_capacity_bytes": cfg.capacity_bytes,
         "host_resident_peak_bytes": peak,
-        "host_resident_end_bytes": full[-1]["host_resident_bytes"] if full else 0,
+        "host_resident_end_bytes": (full[-1]["host_resident_bytes"] or 0) if full else 0,
         # RAM promised to guests per byte the host actually had to hold at peak.
         "overcommit_ratio": round(total_ram / peak, 2) if peak else None,
         "capacity_overcommit_ratio": round(total_ram / cfg.capacity_bytes, 2),
@@ -187,10 +231,10 @@ def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> dict[str,
         "ack_latency_ms": percentiles(acks),
         "alloc_failures": sum(s["alloc_failures"] for s in summaries.values()),
         "report_failures": sum(s["report_failures"] for s in summaries.values()),
-        "data_loss_pages": sum(s.get("data_loss_pages") or 0 for s in summaries.values()),
+        "data_loss_pages": sum(s["data_loss_pages"] for s in summaries.values()),
         # Only the shm backend has real memory whose loss the guests can detect.
         "data_loss_checked": bool(summaries)
-        and all(s.get("data_loss_checked") for s in summaries.values()),
+        and all(s["data_loss_checked"] for s in summaries.values()),
         "refused_chains": seen.host_stats.refused_chains if seen.host_stats else None,
         # The host's CPU over the whole run, and as a share of one core.
         "host_cpu_s": None if cpu is None else round(cpu, 2),
@@ -203,10 +247,11 @@ def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> dict[str,
     }
 
 
-def format_loadtest(r: dict[str, Any]) -> str:
+def format_loadtest(r: LoadtestReport) -> str:
     lat = r["ack_latency_ms"]
+    cpu, share = r["host_cpu_s"], r["host_cpu_share"]
 
-    def ms(v: Any) -> str:
+    def ms(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f} ms"
 
     rows = [
@@ -231,9 +276,7 @@ def format_loadtest(r: dict[str, Any]) -> str:
         ("ack latency", f"p50 {ms(lat['p50'])}, p99 {ms(lat['p99'])}, max {ms(lat['max'])}"),
         (
             "host CPU",
-            "n/a"
-            if r["host_cpu_s"] is None
-            else f"{r['host_cpu_s']} s ({r['host_cpu_share'] * 100:.0f}% of one core)",
+            "n/a" if cpu is None or share is None else f"{cpu} s ({share * 100:.0f}% of one core)",
         ),
         ("alloc failures", str(r["alloc_failures"])),
         ("report failures", str(r["report_failures"])),

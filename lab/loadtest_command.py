@@ -9,11 +9,11 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from guest.hinting.plugin import parse_policies
 from lab.plot import files_line
 from pagehint.cli_support import (
+    Subparsers,
     add_flag,
     add_switch,
     choice,
@@ -29,7 +29,7 @@ from pagehint.logging import make_logger
 from pagehint.units import format_size, parse_seconds, parse_size
 
 
-def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "loadtest",
         help="many guests against one overcommitted host",

@@ -10,9 +10,16 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal
+
+from pagehint.schema import ResidentPoint
+
+if TYPE_CHECKING:  # matplotlib is optional: imported only when a plot is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 MIB = 1 << 20
+Legend = Literal["upper right", "best"]
 
 PLOTS_MISSING = "plot skipped: matplotlib is not installed (pip install 'pagehint[lab]')"
 
@@ -43,10 +50,9 @@ def files_line(files: dict[str, str]) -> str:
 
 
 def plot_series(
-    series: Mapping[str, Sequence[dict[str, Any]]],
+    series: Mapping[str, Sequence[ResidentPoint]],
     out: Path,
     title: str,
-    key: str = "host_resident_bytes",
     total: bool = False,
     ylabel: str = "host resident (MiB)",
 ) -> Path | None:
@@ -64,7 +70,7 @@ def plot_series(
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
     marks: dict[str, float] = {}
     for name, rows in series.items():
-        pts = [(r["t"], r[key] / MIB) for r in rows if r.get(key) is not None]
+        pts = [(r["t"], v / MIB) for r in rows if (v := r["host_resident_bytes"]) is not None]
         if pts:
             # Steps, not slopes: a row holds until the next one, and acknowledgement
             # rows put each drop where its chain was acknowledged.
@@ -76,24 +82,26 @@ def plot_series(
                 drawstyle="steps-post",
             )
         for r in rows:
-            if r.get("mark") and r["mark"] not in marks:
-                marks[r["mark"]] = r["t"]
+            mark = r.get("mark")
+            if mark and mark not in marks:
+                marks[mark] = r["t"]
     if total and len(series) > 1:
-        _plot_total(ax, series, key)
+        _plot_total(ax, series)
     ymax = ax.get_ylim()[1]
     for label, t in marks.items():
         ax.axvline(t, color="grey", linestyle=":", linewidth=1)
         ax.text(t, ymax * 0.98, f" {label}", rotation=90, va="top", fontsize=8, color="dimgray")
-    return _finish(plt, fig, ax, out, ("time (s)", ylabel, title), "upper right")
+    return _finish(fig, ax, out, ("time (s)", ylabel, title), "upper right")
 
 
-def plot_tradeoff(rows: Sequence[dict[str, Any]], out: Path) -> Path | None:
-    """Memory saved (GiB·s) against chains sent, one point per combination; the
-    Pareto front (most saved for fewest chains) joined by a line."""
+def plot_tradeoff(rows: Sequence[Mapping[str, object]], out: Path) -> Path | None:
+    """Memory saved (GiB·s) against chains sent, one point per combination (a sweep's
+    result rows); the Pareto front (most saved for fewest chains) joined by a line."""
     pts = [
-        (r["chains"], r["saved_gib_s"], r["combination"])
+        (float(chains), float(saved), str(r["combination"]))
         for r in rows
-        if r.get("chains") is not None and r.get("saved_gib_s") is not None
+        if isinstance(chains := r.get("chains"), int | float)
+        and isinstance(saved := r.get("saved_gib_s"), int | float)
     ]
     if not pts or not plots_available():
         return None
@@ -125,13 +133,13 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], out: Path) -> Path | None:
         "memory returned vs none (GiB·s)",
         "sweep: memory saved against cost",
     )
-    return _finish(plt, fig, ax, out, labels, "best")
+    return _finish(fig, ax, out, labels, "best")
 
 
-def _finish(
-    plt: Any, fig: Any, ax: Any, out: Path, labels: tuple[str, str, str], legend: str
-) -> Path:
+def _finish(fig: Figure, ax: Axes, out: Path, labels: tuple[str, str, str], legend: Legend) -> Path:
     """Axis labels and title, a light grid, the legend, and the PNG written."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     ax.set_title(labels[2])
@@ -143,16 +151,16 @@ def _finish(
     return out
 
 
-def _plot_total(ax: Any, series: Mapping[str, Sequence[dict[str, Any]]], key: str) -> None:
+def _plot_total(ax: Axes, series: Mapping[str, Sequence[ResidentPoint]]) -> None:
     """Each guest's last value in each half-second bin, summed across guests."""
     buckets: dict[float, float] = {}
     for rows in series.values():
         last: dict[float, float] = {}
         for r in rows:
-            if r.get(key) is not None:
-                last[round(r["t"] * 2) / 2] = r[key] / MIB
-        for b, v in last.items():
-            buckets[b] = buckets.get(b, 0.0) + v
+            if (held := r["host_resident_bytes"]) is not None:
+                last[round(r["t"] * 2) / 2] = held / MIB
+        for b, mib in last.items():
+            buckets[b] = buckets.get(b, 0.0) + mib
     if buckets:
         xs = sorted(buckets)
         ax.plot(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -11,9 +10,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pagehint.errors import UsageError
+from pagehint.schema import GuestSummary, TimelineRow, decode, read_lines, write_lines
 
 PAGEHINT = [sys.executable, "-m", "pagehint"]
 
@@ -86,7 +86,7 @@ class ProcessGroup:
         return self._spawn(["guest-group", str(spec), "--json", "--quiet"], name, out, env)
 
     def _spawn(
-        self, args: Sequence[str], name: str, stdout: Any, env: Mapping[str, str] | None
+        self, args: Sequence[str], name: str, stdout: IO[str] | int, env: Mapping[str, str] | None
     ) -> subprocess.Popen[str]:
         """A pagehint child in its own session, its stderr in ``name``.log."""
         err = (self.workdir / f"{name}.log").open("w")
@@ -104,7 +104,7 @@ class ProcessGroup:
 
     def group_summaries(
         self, p: subprocess.Popen[str], name: str, timeout: float
-    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    ) -> tuple[dict[str, GuestSummary], list[str]]:
         """({guest id: summary} for the guests that finished, [one line per failure])."""
         try:
             p.wait(timeout=timeout)
@@ -112,11 +112,11 @@ class ProcessGroup:
             p.kill()
             p.wait()
             return {}, [f"guest group {name} did not finish within {timeout:.0f} s"]
-        summaries: dict[str, dict[str, Any]] = {}
+        summaries: dict[str, GuestSummary] = {}
         for line in (self.workdir / f"{name}.out").read_text().splitlines():
             if line.strip():
-                s = json.loads(line)
-                summaries[str(s["guest_id"])] = s
+                s = decode(GuestSummary, line)
+                summaries[s["guest_id"]] = s
         errors = [
             line.removeprefix("pagehint guest-group: ")
             for line in self.log_text(name).splitlines()
@@ -130,7 +130,7 @@ class ProcessGroup:
     def log_text(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text()
 
-    def guest_summary(self, p: subprocess.Popen[str], name: str, timeout: float) -> dict[str, Any]:
+    def guest_summary(self, p: subprocess.Popen[str], name: str, timeout: float) -> GuestSummary:
         try:
             out, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -141,8 +141,10 @@ class ProcessGroup:
             lines = (self.workdir / f"{name}.log").read_text().strip().splitlines()
             last = lines[-1] if lines else f"exit {p.returncode}"
             raise UsageError(f"guest {name} failed: {last}")
-        summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        return summary
+        lines = out.strip().splitlines()
+        if not lines:
+            raise UsageError(f"guest {name} printed no summary")
+        return decode(GuestSummary, lines[-1])
 
     def stop(self, p: subprocess.Popen[str], timeout: float = 15) -> int | None:
         if p.poll() is None:
@@ -182,18 +184,14 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def read_timeline(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_timeline(path: Path) -> list[TimelineRow]:
+    return read_lines(TimelineRow, path)
 
 
 def write_timelines(
-    path: Path, rows: dict[str, list[dict[str, Any]]], label: Callable[[str], dict[str, Any]]
+    path: Path,
+    rows: Mapping[str, Sequence[TimelineRow]],
+    label: Callable[[str], Mapping[str, str]],
 ) -> None:
     """Every run's timeline rows in one JSON-lines file, each row with its run's labels."""
-    with path.open("w") as f:
-        for name, rs in rows.items():
-            tags = label(name)
-            for r in rs:
-                f.write(json.dumps({**tags, **r}) + "\n")
+    write_lines(path, ({**label(name), **r} for name, rs in rows.items() for r in rs))

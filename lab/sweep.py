@@ -20,11 +20,12 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from lab.plot import plot_files, plot_series, plot_tradeoff
 from lab.procs import ProcessGroup, read_timeline
 from pagehint.errors import UsageError
+from pagehint.schema import GuestSummary, ResidentPoint, TimelineRow
 
 GIB = 1 << 30
 # Knobs of the workload itself: the baseline runs with them too, so that a
@@ -40,6 +41,48 @@ KNOBS = {
     "rate": "--rate",
     "speed": "--speed",
 }
+
+
+class SweepRow(TypedDict):
+    """One combination's figures, averaged over its seeds (None: no run gave one).
+    In sweep.json and sweep.csv its knobs are columns of their own."""
+
+    combination: str
+    knobs: dict[str, str]
+    runs: int  # finished without error
+    saved_gib_s: float | None  # ∫ host resident dt, the baseline's minus this one's
+    t90_s: float | None  # after each free mark, to 90% of the drop
+    chains: float | None
+    worker_s: float | None
+    alloc_p99_ms: float | None
+    alloc_failures: int
+    data_loss_pages: int
+    failed_runs: int
+
+
+class FailedRun(TypedDict):
+    combination: str
+    seed: int
+    error: str
+
+
+class SweepReport(TypedDict):
+    """`pagehint sweep --json` and sweep.json (there, ``results`` are flat rows)."""
+
+    grid: dict[str, list[str]]
+    workload: list[str]
+    ram: str | None
+    duration_s: float
+    repeat: int
+    runs_planned: int
+    runs_done: int
+    runs_failed: list[FailedRun]
+    interrupted: bool
+    results: list[SweepRow]
+    pareto: list[str]
+    files: dict[str, str]
+
+
 COLUMNS = [
     "combination",
     "runs",
@@ -71,8 +114,8 @@ class SweepConfig:
 class Run:
     combo: dict[str, str]
     seed: int
-    summary: dict[str, Any] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: GuestSummary | None = None  # None: the run failed (error) or never ran
+    rows: list[TimelineRow] = field(default_factory=list)
     baseline: bool = False
     error: str | None = None
 
@@ -95,13 +138,11 @@ def combinations(grid: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
-def _resident_points(rows: Sequence[dict[str, Any]]) -> list[tuple[float, int]]:
-    return [
-        (r["t"], r["host_resident_bytes"]) for r in rows if r.get("host_resident_bytes") is not None
-    ]
+def _resident_points(rows: Sequence[ResidentPoint]) -> list[tuple[float, int]]:
+    return [(r["t"], v) for r in rows if (v := r["host_resident_bytes"]) is not None]
 
 
-def resident_area(rows: Sequence[dict[str, Any]], end: float) -> float:
+def resident_area(rows: Sequence[ResidentPoint], end: float) -> float:
     """∫ host resident dt (byte·s) as steps, from 0 to ``end``."""
     pts = _resident_points(rows)
     area = 0.0
@@ -111,7 +152,7 @@ def resident_area(rows: Sequence[dict[str, Any]], end: float) -> float:
     return area
 
 
-def time_to_90(rows: Sequence[dict[str, Any]]) -> float | None:
+def time_to_90(rows: Sequence[ResidentPoint]) -> float | None:
     """Mean time, after each free mark, for host resident to make 90% of its drop."""
     marks = [(r["t"], r["mark"]) for r in rows if r.get("mark")]
     pts = _resident_points(rows)
@@ -138,20 +179,27 @@ def _mean(values: list[float | None]) -> float | None:
     return round(statistics.fmean(got), 4) if got else None
 
 
+def flat(row: SweepRow) -> dict[str, object]:
+    """A row as sweep.json and sweep.csv have it: the knobs as columns."""
+    out: dict[str, object] = {"combination": row["combination"], **row["knobs"]}
+    out.update((k, v) for k, v in row.items() if k not in ("combination", "knobs"))
+    return out
+
+
 def aggregate(
-    runs: list[Run], baseline: dict[tuple[Any, int], Run], duration: float
-) -> list[dict[str, Any]]:
+    runs: list[Run], baseline: dict[tuple[tuple[tuple[str, str], ...], int], Run], duration: float
+) -> list[SweepRow]:
     by_combo: dict[str, list[Run]] = {}
     for r in runs:
         by_combo.setdefault(r.label, []).append(r)
-    out = []
+    out: list[SweepRow] = []
     for label, every in by_combo.items():
         rs = [r for r in every if r.error is None]
         failed = len(every) - len(rs)
         if not rs:
-            out.append({"combination": label, **every[0].combo, "runs": 0, "failed_runs": failed})
-            out[-1].update({k: None for k in COLUMNS if k not in out[-1]})
+            out.append(_no_runs(label, every[0].combo, failed))
             continue
+        summaries = [r.summary for r in rs if r.summary is not None]
         saved = []
         for r in rs:
             base = baseline.get((r.load, r.seed))
@@ -161,26 +209,40 @@ def aggregate(
         out.append(
             {
                 "combination": label,
-                **rs[0].combo,
+                "knobs": rs[0].combo,
                 "runs": len(rs),
                 "saved_gib_s": _mean(list(saved)),
                 "t90_s": _mean([time_to_90(r.rows) for r in rs]),
-                "chains": _mean([r.summary.get("chains") for r in rs]),
-                "worker_s": _mean([r.summary.get("worker_seconds") for r in rs]),
-                "alloc_p99_ms": _mean(
-                    [(r.summary.get("alloc_latency_ms") or {}).get("p99") for r in rs]
-                ),
-                "alloc_failures": sum(r.summary.get("alloc_failures") or 0 for r in rs),
-                "data_loss_pages": sum(r.summary.get("data_loss_pages") or 0 for r in rs),
+                "chains": _mean([s["chains"] for s in summaries]),
+                "worker_s": _mean([s["worker_seconds"] for s in summaries]),
+                "alloc_p99_ms": _mean([s["alloc_latency_ms"]["p99"] for s in summaries]),
+                "alloc_failures": sum(s["alloc_failures"] for s in summaries),
+                "data_loss_pages": sum(s["data_loss_pages"] for s in summaries),
                 "failed_runs": failed,
             }
         )
     return out
 
 
+def _no_runs(label: str, knobs: dict[str, str], failed: int) -> SweepRow:
+    return {
+        "combination": label,
+        "knobs": knobs,
+        "runs": 0,
+        "saved_gib_s": None,
+        "t90_s": None,
+        "chains": None,
+        "worker_s": None,
+        "alloc_p99_ms": None,
+        "alloc_failures": 0,
+        "data_loss_pages": 0,
+        "failed_runs": failed,
+    }
+
+
 def run_sweep(
     cfg: SweepConfig, log: Callable[[str], None], progress: Callable[[str], None]
-) -> dict[str, Any]:
+) -> SweepReport:
     """Run the grid; on KeyboardInterrupt stop every process and keep what finished."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     combos = combinations(cfg.grid)
@@ -229,7 +291,7 @@ def run_sweep(
     return _report(cfg, done, len(todo), interrupted)
 
 
-def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) -> dict[str, Any]:
+def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) -> SweepReport:
     baseline = {(r.load, r.seed): r for r in done if r.baseline and r.error is None}
     rows = aggregate([r for r in done if not r.baseline], baseline, cfg.duration)
     series = {r.label: r.rows for r in done if r.seed == 0 and r.rows}
@@ -238,8 +300,8 @@ def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) 
         plot = plot_series(
             series, cfg.out / "resident.png", title="sweep: host resident per combination (seed 0)"
         )
-    tradeoff = plot_tradeoff(rows, cfg.out / "tradeoff.png")
-    report = {
+    tradeoff = plot_tradeoff([flat(r) for r in rows], cfg.out / "tradeoff.png")
+    report: SweepReport = {
         "grid": {k: list(v) for k, v in cfg.grid.items()},
         "workload": list(cfg.workload_args),
         "ram": cfg.ram,
@@ -248,7 +310,9 @@ def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) 
         "runs_planned": planned,
         "runs_done": len(done),
         "runs_failed": [
-            {"combination": r.label, "seed": r.seed, "error": r.error} for r in done if r.error
+            {"combination": r.label, "seed": r.seed, "error": r.error}
+            for r in done
+            if r.error is not None
         ],
         "interrupted": interrupted,
         "results": rows,
@@ -260,19 +324,27 @@ def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) 
             **({"tradeoff": str(tradeoff)} if tradeoff else {}),
         },
     }
-    (cfg.out / "sweep.json").write_text(json.dumps(report, indent=2))
+    (cfg.out / "sweep.json").write_text(json.dumps(as_json(report), indent=2))
     with (cfg.out / "sweep.csv").open("w", newline="") as f:
         keys = [*COLUMNS, *cfg.grid]
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(flat(r) for r in rows)
     return report
 
 
-def pareto_front(rows: list[dict[str, Any]]) -> list[str]:
+def as_json(report: SweepReport) -> dict[str, object]:
+    """The report as written out: each result a flat row."""
+    return {**report, "results": [flat(r) for r in report["results"]]}
+
+
+def pareto_front(rows: list[SweepRow]) -> list[str]:
     """Combinations no other beats on both memory saved (more) and chains (fewer)."""
-    pts = [(r["combination"], r["saved_gib_s"], r["chains"]) for r in rows]
-    pts = [p for p in pts if p[1] is not None and p[2] is not None]
+    pts = [
+        (r["combination"], saved, cost)
+        for r in rows
+        if (saved := r["saved_gib_s"]) is not None and (cost := r["chains"]) is not None
+    ]
     front = []
     for name, saved, cost in pts:
         dominated = any((s >= saved and c <= cost) and (s > saved or c < cost) for _, s, c in pts)
@@ -281,7 +353,7 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[str]:
     return front
 
 
-def format_sweep(report: dict[str, Any]) -> str:
+def format_sweep(report: SweepReport) -> str:
     from lab.table import render_table
 
     front = set(report["pareto"])

@@ -8,14 +8,14 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from lab.plot import files_line
-from lab.sweep import KNOBS, SweepConfig, combinations, format_sweep, run_sweep
+from lab.sweep import KNOBS, SweepConfig, as_json, combinations, format_sweep, run_sweep
 from pagehint.cli_support import (
+    Subparsers,
     add_flag,
     choice,
     convert,
@@ -30,7 +30,7 @@ from pagehint.units import parse_seconds
 MAX_RUNS = 1000
 
 
-def add_parser(sub: Any, env: Mapping[str, str]) -> None:
+def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p = sub.add_parser(
         "sweep",
         help="run one workload across a grid of policies and knobs",
@@ -118,7 +118,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     report = run_sweep(cfg, log, progress)
     if a.json:
-        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.write(json.dumps(as_json(report)) + "\n")
     else:
         sys.stdout.write(format_sweep(report) + "\n\n" + files_line(report["files"]) + "\n")
     if report["interrupted"]:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 from pagehint.errors import UsageError
+
+# What `pagehint`'s top parser hands each command's add_parser() (of any
+# ArgumentParser class: the CLI's own, or RaisingParser).
+Subparsers: TypeAlias = "argparse._SubParsersAction[Any]"
 
 T = TypeVar("T")
 
@@ -158,13 +162,19 @@ def parse_ram(value: Any, flag: str = "--ram") -> int:
 
 
 def add_flag(
-    parser: Any, env: Mapping[str, str], *names: str, default: Any = None, **kw: Any
+    parser: argparse.ArgumentParser,
+    env: Mapping[str, str],
+    *names: str,
+    default: str | None = None,
+    **kw: Any,
 ) -> None:
     """A flag whose default comes from PAGEHINT_<FIRST NAME> when that is set."""
     parser.add_argument(*names, default=from_env(env, names[0], default), **kw)
 
 
-def add_switch(parser: Any, env: Mapping[str, str], name: str, **kw: Any) -> None:
+def add_switch(
+    parser: argparse.ArgumentParser, env: Mapping[str, str], name: str, **kw: Any
+) -> None:
     """An on/off flag, also switched on by PAGEHINT_<NAME>=true."""
     value = from_env(env, name, False)
     try:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
+from pagehint.schema import Percentiles
 
-def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+
+def percentiles(values: Sequence[float]) -> Percentiles:
     """p50, p99 and max, rounded to microseconds when the unit is ms."""
     if not values:
         return {"p50": None, "p99": None, "max": None}

@@ -8,11 +8,22 @@ its certificate is one line before anything listens or connects.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from pagehint.errors import UsageError
+
+if TYPE_CHECKING:  # both load only when TLS is used
+    import grpc
+    from cryptography import x509
+
+
+class HasAuthContext(Protocol):
+    """A gRPC servicer context, as far as identity goes."""
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
 
 
 @dataclass(frozen=True)
@@ -22,14 +33,14 @@ class TlsConfig:
     ca: bytes
     identity: str  # the certificate's common name
 
-    def server_credentials(self) -> Any:
+    def server_credentials(self) -> grpc.ServerCredentials:
         import grpc
 
         return grpc.ssl_server_credentials(
             [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
         )
 
-    def channel_credentials(self) -> Any:
+    def channel_credentials(self) -> grpc.ChannelCredentials:
         import grpc
 
         return grpc.ssl_channel_credentials(
@@ -96,7 +107,7 @@ def load_tls(
     return TlsConfig(cert_pem, key_pem, ca_pem, identity)
 
 
-def _check_use(certificate: Any, path: str, role: str) -> None:
+def _check_use(certificate: x509.Certificate, path: str, role: str) -> None:
     import datetime
 
     from cryptography import x509
@@ -121,7 +132,7 @@ def _check_use(certificate: Any, path: str, role: str) -> None:
         raise UsageError(f"--tls-cert {path}: not made for a {role} (its extended key usage)")
 
 
-def peer_identity(context: Any) -> tuple[str, bool] | None:
+def peer_identity(context: HasAuthContext) -> tuple[str, bool] | None:
     """The client certificate's (common name, is admin), or None without TLS.
 
     Read from the certificate itself (gRPC hands its PEM over), not by matching
@@ -134,9 +145,9 @@ def peer_identity(context: Any) -> tuple[str, bool] | None:
     from pagehint.certs import ADMIN_UNIT
 
     auth = context.auth_context() or {}
-    if auth.get("transport_security_type") != [b"ssl"]:
+    if list(auth.get("transport_security_type") or ()) != [b"ssl"]:
         return None
-    pems = auth.get("x509_pem_cert") or []
+    pems = list(auth.get("x509_pem_cert") or [])
     if not pems:
         return None
     try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -35,6 +34,7 @@ from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
+from pagehint.schema import ReportRecord, encode
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.codec import Accepted, ChainMsg, GuestFigures, Negotiation, TouchedMsg, UsedMsg
@@ -167,7 +167,7 @@ class BalloonDriver:
     def _log_report(self, chain: Outstanding, used: UsedMsg) -> None:
         assert self.report_log is not None
         fenced = used.reason in ("fenced_done", "cancelled")
-        record = {
+        record: ReportRecord = {
             "chain": chain.id,
             "t_sent": round(chain.sent_at - self.epoch, 4),
             "t_answered": round(time.monotonic() - self.epoch, 4),
@@ -180,7 +180,7 @@ class BalloonDriver:
             "host_resident_bytes": None if fenced else used.resident_bytes,
         }
         try:
-            self.report_log.write(json.dumps(record) + "\n")
+            self.report_log.write(encode(record) + "\n")
         except OSError as e:
             # The log is a by-product: losing it must not lose the report (its
             # blocks still have to go back). Say so once and stop writing it.

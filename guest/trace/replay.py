@@ -38,11 +38,11 @@ from __future__ import annotations
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
 
 from guest.mm.constants import ALLOCATED, MAX_ORDER, MIN_RAM, PAGE_SIZE, RAM_ALIGN
 from guest.trace.parse import FREE, Trace
 from guest.workloads.base import WorkloadContext
+from pagehint.schema import TraceSummary
 
 MAPPINGS = ("identity", "compact")
 UNTOUCHED = ("free", "allocated")  # pages the trace never names, at the start
@@ -259,7 +259,7 @@ async def replay(
         ctx.stats.free_ops += stats.frees
 
 
-def summary(plan: ReplayPlan, stats: ReplayStats, speed: float | None) -> dict[str, Any]:
+def summary(plan: ReplayPlan, stats: ReplayStats, speed: float | None) -> TraceSummary:
     t = plan.trace
     rng = t.pfn_range
     return {

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from lab.procs import PAGEHINT, ProcessGroup
+from pagehint.schema import GuestSummary, field_names
 
 __all__ = ["PAGEHINT", "Procs", "free_port", "procs", "run_cli", "wait_until"]
 
@@ -52,8 +53,12 @@ class Procs:
         """The guest's JSON summary (it must exit 0), with its log as ``_stderr``."""
         name = self.names[p.pid]
         summary = self.group.guest_summary(p, name, timeout)
-        summary["_stderr"] = self.group.log_text(name)
-        return summary
+        # Every real run checks the schema: no field the schema does not document.
+        unknown = set(summary) - set(field_names(GuestSummary))
+        assert not unknown, f"summary fields missing from pagehint.schema: {sorted(unknown)}"
+        out: dict[str, Any] = dict(summary)
+        out["_stderr"] = self.group.log_text(name)
+        return out
 
 
 def run_cli(args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pagehint.schema import ReportRecord, TimelineRow, field_names, read_lines
 from tests.integration.procs import Procs
 
 MEMHOG = Path(__file__).resolve().parents[2] / "guest" / "workloads" / "scenarios" / "memhog.toml"
@@ -15,7 +16,9 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def run(procs: Procs, tmp: Path, backend: str) -> tuple[list[dict[str, Any]], ...]:
+def run(
+    procs: Procs, tmp: Path, backend: str
+) -> tuple[list[TimelineRow], list[ReportRecord], list[dict[str, Any]]]:
     chain_log = tmp / f"{backend}.chains.jsonl"
     addr, host = procs.host("--backend", backend, "--chain-log", str(chain_log))
     tl, reports = tmp / f"{backend}.timeline.jsonl", tmp / f"{backend}.reports.jsonl"
@@ -26,10 +29,14 @@ def run(procs: Procs, tmp: Path, backend: str) -> tuple[list[dict[str, Any]], ..
     )  # fmt: skip
     assert s["reported_bytes"] > 0
     procs.group.stop(host)  # SIGTERM: the host closes its chain log
-    return lines(tl), lines(reports), lines(chain_log)
+    # The guest's own records through the schema's decoder (it checks their fields).
+    rows, records = read_lines(TimelineRow, tl), read_lines(ReportRecord, reports)
+    names = set(field_names(TimelineRow))
+    assert all(set(r) <= names for r in rows)
+    return rows, records, lines(chain_log)
 
 
-def test_the_first_drop_appears_within_20ms_of_its_acknowledgement(
+def test_the_first_drop_appears_with_its_acknowledgement_not_a_period_later(
     procs: Procs, tmp_path: Path
 ) -> None:
     rows, reports, _ = run(procs, tmp_path, "shm")
@@ -41,9 +48,13 @@ def test_the_first_drop_appears_within_20ms_of_its_acknowledgement(
     )
     # Usually the ack's own row; with shm a periodic row read between the host's
     # discard and the answer's arrival may show it first (the kernel's count is
-    # read at that moment) — either way within 20 ms of the acknowledgement.
+    # read at that moment). Either way it lies in the chain's flight: not before
+    # the chain was sent, and not a sampling period (100 ms) after its answer —
+    # the ack row is written at most 10 ms after it; 50 ms leaves room for a
+    # loaded machine's scheduling without letting a periodic row pass for it.
     assert first_drop["event"] in ("ack", "sample"), first_drop
-    assert abs(first_drop["t"] - first_ack["t_answered"]) <= 0.020, (first_drop, first_ack)
+    assert first_ack["t_sent"] <= first_drop["t"], (first_drop, first_ack)
+    assert first_drop["t"] - first_ack["t_answered"] <= 0.050, (first_drop, first_ack)
 
 
 def test_every_ack_row_matches_the_hosts_own_record(procs: Procs, tmp_path: Path) -> None:

@@ -5,29 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from guest.report import format_summary
+from pagehint.schema import GuestSummary
+from tests.records import guest_summary
 
 
-def summary(**extra: Any) -> dict[str, Any]:
-    s: dict[str, Any] = {
-        "guest_id": "g1",
-        "ram_bytes": 1 << 30,
-        "policy": "reporting",
-        "backend": "shm",
-        "reported_bytes": 3 << 20,
-        "chains": 2,
-        "report_failures": 0,
-        "free_bytes": 512 << 20,
-        "reportable_free_bytes": 256 << 20,
-        "isolated_peak_bytes": 128 << 20,
-        "report_failures_by_reason": {},
-        "host_resident_bytes": 100 << 20,
-        "ack_latency_ms": {"p50": 0.5, "p99": 2.0, "max": 3.0},
-        "alloc_ops": 10,
-        "alloc_failures": 0,
-        "data_loss_pages": 0,
-    }
-    s.update(extra)
-    return s
+def summary(**extra: Any) -> GuestSummary:
+    return guest_summary(backend="shm", **extra)
 
 
 def test_the_rows_a_user_reads() -> None:

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 from lab.live import Ticker, last_row, progress_line
+from tests.records import timeline_row
 
 
 def row(**kw: object) -> str:
     base = {"free_bytes": 1 << 20, "isolated_bytes": 0, "reported_bytes": 2 << 20}
-    return json.dumps({**base, "host_resident_bytes": None, **kw}) + "\n"
+    return json.dumps(dict(timeline_row(0, None, **base), **kw)) + "\n"
 
 
 def test_the_last_complete_row_even_with_a_half_written_one(tmp_path: Path) -> None:
@@ -19,6 +20,10 @@ def test_the_last_complete_row_even_with_a_half_written_one(tmp_path: Path) -> N
     p.write_text(row(t=1) + row(t=2) + '{"t": 3, "free_')
     got = last_row(p)
     assert got is not None and got["t"] == 2
+    # A line that is JSON but not a timeline row is skipped too, not shown as one.
+    p.write_text(row(t=1) + '{"t": 2}\n')
+    got = last_row(p)
+    assert got is not None and got["t"] == 1
     assert last_row(tmp_path / "missing") is None
 
 

@@ -7,6 +7,7 @@ import pytest
 from lab.sweep import Run, aggregate, combinations, pareto_front, resident_area, time_to_90
 from lab.sweep_command import parse_grid
 from pagehint.errors import UsageError
+from tests.records import guest_summary
 
 GIB = 1 << 30
 
@@ -30,10 +31,10 @@ def test_time_to_90_after_each_free_mark() -> None:
 
 
 def test_saved_area_against_the_baseline_and_the_front() -> None:
-    base = Run({"policy": "none"}, 0, {}, rows((0, 1)))
-    good = Run({"policy": "reporting"}, 0, {"chains": 10}, rows((0, 1), (1, 0)))
-    cheap = Run({"policy": "bitmap"}, 0, {"chains": 2}, rows((0, 1), (3, 0)))
-    worse = Run({"policy": "x:Y"}, 0, {"chains": 20}, rows((0, 1), (2, 0)))
+    base = Run({"policy": "none"}, 0, guest_summary(), rows((0, 1)))
+    good = Run({"policy": "reporting"}, 0, guest_summary(chains=10), rows((0, 1), (1, 0)))
+    cheap = Run({"policy": "bitmap"}, 0, guest_summary(chains=2), rows((0, 1), (3, 0)))
+    worse = Run({"policy": "x:Y"}, 0, guest_summary(chains=20), rows((0, 1), (2, 0)))
     out = aggregate([good, cheap, worse], {((), 0): base}, duration=4)
     saved = {r["combination"]: r["saved_gib_s"] for r in out}
     assert saved == {"policy=reporting": 3.0, "policy=bitmap": 1.0, "policy=x:Y": 2.0}
@@ -58,17 +59,21 @@ def test_grid_parsing() -> None:
 
 
 def test_each_workload_setting_has_its_own_baseline() -> None:
-    base_fast = Run({"policy": "none", "speed": "max"}, 0, {}, rows((0, 2)), baseline=True)
-    base_slow = Run({"policy": "none", "speed": "1"}, 0, {}, rows((0, 1)), baseline=True)
-    fast = Run({"policy": "reporting", "speed": "max"}, 0, {"chains": 1}, rows((0, 0)))
-    slow = Run({"policy": "reporting", "speed": "1"}, 0, {"chains": 1}, rows((0, 0)))
+    base_fast = Run(
+        {"policy": "none", "speed": "max"}, 0, guest_summary(), rows((0, 2)), baseline=True
+    )
+    base_slow = Run(
+        {"policy": "none", "speed": "1"}, 0, guest_summary(), rows((0, 1)), baseline=True
+    )
+    fast = Run({"policy": "reporting", "speed": "max"}, 0, guest_summary(chains=1), rows((0, 0)))
+    slow = Run({"policy": "reporting", "speed": "1"}, 0, guest_summary(chains=1), rows((0, 0)))
     baseline = {(r.load, r.seed): r for r in (base_fast, base_slow)}
     out = {r["combination"]: r["saved_gib_s"] for r in aggregate([fast, slow], baseline, 1)}
     assert out == {"policy=reporting speed=max": 2.0, "policy=reporting speed=1": 1.0}
 
 
 def test_a_failed_run_is_a_row_not_a_crash() -> None:
-    ok = Run({"policy": "reporting"}, 0, {"chains": 3}, rows((0, 0)))
+    ok = Run({"policy": "reporting"}, 0, guest_summary(chains=3), rows((0, 0)))
     bad = Run({"policy": "reporting"}, 1, error="guest run002 failed: boom")
     (row,) = aggregate([ok, bad], {}, 1)
     assert row["runs"] == 1 and row["failed_runs"] == 1 and row["chains"] == 3

@@ -1,0 +1,233 @@
+"""What a guest reports, typed once: its end-of-run summary, its timeline rows and
+its per-chain report log, with the one JSON encoder and decoder everyone uses.
+
+A guest writes these (guest.runtime, guest.service, guest.balloon.driver); the
+lab commands, the tests and anyone scripting around pagehint read them. The
+field comments below are the reference; README's "What the output means"
+explains the headline ones.
+
+The decoder checks what it can cheaply check (an object, with the required keys
+of the record's kind) and fails with one plain line: a summary from a different
+version or a truncated line is a clear error, not a KeyError three calls later.
+"""
+
+# No `from __future__ import annotations` here: TypedDict reads NotRequired from
+# evaluated annotations only (with strings, every key counts as required).
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Literal, NotRequired, TypedDict, TypeVar, cast, get_type_hints
+
+from pagehint.errors import UsageError
+
+
+class Percentiles(TypedDict):
+    """Of a set of latencies, in ms (None: no samples)."""
+
+    p50: float | None
+    p99: float | None
+    max: float | None
+
+
+class Mark(TypedDict):
+    t: float  # seconds since the guest started
+    label: str  # a scenario's `mark` step, or trace-start / trace-end
+
+
+class TraceSummary(TypedDict):
+    """A `--trace` replay (guest.trace.replay.summary)."""
+
+    file: str
+    events: int  # allocation and free events the trace holds
+    replayed: int  # of them, replayed before the run ended
+    allocs: int
+    frees: int
+    speed: float | None  # None: as fast as possible (--speed max)
+    seconds: float  # wall time the replay took
+    events_per_s: int | None
+    trace_seconds: float  # the trace's own span, by its clock
+    behind_s: float  # how far the replay fell behind the trace clock at worst
+    mapping: str  # --trace-map: identity | compact
+    pfn_range: list[str] | None  # [first, last] pfn in the trace, hex
+    initially_allocated_pages: int  # allocated before the first event (freed later)
+    inconsistencies: dict[str, int]  # events the allocator could not apply, by kind
+    substituted: int  # allocations of blocks under report that took another block
+    untouched_allocated_pages: int  # pages the trace never names, held allocated
+    seconds_clock: bool  # the trace's clock is seconds (not a counter)
+    batched_only: bool  # frees known only from mm_page_free_batched
+    lost_markers: int
+    skipped_events: dict[str, int]  # other tracepoints in the file, by name
+    failed_allocs_in_trace: int
+    lost_events: int
+    batched_duplicates: int
+    malformed_lines: int
+
+
+class Drop(TypedDict):
+    """After a mark whose label holds "free": how fast the host's figure fell."""
+
+    mark: str
+    t: float  # the mark's time
+    drop_bytes: int  # from the peak after the mark to the low before the next free
+    t50_s: float | None  # seconds from the mark to half the drop (None: no drop)
+    t90_s: float | None
+
+
+class GuestSummary(TypedDict):
+    """One guest's end of run: the last line `pagehint guest --json` prints.
+
+    Sizes are bytes; host_* figures are what the host said (None: it said
+    nothing, e.g. no host). Counters are over the whole run.
+    """
+
+    guest_id: str
+    policy: str  # bitmap | reporting | none | a plugin's module:Class
+    ram_bytes: int
+    duration_s: float
+    reported_bytes: int  # acknowledged by a host (DONE), every session
+    reported_blocks: int
+    chains: int  # reports (virtqueue chains) acknowledged
+    report_failures: int  # chains that came back refused/failed, or never came back
+    report_failures_by_reason: dict[str, int]
+    isolation_refused: int
+    abandoned_reports: int  # left isolated because the host never answered
+    abandoned_bytes: int
+    stale_bits: int  # bitmap policy: bits whose block was gone when the worker looked
+    walks: int
+    isolated_peak_bytes: int
+    worker_seconds: float
+    free_bytes: int
+    reportable_free_bytes: int  # free, in blocks of the reporting order or larger
+    host_resident_bytes: int | None
+    ack_latency_ms: Percentiles  # send to acknowledgement, per chain
+    alloc_ops: int
+    alloc_failures: int
+    alloc_latency_ms: Percentiles
+    data_loss_pages: int  # pages whose contents were lost (shm backend only)
+    data_loss_checked: bool  # False: nothing could check (not real guest RAM)
+    stopped_by_signal: bool
+    isolated_bytes: int  # still isolated at the end: non-zero only if abandoned
+    allocated_bytes: int
+    invariants: str | None  # "ok", "broken: ...", or None (--no-check)
+    marks: list[Mark]
+    timeline_error: str | None  # why --timeline stopped being written
+    policy_errors: list[str]  # contract breaks of a policy (docs/policies.md)
+    trace: TraceSummary | None
+    # Set by the guest service (guest.service), after the run:
+    backend: NotRequired[str]  # loopback | the host's backend (sim, shm, ...)
+    ack_log_error: NotRequired[str | None]
+    poison_errors: NotRequired[int]
+    pages_checked: NotRequired[int]
+    host_reported_bytes: NotRequired[int | None]
+    host_chains: NotRequired[int | None]
+    host_refused_chains: NotRequired[int | None]
+    host_failed_chains: NotRequired[int | None]
+    host_poison_skipped_chains: NotRequired[int | None]
+    host_measured_by_kernel: NotRequired[bool]  # host_resident_bytes read from the kernel
+    reported_bytes_this_host: NotRequired[int]  # since the last host (re)start
+    host_connects: NotRequired[int]
+    fences: NotRequired[int]
+    fenced_done_chains: NotRequired[int]
+    fenced_cancelled_chains: NotRequired[int]
+    stalled_reports: NotRequired[int]
+    touched_bytes_sent: NotRequired[int]
+    # Added by the lab commands (demo, compare) from the guest's timeline:
+    host_resident_peak_bytes: NotRequired[int | None]
+    drops: NotRequired[list[Drop]]
+
+
+class ResidentPoint(TypedDict):
+    """What plots and drop timing read of a row: every TimelineRow is one, and so
+    are the lab's own series (the loadtest's host-wide samples)."""
+
+    t: float
+    host_resident_bytes: int | None
+    mark: NotRequired[str]
+
+
+Event = Literal["sample", "mark", "ack", "end"]
+
+
+class TimelineRow(TypedDict):
+    """One line of `--timeline`: periodic ("sample", every 0.1 s), at a mark, at
+    acknowledgements (at most 100 rows/s), and one at the end."""
+
+    t: float  # seconds since the guest started
+    event: Event
+    free_bytes: int
+    isolated_bytes: int  # taken off the free lists, under report
+    allocated_bytes: int
+    reported_bytes: int  # acknowledged so far
+    host_resident_bytes: int | None  # what the host holds for this guest (None: unknown)
+    mark: NotRequired[str]  # event "mark": its label
+    chain: NotRequired[int]  # event "ack": the last chain acknowledged DONE
+
+
+class ReportRecord(TypedDict):
+    """One line of `--reports`: a chain, from send to answer."""
+
+    chain: int
+    t_sent: float  # seconds since the driver started
+    t_answered: float
+    ranges: list[list[int]]  # [pfn, order] per range
+    bytes: int
+    status: str  # done | refused | discard_failed
+    reason: str
+    host_resident_bytes: int | None  # right after its discard (None: settled by a fence)
+
+
+R = TypeVar("R", GuestSummary, TimelineRow, ReportRecord)
+
+
+# Resolved once: the decoder runs per timeline line. (A TypedDict class keeps
+# them in its namespace; the type checker does not know the attribute.)
+_REQUIRED: dict[type, frozenset[str]] = {
+    k: frozenset(vars(k)["__required_keys__"]) for k in (GuestSummary, TimelineRow, ReportRecord)
+}
+_NAMES: dict[type, str] = {
+    GuestSummary: "guest summary",
+    TimelineRow: "timeline row",
+    ReportRecord: "report record",
+}
+
+
+def decode(kind: type[R], text: str | bytes) -> R:
+    """One record from its JSON text; UsageError (one line) if it is not one."""
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"not a {_NAMES[kind]}: invalid JSON ({e})") from None
+    return check(kind, obj)
+
+
+def check(kind: type[R], obj: object) -> R:
+    """``obj`` (decoded JSON) as a ``kind``, if it has that kind's required keys."""
+    if not isinstance(obj, dict):
+        raise UsageError(f"not a {_NAMES[kind]}: a JSON {type(obj).__name__}, not an object")
+    missing = _REQUIRED[kind] - obj.keys()
+    if missing:
+        raise UsageError(f"not a {_NAMES[kind]}: missing {', '.join(sorted(missing))}")
+    return cast(R, obj)
+
+
+def encode(record: Mapping[str, object]) -> str:
+    """One record as one JSON line (no newline)."""
+    return json.dumps(record)
+
+
+def read_lines(kind: type[R], path: Path) -> list[R]:
+    """Every record of a JSON-lines file (a timeline, a report log); [] if absent."""
+    if not path.exists():
+        return []
+    return [decode(kind, line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def field_names(kind: type[object]) -> list[str]:
+    """The documented fields of a record kind, in order (for docs and tests)."""
+    return list(get_type_hints(kind))
+
+
+def write_lines(path: Path, records: Iterable[Mapping[str, object]]) -> None:
+    with path.open("w") as f:
+        for r in records:
+            f.write(encode(r) + "\n")

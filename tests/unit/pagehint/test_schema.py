@@ -1,0 +1,79 @@
+"""pagehint.schema: the records a guest writes are the records the schema names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guest.runtime import GuestRuntime
+from guest.workloads.scenario import parse_scenario
+from pagehint.config import GuestConfig, HintingConfig
+from pagehint.errors import UsageError
+from pagehint.schema import (
+    GuestSummary,
+    ReportRecord,
+    TimelineRow,
+    check,
+    decode,
+    encode,
+    field_names,
+    read_lines,
+)
+
+
+def _keys(kind: type) -> tuple[set[str], set[str]]:
+    return set(vars(kind)["__required_keys__"]), set(vars(kind)["__optional_keys__"])
+
+
+def test_optional_fields_are_optional() -> None:
+    # NotRequired survives only evaluated annotations: this is what decode relies on.
+    required, optional = _keys(TimelineRow)
+    assert optional == {"mark", "chain"} and "t" in required
+    required, optional = _keys(GuestSummary)
+    assert {"backend", "host_chains", "drops"} <= optional and "guest_id" in required
+
+
+async def test_a_real_run_writes_exactly_the_schema(tmp_path: Path) -> None:
+    timeline = tmp_path / "t.jsonl"
+    steps = '[[steps]]\nop = "alloc"\nsize = "8MiB"\nname = "a"\n'
+    steps += '[[steps]]\nop = "mark"\nlabel = "free"\n[[steps]]\nop = "free"\nname = "a"\n'
+    cfg = GuestConfig(
+        ram_bytes=64 << 20,
+        duration=0.5,
+        timeline=str(timeline),
+        hinting=HintingConfig(policy="reporting"),
+    )
+    summary = await GuestRuntime(cfg, scenario=parse_scenario(steps)).run()
+    required, _ = _keys(GuestSummary)
+    # The runtime writes every required field and none that the schema lacks; the
+    # optional ones are the service's and the lab's additions.
+    assert set(summary) == required
+    rows = read_lines(TimelineRow, timeline)
+    assert {r["event"] for r in rows} >= {"sample", "mark", "end"}
+    names = set(field_names(TimelineRow))
+    for r in rows:
+        assert set(r) <= names
+    assert decode(GuestSummary, encode(summary)) == summary
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not a guest summary: invalid JSON"),
+        ("[1, 2]", "not a guest summary: a JSON list, not an object"),
+        ('{"guest_id": "g"}', "not a guest summary: missing abandoned_bytes, "),
+    ],
+)
+def test_what_is_not_a_summary_is_one_plain_line(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match="^" + message.replace("[", r"\[")) as e:
+        decode(GuestSummary, text)
+    assert "\n" not in str(e.value)
+
+
+def test_report_records_and_rows_check_their_own_fields() -> None:
+    with pytest.raises(UsageError, match="not a report record: missing bytes, chain"):
+        check(ReportRecord, {"t_sent": 0.0, "t_answered": 0.1, "ranges": [], "status": "done",
+                             "reason": "", "host_resident_bytes": None})  # fmt: skip
+    with pytest.raises(UsageError, match="not a timeline row: missing"):
+        check(TimelineRow, {"t": 1.0})
