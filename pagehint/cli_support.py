@@ -123,11 +123,10 @@ def parse_address(text: str, flag: str, allow_port_zero: bool = False) -> str:
     return text
 
 
-MAX_RATE = 10_000_000.0  # allocator operations per second: far above what Python reaches
-
-
 def ops_rate(text: str) -> float:
     """A workload's operations per second: positive and at most MAX_RATE."""
+    from pagehint.config import MAX_RATE
+
     x = positive_float(text)
     if x > MAX_RATE:
         raise UsageError(f"{x:g} operations per second is above the limit of {MAX_RATE:,.0f}")

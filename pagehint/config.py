@@ -1,19 +1,92 @@
 """Every knob in one place: frozen dataclasses built once from flags and PAGEHINT_* env.
 
-No other module reads os.environ: the CLI passes the environment in here.
+The types validate themselves (``__post_init__``), as uvicorn's Config does: a
+value out of range, or two settings that do not go together, is a ConfigError
+naming the flag that sets it, however the config was built (the CLI, a lab
+command, a test). The CLI only parses text into values and maps flags to
+fields. No other module reads os.environ: the CLI passes the environment in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from pagehint.errors import UsageError
+from pagehint.units import format_size
+from virtqueue.contract import MAX_ORDER, PAGEBLOCK_ORDER, ram_size_problem
 
 if TYPE_CHECKING:
     from pagehint.tls import TlsConfig
 
-from virtqueue.contract import PAGEBLOCK_ORDER
-
 LOOPS = ("auto", "uvloop", "asyncio")
+BACKENDS = ("sim", "shm")
+DISCARDS = ("free", "dontneed")
+TRACE_MAPPINGS = ("identity", "compact")  # where a trace's pfns land: guest/trace/replay.py
+TRACE_UNTOUCHED = ("free", "allocated")  # pages a trace never names, at the start
+MAX_CAPACITY = 512  # blocks per report
+MAX_RATE = 10_000_000.0  # allocator operations per second: far above what Python reaches
+MAX_SPEED = 1e6
+
+
+class ConfigError(UsageError):
+    """A setting out of its range, or settings that do not go together (one line)."""
+
+
+# A check answers None (fine) or what is wrong with the value.
+Check = Callable[[object], str | None]
+
+
+def between(lo: float, hi: float) -> Check:
+    def check(v: object) -> str | None:
+        ok = isinstance(v, int | float) and lo <= v <= hi
+        return None if ok else f"must be {_show(lo)}..{_show(hi)}"
+
+    return check
+
+
+def at_least(lo: float, strict: bool = False) -> Check:
+    def check(v: object) -> str | None:
+        ok = isinstance(v, int | float) and (v > lo if strict else v >= lo) and v != float("inf")
+        return None if ok else f"must be {'above' if strict else 'at least'} {lo:g}"
+
+    return check
+
+
+def one_of(choices: Sequence[str]) -> Check:
+    def check(v: object) -> str | None:
+        return None if v in choices else f"unknown value (choose from {', '.join(choices)})"
+
+    return check
+
+
+def optional(inner: Check) -> Check:
+    return lambda v: None if v is None else inner(v)
+
+
+def _show(v: object) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _ops_rate(v: object) -> str | None:
+    if isinstance(v, int | float) and 0 < v <= MAX_RATE:
+        return None
+    return f"must be above 0 and at most {MAX_RATE:,.0f} operations per second"
+
+
+def validate(obj: object, rules: Sequence[tuple[str, str, Check]]) -> None:
+    """Raise ConfigError at the first (field, flag, check) that ``obj`` fails."""
+    for name, flag, check in rules:
+        value = getattr(obj, name)
+        problem = check(value)
+        if problem is not None:
+            raise ConfigError(f"{flag} {_show(value)}: {problem}")
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -51,6 +124,22 @@ class HintingConfig:
     # loss isolation prevents (README "What the demo shows").
     unsafe_skip_isolation: bool = False
 
+    def __post_init__(self) -> None:
+        validate(
+            self,
+            (
+                ("order", "--hinting-order", between(0, MAX_ORDER)),
+                ("capacity", "--capacity", optional(between(1, MAX_CAPACITY))),
+                ("threshold", "--threshold", optional(at_least(1))),
+                ("delay", "--delay", at_least(0)),
+                ("budget_divisor", "budget divisor", at_least(1)),
+                ("stop_grace", "--stop-grace", at_least(0)),
+                ("bitmap_flush_after", "--flush-after", at_least(0)),
+                ("backoff_min", "backoff", at_least(0, strict=True)),
+                ("backoff_max", "backoff", at_least(self.backoff_min)),
+            ),
+        )
+
     def effective_threshold(self) -> int:
         return self.threshold if self.threshold is not None else self.effective_capacity()
 
@@ -73,6 +162,16 @@ class TraceConfig:
     lenient: bool = False
     # free | allocated: the pages the trace never names, at the start.
     untouched: str = "free"
+
+    def __post_init__(self) -> None:
+        validate(
+            self,
+            (
+                ("speed", "--speed", optional(between(1e-3, MAX_SPEED))),
+                ("mapping", "--trace-map", one_of(TRACE_MAPPINGS)),
+                ("untouched", "--trace-untouched", one_of(TRACE_UNTOUCHED)),
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -119,6 +218,44 @@ class GuestConfig:
     hinting: HintingConfig = field(default_factory=HintingConfig)
     trace: TraceConfig | None = None
 
+    def __post_init__(self) -> None:
+        problem = ram_size_problem(self.ram_bytes)
+        require(problem is None, f"--ram {format_size(self.ram_bytes)}: {problem}")
+        validate(
+            self,
+            (
+                ("rate", "--rate", _ops_rate),
+                ("duration", "--duration", optional(at_least(0, strict=True))),
+                ("loop", "--loop", one_of(LOOPS)),
+                ("metrics_port", "--metrics-port", optional(between(0, 65535))),
+                ("poison", "--poison", optional(between(0, 255))),
+                ("connect_timeout", "--connect-timeout", at_least(0, strict=True)),
+                ("stall_warning", "--stall-warning", at_least(0, strict=True)),
+                ("start_delay", "--start-delay", at_least(0)),
+                ("touch_batch", "touch batch", at_least(1)),
+                ("touch_flush_seconds", "touch flush", at_least(0, strict=True)),
+                ("reconnect_min", "reconnect backoff", at_least(0, strict=True)),
+                ("reconnect_max", "reconnect backoff", at_least(self.reconnect_min)),
+            ),
+        )
+        runs = (self.workload, self.scenario, self.trace)
+        require(
+            sum(x is not None for x in runs) <= 1, "give one of --workload, --scenario and --trace"
+        )
+        token = self.token
+        require(
+            token is None or (token.isascii() and token.isprintable() and len(token) <= 256),
+            "--token: must be printable ASCII, at most 256 characters",
+        )
+        require(
+            self.reports is None or self.host is not None,
+            "--reports logs the host's answers: give --host too",
+        )
+        require(
+            (self.tls is None and token is None) or self.host is not None,
+            "--tls-* and --token are for a host connection: give --host too",
+        )
+
 
 @dataclass(frozen=True)
 class HostConfig:
@@ -158,3 +295,26 @@ class HostConfig:
     # The host's own record: one JSON line per chain (wall time, guest, chain id,
     # status, the guest's resident bytes right after it).
     chain_log: str | None = None
+
+    def __post_init__(self) -> None:
+        validate(
+            self,
+            (
+                ("backend", "--backend", one_of(BACKENDS)),
+                ("discard", "--discard", one_of(DISCARDS)),
+                ("capacity_bytes", "--memory-limit", optional(at_least(1))),
+                ("queue_size", "--queue-size", between(1, 32768)),
+                ("max_chain_ranges", "--max-chain-ranges", between(1, 4096)),
+                ("session_timeout", "--session-timeout", at_least(0, strict=True)),
+                ("loop", "--loop", one_of(LOOPS)),
+                ("metrics_port", "--metrics-port", optional(between(0, 65535))),
+                ("drain_seconds", "drain", at_least(0)),
+                ("latency", "--latency", at_least(0)),
+                ("min_order", "--min-order", between(0, MAX_ORDER)),
+                ("inject_refuse", "--inject-refuse", between(0, 1)),
+                ("inject_discard_error", "--inject-discard-error", between(0, 1)),
+                ("fault_seed", "--fault-seed", between(0, 2**63)),
+                ("max_sessions", "--max-sessions", between(1, 1_000_000)),
+            ),
+        )
+        require(not (self.tls and self.tokens), "give mutual TLS (--tls-*) or --tokens, not both")

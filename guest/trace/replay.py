@@ -42,10 +42,12 @@ from dataclasses import dataclass, field
 from guest.mm.constants import ALLOCATED, MAX_ORDER, MIN_RAM, PAGE_SIZE, RAM_ALIGN
 from guest.trace.parse import FREE, Trace
 from guest.workloads.base import WorkloadContext
+from pagehint.config import TRACE_MAPPINGS, TRACE_UNTOUCHED
 from pagehint.schema import TraceSummary
 
-MAPPINGS = ("identity", "compact")
-UNTOUCHED = ("free", "allocated")  # pages the trace never names, at the start
+# The vocabulary is the config's (pagehint/config.py checks it there).
+MAPPINGS = TRACE_MAPPINGS
+UNTOUCHED = TRACE_UNTOUCHED
 TICK_MASK = 63  # events between counting ticks (a power of two, minus one)
 _MAX_BLOCK = 1 << MAX_ORDER
 

@@ -26,7 +26,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["guest", "--scenario", "/nonexistent.toml"], "scenario /nonexistent.toml: cannot read"),
         (["guest", "--duration", "x"], "--duration"),
         (["guest", "--duration", "1", "--hinting-order", "12"], "must be 0..10"),
-        (["guest", "--workload", "churn", "--rate", "1e12"], "--rate: 1e+12 operations"),
+        (["guest", "--workload", "churn", "--rate", "1e12"], "--rate 1e+12: must be above 0"),
         (["guest", "--duration", "1", "--start-delay", "-1"], "--start-delay"),
     ],
 )
