@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
-from lab.analysis import drop_times, peak
-from lab.plot import plot_files, plot_series
-from lab.procs import ProcessGroup, read_timeline, write_timelines
+from lab.pipeline import collect, publish_timelines, write_report
+from lab.procs import ProcessGroup
 from lab.table import render_table
 from pagehint.schema import Drop, GuestSummary, TimelineRow
 from pagehint.units import format_size
@@ -63,10 +61,10 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None]) -> CompareReport
             results[policy], timelines[policy] = _run_policy(cfg, group, addr, policy)
     finally:
         group.close()
-    write_timelines(cfg.out / "timeline.jsonl", timelines, lambda policy: {"policy": policy})
-    plot = plot_series(
+    files = publish_timelines(
+        cfg.out,
         timelines,
-        cfg.out / "timeline.png",
+        lambda policy: {"policy": policy},
         title=f"host memory held per policy — {_label(cfg)} on {cfg.ram}",
     )
     report: CompareReport = {
@@ -75,9 +73,9 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None]) -> CompareReport
         "scenario": cfg.scenario,
         "workload": cfg.workload,
         "results": results,
-        "files": plot_files(cfg.out, "timeline.jsonl", plot),
+        "files": files,
     }
-    (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
+    write_report(cfg.out, report)
     return report
 
 
@@ -99,11 +97,7 @@ def _run_policy(
     if cfg.duration is not None:
         args += ["--duration", str(cfg.duration)]
     p = group.start_guest(args, name, env=cfg.guest_env)
-    summary = group.guest_summary(p, name, timeout=(cfg.duration or 120) + 120)
-    rows = read_timeline(tl)
-    summary["host_resident_peak_bytes"] = peak(rows)
-    summary["drops"] = drop_times(rows)
-    return summary, rows
+    return collect(group, p, name, tl, timeout=(cfg.duration or 120) + 120)
 
 
 def _label(cfg: CompareConfig) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -11,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from lab.analysis import drop_times, peak
 from lab.live import Ticker, progress_line
-from lab.plot import files_line, plot_files, plot_series
-from lab.procs import ProcessGroup, read_timeline, write_timelines
+from lab.pipeline import publish_timelines, with_figures, write_report
+from lab.plot import files_line
+from lab.procs import ProcessGroup, read_timeline
 from lab.table import render_table
 from pagehint.schema import GuestSummary
 from pagehint.units import format_size
@@ -55,27 +54,25 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> DemoReport:
     t0 = time.monotonic()
     summaries = _run_guests(cfg, log, policy_of, timelines, t0)
     rows = {n: read_timeline(timelines[n]) for n in names}
-    write_timelines(
-        cfg.out / "timeline.jsonl", rows, lambda n: {"guest": n, "policy": policy_of[n]}
-    )
-    plot = plot_series(
-        {f"{n} ({policy_of[n]})": rs for n, rs in rows.items()},
-        cfg.out / "timeline.png",
+    files = publish_timelines(
+        cfg.out,
+        rows,
+        lambda n: {"guest": n, "policy": policy_of[n]},
         title=f"pagehint demo — host memory per guest ({cfg.backend} backend)",
+        legend=lambda n: f"{n} ({policy_of[n]})",
         total=True,
     )
     for n, s in summaries.items():
-        s["host_resident_peak_bytes"] = peak(rows[n])
-        s["drops"] = drop_times(rows[n])
+        with_figures(s, rows[n])
     report: DemoReport = {
         "backend": cfg.backend,
         "guests": summaries,
         "host_resident_end_bytes": sum(s["host_resident_bytes"] or 0 for s in summaries.values()),
         "data_loss_pages": sum(s["data_loss_pages"] for s in summaries.values()),
         "elapsed_s": round(time.monotonic() - t0, 1),
-        "files": plot_files(cfg.out, "timeline.jsonl", plot),
+        "files": files,
     }
-    (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
+    write_report(cfg.out, report)
     return report
 
 

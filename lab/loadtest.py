@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import NotRequired, TypedDict
 
 import grpc
 
+from lab.pipeline import write_report
 from lab.plot import plot_files, plot_series
 from lab.procs import ProcessGroup, cpu_seconds
 from pagehint.errors import UsageError
@@ -145,7 +145,7 @@ def run_loadtest(cfg: LoadtestConfig, log: Callable[[str], None]) -> LoadtestRep
         f"({format_size(cfg.guests * cfg.ram_bytes)} promised)",
     )
     report["files"] = plot_files(cfg.out, None, plot)
-    (cfg.out / "summary.json").write_text(json.dumps(report, indent=2))
+    write_report(cfg.out, report)
     return report
 
 

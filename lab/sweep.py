@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
+from lab.pipeline import collect, write_report
 from lab.plot import plot_files, plot_series, plot_tradeoff
-from lab.procs import ProcessGroup, read_timeline
+from lab.procs import ProcessGroup
 from pagehint.errors import UsageError
 from pagehint.schema import GuestSummary, ResidentPoint, TimelineRow
 
@@ -276,8 +276,9 @@ def run_sweep(
                 procs.append((run, name, group.start_guest(args, name)))
             for run, name, p in procs:
                 try:
-                    run.summary = group.guest_summary(p, name, timeout=cfg.duration + 120)
-                    run.rows = read_timeline(cfg.out / f"{name}.timeline.jsonl")
+                    run.summary, run.rows = collect(
+                        group, p, name, cfg.out / f"{name}.timeline.jsonl", cfg.duration + 120
+                    )
                 except UsageError as e:  # this run failed; the others go on
                     run.error = str(e)
                 done.append(run)
@@ -324,7 +325,7 @@ def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) 
             **({"tradeoff": str(tradeoff)} if tradeoff else {}),
         },
     }
-    (cfg.out / "sweep.json").write_text(json.dumps(as_json(report), indent=2))
+    write_report(cfg.out, as_json(report), "sweep.json")
     with (cfg.out / "sweep.csv").open("w", newline="") as f:
         keys = [*COLUMNS, *cfg.grid]
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
