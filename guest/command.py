@@ -16,11 +16,13 @@ from pagehint.cli_support import (
     Subparsers,
     add_flag,
     add_switch,
+    add_verbosity,
     check_writable,
     choice,
     convert,
     parse_address,
     parse_ram,
+    verbosity,
 )
 from pagehint.config import GuestConfig, HintingConfig, TraceConfig
 from pagehint.errors import UsageError
@@ -214,7 +216,7 @@ def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         default="0",
         help="wait this long before booting (loadtest --ramp spreads guests' starts with it)",
     )
-    add_switch(p, e, "--quiet", help="no event log on stderr")
+    add_verbosity(p, e)
 
 
 def expand_id(text: str) -> str:
@@ -365,7 +367,8 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise UsageError("nothing to run: give --workload, --scenario, --trace or --duration")
     from guest.service import run_guest
 
-    summary = run_guest(cfg, quiet=bool(a.quiet))
+    quiet, verbose = verbosity(a)
+    summary = run_guest(cfg, quiet=quiet, verbose=verbose)
     if cfg.json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from pagehint.cli_support import RaisingParser, Subparsers, add_switch
+from pagehint.cli_support import RaisingParser, Subparsers, add_switch, add_verbosity, verbosity
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
 from pagehint.schema import GuestSummary
@@ -40,7 +40,7 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     )
     p.add_argument("file", help="file with one guest's flags per line")
     add_switch(p, env, "--json", help="print one JSON summary line per guest")
-    add_switch(p, env, "--quiet", help="no event log on stderr")
+    add_verbosity(p, env)
     p.set_defaults(handler=run)
 
 
@@ -144,7 +144,9 @@ def _parse_line(
         raise UsageError(f"{where}: not a guest's flags") from None
 
 
-async def run_group(configs: list[GuestConfig], quiet: bool) -> list[GuestSummary | BaseException]:
+async def run_group(
+    configs: list[GuestConfig], quiet: bool, verbose: bool = False
+) -> list[GuestSummary | BaseException]:
     from guest.service import StopSignals, serve_guest
     from guest.workloads import share
 
@@ -157,7 +159,8 @@ async def run_group(configs: list[GuestConfig], quiet: bool) -> list[GuestSummar
     signals.install()
     try:
         results = await asyncio.gather(
-            *(serve_guest(cfg, quiet, signals) for cfg in configs), return_exceptions=True
+            *(serve_guest(cfg, quiet, signals, verbose) for cfg in configs),
+            return_exceptions=True,
         )
     finally:
         share.shared = None
@@ -173,7 +176,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise UsageError(
             f"{a.file}: guests ask for different --loop values; one process has one loop"
         )
-    results = event_loop.run(run_group(configs, bool(a.quiet)), loops.pop())
+    results = event_loop.run(run_group(configs, *verbosity(a)), loops.pop())
     failed = 0
     for cfg, result in zip(configs, results, strict=True):
         if isinstance(result, UsageError):

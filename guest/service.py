@@ -30,14 +30,17 @@ Log = Callable[[str], None]
 
 
 async def serve_guest(
-    cfg: GuestConfig, quiet: bool = False, signals: StopSignals | None = None
+    cfg: GuestConfig,
+    quiet: bool = False,
+    signals: StopSignals | None = None,
+    verbose: bool = False,
 ) -> GuestSummary:
     """Run one guest to its end; ``signals`` is shared by the guests of a group
     (a lone guest installs its own)."""
     if signals is None:
         signals = StopSignals()
         signals.install()
-    log = make_logger(f"guest[{cfg.guest_id}]", quiet, guest=cfg.guest_id)
+    log = make_logger(f"guest[{cfg.guest_id}]", quiet, verbose, guest=cfg.guest_id)
     await signals.before_boot(cfg.start_delay)
     mm = BuddyAllocator(cfg.ram_bytes)
     driver: BalloonDriver | None = None
@@ -282,5 +285,5 @@ def _start_metrics(
     return server
 
 
-def run_guest(cfg: GuestConfig, quiet: bool = False) -> GuestSummary:
-    return event_loop.run(serve_guest(cfg, quiet), cfg.loop)
+def run_guest(cfg: GuestConfig, quiet: bool = False, verbose: bool = False) -> GuestSummary:
+    return event_loop.run(serve_guest(cfg, quiet, verbose=verbose), cfg.loop)

@@ -11,10 +11,11 @@ from pagehint import loop as event_loop
 from pagehint.cli_support import (
     Subparsers,
     add_flag,
-    add_switch,
+    add_verbosity,
     check_writable,
     convert,
     parse_address,
+    verbosity,
 )
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
@@ -137,7 +138,7 @@ def _faults(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         help="fault injection: fail this fraction of discards with EIO (0..1)",
     )
     add_flag(p, e, "--fault-seed", default="0", help="random seed of the fault injection")
-    add_switch(p, e, "--quiet")
+    add_verbosity(p, e)
 
 
 def config_from_args(a: argparse.Namespace) -> HostConfig:
@@ -213,5 +214,5 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     cfg = config_from_args(a)
     from host.server import serve
 
-    log = make_logger("host", bool(a.quiet))
+    log = make_logger("host", *verbosity(a))
     return event_loop.run(serve(cfg, log, a.ready_file), cfg.loop)

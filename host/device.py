@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from host.memory.base import GuestRam, MemoryBackend
+from pagehint.logging import debug_of
 from pagehint.ratelog import RateLimitedLog
 from pagehint.stats import LatencyHistogram
 from virtqueue import codec
@@ -237,6 +238,7 @@ class BalloonDevice:
         self.peak_resident_pages = 0
         self.chain_histogram = LatencyHistogram()
         self.log = log or (lambda _m: None)
+        self._debug = debug_of(log)  # -v: a line per chain
         # One line per reason per interval, however many chains are refused.
         self.problems = RateLimitedLog(self.log)
 
@@ -461,6 +463,19 @@ class BalloonDevice:
     ) -> UsedMsg | None:
         """Check and discard one chain; its answer, or None if its session has ended
         (a fence cancelled it: nothing was discarded, and nobody is listening)."""
+        used = self._handle_report(s, chain_id, pfns, orders)
+        if self._debug is not None and used is not None:
+            why = f" ({used.reason})" if used.reason else ""
+            self._debug(
+                f"guest {s.guest_id} chain {chain_id}: {len(pfns)} ranges, "
+                f"{codec.STATUS_NAMES.get(used.status, used.status)}{why}, "
+                f"{used.discarded_pages} pages discarded, resident {used.resident_bytes >> 20} MiB"
+            )
+        return used
+
+    def _handle_report(
+        self, s: Session, chain_id: int, pfns: Sequence[int], orders: Sequence[int]
+    ) -> UsedMsg | None:
         if s.ended:
             return None
         try:

@@ -171,6 +171,25 @@ def add_flag(
     parser.add_argument(*names, default=from_env(env, names[0], default), **kw)
 
 
+def add_verbosity(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """--quiet (no event lines) and -v/--verbose (a line per chain too)."""
+    add_switch(parser, env, "--quiet", help="no event log on stderr")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=to_bool(from_env(env, "--verbose", False)),
+        help="debug lines too: each chain sent and answered",
+    )
+
+
+def verbosity(a: argparse.Namespace) -> tuple[bool, bool]:
+    """(quiet, verbose) from the flags of add_verbosity."""
+    if a.quiet and a.verbose:
+        raise UsageError("give --quiet or --verbose, not both")
+    return bool(a.quiet), bool(a.verbose)
+
+
 def add_switch(
     parser: argparse.ArgumentParser, env: Mapping[str, str], name: str, **kw: Any
 ) -> None:

@@ -34,6 +34,7 @@ from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
+from pagehint.logging import debug_of
 from pagehint.schema import ReportRecord, encode
 from virtqueue import codec
 from virtqueue import features as F
@@ -66,6 +67,7 @@ class BalloonDriver:
         self.cfg = cfg
         self.mm = mm
         self.log = log
+        self._debug = debug_of(log)  # -v: a line per chain
         self.address = cfg.host or "(injected transport)"
         # What the policy needs; the host's answer may raise the order.
         self.min_order = cfg.hinting.order
@@ -149,6 +151,8 @@ class BalloonDriver:
                 self.window.close(chain)
         if self.report_log is not None:
             self._log_report(chain, used)
+        if self._debug is not None:
+            self._debug_chain(chain, used)
         if used.status != codec.DONE:
             name = codec.STATUS_NAMES.get(used.status, str(used.status))
             why = f"{used.reason}: {used.detail}" if used.detail else used.reason
@@ -163,6 +167,15 @@ class BalloonDriver:
             self.last_done_resident = used.resident_bytes
         if used.discarded_pages:
             self.touches.discarded(batch)
+
+    def _debug_chain(self, chain: Outstanding, used: UsedMsg) -> None:
+        assert self._debug is not None
+        ms = (time.monotonic() - chain.sent_at) * 1000
+        why = f" ({used.reason})" if used.reason else ""
+        self._debug(
+            f"chain {chain.id}: {len(chain.batch)} ranges, {chain.pages} pages, "
+            f"{codec.STATUS_NAMES.get(used.status, str(used.status))}{why} in {ms:.2f} ms"
+        )
 
     def _log_report(self, chain: Outstanding, used: UsedMsg) -> None:
         assert self.report_log is not None

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pagehint.logging import make_logger
+from pagehint.logging import debug_of, make_logger
 
 
 def test_records_carry_source_and_fields(caplog: pytest.LogCaptureFixture) -> None:
@@ -28,3 +28,23 @@ def test_the_line_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     make_logger("sweep")("host on 127.0.0.1:1")
     err = capsys.readouterr().err
     assert re.fullmatch(r"\d\d:\d\d:\d\d sweep: host on 127\.0\.0\.1:1\n", err), err
+
+
+def test_verbose_adds_debug_lines_and_only_then(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="pagehint")
+    plain, verbose = make_logger("host"), make_logger("host", verbose=True)
+    plain.debug("chain 1 plain")
+    verbose.debug("chain 1 verbose")
+    got = [
+        (r.getMessage(), r.levelno) for r in caplog.records if r.getMessage().startswith("chain")
+    ]
+    assert got == [("chain 1 verbose", logging.DEBUG)]
+    # Hot paths ask once: a debug function only where -v asked for one.
+    assert debug_of(plain) is None and debug_of(lambda _m: None) is None
+    assert debug_of(verbose) is not None
+
+
+def test_quiet_and_verbose_do_not_go_together() -> None:
+    from pagehint.cli import main
+
+    assert main(["guest", "--duration", "1", "--quiet", "-v"], env={}) == 2
