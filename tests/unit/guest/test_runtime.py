@@ -1,0 +1,78 @@
+"""GuestRuntime: the run's lifetime, its timeline rows, and a timeline that cannot
+be written (the run goes on)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+from guest.hinting.device import LoopbackDevice
+from guest.runtime import ACK_ROW_INTERVAL, GuestRuntime
+from guest.workloads.scenario import parse_scenario
+from pagehint.config import GuestConfig, HintingConfig
+from pagehint.schema import TimelineRow, read_lines
+
+ALLOC_FREE = (
+    '[[steps]]\nop = "alloc"\nsize = "32MiB"\nname = "a"\n'
+    '[[steps]]\nop = "mark"\nlabel = "free"\n'
+    '[[steps]]\nop = "free"\nname = "a"\n'
+)
+
+
+def _cfg(tmp: Path | None, duration: float = 1.0, **kw: object) -> GuestConfig:
+    return GuestConfig(
+        ram_bytes=128 << 20,
+        duration=duration,
+        timeline=None if tmp is None else str(tmp),
+        hinting=HintingConfig(policy="reporting", delay=0.0),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_acks_get_rows_of_their_own_at_a_bounded_rate(tmp_path: Path) -> None:
+    tl = tmp_path / "t.jsonl"
+    rt = GuestRuntime(
+        _cfg(tl), device=LoopbackDevice(delay=0.001), scenario=parse_scenario(ALLOC_FREE)
+    )
+    s = await rt.run()
+    assert s["reported_bytes"] > 0
+    rows = read_lines(TimelineRow, tl)
+    acks = [r for r in rows if r["event"] == "ack"]
+    assert acks, [r["event"] for r in rows]
+    # At most one ack row per ACK_ROW_INTERVAL (times are rounded to 0.1 ms).
+    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(acks)]
+    assert all(g >= ACK_ROW_INTERVAL - 2e-4 for g in gaps), gaps
+    assert rows[-1]["event"] == "end" and rows[-1]["reported_bytes"] == s["reported_bytes"]
+    marks = [r for r in rows if r["event"] == "mark"]
+    assert [m.get("mark") for m in marks] == ["free"]
+
+
+async def test_an_early_workload_idles_until_the_duration() -> None:
+    t0 = time.monotonic()
+    s = await GuestRuntime(_cfg(None, duration=0.6), scenario=parse_scenario(ALLOC_FREE)).run()
+    assert time.monotonic() - t0 >= 0.55
+    assert s["duration_s"] >= 0.55 and not s["stopped_by_signal"]
+
+
+async def test_stop_ends_the_run_before_its_duration() -> None:
+    rt = GuestRuntime(_cfg(None, duration=60), scenario=parse_scenario(ALLOC_FREE))
+    run = asyncio.create_task(rt.run())
+    await asyncio.sleep(0.2)
+    rt.ctx.stop.set()
+    s = await asyncio.wait_for(run, 10)
+    assert s["duration_s"] < 30
+
+
+async def test_a_timeline_that_cannot_be_written_does_not_stop_the_run() -> None:
+    lines: list[str] = []
+    rt = GuestRuntime(
+        _cfg(Path("/dev/full"), duration=0.3),
+        scenario=parse_scenario(ALLOC_FREE),
+        log=lines.append,
+    )
+    s = await rt.run()
+    assert s["timeline_error"] == "No space left on device"
+    assert s["invariants"] is None and s["reported_bytes"] >= 0
+    assert sum("--timeline: cannot write" in line for line in lines) == 1

@@ -1,0 +1,75 @@
+"""The guest service: a whole guest in process — loopback, an unreachable host,
+and stop requests that come before boot, while connecting, or while running."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from guest.service import StopSignals, serve_guest
+from pagehint.config import GuestConfig, HintingConfig
+from pagehint.errors import UsageError
+
+
+def _cfg(**kw: object) -> GuestConfig:
+    base: dict[str, object] = {
+        "ram_bytes": 128 << 20,
+        "duration": 0.3,
+        "workload": "memhog",
+        "hinting": HintingConfig(policy="reporting", delay=0.0),
+    }
+    base.update(kw)
+    return GuestConfig(**base)  # type: ignore[arg-type]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_without_a_host_reports_go_to_the_loopback_device(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        '[[steps]]\nop = "alloc"\nsize = "32MiB"\nname = "a"\n[[steps]]\nop = "free"\nname = "a"\n'
+    )
+    cfg = _cfg(workload=None, scenario=str(scenario), duration=0.5)
+    s = await serve_guest(cfg, quiet=True, signals=StopSignals())
+    assert s["backend"] == "loopback" and s["reported_bytes"] > 0
+    assert s["data_loss_checked"] is False and "host_chains" not in s
+
+
+async def test_an_unreachable_host_is_one_line_after_the_connect_timeout() -> None:
+    cfg = _cfg(host=f"127.0.0.1:{_closed_port()}", connect_timeout=0.5)
+    with pytest.raises(UsageError) as e:
+        await asyncio.wait_for(serve_guest(cfg, quiet=True, signals=StopSignals()), 20)
+    assert "\n" not in str(e.value) and "127.0.0.1" in str(e.value)
+
+
+async def test_a_stop_before_boot_starts_nothing() -> None:
+    signals = StopSignals()
+    signals.stop()
+    with pytest.raises(UsageError, match="before it started"):
+        await serve_guest(_cfg(start_delay=5.0), quiet=True, signals=signals)
+
+
+async def test_a_stop_while_connecting_gives_up_the_connection() -> None:
+    signals = StopSignals()
+    cfg = _cfg(host=f"127.0.0.1:{_closed_port()}", connect_timeout=30.0)
+    run = asyncio.create_task(serve_guest(cfg, quiet=True, signals=signals))
+    await asyncio.sleep(0.3)
+    signals.stop()
+    with pytest.raises(UsageError, match="while connecting"):
+        await asyncio.wait_for(run, 10)
+
+
+async def test_a_stop_while_running_ends_the_run_with_its_summary() -> None:
+    signals = StopSignals()
+    run = asyncio.create_task(serve_guest(_cfg(duration=60), quiet=True, signals=signals))
+    await asyncio.sleep(0.3)
+    signals.stop()
+    s = await asyncio.wait_for(run, 10)
+    assert s["stopped_by_signal"] and s["duration_s"] < 30
