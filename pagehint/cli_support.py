@@ -41,7 +41,7 @@ def from_env(env: Mapping[str, str], flag: str, default: T) -> T | str:
     return env.get(env_name(flag), default)
 
 
-def convert(value: Any, fn: Callable[[str], T], flag: str) -> T:
+def convert(value: object, fn: Callable[[str], T], flag: str) -> T:
     """Convert a flag's value (which may come from the environment) or raise UsageError."""
     try:
         return fn(str(value))
@@ -51,7 +51,7 @@ def convert(value: Any, fn: Callable[[str], T], flag: str) -> T:
         raise UsageError(f"{flag}: bad value {value!r}") from None
 
 
-def to_bool(value: Any) -> bool:
+def to_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
     v = str(value).strip().lower()
@@ -147,7 +147,7 @@ def positive_float(text: str) -> float:
     return x
 
 
-def parse_ram(value: Any, flag: str = "--ram") -> int:
+def parse_ram(value: object, flag: str = "--ram") -> int:
     """A guest RAM size: parsed, and within the contract's limits (whole top-order
     blocks, 64 MiB to 64 GiB: virtqueue/contract.py)."""
     from pagehint.units import parse_size

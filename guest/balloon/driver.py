@@ -27,7 +27,13 @@ from typing import IO, Any
 
 from guest.balloon.connection import Backoff, Connection, SessionUnusable
 from guest.balloon.touches import TouchTracker
-from guest.balloon.transport import GrpcTransport, NegotiationRefused, Transport, TransportError
+from guest.balloon.transport import (
+    GrpcTransport,
+    NegotiationRefused,
+    Stream,
+    Transport,
+    TransportError,
+)
 from guest.balloon.window import ChainWindow, Outstanding
 from guest.hinting.device import Block, ReportError
 from guest.mm.buddy import BuddyAllocator
@@ -217,7 +223,7 @@ class BalloonDriver:
             except TransportError as e:
                 self.conn.lost(stream, str(e))
 
-    async def _send_touches(self, stream: Any) -> None:
+    async def _send_touches(self, stream: Stream) -> None:
         while self.touches.runs:
             runs = self.touches.take()
             await stream.write(TouchedMsg([p for p, _ in runs], [n for _, n in runs]))

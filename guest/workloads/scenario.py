@@ -25,7 +25,6 @@ import asyncio
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from guest.mm.constants import MAX_ORDER
 from guest.workloads.base import WorkloadContext
@@ -104,7 +103,7 @@ class _Parser:
     def fail(self, where: str, msg: str) -> UsageError:
         return UsageError(f"scenario {self.path}: {where}: {msg}")
 
-    def steps(self, raw: Any, where: str, names: set[str], depth: int = 0) -> tuple[Step, ...]:
+    def steps(self, raw: object, where: str, names: set[str], depth: int = 0) -> tuple[Step, ...]:
         self.count += len(raw) if isinstance(raw, list) else 0
         if self.count > MAX_STEPS:
             raise self.fail(where, f"more than {MAX_STEPS} steps (use repeat)")
@@ -116,7 +115,7 @@ class _Parser:
             self.step(item, f"{where}[{i + 1}]", names, depth) for i, item in enumerate(raw)
         )
 
-    def step(self, raw: Any, where: str, names: set[str], depth: int = 0) -> Step:
+    def step(self, raw: object, where: str, names: set[str], depth: int = 0) -> Step:
         if not isinstance(raw, dict):
             raise self.fail(where, "a step must be a table with an 'op'")
         op = raw.get("op")
@@ -166,17 +165,17 @@ class _Parser:
         count = self.integer(raw["count"], where, "count", 1, 1_000_000)
         return Repeat(count, self.steps(raw["steps"], f"{where}.steps", names, depth + 1))
 
-    def string(self, v: Any, where: str, field: str) -> str:
+    def string(self, v: object, where: str, field: str) -> str:
         if not isinstance(v, str) or not v:
             raise self.fail(where, f"{field} must be a non-empty string, got {v!r}")
         return v
 
-    def integer(self, v: Any, where: str, field: str, lo: int, hi: int) -> int:
+    def integer(self, v: object, where: str, field: str, lo: int, hi: int) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise self.fail(where, f"{field} must be an integer in {lo}..{hi}, got {v!r}")
         return v
 
-    def number(self, v: Any, where: str, field: str, lo: float, hi: float) -> float:
+    def number(self, v: object, where: str, field: str, lo: float, hi: float) -> float:
         if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
             raise self.fail(where, f"{field} must be a number in {lo:g}..{hi:g}, got {v!r}")
         return float(v)
