@@ -226,8 +226,8 @@ class GuestRuntime:
             "isolated_peak_bytes": st.isolated_peak_pages * PAGE_SIZE,
             "worker_seconds": round(st.worker_seconds, 4),
             "free_bytes": self.mm.free_bytes,
-            "reportable_free_bytes": self.mm.free_pages_at_or_above(self.cfg.hinting.order)
-            * PAGE_SIZE,
+            # The policy's order: a host's --min-order may have raised the flag's.
+            "reportable_free_bytes": self.mm.free_pages_at_or_above(self.policy.order) * PAGE_SIZE,
             "host_resident_bytes": self.host_resident(),
             "ack_latency_ms": percentiles(st.ack_latency_ms),
             "alloc_ops": self.ctx.stats.alloc_ops,

@@ -46,7 +46,7 @@ from pagehint.stats import LatencyHistogram
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.codec import Fence, GuestFigures, HostFigures, UsedMsg
-from virtqueue.contract import MAX_GUEST_RAM, MAX_ORDER, PAGE_SIZE
+from virtqueue.contract import MAX_ORDER, PAGE_SIZE, ram_size_problem
 
 _second = operator.itemgetter(1)
 _SIZES = tuple(1 << o for o in range(MAX_ORDER + 1))  # pages in a block of each order
@@ -194,10 +194,9 @@ def _check_offer(
         raise NegotiationError("guest_id must be 1..128 printable characters")
     if page_size != PAGE_SIZE:
         raise NegotiationError(f"page size {page_size} unsupported (only {PAGE_SIZE})")
-    if not 0 < ram_bytes <= MAX_GUEST_RAM or ram_bytes % (PAGE_SIZE << MAX_ORDER):
-        raise NegotiationError(
-            f"RAM size {ram_bytes} must be 4 MiB-aligned and at most {MAX_GUEST_RAM}"
-        )
+    problem = ram_size_problem(ram_bytes)  # the guest's own rule (virtqueue/contract.py)
+    if problem is not None:
+        raise NegotiationError(problem)
     if not F.has(offered, F.REPORTING):
         raise NegotiationError("the guest did not offer VIRTIO_BALLOON_F_REPORTING")
     if poison_val > 0xFF:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from pagehint.errors import UsageError
 from pagehint.units import format_size
@@ -25,7 +25,10 @@ BACKENDS = ("sim", "shm")
 DISCARDS = ("free", "dontneed")
 TRACE_MAPPINGS = ("identity", "compact")  # where a trace's pfns land: guest/trace/replay.py
 TRACE_UNTOUCHED = ("free", "allocated")  # pages a trace never names, at the start
+BUILTIN_POLICIES = ("bitmap", "reporting", "none")  # else MODULE:CLASS or FILE.py:CLASS
+WORKLOADS = ("churn", "fragment", "memhog")  # guest/workloads/builtin.py
 MAX_CAPACITY = 512  # blocks per report
+MAX_COUNT = 1_000_000_000  # any other count a flag takes (--threshold)
 MAX_RATE = 10_000_000.0  # allocator operations per second: far above what Python reaches
 MAX_SPEED = 1e6
 
@@ -38,20 +41,43 @@ class ConfigError(UsageError):
 Check = Callable[[object], str | None]
 
 
-def between(lo: float, hi: float) -> Check:
+def _number(v: object, whole: bool) -> TypeGuard[float]:
+    # bool is an int to Python, never a count or a time to us.
+    kinds = int if whole else (int, float)
+    return isinstance(v, kinds) and not isinstance(v, bool)
+
+
+def between(lo: float, hi: float, whole: bool = False) -> Check:
+    """A number from ``lo`` to ``hi``; ``whole``: an int (a count, an order, a port)."""
+
     def check(v: object) -> str | None:
-        ok = isinstance(v, int | float) and lo <= v <= hi
-        return None if ok else f"must be {_show(lo)}..{_show(hi)}"
+        ok = _number(v, whole) and lo <= v <= hi
+        kind = "a whole number " if whole and not _number(v, True) else ""
+        return None if ok else f"must be {kind}{_show(lo)}..{_show(hi)}"
 
     return check
 
 
-def at_least(lo: float, strict: bool = False) -> Check:
+def at_least(lo: float, strict: bool = False, whole: bool = False) -> Check:
     def check(v: object) -> str | None:
-        ok = isinstance(v, int | float) and (v > lo if strict else v >= lo) and v != float("inf")
+        ok = _number(v, whole) and (v > lo if strict else v >= lo) and v != float("inf")
         return None if ok else f"must be {'above' if strict else 'at least'} {lo:g}"
 
     return check
+
+
+def _policy_name(v: object) -> str | None:
+    # Only the form: loading a MODULE:CLASS is the guest's (guest/hinting/plugin.py).
+    if v in BUILTIN_POLICIES or (isinstance(v, str) and ":" in v):
+        return None
+    return f"unknown policy (choose from {', '.join(BUILTIN_POLICIES)}, or MODULE:CLASS)"
+
+
+def _guest_id(v: object) -> str | None:
+    # The host's own rule (host/device.py _check_offer), checked before connecting.
+    if isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable():
+        return None
+    return "must be 1..128 printable characters"
 
 
 def one_of(choices: Sequence[str]) -> Check:
@@ -128,11 +154,12 @@ class HintingConfig:
         validate(
             self,
             (
-                ("order", "--hinting-order", between(0, MAX_ORDER)),
-                ("capacity", "--capacity", optional(between(1, MAX_CAPACITY))),
-                ("threshold", "--threshold", optional(at_least(1))),
+                ("policy", "--policy", _policy_name),
+                ("order", "--hinting-order", between(0, MAX_ORDER, whole=True)),
+                ("capacity", "--capacity", optional(between(1, MAX_CAPACITY, whole=True))),
+                ("threshold", "--threshold", optional(between(1, MAX_COUNT, whole=True))),
                 ("delay", "--delay", at_least(0)),
-                ("budget_divisor", "budget divisor", at_least(1)),
+                ("budget_divisor", "budget divisor", between(1, MAX_COUNT, whole=True)),
                 ("stop_grace", "--stop-grace", at_least(0)),
                 ("bitmap_flush_after", "--flush-after", at_least(0)),
                 ("backoff_min", "backoff", at_least(0, strict=True)),
@@ -224,15 +251,17 @@ class GuestConfig:
         validate(
             self,
             (
+                ("guest_id", "--id", _guest_id),
+                ("workload", "--workload", optional(one_of(WORKLOADS))),
                 ("rate", "--rate", _ops_rate),
                 ("duration", "--duration", optional(at_least(0, strict=True))),
                 ("loop", "--loop", one_of(LOOPS)),
-                ("metrics_port", "--metrics-port", optional(between(0, 65535))),
-                ("poison", "--poison", optional(between(0, 255))),
+                ("metrics_port", "--metrics-port", optional(between(0, 65535, whole=True))),
+                ("poison", "--poison", optional(between(0, 255, whole=True))),
                 ("connect_timeout", "--connect-timeout", at_least(0, strict=True)),
                 ("stall_warning", "--stall-warning", at_least(0, strict=True)),
                 ("start_delay", "--start-delay", at_least(0)),
-                ("touch_batch", "touch batch", at_least(1)),
+                ("touch_batch", "touch batch", between(1, MAX_COUNT, whole=True)),
                 ("touch_flush_seconds", "touch flush", at_least(0, strict=True)),
                 ("reconnect_min", "reconnect backoff", at_least(0, strict=True)),
                 ("reconnect_max", "reconnect backoff", at_least(self.reconnect_min)),
@@ -302,19 +331,19 @@ class HostConfig:
             (
                 ("backend", "--backend", one_of(BACKENDS)),
                 ("discard", "--discard", one_of(DISCARDS)),
-                ("capacity_bytes", "--memory-limit", optional(at_least(1))),
-                ("queue_size", "--queue-size", between(1, 32768)),
-                ("max_chain_ranges", "--max-chain-ranges", between(1, 4096)),
+                ("capacity_bytes", "--memory-limit", optional(at_least(1, whole=True))),
+                ("queue_size", "--queue-size", between(1, 32768, whole=True)),
+                ("max_chain_ranges", "--max-chain-ranges", between(1, 4096, whole=True)),
                 ("session_timeout", "--session-timeout", at_least(0, strict=True)),
                 ("loop", "--loop", one_of(LOOPS)),
-                ("metrics_port", "--metrics-port", optional(between(0, 65535))),
+                ("metrics_port", "--metrics-port", optional(between(0, 65535, whole=True))),
                 ("drain_seconds", "drain", at_least(0)),
                 ("latency", "--latency", at_least(0)),
-                ("min_order", "--min-order", between(0, MAX_ORDER)),
+                ("min_order", "--min-order", between(0, MAX_ORDER, whole=True)),
                 ("inject_refuse", "--inject-refuse", between(0, 1)),
                 ("inject_discard_error", "--inject-discard-error", between(0, 1)),
-                ("fault_seed", "--fault-seed", between(0, 2**63)),
-                ("max_sessions", "--max-sessions", between(1, 1_000_000)),
+                ("fault_seed", "--fault-seed", between(0, 2**63, whole=True)),
+                ("max_sessions", "--max-sessions", between(1, 1_000_000, whole=True)),
             ),
         )
         require(not (self.tls and self.tokens), "give mutual TLS (--tls-*) or --tokens, not both")

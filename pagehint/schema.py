@@ -87,7 +87,8 @@ class GuestSummary(TypedDict):
     reported_bytes: int  # acknowledged by a host (DONE), every session
     reported_blocks: int
     chains: int  # reports (virtqueue chains) acknowledged
-    report_failures: int  # chains that came back refused/failed, or never came back
+    report_failures: int  # reports that did not count: refused, failed, cancelled, or
+    # never sent (no host: "unavailable"); by reason in report_failures_by_reason
     report_failures_by_reason: dict[str, int]
     isolation_refused: int
     abandoned_reports: int  # left isolated because the host never answered
@@ -97,7 +98,7 @@ class GuestSummary(TypedDict):
     isolated_peak_bytes: int
     worker_seconds: float
     free_bytes: int
-    reportable_free_bytes: int  # free, in blocks of the reporting order or larger
+    reportable_free_bytes: int  # free, in blocks of the policy's order or larger
     host_resident_bytes: int | None
     ack_latency_ms: Percentiles  # send to acknowledgement, per chain
     alloc_ops: int
@@ -108,7 +109,7 @@ class GuestSummary(TypedDict):
     stopped_by_signal: bool
     isolated_bytes: int  # still isolated at the end: non-zero only if abandoned
     allocated_bytes: int
-    invariants: str | None  # "ok", "broken: ...", or None (--no-check)
+    invariants: str | None  # "ok", "broken: ...", or None (run without --check)
     marks: list[Mark]
     timeline_error: str | None  # why --timeline stopped being written
     policy_errors: list[str]  # contract breaks of a policy (docs/policies.md)
@@ -131,7 +132,8 @@ class GuestSummary(TypedDict):
     fenced_cancelled_chains: NotRequired[int]
     stalled_reports: NotRequired[int]
     touched_bytes_sent: NotRequired[int]
-    # Added by the lab commands (demo, compare) from the guest's timeline:
+    # Added by the lab commands (demo, compare, sweep) from the guest's timeline
+    # (lab/pipeline.py):
     host_resident_peak_bytes: NotRequired[int | None]
     drops: NotRequired[list[Drop]]
 

@@ -8,12 +8,12 @@ outstanding until it is answered or fenced (see window.py and connection.py),
 however long the host takes. A report that is out for longer than
 ``stall_warning`` is logged once, and the age of the oldest is a metric.
 
-At most queue-size chains are outstanding (the ring's size). The policies take
-their capacity and minimum order from here, which has them from the host, as
-the kernel takes them from page_reporting_dev_info. A host whose chains are
-too small for the policy is refused at start, as virtio-balloon refuses to
-register page reporting with -ENOSPC when its queue is smaller than
-PAGE_REPORTING_CAPACITY.
+At most queue-size chains are outstanding (the ring's size). The policies keep
+their own capacity (the guest's --capacity); the host's answer gives the
+minimum order, which raises the policy's, as page_reporting_dev_info's order
+does. A host whose chains are too small for the policy's capacity is refused
+at start, as virtio-balloon refuses to register page reporting with -ENOSPC
+when its queue is smaller than PAGE_REPORTING_CAPACITY.
 """
 
 from __future__ import annotations

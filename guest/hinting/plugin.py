@@ -33,10 +33,10 @@ from guest.hinting.device import Block, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import ISOLATED, ORDER_MASK, STATE_MASK
 from guest.mm.zone import Zone
-from pagehint.config import HintingConfig
+from pagehint.config import BUILTIN_POLICIES, HintingConfig
 from pagehint.errors import UsageError
 
-BUILTIN = ("bitmap", "reporting", "none")
+BUILTIN = BUILTIN_POLICIES
 
 
 def is_plugin(name: str) -> bool:

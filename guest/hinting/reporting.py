@@ -23,8 +23,12 @@ Behaviour reproduced, with the kernel's names:
   alone, and that list's cycle ends there (rotated to it), as in the kernel.
 * The leftover batch is reported at the end of each zone. A failed report
   drains its pages back unmarked and ends the pass.
-* Capacity and order come from the device (page_reporting_dev_info): the
-  order is the larger of ``--reporting-order`` and the device's minimum.
+* The capacity is the policy's own (``--capacity``, 32 = PAGE_REPORTING_CAPACITY
+  by default); the device only checks it fits its queue, as virtio_balloon
+  refuses to register (-ENOSPC) with a smaller one. The kernel uses the
+  constant in the watermark and the budget; here the capacity set is used,
+  as recent kernels do with page_reporting_dev_info.capacity. The order is
+  the larger of ``--reporting-order`` and the device's minimum.
 * Registering the device requests an initial pass, as page_reporting_register does.
 
 One departure, for cost: the kernel restarts its walk at the list head after

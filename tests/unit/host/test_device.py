@@ -46,6 +46,9 @@ def test_negotiate_accepts_reporting_and_poison_only() -> None:
         d.negotiate("h", RAM, 8192, REPORTING, 0, 32)
     with pytest.raises(NegotiationError, match="RAM"):
         d.negotiate("h", RAM + 4096, 4096, REPORTING, 0, 32)
+    # The contract's bounds, the same the guest is held to: 64 MiB at least.
+    with pytest.raises(NegotiationError, match="out of range: must be between 64 MiB"):
+        d.negotiate("h", 4 << 20, 4096, REPORTING, 0, 32)
 
 
 def test_a_live_guest_id_is_taken_over_only_by_its_holder() -> None:

@@ -21,7 +21,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["guest", "--ram", "3x", "--duration", "1"], "--ram: bad RAM size '3x'"),
         (["guest", "--ram", "102MiB", "--duration", "1"], "not a multiple of 4 MiB"),
         (["guest", "--policy", "magic", "--duration", "1"], "--policy: unknown value 'magic'"),
-        (["guest", "--workload", "nope"], "--workload: unknown value 'nope'"),
+        (["guest", "--workload", "nope"], "--workload nope: unknown value"),
         (["guest"], "nothing to run"),
         (["guest", "--scenario", "/nonexistent.toml"], "scenario /nonexistent.toml: cannot read"),
         (["guest", "--duration", "x"], "--duration"),

@@ -23,7 +23,7 @@ from pagehint.errors import UsageError
         (lambda: HintingConfig(order=11), "--hinting-order 11: must be 0..10"),
         (lambda: HintingConfig(capacity=513), "--capacity 513: must be 1..512"),
         (lambda: HintingConfig(capacity=0), "--capacity 0: must be 1..512"),
-        (lambda: HintingConfig(threshold=0), "--threshold 0: must be at least 1"),
+        (lambda: HintingConfig(threshold=0), "--threshold 0: must be 1..1000000000"),
         (lambda: HintingConfig(delay=-1.0), "--delay -1: must be at least 0"),
         (lambda: HintingConfig(backoff_min=2.0, backoff_max=1.0), "backoff 1: must be at least 2"),
         (lambda: TraceConfig("t", speed=1e7), "--speed 1e+07: must be 0.001..1e+06"),
@@ -48,6 +48,15 @@ from pagehint.errors import UsageError
         (lambda: HostConfig(capacity_bytes=0), "--memory-limit 0: must be at least 1"),
         (lambda: HostConfig(min_order=11), "--min-order 11: must be 0..10"),
         (lambda: HostConfig(max_sessions=0), "--max-sessions 0: must be 1..1000000"),
+        (lambda: HintingConfig(policy="spiral"), "--policy spiral: unknown policy"),
+        (lambda: GuestConfig(workload="hog"), "--workload hog: unknown value"),
+        (lambda: GuestConfig(guest_id=""), "--id : must be 1..128 printable"),
+        (lambda: GuestConfig(guest_id="g" * 129), "--id " + "g" * 129 + ": must be 1..128"),
+        # Counts are whole numbers: not a bool, not a float, and not without end.
+        (lambda: HintingConfig(order=True), "--hinting-order True: must be a whole number"),
+        (lambda: HintingConfig(capacity=9.5), "--capacity 9.5: must be a whole number 1..512"),
+        (lambda: HintingConfig(threshold=10**30), "--threshold 1000000000000000000000000000000"),
+        (lambda: HostConfig(queue_size=2.0), "--queue-size 2: must be a whole number"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_its_flag(build: object, message: str) -> None:
@@ -56,6 +65,15 @@ def test_a_bad_value_is_one_line_naming_its_flag(build: object, message: str) ->
     assert str(e.value).startswith(message), str(e.value)
     assert "\n" not in str(e.value)
     assert isinstance(e.value, UsageError)  # the CLI's one-line, exit-2 path
+
+
+def test_the_configs_vocabulary_is_the_guests() -> None:
+    from guest.hinting.plugin import BUILTIN
+    from guest.workloads.builtin import BUILTINS
+    from pagehint.config import BUILTIN_POLICIES, WORKLOADS
+
+    assert set(WORKLOADS) == set(BUILTINS) and BUILTIN == BUILTIN_POLICIES
+    HintingConfig(policy="my_policies:Idle")  # a plugin's form passes; the guest loads it
 
 
 def test_defaults_and_edges_are_valid() -> None:
