@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import shlex
-import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from pagehint.cli_support import RaisingParser, Subparsers, add_switch, add_verbosity, verbosity
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
+from pagehint.files import read_small_text
 from pagehint.schema import GuestSummary
 
 MAX_GUESTS = 1024
@@ -48,17 +48,7 @@ def read_group(path: Path, env: Mapping[str, str]) -> list[GuestConfig]:
     """Each line's flags parsed and checked exactly as `pagehint guest` does."""
     from guest.command import config_from_args
 
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            # A device (/dev/zero) or a FIFO would be read without end or wait forever.
-            raise UsageError(f"{path}: not a regular file")
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise UsageError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    text = read_small_text(str(path), "guest list", MAX_FILE_BYTES)
     parser = _guest_parser(env)
     configs: list[GuestConfig] = []
     seen: dict[str, int] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from pathlib import Path
 
 from host.limits import default_max_sessions
 from pagehint import loop as event_loop
@@ -19,6 +18,7 @@ from pagehint.cli_support import (
 )
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
+from pagehint.files import read_small_text
 from pagehint.logging import make_logger
 from pagehint.tls import load_tls
 from pagehint.units import parse_seconds, parse_size
@@ -185,11 +185,7 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
 
 def load_tokens(path: str) -> dict[str, str]:
     """``GUEST_ID TOKEN`` per line (# comments); one line naming the problem otherwise."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise UsageError(f"--tokens {path}: cannot read: {why}") from None
+    text = read_small_text(path, "--tokens")
     tokens: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()

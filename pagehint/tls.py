@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pagehint.errors import UsageError
@@ -49,10 +48,9 @@ class TlsConfig:
 
 
 def _read(path: str, flag: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise UsageError(f"{flag} {path}: cannot read: {e.strerror}") from None
+    from pagehint.files import read_small
+
+    return read_small(path, flag)
 
 
 def load_tls(

@@ -30,6 +30,7 @@ from guest.mm.constants import MAX_ORDER
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import churn_for
 from pagehint.errors import UsageError
+from pagehint.files import read_small_text
 from pagehint.units import parse_size
 
 MAX_NESTING = 16  # repeats inside repeats: deeper is a generated file gone wrong
@@ -215,14 +216,7 @@ def resolve_scenario(name_or_path: str) -> str:
 
 def load_scenario(path: str | Path) -> Scenario:
     path = resolve_scenario(str(path))
-    try:
-        if Path(path).stat().st_size > MAX_FILE_BYTES:
-            raise UsageError(f"scenario {path}: larger than 1 MiB (use repeat)")
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"scenario {path}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"scenario {path}: not a UTF-8 text file") from None
+    text = read_small_text(str(path), "scenario", MAX_FILE_BYTES)
     return parse_scenario(text, str(path))
 
 
