@@ -26,6 +26,7 @@ from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import WorkloadParams, run_builtin
 from guest.workloads.scenario import Scenario, load_scenario, run_scenario
 from pagehint.config import GuestConfig
+from pagehint.errors import UsageError
 from pagehint.schema import Event, GuestSummary, TimelineRow, encode
 from pagehint.stats import percentiles
 
@@ -89,14 +90,18 @@ class GuestRuntime:
         wait = self._last_ack_row + ACK_ROW_INTERVAL - time.monotonic()
         if wait > 0:
             self._ack_row_pending = True
-            asyncio.get_running_loop().call_later(wait, self._ack_row)
+            # +1 ms: uvloop's timers count whole milliseconds from a clock read at
+            # the start of each loop turn, so they may fire up to 1 ms early.
+            asyncio.get_running_loop().call_later(wait + 0.001, self._ack_row)
         else:
             self._ack_row()
 
     def _ack_row(self) -> None:
         self._ack_row_pending = False
-        self._last_ack_row = time.monotonic()
         row = self.sample(event="ack")
+        # After the row's own clock reading: the next ack row's time is then at
+        # least ACK_ROW_INTERVAL after this one's, however long sampling took.
+        self._last_ack_row = time.monotonic()
         chain = self.last_chain()
         if chain is not None:
             row["chain"] = chain
@@ -161,8 +166,14 @@ class GuestRuntime:
         (the driver uses it to fetch the host's final figures).
         """
         if self.cfg.timeline:
-            # Closed in the finally below, after the last sample.
-            self._out = Path(self.cfg.timeline).open("w", encoding="utf-8")  # noqa: SIM115
+            # Closed in the finally below, after the last sample. The CLI checked
+            # the folder; a dangling link or /proc shows only when opened.
+            try:
+                self._out = Path(self.cfg.timeline).open("w", encoding="utf-8")  # noqa: SIM115
+            except OSError as e:
+                raise UsageError(
+                    f"--timeline {self.cfg.timeline}: cannot write: {e.strerror or e}"
+                ) from None
         sampler = asyncio.create_task(self._sample_loop())
         self.policy.start()
         work = asyncio.create_task(self._workload())

@@ -8,10 +8,13 @@ import itertools
 import time
 from pathlib import Path
 
+import pytest
+
 from guest.hinting.device import LoopbackDevice
 from guest.runtime import ACK_ROW_INTERVAL, GuestRuntime
 from guest.workloads.scenario import parse_scenario
 from pagehint.config import GuestConfig, HintingConfig
+from pagehint.errors import UsageError
 from pagehint.schema import TimelineRow, read_lines
 
 ALLOC_FREE = (
@@ -76,3 +79,11 @@ async def test_a_timeline_that_cannot_be_written_does_not_stop_the_run() -> None
     assert s["timeline_error"] == "No space left on device"
     assert s["invariants"] is None and s["reported_bytes"] >= 0
     assert sum("--timeline: cannot write" in line for line in lines) == 1
+
+
+async def test_a_timeline_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "no" / "such" / "file")
+    rt = GuestRuntime(_cfg(link), scenario=parse_scenario(ALLOC_FREE))
+    with pytest.raises(UsageError, match=r"^--timeline .*dangling: cannot write: No such file"):
+        await rt.run()
