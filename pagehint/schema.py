@@ -14,9 +14,21 @@ version or a truncated line is a clear error, not a KeyError three calls later.
 # No `from __future__ import annotations` here: TypedDict reads NotRequired from
 # evaluated annotations only (with strings, every key counts as required).
 import json
-from collections.abc import Iterable, Mapping
+import math
+import types
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Literal, NotRequired, TypedDict, TypeVar, cast, get_type_hints
+from typing import (
+    Literal,
+    NotRequired,
+    TypedDict,
+    TypeVar,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from pagehint.errors import UsageError
 
@@ -180,12 +192,6 @@ class ReportRecord(TypedDict):
 
 R = TypeVar("R", GuestSummary, TimelineRow, ReportRecord)
 
-
-# Resolved once: the decoder runs per timeline line. (A TypedDict class keeps
-# them in its namespace; the type checker does not know the attribute.)
-_REQUIRED: dict[type, frozenset[str]] = {
-    k: frozenset(vars(k)["__required_keys__"]) for k in (GuestSummary, TimelineRow, ReportRecord)
-}
 _NAMES: dict[type, str] = {
     GuestSummary: "guest summary",
     TimelineRow: "timeline row",
@@ -193,22 +199,102 @@ _NAMES: dict[type, str] = {
 }
 
 
+# ---- checking decoded JSON against the types above ----------------------------------
+# Each field's value is checked against its annotation, nested records too, so
+# that a reader never meets a string where it adds numbers. Built once per kind
+# (the decoder runs per timeline line).
+
+Fits = Callable[[object], bool]
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _fits(hint: object) -> Fits:
+    """A predicate for values of the annotation ``hint`` (those this module uses)."""
+    if hint is type(None):
+        return lambda v: v is None
+    if hint is int:
+        return _is_int
+    if hint is float:
+        return _is_number
+    if hint in (str, bool):
+        kind = cast(type, hint)
+        return lambda v: isinstance(v, kind)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        alternatives = [_fits(a) for a in args]
+        return lambda v: any(f(v) for f in alternatives)
+    if origin is Literal:
+        return lambda v: v in args
+    if origin is list:
+        item = _fits(args[0])
+        return lambda v: isinstance(v, list) and all(item(x) for x in v)
+    if origin is dict:
+        value = _fits(args[1])
+        return lambda v: isinstance(v, dict) and all(value(x) for x in v.values())
+    if isinstance(hint, type) and issubclass(hint, dict):  # a nested TypedDict
+        record = _record_check(hint)
+        return lambda v: isinstance(v, dict) and record(v) is None
+    if hint is object:
+        return lambda v: True
+    raise TypeError(f"schema: no check for {hint!r}")
+
+
+def _record_check(kind: type) -> Callable[[dict[str, object]], str | None]:
+    """What is wrong with a decoded object as a ``kind`` (None: nothing)."""
+    hints = get_type_hints(kind)  # NotRequired[...] already unwrapped
+    fits = {name: _fits(h) for name, h in hints.items()}
+    shown = {name: _show(h) for name, h in hints.items()}
+    required = frozenset(vars(kind)["__required_keys__"])
+
+    def problem(obj: dict[str, object]) -> str | None:
+        missing = required - obj.keys()
+        if missing:
+            return f"missing {', '.join(sorted(missing))}"
+        for name, value in obj.items():
+            ok = fits.get(name)
+            if ok is not None and not ok(value):
+                return f"{name} is {json.dumps(value)[:40]}, not {shown[name]}"
+        return None
+
+    return problem
+
+
+def _show(hint: object) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+_CHECKS = {k: _record_check(k) for k in (GuestSummary, TimelineRow, ReportRecord)}
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number a guest writes")
+
+
 def decode(kind: type[R], text: str | bytes) -> R:
     """One record from its JSON text; UsageError (one line) if it is not one."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant)
     except ValueError as e:
         raise UsageError(f"not a {_NAMES[kind]}: invalid JSON ({e})") from None
+    except RecursionError:
+        raise UsageError(f"not a {_NAMES[kind]}: nested too deeply") from None
     return check(kind, obj)
 
 
 def check(kind: type[R], obj: object) -> R:
-    """``obj`` (decoded JSON) as a ``kind``, if it has that kind's required keys."""
+    """``obj`` (decoded JSON) as a ``kind``, if its fields are that kind's."""
     if not isinstance(obj, dict):
         raise UsageError(f"not a {_NAMES[kind]}: a JSON {type(obj).__name__}, not an object")
-    missing = _REQUIRED[kind] - obj.keys()
-    if missing:
-        raise UsageError(f"not a {_NAMES[kind]}: missing {', '.join(sorted(missing))}")
+    problem = _CHECKS[kind](obj)
+    if problem is not None:
+        raise UsageError(f"not a {_NAMES[kind]}: {problem}")
     return cast(R, obj)
 
 
@@ -218,10 +304,25 @@ def encode(record: Mapping[str, object]) -> str:
 
 
 def read_lines(kind: type[R], path: Path) -> list[R]:
-    """Every record of a JSON-lines file (a timeline, a report log); [] if absent."""
+    """Every record of a JSON-lines file (a timeline, a report log); [] if absent.
+    A bad line is one UsageError naming the file and the line."""
     if not path.exists():
         return []
-    return [decode(kind, line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+    out: list[R] = []
+    for n, raw in enumerate(data.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            out.append(decode(kind, raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise UsageError(f"{path}:{n}: not UTF-8 text") from None
+        except UsageError as e:
+            raise UsageError(f"{path}:{n}: {e}") from None
+    return out
 
 
 def field_names(kind: type[object]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from pagehint.schema import (
     field_names,
     read_lines,
 )
+from tests.records import guest_summary, timeline_row
 
 
 def _keys(kind: type) -> tuple[set[str], set[str]]:
@@ -77,3 +80,41 @@ def test_report_records_and_rows_check_their_own_fields() -> None:
                              "reason": "", "host_resident_bytes": None})  # fmt: skip
     with pytest.raises(UsageError, match="not a timeline row: missing"):
         check(TimelineRow, {"t": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("host_resident_bytes", "x", 'host_resident_bytes is "x", not int | None'),
+        ("event", "bogus", 'event is "bogus", not Literal'),
+        ("t", True, "t is true, not float"),
+        ("free_bytes", 1.5, "free_bytes is 1.5, not int"),
+    ],
+)
+def test_a_field_of_the_wrong_kind_is_refused(field: str, value: object, message: str) -> None:
+    row = dict(timeline_row(1.0, 0))
+    row[field] = value
+    with pytest.raises(UsageError, match="^not a timeline row: " + re.escape(message)):
+        decode(TimelineRow, json.dumps(row))
+
+
+def test_what_no_guest_writes_is_refused() -> None:
+    with pytest.raises(UsageError, match="NaN is not a number a guest writes"):
+        decode(TimelineRow, json.dumps(dict(timeline_row(float("nan"), 0))))
+    with pytest.raises(UsageError, match="nested too deeply"):
+        decode(TimelineRow, "[" * 100_000 + "]" * 100_000)
+    bad = dict(guest_summary())
+    bad["ack_latency_ms"] = {"p50": "fast", "p99": None, "max": None}
+    with pytest.raises(UsageError, match="ack_latency_ms is"):
+        check(GuestSummary, bad)
+
+
+def test_a_bad_line_names_its_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    good = json.dumps(dict(timeline_row(1.0, 0)))
+    p.write_bytes(f"{good}\n\n{good}\n".encode() + b'{"t": \xff}\n')
+    with pytest.raises(UsageError, match=r"t\.jsonl:4: not UTF-8 text$"):
+        read_lines(TimelineRow, p)
+    p.write_text(f"{good}\n" + '{"t": 2, "free_')
+    with pytest.raises(UsageError, match=r"t\.jsonl:2: not a timeline row: invalid JSON"):
+        read_lines(TimelineRow, p)
