@@ -278,9 +278,7 @@ def _start_metrics(
     from guest.metrics import guest_metrics
     from pagehint.metrics import serve
 
-    server, port = serve(
-        lambda: guest_metrics(rt, driver), cfg.metrics_port, cfg.metrics_addr, "--metrics-port"
-    )
+    server, port = serve(lambda: guest_metrics(rt, driver), cfg.metrics_port, cfg.metrics_addr)
     log(f"metrics on http://{cfg.metrics_addr}:{port}/metrics")
     return server
 

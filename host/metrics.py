@@ -54,7 +54,7 @@ def host_metrics(device: BalloonDevice) -> Iterator[Metric]:
 def start_host_metrics(device: BalloonDevice, addr: str, port: int, log: object) -> object:
     from pagehint.metrics import serve
 
-    server, bound = serve(lambda: host_metrics(device), port, addr, "--metrics-port")
+    server, bound = serve(lambda: host_metrics(device), port, addr)
     if callable(log):
         log(f"metrics on http://{addr}:{bound}/metrics")
     return server

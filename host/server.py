@@ -19,6 +19,7 @@ from host.memory.sim import SimBackend
 from host.service import BalloonService
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
+from pagehint.units import format_size
 from virtqueue import codec
 from virtqueue.contract import PAGE_SIZE
 
@@ -190,7 +191,7 @@ def _open_chain_log(path: str) -> TextIO:
 
 
 def _listening_line(cfg: HostConfig, addr: str) -> str:
-    limit = "none" if cfg.capacity_bytes is None else f"{cfg.capacity_bytes >> 20} MiB"
+    limit = "none" if cfg.capacity_bytes is None else format_size(cfg.capacity_bytes)
     who = "mutual TLS" if cfg.tls else "tokens" if cfg.tokens else "plain text"
     return (
         f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "

@@ -61,20 +61,20 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     policies = parse_policies(a.policies, "--policies")
     parse_ram(a.ram)  # validate now; guests get the text as given
-    if a.workload and a.scenario:
+    if a.workload is not None and a.scenario is not None:
         raise UsageError("give --workload or --scenario, not both")
     scenario = None
-    if a.workload:
+    if a.workload is not None:
         choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload")
     else:
-        scenario = resolve_scenario(str(a.scenario or "memhog"))
+        scenario = resolve_scenario(str("memhog" if a.scenario is None else a.scenario))
         load_scenario(scenario)
     duration = None
     if a.duration is not None:
         duration = convert(
             a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"
         )
-    elif a.workload:
+    elif a.workload is not None:
         duration = 15.0
     out = Path(a.out) if a.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
     auth: list[str] = []

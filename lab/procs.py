@@ -124,7 +124,8 @@ class ProcessGroup:
         ]
         if p.returncode != 0 and not errors:
             lines = self.log_text(name).strip().splitlines()
-            errors.append(f"guest group {name} failed: {lines[-1] if lines else p.returncode}")
+            why = _killed(p.returncode) or (lines[-1] if lines else f"exit {p.returncode}")
+            errors.append(f"guest group {name} failed: {why}")
         return summaries, errors
 
     def log_text(self, name: str) -> str:
@@ -139,7 +140,9 @@ class ProcessGroup:
             raise UsageError(f"guest {name} did not finish within {timeout:.0f} s") from None
         if p.returncode != 0:
             lines = (self.workdir / f"{name}.log").read_text().strip().splitlines()
-            last = lines[-1] if lines else f"exit {p.returncode}"
+            # A signal's death leaves no line of its own: the log's last is just
+            # whatever the guest did before.
+            last = _killed(p.returncode) or (lines[-1] if lines else f"exit {p.returncode}")
             raise UsageError(f"guest {name} failed: {last}")
         lines = out.strip().splitlines()
         if not lines:
@@ -182,6 +185,17 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _killed(returncode: int) -> str | None:
+    """ "killed by SIGKILL" for a child a signal ended (a negative return code)."""
+    if returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name}"
 
 
 def read_timeline(path: Path) -> list[TimelineRow]:

@@ -43,6 +43,9 @@ def from_env(env: Mapping[str, str], flag: str, default: T) -> T | str:
 
 def convert(value: object, fn: Callable[[str], T], flag: str) -> T:
     """Convert a flag's value (which may come from the environment) or raise UsageError."""
+    if not str(value).isascii():
+        # int() and float() take any script's digits ("١٦"); a flag's number is ASCII.
+        raise UsageError(f"{flag}: bad value {value!r}")
     try:
         return fn(str(value))
     except UsageError as e:
@@ -174,13 +177,7 @@ def add_flag(
 def add_verbosity(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """--quiet (no event lines) and -v/--verbose (a line per chain too)."""
     add_switch(parser, env, "--quiet", help="no event log on stderr")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=to_bool(from_env(env, "--verbose", False)),
-        help="debug lines too: each chain sent and answered",
-    )
+    add_switch(parser, env, "--verbose", "-v", help="debug lines too: each chain sent and answered")
 
 
 def verbosity(a: argparse.Namespace) -> tuple[bool, bool]:
@@ -191,7 +188,7 @@ def verbosity(a: argparse.Namespace) -> tuple[bool, bool]:
 
 
 def add_switch(
-    parser: argparse.ArgumentParser, env: Mapping[str, str], name: str, **kw: Any
+    parser: argparse.ArgumentParser, env: Mapping[str, str], name: str, *aliases: str, **kw: Any
 ) -> None:
     """An on/off flag, also switched on by PAGEHINT_<NAME>=true."""
     value = from_env(env, name, False)
@@ -199,4 +196,4 @@ def add_switch(
         default = to_bool(value)
     except UsageError:
         raise UsageError(f"{env_name(name)}={value!r}: not a boolean (use true or false)") from None
-    parser.add_argument(name, action="store_true", default=default, **kw)
+    parser.add_argument(name, *aliases, action="store_true", default=default, **kw)

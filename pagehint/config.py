@@ -41,6 +41,10 @@ class ConfigError(UsageError):
 Check = Callable[[object], str | None]
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _number(v: object, whole: bool) -> TypeGuard[float]:
     # bool is an int to Python, never a count or a time to us.
     kinds = int if whole else (int, float)
@@ -246,6 +250,9 @@ class GuestConfig:
     trace: TraceConfig | None = None
 
     def __post_init__(self) -> None:
+        require(
+            _is_int(self.ram_bytes), f"--ram {self.ram_bytes!r}: must be a whole number of bytes"
+        )
         problem = ram_size_problem(self.ram_bytes)
         require(problem is None, f"--ram {format_size(self.ram_bytes)}: {problem}")
         validate(

@@ -37,18 +37,19 @@ class FnCollector(Collector):
 
 
 def serve(
-    fn: Callable[[], Iterable[Metric]], port: int, addr: str = "127.0.0.1", flag: str = ""
+    fn: Callable[[], Iterable[Metric]], port: int, addr: str = "127.0.0.1"
 ) -> tuple[object, int]:
     """Serve /metrics on ``addr:port``; returns (server, bound port). UsageError (one
     line) if the address cannot be bound."""
     registry = CollectorRegistry()
     registry.register(FnCollector(fn))
+    # "[::]" as in a URL or --listen; the HTTP server takes the bare address.
+    bind = addr[1:-1] if addr.startswith("[") and addr.endswith("]") else addr
     try:
-        server, _thread = start_http_server(port, addr=addr, registry=registry)
+        server, _thread = start_http_server(port, addr=bind, registry=registry)
     except OSError as e:
-        raise UsageError(
-            f"{flag or 'metrics'} {addr}:{port}: cannot listen: {e.strerror or e}"
-        ) from None
+        where = f"--metrics-addr {addr} --metrics-port {port}"
+        raise UsageError(f"{where}: cannot listen: {e.strerror or e}") from None
     return server, int(server.server_port)
 
 

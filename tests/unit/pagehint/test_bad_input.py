@@ -55,6 +55,9 @@ def one_line(argv: list[str], capsys: pytest.CaptureFixture[str], env: dict[str,
         (["host", "--listen", "127.0.0.1:\u00b2"], "bad port"),
         (["host", "--tokens", "t", "--tls-cert", "c"], "not both"),
         (["guest", "--host", "127.0.0.1:1", "--token", "t\u00e9st", "--duration", "1"], "ASCII"),
+        # An empty value is a value: refused before any process starts.
+        (["compare", "--workload", "", "--duration", "1"], "--workload: unknown value ''"),
+        (["host", "--metrics-port", "0", "--metrics-addr", "nan"], "--metrics-addr nan"),
     ],
 )
 def test_bad_flags(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -57,6 +57,7 @@ from pagehint.errors import UsageError
         (lambda: HintingConfig(capacity=9.5), "--capacity 9.5: must be a whole number 1..512"),
         (lambda: HintingConfig(threshold=10**30), "--threshold 1000000000000000000000000000000"),
         (lambda: HostConfig(queue_size=2.0), "--queue-size 2: must be a whole number"),
+        (lambda: GuestConfig(ram_bytes="1GiB"), "--ram '1GiB': must be a whole number of bytes"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_its_flag(build: object, message: str) -> None:
