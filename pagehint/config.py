@@ -3,8 +3,9 @@
 The types validate themselves (``__post_init__``), as uvicorn's Config does: a
 value out of range, or two settings that do not go together, is a ConfigError
 naming the flag that sets it, however the config was built (the CLI, a lab
-command, a test). The CLI only parses text into values and maps flags to
-fields. No other module reads os.environ: the CLI passes the environment in.
+command, a test). The CLI parses text into values and maps flags to fields,
+checking only what a config cannot see (files, the guest's plugin loader). No
+other module reads os.environ: the CLI passes the environment in.
 """
 
 from __future__ import annotations
@@ -39,10 +40,6 @@ class ConfigError(UsageError):
 
 # A check answers None (fine) or what is wrong with the value.
 Check = Callable[[object], str | None]
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _number(v: object, whole: bool) -> TypeGuard[float]:
@@ -100,7 +97,7 @@ def _show(v: object) -> str:
 
 
 def _ops_rate(v: object) -> str | None:
-    if isinstance(v, int | float) and 0 < v <= MAX_RATE:
+    if _number(v, whole=False) and 0 < v <= MAX_RATE:
         return None
     return f"must be above 0 and at most {MAX_RATE:,.0f} operations per second"
 
@@ -251,7 +248,8 @@ class GuestConfig:
 
     def __post_init__(self) -> None:
         require(
-            _is_int(self.ram_bytes), f"--ram {self.ram_bytes!r}: must be a whole number of bytes"
+            _number(self.ram_bytes, whole=True),
+            f"--ram {self.ram_bytes!r}: must be a whole number of bytes",
         )
         problem = ram_size_problem(self.ram_bytes)
         require(problem is None, f"--ram {format_size(self.ram_bytes)}: {problem}")
