@@ -554,9 +554,9 @@ class BalloonDevice:
         runs = []
         for pfn, c in zip(pfns, counts, strict=True):
             if c == 0 or pfn + c > limit:
+                what = "is empty" if c == 0 else "is outside guest RAM"
                 self.refuse(
-                    "touched_out_of_range",
-                    f"guest {s.guest_id}: touched run {pfn:#x}+{c} is outside guest RAM",
+                    "touched_out_of_range", f"guest {s.guest_id}: touched run {pfn:#x}+{c} {what}"
                 )
                 return False
             runs.append((pfn, c))

@@ -73,9 +73,11 @@ def parse_grid(sets: list[str]) -> dict[str, tuple[str, ...]]:
             raise UsageError(f"--set {item}: give KNOB=V1,V2 with KNOB one of {', '.join(KNOBS)}")
         if knob in grid:
             raise UsageError(f"--set {knob}: given twice")
-        vals = tuple(v.strip() for v in values.split(",") if v.strip())
-        if not vals:
+        vals = tuple(v.strip() for v in values.split(","))
+        if not any(vals):
             raise UsageError(f"--set {item}: no values")
+        if not all(vals):
+            raise UsageError(f"--set {item}: an empty value (between commas)")
         if len(set(vals)) != len(vals):
             raise UsageError(f"--set {item}: a value given twice")
         grid[knob] = vals

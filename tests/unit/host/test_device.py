@@ -239,9 +239,12 @@ def test_totals_follow_a_guests_line_of_sessions_not_its_id() -> None:
 
 
 def test_bad_touched_batches_are_counted_not_fatal() -> None:
-    d = device()
+    lines: list[str] = []
+    d = device(log=lines.append)
     s = session(d)
     assert not d.handle_touched(s, [0], [0])
+    d.problems.flush(force=True)
+    assert any("touched run 0x0+0 is empty" in line for line in lines), lines
     assert not d.handle_touched(s, [0, 1], [1])
     assert not d.handle_touched(s, [PAGES], [1])
     assert d.refusals == {"touched_out_of_range": 2, "touched_malformed": 1}

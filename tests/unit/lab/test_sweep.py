@@ -53,6 +53,7 @@ def test_grid_parsing() -> None:
         (["policy=spiral"], "unknown value 'spiral'"),
         (["policy=none"], "none is the baseline"),
         (["delay=1,1"], "a value given twice"),
+        (["rate=1,,2"], "an empty value"),
     ]:
         with pytest.raises(UsageError, match=message):
             parse_grid(bad)
