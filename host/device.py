@@ -46,7 +46,7 @@ from pagehint.stats import LatencyHistogram
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.codec import Fence, GuestFigures, HostFigures, UsedMsg
-from virtqueue.contract import MAX_ORDER, PAGE_SIZE, ram_size_problem
+from virtqueue.contract import MAX_ORDER, PAGE_SIZE, guest_id_problem, ram_size_problem
 
 _second = operator.itemgetter(1)
 _SIZES = tuple(1 << o for o in range(MAX_ORDER + 1))  # pages in a block of each order
@@ -190,7 +190,7 @@ def _check_offer(
     guest_id: str, ram_bytes: int, page_size: int, offered: int, poison_val: int
 ) -> None:
     """What a guest offers at negotiation, checked against the contract."""
-    if not guest_id or len(guest_id) > 128 or not guest_id.isprintable():
+    if guest_id_problem(guest_id) is not None:
         raise NegotiationError("guest_id must be 1..128 printable characters")
     if page_size != PAGE_SIZE:
         raise NegotiationError(f"page size {page_size} unsupported (only {PAGE_SIZE})")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeGuard
 
 from pagehint.errors import UsageError
 from pagehint.units import format_size
-from virtqueue.contract import MAX_ORDER, PAGEBLOCK_ORDER, ram_size_problem
+from virtqueue.contract import MAX_ORDER, PAGEBLOCK_ORDER, guest_id_problem, ram_size_problem
 
 if TYPE_CHECKING:
     from pagehint.tls import TlsConfig
@@ -75,10 +75,8 @@ def _policy_name(v: object) -> str | None:
 
 
 def _guest_id(v: object) -> str | None:
-    # The host's own rule (host/device.py _check_offer), checked before connecting.
-    if isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable():
-        return None
-    return "must be 1..128 printable characters"
+    # The contract's rule, the host's too: checked before connecting.
+    return guest_id_problem(v) if isinstance(v, str) else "must be text"
 
 
 def one_of(choices: Sequence[str]) -> Check:

@@ -47,12 +47,6 @@ class TlsConfig:
         )
 
 
-def _read(path: str, flag: str) -> bytes:
-    from pagehint.files import read_small
-
-    return read_small(path, flag)
-
-
 def load_tls(
     cert: str | None, key: str | None, ca: str | None, role: str = "client"
 ) -> TlsConfig | None:
@@ -76,9 +70,11 @@ def load_tls(
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import NameOID
 
-    cert_pem = _read(cert, "--tls-cert")
-    key_pem = _read(key, "--tls-key")
-    ca_pem = _read(ca, "--tls-ca")
+    from pagehint.files import read_small
+
+    cert_pem = read_small(cert, "--tls-cert")
+    key_pem = read_small(key, "--tls-key")
+    ca_pem = read_small(ca, "--tls-ca")
     try:
         certificate = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:

@@ -18,6 +18,13 @@ MIN_GUEST_RAM = 64 << 20
 MAX_GUEST_RAM = 64 << 30
 
 
+def guest_id_problem(guest_id: str) -> str | None:
+    """Why a guest id is not one the contract allows (None: it is)."""
+    if 0 < len(guest_id) <= 128 and guest_id.isprintable():
+        return None
+    return "must be 1..128 printable characters"
+
+
 def ram_size_problem(ram_bytes: int) -> str | None:
     """Why a guest RAM size is not one the contract allows (None: it is): whole
     top-order blocks, MIN_GUEST_RAM to MAX_GUEST_RAM."""

@@ -16,6 +16,7 @@ from guest.workloads.scenario import parse_scenario
 from pagehint.config import GuestConfig, HintingConfig
 from pagehint.errors import UsageError
 from pagehint.schema import TimelineRow, read_lines
+from tests.waiting import wait_for
 
 ALLOC_FREE = (
     '[[steps]]\nop = "alloc"\nsize = "32MiB"\nname = "a"\n'
@@ -62,7 +63,7 @@ async def test_an_early_workload_idles_until_the_duration() -> None:
 async def test_stop_ends_the_run_before_its_duration() -> None:
     rt = GuestRuntime(_cfg(None, duration=60), scenario=parse_scenario(ALLOC_FREE))
     run = asyncio.create_task(rt.run())
-    await asyncio.sleep(0.2)
+    await wait_for(lambda: rt.ctx.stats.alloc_ops > 0, 10, "the workload to run")
     rt.ctx.stop.set()
     s = await asyncio.wait_for(run, 10)
     assert s["duration_s"] < 30

@@ -12,6 +12,7 @@ import pytest
 from guest.service import StopSignals, serve_guest
 from pagehint.config import GuestConfig, HintingConfig
 from pagehint.errors import UsageError
+from tests.waiting import wait_for
 
 
 def _cfg(**kw: object) -> GuestConfig:
@@ -60,7 +61,14 @@ async def test_a_stop_while_connecting_gives_up_the_connection() -> None:
     signals = StopSignals()
     cfg = _cfg(host=f"127.0.0.1:{_closed_port()}", connect_timeout=30.0)
     run = asyncio.create_task(serve_guest(cfg, quiet=True, signals=signals))
-    await asyncio.sleep(0.3)
+
+    def connecting() -> bool:  # the driver's start is running under unless_stopped
+        return any(
+            getattr(t.get_coro(), "__qualname__", "") == "BalloonDriver.start"
+            for t in asyncio.all_tasks()
+        )
+
+    await wait_for(connecting, 10, "the guest to start connecting")
     signals.stop()
     with pytest.raises(UsageError, match="while connecting"):
         await asyncio.wait_for(run, 10)
@@ -69,7 +77,7 @@ async def test_a_stop_while_connecting_gives_up_the_connection() -> None:
 async def test_a_stop_while_running_ends_the_run_with_its_summary() -> None:
     signals = StopSignals()
     run = asyncio.create_task(serve_guest(_cfg(duration=60), quiet=True, signals=signals))
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: bool(signals.running), 10, "the guest to run")
     signals.stop()
     s = await asyncio.wait_for(run, 10)
     assert s["stopped_by_signal"] and s["duration_s"] < 30
