@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from guest.hinting.plugin import parse_policies
-from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from lab.plot import files_line
 from pagehint.cli_support import (
@@ -22,6 +21,7 @@ from pagehint.cli_support import (
     parse_ram,
     positive_float,
 )
+from pagehint.config import BACKENDS, WORKLOADS
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
 from pagehint.tls import load_tls
@@ -65,7 +65,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise UsageError("give --workload or --scenario, not both")
     scenario = None
     if a.workload is not None:
-        choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload")
+        choice(str(a.workload), WORKLOADS, "--workload")
     else:
         scenario = resolve_scenario(str("memhog" if a.scenario is None else a.scenario))
         load_scenario(scenario)
@@ -98,7 +98,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         extra_guest_args=tuple(auth),
         guest_env=token_env,
         guest_id=tls.identity if tls is not None else None,
-        backend=choice(str(a.backend), ("sim", "shm"), "--backend"),
+        backend=choice(str(a.backend), BACKENDS, "--backend"),
         out=out,
     )
     log = make_logger("compare", quiet=bool(a.json))

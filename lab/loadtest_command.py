@@ -24,6 +24,7 @@ from pagehint.cli_support import (
     positive_float,
     positive_int,
 )
+from pagehint.config import BACKENDS
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
 from pagehint.units import format_size, parse_seconds, parse_size
@@ -102,7 +103,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         capacity = convert(a.memory_limit, lambda s: parse_size(s, "size"), "--memory-limit")
         if capacity <= 0:
             raise UsageError("--memory-limit must be positive")
-    backend = choice(str(a.backend), ("sim", "shm"), "--backend")
+    backend = choice(str(a.backend), BACKENDS, "--backend")
     if backend == "shm" and not a.force and total > 0.8 * mem_available():
         raise UsageError(
             f"--backend shm: {guests} guests × {format_size(ram)} = {format_size(total)} could "

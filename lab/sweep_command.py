@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from guest.hinting.plugin import parse_policies
-from guest.workloads.builtin import BUILTINS
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from lab.plot import files_line
 from lab.sweep import KNOBS, SweepConfig, as_json, combinations, format_sweep, run_sweep
@@ -23,6 +22,7 @@ from pagehint.cli_support import (
     parse_ram,
     positive_float,
 )
+from pagehint.config import BACKENDS, WORKLOADS
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
 from pagehint.units import parse_seconds
@@ -153,7 +153,7 @@ def config_from_args(a: argparse.Namespace) -> SweepConfig:
         duration=convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"),
         repeat=repeat,
         parallel=convert(a.parallel, int_in(1, 64), "--parallel"),
-        backend=choice(str(a.backend), ("sim", "shm"), "--backend"),
+        backend=choice(str(a.backend), BACKENDS, "--backend"),
         out=_writable_out(a.out),
     )
 
@@ -169,7 +169,7 @@ def _workload_args(a: argparse.Namespace) -> list[str]:
     if a.trace_map is not None:
         raise UsageError("--trace-map is for --trace: give --trace FILE too")
     if a.workload is not None:
-        return ["--workload", choice(str(a.workload), tuple(sorted(BUILTINS)), "--workload")]
+        return ["--workload", choice(str(a.workload), WORKLOADS, "--workload")]
     scenario = resolve_scenario(str(a.scenario or "memhog"))
     load_scenario(scenario)
     return ["--scenario", scenario]

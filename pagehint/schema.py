@@ -6,9 +6,10 @@ lab commands, the tests and anyone scripting around pagehint read them. The
 field comments below are the reference; README's "What the output means"
 explains the headline ones.
 
-The decoder checks what it can cheaply check (an object, with the required keys
-of the record's kind) and fails with one plain line: a summary from a different
-version or a truncated line is a clear error, not a KeyError three calls later.
+The decoder checks an object has the required keys of the record's kind and
+that each field holds its annotated kind (nested records too), and fails with
+one plain line: a summary from a different version or a truncated line is a
+clear error, not a KeyError three calls later.
 """
 
 # No `from __future__ import annotations` here: TypedDict reads NotRequired from

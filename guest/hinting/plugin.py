@@ -36,8 +36,6 @@ from guest.mm.zone import Zone
 from pagehint.config import BUILTIN_POLICIES, HintingConfig
 from pagehint.errors import UsageError
 
-BUILTIN = BUILTIN_POLICIES
-
 
 def is_plugin(name: str) -> bool:
     return ":" in name
@@ -100,9 +98,9 @@ def check_policy_name(name: str, flag: str = "--policy") -> str:
     if is_plugin(name):
         load_policy_class(name)
         return name
-    if name not in BUILTIN:
+    if name not in BUILTIN_POLICIES:
         raise UsageError(
-            f"{flag}: unknown value {name!r} (choose from {', '.join(BUILTIN)}, "
+            f"{flag}: unknown value {name!r} (choose from {', '.join(BUILTIN_POLICIES)}, "
             f"or FILE.py:CLASS / MODULE:CLASS for your own)"
         )
     return name

@@ -42,12 +42,9 @@ from dataclasses import dataclass, field
 from guest.mm.constants import ALLOCATED, MAX_ORDER, MIN_RAM, PAGE_SIZE, RAM_ALIGN
 from guest.trace.parse import FREE, Trace
 from guest.workloads.base import WorkloadContext
-from pagehint.config import TRACE_MAPPINGS, TRACE_UNTOUCHED
+from pagehint.config import TRACE_MAPPINGS
 from pagehint.schema import TraceSummary
 
-# The vocabulary is the config's (pagehint/config.py checks it there).
-MAPPINGS = TRACE_MAPPINGS
-UNTOUCHED = TRACE_UNTOUCHED
 TICK_MASK = 63  # events between counting ticks (a power of two, minus one)
 _MAX_BLOCK = 1 << MAX_ORDER
 
@@ -90,8 +87,8 @@ def _cover(pages: int) -> int:
 
 
 def plan_replay(trace: Trace, mapping: str = "identity") -> ReplayPlan:
-    if mapping not in MAPPINGS:
-        raise ReplayError(f"unknown mapping {mapping!r}: {' | '.join(MAPPINGS)}")
+    if mapping not in TRACE_MAPPINGS:
+        raise ReplayError(f"unknown mapping {mapping!r}: {' | '.join(TRACE_MAPPINGS)}")
     if not len(trace):
         raise ReplayError(f"{trace.path}: no mm_page_alloc/mm_page_free events to replay")
     if mapping == "identity":
