@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-slow lint protos protos-check bench clean compose-demo compose-test
+.PHONY: demo test test-fast test-slow lint protos protos-check bench clean compose-demo compose-test \
+    readme-samples
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,8 @@ protos-check: $(STAMP)
 
 # Lint, the generated-code check, the default test run, the slow tests, then the
 # same stack in real containers (skipped, with the reason, where no engine can run).
+# The container step installs Docker's packages and starts a daemon as root when
+# they are missing (it says so first); `make test SKIP_DOCKER=1` skips it.
 test: $(STAMP)
 	$(MAKE) lint
 	@if [ -f virtqueue/generate.py ]; then $(MAKE) protos-check; fi
@@ -41,12 +44,21 @@ test-fast: $(STAMP)
 
 # Real containers: install Docker's Debian packages and start an engine if none
 # answers, build the image (offline when no registry is reachable), run host + 3
-# guests, tear everything down. See deploy/compose.sh.
+# guests, tear everything down. See deploy/compose.sh. SKIP_DOCKER=1 skips both
+# (PAGEHINT_SKIP_DOCKER=1 in the environment does too).
+SKIP_DOCKER ?=
+COMPOSE_ENV = PYTHON=$(abspath $(PY)) $(if $(SKIP_DOCKER),PAGEHINT_SKIP_DOCKER=$(SKIP_DOCKER))
+
 compose-demo: $(STAMP)
-	PYTHON=$(abspath $(PY)) deploy/compose.sh demo
+	$(COMPOSE_ENV) deploy/compose.sh demo
 
 compose-test: $(STAMP)
-	PYTHON=$(abspath $(PY)) deploy/compose.sh test
+	$(COMPOSE_ENV) deploy/compose.sh test
+
+# Rerun every command whose output README.md shows and rewrite those samples (a
+# few minutes on 2 cores). ONLY=loadtest,sweep reruns some; see scripts/readme_samples.py.
+readme-samples: $(STAMP)
+	$(PY) -m scripts.readme_samples $(if $(ONLY),--only $(ONLY))
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

@@ -11,6 +11,14 @@
 #   deploy/compose.sh stop-engine   stop the daemon, if this script started it
 #   deploy/compose.sh demo     engine, image, up, watch for DEMO_SECONDS (30), down
 #   deploy/compose.sh test     engine, image, then the container tests (pytest -m docker)
+#   deploy/compose.sh plan [test|demo|engine]   print what that command would change on
+#                              this machine (packages, daemon) and do nothing
+#
+# Before `engine` (and so `demo` and `test`) installs a package or starts dockerd it
+# says so, and how to skip; in a terminal (and not under CI) it then waits
+# PAGEHINT_DOCKER_NOTICE_WAIT seconds (5) for a Ctrl-C. PAGEHINT_SKIP_DOCKER=1
+# (`make test SKIP_DOCKER=1`) skips `engine`, `demo` and `test`: they say
+# "skipped (...)" and exit 0 without touching anything.
 #
 # Every step is idempotent: what is already there is used, not rebuilt.
 # Settings (environment): PROJECT (compose project, default pagehint), IMAGE
@@ -50,6 +58,98 @@ skip_because() {
 
 engine_answers() { docker info >/dev/null 2>&1; }
 
+# How the daemon is started when none answers: no storage driver, firewall or
+# network setup of its own to need from the machine.
+DOCKERD_FLAGS=(--storage-driver=vfs --iptables=false --bridge=none)
+SKIP_HOW="make test SKIP_DOCKER=1 (or PAGEHINT_SKIP_DOCKER=1 in the environment)"
+
+# PAGEHINT_SKIP_DOCKER: 1/true/yes/on skips, empty/0/false/no/off does not.
+skip_requested() {
+    case "$(printf '%s' "${PAGEHINT_SKIP_DOCKER:-}" | tr '[:upper:]' '[:lower:]')" in
+    1 | true | yes | on) return 0 ;;
+    "" | 0 | false | no | off) return 1 ;;
+    *)
+        say "PAGEHINT_SKIP_DOCKER=${PAGEHINT_SKIP_DOCKER}: say 1 to skip the container step, 0 to run it"
+        exit 2
+        ;;
+    esac
+}
+
+under_ci() { [[ -n "${CI:-}" && "${CI,,}" != false && "${CI}" != 0 ]]; }
+
+# What `engine` would change here: NEED, the Debian packages it would install;
+# START=1 if no engine answers (after installing, it starts dockerd unless one then
+# answers). Looks only; changes nothing.
+survey_engine() {
+    NEED=()
+    if ! command -v docker >/dev/null || ! command -v dockerd >/dev/null; then NEED+=(docker.io); fi
+    command -v debootstrap >/dev/null || NEED+=(debootstrap)
+    if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+        NEED+=(docker-compose)
+    fi
+    START=0
+    engine_answers || START=1
+}
+
+# The notice before the machine is changed: what, and how not to. $1 says whether a
+# daemon this starts is stopped at the end ("stopped" for demo and test).
+notice_engine() {
+    local ending="$1"
+    ((${#NEED[@]} || START)) || return 0
+    say "to run the container step this will change the system:"
+    if ((${#NEED[@]})); then
+        say "  - install Debian packages with apt-get (apt-get update; apt-get install -y): ${NEED[*]}"
+    fi
+    if ((START)); then
+        if [[ "$ending" == stopped ]]; then
+            say "  - start dockerd ${DOCKERD_FLAGS[*]} (log build/compose/dockerd.log) unless an engine then answers, and stop it when the step ends"
+        else
+            say "  - start dockerd ${DOCKERD_FLAGS[*]} (log build/compose/dockerd.log) unless an engine then answers; it keeps running ($0 stop-engine stops it)"
+        fi
+    fi
+    say "to skip it: $SKIP_HOW"
+}
+
+# A moment to read the notice and Ctrl-C, for a person at a terminal (not CI).
+pause_for_notice() {
+    local wait="${PAGEHINT_DOCKER_NOTICE_WAIT:-5}"
+    [[ -t 2 ]] && ! under_ci && [[ "$wait" =~ ^[0-9]+$ ]] && ((wait > 0)) || return 0
+    say "going ahead in $wait s (Ctrl-C to stop)"
+    sleep "$wait"
+}
+
+# `plan CMD`: what CMD would do to this machine, and nothing else.
+cmd_plan() {
+    local what="${1:-test}" ending=stopped
+    case "$what" in
+    test | demo) ;;
+    engine) ending=running ;;
+    *) die "plan: say test, demo or engine (not $what)" ;;
+    esac
+    if skip_requested; then
+        say "plan for $what: skipped (PAGEHINT_SKIP_DOCKER=$PAGEHINT_SKIP_DOCKER): nothing installed, no daemon started"
+        return 0
+    fi
+    survey_engine
+    if ((${#NEED[@]} == 0 && START == 0)); then
+        say "plan for $what: a Docker engine answers and nothing is missing: the system is not changed"
+        return 0
+    fi
+    if [[ $(id -u) -ne 0 ]]; then
+        say "plan for $what: not root, so nothing is installed or started; missing: ${NEED[*]:-nothing}; engine answers: $( ((START)) && echo no || echo yes) (the container tests then report themselves skipped)"
+        return 0
+    fi
+    if ((${#NEED[@]})) && ! command -v apt-get >/dev/null; then
+        say "plan for $what: need ${NEED[*]} but there is no apt-get: nothing is installed (the container tests then report themselves skipped)"
+        return 0
+    fi
+    say "plan for $what (nothing is done now):"
+    notice_engine "$ending"
+    if [[ -t 2 ]] && ! under_ci; then
+        say "in a terminal it waits ${PAGEHINT_DOCKER_NOTICE_WAIT:-5} s after the notice (Ctrl-C to stop)"
+    fi
+}
+
 # Set when this very run started the daemon: only then do test and demo stop it.
 STARTED_HERE=0
 
@@ -74,18 +174,18 @@ compose() {
     fi
 }
 
+# $1: "stopped" when the caller stops a daemon this starts (demo, test), else "running".
 cmd_engine() {
+    local ending="${1:-running}"
     rm -f "$STATE/skip-reason"
-    local need=()
-    command -v docker >/dev/null || need+=(docker.io)
-    command -v dockerd >/dev/null || need+=(docker.io)
-    command -v debootstrap >/dev/null || need+=(debootstrap)
-    if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
-        need+=(docker-compose)
-    fi
+    survey_engine
+    local need=("${NEED[@]}") noticed=0
     if ((${#need[@]})); then
         [[ $(id -u) -eq 0 ]] || skip_because "need ${need[*]} and not root to install them"
         command -v apt-get >/dev/null || skip_because "need ${need[*]}; no apt-get here"
+        notice_engine "$ending"
+        noticed=1
+        pause_for_notice
         say "installing ${need[*]} (Debian packages)"
         if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             "${need[@]}"; } >"$STATE/apt.log" 2>&1; then
@@ -101,10 +201,15 @@ cmd_engine() {
         skip_because "the Docker socket is not writable by this user (add it to the docker group)"
     fi
     [[ $(id -u) -eq 0 ]] || skip_because "no Docker engine answers and not root to start one"
-    say "starting dockerd (storage vfs, no iptables, no default bridge)"
+    if ((!noticed)); then
+        NEED=()
+        START=1
+        notice_engine "$ending"
+        pause_for_notice
+    fi
+    say "starting dockerd ${DOCKERD_FLAGS[*]}"
     # setsid: the daemon outlives this script and is not killed with its terminal.
-    setsid dockerd --storage-driver=vfs --iptables=false --bridge=none \
-        >"$STATE/dockerd.log" 2>&1 </dev/null &
+    setsid dockerd "${DOCKERD_FLAGS[@]}" >"$STATE/dockerd.log" 2>&1 </dev/null &
     echo $! >"$STATE/dockerd.pid"
     STARTED_HERE=1
     for _ in $(seq 120); do
@@ -248,7 +353,7 @@ cmd_down() {
 stop_engine_if_started_here() { if ((STARTED_HERE)); then cmd_stop_engine; fi; }
 
 cmd_demo() {
-    cmd_engine
+    cmd_engine stopped
     trap stop_engine_if_started_here EXIT
     if [[ -n "$(compose ps -q 2>/dev/null)" ]]; then
         die "a stack of project $PROJECT is already up: take it down first ($0 down) or set PROJECT"
@@ -280,7 +385,7 @@ cmd_test() {
     local rc=0 answered=0
     engine_answers && answered=1
     # In a subshell: an engine that cannot run here ends it, not this script.
-    if (cmd_engine); then
+    if (cmd_engine stopped); then
         ((answered)) || STARTED_HERE=1
         trap 'down_test_stacks; stop_engine_if_started_here' EXIT
         trap 'exit 130' INT TERM
@@ -292,7 +397,18 @@ cmd_test() {
     return "$rc"
 }
 
+# The skip comes first: a skipped step touches nothing.
 case "${1:-}" in
+engine | demo | test)
+    if skip_requested; then
+        say "$1: skipped (PAGEHINT_SKIP_DOCKER=$PAGEHINT_SKIP_DOCKER): no packages installed, no daemon started, no container tests run"
+        exit 0
+    fi
+    ;;
+esac
+
+case "${1:-}" in
+plan) cmd_plan "${2:-test}" ;;
 engine) cmd_engine ;;
 image) cmd_image ;;
 up) cmd_up ;;

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from guest.hinting.plugin import check_policy_name
 from guest.mm.constants import MAX_RAM
 from guest.trace.load import load_plan
-from guest.workloads.scenario import load_scenario, resolve_scenario
+from guest.workloads.scenario import BUILTIN_DIR, load_scenario, resolve_scenario
 from pagehint.cli_support import (
     Subparsers,
     add_flag,
@@ -22,10 +22,26 @@ from pagehint.cli_support import (
     parse_ram,
     verbosity,
 )
-from pagehint.config import GuestConfig, HintingConfig, TraceConfig
+from pagehint.config import BUILTIN_POLICIES, WORKLOADS, GuestConfig, HintingConfig, TraceConfig
 from pagehint.errors import UsageError
 from pagehint.tls import TlsConfig, load_tls
 from pagehint.units import parse_seconds
+
+
+def shipped_scenarios() -> list[str]:
+    """The names --scenario takes for the scenarios that ship (guest/workloads/scenarios/)."""
+    return sorted(f.stem for f in BUILTIN_DIR.glob("*.toml"))
+
+
+POLICY_HELP = (
+    f"{' | '.join(BUILTIN_POLICIES)} (bitmap: the seed design, RFC v10; reporting: Linux's "
+    "free page reporting), or your own: FILE.py:CLASS | MODULE:CLASS"
+)
+SCENARIO_HELP = "scenario TOML file, or a shipped one: " + ", ".join(shipped_scenarios())
+DURATION_HELP = (
+    "seconds to run (e.g. 30, 2m); with --trace an upper bound: the guest ends once the trace "
+    "has ended and its policy has reported what it freed"
+)
 
 
 def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
@@ -51,9 +67,9 @@ def _what_to_run(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     )
     add_flag(p, e, "--id", default="guest", dest="guest_id", help="guest name")
     add_flag(p, e, "--host", default=None, help="host address HOST:PORT")
-    add_flag(p, e, "--policy", default="bitmap", help="bitmap | reporting | none")
-    add_flag(p, e, "--workload", default=None, help="memhog | churn | fragment")
-    add_flag(p, e, "--scenario", default=None, help="scenario TOML file")
+    add_flag(p, e, "--policy", default="bitmap", help=POLICY_HELP)
+    add_flag(p, e, "--workload", default=None, help=" | ".join(WORKLOADS))
+    add_flag(p, e, "--scenario", default=None, help=SCENARIO_HELP)
     add_flag(
         p,
         e,
@@ -85,7 +101,7 @@ def _what_to_run(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         help="--trace: the pages the trace never names start free (default) | allocated",
     )
     add_switch(p, e, "--trace-lenient", help="--trace: count malformed lines instead of stopping")
-    add_flag(p, e, "--duration", default=None, help="seconds to run (e.g. 30, 2m)")
+    add_flag(p, e, "--duration", default=None, help=DURATION_HELP)
     add_flag(p, e, "--seed", default="0", help="random seed for workloads")
 
 
@@ -177,12 +193,20 @@ def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         e,
         "--metrics-addr",
         default="127.0.0.1",
-        help="address the metrics listen on (default loopback; 0.0.0.0 exposes them)",
+        help="address the metrics listen on (loopback; 0.0.0.0 exposes them to every address)",
     )
     add_flag(p, e, "--tls-cert", default=None, help="mutual TLS: this guest's certificate (PEM)")
     add_flag(p, e, "--tls-key", default=None, help="mutual TLS: its private key (PEM)")
     add_flag(p, e, "--tls-ca", default=None, help="mutual TLS: the CA that signs the host (PEM)")
     add_flag(p, e, "--token", default=None, help="without TLS: this guest's token (host --tokens)")
+    add_flag(
+        p,
+        e,
+        "--shm-dir",
+        default="/dev/shm",
+        help="shm backend: the only folder whose RAM files this guest opens; give the "
+        "host's --shm-dir (default /dev/shm, where a host keeps them without one)",
+    )
     add_flag(p, e, "--poison", default=None, help="offer PAGE_POISON with this byte value (0-255)")
     add_switch(
         p,
@@ -237,6 +261,9 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
     metrics_port = (
         None if a.metrics_port is None else convert(a.metrics_port, int, "--metrics-port")
     )
+    from pagehint.metrics import check_listen_addr  # here: prometheus_client is slow to import
+
+    check_listen_addr(str(a.metrics_addr))  # a port or not: 1.2.3.4 never passes unseen
     host, tls = _connection(a)
     return GuestConfig(
         ram_bytes=ram,
@@ -261,6 +288,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         tls=tls,
         token=None if a.token is None else str(a.token),
         reports=None if a.reports is None else str(a.reports),
+        shm_dir=str(a.shm_dir),
         hinting=hinting,
         trace=trace,
     )
@@ -284,7 +312,7 @@ def _workload_config(
     scenario = None
     if a.scenario is not None:
         scenario = resolve_scenario(str(a.scenario))
-        load_scenario(scenario)  # fail now, with the file and step named
+        load_scenario(scenario, ram)  # fail now, with the file and step named (and RAM)
     duration = None if a.duration is None else convert(a.duration, parse_seconds, "--duration")
     return ram, workload, scenario, trace, duration
 
@@ -314,6 +342,10 @@ def _connection(a: argparse.Namespace) -> tuple[str | None, TlsConfig | None]:
     ):
         if path is not None:
             check_writable(str(path), flag)
+    if a.token is not None and any((a.tls_cert, a.tls_key, a.tls_ca)):
+        # At once, before any file is read (GuestConfig checks it too): a host takes
+        # one or the other, and the wrong one fails only at the handshake.
+        raise UsageError("give mutual TLS (--tls-*) or --token, not both")
     return host, load_tls(a.tls_cert, a.tls_key, a.tls_ca)
 
 

@@ -9,22 +9,163 @@ never silent.
 With PAGE_POISON offered, freed pages are filled with the poison byte and
 checked when allocated again: a page whose poison changed while free was
 modified behind the guest's back (for example zero-filled by a discard).
+
+The file is the host's word, and the guest writes into it: ``open_ram_file``
+believes it only when it is a fresh file a host made for this session in the
+guest's own RAM folder (docs/architecture.md, "Who trusts what").
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import re
+import stat
 import struct
 import zlib
 from collections.abc import Callable
 
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
+from pagehint.errors import UsageError
 
 STAMP = struct.Struct("<QIIQ")  # pfn, generation, guest tag, magic
 MAGIC = 0x5041474548494E54  # "PAGEHINT"
 LOG_FIRST = 20  # log the first losses one by one, then only count
+
+# The names a host gives (host/memory/shm.py: _RAM_NAME for its files, PRIVATE_PREFIX
+# and its pid for its own folder). The guest cannot import the host; a test holds
+# the two to each other.
+RAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}\.ram")
+HOST_FOLDER = re.compile(r"pagehint-host-[0-9]{1,10}")
+
+
+class RamFileRefused(UsageError):
+    """The host named a RAM file this guest will not open: a broken or hostile host.
+    Final: asking again would only get the same answer from the same host."""
+
+
+def open_ram_file(named: str, folder: str, size: int) -> int:
+    """Open the RAM file the host named, read-write, and return its descriptor; only
+    if it is a fresh file made for this session, in ``folder`` (the guest's --shm-dir)
+    or a host's own folder directly in it. Anything else is RamFileRefused, before
+    anything is mapped or written.
+
+    Every directory below ``folder`` is opened relative to the one before with
+    O_NOFOLLOW, so no symbolic link is followed and a folder swapped for one
+    between a check and the open is not either; what was opened is checked with
+    fstat, the file itself and not a name for it.
+    """
+    root, sub, name = _place(named, folder)
+
+    def refuse(rule: str) -> RamFileRefused:
+        return RamFileRefused(f"named RAM file {named}: {rule}; not mapping it")
+
+    dirs: list[int] = []
+    try:
+        dirs.append(_open_dir(root, None, refuse))
+        if sub is not None:
+            dirs.append(_open_dir(sub, dirs[0], refuse))
+        folder_owner = os.fstat(dirs[-1]).st_uid
+        fd = _open_file(name, dirs[-1], refuse)
+    finally:
+        for d in dirs:
+            os.close(d)
+    try:
+        _check_fresh(os.fstat(fd), folder_owner, size, refuse)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _place(named: str, folder: str) -> tuple[str, str | None, str]:
+    """(the guest's folder as named, the host's folder in it or None, the file's name)."""
+    where = f"named RAM file {named}"
+    if "\0" in named or not os.path.isabs(named) or os.path.normpath(named) != named:
+        raise RamFileRefused(f"{where}: not a plain absolute path; not mapping it")
+    parent, name = os.path.split(named)
+    # The folder as configured and as resolved: /dev/shm may itself be a link
+    # (to /run/shm), which the guest's own setting is trusted to be.
+    mine = {os.path.abspath(folder), os.path.realpath(folder)}
+    up, sub = os.path.split(parent)
+    if parent in mine:
+        root, host_folder = parent, None
+    elif up in mine and HOST_FOLDER.fullmatch(sub):
+        root, host_folder = up, sub
+    else:
+        raise RamFileRefused(
+            f"{where}: not in this guest's RAM folder {folder} (--shm-dir) or a host's "
+            "pagehint-host-PID folder directly in it; not mapping it"
+        )
+    if not RAM_NAME.fullmatch(name):
+        raise RamFileRefused(f"{where}: not a RAM file's name (NAME-8HEX.ram); not mapping it")
+    return root, host_folder, name
+
+
+def _open_dir(name: str, at: int | None, refuse: Callable[[str], RamFileRefused]) -> int:
+    """The guest's folder (``at`` None: as configured), or a host's folder in it (never
+    through a symbolic link)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    if at is not None:
+        try:
+            st = os.stat(name, dir_fd=at, follow_symlinks=False)
+        except OSError as e:
+            raise refuse(f"cannot open its folder {name}: {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a folder"
+            raise refuse(f"its folder {name} is {what}")
+        flags |= os.O_NOFOLLOW  # and if it was swapped for a link since: ELOOP
+    try:
+        return os.open(name, flags, dir_fd=at)
+    except OSError as e:
+        raise refuse(f"cannot open its folder {name}: {e.strerror}") from None
+
+
+def _open_file(name: str, at: int, refuse: Callable[[str], RamFileRefused]) -> int:
+    # Not even opened unless it is a regular file (a FIFO, a device: opening one
+    # can block or act); checked again on what was opened.
+    try:
+        st = os.stat(name, dir_fd=at, follow_symlinks=False)
+    except OSError as e:
+        raise refuse(f"cannot open: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise refuse("is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse("is not a regular file")
+    try:
+        return os.open(
+            name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=at
+        )
+    except OSError as e:
+        raise refuse(f"cannot open: {e.strerror}") from None
+
+
+def _check_fresh(
+    st: os.stat_result, folder_owner: int, size: int, refuse: Callable[[str], RamFileRefused]
+) -> None:
+    """What the host's own file is: regular, its only name, made by the folder's owner
+    (or by this user), exactly this guest's RAM in size, nothing written yet."""
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse("is not a regular file")
+    if st.st_nlink != 1:
+        # A hard link to any file of this user's would pass every check of its name.
+        raise refuse(f"has {st.st_nlink} links (a host's RAM file has one)")
+    me = os.geteuid()
+    if st.st_uid not in (folder_owner, me):
+        raise refuse(
+            f"belongs to uid {st.st_uid}, not to its folder's owner (uid {folder_owner}) "
+            f"or this guest (uid {me})"
+        )
+    if st.st_size != size:
+        raise refuse(f"is {st.st_size} bytes, not this guest's RAM size ({size} bytes)")
+    if st.st_blocks:
+        # A host makes a new sparse file for each session (O_EXCL): one with any
+        # block allocated was not made for this session.
+        raise refuse(
+            f"already holds data ({st.st_blocks * 512} bytes): not a fresh file made "
+            "for this session"
+        )
 
 
 class SharedRam:
@@ -35,7 +176,11 @@ class SharedRam:
         guest_id: str,
         poison: int | None,
         log: Callable[[str], None],
+        *,
+        folder: str,
     ) -> None:
+        """Map the RAM file the host named at ``path``: only one ``open_ram_file``
+        believes, in ``folder`` (the guest's --shm-dir)."""
         self.mm = mm
         self.size = mm.ram_bytes
         self.tag = zlib.crc32(guest_id.encode())
@@ -48,18 +193,14 @@ class SharedRam:
         self.poison_errors = 0
         self.pages_checked = 0
         self.path = path
+        self.folder = folder
         self.fd = -1
         self.map = self._open(path)
         self._poison_page = bytes([poison or 0]) * PAGE_SIZE
 
     def _open(self, path: str) -> mmap.mmap:
+        fd = open_ram_file(path, self.folder, self.size)
         try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError as e:
-            raise ConnectionError(f"cannot open the host's RAM file {path}: {e.strerror}") from None
-        try:
-            if os.fstat(fd).st_size < self.size:
-                raise ConnectionError(f"RAM file {path} is smaller than guest RAM")
             mapping = mmap.mmap(fd, self.size, mmap.MAP_SHARED)
         except BaseException:
             os.close(fd)

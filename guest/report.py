@@ -14,6 +14,13 @@ def _reasons(by: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(by.items())) or "none"
 
 
+def _data_loss(s: GuestSummary) -> str:
+    """Pages lost, where real guest memory could show it (shm); else not measured."""
+    if s["data_loss_checked"]:
+        return f"{s['data_loss_pages']} pages"
+    return f"not measured ({s['backend']} backend has no real guest memory; use --backend shm)"
+
+
 def format_summary(s: GuestSummary) -> str:
     lat = s["ack_latency_ms"]
 
@@ -42,7 +49,7 @@ def format_summary(s: GuestSummary) -> str:
             f"p50 {ms(lat.get('p50'))}, p99 {ms(lat.get('p99'))}, max {ms(lat.get('max'))}",
         ),
         ("allocations", f"{s['alloc_ops']} ({s['alloc_failures']} failed)"),
-        ("data loss", f"{s['data_loss_pages']} pages"),
+        ("data loss", _data_loss(s)),
     ]
     if s.get("abandoned_reports"):
         rows.append(

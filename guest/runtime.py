@@ -35,6 +35,11 @@ TIMELINE_PERIOD = 0.1  # seconds between periodic timeline rows (besides event r
 # together are written as one row when the interval ends, so a timeline stays
 # bounded (≤ 10 + 100 rows/s, ~170 bytes each) however fast chains go.
 ACK_ROW_INTERVAL = 0.01
+# After a trace, the guest stays while its policy has work pending (what the
+# trace freed, waiting for the reporting delay), polling this often, and without
+# --duration for at most this long.
+SETTLE_POLL = 0.05
+SETTLE_LIMIT = 60.0
 
 
 class GuestRuntime:
@@ -182,10 +187,8 @@ class GuestRuntime:
             done, _ = await asyncio.wait(
                 {work, stop}, timeout=self.cfg.duration, return_when=asyncio.FIRST_COMPLETED
             )
-            if work in done and self.cfg.duration is not None:
-                # The workload ended early: idle until the duration so hinting can finish.
-                remaining = self.cfg.duration - (time.monotonic() - self.started)
-                await self.ctx.sleep(remaining)
+            if work in done:
+                await self._after_workload()
             self.ctx.stop.set()
             stop.cancel()
             await work
@@ -206,6 +209,32 @@ class GuestRuntime:
                     self._out.close()
                 self._out = None
         return self.summary()
+
+    async def _after_workload(self) -> None:
+        """The workload ended before --duration. A scenario or a built-in workload
+        idles until the duration, so hinting can finish. A trace ends the run (its
+        --duration is an upper bound): the guest stays only while its policy still
+        has work pending — the trace's last frees, waiting for the reporting delay."""
+        left = None
+        if self.cfg.duration is not None:
+            left = self.cfg.duration - (time.monotonic() - self.started)
+        if self.replay_plan is None:
+            if left is not None:
+                await self.ctx.sleep(left)
+            return
+        limit = SETTLE_LIMIT if left is None else left
+        if self.policy.idle() or self.ctx.stop.is_set() or limit <= 0:
+            return
+        self.log(
+            f"the trace ended at {self.ctx.now():.2f}s; waiting (at most {limit:.1f}s) "
+            f"for policy {self.cfg.hinting.policy} to report what it freed"
+        )
+        deadline = time.monotonic() + limit
+        while not self.policy.idle() and time.monotonic() < deadline:
+            if not await self.ctx.sleep(min(SETTLE_POLL, deadline - time.monotonic())):
+                return
+        waited = "idle" if self.policy.idle() else "still busy: stopping it"
+        self.log(f"policy {self.cfg.hinting.policy} {waited} at {self.ctx.now():.2f}s")
 
     def _check(self) -> str | None:
         if not self.cfg.check:

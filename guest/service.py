@@ -17,7 +17,7 @@ from guest.balloon import BalloonDriver
 from guest.hinting.device import LoopbackDevice, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
-from guest.ram import SharedRam
+from guest.ram import RamFileRefused, SharedRam
 from guest.runtime import GuestRuntime
 from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
@@ -79,6 +79,9 @@ async def serve_guest(
     log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, {where}")
     summary = await _run_then_close(rt, driver, signals, (metrics, reports))
     _finish(cfg, rt, driver, shm.ram, summary, log)
+    if driver is not None and driver.fatal is not None:
+        # Its id taken, or a RAM file refused, mid-run: a failure, in one line.
+        raise driver.fatal
     log(
         f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
         f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
@@ -97,14 +100,24 @@ class _RamFollower:
     def __call__(self, acc: Accepted) -> None:
         if acc.backend != "shm":
             return
-        if self.ram is None:
-            self.ram = SharedRam(
-                acc.shm_path, self.mm, self.cfg.guest_id, self.cfg.poison, self.log
-            )
-            self.log(f"mapped guest RAM from {acc.shm_path}")
-        else:
-            self.ram.move_to(acc.shm_path)
-            self.log(f"moved guest RAM to {acc.shm_path}")
+        try:
+            if self.ram is None:
+                self.ram = SharedRam(
+                    acc.shm_path,
+                    self.mm,
+                    self.cfg.guest_id,
+                    self.cfg.poison,
+                    self.log,
+                    folder=self.cfg.shm_dir,
+                )
+                self.log(f"mapped guest RAM from {acc.shm_path}")
+            else:
+                self.ram.move_to(acc.shm_path)
+                self.log(f"moved guest RAM to {acc.shm_path}")
+        except RamFileRefused as e:
+            # A host that names such a file is broken or hostile: the connection
+            # closes the session and the guest stops (no retrying the same host).
+            raise RamFileRefused(f"host {self.cfg.host} {e}") from None
 
 
 async def _run_then_close(
@@ -136,6 +149,8 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         rt.memory.on_free.append(ram.on_free)
     if driver is not None:
         connected = driver
+        # The driver cannot go on (guest id taken, RAM file refused): end the run.
+        connected.conn.on_fatal.append(lambda _e: rt.ctx.stop.set())
         rt.memory.on_alloc.append(connected.on_alloc)
         rt.host_resident = lambda: connected.host_resident_bytes
         rt.last_chain = lambda: connected.last_done

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from host.limits import default_max_sessions
+from host.limits import (
+    default_max_connections,
+    default_max_sessions,
+    default_sessions_per_peer,
+    raise_nofile,
+)
 from pagehint import loop as event_loop
 from pagehint.cli_support import (
     Subparsers,
@@ -71,7 +76,53 @@ def _serving(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         e,
         "--max-sessions",
         default=None,
-        help="most sessions at once (default: what the descriptor limit leaves room for)",
+        help="most sessions at once (default: what the descriptor limit leaves room for, "
+        "at most 1024)",
+    )
+    _client_limits(p, e)
+
+
+def _client_limits(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
+    """Flags: what one client may hold, so that no client locks the others out."""
+    add_flag(
+        p,
+        e,
+        "--max-sessions-per-peer",
+        default=None,
+        help="most sessions one client address may hold (default: a quarter of "
+        "--max-sessions, at least 16)",
+    )
+    add_flag(
+        p,
+        e,
+        "--max-connections",
+        default=None,
+        help="most connections at once, past it new ones are closed at once (default: what "
+        "the descriptor limit leaves room for beside the sessions, at most 4096)",
+    )
+    add_flag(
+        p,
+        e,
+        "--handshake-timeout",
+        default="2",
+        help="close a connection that has not started HTTP/2 (and TLS) this long after "
+        "connecting (default %(default)s s)",
+    )
+    add_flag(
+        p,
+        e,
+        "--idle-connection-timeout",
+        default="2",
+        help="close a connection with no call open for this long (default %(default)s s; "
+        "guests always have one)",
+    )
+    add_flag(
+        p,
+        e,
+        "--auth-penalty-max",
+        default="10",
+        help="--tokens: a wrong token keeps its client address from having another checked "
+        "for 0.1 s, doubling per failure up to this (default %(default)s s; 0: off)",
     )
 
 
@@ -99,7 +150,7 @@ def _identity_and_outputs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> N
         e,
         "--metrics-addr",
         default="127.0.0.1",
-        help="address the metrics listen on (default loopback; 0.0.0.0 exposes them)",
+        help="address the metrics listen on (loopback; 0.0.0.0 exposes them to every address)",
     )
     add_flag(p, e, "--shm-dir", default=None, help="shm backend: where RAM files live")
     add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
@@ -149,6 +200,9 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
     metrics_port = None
     if a.metrics_port is not None:
         metrics_port = convert(a.metrics_port, int, "--metrics-port")
+    from pagehint.metrics import check_listen_addr  # here: prometheus_client is slow to import
+
+    check_listen_addr(str(a.metrics_addr))  # a port or not: 1.2.3.4 never passes unseen
     if a.ready_file is not None:
         check_writable(str(a.ready_file), "--ready-file")
     if a.chain_log is not None:
@@ -159,6 +213,12 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
     max_sessions = default_max_sessions()
     if a.max_sessions is not None:
         max_sessions = convert(a.max_sessions, int, "--max-sessions")
+    per_peer = default_sessions_per_peer(max_sessions)
+    if a.max_sessions_per_peer is not None:
+        per_peer = convert(a.max_sessions_per_peer, int, "--max-sessions-per-peer")
+    max_connections = default_max_connections(max_sessions, str(a.backend))
+    if a.max_connections is not None:
+        max_connections = convert(a.max_connections, int, "--max-connections")
     return HostConfig(
         listen=listen,
         backend=str(a.backend),
@@ -179,6 +239,13 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         tls=load_tls(a.tls_cert, a.tls_key, a.tls_ca, role="server"),
         tokens=load_tokens(a.tokens) if a.tokens is not None else {},
         max_sessions=max_sessions,
+        max_sessions_per_peer=per_peer,
+        max_connections=max_connections,
+        handshake_timeout=convert(a.handshake_timeout, parse_seconds, "--handshake-timeout"),
+        idle_connection_timeout=convert(
+            a.idle_connection_timeout, parse_seconds, "--idle-connection-timeout"
+        ),
+        auth_penalty_max=convert(a.auth_penalty_max, parse_seconds, "--auth-penalty-max"),
         chain_log=None if a.chain_log is None else str(a.chain_log),
     )
 
@@ -207,6 +274,9 @@ def load_tokens(path: str) -> dict[str, str]:
 
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
+    # Before the defaults are derived from it: servers commonly raise the soft
+    # descriptor limit to the hard one (limits.py says why it matters here).
+    raise_nofile()
     cfg = config_from_args(a)
     from host.server import serve
 

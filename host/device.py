@@ -18,6 +18,15 @@ its session is still live immediately before discarding: once a session is
 marked ended, no discard of it can start. So the fence completes at once; were
 discards ever moved off the loop, ``fence`` would have to wait for them.
 
+A fenced session is spent once the session that fenced it has been used: naming
+it again (an older copy of the guest: a clone, a process paused meanwhile) is
+refused however long the newer one has been silent; while the newer one was
+never used, naming the old one again is the guest retrying a negotiation whose
+answer was lost, and is let through. Every refusal that tells a client another
+process holds its guest id for good ends "this one gives way" (GIVES_WAY), and
+says how it was lost. Sessions are also counted per client address, and one
+address holds at most ``max_sessions_per_peer`` of them.
+
 Counts (chains, bytes reported, refusals, failures) belong to a guest's line
 of sessions: a session that fences its predecessor takes over its totals, and
 a fresh negotiation (a new guest process, even with an id used before) starts
@@ -37,7 +46,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from host.memory.base import GuestRam, MemoryBackend
 from pagehint.logging import debug_of
@@ -48,6 +57,7 @@ from virtqueue import features as F
 from virtqueue.codec import Fence, GuestFigures, HostFigures, UsedMsg
 from virtqueue.contract import MAX_ORDER, PAGE_SIZE, guest_id_problem, ram_size_problem
 
+T = TypeVar("T")
 _second = operator.itemgetter(1)
 _SIZES = tuple(1 << o for o in range(MAX_ORDER + 1))  # pages in a block of each order
 SUPPORTED = F.mask(F.REPORTING, F.PAGE_POISON)
@@ -104,9 +114,22 @@ class LimitReached(NegotiationError):
     """The host cannot take another session now (its limit, or out of resources)."""
 
 
+class PeerLimitReached(LimitReached):
+    """The client's address holds as many sessions as one address may."""
+
+
 # A session with no stream open and no call for this long is no longer "live":
 # a new guest process with the same id may take its place (its guest crashed).
 STALE_AFTER = 5.0
+# How every refusal that means "another process has this guest's id; stop" ends
+# (ALREADY_EXISTS): the guest tells it from a live session's refusal, which it retries.
+GIVES_WAY = "; this one gives way"
+_TURN_AWAY_REASONS: dict[type[NegotiationError], str] = {
+    SessionInUse: "in_use",
+    LimitReached: "session_limit",
+    PeerLimitReached: "peer_limit",
+    NotPermitted: "not_permitted",
+}
 
 
 @dataclass
@@ -164,6 +187,11 @@ class Session:
     stream_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # Outcomes of the most recent chains (id, DONE?): what a fence reports.
     recent: deque[tuple[int, bool]] = field(default_factory=deque)
+    # The client's address (per-peer quota; "" for in-process callers: none).
+    peer: str = ""
+    # Named by a call since it was opened: its holder has its token. A session that
+    # never was may be one whose negotiation's answer was lost (see _check_takeover).
+    used: bool = False
 
     @property
     def nr_pages(self) -> int:
@@ -184,6 +212,14 @@ class Session:
 
     def done_ids(self) -> frozenset[int]:
         return frozenset(i for i, done in self.recent if done)
+
+
+def _remember(table: OrderedDict[str, T], key: str, value: T) -> None:
+    """Add to a record of ended sessions, bounded like ``ended`` (oldest dropped)."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > ENDED_SESSIONS_KEPT:
+        table.popitem(last=False)
 
 
 def _check_offer(
@@ -214,6 +250,7 @@ class BalloonDevice:
         min_order: int = 0,
         faults: Faults | None = None,
         max_sessions: int = 1024,
+        max_sessions_per_peer: int | None = None,
     ) -> None:
         self.backend = backend
         self.queue_size = queue_size
@@ -221,15 +258,25 @@ class BalloonDevice:
         self.session_timeout = session_timeout
         self.min_order = min_order
         self.max_sessions = max_sessions
+        # Most sessions one client address may hold (None: only max_sessions).
+        self.max_sessions_per_peer = max_sessions_per_peer
         self.faults = faults if faults is not None and faults.active else None
         self.instance = secrets.token_hex(8)
         self.sessions: dict[str, Session] = {}
         self.by_guest: dict[str, str] = {}
         # token -> (guest id, ids of its chains that were DONE, its totals), for late fences.
         self.ended: OrderedDict[str, tuple[str, frozenset[int], GuestTotals]] = OrderedDict()
-        # Sessions that another client with the same identity took over: their old
-        # holder may not take the id back (two processes would evict each other).
-        self.taken_over: OrderedDict[str, None] = OrderedDict()
+        # Sessions another client took over, and how: their old holder may not take
+        # the id back (two processes would evict each other).
+        self.taken_over: OrderedDict[str, str] = OrderedDict()
+        # Fenced session -> the session that fenced it (its guest's next). Naming a
+        # fenced session again is its guest retrying a negotiation whose answer was
+        # lost, only while that next session has not been used.
+        self.resumed_by: OrderedDict[str, Session] = OrderedDict()
+        # Sessions held per client address (the per-peer quota).
+        self.per_peer: Counter[str] = Counter()
+        # Negotiations turned away, by reason (limits, quotas, penalties).
+        self.turned_away: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
         self.discard_errors: Counter[str] = Counter()
         self.chains = 0
@@ -253,6 +300,7 @@ class BalloonDevice:
         capacity: int,
         previous_session: str = "",
         identity: str | None = None,
+        peer: str = "",
     ) -> tuple[Session, Fence | None]:
         """Open a session; with ``previous_session``, fence that one first.
 
@@ -260,19 +308,12 @@ class BalloonDevice:
         guest id its token belongs to); None when the host checks no identity.
         A guest id with a live session is taken over only by the holder of that
         session (naming it as previous) or by the same proven identity.
+        ``peer`` is the client's address, for the per-peer quota ("": none).
         """
         _check_offer(guest_id, ram_bytes, page_size, offered, poison_val)
         if identity is not None and identity != guest_id:
             raise NotPermitted(f"this client may act only as guest {identity!r}, not {guest_id!r}")
-        self._check_takeover(guest_id, previous_session, identity)
-        token = secrets.token_hex(16)
-        try:
-            # First: a failure here must leave the caller's old session untouched.
-            ram = self.backend.attach(guest_id, ram_bytes // PAGE_SIZE, page_size)
-        except OSError as e:
-            # The detail (a path, an errno) is for the host's log, not for the client.
-            self.problems.note(f"attach:{e.errno}", f"guest {guest_id}: cannot hold its RAM: {e}")
-            raise LimitReached("the host cannot hold another guest's RAM now") from None
+        ram = self._admit(guest_id, ram_bytes, page_size, previous_session, identity, peer)
         fence, totals = None, GuestTotals()
         if previous_session:
             try:
@@ -282,11 +323,11 @@ class BalloonDevice:
                 raise
             if fence.known:
                 totals = self.ended[previous_session][2]
-        self._end_replaced(guest_id, previous_session)
+        self._end_replaced(guest_id, previous_session, identity)
         accepted = offered & SUPPORTED
         totals.sessions += 1
         s = Session(
-            token=token,
+            token=secrets.token_hex(16),
             guest_id=guest_id,
             ram_bytes=ram_bytes,
             features=accepted,
@@ -295,43 +336,121 @@ class BalloonDevice:
             ram=ram,
             totals=totals,
             queue_size=self.queue_size,
+            peer=peer,
         )
-        self.sessions[token] = s
-        self.by_guest[guest_id] = token
+        self.sessions[s.token] = s
+        self.by_guest[guest_id] = s.token
+        if peer:
+            self.per_peer[peer] += 1
+        if previous_session:
+            _remember(self.resumed_by, previous_session, s)
         self.log(
             f"guest {guest_id} negotiated: {ram_bytes >> 20} MiB, features {F.describe(accepted)}"
         )
         return s, fence
 
+    def _admit(
+        self,
+        guest_id: str,
+        ram_bytes: int,
+        page_size: int,
+        previous_session: str,
+        identity: str | None,
+        peer: str,
+    ) -> GuestRam:
+        """May this caller have a session now, and is there room: its RAM, or raise."""
+        try:
+            self._check_takeover(guest_id, previous_session, identity)
+            self._check_limits(guest_id, peer)
+        except NegotiationError as e:
+            self._turn_away(e, guest_id, peer)
+            raise
+        try:
+            # Before the fence: a failure here must leave the caller's old session untouched.
+            return self.backend.attach(guest_id, ram_bytes // PAGE_SIZE, page_size)
+        except OSError as e:
+            # The detail (a path, an errno) is for the host's log, not for the client.
+            self.problems.note(f"attach:{e.errno}", f"guest {guest_id}: cannot hold its RAM: {e}")
+            self.turned_away["no_room"] += 1
+            raise LimitReached("the host cannot hold another guest's RAM now") from None
+
     def _check_takeover(self, guest_id: str, previous_session: str, identity: str | None) -> None:
-        """May this caller open a session for ``guest_id`` now? Raise if not."""
+        """May this caller open a session for ``guest_id`` now? Raise if not.
+
+        Every refusal that means "another process has this guest's id now; stop"
+        ends in GIVES_WAY (ALREADY_EXISTS, as a live session's refusal, which is
+        retried: a crashed predecessor's session goes stale within seconds)."""
         old = self.by_guest.get(guest_id)
         if old is not None and previous_session in self.taken_over:
             raise SessionInUse(
-                f"guest id {guest_id!r} was taken over by another client with the same "
-                "identity; this one gives way"
+                f"guest id {guest_id!r} was taken over by another client "
+                f"{self.taken_over[previous_session]}{GIVES_WAY}"
             )
-        if old is not None and old != previous_session and identity is None:
+        nxt = self.resumed_by.get(previous_session) if previous_session else None
+        if nxt is not None and nxt.used:
+            # The session named was fenced by a newer one its guest has used since: the
+            # caller is an older copy of that guest (a clone, a process that was
+            # paused), however long the newer one has been silent.
+            raise SessionInUse(
+                f"guest id {guest_id!r}: the session named was resumed already, by a "
+                f"newer session of its guest{GIVES_WAY}"
+            )
+        # Naming the fenced session again while its successor was never used: the
+        # answer that carried the successor was lost, and nobody else holds it.
+        retrying = nxt is not None and nxt.token == old
+        if old is not None and old != previous_session and identity is None and not retrying:
             live = self.sessions[old]
             if live.streams or time.monotonic() - live.last_seen < STALE_AFTER:
                 raise SessionInUse(
                     f"guest id {guest_id!r} has a live session; resume it (previous_session) "
                     "or use another id"
                 )
+
+    def _check_limits(self, guest_id: str, peer: str) -> None:
+        """Room for one more session (all clients, then this client's address)?"""
+        old = self.by_guest.get(guest_id)
         if old is None and len(self.sessions) >= self.max_sessions:
             raise LimitReached(f"the host is at its limit of {self.max_sessions} sessions")
+        quota = self.max_sessions_per_peer
+        if not peer or quota is None:
+            return
+        held = self.per_peer[peer]
+        if old is not None and self.sessions[old].peer == peer:
+            held -= 1  # the session this one replaces
+        if held >= quota:
+            raise PeerLimitReached(
+                f"this client's address is at its limit of {quota} sessions "
+                f"(of the host's {self.max_sessions})"
+            )
 
-    def _end_replaced(self, guest_id: str, previous_session: str) -> None:
+    def _turn_away(self, e: NegotiationError, guest_id: str, peer: str) -> None:
+        """Count a refused negotiation; log the limits (rate-limited) but not the
+        take-over refusals, which a reconnecting guest meets in passing."""
+        reason = _TURN_AWAY_REASONS.get(type(e), "refused")
+        self.turned_away[reason] += 1
+        if isinstance(e, LimitReached):
+            self.problems.note(
+                f"turned_away:{reason}",
+                f"{peer or 'a client'}: negotiation as {guest_id!r} refused: {e}",
+            )
+
+    def _end_replaced(self, guest_id: str, previous_session: str, identity: str | None) -> None:
         """End the guest id's current session, remembering a take-over."""
         old = self.by_guest.get(guest_id)
         if old is None:
             return
         self.log(f"guest {guest_id} negotiated again: ending its previous session")
         self.end(old, "replaced")
-        if old != previous_session:
-            self.taken_over[old] = None
-            while len(self.taken_over) > ENDED_SESSIONS_KEPT:
-                self.taken_over.popitem(last=False)
+        if old == previous_session:
+            return
+        nxt = self.resumed_by.get(previous_session) if previous_session else None
+        if nxt is not None and nxt.token == old:  # a lost answer's retry (_check_takeover)
+            how = "that resumed the same session before this one used its own"
+        elif identity is not None:
+            how = "with the same identity"
+        else:
+            how = f"after this one was silent for {STALE_AFTER:g} s (the host checks no identity)"
+        _remember(self.taken_over, old, how)
 
     def accepted(self, s: Session, fence: Fence | None) -> codec.Accepted:
         """The negotiation's answer for a new session."""
@@ -367,6 +486,7 @@ class BalloonDevice:
         if s is None:
             raise SessionError("unknown or expired session")
         s.last_seen = time.monotonic()
+        s.used = True
         return s
 
     def end(self, token: str, why: str) -> None:
@@ -378,6 +498,10 @@ class BalloonDevice:
             task.cancel()
         if self.by_guest.get(s.guest_id) == token:
             del self.by_guest[s.guest_id]
+        if s.peer:
+            self.per_peer[s.peer] -= 1
+            if self.per_peer[s.peer] <= 0:
+                del self.per_peer[s.peer]
         self.ended[token] = (s.guest_id, s.done_ids(), s.totals)
         while len(self.ended) > ENDED_SESSIONS_KEPT:
             self.ended.popitem(last=False)
@@ -560,7 +684,13 @@ class BalloonDevice:
                 )
                 return False
             runs.append((pfn, c))
-        s.ram.touched(runs)
+        try:
+            s.ram.touched(runs)
+        except OSError as e:
+            # The host's memory limit cannot hold the books of these frames (sim:
+            # ledger chunks): nothing of the batch was applied.
+            self.refuse("touched_no_memory", f"guest {s.guest_id}: touched batch refused: {e}")
+            return False
         s.totals.touched_pages += sum(c for _, c in runs)
         self._note_peak(s)
         return True

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from pagehint.cli_support import Subparsers, add_flag, convert, parse_address, positive_float
 from pagehint.errors import UsageError
-from pagehint.tls import load_tls
+from pagehint.tls import load_tls, unreachable_hint
 from pagehint.units import parse_seconds
 
 
@@ -50,7 +50,13 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         try:
             reply = check(health_pb2.HealthCheckRequest(service=a.service), timeout=timeout)
         except grpc.RpcError as e:
-            raise UsageError(f"host {a.host} is not healthy: {e.code().name}") from None
+            code = e.code()
+            why = code.name
+            if code == grpc.StatusCode.UNAVAILABLE:
+                # gRPC's own detail says nothing useful when one side speaks TLS and
+                # the other does not: a probe tells which.
+                why += f" ({unreachable_hint(address, tls is not None, min(timeout, 1.0))})"
+            raise UsageError(f"host {a.host} is not healthy: {why}") from None
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
         raise UsageError(f"host {a.host} is {status}")

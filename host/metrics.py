@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from host.device import BalloonDevice
+from host.limits import ConnectionWatch
 from pagehint.metrics import counter, gauge, histogram
 from virtqueue.contract import PAGE_SIZE
 
 
-def host_metrics(device: BalloonDevice) -> Iterator[Metric]:
+def host_metrics(device: BalloonDevice, watch: ConnectionWatch | None = None) -> Iterator[Metric]:
     sessions = list(device.sessions.values())
     resident = GaugeMetricFamily(
         "pagehint_host_resident_bytes", "Memory the host holds for each guest.", labels=["guest"]
@@ -37,6 +38,11 @@ def host_metrics(device: BalloonDevice) -> Iterator[Metric]:
     for reason, n in sorted(device.refusals.items()):
         refused.add_metric([reason], n)
     yield refused
+    yield counter(
+        "pagehint_host_malformed_messages",
+        "Requests and stream messages that did not decode, or carried nothing (any RPC).",
+        device.refusals.get("malformed", 0),
+    )
     yield gauge(
         "pagehint_host_resident_total_bytes",
         "Memory held for all guests.",
@@ -44,6 +50,7 @@ def host_metrics(device: BalloonDevice) -> Iterator[Metric]:
     )
     yield gauge("pagehint_host_guests", "Guests with a session.", len(sessions))
     yield counter("pagehint_host_chains_all", "Chains used, all guests.", device.chains)
+    yield from _turned_away(device, watch)
     yield histogram(
         "pagehint_host_chain_seconds",
         "Time to check and discard one chain.",
@@ -51,10 +58,48 @@ def host_metrics(device: BalloonDevice) -> Iterator[Metric]:
     )
 
 
-def start_host_metrics(device: BalloonDevice, addr: str, port: int, log: object) -> object:
+def _turned_away(device: BalloonDevice, watch: ConnectionWatch | None) -> Iterator[Metric]:
+    """What protects the host from its clients: refused negotiations, the ledgers'
+    own memory, descriptors and connections at their cap."""
+    refused = CounterMetricFamily(
+        "pagehint_host_refused_negotiations",
+        "Negotiations turned away, by reason (session_limit, peer_limit, auth_penalty, "
+        "in_use, not_permitted, no_room).",
+        labels=["reason"],
+    )
+    for reason, n in sorted(device.turned_away.items()):
+        refused.add_metric([reason], n)
+    yield refused
+    yield gauge(
+        "pagehint_host_ledger_bytes",
+        "Host memory the backend spends on its own books (sim: the ledgers).",
+        device.backend.overhead_bytes(),
+    )
+    if watch is not None:
+        yield gauge(
+            "pagehint_host_open_descriptors",
+            "Descriptors the host held at the janitor's last look.",
+            watch.descriptors,
+        )
+        yield gauge("pagehint_host_max_connections", "The connection cap.", watch.cap)
+        yield counter(
+            "pagehint_host_connection_cap_reached",
+            "Looks (one a second) that found the connections at their cap: new "
+            "connections were being turned away.",
+            watch.at_cap,
+        )
+
+
+def start_host_metrics(
+    device: BalloonDevice,
+    addr: str,
+    port: int,
+    log: object,
+    watch: ConnectionWatch | None = None,
+) -> object:
     from pagehint.metrics import serve
 
-    server, bound = serve(lambda: host_metrics(device), port, addr)
+    server, bound = serve(lambda: host_metrics(device, watch), port, addr)
     if callable(log):
         log(f"metrics on http://{addr}:{bound}/metrics")
     return server

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from host.device import BalloonDevice, Faults
+from host.limits import ConnectionWatch
 from host.memory.base import MemoryBackend
 from host.memory.sim import SimBackend
 from host.service import BalloonService
@@ -27,6 +28,21 @@ from virtqueue.contract import PAGE_SIZE
 # itself (RESOURCE_EXHAUSTED) before it is parsed.
 MAX_MESSAGE_BYTES = 64 * 1024
 PEAK_PERIOD = 0.25  # seconds between samples of the host-wide resident peak
+
+
+def connection_options(cfg: HostConfig) -> list[tuple[str, int]]:
+    """The gRPC server's options: message size, and the caps on connections that keep
+    a flood of them from taking every descriptor (checked against grpcio 1.85's C
+    core: src/core/ext/transport/chttp2/server/chttp2_server.cc closes a connection
+    past the cap at accept, and one without HTTP/2 settings at the handshake
+    deadline; the max_age filter sends GOAWAY to an idle one)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_allowed_incoming_connections", cfg.max_connections),
+        ("grpc.server_handshake_timeout_ms", max(1, round(cfg.handshake_timeout * 1000))),
+        ("grpc.max_connection_idle_ms", max(1, round(cfg.idle_connection_timeout * 1000))),
+    ]
 
 
 def make_backend(cfg: HostConfig) -> MemoryBackend:
@@ -58,22 +74,23 @@ class HostServer:
             min_order=cfg.min_order,
             faults=Faults(cfg.inject_refuse, cfg.inject_discard_error, cfg.fault_seed),
             max_sessions=cfg.max_sessions,
+            max_sessions_per_peer=cfg.max_sessions_per_peer,
         )
         self.service = BalloonService(
-            self.device, cfg.latency, tls=cfg.tls is not None, tokens=cfg.tokens
+            self.device,
+            cfg.latency,
+            tls=cfg.tls is not None,
+            tokens=cfg.tokens,
+            auth_penalty_max=cfg.auth_penalty_max,
         )
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.stopping = asyncio.Event()
+        self.watch: ConnectionWatch | None = None
 
     async def start(self) -> str:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = grpc.aio.server(options=connection_options(self.cfg))
         codec.add_servicer(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
@@ -95,6 +112,12 @@ class HostServer:
             )
         await server.start()
         self.server = server
+        self.watch = ConnectionWatch(
+            self.port,
+            self.cfg.max_connections,
+            self.cfg.handshake_timeout,
+            self.cfg.idle_connection_timeout,
+        )
         host = self.cfg.listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
@@ -114,7 +137,15 @@ class HostServer:
             ticks += 1
             if ticks % round(1 / PEAK_PERIOD) == 0:
                 self.device.expire()
+                self.look_at_connections()
                 self.device.problems.flush()
+
+    def look_at_connections(self) -> None:
+        """Say (rate-limited) when connections reach their cap: gRPC turns the next
+        ones away without a word."""
+        line = None if self.watch is None else self.watch.look()
+        if line is not None:
+            self.device.problems.note("connections", line)
 
     async def stop(self) -> None:
         """Drain: stop taking new work, let in-flight chains finish, end streams, close."""
@@ -147,7 +178,9 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         if cfg.metrics_port is not None:
             from host.metrics import start_host_metrics
 
-            metrics = start_host_metrics(host.device, cfg.metrics_addr, cfg.metrics_port, log)
+            metrics = start_host_metrics(
+                host.device, cfg.metrics_addr, cfg.metrics_port, log, host.watch
+            )
         await host.serving()
         if ready_file:
             _write_ready(ready_file, addr)
@@ -196,7 +229,8 @@ def _listening_line(cfg: HostConfig, addr: str) -> str:
     return (
         f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
         f"queue {cfg.queue_size}, memory limit {limit}, {who}, "
-        f"at most {cfg.max_sessions} sessions)"
+        f"at most {cfg.max_sessions} sessions, {cfg.max_sessions_per_peer} per client "
+        f"address, {cfg.max_connections} connections)"
     )
 
 

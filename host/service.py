@@ -9,8 +9,10 @@ status with one plain line: never a host path, never an exception's text.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
+import math
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -27,6 +29,7 @@ from host.device import (
     SessionError,
     SessionInUse,
 )
+from host.peers import AuthThrottle, peer_address
 from pagehint.tls import peer_identity
 from virtqueue import codec
 
@@ -55,6 +58,10 @@ def _same(given: object, want: str) -> bool:
     return hmac.compare_digest(str(given).encode("utf-8", "replace"), want.encode())
 
 
+def _digest(token: object) -> bytes:
+    return hashlib.sha256(str(token).encode("utf-8", "replace")).digest()
+
+
 def _is_loopback(peer: str) -> bool:
     # gRPC writes IPv6 peers URL-encoded: "ipv6:%5B::1%5D:port".
     return peer.startswith(("ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D"))
@@ -67,11 +74,16 @@ class BalloonService:
         latency: float = 0.0,
         tls: bool = False,
         tokens: Mapping[str, str] | None = None,
+        auth_penalty_max: float = 10.0,
     ) -> None:
         self.device = device
         self.latency = latency
         self.tls = tls
         self.tokens = dict(tokens or {})
+        # Failed tokens slow their client's address down (host/peers.py).
+        self.auth = AuthThrottle(auth_penalty_max)
+        # Every known token, hashed: is a token no guest's at all (a guess)?
+        self._known = {_digest(t) for t in self.tokens.values()}
         # --chain-log: the host's own per-chain record, for checking guests' timelines.
         self.chain_log: IO[str] | None = None
         self.inflight = 0
@@ -81,22 +93,59 @@ class BalloonService:
     # ---- who is calling ---------------------------------------------------------------
 
     async def _identity(self, context: Context, guest_id: str) -> str | None:
-        """The identity the caller proved (None: the host checks none)."""
+        """The identity the caller proved (None: the host checks none). An admin
+        identity reads figures and is no guest (roles apart): it may not negotiate."""
         if self.tls:
             peer = peer_identity(context)
             if peer is None:  # cannot happen with client auth required; refuse anyway
                 await _abort(
                     context, grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required"
                 )
+            if peer[1]:
+                await self._admin_as_guest(context, f"admin certificate {peer[0]!r}", guest_id)
             return peer[0]
         if self.tokens:
+            address = peer_address(str(context.peer() or ""))
+            await self._unless_penalised(context, address)
             given = dict(context.invocation_metadata() or ()).get(TOKEN_KEY, "")
             want = self.tokens.get(guest_id)
             if want is None or not _same(given, want):
                 self.device.refuse("bad_token", f"negotiation as {guest_id!r} with a bad token")
+                # The failing answer waits out the penalty it earned: a guesser that
+                # waits for answers is slowed; one that does not is turned away unchecked.
+                await asyncio.sleep(self.auth.failed(address))
                 await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "bad or missing guest token")
+            if guest_id == ADMIN_ID:
+                await self._admin_as_guest(context, "the admin token", guest_id)
             return guest_id
         return None
+
+    async def _admin_as_guest(self, context: Context, who: str, guest_id: str) -> NoReturn:
+        self.device.refuse("admin_as_guest", f"{who} tried to negotiate as guest {guest_id!r}")
+        await _abort(
+            context,
+            grpc.StatusCode.PERMISSION_DENIED,
+            "an admin identity reads figures; it may not negotiate as a guest",
+        )
+
+    async def _unless_penalised(self, context: Context, address: str) -> None:
+        """Turn the caller away, its token unchecked, while its address is penalised
+        for failed tokens (RESOURCE_EXHAUSTED: a guest sharing the address retries)."""
+        wait = self.auth.wait(address)
+        if wait <= 0:
+            return
+        self.auth.throttled += 1
+        self.device.turned_away["auth_penalty"] += 1
+        self.device.problems.note(
+            "turned_away:auth_penalty",
+            f"{address or 'a client'}: turned away, token unchecked, after "
+            f"{self.auth.failures_of(address)} failed tokens",
+        )
+        await _abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many failed authentications from this address; try again in {math.ceil(wait)} s",
+        )
 
     def _may_read_all(self, context: Context) -> bool:
         """Every guest's figures: an admin certificate or token, or a local caller of
@@ -105,16 +154,34 @@ class BalloonService:
             peer = peer_identity(context)
             return peer is not None and peer[1]
         if self.tokens:
+            address = peer_address(str(context.peer() or ""))
+            if self.auth.wait(address) > 0:
+                return False  # no token is checked while its address is penalised
             given = dict(context.invocation_metadata() or ()).get(TOKEN_KEY, "")
             admin = self.tokens.get(ADMIN_ID)
-            return admin is not None and _same(given, admin)
+            if admin is not None and _same(given, admin):
+                return True
+            if given and _digest(given) not in self._known:  # a guess at the admin token
+                self.device.refuse("bad_token", f"{address}: host-wide figures with a bad token")
+                self.auth.failed(address)
+            return False
         return _is_loopback(str(context.peer() or ""))
 
-    async def _guarded(self, context: Context, body: Callable[[], Awaitable[R]]) -> R:
+    async def _malformed(self, context: Context, rpc: str, e: codec.Undecodable) -> NoReturn:
+        """A request that does not decode: the client's fault, not a host bug. Counted,
+        one line in the host's log at most (rate-limited), INVALID_ARGUMENT to the client."""
+        self.device.refuse("malformed", f"{rpc} from {context.peer() or 'a client'}: {e}")
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    async def _guarded(
+        self, context: Context, body: Callable[[], Awaitable[R]], rpc: str = "a call"
+    ) -> R:
         try:
             return await body()
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
+        except codec.Undecodable as e:
+            await self._malformed(context, rpc, e)
         except Exception:
             # A bug: the whole story goes to the host's log, one plain line to the client.
             self.device.problems.note("internal", "internal error:\n" + traceback.format_exc())
@@ -123,12 +190,12 @@ class BalloonService:
     # ---- the RPCs ------------------------------------------------------------------------
 
     async def Negotiate(
-        self, request: codec.NegotiateRequest, context: Context
+        self, request: codec.NegotiateRequest | codec.Malformed, context: Context
     ) -> codec.NegotiateReply:
-        return await self._guarded(context, lambda: self._negotiate(request, context))
+        return await self._guarded(context, lambda: self._negotiate(request, context), "Negotiate")
 
     async def _negotiate(
-        self, request: codec.NegotiateRequest, context: Context
+        self, request: codec.NegotiateRequest | codec.Malformed, context: Context
     ) -> codec.NegotiateReply:
         n = codec.decode_negotiate(request)
         identity = await self._identity(context, n.guest_id)
@@ -142,6 +209,7 @@ class BalloonService:
                 n.capacity,
                 n.previous_session,
                 identity,
+                peer=peer_address(str(context.peer() or "")),
             )
         except NegotiationError as e:
             code = next(c for cls, c in _STATUS_OF if isinstance(e, cls))
@@ -149,7 +217,9 @@ class BalloonService:
         return codec.encode_accepted(self.device.accepted(s, fence))
 
     async def Reporting(
-        self, request_iterator: AsyncIterator[codec.GuestMessage], context: Context
+        self,
+        request_iterator: AsyncIterator[codec.GuestMessage | codec.Malformed],
+        context: Context,
     ) -> AsyncIterator[codec.Used]:
         token = dict(context.invocation_metadata() or ()).get(codec.SESSION_KEY, "")
         if not isinstance(token, str):  # a binary (-bin) header: no session of ours
@@ -189,6 +259,10 @@ class BalloonService:
                 raise
         except (grpc.aio.AbortError, GeneratorExit):
             raise
+        except codec.Undecodable as e:
+            # The stream's framing held but a message did not decode: end the stream
+            # (INVALID_ARGUMENT). Its chains in flight are the guest's to fence.
+            await self._malformed(context, f"Reporting (guest {session.guest_id})", e)
         except Exception:
             self.device.problems.note("internal", "internal error:\n" + traceback.format_exc())
             await _abort(context, grpc.StatusCode.INTERNAL, "internal error in the host")
@@ -199,8 +273,11 @@ class BalloonService:
         if session.ended:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "session ended; negotiate again")
 
-    def _one_message(self, session: Session, msg: codec.GuestMessage) -> codec.Used | None:
-        """Handle one guest message; the encoded answer, or None (nothing to answer)."""
+    def _one_message(
+        self, session: Session, msg: codec.GuestMessage | codec.Malformed
+    ) -> codec.Used | None:
+        """Handle one guest message; the encoded answer, or None (nothing to answer).
+        codec.Undecodable for a message that did not decode."""
         decoded = codec.decode_guest_message(msg)
         if decoded is None:
             # No chain id to answer: count it and go on (the stream survives).
@@ -221,7 +298,7 @@ class BalloonService:
         return codec.encode_used(used)
 
     async def _delayed_message(
-        self, session: Session, msg: codec.GuestMessage
+        self, session: Session, msg: codec.GuestMessage | codec.Malformed
     ) -> codec.Used | None:
         """--latency: a slow host. The chain is held for the delay first (the drain
         on SIGTERM waits for such chains: ``inflight``/``idle``)."""
@@ -252,10 +329,14 @@ class BalloonService:
             self.device.log(f"--chain-log: cannot write ({e.strerror}); no more chain lines")
             self.chain_log = None
 
-    async def Stats(self, request: codec.StatsRequest, context: Context) -> codec.HostStats:
-        return await self._guarded(context, lambda: self._stats(request, context))
+    async def Stats(
+        self, request: codec.StatsRequest | codec.Malformed, context: Context
+    ) -> codec.HostStats:
+        return await self._guarded(context, lambda: self._stats(request, context), "Stats")
 
-    async def _stats(self, request: codec.StatsRequest, context: Context) -> codec.HostStats:
+    async def _stats(
+        self, request: codec.StatsRequest | codec.Malformed, context: Context
+    ) -> codec.HostStats:
         token, self_only = codec.decode_stats_request(request)
         self_guest = None
         if token:
@@ -277,10 +358,14 @@ class BalloonService:
             figures = self.device.own_figures(self_guest)
         return codec.encode_host_stats(figures)
 
-    async def Close(self, request: codec.CloseRequest, context: Context) -> codec.CloseReply:
-        return await self._guarded(context, lambda: self._close(request, context))
+    async def Close(
+        self, request: codec.CloseRequest | codec.Malformed, context: Context
+    ) -> codec.CloseReply:
+        return await self._guarded(context, lambda: self._close(request, context), "Close")
 
-    async def _close(self, request: codec.CloseRequest, context: Context) -> codec.CloseReply:
+    async def _close(
+        self, request: codec.CloseRequest | codec.Malformed, context: Context
+    ) -> codec.CloseReply:
         token = codec.decode_close(request)
         if token not in self.device.sessions:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or expired session")

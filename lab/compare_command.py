@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
+from lab.options import out_help, policies_help, run_folder, scenario_help, workload_help
 from lab.plot import files_line
 from pagehint.cli_support import (
     Subparsers,
@@ -36,14 +35,30 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         "then prints a table and writes summary.json, timeline.jsonl and timeline.png.",
     )
     e = env
-    add_flag(p, e, "--policies", default="bitmap,reporting,none")
     add_flag(
-        p, e, "--scenario", default=None, help="scenario file or shipped name (default: memhog)"
+        p,
+        e,
+        "--policies",
+        default="bitmap,reporting,none",
+        help=policies_help("a comma list of policies, one guest each"),
     )
-    add_flag(p, e, "--workload", default=None)
-    add_flag(p, e, "--duration", default=None)
-    add_flag(p, e, "--ram", default="1GiB")
-    add_flag(p, e, "--seed", default="0")
+    add_flag(
+        p,
+        e,
+        "--scenario",
+        default=None,
+        help=scenario_help("scenario file, or a shipped one") + " (default: memhog)",
+    )
+    add_flag(p, e, "--workload", default=None, help=workload_help() + " (instead of --scenario)")
+    add_flag(
+        p,
+        e,
+        "--duration",
+        default=None,
+        help="seconds per guest (default: the scenario's own length; 15 with --workload)",
+    )
+    add_flag(p, e, "--ram", default="1GiB", help="RAM of each guest")
+    add_flag(p, e, "--seed", default="0", help="random seed of every guest's workload")
     add_flag(p, e, "--host", default=None, help="use this host instead of starting one")
     for flag, what in (
         ("--tls-cert", "a guest certificate"),
@@ -52,8 +67,8 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     ):
         add_flag(p, e, flag, default=None, help=f"with --host over mutual TLS: {what}")
     add_flag(p, e, "--token", default=None, help="with --host using --tokens: the guests' token")
-    add_flag(p, e, "--backend", default="sim", help="backend of the host started")
-    add_flag(p, e, "--out", default=None, help="output folder (default runs/compare-TIME)")
+    add_flag(p, e, "--backend", default="sim", help="backend of the host started: sim | shm")
+    add_flag(p, e, "--out", default=None, help=out_help("compare-"))
     p.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     p.set_defaults(handler=run)
 
@@ -76,7 +91,6 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         )
     elif a.workload is not None:
         duration = 15.0
-    out = Path(a.out) if a.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
     auth: list[str] = []
     tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
     if tls is not None:
@@ -85,6 +99,8 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     if (auth or token_env) and a.host is None:
         raise UsageError("--tls-* and --token are for a host given with --host")
     host = None if a.host is None else parse_address(str(a.host), "--host")
+    backend = choice(str(a.backend), BACKENDS, "--backend")
+    seed = convert(a.seed, int, "--seed")
     from lab.compare import CompareConfig, format_table, run_compare
 
     cfg = CompareConfig(
@@ -93,13 +109,13 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         scenario=scenario,
         workload=a.workload,
         duration=duration,
-        seed=convert(a.seed, int, "--seed"),
+        seed=seed,
         host=host,
         extra_guest_args=tuple(auth),
         guest_env=token_env,
         guest_id=tls.identity if tls is not None else None,
-        backend=choice(str(a.backend), BACKENDS, "--backend"),
-        out=out,
+        backend=backend,
+        out=run_folder(a.out, "compare-"),  # made last, once every flag is checked
     )
     log = make_logger("compare", quiet=bool(a.json))
     report = run_compare(cfg, log)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
+from lab.options import out_help, policies_help, run_folder, scenario_help
 from pagehint.cli_support import (
     Subparsers,
     add_flag,
@@ -34,19 +33,25 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         "prints a summary and writes runs/<time>/summary.json, timeline.jsonl, timeline.png.",
     )
     e = env
-    add_flag(p, e, "--guests", default="2")
+    add_flag(p, e, "--guests", default="2", help="guests to start (1..16)")
     add_flag(p, e, "--ram", default="1GiB", help="RAM per guest")
     add_flag(
         p,
         e,
         "--policy",
         default="bitmap,reporting",
-        help="policy, or a comma list given to guests in turn",
+        help=policies_help("a policy, or a comma list given to guests in turn"),
     )
-    add_flag(p, e, "--backend", default="auto", help="auto | shm | sim")
+    add_flag(
+        p,
+        e,
+        "--backend",
+        default="auto",
+        help="auto (shm where /dev/shm is writable, else sim) | shm | sim",
+    )
     add_flag(p, e, "--duration", default="20", help="seconds per guest")
-    add_flag(p, e, "--scenario", default="phases")
-    add_flag(p, e, "--out", default=None, help="default runs/<time>")
+    add_flag(p, e, "--scenario", default="phases", help=scenario_help())
+    add_flag(p, e, "--out", default=None, help=out_help(""))
     p.add_argument("--json", action="store_true", help="print the summary as JSON only")
     p.set_defaults(handler=run)
 
@@ -64,15 +69,15 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         backend = "shm" if shm_available() else "sim"
     scenario = resolve_scenario(str(a.scenario))
     load_scenario(scenario)
-    out = Path(a.out) if a.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    duration = convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration")
     cfg = DemoConfig(
         guests=guests,
         ram=str(a.ram),
         policies=policies,
         backend=backend,
-        duration=convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"),
+        duration=duration,
         scenario=scenario,
-        out=out,
+        out=run_folder(a.out, ""),  # made last, once every flag is checked
         json=bool(a.json),
     )
     log = make_logger("demo", quiet=cfg.json)

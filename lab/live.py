@@ -53,7 +53,7 @@ class Ticker:
     def __init__(self, out: IO[str], period: float) -> None:
         self.out = out
         self.period = period
-        self.last = 0.0
+        self.last = float("-inf")  # the first line at once (monotonic may be near 0)
 
     def maybe(self, line_fn: Callable[[], str]) -> None:
         now = time.monotonic()

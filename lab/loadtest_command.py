@@ -6,11 +6,10 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from guest.hinting.plugin import parse_policies
+from lab.options import out_help, policies_help, run_folder
 from lab.plot import files_line
 from pagehint.cli_support import (
     Subparsers,
@@ -38,9 +37,9 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         "turn) against one host whose --memory-limit is below their total RAM.",
     )
     e = env
-    add_flag(p, e, "--guests", default="8")
+    add_flag(p, e, "--guests", default="8", help="guests to run (1..256)")
     add_flag(p, e, "--ram", default="1GiB", help="RAM per guest")
-    add_flag(p, e, "--duration", default="30")
+    add_flag(p, e, "--duration", default="30", help="seconds every guest runs")
     add_flag(
         p,
         e,
@@ -70,7 +69,7 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         e,
         "--policy",
         default="bitmap,reporting",
-        help="policy, or a comma list given to guests in turn",
+        help=policies_help("a policy, or a comma list given to guests in turn"),
     )
     add_flag(
         p,
@@ -85,8 +84,8 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         "--force",
         help="with shm, start even if the guests could exhaust this machine's memory",
     )
-    add_flag(p, e, "--out", default=None)
-    p.add_argument("--json", action="store_true")
+    add_flag(p, e, "--out", default=None, help=out_help("loadtest-"))
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead")
     p.set_defaults(handler=run)
 
 
@@ -118,28 +117,25 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     rate = min(20000.0, 40000.0 / guests)
     if a.rate is not None:
         rate = convert(a.rate, ops_rate, "--rate")
-    out = Path(a.out) if a.out else Path("runs") / time.strftime("loadtest-%Y%m%d-%H%M%S")
+    duration = convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration")
+    ramp = convert(a.ramp, lambda s: nonneg_float(str(parse_seconds(s))), "--ramp")
+    if ramp and ramp >= duration:
+        raise UsageError(
+            f"--ramp {ramp:g}: must be shorter than --duration {duration:g} "
+            "(or the first guests finish before the last start)"
+        )
     cfg = LoadtestConfig(
         guests=guests,
         ram_bytes=ram,
-        duration=convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"),
+        duration=duration,
         capacity_bytes=capacity,
         backend=backend,
         policies=policies,
         rate=rate,
-        out=out,
+        out=run_folder(a.out, "loadtest-"),  # made last, once every flag is checked
         guests_per_process=min(per_process, guests),
-        ramp=convert(a.ramp, lambda s: nonneg_float(str(parse_seconds(s))), "--ramp"),
+        ramp=ramp,
     )
-    if cfg.ramp and cfg.ramp >= cfg.duration:
-        raise UsageError(
-            f"--ramp {cfg.ramp:g}: must be shorter than --duration {cfg.duration:g} "
-            "(or the first guests finish before the last start)"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot create the folder: {e.strerror}") from None
     log = make_logger("loadtest", quiet=bool(a.json))
     report = run_loadtest(cfg, log)
     if a.json:

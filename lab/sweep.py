@@ -24,6 +24,7 @@ from typing import TypedDict
 from lab.pipeline import collect, write_report
 from lab.plot import plot_files, plot_series, plot_tradeoff
 from lab.procs import ProcessGroup
+from pagehint.config import BUILTIN_POLICIES
 from pagehint.errors import UsageError
 from pagehint.schema import GuestSummary, ResidentPoint, TimelineRow
 
@@ -41,6 +42,10 @@ KNOBS = {
     "rate": "--rate",
     "speed": "--speed",
 }
+# Knobs only one built-in policy reads. The other's runs would repeat each other
+# (bitmap has no delay; reporting no threshold), so they are not varied for it:
+# it runs once per setting of the other knobs. A policy of your own gets them all.
+POLICY_ONLY = {"delay": "reporting", "threshold": "bitmap"}
 
 
 class SweepRow(TypedDict):
@@ -57,6 +62,7 @@ class SweepRow(TypedDict):
     alloc_p99_ms: float | None
     alloc_failures: int
     data_loss_pages: int
+    data_loss_checked: bool  # every run had real guest RAM to check (shm backend)
     failed_runs: int
 
 
@@ -78,6 +84,7 @@ class SweepReport(TypedDict):
     runs_done: int
     runs_failed: list[FailedRun]
     interrupted: bool
+    not_applied: list[str]  # knobs not varied for a policy that does not read them
     results: list[SweepRow]
     pareto: list[str]
     files: dict[str, str]
@@ -93,6 +100,7 @@ COLUMNS = [
     "alloc_p99_ms",
     "alloc_failures",
     "data_loss_pages",
+    "data_loss_checked",
     "failed_runs",
 ]
 
@@ -133,9 +141,32 @@ def combo_label(combo: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in combo.items()) or "default"
 
 
+def applies(knob: str, policy: str | None) -> bool:
+    """Does ``policy`` read ``knob`` (POLICY_ONLY)? A policy of your own may read any."""
+    owner = POLICY_ONLY.get(knob)
+    return owner is None or policy is None or policy == owner or policy not in BUILTIN_POLICIES
+
+
 def combinations(grid: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
+    """Every combination of the grid's values, without the knobs its policy does not
+    read (each such combination once)."""
     keys = list(grid)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+    out: list[dict[str, str]] = []
+    for values in itertools.product(*grid.values()):
+        combo = dict(zip(keys, values, strict=True))
+        combo = {k: v for k, v in combo.items() if applies(k, combo.get("policy"))}
+        if combo not in out:
+            out.append(combo)
+    return out
+
+
+def not_applied(grid: dict[str, tuple[str, ...]]) -> list[str]:
+    """One line per knob of the grid that some of its policies do not read."""
+    return [
+        f"{knob}: {POLICY_ONLY[knob]} only, not varied for {', '.join(skipped)}"
+        for knob in grid
+        if (skipped := [p for p in grid.get("policy", ()) if not applies(knob, p)])
+    ]
 
 
 def _resident_points(rows: Sequence[ResidentPoint]) -> list[tuple[float, int]]:
@@ -218,6 +249,7 @@ def aggregate(
                 "alloc_p99_ms": _mean([s["alloc_latency_ms"]["p99"] for s in summaries]),
                 "alloc_failures": sum(s["alloc_failures"] for s in summaries),
                 "data_loss_pages": sum(s["data_loss_pages"] for s in summaries),
+                "data_loss_checked": all(s["data_loss_checked"] for s in summaries),
                 "failed_runs": failed,
             }
         )
@@ -236,6 +268,7 @@ def _no_runs(label: str, knobs: dict[str, str], failed: int) -> SweepRow:
         "alloc_p99_ms": None,
         "alloc_failures": 0,
         "data_loss_pages": 0,
+        "data_loss_checked": False,
         "failed_runs": failed,
     }
 
@@ -260,6 +293,8 @@ def run_sweep(
     try:
         addr, _ = group.start_host(["--backend", cfg.backend])
         log(f"host on {addr} (backend {cfg.backend}); {len(todo)} runs, {cfg.parallel} at a time")
+        for line in not_applied(cfg.grid):
+            log(line)
         for start in range(0, len(todo), cfg.parallel):
             batch = todo[start : start + cfg.parallel]
             procs = []
@@ -316,6 +351,7 @@ def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) 
             if r.error is not None
         ],
         "interrupted": interrupted,
+        "not_applied": not_applied(cfg.grid),
         "results": rows,
         "pareto": pareto_front(rows),
         "files": {
@@ -389,6 +425,7 @@ def format_sweep(report: SweepReport) -> str:
         "",
         "* on the Pareto front (most memory saved for fewest chains)",
     ]
+    lines += report["not_applied"]
     for f in report["runs_failed"]:
         lines.append(f"failed: {f['combination']} seed={f['seed']}: {f['error']}")
     if report["interrupted"]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
+from lab.options import out_help, run_folder, scenario_help, workload_help
 from lab.plot import files_line
 from lab.sweep import KNOBS, SweepConfig, as_json, combinations, format_sweep, run_sweep
 from pagehint.cli_support import (
@@ -45,21 +44,22 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         action="append",
         default=[],
         metavar="KNOB=V1,V2",
-        help="a knob and its values: policy, reporting-order, delay, capacity, threshold, "
-        "rate, speed (repeat --set for a grid)",
+        help="a knob and its values: policy (bitmap, reporting, or your own: FILE.py:CLASS | "
+        "MODULE:CLASS), reporting-order, delay (reporting only), capacity, threshold (bitmap "
+        "only), rate, speed (repeat --set for a grid; default: policy=reporting)",
     )
-    add_flag(p, e, "--workload", default=None, help="memhog | churn | fragment")
-    add_flag(p, e, "--scenario", default=None, help="scenario file or shipped name")
+    add_flag(p, e, "--workload", default=None, help=workload_help())
+    add_flag(p, e, "--scenario", default=None, help=scenario_help() + " (default: memhog)")
     add_flag(p, e, "--trace", default=None, help="a kernel page allocator trace to replay")
     add_flag(
         p, e, "--ram", default=None, help="guest RAM (default 1GiB; with --trace, what covers it)"
     )
     add_flag(p, e, "--trace-map", default=None, help="with --trace: identity | compact")
-    add_flag(p, e, "--duration", default="15", help="seconds per run")
+    add_flag(p, e, "--duration", default="15", help="seconds per run (with --trace an upper bound)")
     add_flag(p, e, "--repeat", default="1", help="runs per combination, seeds 0..N-1")
     add_flag(p, e, "--parallel", default="2", help="guests at a time")
     add_flag(p, e, "--backend", default="sim", help="sim | shm: the host started")
-    add_flag(p, e, "--out", default=None, help="output folder (default runs/sweep-TIME)")
+    add_flag(p, e, "--out", default=None, help=out_help("sweep-"))
     p.add_argument("--json", action="store_true", help="print sweep.json instead of the table")
     p.set_defaults(handler=run)
 
@@ -154,7 +154,7 @@ def config_from_args(a: argparse.Namespace) -> SweepConfig:
         repeat=repeat,
         parallel=convert(a.parallel, int_in(1, 64), "--parallel"),
         backend=choice(str(a.backend), BACKENDS, "--backend"),
-        out=_writable_out(a.out),
+        out=run_folder(a.out, "sweep-"),  # made last, once every flag is checked
     )
 
 
@@ -173,15 +173,3 @@ def _workload_args(a: argparse.Namespace) -> list[str]:
     scenario = resolve_scenario(str(a.scenario or "memhog"))
     load_scenario(scenario)
     return ["--scenario", scenario]
-
-
-def _writable_out(value: str | None) -> Path:
-    out = Path(value) if value else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".pagehint-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot write there: {e.strerror}") from None
-    return out

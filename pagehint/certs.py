@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,48 @@ if TYPE_CHECKING:
 from pagehint.errors import UsageError
 
 ADMIN_UNIT = "pagehint-admin"
+MAX_DNS_NAME = 253  # RFC 1035: 255 octets on the wire, 253 characters written out
+MAX_COMMON_NAME = 64  # X.520's ub-common-name
+# RFC 1123 host name label: letters, digits and hyphens, 1 to 63 of them, neither
+# end a hyphen (a leading digit is allowed).
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def host_name(text: str) -> str:
+    """A name the host is reached by, as a certificate holds it: an IP address,
+    or a DNS name of RFC 1123 labels (a leading ``*.`` label for a wildcard;
+    Unicode converted to its IDNA A-label, ``xn--…``). UsageError naming the
+    flag and why, before any certificate is made."""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    why = _dns_name_problem(text)
+    if why is not None:
+        raise UsageError(f"--host-name {text!r}: not a DNS name or IP address: {why}")
+    return text.encode("idna").decode("ascii") if not text.isascii() else text
+
+
+def _dns_name_problem(name: str) -> str | None:
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return "not a name IDNA can write in ASCII"
+    if len(name) > MAX_DNS_NAME:
+        return f"longer than {MAX_DNS_NAME} characters"
+    labels = name.split(".")
+    if labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]  # a wildcard, as the leftmost label only
+    for label in labels:
+        if not label:
+            return "an empty label (two dots, or a dot at an end)"
+        if len(label) > 63:
+            return f"label {label[:20]!r}… is longer than 63 characters"
+        if not _LABEL.fullmatch(label):
+            return f"label {label!r}: only letters, digits and inner hyphens (RFC 1123)"
+    return None
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
@@ -36,6 +79,7 @@ def _write(path: Path, data: bytes, private: bool) -> None:
 
 def make_certs(out: Path, guests: list[str], host_names: list[str], days: int = 365) -> list[Path]:
     """Write ca, host, guest-<id> and admin certificates and keys into ``out``."""
+    host_names = list(dict.fromkeys(host_name(h) for h in host_names))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -43,9 +87,11 @@ def make_certs(out: Path, guests: list[str], host_names: list[str], days: int = 
     ca = _Authority(out, days)
     ca.write_self()
     sans: list[x509.GeneralName] = []
-    for h in ["localhost", "127.0.0.1", "::1", *host_names]:
+    for h in dict.fromkeys(["localhost", "127.0.0.1", "::1", *host_names]):
         sans.append(_san(h))
-    ca.issue("host", _name(host_names[0] if host_names else "localhost"), True, sans)
+    # The names that matter are the SANs; a long first name cannot be the common name.
+    cn = host_names[0] if host_names and len(host_names[0]) <= MAX_COMMON_NAME else "localhost"
+    ca.issue("host", _name(cn), True, sans)
     for g in guests:
         ca.issue(f"guest-{g}", _name(g), False, [])
     ca.issue("admin", _name("admin", ADMIN_UNIT), False, [])

@@ -24,6 +24,10 @@ def build_parser(env: Mapping[str, str]) -> Parser:
         description="Free page hinting emulator: a guest buddy allocator reports free memory "
         "to a host over a gRPC virtqueue. Every flag can also be set with a PAGEHINT_<FLAG> "
         "environment variable (e.g. PAGEHINT_RAM=2GiB).",
+        epilog="Policies: bitmap (the seed design), reporting (Linux's), none, or your own "
+        "(FILE.py:CLASS | MODULE:CLASS; docs/policies.md). Shipped scenarios: "
+        f"{', '.join(guest_command.shipped_scenarios())}. `pagehint COMMAND --help` lists a "
+        "command's flags and their defaults.",
     )
     parser.add_argument("--version", action="version", version=f"pagehint {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

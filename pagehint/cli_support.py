@@ -170,8 +170,20 @@ def add_flag(
     default: str | None = None,
     **kw: Any,
 ) -> None:
-    """A flag whose default comes from PAGEHINT_<FIRST NAME> when that is set."""
-    parser.add_argument(*names, default=from_env(env, names[0], default), **kw)
+    """A flag whose default comes from PAGEHINT_<FIRST NAME> when that is set.
+
+    Its help shows the default, "(default: VALUE)", unless the help already
+    speaks of its default itself (a prose one: "default: what covers --trace").
+    A flag with no built-in default (None) or an empty one shows none, even when
+    a variable sets it: it may hold a secret (PAGEHINT_TOKEN).
+    """
+    value = from_env(env, names[0], default)
+    text = kw.get("help")
+    if text and default and "default" not in text:
+        origin = f", from {env_name(names[0])}" if value != default else ""
+        # argparse %-formats help: a % in the value must stay a %.
+        kw["help"] = f"{text} (default: {str(value).replace('%', '%%')}{origin})"
+    parser.add_argument(*names, default=value, **kw)
 
 
 def add_verbosity(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:

@@ -241,6 +241,10 @@ class GuestConfig:
     token: str | None = None
     # Write one JSON line per chain (times, ranges, status, host residency) here.
     reports: str | None = None
+    # shm backend: the only folder whose RAM files the guest opens (a host names the
+    # file; guest/ram.py). /dev/shm is where a host keeps them by default (in its
+    # own pagehint-host-PID folder there); a host given --shm-dir needs the same here.
+    shm_dir: str = "/dev/shm"
     hinting: HintingConfig = field(default_factory=HintingConfig)
     trace: TraceConfig | None = None
 
@@ -287,6 +291,12 @@ class GuestConfig:
             (self.tls is None and token is None) or self.host is not None,
             "--tls-* and --token are for a host connection: give --host too",
         )
+        require(self.tls is None or token is None, "give mutual TLS (--tls-*) or --token, not both")
+        shm_dir = self.shm_dir
+        require(
+            isinstance(shm_dir, str) and bool(shm_dir.strip()) and "\0" not in shm_dir,
+            f"--shm-dir {shm_dir!r}: give a folder",
+        )
 
 
 @dataclass(frozen=True)
@@ -324,6 +334,33 @@ class HostConfig:
     tokens: dict[str, str] = field(default_factory=dict)
     # Most sessions at once: by default from the descriptor limit (see limits.py).
     max_sessions: int = 1024
+    # Most sessions one client address may hold: a quarter of max_sessions, so one
+    # client cannot take every slot, and at least 16 (the most guests `pagehint demo`
+    # runs from one machine). 1024 / 4 = 256, the most `pagehint loadtest` runs.
+    # (An identity, under TLS or tokens, holds at most one: its own guest id's.)
+    max_sessions_per_peer: int = 256
+    # Most connections at once, open or still handshaking; past it gRPC closes new
+    # ones at once, so the descriptors never run out (a full descriptor table
+    # locked every guest out, silently). By default from the descriptor limit
+    # (limits.py), at most 4096: four per session at most, ~15 KiB of gRPC each.
+    max_connections: int = 4096
+    # A connection that has not sent its HTTP/2 preface (and, with TLS, finished its
+    # handshake) this long after it was accepted is closed. Honest clients do it in
+    # milliseconds; silent connections hold a slot until then, so it is short: a
+    # flood of them is gone within a guest's 2 s reconnect backoff.
+    handshake_timeout: float = 2.0
+    # A connection with no call open for this long is closed (GOAWAY). A guest always
+    # has one (its Reporting stream) and calls Stats several times a second; a client
+    # that comes back later simply reconnects. As short as the handshake's, for the
+    # same reason: connections that finished HTTP/2 and then sat silent held every
+    # slot of a host with few descriptors for as long as this.
+    idle_connection_timeout: float = 2.0
+    # A failed token (a guess) blocks the client's address from having another token
+    # checked for 0.1 s, doubling with each failure up to this; the failing answer
+    # itself waits as long. 10 s: a guesser gets six tries a minute, and a guest that
+    # shares the address and retries (RESOURCE_EXHAUSTED) is back within its connect
+    # timeout once the guessing stops. 0: no throttle.
+    auth_penalty_max: float = 10.0
     # The host's own record: one JSON line per chain (wall time, guest, chain id,
     # status, the guest's resident bytes right after it).
     chain_log: str | None = None
@@ -347,6 +384,15 @@ class HostConfig:
                 ("inject_discard_error", "--inject-discard-error", between(0, 1)),
                 ("fault_seed", "--fault-seed", between(0, 2**63, whole=True)),
                 ("max_sessions", "--max-sessions", between(1, 1_000_000, whole=True)),
+                (
+                    "max_sessions_per_peer",
+                    "--max-sessions-per-peer",
+                    between(1, 1_000_000, whole=True),
+                ),
+                ("max_connections", "--max-connections", between(1, 1_000_000, whole=True)),
+                ("handshake_timeout", "--handshake-timeout", between(0.001, 86400)),
+                ("idle_connection_timeout", "--idle-connection-timeout", between(0.001, 86400)),
+                ("auth_penalty_max", "--auth-penalty-max", between(0, 3600)),
             ),
         )
         require(not (self.tls and self.tokens), "give mutual TLS (--tls-*) or --tokens, not both")

@@ -24,13 +24,19 @@ def read_small(path: str, what: str, limit: int = MAX_SETTINGS_BYTES) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise UsageError(f"{what} {path}: cannot read: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as f:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UsageError(f"{what} {path}: not a regular file")
+    try:
+        # The kind first: a buffered file object cannot even be made on a folder.
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{what} {path}: a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"{what} {path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
-        except OSError as e:
-            raise UsageError(f"{what} {path}: cannot read: {e.strerror or e}") from None
+    except OSError as e:
+        raise UsageError(f"{what} {path}: cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
         raise UsageError(f"{what} {path}: larger than {size}")

@@ -6,6 +6,8 @@ nothing is counted twice; the HTTP server runs in prometheus_client's thread.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Callable, Iterable
 
 from prometheus_client import start_http_server
@@ -36,6 +38,41 @@ class FnCollector(Collector):
         return []
 
 
+def listen_problem(addr: str) -> str | None:
+    """Why nothing could listen on ``addr`` here (None: something can): not an
+    address, or not one of this machine's (EADDRNOTAVAIL). Found as the server
+    would find it, by binding port 0 of it: that takes no port from anyone."""
+    bind = _bare(addr)
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            bind, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(where)
+    except UnicodeError:
+        return "not an address"
+    except socket.gaierror as e:
+        return f"not an address ({e.strerror or e})"
+    except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            return "not an address of this machine"
+        return f"cannot listen: {e.strerror or e}"
+    return None
+
+
+def check_listen_addr(addr: str, flag: str = "--metrics-addr") -> None:
+    """UsageError (one line) unless the metrics could listen on ``addr``: checked
+    whether or not a port is given, so a mistyped address never passes unseen."""
+    problem = listen_problem(addr)
+    if problem is not None:
+        raise UsageError(f"{flag} {addr}: {problem}")
+
+
+def _bare(addr: str) -> str:
+    # "[::]" as in a URL or --listen; the HTTP server takes the bare address.
+    return addr[1:-1] if addr.startswith("[") and addr.endswith("]") else addr
+
+
 def serve(
     fn: Callable[[], Iterable[Metric]], port: int, addr: str = "127.0.0.1"
 ) -> tuple[object, int]:
@@ -43,10 +80,8 @@ def serve(
     line) if the address cannot be bound."""
     registry = CollectorRegistry()
     registry.register(FnCollector(fn))
-    # "[::]" as in a URL or --listen; the HTTP server takes the bare address.
-    bind = addr[1:-1] if addr.startswith("[") and addr.endswith("]") else addr
     try:
-        server, _thread = start_http_server(port, addr=bind, registry=registry)
+        server, _thread = start_http_server(port, addr=_bare(addr), registry=registry)
     except OSError as e:
         where = f"--metrics-addr {addr} --metrics-port {port}"
         raise UsageError(f"{where}: cannot listen: {e.strerror or e}") from None

@@ -153,3 +153,68 @@ def peer_identity(context: HasAuthContext) -> tuple[str, bool] | None:
     units = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     admin = any(u.value == ADMIN_UNIT for u in units)
     return (str(cns[0].value) if cns else ""), admin
+
+
+# ---- what to tell a user whose connection failed ------------------------------------
+# gRPC says only UNAVAILABLE (with "Socket closed", or a handshake error naming
+# OpenSSL's WRONG_VERSION_NUMBER) when one side speaks TLS and the other does not.
+# A probe tells which: send the host a TLS ClientHello and look at the first byte
+# back. A TLS server answers with a TLS record (0x16 a handshake, 0x15 an alert); a
+# plain-text gRPC server reads bytes that are not HTTP/2's preface and hangs up.
+
+_TLS_RECORDS = (0x15, 0x16)  # alert, handshake
+
+
+def _client_hello() -> bytes:
+    import contextlib
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # a probe: nothing is sent after the hello
+    ctx.set_alpn_protocols(["h2"])
+    out = ssl.MemoryBIO()
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), out)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return out.read()
+
+
+def speaks_tls(address: str, timeout: float = 1.0) -> bool | None:
+    """Whether the server at ``address`` (HOST:PORT, IPv6 in brackets) answers a TLS
+    ClientHello in TLS: True; False when it answers with anything else or hangs up;
+    None when it cannot be reached or says nothing within ``timeout`` (each step)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        sock = socket.create_connection(
+            (host.removeprefix("[").removesuffix("]"), int(port)), timeout=timeout
+        )
+    except (OSError, ValueError):
+        return None
+    with sock:
+        try:
+            sock.sendall(_client_hello())
+            first = sock.recv(1)
+        except TimeoutError:
+            return None
+        except OSError:  # reset: it hung up on the hello
+            return False
+    return bool(first) and first[0] in _TLS_RECORDS
+
+
+def unreachable_hint(address: str, tls: bool, timeout: float = 1.0) -> str:
+    """What to add, in parentheses, to an UNAVAILABLE from the host at ``address``:
+    ``tls`` is whether this side spoke TLS. Probes the host (``speaks_tls``)."""
+    speaks = speaks_tls(address, timeout)
+    if tls and speaks is False:
+        return (
+            "the host does not speak TLS: drop --tls-cert, --tls-key and "
+            "--tls-ca, or start the host with TLS"
+        )
+    if not tls and speaks:
+        return "the host speaks TLS: give --tls-cert, --tls-key and --tls-ca"
+    if tls:
+        return "with TLS: check --tls-ca and that the host trusts this certificate"
+    return "is it running? does it require TLS?"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 import grpc
 import grpc.aio
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -18,6 +18,7 @@ from virtqueue.v1 import balloon_pb2_grpc as pb_grpc
 
 SESSION_KEY = "x-pagehint-session"
 T = TypeVar("T", bound="DataclassInstance")
+M = TypeVar("M", bound=Message)
 
 Range = tuple[int, int]  # (pfn, order)
 
@@ -115,6 +116,50 @@ class HostFigures:
 # by name: a field added to one side and not the other fails loudly in tests.
 
 
+# ---- what does not decode ------------------------------------------------------------
+# gRPC answers a request deserializer's exception INTERNAL (a stream) or UNKNOWN (a
+# unary call, with the exception's text) and logs its traceback: as if the host had a
+# bug. The host's deserializers (add_servicer) hand the servicer a Malformed instead,
+# and every decode_* function below raises Undecodable for it, which the service
+# answers INVALID_ARGUMENT and counts as ``malformed``.
+
+
+class Malformed:
+    """Bytes that do not decode as the request message ``what`` (its full name)."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"Malformed({self.what!r})"
+
+
+class Undecodable(Exception):
+    """A request that did not decode (the message says which); never a host bug."""
+
+
+def _decoded(m: M | Malformed) -> M:
+    if isinstance(m, Malformed):
+        raise Undecodable(f"the request does not decode as {m.what}")
+    return m
+
+
+def lenient(cls: type[M]) -> Callable[[bytes], M | Malformed]:
+    """A request deserializer that returns Malformed where ``cls.FromString`` raises."""
+    parse = cls.FromString
+    what = cls.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> M | Malformed:
+        try:
+            return parse(data)
+        except DecodeError:
+            return Malformed(what)
+
+    return deserialize
+
+
 def _from_message(cls: type[T], m: Message) -> T:
     return cls(**{f.name: getattr(m, f.name) for f in fields(cls)})
 
@@ -126,8 +171,8 @@ def encode_negotiate(n: Negotiation) -> pb.NegotiateRequest:
     return pb.NegotiateRequest(**asdict(n))
 
 
-def decode_negotiate(m: pb.NegotiateRequest) -> Negotiation:
-    return _from_message(Negotiation, m)
+def decode_negotiate(m: pb.NegotiateRequest | Malformed) -> Negotiation:
+    return _from_message(Negotiation, _decoded(m))
 
 
 def encode_accepted(a: Accepted) -> pb.NegotiateReply:
@@ -189,7 +234,10 @@ class TouchedMsg(NamedTuple):
     counts: Sequence[int]
 
 
-def decode_guest_message(m: pb.GuestMessage) -> ChainMsg | TouchedMsg | None:
+def decode_guest_message(m: pb.GuestMessage | Malformed) -> ChainMsg | TouchedMsg | None:
+    """A chain or a touch batch; None for an empty message; Undecodable for Malformed."""
+    if isinstance(m, Malformed):
+        raise Undecodable(f"a message that does not decode as {m.what}")
     kind = m.WhichOneof("kind")
     if kind == "chain":
         return ChainMsg(m.chain.id, m.chain.pfn, m.chain.order)
@@ -223,8 +271,9 @@ def encode_stats_request(session: str = "", self_only: bool = False) -> pb.Stats
     return pb.StatsRequest(session=session, self_only=self_only)
 
 
-def decode_stats_request(m: pb.StatsRequest) -> tuple[str, bool]:
+def decode_stats_request(m: pb.StatsRequest | Malformed) -> tuple[str, bool]:
     """(session, self_only)."""
+    m = _decoded(m)
     return str(m.session), bool(m.self_only)
 
 
@@ -278,8 +327,8 @@ def encode_close(session: str) -> pb.CloseRequest:
     return pb.CloseRequest(session=session)
 
 
-def decode_close(m: pb.CloseRequest) -> str:
-    return str(m.session)
+def decode_close(m: pb.CloseRequest | Malformed) -> str:
+    return str(_decoded(m).session)
 
 
 def close_reply() -> pb.CloseReply:
@@ -333,23 +382,52 @@ def aio_stub(channel: grpc.aio.Channel) -> AioBalloonStub:
 
 class BalloonServicer(Protocol):
     """What the host implements: every RPC of the service (the generated base
-    class would answer a forgotten one UNIMPLEMENTED; this makes it a type error)."""
+    class would answer a forgotten one UNIMPLEMENTED; this makes it a type error).
+    A request that does not decode arrives as Malformed (see ``lenient``)."""
 
     async def Negotiate(
-        self, request: pb.NegotiateRequest, context: Context
+        self, request: pb.NegotiateRequest | Malformed, context: Context
     ) -> pb.NegotiateReply: ...
 
     def Reporting(
-        self, request_iterator: AsyncIterator[pb.GuestMessage], context: Context
+        self, request_iterator: AsyncIterator[pb.GuestMessage | Malformed], context: Context
     ) -> AsyncIterator[pb.Used]: ...
 
-    async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.HostStats: ...
+    async def Stats(
+        self, request: pb.StatsRequest | Malformed, context: Context
+    ) -> pb.HostStats: ...
 
-    async def Close(self, request: pb.CloseRequest, context: Context) -> pb.CloseReply: ...
+    async def Close(
+        self, request: pb.CloseRequest | Malformed, context: Context
+    ) -> pb.CloseReply: ...
 
 
 def add_servicer(servicer: BalloonServicer, server: grpc.aio.Server) -> None:
-    pb_grpc.add_BalloonServicer_to_server(servicer, server)
+    """The generated add_BalloonServicer_to_server, with lenient request deserializers."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Negotiate": grpc.unary_unary_rpc_method_handler(
+            servicer.Negotiate,
+            request_deserializer=lenient(pb.NegotiateRequest),
+            response_serializer=pb.NegotiateReply.SerializeToString,
+        ),
+        "Reporting": grpc.stream_stream_rpc_method_handler(
+            servicer.Reporting,
+            request_deserializer=lenient(pb.GuestMessage),
+            response_serializer=pb.Used.SerializeToString,
+        ),
+        "Stats": grpc.unary_unary_rpc_method_handler(
+            servicer.Stats,
+            request_deserializer=lenient(pb.StatsRequest),
+            response_serializer=pb.HostStats.SerializeToString,
+        ),
+        "Close": grpc.unary_unary_rpc_method_handler(
+            servicer.Close,
+            request_deserializer=lenient(pb.CloseRequest),
+            response_serializer=pb.CloseReply.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 SERVICE_NAME = "pagehint.v1.Balloon"

@@ -10,6 +10,10 @@ and their blocks may go back. A host that restarted has no record of the old
 session, which is just as final: the process that could have discarded is gone.
 A host that is alive but stalled does not answer the negotiation either, so the
 stranded blocks stay isolated for as long as it takes, as in the kernel.
+
+Some answers end the guest instead (``fatal``, then ``on_fatal``): a session it
+must not use (its RAM file refused: guest/ram.py), or its guest id taken by
+another client for good (``_id_held``).
 """
 
 from __future__ import annotations
@@ -17,16 +21,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from guest.balloon.transport import NegotiationRefused, Stream, Transport, TransportError
 from guest.balloon.window import ChainWindow
+from pagehint.errors import UsageError
 from pagehint.ratelog import RateLimitedLog
 from virtqueue import features as F
 from virtqueue.codec import Accepted, Negotiation
 
 NEGOTIATE_TIMEOUT = 5.0
+# host/device.py STALE_AFTER: a session with no stream and no call for this long
+# may be replaced by a new negotiation for its guest id. (The guest cannot import
+# the host; a test holds the two to each other.)
+HOST_STALE_AFTER = 5.0
+# The host's --session-timeout before a session has told us (its default).
+HOST_SESSION_TIMEOUT = 30.0
+ID_HELD_EVERY = 10.0  # seconds between lines saying the guest id is still held
+# How the host ends a refusal that means "another process has this guest's id now;
+# stop" (host/device.py _check_takeover): final at once, where a refusal because of
+# a live session is retried (a crashed predecessor's session goes stale).
+GIVES_WAY = "this one gives way"
+
+
+def id_in_use(why: str) -> bool:
+    """The host refused a negotiation because another session holds the guest id
+    (host/device.py SessionInUse, sent as ALREADY_EXISTS)."""
+    return why.startswith("ALREADY_EXISTS")
+
+
+class GuestIdLost(UsageError):
+    """Another client holds this guest's id for good: the guest cannot go on."""
 
 
 class SessionUnusable(Exception):
@@ -80,6 +107,14 @@ class Connection:
         self._reader: asyncio.Task[None] | None = None
         # A long outage or an incompatible host: one line per kind per 10 s.
         self.problems = RateLimitedLog(log)
+        self.guest_id = ""
+        # Since when negotiations have been refused with the id held by another session,
+        # and when that was last said (once per ID_HELD_EVERY, nothing counted between).
+        self.held_since: float | None = None
+        self._held_said: float | None = None
+        # Why the guest must stop (set once; keep_connected then gives up).
+        self.fatal: UsageError | None = None
+        self.on_fatal: list[Callable[[UsageError], None]] = []
 
     @property
     def session(self) -> str:
@@ -88,7 +123,10 @@ class Connection:
     async def connect(self) -> None:
         """Negotiate a session (fencing the previous one) and open its stream."""
         previous = self.session
-        acc = await self.transport.negotiate(self._negotiation(previous), timeout=NEGOTIATE_TIMEOUT)
+        n = self._negotiation(previous)
+        self.guest_id = n.guest_id
+        acc = await self.transport.negotiate(n, timeout=NEGOTIATE_TIMEOUT)
+        self.held_since = self._held_said = None
         if previous:
             # The old session is over on the host: settle its stranded chains.
             settled = self.window.fence(previous, acc.fence)
@@ -102,9 +140,12 @@ class Connection:
         try:
             self._accept(acc)
         except SessionUnusable as e:
-            with contextlib.suppress(TransportError):
-                await self.transport.close_session(acc.session, timeout=2.0)
+            await self._close_unused(acc.session)
             raise NegotiationRefused(str(e)) from None
+        except UsageError:
+            # Final (its RAM file refused, say): leave no session of ours open either.
+            await self._close_unused(acc.session)
+            raise
         self.accepted = acc
         self.stream = self.transport.open_stream(acc.session)
         self.broken = asyncio.Event()
@@ -119,6 +160,10 @@ class Connection:
             f"features {F.describe(acc.features)}, queue {acc.queue_size}, "
             f"chain capacity {acc.max_chain_ranges}"
         )
+
+    async def _close_unused(self, session: str) -> None:
+        with contextlib.suppress(TransportError):
+            await self.transport.close_session(session, timeout=2.0)
 
     def lost(self, stream: Stream, why: str) -> None:
         """The stream broke (read or write): stop using it; the keeper reconnects."""
@@ -161,11 +206,84 @@ class Connection:
                 try:
                     await asyncio.wait_for(self.connect(), NEGOTIATE_TIMEOUT + 1)
                     break
+                except UsageError as e:
+                    self.give_up(e)
+                    return
                 except (TransportError, TimeoutError, OSError) as e:
                     why = "no answer" if isinstance(e, TimeoutError) else str(e)
+                    if id_in_use(why):
+                        if self._id_held(why):
+                            return
+                        continue
+                    self.held_since = self._held_said = None
                     self.problems.note(
                         f"reconnect:{why}", f"reconnect to {self.address} failed ({why}); retrying"
                     )
+
+    def give_up(self, e: UsageError) -> None:
+        """The guest cannot go on with this host: say so to whoever runs it."""
+        if self.fatal is None:
+            self.fatal = e
+            for cb in self.on_fatal:
+                cb(e)
+
+    def id_wait_bound(self) -> float:
+        """How long a reconnecting guest waits while its id is held by another session.
+
+        Its own stray session (a negotiation the host answered but whose answer
+        was lost) holds the id until the host finds it stale (HOST_STALE_AFTER
+        silent) or expires it (its session timeout, checked every second). Twice
+        the longer of the two is past both: a holder still there is another client.
+        """
+        acc = self.accepted
+        timeout = acc.session_timeout_ms / 1000 if acc and acc.session_timeout_ms else 0.0
+        return 2 * max(timeout or HOST_SESSION_TIMEOUT, HOST_STALE_AFTER)
+
+    def _id_held(self, why: str) -> bool:
+        """A reconnect was refused with the guest id in use: True if another client holds
+        it for good (the guest gives up), False if it may still go (retry)."""
+        now = time.monotonic()
+        if self.held_since is None:
+            self.held_since = now
+        bound, waited = self.id_wait_bound(), now - self.held_since
+        # The host's own words for a takeover are final at once; any other refusal
+        # as in use, once it has outlasted the bound.
+        if why.endswith(GIVES_WAY) or waited >= bound:
+            still = "" if why.endswith(GIVES_WAY) else f"; still refused after {waited:.0f}s"
+            self.give_up(
+                GuestIdLost(
+                    f"guest id {self.guest_id!r} was taken by another client (host "
+                    f"{self.address}: {why}{still}); exiting"
+                )
+            )
+            return True
+        self._say_held(
+            f"guest id {self.guest_id!r} is held on host {self.address} by a session this "
+            "guest did not open (did another client take it while this guest was away?): "
+            f"retrying for up to {bound:g}s, then exiting (host: {why})",
+        )
+        return False
+
+    def _say_held(self, line: str) -> None:
+        # Its own throttle, not ``problems``: a wait of a few seconds is one line,
+        # without a "N more like this" line after it.
+        now = time.monotonic()
+        if self._held_said is None or now - self._held_said >= ID_HELD_EVERY:
+            self._held_said = now
+            self.log(line)
+
+    def note_id_held_at_start(self, why: str, limit: float) -> None:
+        """The first negotiation was refused with the id in use: say why the guest
+        waits (rate-limited). Usually this guest's previous run, killed without
+        closing its session: the host keeps it until it has been silent a while."""
+        self._say_held(
+            f"guest id {self.guest_id!r} still has a session on host {self.address} that "
+            "this process did not open (an earlier run of this guest, killed without "
+            "closing it?): waiting for the host to let it go, which it does "
+            f"{HOST_STALE_AFTER:g}s after that session's last call once its stream is "
+            "closed (else after the host's --session-timeout); up to --connect-timeout "
+            f"{limit:g}s (host: {why})",
+        )
 
     async def close(self) -> None:
         self.closing = True

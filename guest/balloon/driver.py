@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any
 
-from guest.balloon.connection import Backoff, Connection, SessionUnusable
+from guest.balloon.connection import Backoff, Connection, SessionUnusable, id_in_use
 from guest.balloon.touches import TouchTracker
 from guest.balloon.transport import (
     GrpcTransport,
@@ -42,6 +42,7 @@ from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
 from pagehint.logging import debug_of
 from pagehint.schema import ReportRecord, encode
+from pagehint.tls import unreachable_hint
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.codec import Accepted, ChainMsg, GuestFigures, Negotiation, TouchedMsg, UsedMsg
@@ -128,6 +129,11 @@ class BalloonDriver:
 
     def oldest_report_age(self) -> float:
         return self.window.oldest_age()
+
+    @property
+    def fatal(self) -> UsageError | None:
+        """Why the guest must stop (its id taken, its RAM file refused), once known."""
+        return self.conn.fatal
 
     # ---- ReportingDevice --------------------------------------------------------------
 
@@ -290,15 +296,21 @@ class BalloonDriver:
                 raise UsageError(f"host {self.address} refused this guest: {e}") from None
             except (TransportError, TimeoutError, OSError) as e:
                 delay = self.conn.backoff.next()
+                why = "no answer" if isinstance(e, TimeoutError) else str(e)
+                limit = self.cfg.connect_timeout
+                if id_in_use(why):
+                    self.conn.note_id_held_at_start(why, limit)
                 if loop.time() + delay >= deadline:
                     await self.conn.transport.aclose()
-                    why = "no answer" if isinstance(e, TimeoutError) else str(e)
-                    if "UNAVAILABLE" in why:
-                        why += (
-                            " (with TLS: check --tls-ca and that the host trusts this certificate)"
-                            if self.cfg.tls is not None
-                            else " (is it running? does it require TLS?)"
-                        )
+                    if id_in_use(why):
+                        raise UsageError(
+                            f"guest id {self.cfg.guest_id!r} is still in use on host "
+                            f"{self.address} after --connect-timeout {limit:g}s ({why})"
+                        ) from None
+                    if "UNAVAILABLE" in why:  # a probe tells whether TLS is the mismatch
+                        tls = self.cfg.tls is not None
+                        hint = await asyncio.to_thread(unreachable_hint, self.address, tls)
+                        why += f" ({hint})"
                     raise UsageError(
                         f"cannot reach host {self.address} in {self.cfg.connect_timeout:g}s: {why}"
                     ) from None

@@ -12,7 +12,10 @@ broken one cannot take the guest down or lose pages:
   task that died of an exception is reported), and blocks of a report still
   in flight stay isolated (the device may be discarding them), as the kernel's
   page_reporting_unregister() waits for a running pass;
-- blocks it leaves isolated when it stops, and no device holds, are put back.
+- blocks it leaves isolated when it stops, and no device holds, are put back;
+- one that keeps the event loop (never returns from its hook, a worker that
+  never awaits) is seen by a watchdog thread, which names it and ends the
+  process (``guest/hinting/watchdog.py``): nothing on the loop could.
 
 Every break is in the run summary (``policy_errors``) and makes the guest exit 1.
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from guest.hinting.base import Log, Policy, PolicyRuleError, check_isolated
 from guest.hinting.device import Block, ReportingDevice
+from guest.hinting.watchdog import LoopWatchdog
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import ISOLATED, ORDER_MASK, STATE_MASK
 from guest.mm.zone import Zone
@@ -121,6 +125,8 @@ class GuardedPolicy(Policy):
         self.name = cfg.policy
         self.errors = self.rule_errors  # one list: the inner's report_batch adds to it
         self._tasks: set[asyncio.Task[object]] = set()
+        # Watched from its __init__ until it has stopped: its own code may keep the loop.
+        self._watchdog = _watchdog(cfg.policy, inner)
         try:
             # The inner policy reports through a device that checks every batch
             # itself: a policy cannot skip the check by overriding it or by
@@ -130,6 +136,7 @@ class GuardedPolicy(Policy):
         except (Exception, SystemExit, asyncio.CancelledError) as e:
             self.inner = None
             self._broke(f"__init__ raised {_said(e)}")
+            self._disarm()
             return
         # One set of counters: what the summary and metrics read is the inner's.
         self.stats = self.inner.stats
@@ -184,6 +191,12 @@ class GuardedPolicy(Policy):
                 )
         self.mm.set_hook(None)
         self._return_isolated()
+        self._disarm()
+
+    def _disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+            self._watchdog = None
 
     async def _end_tasks(self) -> None:
         """Cancel and await what start() created; report what died of an exception."""
@@ -227,6 +240,19 @@ class GuardedPolicy(Policy):
         if left:
             pages = sum(1 << o for _, o in left)
             self._broke(f"left {len(left)} blocks ({pages} pages) isolated; put back")
+
+
+def _watchdog(spec: str, inner: type[Policy]) -> LoopWatchdog | None:
+    """A watchdog armed over the code of ``inner`` (the modules of its classes
+    below Policy); None outside a running loop, where nothing can be held."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    base = set(Policy.__mro__)
+    dog = LoopWatchdog(spec, {c.__module__ for c in inner.__mro__ if c not in base})
+    dog.arm()
+    return dog
 
 
 class CheckedDevice:

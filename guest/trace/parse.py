@@ -30,6 +30,7 @@ import gzip
 import os
 import re
 import stat
+import zlib
 from array import array
 from dataclasses import dataclass, field
 from typing import IO
@@ -179,7 +180,8 @@ def parse_trace(path: str, lenient: bool = False) -> Trace:
                 if "." not in ts:
                     trace.seconds_clock = False
                 times.append(float(ts))
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    # zlib.error: a .gz whose compressed data is damaged (not merely cut short).
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         why = getattr(e, "strerror", None) or str(e)
         raise TraceError(f"{path}: cannot read past line {lineno}: {why}") from None
     except OverflowError:

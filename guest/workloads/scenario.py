@@ -16,7 +16,12 @@ Steps (``op`` names the kind)::
     [[steps]]
     op = "repeat"     # count, steps = [ {op = ...}, ... ]
 
-A bad file is a UsageError naming the file, the step and what is wrong.
+A bad file is a UsageError naming the file, the step and what is wrong. Besides
+each step's fields, the steps are followed as they will run (repeats too): an
+alloc into a group that an earlier step still holds is refused (give it
+another name, or free it first), and so, once the guest's RAM is known
+(``load_scenario(path, ram_bytes)``), is a scenario that at some step holds
+more than that RAM.
 """
 
 from __future__ import annotations
@@ -26,16 +31,17 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest.mm.constants import MAX_ORDER
+from guest.mm.constants import MAX_ORDER, PAGE_SIZE
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import churn_for
 from pagehint.errors import UsageError
 from pagehint.files import read_small_text
-from pagehint.units import parse_size
+from pagehint.units import format_size, parse_size
 
 MAX_NESTING = 16  # repeats inside repeats: deeper is a generated file gone wrong
 MAX_FILE_BYTES = 1 << 20  # a scenario is a handful of steps; repeats make it long
 MAX_STEPS = 100_000  # steps written out in the file (repeats not multiplied)
+MAX_FOLLOWED = 2_000_000  # steps followed by the checks (each repeat at most twice)
 
 
 @dataclass(frozen=True)
@@ -198,7 +204,119 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
     name = data.get("name", Path(path).stem)
     if not isinstance(name, str):
         raise UsageError(f"scenario {path}: name must be a string")
-    return Scenario(name, path, p.steps(data["steps"], "step", set()))
+    scenario = Scenario(name, path, p.steps(data["steps"], "step", set()))
+    _Tally(path, None).follow(scenario.steps, "step")  # a group allocated twice
+    return scenario
+
+
+_OPS: dict[type, str] = {
+    Alloc: "alloc",
+    Free: "free",
+    Sleep: "sleep",
+    Mark: "mark",
+    Churn: "churn",
+    Repeat: "repeat",
+}
+
+
+@dataclass(frozen=True)
+class _Held:
+    """What a group holds at some point of the run."""
+
+    churn: bool  # held by a churn step (which tops it up again), not by an alloc
+    blocks: int
+    pages: int
+    where: str  # the step that filled it
+
+
+class _Tally:
+    """Follows a scenario's steps as run_scenario runs them, counting what each
+    group holds: the most held at once (and at which step), and an alloc into a
+    group still held (a second alloc of one name adds to the first, so a later
+    free frees both: a copied step, not what its writer meant).
+
+    A repeat is followed at most twice: its second turn starts from what the
+    first left, and a third from no more than the second did (what its steps
+    allocate they must free, or the second turn refuses it; groups from before
+    the repeat can only shrink; churn tops its group up to the same target).
+    """
+
+    def __init__(self, path: str, nr_pages: int | None) -> None:
+        self.path = path
+        self.nr_pages = nr_pages  # None: names only (before the RAM is known)
+        self.held: dict[str, _Held] = {}
+        self.pages = 0  # held by every group together
+        self.peak_pages = 0
+        self.peak_where = ""
+        self.followed = 0
+
+    def fail(self, where: str, msg: str) -> UsageError:
+        return UsageError(f"scenario {self.path}: {where}: {msg}")
+
+    def follow(self, steps: tuple[Step, ...], prefix: str) -> None:
+        for i, step in enumerate(steps):
+            where = f"{prefix}[{i + 1}] ({_OPS[type(step)]})"
+            self.followed += 1
+            if self.followed > MAX_FOLLOWED:
+                raise self.fail(
+                    where, f"more than {MAX_FOLLOWED} steps to follow with its repeats nested"
+                )
+            if isinstance(step, Alloc):
+                self.alloc(step, where)
+            elif isinstance(step, Free):
+                self.free(step)
+            elif isinstance(step, Churn):
+                self.churn(step, where)
+            elif isinstance(step, Repeat):
+                for _ in range(min(step.count, 2)):
+                    before = dict(self.held)
+                    self.follow(step.steps, f"{where}.steps")
+                    if self.held == before:  # every later turn is this one again
+                        break
+
+    def alloc(self, step: Alloc, where: str) -> None:
+        had = self.held.get(step.name)
+        if had is not None:
+            raise self.fail(
+                where,
+                f"allocates {step.name!r} again while {had.where} still holds it "
+                "(give it another name, or free it first)",
+            )
+        blocks = -(-step.size // (PAGE_SIZE << step.order))
+        self.hold(step.name, _Held(False, blocks, blocks << step.order, where))
+
+    def free(self, step: Free) -> None:
+        had = self.held.get(step.name)
+        if had is None:
+            return
+        freed = len(range(step.offset, had.blocks, step.stride))
+        if freed >= had.blocks:
+            del self.held[step.name]
+            self.pages -= had.pages
+        elif freed:
+            pages = had.pages - had.pages * freed // had.blocks
+            self.hold(step.name, _Held(had.churn, had.blocks - freed, pages, had.where))
+
+    def churn(self, step: Churn, where: str) -> None:
+        had = self.held.get(step.name)
+        if had is not None and not had.churn:
+            raise self.fail(
+                where,
+                f"churns in {step.name!r}, which {had.where} allocated and still holds "
+                "(give the churn another name, or free it first)",
+            )
+        # Churn holds about occupancy x RAM of its own blocks (orders 0..3: 3.75
+        # pages on average), whatever else the guest holds.
+        pages = 0 if self.nr_pages is None else int(self.nr_pages * step.occupancy)
+        self.hold(step.name, _Held(True, max(1, pages * 4 // 15), pages, where))
+
+    def hold(self, name: str, held: _Held) -> None:
+        """``name`` now holds ``held`` (in place of what it held)."""
+        had = self.held.get(name)
+        self.pages += held.pages - (had.pages if had is not None else 0)
+        self.held[name] = held
+        if self.pages > self.peak_pages:
+            self.peak_pages, self.peak_where = self.pages, held.where
 
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -214,10 +332,36 @@ def resolve_scenario(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path, ram_bytes: int | None = None) -> Scenario:
+    """The scenario at ``path`` (or a shipped one's name); given the guest's RAM,
+    also refused if it would hold more than that RAM (``check_fits``)."""
     path = resolve_scenario(str(path))
     text = read_small_text(str(path), "scenario", MAX_FILE_BYTES)
-    return parse_scenario(text, str(path))
+    scenario = parse_scenario(text, str(path))
+    if ram_bytes is not None:
+        check_fits(scenario, ram_bytes)
+    return scenario
+
+
+def check_fits(scenario: Scenario, ram_bytes: int) -> None:
+    """UsageError (one line, both sizes) if the scenario at some step holds more
+    memory than the guest has RAM: most of its allocations would fail.
+
+    RAM is what a workload can hold: the allocator holds nothing back from it
+    (BuddyAllocator.alloc takes any free page; the zones' watermarks only
+    limit what hinting may isolate), so a scenario may fill RAM exactly (the
+    shipped memhog does, in a 256 MiB guest). Churn counts its target, its
+    occupancy of RAM.
+    """
+    tally = _Tally(scenario.path, ram_bytes // PAGE_SIZE)
+    tally.follow(scenario.steps, "step")
+    peak = tally.peak_pages * PAGE_SIZE
+    if peak > ram_bytes:
+        raise UsageError(
+            f"scenario {scenario.path}: holds {format_size(peak)} at {tally.peak_where}, more "
+            f"than the guest's {format_size(ram_bytes)} of RAM (--ram): give the guest more "
+            "RAM or the scenario less memory"
+        )
 
 
 async def run_scenario(scenario: Scenario, ctx: WorkloadContext) -> None:

@@ -56,6 +56,11 @@ class MemoryBackend(abc.ABC):
     @abc.abstractmethod
     def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam: ...
 
+    def overhead_bytes(self) -> int:
+        """Host memory the backend spends on its own books (sim: the ledgers), not
+        the guests' frames; charged against the memory limit where it is not 0."""
+        return 0
+
     def reclaim(self, want_pages: int) -> int:
         """Under host memory pressure, reclaim lazily freed pages; returns pages reclaimed."""
         return 0

@@ -13,6 +13,11 @@ MADV_FREE is refused on shared mappings, so this backend only discards at once
 Files are removed when the session ends, times out, or the host stops. A
 host that was killed leaves its folder behind; the next host to start removes
 every folder or file whose owning host process is gone.
+
+The guest believes a path it is told only if it looks like what this makes
+(guest/ram.py ``open_ram_file``): a new sparse file per session (O_EXCL, 0600,
+one link, nothing written), named ``<id>-<8 hex>.ram``, in --shm-dir or in the
+private ``pagehint-host-<pid>`` folder under /dev/shm. Change one, change both.
 """
 
 from __future__ import annotations
@@ -164,14 +169,29 @@ class ShmBackend(MemoryBackend):
             if self.private:
                 self._make_private_folder()
             else:
-                created = not self.dir.exists()
-                self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                if created:
-                    os.chmod(self.dir, 0o700)
+                self._make_shared_folder()
         except OSError as e:
             raise UsageError(f"--shm-dir {self.dir}: cannot create: {e.strerror}") from None
         self._claim_shared_folder(cleaned)
         self.orphans_removed = tuple(cleaned)
+
+    def _make_shared_folder(self) -> None:
+        """--shm-dir: made if missing, but only its last part. A missing parent is a
+        typo far more often than a wish, and creating a whole tree (as root,
+        anywhere) is not the host's business."""
+        parent = self.dir.parent
+        if not parent.is_dir():
+            raise UsageError(
+                f"--shm-dir {self.dir}: its parent folder {parent} does not exist "
+                "(the host creates only the last part)"
+            )
+        try:
+            self.dir.mkdir(mode=0o700)
+        except FileExistsError:
+            if not self.dir.is_dir():
+                raise UsageError(f"--shm-dir {self.dir}: exists and is not a folder") from None
+            return
+        os.chmod(self.dir, 0o700)  # whatever the umask
 
     def _make_private_folder(self) -> None:
         """The host's own folder, 0700. One that already exists at the predictable

@@ -10,23 +10,70 @@ Each frame is one of:
 A guest's RAM starts ABSENT, as a fresh VM's untouched memory does: its RSS on
 the host grows as it touches pages. No page fault crosses the wire, so the
 guest tells the host (Touched messages) which frames it touched again.
+
+The ledger is sparse, as the memory it models is: one byte per frame, kept in
+chunks of CHUNK frames that are allocated when the guest first touches one of
+their frames (an untouched chunk is one shared chunk of ABSENT frames) and kept
+until the session ends. A 64 GiB guest that touched nothing costs its index (32
+KiB), not the 16 MiB a flat ledger took at once (1,024 such sessions were 16 GiB
+from one client). The ledgers are real host memory, charged against the host's
+memory limit (``SimBackend.ledger_bytes``): with a limit set, a new guest, or a
+touch that needs a new chunk, past it is refused (ENOMEM), and lazily freed
+frames are reclaimed to make room for them as for any other memory.
 """
 
 from __future__ import annotations
 
+import errno
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 from host.memory.base import GuestRam, MemoryBackend
+from virtqueue.contract import PAGE_SIZE
 
 ABSENT = 0
 RESIDENT = 1
 LAZY = 2
 LAZY_RANGES_COMPACT_AT = 1 << 20  # ranges remembered before stale ones are dropped
-_RESIDENT, _LAZY = bytes([RESIDENT]), bytes([LAZY])
-# Zero frames for clearing a discarded range without allocating (a view: no copy).
-_ZERO_PAGES = 1 << 10  # the largest block (MAX_ORDER)
-_ZEROS = memoryview(bytes(_ZERO_PAGES))
+_RESIDENT, _LAZY, _ABSENT = bytes([RESIDENT]), bytes([LAZY]), bytes([ABSENT])
+# Frames per chunk: 4096 (16 MiB of guest RAM), so a chunk is one 4 KiB host page,
+# and any block (at most 1024 frames, aligned) lies within one chunk.
+CHUNK_SHIFT = 12
+CHUNK = 1 << CHUNK_SHIFT
+_MASK = CHUNK - 1
+# What a session costs before its guest touches anything, charged with the chunks:
+# its objects (SESSION_BYTES) and its ledger's index (INDEX_BYTES a chunk). Measured
+# with 1,024 sessions of 64 GiB: 34 KiB each, 32 KiB of it the index
+# (tests/unit/host/memory/test_sim_sparse.py).
+SESSION_BYTES = 4 << 10
+INDEX_BYTES = 8
+# A chunk's cost to the host: its frames and the bytearray's header.
+CHUNK_BYTES = CHUNK + 64
+# Zero and resident frames for clearing or filling a piece without allocating
+# (views: no copy).
+_ZEROS = memoryview(bytes(CHUNK))
+_ONES = memoryview(_RESIDENT * CHUNK)
+# Where a guest has touched nothing its index holds this one shared chunk of ABSENT
+# frames, so the hot paths read every chunk alike (counting in it finds nothing
+# held, so nothing writes to it). It is bytes: a write would raise, never corrupt
+# every guest's ledger at once.
+_UNTOUCHED = cast(bytearray, bytes(CHUNK))
+
+
+def _pieces(pfn: int, n: int) -> Iterator[tuple[int, int, int]]:
+    """(chunk index, offset in it, frames) of the frames pfn..pfn+n, chunk by chunk."""
+    end = pfn + n
+    while pfn < end:
+        off = pfn & _MASK
+        k = min(CHUNK - off, end - pfn)
+        yield pfn >> CHUNK_SHIFT, off, k
+        pfn += k
+
+
+def _base_bytes(nr_pages: int) -> int:
+    """What a ledger of ``nr_pages`` frames costs before anything is touched."""
+    return SESSION_BYTES + INDEX_BYTES * -(-nr_pages // CHUNK)
 
 
 class SimRam(GuestRam):
@@ -35,42 +82,60 @@ class SimRam(GuestRam):
         self.guest_id = guest_id
         self.nr_pages = nr_pages
         self.page_size = page_size
-        self.frames = bytearray(nr_pages)
+        # Chunk index -> its frames; _UNTOUCHED where the guest has touched nothing.
+        self.chunks: list[bytearray] = [_UNTOUCHED] * -(-nr_pages // CHUNK)
+        self.touched_chunks = 0
         self.resident = 0  # RESIDENT + LAZY
         self.lazy = 0
         self.released = False
 
+    @property
+    def ledger_bytes(self) -> int:
+        """What this ledger costs the host now."""
+        if self.released:
+            return 0
+        return _base_bytes(self.nr_pages) + self.touched_chunks * CHUNK_BYTES
+
+    def frames(self, pfn: int, n: int) -> bytes:
+        """The states of frames pfn..pfn+n (for tests and checks: it copies)."""
+        return b"".join(bytes(self.chunks[i][o : o + k]) for i, o, k in _pieces(pfn, n))
+
     def discard(self, ranges: Sequence[tuple[int, int]]) -> int:
-        fr = self.frames
         if self.backend.discard_mode == "free":
-            # MADV_FREE: resident frames become lazily free, nothing leaves yet.
-            for pfn, n in ranges:
-                res = fr.count(RESIDENT, pfn, pfn + n)
-                if res:
-                    fr[pfn : pfn + n] = fr[pfn : pfn + n].replace(_RESIDENT, _LAZY)
-                    self.lazy += res
-                    self.backend.note_lazy(self, pfn, n)
+            self._discard_lazily(ranges)
             return 0
         # MADV_DONTNEED: every held frame (resident or lazy) goes. Counted in
         # place (bytearray.count with bounds copies nothing) and cleared from a
-        # shared zero buffer, so a range costs two C calls.
+        # shared zero buffer, so a range costs two C calls. A block never crosses
+        # a chunk (CHUNK is a multiple of the largest), so the piece-by-piece walk
+        # is for other callers' ranges only. A chunk all ABSENT again is kept:
+        # dropping it would cost a scan per range on the hot path, and the guest
+        # touched it once, so its ledger is charged until the session ends.
         released = 0
         lazy = 0
+        chunks = self.chunks
         zeros = _ZEROS
-        limit = len(fr)  # 0 once released: nothing is held any more
+        limit = 0 if self.released else self.nr_pages
         for pfn, n in ranges:
             end = pfn + n
             if end > limit:  # the device never sends such a range; clip, as slices do
                 end = limit
                 n = end - pfn
-                if n <= 0:
-                    continue
-            held = n - fr.count(ABSENT, pfn, end)
+            if n <= 0 or pfn < 0:  # (negative: only from in-process callers)
+                continue
+            off = pfn & _MASK
+            e = off + n
+            if e > CHUNK:  # not a block: the walk, piece by piece
+                r, lz = self._drop_span(pfn, n)
+                released += r
+                lazy += lz
+                continue
+            c = chunks[pfn >> CHUNK_SHIFT]
+            held = n - c.count(ABSENT, off, e)
             if held:
                 if self.lazy:
-                    lazy += fr.count(LAZY, pfn, end)
-                # (a longer range than the buffer would resize the ledger: never)
-                fr[pfn:end] = zeros[:n] if n <= _ZERO_PAGES else bytes(n)
+                    lazy += c.count(LAZY, off, e)
+                c[off:e] = zeros[:n]
                 released += held
         if released:
             self.resident -= released
@@ -78,32 +143,91 @@ class SimRam(GuestRam):
             self.backend.resident -= released
         return released
 
+    def _drop_span(self, pfn: int, n: int) -> tuple[int, int]:
+        """Clear frames pfn..pfn+n across chunks: (frames released, of them lazy)."""
+        released = lazy = 0
+        for idx, off, k in _pieces(pfn, n):
+            c = self.chunks[idx]
+            e = off + k
+            held = k - c.count(ABSENT, off, e)
+            if held:
+                lazy += c.count(LAZY, off, e)
+                c[off:e] = _ZEROS[:k]
+                released += held
+        return released, lazy
+
+    def _discard_lazily(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """MADV_FREE: resident frames become lazily free, nothing leaves yet."""
+        limit = 0 if self.released else self.nr_pages
+        for pfn, n in ranges:
+            start, end = max(pfn, 0), min(pfn + n, limit)
+            freed = 0
+            for idx, off, k in _pieces(start, end - start):
+                c = self.chunks[idx]
+                e = off + k
+                res = c.count(RESIDENT, off, e)
+                if res:
+                    c[off:e] = c[off:e].replace(_RESIDENT, _LAZY)
+                    freed += res
+            if freed:
+                self.lazy += freed
+                self.backend.note_lazy(self, start, end - start)
+
     def touched(self, runs: Sequence[tuple[int, int]]) -> int:
-        fr = self.frames
-        brought = 0
+        if self.released:
+            return 0
+        chunks = self.chunks
+        pieces: list[tuple[int, int, int]] = []
         for pfn, n in runs:
-            seg = fr[pfn : pfn + n]
-            absent = seg.count(ABSENT)
-            lz = seg.count(LAZY)
+            off = pfn & _MASK
+            if off + n <= CHUNK:
+                pieces.append((pfn >> CHUNK_SHIFT, off, n))
+            else:
+                pieces.extend(_pieces(pfn, n))
+        # The chunks this batch needs, charged before anything changes: a batch the
+        # host's memory cannot record is refused whole.
+        new = {i for i, _, _ in pieces if chunks[i] is _UNTOUCHED}
+        if new:
+            self.backend.charge(len(new) * CHUNK_BYTES)
+            for i in new:
+                chunks[i] = bytearray(min(CHUNK, self.nr_pages - (i << CHUNK_SHIFT)))
+            self.touched_chunks += len(new)
+            self.backend.ledger_bytes += len(new) * CHUNK_BYTES
+        brought = 0
+        lazy_gone = 0
+        ones = _ONES
+        for idx, off, k in pieces:
+            c = chunks[idx]
+            e = off + k
+            absent = c.count(ABSENT, off, e)
+            lz = c.count(LAZY, off, e)
             if absent or lz:
-                fr[pfn : pfn + n] = bytes([RESIDENT]) * n
-                self.resident += absent
-                self.lazy -= lz
-                self.backend.resident += absent
+                c[off:e] = ones[:k]
                 brought += absent
+                lazy_gone += lz
+        self.resident += brought
+        self.lazy -= lazy_gone
+        self.backend.resident += brought
         self.backend.pressure()
         return brought
 
+    def has_lazy(self, pfn: int, n: int) -> bool:
+        return any(self.chunks[i].find(_LAZY, o, o + k) >= 0 for i, o, k in _pieces(pfn, n))
+
     def reclaim_range(self, pfn: int, n: int) -> int:
-        fr = self.frames
-        seg = fr[pfn : pfn + n]
-        lz = seg.count(LAZY)
-        if lz:
-            fr[pfn : pfn + n] = seg.replace(bytes([LAZY]), bytes([ABSENT]))
-            self.lazy -= lz
-            self.resident -= lz
-            self.backend.resident -= lz
-        return lz
+        got = 0
+        for idx, off, k in _pieces(pfn, n):
+            c = self.chunks[idx]
+            e = off + k
+            lz = c.count(LAZY, off, e)
+            if lz:
+                c[off:e] = c[off:e].replace(_LAZY, _ABSENT)
+                got += lz
+        if got:
+            self.lazy -= got
+            self.resident -= got
+            self.backend.resident -= got
+        return got
 
     def resident_pages(self) -> int:
         return self.resident
@@ -114,8 +238,10 @@ class SimRam(GuestRam):
     def release(self) -> None:
         if not self.released:
             self.backend.resident -= self.resident
+            self.backend.ledger_bytes -= self.ledger_bytes
             self.resident = self.lazy = 0
-            self.frames = bytearray(0)
+            self.chunks = []
+            self.touched_chunks = 0
             self.released = True
             self.backend.forget(self)
 
@@ -130,11 +256,35 @@ class SimBackend(MemoryBackend):
         self.capacity_pages = capacity_pages
         self.resident = 0
         self.reclaimed = 0
+        # What the ledgers themselves cost (real host memory): sessions and chunks.
+        self.ledger_bytes = 0
         # Oldest lazily freed ranges first: reclaim takes from the left.
         self.lazy_ranges: deque[tuple[SimRam, int, int]] = deque()
 
+    def overhead_bytes(self) -> int:
+        return self.ledger_bytes
+
+    def _ledger_pages(self) -> int:
+        return -(-self.ledger_bytes // PAGE_SIZE)
+
+    def charge(self, nbytes: int) -> None:
+        """Room for ``nbytes`` more of ledger, or OSError(ENOMEM) when the host's memory
+        limit cannot hold them (lazily freed frames are reclaimed first to make room)."""
+        if self.capacity_pages is None:
+            return
+        need = -(-(self.ledger_bytes + nbytes) // PAGE_SIZE)
+        if need > self.capacity_pages:
+            raise OSError(errno.ENOMEM, "the ledgers would pass the host's memory limit")
+        over = self.resident + need - self.capacity_pages
+        if over > 0:
+            self.reclaim(over)
+
     def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:
-        return SimRam(self, guest_id, nr_pages, page_size)
+        base = _base_bytes(nr_pages)
+        self.charge(base)
+        ram = SimRam(self, guest_id, nr_pages, page_size)
+        self.ledger_bytes += base
+        return ram
 
     def note_lazy(self, ram: SimRam, pfn: int, n: int) -> None:
         """Remember a lazily freed range for reclaim, oldest first.
@@ -148,9 +298,7 @@ class SimBackend(MemoryBackend):
         self.lazy_ranges.append((ram, pfn, n))
         if len(self.lazy_ranges) > LAZY_RANGES_COMPACT_AT:
             self.lazy_ranges = deque(
-                (r, p, k)
-                for r, p, k in self.lazy_ranges
-                if not r.released and LAZY in r.frames[p : p + k]
+                (r, p, k) for r, p, k in self.lazy_ranges if not r.released and r.has_lazy(p, k)
             )
 
     def forget(self, ram: SimRam) -> None:
@@ -159,10 +307,13 @@ class SimBackend(MemoryBackend):
             self.lazy_ranges = deque(e for e in self.lazy_ranges if e[0] is not ram)
 
     def pressure(self) -> None:
-        """If over capacity, reclaim lazily freed frames, oldest first."""
-        if self.capacity_pages is None or self.resident <= self.capacity_pages:
+        """If over capacity (the guests' frames and the ledgers together), reclaim
+        lazily freed frames, oldest first."""
+        if self.capacity_pages is None:
             return
-        self.reclaim(self.resident - self.capacity_pages)
+        over = self.resident + self._ledger_pages() - self.capacity_pages
+        if over > 0:
+            self.reclaim(over)
 
     def resident_pages_total(self) -> int:
         return self.resident  # kept up to date by every discard and touch

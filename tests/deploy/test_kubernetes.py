@@ -179,6 +179,10 @@ def test_shm_overlay_shares_one_node_folder() -> None:
     env = container_env(host["containers"][0], docs)
     assert env["PAGEHINT_BACKEND"] == "shm"
     assert env["PAGEHINT_SHM_DIR"] == mounts["pagehint-host"][1]
+    # The guests open the RAM files the host names only in their own --shm-dir.
+    (guest,) = [s for n, s in pod_specs(docs) if n == "pagehint-guest"]
+    guest_env = container_env(guest["containers"][0], docs)
+    assert guest_env["PAGEHINT_SHM_DIR"] == env["PAGEHINT_SHM_DIR"]
 
 
 def _restricted_violations(spec: dict[str, Any]) -> list[str]:

@@ -44,6 +44,8 @@ def test_compose_file_shape() -> None:
         assert all(k.startswith("PAGEHINT_") for k in svc["environment"])
         assert any(v.endswith(":/shm") for v in svc["volumes"])
     assert host["environment"]["PAGEHINT_BACKEND"] == "shm"
+    # The guests open the RAM files the host names only in their own --shm-dir.
+    assert guest["environment"]["PAGEHINT_SHM_DIR"] == host["environment"]["PAGEHINT_SHM_DIR"]
     assert guest["environment"]["PAGEHINT_HOST"].startswith("host:")
     assert "{hostname}" in guest["environment"]["PAGEHINT_ID"]  # unique per replica
     assert "guest-ram" in c["volumes"]

@@ -200,3 +200,31 @@ def test_demo_interrupted_leaves_nothing_behind(tmp_path: Path) -> None:
             p.kill()
     wait_until(lambda: not _processes_mentioning(str(out)), 15, "every child process to end")
     assert set(Path("/dev/shm").glob("pagehint-host-*")) <= before
+
+
+def test_two_demos_started_together_keep_to_their_own_folders(tmp_path: Path) -> None:
+    # Started in the same second, both once wrote runs/<second>/ and read each
+    # other's timelines ("not a timeline row"). Each now makes a folder of its own.
+    import subprocess
+    import sys
+
+    short = HERE / "scenarios" / "short.toml"
+    argv = [sys.executable, "-m", "pagehint", "demo", "--backend", "sim", "--ram", "256MiB"]
+    argv += ["--scenario", str(short), "--duration", "3", "--json"]
+    ps = [
+        subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        results = [p.communicate(timeout=120) for p in ps]
+    finally:
+        for p in ps:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(ps, results, strict=True):
+        assert p.returncode == 0, err.decode()[-2000:]
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 2, folders
+    for folder in folders:
+        report = json.loads((folder / "summary.json").read_text())
+        assert set(report["guests"]) == {"guest-1", "guest-2"}

@@ -24,6 +24,8 @@ def test_memhog_free_drops_kernel_measured_memory(procs: Procs, tmp_path: Path) 
         procs.guest(
             "--host",
             addr,
+            "--shm-dir",
+            str(shm),
             "--ram",
             "1GiB",
             "--scenario",
@@ -55,6 +57,8 @@ def _run_seeds(procs: Procs, addr: str, policy: str, seeds: range, *extra: str) 
         procs.guest(
             "--host",
             addr,
+            "--shm-dir",  # the host's (below): the guest opens RAM files only there
+            str(procs.group.workdir / "shm"),
             "--ram",
             "256MiB",
             "--scenario",
@@ -102,6 +106,8 @@ def test_nonzero_poison_means_no_punch_and_contents_kept(procs: Procs, tmp_path:
         procs.guest(
             "--host",
             addr,
+            "--shm-dir",
+            str(tmp_path / "shm"),
             "--ram",
             "512MiB",
             "--scenario",
@@ -125,7 +131,8 @@ def test_nonzero_poison_means_no_punch_and_contents_kept(procs: Procs, tmp_path:
 def test_sigkill_leaves_no_ram_file(procs: Procs, tmp_path: Path, victim: str) -> None:
     shm = tmp_path / "shm"
     addr, host = procs.host("--backend", "shm", "--shm-dir", str(shm), "--session-timeout", "1")
-    g = procs.guest("--host", addr, "--ram", "256MiB", "--workload", "churn", "--duration", "60")
+    g = procs.guest("--host", addr, "--shm-dir", str(shm), "--ram", "256MiB", "--workload",
+                    "churn", "--duration", "60")  # fmt: skip
     wait_until(lambda: any(shm.glob("*.ram")), 20, "the guest's RAM file")
     if victim == "guest":
         g.send_signal(signal.SIGKILL)

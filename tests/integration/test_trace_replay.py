@@ -87,9 +87,9 @@ def test_frees_of_another_shape_keep_every_page_on_a_real_host(
         + ev(1.3, "mm_page_alloc", 0x2001, 0)
         + ev(1.4, "mm_page_free", 0x2000, 1)
     )
-    addr, _ = procs.host("--backend", "shm", "--shm-dir", str(tmp_path / "shm"))
-    s = procs.finish(
-        procs.guest("--host", addr, "--trace", str(trace), "--speed", "max", "--check")
-    )
+    shm = str(tmp_path / "shm")
+    addr, _ = procs.host("--backend", "shm", "--shm-dir", shm)
+    trace_flags = ("--trace", str(trace), "--speed", "max", "--check")
+    s = procs.finish(procs.guest("--host", addr, "--shm-dir", shm, *trace_flags))
     assert s["trace"]["inconsistencies"] == {"free_reshaped": 2}
     assert s["data_loss_checked"] and s["data_loss_pages"] == 0 and s["pages_checked"] >= 4

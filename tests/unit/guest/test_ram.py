@@ -10,11 +10,11 @@ from guest.ram import SharedRam
 
 def make(tmp_path: Path, poison: int | None = None) -> tuple[BuddyAllocator, SharedRam, list[str]]:
     mm = BuddyAllocator(64 << 20)
-    path = tmp_path / "ram"
+    path = tmp_path / "g-00000001.ram"  # as a host names it (host/memory/shm.py)
     with path.open("wb") as f:
         f.truncate(mm.ram_bytes)
     logs: list[str] = []
-    return mm, SharedRam(str(path), mm, "g", poison, logs.append), logs
+    return mm, SharedRam(str(path), mm, "g", poison, logs.append, folder=str(tmp_path)), logs
 
 
 def test_stamps_detect_a_page_lost_while_allocated(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_move_to_copies_what_the_guest_owns(tmp_path: Path) -> None:
     mm, ram, _ = make(tmp_path)
     a = mm.alloc(3)
     ram.on_alloc(a, 3)
-    new = tmp_path / "ram2"
+    new = tmp_path / "g-00000002.ram"
     with new.open("wb") as f:
         f.truncate(mm.ram_bytes)
     ram.move_to(str(new))

@@ -10,7 +10,8 @@ from tests.records import guest_summary
 
 
 def summary(**extra: Any) -> GuestSummary:
-    return guest_summary(backend="shm", **extra)
+    # shm: real guest memory, so data loss was measured
+    return guest_summary(**{"backend": "shm", "data_loss_checked": True, **extra})
 
 
 def test_the_rows_a_user_reads() -> None:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from lab.sweep import Run, aggregate, combinations, pareto_front, resident_area, time_to_90
+from lab.sweep import (
+    Run,
+    aggregate,
+    combinations,
+    format_sweep,
+    not_applied,
+    pareto_front,
+    resident_area,
+    time_to_90,
+)
 from lab.sweep_command import parse_grid
 from pagehint.errors import UsageError
 from tests.records import guest_summary
@@ -78,3 +87,45 @@ def test_a_failed_run_is_a_row_not_a_crash() -> None:
     bad = Run({"policy": "reporting"}, 1, error="guest run002 failed: boom")
     (row,) = aggregate([ok, bad], {}, 1)
     assert row["runs"] == 1 and row["failed_runs"] == 1 and row["chains"] == 3
+
+
+def test_a_knob_one_policy_ignores_is_not_run_for_it() -> None:
+    # delay is the reporting policy's; threshold the bitmap's. A bitmap run per
+    # delay value repeats one already made (4 of 16 runs, issue 21): run it once.
+    grid = parse_grid(
+        ["policy=reporting,bitmap", "reporting-order=7,9", "delay=0.5,2", "threshold=4,16"]
+    )
+    combos = combinations(grid)
+    assert len(combos) == 4 + 4  # reporting: order × delay; bitmap: order × threshold
+    assert {"policy": "bitmap", "reporting-order": "7", "threshold": "4"} in combos
+    assert {"policy": "reporting", "reporting-order": "9", "delay": "2"} in combos
+    assert not any("delay" in c for c in combos if c["policy"] == "bitmap")
+    assert not any("threshold" in c for c in combos if c["policy"] == "reporting")
+    assert len({tuple(c.items()) for c in combos}) == len(combos)
+    assert not_applied(grid) == [
+        "delay: reporting only, not varied for bitmap",
+        "threshold: bitmap only, not varied for reporting",
+    ]
+    # A policy of your own may read any knob: it gets every one.
+    own = combinations(parse_grid(["policy=examples/policies/idle.py:IdlePolicy", "delay=1,2"]))
+    assert [c["delay"] for c in own] == ["1", "2"]
+    assert not_applied(parse_grid(["delay=1,2"])) == []
+
+
+def test_the_sweep_says_which_knobs_it_did_not_vary() -> None:
+    report = {
+        "results": [],
+        "pareto": [],
+        "runs_failed": [],
+        "interrupted": False,
+        "not_applied": ["delay: reporting only, not varied for bitmap"],
+    }
+    assert "delay: reporting only, not varied for bitmap" in format_sweep(report)  # type: ignore[arg-type]
+
+
+def test_data_loss_is_marked_measured_only_with_real_memory() -> None:
+    sim = Run({"policy": "reporting"}, 0, guest_summary(data_loss_checked=False), rows((0, 0)))
+    shm = Run({"policy": "bitmap"}, 0, guest_summary(data_loss_checked=True), rows((0, 0)))
+    out = {r["combination"]: r for r in aggregate([sim, shm], {}, 1)}
+    assert out["policy=reporting"]["data_loss_checked"] is False
+    assert out["policy=bitmap"]["data_loss_checked"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,7 +58,12 @@ def one_line(argv: list[str], capsys: pytest.CaptureFixture[str], env: dict[str,
         (["guest", "--host", "127.0.0.1:1", "--token", "t\u00e9st", "--duration", "1"], "ASCII"),
         # An empty value is a value: refused before any process starts.
         (["compare", "--workload", "", "--duration", "1"], "--workload: unknown value ''"),
-        (["host", "--metrics-port", "0", "--metrics-addr", "nan"], "--metrics-addr nan"),
+        # Port 0 for the virtqueue: a host is bound before its metrics address is
+        # tried, and the default port may be a running host's (tests/unit/conftest.py).
+        (
+            ["host", "--listen", "127.0.0.1:0", "--metrics-port", "0", "--metrics-addr", "nan"],
+            "--metrics-addr nan",
+        ),
     ],
 )
 def test_bad_flags(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,3 +129,86 @@ def test_a_scenario_file_over_1mib(tmp_path: Path, capsys: pytest.CaptureFixture
     f = tmp_path / "huge.toml"
     f.write_text('[[steps]]\nop = "mark"\nlabel = "m"\n' * 40_000)
     assert "larger than 1 MiB" in one_line(["guest", "--scenario", str(f)], capsys, {})
+
+
+# Issue 21: inputs that traced back, or passed unseen with exit 0.
+
+
+def test_a_folder_named_as_a_scenario_or_token_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = one_line(["guest", "--scenario", str(tmp_path)], capsys, {})
+    assert f"scenario {tmp_path}: a folder, not a file" in err
+    err = one_line(["host", "--listen", "127.0.0.1:0", "--tokens", str(tmp_path)], capsys, {})
+    assert f"--tokens {tmp_path}: a folder, not a file" in err
+
+
+def test_a_gzip_trace_with_damaged_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = b"  a-1 [000] ..... 1.000000: mm_page_free: page=00000000deadbeef pfn=0x10 order=0\n"
+    data = bytearray(gzip.compress(line * 2000, mtime=0))
+    for i in range(20, 60):  # inside the deflate stream: zlib's own error, not a short file
+        data[i] ^= 0xFF
+    f = tmp_path / "t.trace.gz"
+    f.write_bytes(bytes(data))
+    err = one_line(["guest", "--trace", str(f), "--duration", "1"], capsys, {})
+    assert f"--trace {f}: cannot read past line" in err
+
+
+def test_compare_out_where_no_folder_can_be(capsys: pytest.CaptureFixture[str]) -> None:
+    err = one_line(["compare", "--out", "/proc/pagehint-test/run", "--duration", "1"], capsys, {})
+    assert "--out /proc/pagehint-test/run" in err
+
+
+def test_a_scenario_that_allocates_one_name_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "dup.toml"
+    f.write_text('[[steps]]\nop = "alloc"\nname = "a"\nsize = "1MiB"\n' * 2)
+    err = one_line(["guest", "--scenario", str(f), "--duration", "1"], capsys, {})
+    assert "step[2] (alloc): allocates 'a' again while step[1] (alloc) still holds it" in err
+
+
+def test_a_scenario_larger_than_ram(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "big.toml"
+    f.write_text('[[steps]]\nop = "alloc"\nname = "a"\nsize = "1GiB"\n')
+    err = one_line(
+        ["guest", "--scenario", str(f), "--ram", "256MiB", "--duration", "1"], capsys, {}
+    )
+    assert "holds 1.0 GiB at step[1] (alloc), more than the guest's 256.0 MiB of RAM" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["host", "--listen", "127.0.0.1:0"],
+        ["guest", "--duration", "1"],
+        ["guest", "--duration", "1", "--metrics-port", "0"],
+    ],
+)
+def test_a_metrics_address_of_another_machine(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 192.0.2.1: TEST-NET-1 (RFC 5737), no machine's. Without --metrics-port the
+    # address was never tried, and the host or guest ran on.
+    err = one_line([*argv, "--metrics-addr", "192.0.2.1"], capsys, {})
+    assert "--metrics-addr 192.0.2.1: not an address of this machine" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("bad name", "label 'bad name': only letters, digits and inner hyphens"),
+        ("a_b.example", "label 'a_b'"),
+        ("a..b", "an empty label"),
+        ("x" * 70, "longer than 63 characters"),  # was a traceback (common name > 64)
+        ("\u00e9" * 70 + ".example", "IDNA"),  # was a traceback (not an A-label)
+        ("a." * 130 + "b", "longer than 253 characters"),
+    ],
+)
+def test_certs_host_names_no_certificate_can_hold(
+    name: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "certs"
+    err = one_line(["certs", "--out", str(out), "--host-name", name], capsys, {})
+    assert f"--host-name {name!r}: not a DNS name or IP address: " in err and why in err
+    assert not out.exists()  # refused before anything was written

@@ -43,3 +43,18 @@ def test_the_flags_that_read_settings_refuse_a_device(
     assert main(argv, env={}) == 2
     err = capsys.readouterr().err
     assert "/dev/zero: not a regular file" in err and err.count("\n") == 1
+
+
+def test_a_folder_is_one_line_and_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for _ in range(20):
+        with pytest.raises(UsageError, match=r"^--tokens .*: a folder, not a file$"):
+            read_small(str(tmp_path), "--tokens")  # was IsADirectoryError from fdopen
+        with pytest.raises(UsageError, match="not a regular file"):
+            read_small("/dev/zero", "x")
+        (tmp_path / "f").write_text("ok")
+        assert read_small_text(str(tmp_path / "f"), "x") == "ok"
+    assert open_fds() == before

@@ -21,3 +21,14 @@ def test_metrics_listen_on_a_bracketed_ipv6_address() -> None:
         assert port > 0
     finally:
         server.shutdown()  # type: ignore[attr-defined]
+
+
+def test_an_address_is_checked_as_the_server_would_bind_it() -> None:
+    from pagehint.metrics import listen_problem
+
+    for addr in ("127.0.0.1", "0.0.0.0", "[::1]", "localhost"):
+        assert listen_problem(addr) is None, addr
+    assert listen_problem("192.0.2.1") == "not an address of this machine"  # RFC 5737
+    problem = listen_problem("nan")
+    assert problem is not None and problem.startswith("not an address (")
+    assert listen_problem("a" * 300) == "not an address"  # a label IDNA cannot encode

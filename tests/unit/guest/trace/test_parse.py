@@ -175,3 +175,13 @@ def test_batched_frees_pair_with_their_own_page_in_either_order(tmp_path: Path) 
 def test_integer_timestamps_are_not_seconds(tmp_path: Path) -> None:
     line = "  a-1 [000] ..... 123456789: mm_page_free: page=0 pfn=0x10 order=0\n"
     assert not parse_trace(write(tmp_path, line)).seconds_clock
+
+
+def test_a_gzip_file_with_damaged_data_is_a_trace_error(tmp_path: Path) -> None:
+    data = bytearray(gzip.compress((ALLOC_HEX * 400).encode(), mtime=0))
+    for i in range(20, 60):  # the deflate stream itself: zlib.error, not EOFError
+        data[i] ^= 0xFF
+    damaged = tmp_path / "damaged.gz"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(TraceError, match=r"damaged\.gz: cannot read past line \d+: Error -3"):
+        parse_trace(str(damaged))

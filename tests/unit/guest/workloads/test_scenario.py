@@ -124,3 +124,171 @@ def test_repeats_nested_too_deep_are_one_line() -> None:
         inner = f'{{op = "repeat", count = 1, steps = [{inner}]}}'
     with pytest.raises(UsageError, match="nested more than 16 deep"):
         parse_scenario(f"steps = [{inner}]\n")
+
+
+def _steps(*lines: str) -> str:
+    return "".join(f"[[steps]]\n{line}\n" for line in lines)
+
+
+ALLOC_A = 'op = "alloc"\nname = "a"\nsize = "8MiB"'
+FREE_A = 'op = "free"\nname = "a"'
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            _steps(ALLOC_A, ALLOC_A),
+            "step[2] (alloc): allocates 'a' again while step[1] (alloc) still holds it",
+        ),
+        (
+            # Every other block freed: the rest is still held.
+            _steps(ALLOC_A, FREE_A + "\nstride = 2", ALLOC_A),
+            "step[3] (alloc): allocates 'a' again while step[1] (alloc) still holds it",
+        ),
+        (
+            # The repeat's second turn allocates what its first still holds.
+            'steps = [{op = "repeat", count = 2, steps = [{op = "alloc", name = "a", '
+            'size = "1MiB"}]}]\n',
+            "step[1] (repeat).steps[1] (alloc): allocates 'a' again while step[1] "
+            "(repeat).steps[1] (alloc) still holds it",
+        ),
+        (
+            _steps(ALLOC_A, 'op = "churn"\nseconds = 1\nname = "a"'),
+            "step[2] (churn): churns in 'a', which step[1] (alloc) allocated and still holds",
+        ),
+        (
+            _steps('op = "churn"\nseconds = 1', 'op = "alloc"\nname = "churn"\nsize = "1MiB"'),
+            "step[2] (alloc): allocates 'churn' again while step[1] (churn) still holds it",
+        ),
+    ],
+)
+def test_an_alloc_into_a_group_still_held_is_refused(text: str, needle: str) -> None:
+    with pytest.raises(UsageError) as e:
+        parse_scenario(text, "dup.toml")
+    assert str(e.value).startswith("scenario dup.toml: ") and needle in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _steps(ALLOC_A, FREE_A, ALLOC_A),
+        _steps(ALLOC_A, FREE_A + "\nstride = 2", FREE_A, ALLOC_A),
+        # Freed inside each turn (as the shipped race scenarios do), churn twice.
+        'steps = [{op = "repeat", count = 1000, steps = [{op = "alloc", name = "a", '
+        'size = "1MiB"}, {op = "free", name = "a", stride = 2}, {op = "free", name = "a"}, '
+        '{op = "churn", seconds = 0.1}]}]\n',
+        # Frees first: the turn starts with 'a' gone.
+        _steps(
+            ALLOC_A,
+            'op = "repeat"\ncount = 3\nsteps = [{op = "free", name = "a"}, '
+            '{op = "alloc", name = "a", size = "1MiB"}]',
+        ),
+    ],
+)
+def test_an_alloc_after_its_group_was_freed_is_fine(text: str) -> None:
+    assert parse_scenario(text, "ok.toml").steps
+
+
+def test_a_scenario_larger_than_ram_is_refused_naming_both_sizes(tmp_path: Path) -> None:
+    f = tmp_path / "big.toml"
+    f.write_text(_steps(ALLOC_A.replace("8MiB", "1GiB")))
+    with pytest.raises(UsageError) as e:
+        load_scenario(f, 256 << 20)
+    assert str(e.value) == (
+        f"scenario {f}: holds 1.0 GiB at step[1] (alloc), more than the guest's 256.0 MiB of "
+        "RAM (--ram): give the guest more RAM or the scenario less memory"
+    )
+    assert load_scenario(f, 1 << 30).steps  # all of RAM: the allocator holds none back
+    assert load_scenario(f).steps  # RAM not known: not checked
+
+
+@pytest.mark.parametrize(
+    ("text", "ram_mib", "where"),
+    [
+        # Two groups held at once, each below RAM.
+        (_steps(ALLOC_A.replace("8MiB", "40MiB"), ALLOC_A.replace('"a"', '"b"')), 40, "step[2]"),
+        # Churn holds occupancy x RAM besides what is allocated.
+        (_steps(ALLOC_A.replace("8MiB", "40MiB"), 'op = "churn"\nseconds = 1'), 64, "step[2]"),
+        # Rounded up to whole blocks: 3 order-10 blocks of 4 MiB.
+        (_steps('op = "alloc"\nname = "a"\nsize = "65MiB"\norder = 10'), 64, "step[1]"),
+        # A repeat's turn adds to what was held before it.
+        (
+            _steps(
+                ALLOC_A.replace("8MiB", "60MiB").replace('"a"', '"b"'),
+                'op = "repeat"\ncount = 5\nsteps = [{op = "alloc", name = "a", size = "8MiB"}, '
+                '{op = "free", name = "a"}]',
+            ),
+            64,
+            "steps[1] (alloc)",
+        ),
+    ],
+)
+def test_the_peak_counts_every_group_held_at_once(text: str, ram_mib: int, where: str) -> None:
+    from guest.workloads.scenario import check_fits
+
+    sc = parse_scenario(text, "t.toml")
+    with pytest.raises(UsageError, match="more than the guest's") as e:
+        check_fits(sc, ram_mib << 20)
+    assert where in str(e.value)
+
+
+def test_a_peak_after_frees_fits() -> None:
+    from guest.workloads.scenario import check_fits
+
+    text = _steps(
+        ALLOC_A.replace("8MiB", "48MiB"),
+        FREE_A + "\nstride = 2",  # 24 MiB left
+        ALLOC_A.replace("8MiB", "40MiB").replace('"a"', '"b"'),  # 64 MiB at most
+        FREE_A,
+        'op = "churn"\nseconds = 1\noccupancy = 0.3',
+    )
+    check_fits(parse_scenario(text, "t.toml"), 128 << 20)
+
+
+def test_shipped_scenarios_fit_the_ram_their_commands_default_to() -> None:
+    root = Path(__file__).resolve().parents[4] / "guest" / "workloads" / "scenarios"
+    load_scenario(root / "memhog.toml", 256 << 20)  # exactly all of it
+    load_scenario(root / "phases.toml", 1 << 30)  # the demo's --ram
+    with pytest.raises(UsageError, match=r"holds 384\.0 MiB at step"):
+        load_scenario(root / "phases.toml", 256 << 20)
+
+
+def test_following_a_million_turns_of_nested_repeats_is_quick() -> None:
+    import time
+
+    inner = '{op = "alloc", name = "a", size = "1MiB"}, {op = "free", name = "a", stride = 3}'
+    for _ in range(15):
+        inner = (
+            f'{{op = "repeat", count = 1000000, steps = [{inner}, {{op = "free", name = "a"}}]}}'
+        )
+    t0 = time.monotonic()
+    parse_scenario(f"steps = [{inner}]\n")
+    assert time.monotonic() - t0 < 5
+
+
+def test_too_much_to_follow_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from guest.workloads import scenario
+
+    monkeypatch.setattr(scenario, "MAX_FOLLOWED", 50)
+    # Each turn frees half of what is left of 'a': no turn repeats the one before.
+    inner = '{op = "free", name = "a", stride = 2}'
+    for _ in range(8):
+        inner = f'{{op = "repeat", count = 9, steps = [{inner}]}}'
+    text = (
+        _steps(ALLOC_A.replace("8MiB", "1GiB"))
+        + f'[[steps]]\nop = "repeat"\ncount = 2\nsteps = [{inner}]\n'
+    )
+    with pytest.raises(UsageError, match="more than 50 steps to follow"):
+        parse_scenario(text, "t.toml")
+
+
+def test_twenty_thousand_groups_held_at_once_are_counted_quickly() -> None:
+    import time
+
+    from guest.workloads.scenario import check_fits
+
+    text = "".join(_steps(f'op = "alloc"\nname = "a{i}"\nsize = "4KiB"') for i in range(20_000))
+    t0 = time.monotonic()
+    check_fits(parse_scenario(text, "t.toml"), 128 << 20)
+    assert time.monotonic() - t0 < 5  # a running total, not a sum per step (16 s)

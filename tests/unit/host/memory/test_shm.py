@@ -83,3 +83,31 @@ def test_a_folder_no_host_owned_keeps_its_files(tmp_path: Path) -> None:
     b.close()
     with pytest.raises(UsageError, match="empty"):
         ShmBackend("")
+
+
+def test_only_the_last_part_of_shm_dir_is_created(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"parent folder .*/missing does not exist") as e:
+        ShmBackend(str(tmp_path / "missing" / "x"))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UsageError, match="exists and is not a folder"):
+        ShmBackend(str(tmp_path / "a-file"))
+    b = ShmBackend(str(tmp_path / "new"))  # the last part: made, the host's alone
+    assert (tmp_path / "new").is_dir() and (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+    b.close()
+
+
+def test_shm_dir_with_a_missing_parent_is_one_line_from_the_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "nonexistent" / "x"
+    r = subprocess.run(
+        [sys.executable, "-m", "pagehint", "host", "--listen", "127.0.0.1:0", "--backend", "shm",
+         "--shm-dir", str(missing)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "does not exist" in lines[0], r.stderr
+    assert not missing.parent.exists()

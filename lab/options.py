@@ -1,0 +1,93 @@
+"""What the lab commands' flags share: the folder a run claims for itself, and the
+help texts that name what a user may give (policies, shipped scenarios, workloads).
+
+A run's folder is its own. Without ``--out`` it is ``runs/PREFIXTIME`` made with
+``mkdir(exist_ok=False)``, or ``runs/PREFIXTIME-2``, ``-3``, … when another run
+started in the same second made that one first: two runs never write the same
+files (two demos in one folder wrote each other's timelines and both failed).
+``--out`` names a new folder or an empty one; a folder that already holds
+anything (an earlier run's files) is refused, not mixed with this run's. A
+folder given that exists is claimed by creating ``.pagehint-run`` in it
+exclusively, so two runs given the same empty folder at once cannot both have it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from guest.command import shipped_scenarios
+from pagehint.config import BUILTIN_POLICIES, WORKLOADS
+from pagehint.errors import UsageError
+
+RUNS = Path("runs")
+CLAIM = ".pagehint-run"  # in a folder given with --out that existed: this run's
+MAX_SUFFIX = 1000
+
+PLUGIN_FORMS = "FILE.py:CLASS | MODULE:CLASS"
+OUT_HELP = (
+    "output folder: a new or empty one (one holding an earlier run is refused, not mixed); "
+    "default: a new runs/{name}TIME folder"
+)
+
+
+def out_help(prefix: str) -> str:
+    return OUT_HELP.format(name=prefix)
+
+
+def policies_help(lead: str) -> str:
+    """``lead``, then the policies one may name: the built-ins and one's own."""
+    return f"{lead}: {' | '.join(BUILTIN_POLICIES)}, or your own ({PLUGIN_FORMS})"
+
+
+def scenario_help(lead: str = "scenario TOML file, or a shipped one") -> str:
+    return f"{lead}: {', '.join(shipped_scenarios())}"
+
+
+def workload_help() -> str:
+    return "built-in workload: " + " | ".join(WORKLOADS)
+
+
+def run_folder(out: str | None, prefix: str) -> Path:
+    """The folder this run writes, made or claimed for it alone (see the module)."""
+    if out:
+        return _claim(Path(out))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        RUNS.mkdir(parents=True, exist_ok=True)
+        for n in range(1, MAX_SUFFIX + 1):
+            path = RUNS / (f"{prefix}{stamp}" + (f"-{n}" if n > 1 else ""))
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return path
+    except OSError as e:
+        raise UsageError(f"cannot create a run folder in {RUNS}: {e.strerror}") from None
+    raise UsageError(f"{RUNS}/{prefix}{stamp}: {MAX_SUFFIX} runs this second already")
+
+
+def _claim(out: Path) -> Path:
+    """``out`` new, or empty and claimed: refused if it holds anything else."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        held = sorted(p.name for p in out.iterdir())
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create the folder: {e.strerror}") from None
+    if held:
+        shown = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
+        raise UsageError(
+            f"--out {out}: already holds files ({shown}); give a new or empty folder, "
+            "or no --out for a new one under runs/"
+        )
+    try:
+        with (out / CLAIM).open("x", encoding="utf-8") as f:
+            f.write(f"pid {os.getpid()}\n")  # not the command line: it may hold a token
+    except FileExistsError:
+        raise UsageError(f"--out {out}: another run took this folder just now") from None
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there: {e.strerror}") from None
+    return out

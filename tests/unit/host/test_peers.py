@@ -1,0 +1,172 @@
+"""Per-client limits: one address cannot hold every session, and failed tokens slow
+their address down (guesses are not checked while it is penalised)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+import pytest
+
+from host.device import BalloonDevice, LimitReached, PeerLimitReached
+from host.memory.sim import SimBackend
+from host.peers import FORGET_AFTER, PENALTY_FIRST, AuthThrottle, peer_address
+from host.server import HostServer
+from host.service import TOKEN_KEY
+from pagehint.config import HostConfig
+from virtqueue import codec
+from virtqueue import features as F
+
+MIB = 1 << 20
+TOKENS = {"g1": "0123456789abcdef0123", "admin": "fedcba9876543210fedc"}
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:127.0.0.1:5000", "127.0.0.1"),
+        ("ipv6:%5B::1%5D:5000", "::1"),
+        ("ipv6:[2001:db8::7]:443", "2001:db8::7"),
+        ("unix:/run/pagehint.sock", "unix:/run/pagehint.sock"),
+        ("", ""),
+    ],
+)
+def test_a_client_is_its_address_without_the_port(peer: str, address: str) -> None:
+    assert peer_address(peer) == address
+
+
+def test_penalties_double_up_to_the_maximum_and_are_forgotten() -> None:
+    t = AuthThrottle(penalty_max=1.0)
+    assert t.wait("a", now=0.0) == 0.0
+    got = [t.failed("a", now=float(i)) for i in range(6)]
+    assert got == [PENALTY_FIRST, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert t.wait("a", now=5.5) == pytest.approx(0.5) and t.wait("b", now=5.5) == 0.0
+    assert t.wait("a", now=5.0 + FORGET_AFTER + 1) == 0.0  # a quiet spell: forgotten
+    assert t.failed("a", now=5.0 + FORGET_AFTER + 2) == PENALTY_FIRST
+    assert t.failures == 7
+
+
+def test_the_penalty_table_is_bounded_and_can_be_off() -> None:
+    t = AuthThrottle(penalty_max=10.0, max_tracked=3)
+    for i in range(10):
+        t.failed(f"10.0.0.{i}", now=0.0)
+    assert t.wait("10.0.0.0", now=0.01) == 0.0 and t.wait("10.0.0.9", now=0.01) > 0
+    off = AuthThrottle(penalty_max=0.0)
+    assert off.failed("a") == 0.0 and off.wait("a") == 0.0
+
+
+def negotiate(d: BalloonDevice, guest: str, peer: str, previous: str = "") -> str:
+    s, _ = d.negotiate(guest, 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32, previous, peer=peer)
+    return s.token
+
+
+def test_one_address_holds_at_most_its_quota_of_sessions() -> None:
+    d = BalloonDevice(SimBackend(), max_sessions=8, max_sessions_per_peer=3)
+    tokens = [negotiate(d, f"a{i}", "10.0.0.1") for i in range(3)]
+    with pytest.raises(PeerLimitReached, match="address is at its limit of 3 sessions"):
+        negotiate(d, "a3", "10.0.0.1")
+    # Another address is not held back, and in-process callers (no address) neither.
+    for i in range(3):
+        negotiate(d, f"b{i}", "10.0.0.2")
+    negotiate(d, "local", "")
+    negotiate(d, "local2", "")  # 8: the host's own limit is reached
+    with pytest.raises(LimitReached, match="limit of 8 sessions"):
+        negotiate(d, "c", "10.0.0.3")
+    # A guest that resumes its own session is not a new one.
+    tokens[0] = negotiate(d, "a0", "10.0.0.1", previous=tokens[0])
+    d.end(tokens[1], "closed")
+    negotiate(d, "a3", "10.0.0.1")  # a slot of the address freed up
+    assert d.per_peer["10.0.0.1"] == 3 and d.turned_away["peer_limit"] == 1
+    assert d.turned_away["session_limit"] == 1
+
+
+@pytest.fixture
+async def token_host() -> AsyncIterator[tuple[HostServer, codec.AioBalloonStub]]:
+    lines: list[str] = []
+    cfg = HostConfig(listen="127.0.0.1:0", drain_seconds=1.0, tokens=dict(TOKENS))
+    server = HostServer(cfg, lines.append)
+    await server.start()
+    await server.serving()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield server, codec.aio_stub(channel)
+    finally:
+        await channel.close()
+        await server.stop()
+
+
+def offer(guest_id: str = "g1") -> codec.NegotiateRequest:
+    return codec.encode_negotiate(
+        codec.Negotiation(guest_id, 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32)
+    )
+
+
+async def test_token_guesses_are_slowed_and_mostly_never_checked(
+    token_host: tuple[HostServer, codec.AioBalloonStub],
+) -> None:
+    server, stub = token_host
+    codes: Counter[grpc.StatusCode] = Counter()
+    for i in range(60):  # a guesser that waits at most 0.2 s for each answer
+        try:
+            await stub.Negotiate(offer(), metadata=((TOKEN_KEY, f"guess-{i:016d}"),), timeout=0.2)
+        except grpc.aio.AioRpcError as e:
+            codes[e.code()] += 1
+    checked = server.device.refusals["bad_token"]
+    assert checked <= 6, (checked, codes)  # (it was 60: every guess checked at once)
+    assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] >= 50, codes
+    assert server.device.turned_away["auth_penalty"] == codes[grpc.StatusCode.RESOURCE_EXHAUSTED]
+    # The guest with the right token, from the same address, retries as guests do
+    # (RESOURCE_EXHAUSTED is not final) and gets in once the penalty has passed.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 12
+    while True:
+        try:
+            await stub.Negotiate(offer(), metadata=((TOKEN_KEY, TOKENS["g1"]),), timeout=5)
+            break
+        except grpc.aio.AioRpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+            assert loop.time() < deadline, "the penalty never ended"
+            await asyncio.sleep(0.1)
+
+
+async def test_guesses_at_the_admin_token_are_not_checked_while_penalised(
+    token_host: tuple[HostServer, codec.AioBalloonStub],
+) -> None:
+    server, stub = token_host
+
+    async def host_wide(token: str) -> grpc.StatusCode:
+        try:
+            await stub.Stats(
+                codec.encode_stats_request(), metadata=((TOKEN_KEY, token),), timeout=5
+            )
+        except grpc.aio.AioRpcError as e:
+            return e.code()
+        return grpc.StatusCode.OK
+
+    assert await host_wide("not-the-admin-token!") == grpc.StatusCode.PERMISSION_DENIED
+    # Right after a guess even the right token is not checked: a guess tells nothing.
+    assert await host_wide(TOKENS["admin"]) == grpc.StatusCode.PERMISSION_DENIED
+    await asyncio.sleep(PENALTY_FIRST + 0.05)  # the first penalty, plus a margin
+    assert await host_wide(TOKENS["admin"]) == grpc.StatusCode.OK
+    assert server.device.refusals["bad_token"] == 1
+
+
+async def test_one_client_cannot_take_every_session_by_default() -> None:
+    # HostConfig's defaults: 1024 sessions, 256 of them for one address.
+    server = HostServer(HostConfig(listen="127.0.0.1:0", drain_seconds=1.0), lambda _l: None)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = codec.aio_stub(channel)
+            for i in range(256):
+                await stub.Negotiate(offer(f"flood-{i}"), timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.Negotiate(offer("flood-256"), timeout=5)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "address is at its limit of 256 sessions" in (e.value.details() or "")
+        assert server.device.per_peer == {"127.0.0.1": 256}
+    finally:
+        await server.stop()
