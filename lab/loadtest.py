@@ -118,6 +118,10 @@ def run_loadtest(cfg: LoadtestConfig, log: Callable[[str], None]) -> LoadtestRep
     t0 = time.monotonic()
     try:
         host_args = ["--backend", cfg.backend, "--memory-limit", str(cfg.capacity_bytes)]
+        # Every guest of a load test comes from this one address: the host's
+        # per-address quota (a quarter of its sessions by default) must not be what
+        # refuses them.
+        host_args += ["--max-sessions-per-peer", str(max(1, cfg.guests))]
         addr, host = group.start_host([*host_args, "--quiet", "--session-timeout", "120"])
         # Guests share processes (`pagehint guest-group`): one event loop each, so
         # hundreds of guests are a few processes, not hundreds fighting for cores.

@@ -34,12 +34,11 @@ from pathlib import Path
 from types import FrameType
 
 # A policy that keeps the loop this long has already stopped the workload, the
-# driver, --duration and signals for that long. A policy that keeps rule 5
-# holds it for milliseconds at a time (the built-ins give it back at least
-# every few ms under load); 5 s is three orders of magnitude above that, and
-# well inside the 10-15 s a container runtime waits after SIGTERM before it
-# kills (--stop-grace 10, compose's stop_grace_period 15 s), so a stuck guest
-# still ends with a line saying why instead of a SIGKILL saying nothing.
+# driver, --duration and signals for that long. One that keeps rule 5 holds it
+# for one step of its own at a time (a hook, a batch: milliseconds), so 5 s
+# is no busy moment misread, even on a loaded machine; and it is inside the
+# 10 s `docker stop` waits after SIGTERM before it kills (docker-compose.yml
+# gives 15 s), so a stuck guest ends with a line saying why, not a SIGKILL.
 LIMIT = 5.0
 BEAT = 0.25  # seconds between heartbeats (and between the thread's looks)
 # The thread itself woke this much later than asked: the whole process was
