@@ -75,7 +75,7 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     policies = parse_policies(a.policies, "--policies")
-    parse_ram(a.ram)  # validate now; guests get the text as given
+    ram_bytes = parse_ram(a.ram)  # validate now; guests get the text as given
     if a.workload is not None and a.scenario is not None:
         raise UsageError("give --workload or --scenario, not both")
     scenario = None
@@ -83,7 +83,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         choice(str(a.workload), WORKLOADS, "--workload")
     else:
         scenario = resolve_scenario(str("memhog" if a.scenario is None else a.scenario))
-        load_scenario(scenario)
+        load_scenario(scenario, ram_bytes)  # a scenario larger than --ram: now, one line
     duration = None
     if a.duration is not None:
         duration = convert(

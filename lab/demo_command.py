@@ -62,13 +62,13 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     guests = convert(a.guests, positive_int, "--guests")
     if guests > 16:
         raise UsageError("--guests: the demo runs at most 16 guests (use `pagehint loadtest`)")
-    parse_ram(a.ram)  # validate now; guests get the text as given
+    ram_bytes = parse_ram(a.ram)  # validate now; guests get the text as given
     policies = parse_policies(a.policy)
     backend = choice(str(a.backend), ("auto", "shm", "sim"), "--backend")
     if backend == "auto":
         backend = "shm" if shm_available() else "sim"
     scenario = resolve_scenario(str(a.scenario))
-    load_scenario(scenario)
+    load_scenario(scenario, ram_bytes)  # a scenario larger than --ram: now, one line
     duration = convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration")
     cfg = DemoConfig(
         guests=guests,
