@@ -168,13 +168,19 @@ def test_a_scenario_that_allocates_one_name_twice(
     assert "step[2] (alloc): allocates 'a' again while step[1] (alloc) still holds it" in err
 
 
-def test_a_scenario_larger_than_ram(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", ["guest", "compare", "demo"])
+def test_a_scenario_larger_than_ram(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    # compare and demo refuse it before they start any process, as the guest does
     f = tmp_path / "big.toml"
     f.write_text('[[steps]]\nop = "alloc"\nname = "a"\nsize = "1GiB"\n')
-    err = one_line(
-        ["guest", "--scenario", str(f), "--ram", "256MiB", "--duration", "1"], capsys, {}
-    )
+    argv = [command, "--scenario", str(f), "--ram", "256MiB", "--duration", "1"]
+    if command != "guest":
+        argv += ["--out", str(tmp_path / "out")]
+    err = one_line(argv, capsys, {})
     assert "holds 1.0 GiB at step[1] (alloc), more than the guest's 256.0 MiB of RAM" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
