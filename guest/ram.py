@@ -17,6 +17,7 @@ guest's own RAM folder (docs/architecture.md, "Who trusts what").
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import re
@@ -66,17 +67,46 @@ def open_ram_file(named: str, folder: str, size: int) -> int:
         dirs.append(_open_dir(root, None, refuse))
         if sub is not None:
             dirs.append(_open_dir(sub, dirs[0], refuse))
-        folder_owner = os.fstat(dirs[-1]).st_uid
+            _check_private(os.fstat(dirs[-1]), f"its folder {sub}", refuse)
         fd = _open_file(name, dirs[-1], refuse)
     finally:
         for d in dirs:
             os.close(d)
     try:
-        _check_fresh(os.fstat(fd), folder_owner, size, refuse)
+        st = os.fstat(fd)
+        _check_fresh(st, size, refuse)
+        _check_private(st, "it", refuse)
+        _lock(fd, refuse)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _check_private(st: os.stat_result, what: str, refuse: Callable[[str], RamFileRefused]) -> None:
+    """This guest's user's, and no one else's: a host makes its folder 0700 and its
+    files 0600, as the user host and guests run as (compose, the kubernetes overlay:
+    10001). A file of another user's, which a root guest could open, would hand
+    this guest's pages to that user."""
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise refuse(f"{what} belongs to uid {st.st_uid}, not to this guest's user (uid {me})")
+    if st.st_mode & 0o077:
+        raise refuse(
+            f"{what} is open to others (mode {stat.S_IMODE(st.st_mode):o}; a host makes "
+            "its folder 0700 and its files 0600)"
+        )
+
+
+def _lock(fd: int, refuse: Callable[[str], RamFileRefused]) -> None:
+    """Held for as long as the file is mapped (closing it lets go): a host that names
+    one fresh file to two guests, or another guest's, is refused by the second."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise refuse("is in use by another guest (locked)") from None
+    except OSError as e:
+        raise refuse(f"cannot be locked: {e.strerror}") from None
 
 
 def _place(named: str, folder: str) -> tuple[str, str | None, str]:
@@ -141,22 +171,14 @@ def _open_file(name: str, at: int, refuse: Callable[[str], RamFileRefused]) -> i
         raise refuse(f"cannot open: {e.strerror}") from None
 
 
-def _check_fresh(
-    st: os.stat_result, folder_owner: int, size: int, refuse: Callable[[str], RamFileRefused]
-) -> None:
-    """What the host's own file is: regular, its only name, made by the folder's owner
-    (or by this user), exactly this guest's RAM in size, nothing written yet."""
+def _check_fresh(st: os.stat_result, size: int, refuse: Callable[[str], RamFileRefused]) -> None:
+    """What the host's own file is: regular, its only name, exactly this guest's RAM
+    in size, nothing written yet."""
     if not stat.S_ISREG(st.st_mode):
         raise refuse("is not a regular file")
     if st.st_nlink != 1:
         # A hard link to any file of this user's would pass every check of its name.
         raise refuse(f"has {st.st_nlink} links (a host's RAM file has one)")
-    me = os.geteuid()
-    if st.st_uid not in (folder_owner, me):
-        raise refuse(
-            f"belongs to uid {st.st_uid}, not to its folder's owner (uid {folder_owner}) "
-            f"or this guest (uid {me})"
-        )
     if st.st_size != size:
         raise refuse(f"is {st.st_size} bytes, not this guest's RAM size ({size} bytes)")
     if st.st_blocks:

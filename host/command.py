@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Mapping
 
 from host.limits import (
+    default_calls_per_peer,
     default_max_connections,
     default_max_sessions,
     default_sessions_per_peer,
@@ -91,6 +92,14 @@ def _client_limits(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         default=None,
         help="most sessions one client address may hold (default: a quarter of "
         "--max-sessions, at least 16)",
+    )
+    add_flag(
+        p,
+        e,
+        "--max-calls-per-peer",
+        default=None,
+        help="most calls one client address may have open at once, across its "
+        "connections (default: twice --max-sessions-per-peer, plus 16)",
     )
     add_flag(
         p,
@@ -216,6 +225,9 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
     per_peer = default_sessions_per_peer(max_sessions)
     if a.max_sessions_per_peer is not None:
         per_peer = convert(a.max_sessions_per_peer, int, "--max-sessions-per-peer")
+    calls_per_peer = default_calls_per_peer(per_peer)
+    if a.max_calls_per_peer is not None:
+        calls_per_peer = convert(a.max_calls_per_peer, int, "--max-calls-per-peer")
     max_connections = default_max_connections(max_sessions, str(a.backend))
     if a.max_connections is not None:
         max_connections = convert(a.max_connections, int, "--max-connections")
@@ -240,6 +252,7 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         tokens=load_tokens(a.tokens) if a.tokens is not None else {},
         max_sessions=max_sessions,
         max_sessions_per_peer=per_peer,
+        max_calls_per_peer=calls_per_peer,
         max_connections=max_connections,
         handshake_timeout=convert(a.handshake_timeout, parse_seconds, "--handshake-timeout"),
         idle_connection_timeout=convert(

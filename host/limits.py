@@ -82,6 +82,11 @@ def default_sessions_per_peer(max_sessions: int) -> int:
     return min(max_sessions, max(MIN_SESSIONS_PER_PEER, max_sessions // 4))
 
 
+def default_calls_per_peer(sessions_per_peer: int) -> int:
+    """Open calls per address: two per session it may hold, plus 16 (config.py)."""
+    return 2 * sessions_per_peer + 16
+
+
 def open_fds() -> int:
     """Descriptors this process holds now (0 where /proc is not there)."""
     try:

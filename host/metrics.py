@@ -63,7 +63,7 @@ def _turned_away(device: BalloonDevice, watch: ConnectionWatch | None) -> Iterat
     own memory, descriptors and connections at their cap."""
     refused = CounterMetricFamily(
         "pagehint_host_refused_negotiations",
-        "Negotiations turned away, by reason (session_limit, peer_limit, auth_penalty, "
+        "Calls turned away, by reason (session_limit, peer_limit, calls_per_peer, "
         "in_use, not_permitted, no_room).",
         labels=["reason"],
     )

@@ -5,14 +5,11 @@ port; one client opens as many as it likes), as OpenSSH's PerSourcePenalties
 keys on the source address. IPv4 and IPv6 addresses are kept whole (/32, /128,
 OpenSSH's default block sizes).
 
-Failed authentication is slowed per address: after a wrong token the address
-has no token checked for a while (0.1 s, doubling per failure up to
-``--auth-penalty-max``), and the failing answer itself waits that long. While an
-address is penalised its negotiations are turned away at once, unchecked, with
-RESOURCE_EXHAUSTED (which guests retry): a guess that is never checked tells
-nothing, so firing many at once gains a guesser nothing, and nothing waits per
-refused call. Guesses are forgotten after a quiet spell. The table is bounded:
-the least recently failed addresses are dropped first.
+Failed authentication is slowed per address: after a wrong token every call
+from the address is held for a while (0.1 s, doubling per failure up to
+``--auth-penalty-max``) before its token is checked, and the failing answer
+itself waits as long. Guesses are forgotten after a quiet spell. The table is
+bounded: the least recently failed addresses are dropped first.
 """
 
 from __future__ import annotations
@@ -63,10 +60,10 @@ class AuthThrottle:
         self.max_tracked = max_tracked
         self._peers: OrderedDict[str, _Record] = OrderedDict()
         self.failures = 0  # failed checks, all addresses (a counter for metrics)
-        self.throttled = 0  # calls turned away unchecked while their address was penalised
+        self.throttled = 0  # calls held while their address was penalised
 
     def wait(self, address: str, now: float | None = None) -> float:
-        """Seconds until a token from ``address`` may be checked (0: now)."""
+        """Seconds a call from ``address`` is held before its token is checked (0: none)."""
         if self.penalty_max <= 0:
             return 0.0
         r = self._peers.get(address)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -13,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from host.calls import CallsPerPeer
 from host.device import BalloonDevice, Faults
 from host.limits import ConnectionWatch
 from host.memory.base import MemoryBackend
@@ -39,10 +41,28 @@ def connection_options(cfg: HostConfig) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
-        ("grpc.max_allowed_incoming_connections", cfg.max_connections),
+        # gRPC keeps one quota per listening socket: a name that resolves to two
+        # addresses (localhost: 127.0.0.1 and ::1) listens twice, so each gets its share.
+        ("grpc.max_allowed_incoming_connections", max(1, cfg.max_connections // listeners(cfg))),
         ("grpc.server_handshake_timeout_ms", max(1, round(cfg.handshake_timeout * 1000))),
         ("grpc.max_connection_idle_ms", max(1, round(cfg.idle_connection_timeout * 1000))),
     ]
+
+
+def listeners(cfg: HostConfig) -> int:
+    """How many sockets gRPC listens on for --listen: one per address it resolves to."""
+    host, _, port = cfg.listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return 1  # an address, not a name (0.0.0.0 and [::] are one socket each)
+    except OSError:
+        pass
+    try:
+        found = socket.getaddrinfo(host or None, port or None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return 1  # binding will say what is wrong with it
+    return max(1, len({info[4][:2] for info in found}))
 
 
 def make_backend(cfg: HostConfig) -> MemoryBackend:
@@ -88,9 +108,13 @@ class HostServer:
         self.port = 0
         self.stopping = asyncio.Event()
         self.watch: ConnectionWatch | None = None
+        self.calls = CallsPerPeer(cfg.max_calls_per_peer, self._call_refused)
 
     async def start(self) -> str:
-        server = grpc.aio.server(options=connection_options(self.cfg))
+        server = grpc.aio.server(
+            options=connection_options(self.cfg),
+            interceptors=[self.calls],
+        )
         codec.add_servicer(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
@@ -121,6 +145,14 @@ class HostServer:
         host = self.cfg.listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
+    def _call_refused(self, address: str, method: str) -> None:
+        self.device.turned_away["calls_per_peer"] += 1
+        self.device.problems.note(
+            "turned_away:calls_per_peer",
+            f"{address or 'a client'}: {method} refused: the address has "
+            f"{self.cfg.max_calls_per_peer} calls open (--max-calls-per-peer)",
+        )
+
     async def serving(self) -> None:
         """Tell health checks we serve: only once everything else is set up."""
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -137,13 +169,15 @@ class HostServer:
             ticks += 1
             if ticks % round(1 / PEAK_PERIOD) == 0:
                 self.device.expire()
-                self.look_at_connections()
+                await self.look_at_connections()
                 self.device.problems.flush()
 
-    def look_at_connections(self) -> None:
+    async def look_at_connections(self) -> None:
         """Say (rate-limited) when connections reach their cap: gRPC turns the next
-        ones away without a word."""
-        line = None if self.watch is None else self.watch.look()
+        ones away without a word. In a thread: during a flood /proc/net/tcp lists
+        every socket of the namespace (100,000+ lines), and reading it on the loop
+        would stall the host during the very attack it reports."""
+        line = None if self.watch is None else await asyncio.to_thread(self.watch.look)
         if line is not None:
             self.device.problems.note("connections", line)
 

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import math
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -106,13 +105,12 @@ class BalloonService:
             return peer[0]
         if self.tokens:
             address = peer_address(str(context.peer() or ""))
-            await self._unless_penalised(context, address)
+            await self._penalty(address)
             given = dict(context.invocation_metadata() or ()).get(TOKEN_KEY, "")
             want = self.tokens.get(guest_id)
             if want is None or not _same(given, want):
                 self.device.refuse("bad_token", f"negotiation as {guest_id!r} with a bad token")
-                # The failing answer waits out the penalty it earned: a guesser that
-                # waits for answers is slowed; one that does not is turned away unchecked.
+                # The failing answer waits out the penalty it earned.
                 await asyncio.sleep(self.auth.failed(address))
                 await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "bad or missing guest token")
             if guest_id == ADMIN_ID:
@@ -128,26 +126,30 @@ class BalloonService:
             "an admin identity reads figures; it may not negotiate as a guest",
         )
 
-    async def _unless_penalised(self, context: Context, address: str) -> None:
-        """Turn the caller away, its token unchecked, while its address is penalised
-        for failed tokens (RESOURCE_EXHAUSTED: a guest sharing the address retries)."""
+    async def _penalty(self, address: str) -> None:
+        """Hold a call from an address penalised for failed tokens until its penalty
+        ends; then its token is checked like any other.
+
+        Every token is checked, a right one included, so a guesser sharing an
+        address with honest guests (NAT, a node's SNAT) delays them by at most
+        --auth-penalty-max, never shuts them out (turning calls away unchecked did,
+        for as long as the guessing went on). Every answer waits, the right one
+        too: the time of an answer tells a guesser nothing, and an impatient one
+        that cancels learns nothing. A guesser gets at most --max-calls-per-peer
+        guesses per penalty (528 per 10 s by default; a token is 16+ characters).
+        """
         wait = self.auth.wait(address)
         if wait <= 0:
             return
         self.auth.throttled += 1
-        self.device.turned_away["auth_penalty"] += 1
         self.device.problems.note(
-            "turned_away:auth_penalty",
-            f"{address or 'a client'}: turned away, token unchecked, after "
-            f"{self.auth.failures_of(address)} failed tokens",
+            "auth_penalty",
+            f"{address or 'a client'}: a call held {wait:.1f} s after "
+            f"{self.auth.failures_of(address)} failed tokens from its address",
         )
-        await _abort(
-            context,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"too many failed authentications from this address; try again in {math.ceil(wait)} s",
-        )
+        await asyncio.sleep(wait)
 
-    def _may_read_all(self, context: Context) -> bool:
+    async def _may_read_all(self, context: Context) -> bool:
         """Every guest's figures: an admin certificate or token, or a local caller of
         a host that checks no identity (the lab commands, the metrics endpoint)."""
         if self.tls:
@@ -155,8 +157,7 @@ class BalloonService:
             return peer is not None and peer[1]
         if self.tokens:
             address = peer_address(str(context.peer() or ""))
-            if self.auth.wait(address) > 0:
-                return False  # no token is checked while its address is penalised
+            await self._penalty(address)
             given = dict(context.invocation_metadata() or ()).get(TOKEN_KEY, "")
             admin = self.tokens.get(ADMIN_ID)
             if admin is not None and _same(given, admin):
@@ -348,7 +349,7 @@ class BalloonService:
             if self_only:
                 return codec.encode_host_stats(self.device.own_figures(self_guest))
         figures = self.device.host_figures(self_guest)
-        if not self._may_read_all(context):
+        if not await self._may_read_all(context):
             if self_guest is None:
                 await _abort(
                     context,

@@ -339,6 +339,13 @@ class HostConfig:
     # runs from one machine). 1024 / 4 = 256, the most `pagehint loadtest` runs.
     # (An identity, under TLS or tokens, holds at most one: its own guest id's.)
     max_sessions_per_peer: int = 256
+    # Most calls one client address may have open at once, across all its
+    # connections (host/calls.py): a connection with a call open is never closed as
+    # idle, so without it one client holding a never-ending call (a Health Watch)
+    # on each connection could hold every connection the host allows. A guest holds
+    # one (its Reporting stream) plus a short unary call now and then: twice the
+    # per-address sessions, plus 16 for probes and lab readers. 2 * 256 + 16.
+    max_calls_per_peer: int = 528
     # Most connections at once, open or still handshaking; past it gRPC closes new
     # ones at once, so the descriptors never run out (a full descriptor table
     # locked every guest out, silently). By default from the descriptor limit
@@ -389,6 +396,7 @@ class HostConfig:
                     "--max-sessions-per-peer",
                     between(1, 1_000_000, whole=True),
                 ),
+                ("max_calls_per_peer", "--max-calls-per-peer", between(1, 1_000_000, whole=True)),
                 ("max_connections", "--max-connections", between(1, 1_000_000, whole=True)),
                 ("handshake_timeout", "--handshake-timeout", between(0.001, 86400)),
                 ("idle_connection_timeout", "--idle-connection-timeout", between(0.001, 86400)),

@@ -99,6 +99,11 @@ class LoopWatchdog:
         # code: a long step of ours just before it (a big trace's set-up, which
         # frees into the policy's hook) is not counted against the policy.
         since: float | None = None
+        # The policy's outermost frame when counting began: a long step of ours
+        # that calls the policy's hook many times (each call quick) is many
+        # calls, each a new frame, not one the policy kept; only one call that
+        # lasts counts. (Held, so its id cannot be reused by a later frame.)
+        held: FrameType | None = None
         while not self._done.wait(self.beat):
             now = time.monotonic()
             if now - looked > self.beat + SUSPENDED:
@@ -107,27 +112,34 @@ class LoopWatchdog:
             loop = self._loop
             if loop is None or loop.is_closed() or not loop.is_running():
                 return  # the loop ended (a run that never stopped its policy)
-            where = self._where() if now - self._last > 2 * self.beat else None
-            if where is None:
-                since = None
+            found = self._where() if now - self._last > 2 * self.beat else None
+            if found is None:
+                since, held = None, None
                 continue
-            if since is None or since < self._last:
-                since = now
+            outer, where = found
+            if since is None or since < self._last or outer is not held:
+                since, held = now, outer
             if now - since >= self.limit:
                 self._fire(now - since, where)
                 return
 
-    def _where(self) -> str | None:
-        """Where the loop's thread is in the policy's code (its innermost frame
-        there), or None if it is not in the policy's code at all."""
+    def _where(self) -> tuple[FrameType, str] | None:
+        """The loop thread's outermost frame in the policy's code, and where it is
+        there (its innermost such frame); None if it is not in the policy's code."""
         frame: FrameType | None = sys._current_frames().get(self._ident)
+        inner: str | None = None
+        outer: FrameType | None = None
         while frame is not None:
             module = frame.f_globals.get("__name__")
             if isinstance(module, str) and self._policys(module):
-                code = frame.f_code
-                return f"{code.co_qualname}, {Path(code.co_filename).name}:{frame.f_lineno}"
+                if inner is None:
+                    code = frame.f_code
+                    inner = f"{code.co_qualname}, {Path(code.co_filename).name}:{frame.f_lineno}"
+                outer = frame
             frame = frame.f_back
-        return None
+        if outer is None or inner is None:
+            return None
+        return outer, inner
 
     def _policys(self, module: str) -> bool:
         """Whether code of ``module`` is the policy's: its modules and theirs."""

@@ -88,6 +88,7 @@ class SimRam(GuestRam):
         self.resident = 0  # RESIDENT + LAZY
         self.lazy = 0
         self.released = False
+        self.lazy_entries = 0  # its ranges in the backend's lazy_ranges (see forget)
 
     @property
     def ledger_bytes(self) -> int:
@@ -260,6 +261,8 @@ class SimBackend(MemoryBackend):
         self.ledger_bytes = 0
         # Oldest lazily freed ranges first: reclaim takes from the left.
         self.lazy_ranges: deque[tuple[SimRam, int, int]] = deque()
+        self._compact_at = LAZY_RANGES_COMPACT_AT
+        self._stale = 0  # entries of ended sessions still in lazy_ranges (at most)
 
     def overhead_bytes(self) -> int:
         return self.ledger_bytes
@@ -296,15 +299,27 @@ class SimBackend(MemoryBackend):
         if self.capacity_pages is None:
             return
         self.lazy_ranges.append((ram, pfn, n))
-        if len(self.lazy_ranges) > LAZY_RANGES_COMPACT_AT:
+        ram.lazy_entries += 1
+        if len(self.lazy_ranges) > self._compact_at:
             self.lazy_ranges = deque(
                 (r, p, k) for r, p, k in self.lazy_ranges if not r.released and r.has_lazy(p, k)
             )
+            # Next time at twice what is left (at least the floor): a list whose
+            # ranges all still hold lazy frames is not rebuilt on every later range
+            # (it was, once past the floor: quadratic, and a guest could drive it).
+            self._compact_at = max(LAZY_RANGES_COMPACT_AT, 2 * len(self.lazy_ranges))
+            self._stale = 0
 
     def forget(self, ram: SimRam) -> None:
-        """A session ended: its ranges have nothing left to reclaim."""
-        if any(r is ram for r, _, _ in self.lazy_ranges):
-            self.lazy_ranges = deque(e for e in self.lazy_ranges if e[0] is not ram)
+        """A session ended: its ranges have nothing left to reclaim. The list is
+        rebuilt without ended guests' ranges only once they are half of it (a pass
+        over the whole list per ended session was quadratic); reclaim skips them
+        meanwhile."""
+        self._stale += ram.lazy_entries
+        ram.lazy_entries = 0
+        if self._stale and 2 * self._stale >= len(self.lazy_ranges):
+            self.lazy_ranges = deque(e for e in self.lazy_ranges if not e[0].released)
+            self._stale = 0
 
     def pressure(self) -> None:
         """If over capacity (the guests' frames and the ledgers together), reclaim

@@ -13,6 +13,7 @@ def make(tmp_path: Path, poison: int | None = None) -> tuple[BuddyAllocator, Sha
     path = tmp_path / "g-00000001.ram"  # as a host names it (host/memory/shm.py)
     with path.open("wb") as f:
         f.truncate(mm.ram_bytes)
+    path.chmod(0o600)  # a host's files are its user's alone
     logs: list[str] = []
     return mm, SharedRam(str(path), mm, "g", poison, logs.append, folder=str(tmp_path)), logs
 
@@ -54,6 +55,7 @@ def test_move_to_copies_what_the_guest_owns(tmp_path: Path) -> None:
     new = tmp_path / "g-00000002.ram"
     with new.open("wb") as f:
         f.truncate(mm.ram_bytes)
+    new.chmod(0o600)
     ram.move_to(str(new))
     ram.on_free(a, 3)
     assert ram.data_loss_pages == 0

@@ -19,8 +19,10 @@ PAGES = RAM // 4096
 
 
 def _sparse(path: Path, size: int = RAM) -> Path:
-    with path.open("xb") as f:
-        f.truncate(size)
+    """A file as a host makes one: new, 0600, sparse."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, size)
+    os.close(fd)
     return path
 
 
@@ -98,10 +100,38 @@ def test_every_rule_refuses_in_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
-def test_a_file_of_another_user_is_refused(tmp_path: Path) -> None:
+def test_a_file_or_host_folder_of_another_user_is_refused(tmp_path: Path) -> None:
+    # A root guest can open any user's file: one another user prepared would hand
+    # this guest's pages to that user. Their folder counts too.
     f = _sparse(tmp_path / "g-00000001.ram")
-    os.chown(f, 65534, 65534)  # neither the folder's owner nor this guest
-    _refused(f, tmp_path, "belongs to uid 65534")
+    os.chown(f, 65534, 65534)
+    _refused(f, tmp_path, "it belongs to uid 65534, not to this guest's user")
+    theirs = tmp_path / "pagehint-host-42"
+    theirs.mkdir(mode=0o700)
+    g = _sparse(theirs / "g-00000002.ram")
+    os.chown(theirs, 65534, 65534)
+    _refused(g, tmp_path, "its folder pagehint-host-42 belongs to uid 65534")
+
+
+def test_a_file_or_host_folder_open_to_others_is_refused(tmp_path: Path) -> None:
+    f = _sparse(tmp_path / "g-00000001.ram")
+    os.chmod(f, 0o644)
+    _refused(f, tmp_path, "it is open to others (mode 644")
+    shared = tmp_path / "pagehint-host-43"
+    shared.mkdir(mode=0o700)
+    g = _sparse(shared / "g-00000002.ram")
+    os.chmod(shared, 0o777)
+    _refused(g, tmp_path, "its folder pagehint-host-43 is open to others (mode 777")
+
+
+def test_one_file_named_to_two_guests_is_refused_by_the_second(tmp_path: Path) -> None:
+    f = _sparse(tmp_path / "g-00000001.ram")
+    fd = open_ram_file(str(f), str(tmp_path), RAM)  # the first guest maps it
+    try:
+        _refused(f, tmp_path, "is in use by another guest (locked)")
+    finally:
+        os.close(fd)
+    os.close(open_ram_file(str(f), str(tmp_path), RAM))  # let go: free again
 
 
 def test_moving_to_a_refused_file_keeps_the_old_one(tmp_path: Path) -> None:
@@ -112,6 +142,7 @@ def test_moving_to_a_refused_file_keeps_the_old_one(tmp_path: Path) -> None:
     ram.on_alloc(a, 3)
     victim = tmp_path / "victim"
     victim.write_bytes(b"\x02" * RAM)
+    victim.chmod(0o600)
     os.link(victim, tmp_path / "g-00000002.ram")
     with pytest.raises(RamFileRefused, match="has 2 links"):
         ram.move_to(str(tmp_path / "g-00000002.ram"))

@@ -116,7 +116,7 @@ async def test_connections_past_the_cap_are_turned_away_and_said(
             lambda: sum(not closed_by_peer(s) for s in sockets) <= 8, 3, "the cap to hold"
         )
         assert sum(connections_by_peer(server.port).values()) <= 8
-        server.look_at_connections()  # the janitor's look, once a second
+        await server.look_at_connections()  # the janitor's look, once a second
         server.device.problems.flush(force=True)
         said = [line for line in lines if "connections open, the cap is 8" in line]
         assert said and "127.0.0.1" in said[0], lines

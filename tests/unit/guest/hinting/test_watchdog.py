@@ -104,6 +104,23 @@ async def test_a_loop_held_by_other_code_or_given_back_in_time_is_left_alone() -
     assert exits == [] and dog.fired is None
 
 
+async def test_our_long_step_calling_a_quick_hook_many_times_is_left_alone() -> None:
+    # A long step of ours (a big free, a trace's set-up) calls the policy's hook once
+    # per free: the loop does not turn, and most samples land inside some hook call,
+    # but no one call lasts. Only one call that lasts past the limit is the policy's.
+    exits: list[int] = []
+    dog = LoopWatchdog("p.py:P", {"mypolicy"}, limit=0.3, beat=0.05, exit=exits.append)
+    hook = _policy_module(HOLD).hold
+    dog.arm()
+    try:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            hook(0.004)  # 4 ms in the hook, a few µs of ours between calls
+    finally:
+        dog.disarm()
+    assert exits == [] and dog.fired is None
+
+
 def test_the_thread_ends_with_its_loop_or_when_disarmed() -> None:
     def threads() -> int:
         return sum(t.name.startswith("pagehint-watchdog") for t in threading.enumerate())

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from host.memory.sim import SimBackend
 
 
@@ -57,3 +59,30 @@ def test_lazily_freed_ranges_are_kept_only_where_reclaim_can_happen() -> None:
     assert len(limited.lazy_ranges) == 512
     ram2.release()
     assert len(limited.lazy_ranges) == 0, "an ended session's ranges are dropped"
+
+
+def test_a_list_of_live_lazy_ranges_is_not_rebuilt_for_every_new_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Past the compaction floor, with every range still holding lazy frames, each
+    # later range rebuilt the whole list (quadratic: a guest sending many small
+    # chains could stall the host). Now the next rebuild waits for twice the size.
+    import host.memory.sim as sim
+
+    monkeypatch.setattr(sim, "LAZY_RANGES_COMPACT_AT", 64)
+    b = sim.SimBackend(discard_mode="free", capacity_pages=1 << 30)
+    rebuilds = 0
+    has_lazy = sim.SimRam.has_lazy
+
+    def counted(self: sim.SimRam, pfn: int, n: int) -> bool:
+        nonlocal rebuilds
+        rebuilds += 1
+        return has_lazy(self, pfn, n)
+
+    monkeypatch.setattr(sim.SimRam, "has_lazy", counted)
+    ram = b.attach("g", 8192, 4096)
+    ram.touched([(0, 8192)])
+    for p in range(0, 8192, 8):  # 1024 ranges, all still lazily free
+        ram.discard([(p, 8)])
+    assert len(b.lazy_ranges) == 1024
+    assert rebuilds < 4 * 1024, rebuilds  # was ~60,000 (every range past 64)
