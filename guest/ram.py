@@ -46,6 +46,18 @@ class RamFileRefused(UsageError):
     Final: asking again would only get the same answer from the same host."""
 
 
+SHOWN_MAX = 200  # characters of a host-named path a log line repeats
+
+
+def shown(named: str) -> str:
+    """A path the host named, as a log line may repeat it: control characters
+    escaped (a newline in it forged a second log line), at most SHOWN_MAX long."""
+    text = named.encode("unicode_escape", "backslashreplace").decode("ascii")
+    if len(text) > SHOWN_MAX:
+        text = f"{text[:SHOWN_MAX]}… ({len(named)} characters)"
+    return text
+
+
 def open_ram_file(named: str, folder: str, size: int) -> int:
     """Open the RAM file the host named, read-write, and return its descriptor; only
     if it is a fresh file made for this session, in ``folder`` (the guest's --shm-dir)
@@ -60,7 +72,7 @@ def open_ram_file(named: str, folder: str, size: int) -> int:
     root, sub, name = _place(named, folder)
 
     def refuse(rule: str) -> RamFileRefused:
-        return RamFileRefused(f"named RAM file {named}: {rule}; not mapping it")
+        return RamFileRefused(f"named RAM file {shown(named)}: {rule}; not mapping it")
 
     dirs: list[int] = []
     try:
@@ -111,7 +123,7 @@ def _lock(fd: int, refuse: Callable[[str], RamFileRefused]) -> None:
 
 def _place(named: str, folder: str) -> tuple[str, str | None, str]:
     """(the guest's folder as named, the host's folder in it or None, the file's name)."""
-    where = f"named RAM file {named}"
+    where = f"named RAM file {shown(named)}"
     if "\0" in named or not os.path.isabs(named) or os.path.normpath(named) != named:
         raise RamFileRefused(f"{where}: not a plain absolute path; not mapping it")
     parent, name = os.path.split(named)

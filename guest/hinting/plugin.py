@@ -27,6 +27,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -250,7 +251,9 @@ def _watchdog(spec: str, inner: type[Policy]) -> LoopWatchdog | None:
     except RuntimeError:
         return None
     base = set(Policy.__mro__)
-    dog = LoopWatchdog(spec, {c.__module__ for c in inner.__mro__ if c not in base})
+    path, _, _cls = spec.rpartition(":")
+    folders = [os.path.dirname(os.path.abspath(path))] if path.endswith(".py") else []
+    dog = LoopWatchdog(spec, {c.__module__ for c in inner.__mro__ if c not in base}, folders)
     dog.arm()
     return dog
 

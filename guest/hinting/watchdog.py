@@ -57,12 +57,16 @@ class LoopWatchdog:
         self,
         policy: str,
         modules: Iterable[str],
+        folders: Iterable[str] = (),
         limit: float = LIMIT,
         beat: float = BEAT,
         exit: Callable[[int], None] = os._exit,
     ) -> None:
         self.policy = policy
         self.modules = frozenset(modules)
+        # A plug-in given as FILE.py:CLASS: its folder's code is the plug-in's too
+        # (a helper module beside it, imported by it, that holds the loop).
+        self.folders = tuple(str(Path(f).resolve()) for f in folders)
         self.limit = limit
         self.beat = beat
         self._exit = exit
@@ -131,7 +135,7 @@ class LoopWatchdog:
         outer: FrameType | None = None
         while frame is not None:
             module = frame.f_globals.get("__name__")
-            if isinstance(module, str) and self._policys(module):
+            if self._policys(module if isinstance(module, str) else "", frame.f_code.co_filename):
                 if inner is None:
                     code = frame.f_code
                     inner = f"{code.co_qualname}, {Path(code.co_filename).name}:{frame.f_lineno}"
@@ -141,9 +145,15 @@ class LoopWatchdog:
             return None
         return outer, inner
 
-    def _policys(self, module: str) -> bool:
-        """Whether code of ``module`` is the policy's: its modules and theirs."""
-        return any(module == m or module.startswith(m + ".") for m in self.modules)
+    def _policys(self, module: str, filename: str) -> bool:
+        """Whether code is the policy's: its modules and theirs, and code from the
+        plug-in file's own folder."""
+        if any(module == m or module.startswith(m + ".") for m in self.modules):
+            return True
+        if not self.folders or not filename.startswith("/"):
+            return False
+        folder = os.path.dirname(filename)
+        return any(folder == f or folder.startswith(f + os.sep) for f in self.folders)
 
     def _fire(self, held: float, where: str) -> None:
         line = (

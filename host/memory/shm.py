@@ -53,10 +53,43 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _owner_pid(folder: Path) -> int | None:
+    """The pid in the folder's host.pid, if that is this user's own regular file:
+    one planted by someone else (or a link to any file) names no host of ours."""
     try:
-        return int((folder / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
+        fd = os.open(folder / PID_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return None
+        return int(os.read(fd, 64).decode("ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _write_pid_file(path: Path) -> None:
+    """Write host.pid without following a link planted at its name (it overwrote the
+    link's target with a pid) and only into this user's own regular file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise UsageError(
+            f"--shm-dir {path.parent}: cannot write {path.name}: {e.strerror} "
+            "(a symbolic link there is refused)"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise UsageError(
+                f"--shm-dir {path.parent}: {path.name} is not this user's file: refusing to use it"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
 
 
 class ShmRam(GuestRam):
@@ -225,12 +258,15 @@ class ShmBackend(MemoryBackend):
         # orphans. Only those: a folder no pagehint host claimed, or a file not
         # named as ours, is someone else's and stays.
         if owner is not None:
+            me = os.geteuid()
             for f in self.dir.glob("*.ram"):
-                if _RAM_NAME.fullmatch(f.name):
-                    with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
+                    st = os.lstat(f)
+                    # Only this user's own regular files (a RAM file a host of ours made).
+                    if _RAM_NAME.fullmatch(f.name) and stat.S_ISREG(st.st_mode) and st.st_uid == me:
                         f.unlink()
                         cleaned.append(str(f))
-        pid_file.write_text(f"{os.getpid()}\n")
+        _write_pid_file(pid_file)
 
     def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:
         name = _SAFE.sub("_", guest_id)[:64]

@@ -161,3 +161,14 @@ def test_the_folder_setting_is_checked_in_one_line() -> None:
     env = {"PAGEHINT_SHM_DIR": "/shm"}  # compose and kubernetes set it so
     a = build_parser(env).parse_args(["guest", "--duration", "1"])
     assert config_from_args(a).shm_dir == "/shm"
+
+
+def test_a_hostile_path_is_shown_on_one_short_line(tmp_path: Path) -> None:
+    # A newline in the name forged a second log line; a 5,000-character path was
+    # repeated whole.
+    with pytest.raises(RamFileRefused) as e:
+        open_ram_file("/dev/shm/x\nFAKE: data loss 0 pages", str(tmp_path), RAM)
+    assert "\n" not in str(e.value) and "x\\nFAKE" in str(e.value)
+    with pytest.raises(RamFileRefused) as e:
+        open_ram_file("/dev/shm/" + "a" * 5000, str(tmp_path), RAM)
+    assert len(str(e.value)) < 600 and "(5009 characters)" in str(e.value)

@@ -40,6 +40,16 @@ class SpinningHook(Quiet):
         self.mm.set_hook(hook, 0)
 
 
+class HelperLoop(Quiet):
+    """Its loop is in a helper module beside it, scheduled on the loop: no frame
+    of the policy's own module is on the stack while it holds the loop."""
+    def start(self):
+        import os, sys
+        sys.path.insert(0, os.path.dirname(__file__))
+        import spinhelper
+        asyncio.get_running_loop().call_later(0.2, spinhelper.crunch)
+
+
 class SpinningWorker(Quiet):
     """A worker that never awaits."""
     def start(self):
@@ -159,6 +169,7 @@ async def test_only_policies_from_outside_are_watched(tmp_path: Path) -> None:
 def _spinning_guest(tmp_path: Path, cls: str) -> subprocess.Popen[str]:
     spin = tmp_path / "spin.py"
     spin.write_text(SPIN)
+    (tmp_path / "spinhelper.py").write_text("def crunch():\n    while True:\n        pass\n")
     argv = ["guest", "--ram", "128MiB", "--workload", "memhog", "--duration", "120", "--quiet"]
     return subprocess.Popen(
         [sys.executable, "-m", "pagehint", *argv, "--policy", f"{spin}:{cls}"],
@@ -193,3 +204,12 @@ def test_a_worker_that_never_awaits_ends_the_guest_sigterm_or_not(tmp_path: Path
     time.sleep(2.0)
     os.kill(p.pid, signal.SIGTERM)  # its handler runs on the loop: never, here
     _ends_naming(p, "SpinningWorker", "SpinningWorker.start.<locals>.work", started)
+
+
+def test_a_loop_in_a_helper_module_beside_the_plug_in_ends_the_guest(tmp_path: Path) -> None:
+    # Found from outside: a loop in a module the plug-in imported from its own folder
+    # was never seen (only the policy class's own module was watched), and the guest
+    # ignored --duration and SIGTERM until SIGKILL.
+    started = time.monotonic()
+    p = _spinning_guest(tmp_path, "HelperLoop")
+    _ends_naming(p, "HelperLoop", "crunch", started)

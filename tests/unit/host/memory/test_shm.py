@@ -111,3 +111,43 @@ def test_shm_dir_with_a_missing_parent_is_one_line_from_the_command(tmp_path: Pa
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "does not exist" in lines[0], r.stderr
     assert not missing.parent.exists()
+
+
+def test_a_planted_pid_file_link_is_not_followed(tmp_path: Path) -> None:
+    # `host --shm-dir /dev/shm` followed a host.pid symbolic link someone planted and
+    # overwrote its target with the host's pid.
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (folder / "host.pid").symlink_to(victim)
+    with pytest.raises(UsageError, match="cannot write host.pid"):
+        ShmBackend(str(folder))
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_planted_pid_file_does_not_get_other_users_files_removed(tmp_path: Path) -> None:
+    # A host.pid naming a dead pid made the host remove every file named like a RAM
+    # file: only this user's own regular files are a host of ours's leftovers.
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    (folder / "host.pid").write_text("999999999\n")  # a pid that is not running
+    theirs = folder / "g-0000000a.ram"
+    theirs.write_bytes(b"x")
+    os.chown(theirs, 65534, 65534)
+    mine = folder / "g-0000000b.ram"
+    mine.write_bytes(b"x")
+    backend = ShmBackend(str(folder))
+    try:
+        assert theirs.exists() and not mine.exists()
+    finally:
+        backend.close()
+    # and a host.pid of another user's names no host of ours: nothing is removed
+    (folder / "host.pid").write_text("999999999\n")
+    os.chown(folder / "host.pid", 65534, 65534)
+    other = folder / "g-0000000c.ram"
+    other.write_bytes(b"x")
+    with pytest.raises(UsageError, match="not this user's file"):
+        ShmBackend(str(folder))
+    assert other.exists()
