@@ -40,7 +40,7 @@ test: $(STAMP)
 	$(MAKE) lint
 	@if [ -f virtqueue/generate.py ]; then $(MAKE) protos-check; fi
 	$(PY) -m pytest -q -n $(WORKERS) -m "not slow and not docker"
-	$(PY) -m pytest -q -m "slow and not docker" || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -n $(WORKERS) -m "slow and not docker" || [ $$? -eq 5 ]
 	$(MAKE) compose-test
 
 test-fast: $(STAMP)
