@@ -21,7 +21,7 @@ COPY ${WHEELS} /wheels
 # Dependencies first, in their own layer: a change to the source below reuses it.
 COPY pyproject.toml deploy/docker/requirements.py /src/
 RUN python3 /src/requirements.py /src/pyproject.toml > /src/requirements.txt \
-    && /opt/pagehint/bin/pip install $PIP_INSTALL_ARGS setuptools wheel \
+    && /opt/pagehint/bin/pip install $PIP_INSTALL_ARGS --upgrade "setuptools>=77" wheel \
     && /opt/pagehint/bin/pip install $PIP_INSTALL_ARGS -r /src/requirements.txt
 COPY README.md LICENSE /src/
 COPY pagehint /src/pagehint
@@ -30,7 +30,9 @@ COPY guest /src/guest
 COPY host /src/host
 COPY lab /src/lab
 # No build isolation: setuptools is already in the venv, and offline there is no
-# index to fetch it from. No dependencies: they are in the layer above.
+# index to fetch it from; upgraded above to what pyproject.toml's build-system asks
+# (the venv's own, from the base's ensurepip, is too old for `license = "MIT"`).
+# No dependencies: they are in the layer above.
 RUN /opt/pagehint/bin/pip install --no-deps --no-build-isolation /src \
     && /opt/pagehint/bin/pip uninstall -y -q setuptools wheel
 

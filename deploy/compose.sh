@@ -283,7 +283,7 @@ cmd_image() {
         "$PYTHON" "$ROOT/deploy/docker/requirements.py" "$ROOT/pyproject.toml" \
             >"$STATE/requirements.txt"
         if ! "$PYTHON" -m pip wheel -q -w "$ROOT/build/wheels" -r "$STATE/requirements.txt" \
-            setuptools wheel >"$STATE/wheels.log" 2>&1; then
+            "setuptools>=77" wheel >"$STATE/wheels.log" 2>&1; then
             skip_because "pip wheel failed: $(tail -1 "$STATE/wheels.log")"
         fi
         args=(--build-arg WHEELS=build/wheels
