@@ -39,12 +39,13 @@ WORKERS ?= 3
 test: $(STAMP)
 	$(MAKE) lint
 	@if [ -f virtqueue/generate.py ]; then $(MAKE) protos-check; fi
-	$(PY) -m pytest -q -n $(WORKERS) -m "not slow and not docker"
-	$(PY) -m pytest -q -n $(WORKERS) -m "slow and not docker" || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -n $(WORKERS) -m "not slow and not serial and not docker"
+	$(PY) -m pytest -q -m "serial and not docker" || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -n $(WORKERS) -m "slow and not serial and not docker" || [ $$? -eq 5 ]
 	$(MAKE) compose-test
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not docker" -x
+	$(PY) -m pytest -q -m "not slow and not serial and not docker" -x
 
 # Real containers: install Docker's Debian packages and start an engine if none
 # answers, build the image (offline when no registry is reachable), run host + 3

@@ -55,6 +55,7 @@ def negotiate(addr: str, guest_id: str) -> str:
     return "OK"
 
 
+@pytest.mark.serial  # a flood of 1,000 sockets, timed against the clock
 def test_idle_connections_do_not_lock_guests_out(our_descriptors: None, tmp_path: Path) -> None:
     ready, log = tmp_path / "ready", tmp_path / "host.log"
     with log.open("w") as out:

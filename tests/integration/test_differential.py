@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.integration.procs import Procs
 
 SCENARIO = Path(__file__).resolve().parent / "scenarios" / "differential.toml"
@@ -26,6 +28,7 @@ def marks(procs: Procs, tmp_path: Path, backend: str) -> dict[str, int]:
     return {r["mark"]: r["host_resident_bytes"] for r in rows if "mark" in r}
 
 
+@pytest.mark.serial  # the ledger and the kernel are read at one instant: load skews it
 def test_sim_ledger_matches_the_kernel_at_every_mark(procs: Procs, tmp_path: Path) -> None:
     sim = marks(procs, tmp_path, "sim")
     shm = marks(procs, tmp_path, "shm")

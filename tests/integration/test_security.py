@@ -185,6 +185,7 @@ def test_lab_children_do_not_inherit_a_flag_of_another_meaning(tmp_path: Path) -
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.serial  # against the clock
 def test_sigterm_stops_a_scenario_of_a_million_marks_within_a_second(tmp_path: Path) -> None:
     f = tmp_path / "marks.toml"
     inner = '{op = "repeat", count = 1000000, steps = [{op = "mark", label = "m"}]}'
@@ -231,6 +232,7 @@ def test_a_guest_paused_past_the_session_timeout_comes_back(procs: Procs) -> Non
     assert s["isolated_bytes"] == 0
 
 
+@pytest.mark.serial  # against the clock
 def test_churn_faster_than_it_can_go_still_stops_on_time() -> None:
     # Each 10 ms slice overruns: the workload must still yield, so SIGTERM and
     # --duration get in (it used to spin until killed).
