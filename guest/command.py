@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from guest.hinting.plugin import check_policy_name
 from guest.mm.constants import MAX_RAM
 from guest.trace.load import load_plan
+from guest.workloads.boot import format_orders, parse_orders
 from guest.workloads.scenario import BUILTIN_DIR, load_scenario, resolve_scenario
 from pagehint.cli_support import (
     Subparsers,
@@ -22,10 +24,22 @@ from pagehint.cli_support import (
     parse_ram,
     verbosity,
 )
-from pagehint.config import BUILTIN_POLICIES, WORKLOADS, GuestConfig, HintingConfig, TraceConfig
+from pagehint.config import (
+    BOOT_HOLES_MEASURED,
+    BOOT_ORDERS_MEASURED,
+    BUILTIN_POLICIES,
+    WORKLOADS,
+    BootConfig,
+    GuestConfig,
+    HintingConfig,
+    TraceConfig,
+)
 from pagehint.errors import UsageError
 from pagehint.tls import TlsConfig, load_tls
-from pagehint.units import parse_seconds
+from pagehint.units import parse_seconds, parse_size
+
+if TYPE_CHECKING:
+    from pagehint.schema import GuestSummary
 
 
 def shipped_scenarios() -> list[str]:
@@ -103,6 +117,35 @@ def _what_to_run(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     add_switch(p, e, "--trace-lenient", help="--trace: count malformed lines instead of stopping")
     add_flag(p, e, "--duration", default=None, help=DURATION_HELP)
     add_flag(p, e, "--seed", default="0", help="random seed for workloads")
+    _boot_flags(p, e)
+
+
+def _boot_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
+    """Flags: the boot footprint (guest/workloads/boot.py; defaults: BootConfig)."""
+    add_flag(
+        p,
+        e,
+        "--boot-footprint",
+        default="0",
+        help="memory the guest's boot holds for the whole run, allocated before the workload "
+        "(0: none, as before; `pagehint density` gives 233MiB, measured: README)",
+    )
+    add_flag(
+        p,
+        e,
+        "--boot-orders",
+        default=format_orders(BOOT_ORDERS_MEASURED),
+        help="--boot-footprint's blocks: ORDER:PERCENT of its bytes, comma-separated "
+        "(measured: README)",
+    )
+    add_flag(
+        p,
+        e,
+        "--boot-holes",
+        default=f"{BOOT_HOLES_MEASURED:g}",
+        help="--boot-footprint: free space left between its blocks, per byte held (measured: "
+        "README)",
+    )
 
 
 def _outputs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
@@ -291,6 +334,15 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         shm_dir=str(a.shm_dir),
         hinting=hinting,
         trace=trace,
+        boot=_boot_config(a),
+    )
+
+
+def _boot_config(a: argparse.Namespace) -> BootConfig:
+    return BootConfig(
+        size_bytes=convert(a.boot_footprint, lambda s: parse_size(s, "size"), "--boot-footprint"),
+        orders=parse_orders(str(a.boot_orders)),
+        holes=convert(a.boot_holes, float, "--boot-holes"),
     )
 
 
@@ -349,6 +401,15 @@ def _connection(a: argparse.Namespace) -> tuple[str | None, TlsConfig | None]:
     return host, load_tls(a.tls_cert, a.tls_key, a.tls_ca)
 
 
+def _write_summary(cfg: GuestConfig, summary: GuestSummary) -> None:
+    if cfg.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        from guest.report import format_summary
+
+        sys.stdout.write(format_summary(summary) + "\n")
+
+
 def _trace_config(a: argparse.Namespace) -> TraceConfig | None:
     if a.trace is None:
         for flag, value, default in (
@@ -391,16 +452,20 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     cfg = config_from_args(a)
     if cfg.workload is None and cfg.scenario is None and cfg.trace is None and cfg.duration is None:
         raise UsageError("nothing to run: give --workload, --scenario, --trace or --duration")
+    from guest.balloon.connection import OomKilled
     from guest.service import run_guest
 
     quiet, verbose = verbosity(a)
-    summary = run_guest(cfg, quiet=quiet, verbose=verbose)
-    if cfg.json:
-        sys.stdout.write(json.dumps(summary) + "\n")
-    else:
-        from guest.report import format_summary
-
-        sys.stdout.write(format_summary(summary) + "\n")
+    try:
+        summary = run_guest(cfg, quiet=quiet, verbose=verbose)
+    except OomKilled as e:
+        # The host's OOM killer ended this guest: its summary, then one line, exit 3.
+        if e.summary is None:
+            raise
+        _write_summary(cfg, e.summary)
+        sys.stderr.write(f"pagehint guest: {e}\n")
+        return e.exit_status
+    _write_summary(cfg, summary)
     if summary["policy_errors"]:
         sys.stderr.write(
             f"pagehint guest: policy {cfg.hinting.policy} broke the rules: "

@@ -10,6 +10,15 @@ With PAGE_POISON offered, freed pages are filled with the poison byte and
 checked when allocated again: a page whose poison changed while free was
 modified behind the guest's back (for example zero-filled by a discard).
 
+With a host that has its own memory model (host_memory), a frame the host
+swapped out is a hole in the file until the host copies it back, which it does
+before it settles the touch batch that told it of the guest's touch. The guest's
+stamps are its reads and writes of its pages, so they wait for that (``gate``:
+guest/balloon/driver.py): an access to a block with a frame the host does not
+hold, or any access while a touch is unsettled, is deferred, in order, until
+the settling Notice; a chain waits for those too (the driver), so a block
+whose check at its free still waits is never discarded before it.
+
 The file is the host's word, and the guest writes into it: ``open_ram_file``
 believes it only when it is a fresh file a host made for this session in the
 guest's own RAM folder (docs/architecture.md, "Who trusts what").
@@ -24,6 +33,7 @@ import re
 import stat
 import struct
 import zlib
+from collections import deque
 from collections.abc import Callable
 
 from guest.mm.buddy import BuddyAllocator
@@ -231,6 +241,10 @@ class SharedRam:
         self.fd = -1
         self.map = self._open(path)
         self._poison_page = bytes([poison or 0]) * PAGE_SIZE
+        # host_memory with shm: the driver's gate, and the accesses it deferred as
+        # (ticket, access), run in order once the host settled runs up to ticket.
+        self.gate: Callable[[int, int], int] | None = None
+        self._deferred: deque[tuple[int, Callable[[], None]]] = deque()
 
     def _open(self, path: str) -> mmap.mmap:
         fd = open_ram_file(path, self.folder, self.size)
@@ -253,9 +267,35 @@ class SharedRam:
     # ---- GuestMemory listeners ----------------------------------------------------------
 
     def on_alloc(self, pfn: int, order: int) -> None:
-        m = self.map
         self.generation = gen = (self.generation + 1) & 0xFFFFFFFF
         self.gen_of[pfn] = gen
+        if self.gate is not None and self._defer(pfn, order, lambda: self._stamp(pfn, order, gen)):
+            return
+        self._stamp(pfn, order, gen)
+
+    def _defer(self, pfn: int, order: int, access: Callable[[], None]) -> bool:
+        """Queue ``access`` if the block's frames are not to be touched yet."""
+        assert self.gate is not None
+        ticket = self.gate(pfn, order)
+        if not ticket and self._deferred:
+            ticket = self._deferred[-1][0]  # never ahead of an earlier access
+        if ticket:
+            self._deferred.append((ticket, access))
+        return bool(ticket)
+
+    def settle(self, runs: int) -> None:
+        """The host settled touch runs up to ``runs``: do the accesses waiting on them."""
+        deferred = self._deferred
+        while deferred and deferred[0][0] <= runs:
+            deferred.popleft()[1]()
+
+    @property
+    def waiting(self) -> int:
+        """Accesses still waiting for the host to settle their touches."""
+        return len(self._deferred)
+
+    def _stamp(self, pfn: int, order: int, gen: int) -> None:
+        m = self.map
         pack = STAMP.pack_into
         tag = self.tag
         poisoned = self.poisoned
@@ -272,8 +312,13 @@ class SharedRam:
             pack(m, off, p, gen, tag, MAGIC)
 
     def on_free(self, pfn: int, order: int) -> None:
-        self.check(pfn, order)
-        self.gen_of.pop(pfn, None)
+        gen = self.gen_of.pop(pfn, None)
+        if self.gate is not None and self._defer(pfn, order, lambda: self._freed(pfn, order, gen)):
+            return
+        self._freed(pfn, order, gen)
+
+    def _freed(self, pfn: int, order: int, gen: int | None) -> None:
+        self._check(pfn, order, gen)
         if self.poison is not None:
             n = 1 << order
             start = pfn * PAGE_SIZE
@@ -282,8 +327,10 @@ class SharedRam:
 
     def check(self, pfn: int, order: int) -> None:
         """Check the stamps of an allocated block; count and log lost pages."""
+        self._check(pfn, order, self.gen_of.get(pfn))
+
+    def _check(self, pfn: int, order: int, gen: int | None) -> None:
         m = self.map
-        gen = self.gen_of.get(pfn)
         unpack = STAMP.unpack_from
         for p in range(pfn, pfn + (1 << order)):
             off = p * PAGE_SIZE
@@ -293,8 +340,26 @@ class SharedRam:
                 if self.data_loss_pages <= LOG_FIRST:
                     self.log(f"DATA LOSS: frame {p:#x} lost its contents while allocated")
 
+    def fault_in_all(self, mm: BuddyAllocator) -> int:
+        """Before check_all with a gate: touch every allocated block the host does not
+        hold; returns the ticket to wait for (0: none)."""
+        ticket = self._deferred[-1][0] if self._deferred else 0
+        if self.gate is not None:
+            for b in mm.blocks():
+                if b.state == "allocated":
+                    ticket = max(ticket, self.gate(b.pfn, b.order))
+        return ticket
+
     def check_all(self, mm: BuddyAllocator) -> None:
         """Check every block still allocated (at the end of a run: a loss is a loss)."""
+        if self._deferred:
+            # The host never settled them (gone, or it killed us): its holes would
+            # read as losses that are not the guest's to count.
+            self.log(
+                f"final page check skipped: {len(self._deferred)} accesses still wait "
+                "for the host to bring their frames back"
+            )
+            return
         for b in mm.blocks():
             if b.state == "allocated":
                 self.check(b.pfn, b.order)

@@ -59,12 +59,31 @@ def format_summary(s: GuestSummary) -> str:
                 "never answered",
             )
         )
+    rows.extend(_host_memory_rows(s))
     for what in s["policy_errors"]:
         rows.append(("POLICY BROKE RULES", what))
     if s["trace"] is not None:
         rows.extend(_trace_rows(s["trace"]))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _host_memory_rows(s: GuestSummary) -> list[tuple[str, str]]:
+    """The host's memory model (--host-memory): shown only when it said something."""
+    rows = []
+    major, minor = s.get("major_faults", 0), s.get("minor_faults", 0)
+    if major or minor or s.get("fault_wait_seconds"):
+        rows.append(
+            (
+                "host faults",
+                f"{major:,} major (swapped in), {minor:,} minor; the workload waited "
+                f"{s.get('fault_wait_seconds', 0.0):.3f} s, {_size(s.get('swapped_bytes'))} "
+                "in the host's swap",
+            )
+        )
+    if s.get("oom_killed"):
+        rows.append(("KILLED", "by the host's OOM killer (exit status 3)"))
+    return rows
 
 
 def _trace_rows(t: TraceSummary) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from guest.hinting.base import Policy, make_policy
 from guest.hinting.device import ReportingDevice
@@ -23,6 +23,7 @@ from guest.trace.load import load_plan
 from guest.trace.replay import ReplayPlan, ReplayStats, prepare, replay
 from guest.trace.replay import summary as replay_summary
 from guest.workloads.base import WorkloadContext
+from guest.workloads.boot import boot
 from guest.workloads.builtin import WorkloadParams, run_builtin
 from guest.workloads.scenario import Scenario, load_scenario, run_scenario
 from pagehint.config import GuestConfig
@@ -40,6 +41,14 @@ ACK_ROW_INTERVAL = 0.01
 # --duration for at most this long.
 SETTLE_POLL = 0.05
 SETTLE_LIMIT = 60.0
+
+
+class HostFaults(NamedTuple):
+    """What the host's memory model said of this guest so far (host_memory)."""
+
+    major_faults: int
+    minor_faults: int
+    swapped_bytes: int | None  # the host's last figure (None: not heard yet)
 
 
 class GuestRuntime:
@@ -69,6 +78,10 @@ class GuestRuntime:
         # (set by the service; by default whatever host_resident says).
         self.ack_resident: Callable[[], int | None] | None = None
         self.stopped_by_signal = False
+        # The host's memory model: None while the host has none (the service sets
+        # it once host_memory is negotiated); oom_killed when its OOM killer ended us.
+        self.host_faults: Callable[[], HostFaults | None] = lambda: None
+        self.oom_killed = False
         self._last_ack_row = 0.0
         self.timeline_error: str | None = None
         self._ack_row_pending = False
@@ -142,6 +155,14 @@ class GuestRuntime:
         }
         if mark is not None:
             row["mark"] = mark
+        faults = self.host_faults()
+        if faults is not None:
+            row["major_faults"] = faults.major_faults
+            row["minor_faults"] = faults.minor_faults
+            row["fault_wait_seconds"] = round(self.ctx.fault_wait_seconds, 6)
+            row["swapped_bytes"] = faults.swapped_bytes
+            if event == "end":
+                row["oom_killed"] = self.oom_killed
         return row
 
     async def _sample_loop(self) -> None:
@@ -150,6 +171,8 @@ class GuestRuntime:
             await asyncio.sleep(TIMELINE_PERIOD)
 
     async def _workload(self) -> None:
+        # A boot footprint (off unless --boot-footprint) is held from here to the end.
+        await boot(self.ctx, self.cfg.boot, self.cfg.seed)
         if self.replay_plan is not None:
             prepare(self.replay_plan, self.ctx, self.replay_stats, self.replay_untouched)
             self.ctx.mark("trace-start")
@@ -288,3 +311,13 @@ class GuestRuntime:
             if self.replay_plan is None
             else replay_summary(self.replay_plan, self.replay_stats, self.replay_speed),
         }
+
+    def add_host_faults(self, summary: GuestSummary) -> None:
+        """The host's memory model's figures (the service's: 0 / None / false with a
+        host without one, or none)."""
+        faults = self.host_faults() or HostFaults(0, 0, None)
+        summary["major_faults"] = faults.major_faults
+        summary["minor_faults"] = faults.minor_faults
+        summary["fault_wait_seconds"] = round(self.ctx.fault_wait_seconds, 6)
+        summary["swapped_bytes"] = faults.swapped_bytes
+        summary["oom_killed"] = self.oom_killed

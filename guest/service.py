@@ -3,6 +3,10 @@
 Without --host, reports go to the in-process loopback device; with it, they
 go to `pagehint host`, and with that host's shm backend the guest's pages are
 real memory, stamped and checked for loss.
+
+A guest whose session the host's OOM killer ended (--host-memory, swap full)
+stops its workload, writes its summary (``oom_killed: true``) and raises
+OomKilled: one line, exit status 3 (guest/command.py).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
 from guest.balloon import BalloonDriver
+from guest.balloon.connection import OomKilled
 from guest.hinting.device import LoopbackDevice, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from guest.ram import RamFileRefused, SharedRam
-from guest.runtime import GuestRuntime
+from guest.runtime import GuestRuntime, HostFaults
 from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
@@ -50,6 +55,7 @@ async def serve_guest(
         device = LoopbackDevice(capacity=cfg.hinting.effective_capacity())
     else:
         driver = device = BalloonDriver(cfg, mm, log)
+        shm.driver = driver
         driver.on_session.append(shm)
         try:
             await signals.unless_stopped(driver.start())
@@ -77,16 +83,23 @@ async def serve_guest(
         raise
     where = "no host (loopback)" if cfg.host is None else f"host {cfg.host}"
     log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, {where}")
-    summary = await _run_then_close(rt, driver, signals, (metrics, reports))
+    summary = await _run_then_close(rt, driver, signals, (metrics, reports), shm.ram)
     _finish(cfg, rt, driver, shm.ram, summary, log)
     if driver is not None and driver.fatal is not None:
-        # Its id taken, or a RAM file refused, mid-run: a failure, in one line.
-        raise driver.fatal
+        # Its id taken, a RAM file refused, or killed by the host's OOM killer (exit
+        # 3, with the summary: guest/command.py), mid-run: a failure, in one line.
+        raise _with_summary(driver.fatal, summary)
     log(
         f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
         f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
     )
     return summary
+
+
+def _with_summary(e: UsageError, summary: GuestSummary) -> UsageError:
+    if isinstance(e, OomKilled):
+        e.summary = summary
+    return e
 
 
 class _RamFollower:
@@ -96,6 +109,7 @@ class _RamFollower:
     def __init__(self, cfg: GuestConfig, mm: BuddyAllocator, log: Log) -> None:
         self.cfg, self.mm, self.log = cfg, mm, log
         self.ram: SharedRam | None = None
+        self.driver: BalloonDriver | None = None
 
     def __call__(self, acc: Accepted) -> None:
         if acc.backend != "shm":
@@ -114,10 +128,38 @@ class _RamFollower:
             else:
                 self.ram.move_to(acc.shm_path)
                 self.log(f"moved guest RAM to {acc.shm_path}")
+            self._gate(self.ram, acc)
         except RamFileRefused as e:
             # A host that names such a file is broken or hostile: the connection
             # closes the session and the guest stops (no retrying the same host).
             raise RamFileRefused(f"host {self.cfg.host} {e}") from None
+
+    def _gate(self, ram: SharedRam, acc: Accepted) -> None:
+        """With the host's memory model, the RAM's accesses wait for their touches
+        (guest/ram.py); without it nothing is swapped and nothing waits."""
+        driver = self.driver
+        if driver is None:
+            return
+        if ram.settle not in driver.on_settled:
+            driver.on_settled.append(ram.settle)
+        ram.gate = driver.gate if acc.host_memory else None
+
+
+async def _before_summary(driver: BalloonDriver, ram: SharedRam | None) -> None:
+    """Before the driver stops: with a gate, bring back every allocated frame the
+    host swapped out (bounded), so the final check reads the guest's own pages."""
+    if ram is not None and ram.gate is not None and driver.conn.fatal is None:
+        ticket = ram.fault_in_all(driver.mm)
+        if ticket:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(driver.settled(ticket), FAULT_IN_SECONDS)
+    await driver.stop()
+
+
+# How long a stopping guest waits for the host to bring its swapped frames back
+# for the final page check (a swap-in of a whole 1 GiB guest at 85 us a page is 22 s:
+# past this the check is skipped and says so, guest/ram.py check_all).
+FAULT_IN_SECONDS = 30.0
 
 
 async def _run_then_close(
@@ -125,11 +167,15 @@ async def _run_then_close(
     driver: BalloonDriver | None,
     signals: StopSignals,
     closers: tuple[object, IO[str] | None],
+    ram: SharedRam | None = None,
 ) -> GuestSummary:
     """Run the guest; then, however it ended, close the driver, metrics and report log."""
     metrics, reports = closers
+    connected = driver
     try:
-        return await rt.run(before_summary=driver.stop if driver is not None else None)
+        return await rt.run(
+            before_summary=None if connected is None else lambda: _before_summary(connected, ram)
+        )
     finally:
         signals.remove(rt)
         if driver is not None:
@@ -153,6 +199,12 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         connected.conn.on_fatal.append(lambda _e: rt.ctx.stop.set())
         rt.memory.on_alloc.append(connected.on_alloc)
         rt.host_resident = lambda: connected.host_resident_bytes
+        # The host's memory model: its Notices' delays are the workload's to wait.
+        connected.on_fault_delay.append(rt.ctx.add_fault_debt)
+        connected.conn.on_fatal.append(
+            lambda e: setattr(rt, "oom_killed", rt.oom_killed or isinstance(e, OomKilled))
+        )
+        rt.host_faults = lambda: _host_faults(connected)
         rt.last_chain = lambda: connected.last_done
         # sim: an ack row holds the host's answer to that very chain (a stats poll
         # in between would mix in later touches); shm overrides both below.
@@ -164,6 +216,16 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         mapped = ram
         rt.host_resident = lambda: mapped.resident_bytes()
         rt.ack_resident = None
+
+
+def _host_faults(driver: BalloonDriver) -> HostFaults | None:
+    """The fault figures once any session had the host's memory model (else None)."""
+    if not driver.host_memory_seen:
+        return None
+    fig = driver.host_figures
+    return HostFaults(
+        driver.major_faults, driver.minor_faults, fig.swapped_bytes if fig is not None else None
+    )
 
 
 def _finish(
@@ -184,8 +246,14 @@ def _finish(
             log(f"--ack-log {cfg.ack_log}: cannot write: {e.strerror}")
             summary["ack_log_error"] = e.strerror
     summary["backend"] = "loopback" if driver is None else _host_figures(driver, summary)
+    rt.add_host_faults(summary)
     if ram is not None:
-        ram.check_all(rt.mm)
+        if rt.oom_killed:
+            # The host took the guest's memory with its session: nothing is left
+            # of the guest's to check (a killed VM's RAM is gone too).
+            log("final page check skipped: the host's OOM killer took the guest's memory")
+        else:
+            ram.check_all(rt.mm)
         summary["data_loss_pages"] = ram.data_loss_pages
         summary["poison_errors"] = ram.poison_errors
         summary["pages_checked"] = ram.pages_checked

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from typing import Any
 
 from host.limits import (
     default_calls_per_peer,
@@ -22,7 +23,7 @@ from pagehint.cli_support import (
     parse_address,
     verbosity,
 )
-from pagehint.config import HostConfig
+from pagehint.config import SWAP_IN_COST, SWAP_OUT_COST, VMM_OVERHEAD, HostConfig
 from pagehint.errors import UsageError
 from pagehint.files import read_small_text
 from pagehint.logging import make_logger
@@ -37,7 +38,7 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         description="Serve the virtqueue over gRPC: guests negotiate, report free page "
         "ranges, and the host discards them and acknowledges.",
     )
-    for group in (_serving, _identity_and_outputs, _faults):
+    for group in (_serving, _host_memory, _identity_and_outputs, _faults):
         group(p, env)
     p.set_defaults(handler=run)
 
@@ -81,6 +82,53 @@ def _serving(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         "at most 1024)",
     )
     _client_limits(p, e)
+
+
+def _host_memory(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
+    """Flags: the host's own memory model (host/memory/hostmem.py; off by default).
+    Sources for the defaults: pagehint/config.py HostConfig."""
+    add_flag(
+        p,
+        e,
+        "--host-memory",
+        default=None,
+        help="the host's memory for guests and their VMMs (e.g. 15GiB): past it the coldest "
+        "2 MiB chunks are swapped, and with swap full the OOM killer ends the largest guest "
+        "(default: unlimited, no model; not with --memory-limit)",
+    )
+    add_flag(p, e, "--swap", default="0", help="--host-memory: the host's swap")
+    add_flag(
+        p,
+        e,
+        "--swap-in-cost",
+        default=f"{SWAP_IN_COST:g}",
+        help="--host-memory: seconds a guest waits per 4 KiB page read back from swap "
+        "(Intel DC P4500 random read)",
+    )
+    add_flag(
+        p,
+        e,
+        "--swap-out-cost",
+        default=f"{SWAP_OUT_COST:g}",
+        help="--host-memory: seconds per 4 KiB page written to swap, waited by the guest "
+        "whose fault forced it (Intel DC P4500 random write)",
+    )
+    add_flag(
+        p,
+        e,
+        "--vmm-overhead",
+        default=f"{VMM_OVERHEAD >> 20}MiB",
+        help="--host-memory: each guest's VMM, resident from its negotiation, never swapped "
+        "(QEMU's, measured by smem)",
+    )
+    add_flag(
+        p,
+        e,
+        "--swap-dir",
+        default=None,
+        help="--backend shm with --swap: the folder for the host's swap file (default: a "
+        "private folder under /var/tmp, removed at stop)",
+    )
 
 
 def _client_limits(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
@@ -203,12 +251,9 @@ def _faults(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
 
 def config_from_args(a: argparse.Namespace) -> HostConfig:
     listen = parse_address(str(a.listen), "--listen", allow_port_zero=True)
-    capacity = None
-    if a.memory_limit is not None:
-        capacity = convert(a.memory_limit, lambda s: parse_size(s, "size"), "--memory-limit")
-    metrics_port = None
-    if a.metrics_port is not None:
-        metrics_port = convert(a.metrics_port, int, "--metrics-port")
+    capacity = None if a.memory_limit is None else convert(a.memory_limit, _size, "--memory-limit")
+    port = a.metrics_port
+    metrics_port = None if port is None else convert(port, int, "--metrics-port")
     from pagehint.metrics import check_listen_addr  # here: prometheus_client is slow to import
 
     check_listen_addr(str(a.metrics_addr))  # a port or not: 1.2.3.4 never passes unseen
@@ -232,6 +277,7 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
     if a.max_connections is not None:
         max_connections = convert(a.max_connections, int, "--max-connections")
     return HostConfig(
+        **_host_memory_fields(a),
         listen=listen,
         backend=str(a.backend),
         discard=str(a.discard),
@@ -261,6 +307,34 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         auth_penalty_max=convert(a.auth_penalty_max, parse_seconds, "--auth-penalty-max"),
         chain_log=None if a.chain_log is None else str(a.chain_log),
     )
+
+
+def _host_memory_fields(a: argparse.Namespace) -> dict[str, Any]:
+    """HostConfig's host memory model fields from the flags."""
+    host_memory = None
+    if a.host_memory is not None:
+        host_memory = convert(a.host_memory, _size, "--host-memory")
+    return {
+        "host_memory_bytes": host_memory,
+        "swap_bytes": convert(a.swap, _size, "--swap"),
+        "swap_in_cost": convert(a.swap_in_cost, _cost, "--swap-in-cost"),
+        "swap_out_cost": convert(a.swap_out_cost, _cost, "--swap-out-cost"),
+        "vmm_overhead_bytes": convert(a.vmm_overhead, _size, "--vmm-overhead"),
+        "swap_dir": a.swap_dir,
+    }
+
+
+def _size(text: str) -> int:
+    return parse_size(text, "size")
+
+
+def _cost(text: str) -> float:
+    """Seconds per page: a duration (0.085ms) or a plain number, which may be
+    written with an exponent (85e-6)."""
+    try:
+        return parse_seconds(text, "cost")
+    except UsageError:
+        return float(text)  # ValueError: convert() says "bad value"
 
 
 def load_tokens(path: str) -> dict[str, str]:

@@ -27,6 +27,15 @@ process holds its guest id for good ends "this one gives way" (GIVES_WAY), and
 says how it was lost. Sessions are also counted per client address, and one
 address holds at most ``max_sessions_per_peer`` of them.
 
+With ``--host-memory`` (host/memory/hostmem.py) a guest that offered
+``host_memory`` gets a Notice for every Touched batch (``answer_touched``: its seq,
+the wait its faults and the writeback they forced cost, its evicted frames), and
+hears of evictions other guests caused on its own stream (``wake_evicted``; the
+service writes them). A guest that did not offer it is held but never swapped. A
+guest bigger than the host's memory and swap is refused (``TooBig``,
+RESOURCE_EXHAUSTED); the OOM killer's victim has its session ended with the
+kill's reason (``_oom_killed``), which its stream ends with (ABORTED).
+
 Counts (chains, bytes reported, refusals, failures) belong to a guest's line
 of sessions: a session that fences its predecessor takes over its totals, and
 a fresh negotiation (a new guest process, even with an id used before) starts
@@ -49,12 +58,13 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from host.memory.base import GuestRam, MemoryBackend
+from host.memory.hostmem import Kill, TouchOutcome
 from pagehint.logging import debug_of
 from pagehint.ratelog import RateLimitedLog
 from pagehint.stats import LatencyHistogram
 from virtqueue import codec
 from virtqueue import features as F
-from virtqueue.codec import Fence, GuestFigures, HostFigures, UsedMsg
+from virtqueue.codec import Fence, GuestFigures, HostFigures, NoticeMsg, UsedMsg
 from virtqueue.contract import MAX_ORDER, PAGE_SIZE, guest_id_problem, ram_size_problem
 
 T = TypeVar("T")
@@ -98,6 +108,12 @@ class SessionError(Exception):
     """Unknown or expired session."""
 
 
+class SessionKilled(SessionError):
+    """The session was ended by the host's OOM killer: a later call of it is told
+    so (ABORTED with the reason), not "unknown", or its guest would negotiate
+    again and be killed again."""
+
+
 class NegotiationError(Exception):
     """A guest asked for something the device cannot do."""
 
@@ -118,6 +134,10 @@ class PeerLimitReached(LimitReached):
     """The client's address holds as many sessions as one address may."""
 
 
+class TooBig(LimitReached):
+    """The guest's RAM and VMM could never fit the host's memory and swap."""
+
+
 # A session with no stream open and no call for this long is no longer "live":
 # a new guest process with the same id may take its place (its guest crashed).
 STALE_AFTER = 5.0
@@ -128,6 +148,7 @@ _TURN_AWAY_REASONS: dict[type[NegotiationError], str] = {
     SessionInUse: "in_use",
     LimitReached: "session_limit",
     PeerLimitReached: "peer_limit",
+    TooBig: "too_big",
     NotPermitted: "not_permitted",
 }
 
@@ -192,6 +213,18 @@ class Session:
     # Named by a call since it was opened: its holder has its token. A session that
     # never was may be one whose negotiation's answer was lost (see _check_takeover).
     used: bool = False
+    # Follows the host's memory model (--host-memory, and the guest offered it): its
+    # touches are answered with Notices, and it hears of its frames' evictions.
+    host_memory: bool = False
+    # Why the OOM killer ended it (its stream ends ABORTED with this); "" otherwise.
+    killed: str = ""
+    # Its Reporting streams' wake-ups: set when the host has something to tell it
+    # that answers no message of its own (evictions caused by other guests).
+    wakes: set[asyncio.Event] = field(default_factory=set)
+
+    def wake(self) -> None:
+        for w in self.wakes:
+            w.set()
 
     @property
     def nr_pages(self) -> int:
@@ -264,6 +297,8 @@ class BalloonDevice:
         self.instance = secrets.token_hex(8)
         self.sessions: dict[str, Session] = {}
         self.by_guest: dict[str, str] = {}
+        # Sessions the OOM killer ended (token -> reason), the newest kept.
+        self.killed: OrderedDict[str, str] = OrderedDict()
         # token -> (guest id, ids of its chains that were DONE, its totals), for late fences.
         self.ended: OrderedDict[str, tuple[str, frozenset[int], GuestTotals]] = OrderedDict()
         # Sessions another client took over, and how: their old holder may not take
@@ -287,6 +322,8 @@ class BalloonDevice:
         self._debug = debug_of(log)  # -v: a line per chain
         # One line per reason per interval, however many chains are refused.
         self.problems = RateLimitedLog(self.log)
+        if backend.model is not None:
+            backend.model.on_kill = self._oom_killed
 
     # ---- sessions ------------------------------------------------------------------
 
@@ -301,6 +338,7 @@ class BalloonDevice:
         previous_session: str = "",
         identity: str | None = None,
         peer: str = "",
+        host_memory: bool = False,
     ) -> tuple[Session, Fence | None]:
         """Open a session; with ``previous_session``, fence that one first.
 
@@ -309,11 +347,14 @@ class BalloonDevice:
         A guest id with a live session is taken over only by the holder of that
         session (naming it as previous) or by the same proven identity.
         ``peer`` is the client's address, for the per-peer quota ("": none).
+        ``host_memory``: the guest offered to follow the host's memory model (it
+        does only if the host has one).
         """
         _check_offer(guest_id, ram_bytes, page_size, offered, poison_val)
         if identity is not None and identity != guest_id:
             raise NotPermitted(f"this client may act only as guest {identity!r}, not {guest_id!r}")
-        ram = self._admit(guest_id, ram_bytes, page_size, previous_session, identity, peer)
+        follows = host_memory and self.backend.model is not None
+        ram = self._admit(guest_id, ram_bytes, page_size, previous_session, identity, peer, follows)
         fence, totals = None, GuestTotals()
         if previous_session:
             try:
@@ -337,17 +378,25 @@ class BalloonDevice:
             totals=totals,
             queue_size=self.queue_size,
             peer=peer,
+            host_memory=follows,
         )
+        self._open(s, previous_session)
+        return s, fence
+
+    def _open(self, s: Session, previous_session: str) -> None:
+        """Book a new session (its negotiation passed) and say so."""
         self.sessions[s.token] = s
-        self.by_guest[guest_id] = s.token
-        if peer:
-            self.per_peer[peer] += 1
+        self.by_guest[s.guest_id] = s.token
+        if s.peer:
+            self.per_peer[s.peer] += 1
         if previous_session:
             _remember(self.resumed_by, previous_session, s)
+        model = ", host memory model" if s.host_memory else ""
+        features = F.describe(s.features)
         self.log(
-            f"guest {guest_id} negotiated: {ram_bytes >> 20} MiB, features {F.describe(accepted)}"
+            f"guest {s.guest_id} negotiated: {s.ram_bytes >> 20} MiB, features {features}{model}"
         )
-        return s, fence
+        self.wake_evicted()  # its VMM's overhead may have pushed others' frames out
 
     def _admit(
         self,
@@ -357,22 +406,47 @@ class BalloonDevice:
         previous_session: str,
         identity: str | None,
         peer: str,
+        host_memory: bool = False,
     ) -> GuestRam:
         """May this caller have a session now, and is there room: its RAM, or raise."""
         try:
             self._check_takeover(guest_id, previous_session, identity)
             self._check_limits(guest_id, peer)
+            self._check_fits(ram_bytes)
         except NegotiationError as e:
             self._turn_away(e, guest_id, peer)
             raise
         try:
             # Before the fence: a failure here must leave the caller's old session untouched.
-            return self.backend.attach(guest_id, ram_bytes // PAGE_SIZE, page_size)
+            nr_pages = ram_bytes // PAGE_SIZE
+            # (host_memory given only when true: a backend written before the model
+            # takes three arguments, and a host without the model never passes it.)
+            if host_memory:
+                ram = self.backend.attach(guest_id, nr_pages, page_size, host_memory=True)
+            else:
+                ram = self.backend.attach(guest_id, nr_pages, page_size)
         except OSError as e:
             # The detail (a path, an errno) is for the host's log, not for the client.
             self.problems.note(f"attach:{e.errno}", f"guest {guest_id}: cannot hold its RAM: {e}")
             self.turned_away["no_room"] += 1
             raise LimitReached("the host cannot hold another guest's RAM now") from None
+        if ram.killed:  # its own VMM's overhead made it the OOM killer's victim
+            self.turned_away["no_room"] += 1
+            raise LimitReached("the host's OOM killer took this guest as it started")
+        return ram
+
+    def _check_fits(self, ram_bytes: int) -> None:
+        """A guest bigger than the host's memory and swap together could never be held:
+        refused (RESOURCE_EXHAUSTED) rather than started and killed."""
+        model = self.backend.model
+        if model is None or model.fits(ram_bytes // PAGE_SIZE):
+            return
+        raise TooBig(
+            f"guest RAM {ram_bytes >> 20} MiB + VMM overhead "
+            f"{model.overhead_pages * PAGE_SIZE >> 20} MiB exceeds the host's memory "
+            f"{model.memory_pages * PAGE_SIZE >> 20} MiB + swap "
+            f"{model.swap_pages * PAGE_SIZE >> 20} MiB"
+        )
 
     def _check_takeover(self, guest_id: str, previous_session: str, identity: str | None) -> None:
         """May this caller open a session for ``guest_id`` now? Raise if not.
@@ -466,6 +540,7 @@ class BalloonDevice:
             fence=fence,
             instance=self.instance,
             session_timeout_ms=min(int(self.session_timeout * 1000), 2**32 - 1),
+            host_memory=s.host_memory,
         )
 
     def fence(self, guest_id: str, token: str) -> Fence:
@@ -484,6 +559,9 @@ class BalloonDevice:
     def session(self, token: str) -> Session:
         s = self.sessions.get(token)
         if s is None:
+            killed = self.killed.get(token)
+            if killed is not None:
+                raise SessionKilled(killed)
             raise SessionError("unknown or expired session")
         s.last_seen = time.monotonic()
         s.used = True
@@ -671,9 +749,32 @@ class BalloonDevice:
 
     def handle_touched(self, s: Session, pfns: Sequence[int], counts: Sequence[int]) -> bool:
         """Apply a batch of touched frames; False (counted, nothing applied) if it is bad."""
+        return self._touch(s, pfns, counts) is not None
+
+    def answer_touched(
+        self, s: Session, pfns: Sequence[int], counts: Sequence[int], seq: int = 0
+    ) -> NoticeMsg | None:
+        """Apply a batch of touched frames; for a guest that follows the host's memory
+        model, the Notice settling it (every batch gets one, a refused one too: the
+        guest may wait for it), carrying what it cost and the guest's evictions."""
+        outcome = self._touch(s, pfns, counts)
+        self.wake_evicted(s)
+        if not s.host_memory or s.ended:
+            return None
+        if outcome is None:
+            outcome = TouchOutcome(0, 0, 0, 0, 0.0)
+        return NoticeMsg(
+            evicted=s.ram.take_evicted(),
+            touch_seq=seq,
+            delay_us=round(outcome.delay * 1e6),
+            major=outcome.major,
+            minor=outcome.minor,
+        )
+
+    def _touch(self, s: Session, pfns: Sequence[int], counts: Sequence[int]) -> TouchOutcome | None:
         if len(pfns) != len(counts):
             self.refuse("touched_malformed", f"guest {s.guest_id}: touched arrays differ in length")
-            return False
+            return None
         limit = s.nr_pages
         runs = []
         for pfn, c in zip(pfns, counts, strict=True):
@@ -682,18 +783,46 @@ class BalloonDevice:
                 self.refuse(
                     "touched_out_of_range", f"guest {s.guest_id}: touched run {pfn:#x}+{c} {what}"
                 )
-                return False
+                return None
             runs.append((pfn, c))
         try:
-            s.ram.touched(runs)
+            outcome = s.ram.touch(runs)
         except OSError as e:
             # The host's memory limit cannot hold the books of these frames (sim:
             # ledger chunks): nothing of the batch was applied.
             self.refuse("touched_no_memory", f"guest {s.guest_id}: touched batch refused: {e}")
-            return False
+            return None
         s.totals.touched_pages += sum(c for _, c in runs)
         self._note_peak(s)
-        return True
+        return outcome
+
+    def wake_evicted(self, current: Session | None = None) -> None:
+        """Tell the streams of guests whose frames the model evicted (other than
+        ``current``, whose own Notice carries them) that a Notice waits."""
+        model = self.backend.model
+        if model is None or not model.dirty:
+            return
+        for g in list(model.dirty):
+            token = self.by_guest.get(g.guest_id)
+            s = self.sessions.get(token) if token is not None else None
+            if s is None or getattr(s.ram, "memory", None) is not g:
+                model.dirty.pop(g, None)  # no session of it to tell (cannot happen)
+            elif s is not current:
+                s.wake()
+
+    def _oom_killed(self, kill: Kill) -> None:
+        """The model's OOM killer took a guest: its session ends, its stream with
+        ABORTED and the reason (host/service.py)."""
+        reason = kill.reason()
+        for token, s in list(self.sessions.items()):
+            if getattr(s.ram, "memory", None) is kill.guest:
+                s.killed = reason
+                self.killed[token] = reason
+                while len(self.killed) > ENDED_SESSIONS_KEPT:
+                    self.killed.popitem(last=False)
+                self.end(token, reason)
+                return
+        self.log(f"guest {kill.guest.guest_id} starting: {reason}")
 
     def _note_peak(self, s: Session) -> None:
         # Residency only rises on touches (a chain only lowers it), and is sampled
@@ -714,12 +843,15 @@ class BalloonDevice:
         resident = s.ram.resident_pages()
         s.peak_resident_pages = max(s.peak_resident_pages, resident)
         t = s.totals
+        swapped = s.ram.swapped_pages()
+        major, minor = s.ram.faults()
         return GuestFigures(
             guest_id=s.guest_id,
             ram_bytes=s.ram_bytes,
             resident_bytes=resident * ps,
             lazily_free_bytes=s.ram.lazily_free_pages() * ps,
-            discarded_bytes=(s.nr_pages - resident) * ps,
+            # Not held in memory nor in swap (swapped frames are the guest's still).
+            discarded_bytes=(s.nr_pages - resident - swapped) * ps,
             reported_bytes=t.reported_pages * ps,
             chains=t.chains,
             refused_chains=t.refused,
@@ -729,6 +861,9 @@ class BalloonDevice:
             measured_by_kernel=s.ram.measured_by_kernel,
             failed_chains=t.failed,
             sessions=t.sessions,
+            swapped_bytes=swapped * ps,
+            major_faults=major,
+            minor_faults=minor,
         )
 
     def own_figures(self, self_guest: GuestFigures) -> HostFigures:
@@ -750,12 +885,14 @@ class BalloonDevice:
         resident = self.resident_pages()
         self.peak_resident_pages = max(self.peak_resident_pages, resident)
         cap = self.backend.capacity_pages
+        model = self.backend.model
+        reclaimed = self.backend.reclaimed if model is None else model.lazy_reclaimed
         return HostFigures(
             guests=[self.figures(s) for s in self.sessions.values()],
             capacity_bytes=(cap or 0) * PAGE_SIZE,
             resident_bytes=resident * PAGE_SIZE,
             peak_resident_bytes=self.peak_resident_pages * PAGE_SIZE,
-            reclaimed_bytes=self.backend.reclaimed * PAGE_SIZE,
+            reclaimed_bytes=reclaimed * PAGE_SIZE,
             chains=self.chains,
             refused_chains=sum(self.refusals.values()),
             refusals=dict(self.refusals),
@@ -764,4 +901,20 @@ class BalloonDevice:
             failed_chains=self.failed_chains,
             discard_errors=dict(self.discard_errors),
             instance=self.instance,
+            **self._model_figures(),
         )
+
+    def _model_figures(self) -> dict[str, int]:
+        """The host memory model's figures (HostFigures fields; none without it)."""
+        m = self.backend.model
+        if m is None:
+            return {}
+        return {
+            "host_memory_bytes": m.memory_pages * PAGE_SIZE,
+            "swap_bytes": m.swap_pages * PAGE_SIZE,
+            "swap_used_bytes": m.swap_used * PAGE_SIZE,
+            "swap_ins": m.swap_ins,
+            "swap_outs": m.swap_outs,
+            "oom_kills": m.oom_kills,
+            "vmm_overhead_bytes": m.overhead_pages * PAGE_SIZE,
+        }

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from host.device import BalloonDevice
+from host.device import BalloonDevice, Session
 from host.limits import ConnectionWatch
 from pagehint.metrics import counter, gauge, histogram
 from virtqueue.contract import PAGE_SIZE
@@ -51,11 +51,48 @@ def host_metrics(device: BalloonDevice, watch: ConnectionWatch | None = None) ->
     yield gauge("pagehint_host_guests", "Guests with a session.", len(sessions))
     yield counter("pagehint_host_chains_all", "Chains used, all guests.", device.chains)
     yield from _turned_away(device, watch)
+    yield from _host_memory(device, sessions)
     yield histogram(
         "pagehint_host_chain_seconds",
         "Time to check and discard one chain.",
         device.chain_histogram,
     )
+
+
+def _host_memory(device: BalloonDevice, sessions: list[Session]) -> Iterator[Metric]:
+    """The host memory model's figures (--host-memory; none without it)."""
+    m = device.backend.model
+    if m is None:
+        return
+    yield gauge(
+        "pagehint_host_memory_bytes", "The host's memory for guests.", m.memory_pages * PAGE_SIZE
+    )
+    yield gauge("pagehint_host_swap_bytes", "The host's swap.", m.swap_pages * PAGE_SIZE)
+    yield gauge("pagehint_host_swap_used_bytes", "Swap in use.", m.swap_used * PAGE_SIZE)
+    yield counter("pagehint_host_swap_ins", "Pages read back from swap (major faults).", m.swap_ins)
+    yield counter("pagehint_host_swap_outs", "Pages written to swap.", m.swap_outs)
+    yield counter("pagehint_host_oom_kills", "Guests ended by the host's OOM killer.", m.oom_kills)
+    major = CounterMetricFamily(
+        "pagehint_host_major_faults",
+        "Touches of swapped pages (swap-ins), per guest.",
+        labels=["guest"],
+    )
+    minor = CounterMetricFamily(
+        "pagehint_host_minor_faults",
+        "Touches of absent pages (zero fill), per guest.",
+        labels=["guest"],
+    )
+    swapped = GaugeMetricFamily(
+        "pagehint_host_swapped_bytes", "Each guest's pages in swap.", labels=["guest"]
+    )
+    for s in sessions:
+        ma, mi = s.ram.faults()
+        major.add_metric([s.guest_id], ma)
+        minor.add_metric([s.guest_id], mi)
+        swapped.add_metric([s.guest_id], s.ram.swapped_pages() * PAGE_SIZE)
+    yield major
+    yield minor
+    yield swapped
 
 
 def _turned_away(device: BalloonDevice, watch: ConnectionWatch | None) -> Iterator[Metric]:

@@ -18,6 +18,7 @@ from host.calls import CallsPerPeer
 from host.device import BalloonDevice, Faults
 from host.limits import ConnectionWatch
 from host.memory.base import MemoryBackend
+from host.memory.hostmem import HostMemory
 from host.memory.sim import SimBackend
 from host.service import BalloonService
 from pagehint.config import HostConfig
@@ -65,15 +66,29 @@ def listeners(cfg: HostConfig) -> int:
     return max(1, len({info[4][:2] for info in found}))
 
 
+def make_model(cfg: HostConfig) -> HostMemory | None:
+    """The host's memory model (--host-memory), or None (off: the host holds what its
+    guests touch)."""
+    if cfg.host_memory_bytes is None:
+        return None
+    return HostMemory(
+        cfg.host_memory_bytes // PAGE_SIZE,
+        cfg.swap_bytes // PAGE_SIZE,
+        cfg.swap_in_cost,
+        cfg.swap_out_cost,
+        -(-cfg.vmm_overhead_bytes // PAGE_SIZE),
+    )
+
+
 def make_backend(cfg: HostConfig) -> MemoryBackend:
     cap = None if cfg.capacity_bytes is None else cfg.capacity_bytes // PAGE_SIZE
     if cfg.backend == "sim":
-        return SimBackend(cfg.discard, cap)
+        return SimBackend(cfg.discard, cap, make_model(cfg))
     if cfg.backend == "shm":
         from host.memory.shm import ShmBackend
 
         try:
-            return ShmBackend(cfg.shm_dir, cfg.discard, cap)
+            return ShmBackend(cfg.shm_dir, cfg.discard, cap, make_model(cfg), cfg.swap_dir)
         except OSError as e:  # e.g. a read-only --shm-dir: its pid file cannot be written
             where = cfg.shm_dir or "/dev/shm"
             raise UsageError(f"--shm-dir {where}: cannot use: {e.strerror or e}") from None
@@ -260,9 +275,15 @@ def _open_chain_log(path: str) -> TextIO:
 def _listening_line(cfg: HostConfig, addr: str) -> str:
     limit = "none" if cfg.capacity_bytes is None else format_size(cfg.capacity_bytes)
     who = "mutual TLS" if cfg.tls else "tokens" if cfg.tokens else "plain text"
+    memory = f"memory limit {limit}"
+    if cfg.host_memory_bytes is not None:
+        memory = (
+            f"host memory {format_size(cfg.host_memory_bytes)}, swap "
+            f"{format_size(cfg.swap_bytes)}, VMM overhead {format_size(cfg.vmm_overhead_bytes)}"
+        )
     return (
         f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
-        f"queue {cfg.queue_size}, memory limit {limit}, {who}, "
+        f"queue {cfg.queue_size}, {memory}, {who}, "
         f"at most {cfg.max_sessions} sessions, {cfg.max_sessions_per_peer} per client "
         f"address, {cfg.max_connections} connections)"
     )

@@ -27,6 +27,7 @@ from host.device import (
     Session,
     SessionError,
     SessionInUse,
+    SessionKilled,
 )
 from host.peers import AuthThrottle, peer_address
 from pagehint.tls import peer_identity
@@ -211,6 +212,7 @@ class BalloonService:
                 n.previous_session,
                 identity,
                 peer=peer_address(str(context.peer() or "")),
+                host_memory=n.host_memory,
             )
         except NegotiationError as e:
             code = next(c for cls, c in _STATUS_OF if isinstance(e, cls))
@@ -229,29 +231,19 @@ class BalloonService:
             session = self.device.session(token)
         except SessionError as e:
             self.device.refuse("unknown_session")
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(e))
+            await _abort(context, _session_status(e), str(e))
         session.streams += 1
         task = asyncio.current_task()
         if task is not None:
             session.stream_tasks.add(task)
         try:
-            if self.latency:
-                async for msg in request_iterator:
-                    if session.ended:
-                        break
-                    used = await self._delayed_message(session, msg)
-                    if used is not None:
-                        yield used
-            else:
-                # The hot path: one message handled start to finish without
-                # yielding to the loop (no task or future per chain).
-                one = self._one_message
-                async for msg in request_iterator:
-                    if session.ended:
-                        break
-                    used = one(session, msg)
-                    if used is not None:
-                        yield used
+            answers = (
+                self._with_notices(session, request_iterator)
+                if session.host_memory
+                else self._answers(session, request_iterator)
+            )
+            async for used in answers:
+                yield used
         except asyncio.CancelledError:
             # Ending the session (fenced, expired, replaced) cancels this task. gRPC
             # sends no status for a cancelled handler, so the guest would wait on a
@@ -271,8 +263,103 @@ class BalloonService:
             session.streams -= 1
             if task is not None:
                 session.stream_tasks.discard(task)
+        if session.killed:
+            # The host's OOM killer ended it: the guest ends too (it does not reconnect).
+            await _abort(context, grpc.StatusCode.ABORTED, session.killed)
         if session.ended:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "session ended; negotiate again")
+
+    async def _answers(
+        self,
+        session: Session,
+        request_iterator: AsyncIterator[codec.GuestMessage | codec.Malformed],
+    ) -> AsyncIterator[codec.Used]:
+        """The guest's messages answered in turn (a guest without the host's memory
+        model: the host speaks only when spoken to)."""
+        if self.latency:
+            async for msg in request_iterator:
+                if session.ended:
+                    break
+                used = await self._delayed_message(session, msg)
+                if used is not None:
+                    yield used
+            return
+        # The hot path: one message handled start to finish without yielding to the
+        # loop (no task or future per chain).
+        one = self._one_message
+        async for msg in request_iterator:
+            if session.ended:
+                break
+            used = one(session, msg)
+            if used is not None:
+                yield used
+
+    async def _with_notices(
+        self,
+        session: Session,
+        request_iterator: AsyncIterator[codec.GuestMessage | codec.Malformed],
+    ) -> AsyncIterator[codec.Used]:
+        """A stream of a guest that follows the host's memory model: the host also
+        speaks unasked (a Notice of evictions other guests' touches caused), so the
+        guest's messages are read by a task of their own and both kinds of answer
+        are written from here, in order. The reader waits while its answers are
+        unwritten (at most a queue's worth: a guest that does not read is not
+        buffered without end)."""
+        answers: asyncio.Queue[codec.Used | BaseException | None] = asyncio.Queue(
+            maxsize=max(1, session.queue_size)
+        )
+        wake = asyncio.Event()
+        session.wakes.add(wake)
+        reader = asyncio.create_task(self._read_into(session, request_iterator, answers, wake))
+        try:
+            while True:
+                evicted = session.ram.take_evicted()
+                if evicted:
+                    yield codec.encode_notice(codec.NoticeMsg(evicted, 0, 0, 0, 0))
+                while not answers.empty():
+                    item = answers.get_nowait()
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                if session.ended:
+                    return
+                await wake.wait()
+                wake.clear()
+        finally:
+            session.wakes.discard(wake)
+            reader.cancel()
+
+    async def _read_into(
+        self,
+        session: Session,
+        request_iterator: AsyncIterator[codec.GuestMessage | codec.Malformed],
+        answers: asyncio.Queue[codec.Used | BaseException | None],
+        wake: asyncio.Event,
+    ) -> None:
+        """The guest's messages, answered into ``answers``; None when the guest is
+        done, the exception when a message does not decode (the stream ends)."""
+        end: codec.Used | BaseException | None = None
+        try:
+            async for msg in request_iterator:
+                if session.ended:
+                    break
+                if self.latency:
+                    used = await self._delayed_message(session, msg)
+                else:
+                    used = self._one_message(session, msg)
+                if used is not None:
+                    await answers.put(used)
+                    wake.set()
+        except codec.Undecodable as e:
+            end = e
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the writer raises it: one path for every failure
+            end = e
+        await answers.put(end)
+        wake.set()
 
     def _one_message(
         self, session: Session, msg: codec.GuestMessage | codec.Malformed
@@ -285,9 +372,9 @@ class BalloonService:
             self.device.refuse("malformed", f"guest {session.guest_id}: empty message")
             return None
         if isinstance(decoded, codec.TouchedMsg):
-            self.device.handle_touched(session, decoded.pfns, decoded.counts)
+            notice = self.device.answer_touched(session, decoded.pfns, decoded.counts, decoded.seq)
             session.last_seen = time.monotonic()
-            return None
+            return None if notice is None else codec.encode_notice(notice)
         used = self.device.handle_report(session, decoded.id, decoded.pfns, decoded.orders)
         if used is None:
             # A fence ended the session while this chain waited: it was cancelled
@@ -344,7 +431,7 @@ class BalloonService:
             try:
                 s = self.device.session(token)
             except SessionError as e:
-                await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(e))
+                await _abort(context, _session_status(e), str(e))
             self_guest = self.device.figures(s)
             if self_only:
                 return codec.encode_host_stats(self.device.own_figures(self_guest))
@@ -372,3 +459,11 @@ class BalloonService:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or expired session")
         self.device.end(token, "closed by the guest")
         return codec.close_reply()
+
+
+def _session_status(e: SessionError) -> grpc.StatusCode:
+    """ABORTED for a session the OOM killer ended (the guest stops, exit 3), else
+    UNAUTHENTICATED (the guest negotiates again)."""
+    return (
+        grpc.StatusCode.ABORTED if isinstance(e, SessionKilled) else grpc.StatusCode.UNAUTHENTICATED
+    )

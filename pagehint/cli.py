@@ -17,7 +17,13 @@ def build_parser(env: Mapping[str, str]) -> Parser:
     from guest import group_command
     from host import certs_command, health_command
     from host import command as host_command
-    from lab import compare_command, demo_command, loadtest_command, sweep_command
+    from lab import (
+        compare_command,
+        demo_command,
+        density_command,
+        loadtest_command,
+        sweep_command,
+    )
 
     parser = Parser(
         prog="pagehint",
@@ -39,6 +45,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
         compare_command,
         loadtest_command,
         sweep_command,
+        density_command,
         health_command,
         certs_command,
     ):

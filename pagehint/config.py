@@ -32,6 +32,12 @@ MAX_CAPACITY = 512  # blocks per report
 MAX_COUNT = 1_000_000_000  # any other count a flag takes (--threshold)
 MAX_RATE = 10_000_000.0  # allocator operations per second: far above what Python reaches
 MAX_SPEED = 1e6
+# Swap at most this many times --host-memory (HostConfig._check_host_memory says why).
+MAX_SWAP_RATIO = 64
+# The host memory model's defaults (sources beside HostConfig's fields).
+SWAP_IN_COST = 85e-6
+SWAP_OUT_COST = 20e-6
+VMM_OVERHEAD = 72 << 20
 
 
 class ConfigError(UsageError):
@@ -200,6 +206,73 @@ class TraceConfig:
         )
 
 
+# The guest's boot footprint (guest/workloads/boot.py). Every figure below was measured
+# on this project's development machine, a 2-vCPU Linux 6.18 guest (24 GiB), and is
+# recorded in docs/plans/density-sources.md ("guest boot footprint", "This machine"):
+#
+# Size: what the kernel and userspace hold outside the page cache, MemTotal - MemFree -
+# Cached - Buffers in /proc/meminfo = 238,980 kB (233 MiB) after 47 min idle-ish. A
+# later reading (276 MiB) had more AnonPages only because this project's own Python
+# processes were running. The page cache (698 MB-1.1 GB here) is left out: it was other
+# people's work, not what a fresh guest holds. Used only where a lab command asks for it
+# (`pagehint density`); `pagehint guest` defaults to 0, so its figures stay as they were.
+BOOT_FOOTPRINT_MEASURED = 233 << 20
+# Order mix, percent of the footprint's bytes per allocation order. From the same
+# snapshot: AnonPages 34,768 kB, PageTables 2,028 kB and KernelStack 1,560 kB are order 0
+# (no AnonHugePages; stacks are vmalloc'd, CONFIG_VMAP_STACK), Slab 96,464 kB split by
+# /proc/slabinfo (pagesperslab x num_slabs: order 0 33.6%, 1 14.0%, 2 45.8%, 3 6.7%).
+# Of those 134,820 kB: order 0 52.5%, 1 10.0%, 2 32.8%, 3 4.8%. The ~100 MiB meminfo
+# does not itemise is assumed to follow the same mix.
+BOOT_ORDERS_MEASURED: tuple[tuple[int, int], ...] = ((0, 52), (1, 10), (2, 33), (3, 5))
+# Free space interleaved with it, per byte held: /proc/buddyinfo's free pages below
+# order 9 (the hinting order: holes no 2 MiB report can take) over the memory in use
+# (MemTotal - MemFree): 940 MiB / 1,389 MiB = 0.68 on this machine. That memory in use
+# includes its page cache, whose churn made many of the holes: for a freshly booted
+# guest this is an upper bound.
+BOOT_HOLES_MEASURED = 0.7
+MAX_BOOT_HOLES = 16.0
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """Memory a booted guest holds for its whole run, allocated before its workload
+    (guest/workloads/boot.py): ``size_bytes`` held, in blocks of ``orders`` (order,
+    percent of the bytes), with ``holes`` x as much freed again between them."""
+
+    size_bytes: int = 0
+    orders: tuple[tuple[int, int], ...] = BOOT_ORDERS_MEASURED
+    holes: float = BOOT_HOLES_MEASURED
+
+    def __post_init__(self) -> None:
+        validate(
+            self,
+            (
+                ("size_bytes", "--boot-footprint", at_least(0, whole=True)),
+                ("holes", "--boot-holes", between(0, MAX_BOOT_HOLES)),
+            ),
+        )
+        require(bool(self.orders), "--boot-orders: give at least one order:percent")
+        for order, pct in self.orders:
+            require(
+                _number(order, True) and 0 <= order <= MAX_ORDER,
+                f"--boot-orders: order {order!r} must be 0..{MAX_ORDER}",
+            )
+            require(
+                _number(pct, True) and 0 < pct <= 100,
+                f"--boot-orders: order {order}'s share {pct!r} must be 1..100 (percent)",
+            )
+        require(
+            len({o for o, _ in self.orders}) == len(self.orders),
+            "--boot-orders: an order is given twice",
+        )
+        total = sum(p for _, p in self.orders)
+        require(total == 100, f"--boot-orders: the shares add up to {total}, not 100")
+
+    def span_bytes(self) -> int:
+        """What the boot touches: the footprint and the holes between its blocks."""
+        return int(self.size_bytes * (1 + self.holes))
+
+
 @dataclass(frozen=True)
 class GuestConfig:
     ram_bytes: int = 1 << 30
@@ -247,6 +320,8 @@ class GuestConfig:
     shm_dir: str = "/dev/shm"
     hinting: HintingConfig = field(default_factory=HintingConfig)
     trace: TraceConfig | None = None
+    # Held from boot to the end (off by default: see BootConfig above).
+    boot: BootConfig = field(default_factory=BootConfig)
 
     def __post_init__(self) -> None:
         require(
@@ -296,6 +371,21 @@ class GuestConfig:
         require(
             isinstance(shm_dir, str) and bool(shm_dir.strip()) and "\0" not in shm_dir,
             f"--shm-dir {shm_dir!r}: give a folder",
+        )
+        self._check_boot()
+
+    def _check_boot(self) -> None:
+        if not self.boot.size_bytes:
+            return
+        # A trace replays the traced machine's own blocks: a boot of ours would hold
+        # pages its events name.
+        require(self.trace is None, "--boot-footprint is not for --trace (the trace has its own)")
+        span = self.boot.span_bytes()
+        require(
+            span < self.ram_bytes,
+            f"--boot-footprint {format_size(self.boot.size_bytes)} with --boot-holes "
+            f"{self.boot.holes:g} touches {format_size(span)}: more than --ram "
+            f"{format_size(self.ram_bytes)}",
         )
 
 
@@ -371,6 +461,29 @@ class HostConfig:
     # The host's own record: one JSON line per chain (wall time, guest, chain id,
     # status, the guest's resident bytes right after it).
     chain_log: str | None = None
+    # The host's memory model (host/memory/hostmem.py; sources for every default in
+    # docs/plans/density-sources.md). None: no model, the host holds whatever its
+    # guests touch (as before issue 23), and the four settings below do nothing.
+    # It differs from capacity_bytes (--memory-limit), which stays what it was: a
+    # hard limit with no swap (the sim ledgers past it are refused, ENOMEM, and only
+    # lazily freed frames are reclaimed). Not an alias: that would turn its refusals
+    # into swapping and OOM kills for every setup that uses it. One or the other.
+    host_memory_bytes: int | None = None
+    # Swap for guests' frames (0: none; swap full and still over: the OOM killer).
+    swap_bytes: int = 0
+    # Per 4 KiB page: Intel SSD DC P4500 (NVMe), Lenovo Press product guide, Table 2,
+    # "Read access latency random 85 µs" and "Write access latency random 20 µs".
+    swap_in_cost: float = SWAP_IN_COST
+    swap_out_cost: float = SWAP_OUT_COST
+    # Each guest's VMM, resident from its negotiation and never swapped: 72 MiB, the
+    # QEMU figure (S. Garzarella, "[PATCH v3 0/3] pc: mmap kernel (ELF image) and
+    # initrd", qemu-devel 2019: smem USS of QEMU -m 1G with 16 instances, "71.6M"),
+    # QEMU because the seed design's tests ran QEMU. An upper bound: it includes what
+    # the tiny guest touched. Firecracker's SPECIFICATION.md says "<= 5 MiB".
+    vmm_overhead_bytes: int = VMM_OVERHEAD
+    # --backend shm with --swap: where the host's swap file goes (None: a private
+    # 0700 folder of its own under /var/tmp, on disk, removed at stop).
+    swap_dir: str | None = None
 
     def __post_init__(self) -> None:
         validate(
@@ -401,6 +514,46 @@ class HostConfig:
                 ("handshake_timeout", "--handshake-timeout", between(0.001, 86400)),
                 ("idle_connection_timeout", "--idle-connection-timeout", between(0.001, 86400)),
                 ("auth_penalty_max", "--auth-penalty-max", between(0, 3600)),
+                ("host_memory_bytes", "--host-memory", optional(at_least(1, whole=True))),
+                ("swap_bytes", "--swap", at_least(0, whole=True)),
+                ("swap_in_cost", "--swap-in-cost", between(0, 1)),
+                ("swap_out_cost", "--swap-out-cost", between(0, 1)),
+                ("vmm_overhead_bytes", "--vmm-overhead", at_least(0, whole=True)),
             ),
         )
         require(not (self.tls and self.tokens), "give mutual TLS (--tls-*) or --tokens, not both")
+        self._check_host_memory()
+
+    def _check_host_memory(self) -> None:
+        mem = self.host_memory_bytes
+        if mem is None:
+            require(self.swap_bytes == 0, "--swap needs --host-memory (swap for which memory?)")
+            require(self.swap_dir is None, "--swap-dir needs --host-memory and --swap")
+            return
+        require(
+            self.capacity_bytes is None,
+            "give --host-memory (swap, OOM killer) or --memory-limit (a hard limit), not both",
+        )
+        # A units slip (MiB for GiB is 1024x) is caught; every sizing guide's ratio
+        # passes with room (the RHEL 4 System Administration Guide asks twice the RAM
+        # at most, "for up to 2 GB of physical RAM").
+        require(
+            self.swap_bytes <= MAX_SWAP_RATIO * mem,
+            f"--swap {format_size(self.swap_bytes)}: more than {MAX_SWAP_RATIO} times "
+            f"--host-memory {format_size(mem)} (a units slip?)",
+        )
+        if self.swap_dir is not None:
+            # The sim swaps books, not bytes: a swap file would be made and never used.
+            require(self.backend == "shm", "--swap-dir: only with --backend shm (sim has no bytes)")
+            require(self.swap_bytes > 0, "--swap-dir needs --swap (no swap, no swap file)")
+        # host/memory/shm.py swaps real bytes (copy to the swap file, punch, copy
+        # back), but a guest can still read or write a chunk between the host's
+        # eviction of it and the Notice telling it so, and such a read finds the
+        # hole: seen as data loss in about one run in five of
+        # tests/integration/test_shm_swap.py. Closing it needs the guest to
+        # acknowledge evictions before the host copies and punches (a wire change).
+        require(
+            self.backend != "shm",
+            "--host-memory with --backend shm: not yet (a guest may touch a chunk "
+            "between its eviction and hearing of it; use --backend sim)",
+        )

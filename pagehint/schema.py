@@ -145,6 +145,13 @@ class GuestSummary(TypedDict):
     fenced_cancelled_chains: NotRequired[int]
     stalled_reports: NotRequired[int]
     touched_bytes_sent: NotRequired[int]
+    # The host's memory model (issue 23; set by the guest service, absent from older files):
+    # with a host without --host-memory they stay 0 / None / false.
+    major_faults: NotRequired[int]  # touches of frames the host had swapped out (Notices)
+    minor_faults: NotRequired[int]  # touches of frames the host zero-filled (Notices)
+    fault_wait_seconds: NotRequired[float]  # what the workload really waited for them
+    swapped_bytes: NotRequired[int | None]  # of this guest in the host's swap, last heard
+    oom_killed: NotRequired[bool]  # the host's OOM killer ended the guest (exit status 3)
     # Added by the lab commands (demo, compare, sweep) from the guest's timeline
     # (lab/pipeline.py):
     host_resident_peak_bytes: NotRequired[int | None]
@@ -176,6 +183,13 @@ class TimelineRow(TypedDict):
     host_resident_bytes: int | None  # what the host holds for this guest (None: unknown)
     mark: NotRequired[str]  # event "mark": its label
     chain: NotRequired[int]  # event "ack": the last chain acknowledged DONE
+    # The host's memory model (issue 23): in every row once the host negotiated
+    # host_memory (see GuestSummary), so far in the run; oom_killed in the "end" row.
+    major_faults: NotRequired[int]
+    minor_faults: NotRequired[int]
+    fault_wait_seconds: NotRequired[float]
+    swapped_bytes: NotRequired[int | None]
+    oom_killed: NotRequired[bool]
 
 
 class ReportRecord(TypedDict):

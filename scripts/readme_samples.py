@@ -106,6 +106,16 @@ SAMPLES: tuple[Sample, ...] = (
         f"{PAGEHINT} sweep --workload memhog --ram 512MiB --duration 8 "
         "--set policy=reporting,bitmap --set delay=0.5,2",
     ),
+    # The cover letter's launch test at full scale: about 13 minutes on 2 cores.
+    Sample("density", f"{PAGEHINT} density"),
+    Sample(
+        "density-plot",
+        f"{PAGEHINT} density",
+        text=None,
+        image=Image(
+            "density.png", "docs/density.png", "density: host resident and swap per policy"
+        ),
+    ),
     Sample(
         "trace-summary",
         f"{PAGEHINT} guest --trace {TRACE} --speed max --trace-map compact "

@@ -32,6 +32,8 @@ class Negotiation:
     poison_val: int
     capacity: int
     previous_session: str = ""
+    # The guest follows the host's memory model (Notices): see the proto.
+    host_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Accepted:
     fence: Fence | None = None
     instance: str = ""
     session_timeout_ms: int = 0
+    # The host has --host-memory and the guest offered it: Notices will come.
+    host_memory: bool = False
 
 
 # How the host finished a chain (the wire's UsedStatus).
@@ -93,6 +97,9 @@ class GuestFigures:
     measured_by_kernel: bool
     failed_chains: int = 0
     sessions: int = 0
+    swapped_bytes: int = 0
+    major_faults: int = 0
+    minor_faults: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,13 @@ class HostFigures:
     failed_chains: int = 0
     discard_errors: dict[str, int] = field(default_factory=dict)
     instance: str = ""
+    host_memory_bytes: int = 0  # 0: unlimited
+    swap_bytes: int = 0
+    swap_used_bytes: int = 0
+    swap_ins: int = 0
+    swap_outs: int = 0
+    oom_kills: int = 0
+    vmm_overhead_bytes: int = 0
 
 
 # The domain dataclasses name their fields as the messages do, so conversion is
@@ -199,6 +213,7 @@ def decode_accepted(m: pb.NegotiateReply) -> Accepted:
         fence=fence,
         instance=m.instance,
         session_timeout_ms=m.session_timeout_ms,
+        host_memory=m.host_memory,
     )
 
 
@@ -216,11 +231,13 @@ def encode_chain_msg(c: ChainMsg) -> pb.GuestMessage:
 
 
 def encode_touched_msg(t: TouchedMsg) -> pb.GuestMessage:
-    return pb.GuestMessage(touched=pb.Touched(pfn=t.pfns, count=t.counts))
+    return pb.GuestMessage(touched=pb.Touched(pfn=t.pfns, count=t.counts, seq=t.seq))
 
 
-def encode_touched(runs: Sequence[tuple[int, int]]) -> pb.GuestMessage:
-    return pb.GuestMessage(touched=pb.Touched(pfn=[p for p, _ in runs], count=[c for _, c in runs]))
+def encode_touched(runs: Sequence[tuple[int, int]], seq: int = 0) -> pb.GuestMessage:
+    return pb.GuestMessage(
+        touched=pb.Touched(pfn=[p for p, _ in runs], count=[c for _, c in runs], seq=seq)
+    )
 
 
 class ChainMsg(NamedTuple):
@@ -232,6 +249,9 @@ class ChainMsg(NamedTuple):
 class TouchedMsg(NamedTuple):
     pfns: Sequence[int]
     counts: Sequence[int]
+    # The guest's batch number (1, 2, ...): a Notice with touch_seq >= seq settles
+    # it. 0 from a guest that did not negotiate host_memory (an older one too).
+    seq: int = 0
 
 
 def decode_guest_message(m: pb.GuestMessage | Malformed) -> ChainMsg | TouchedMsg | None:
@@ -242,7 +262,7 @@ def decode_guest_message(m: pb.GuestMessage | Malformed) -> ChainMsg | TouchedMs
     if kind == "chain":
         return ChainMsg(m.chain.id, m.chain.pfn, m.chain.order)
     if kind == "touched":
-        return TouchedMsg(m.touched.pfn, m.touched.count)
+        return TouchedMsg(m.touched.pfn, m.touched.count, m.touched.seq)
     return None
 
 
@@ -260,7 +280,41 @@ def encode_used(u: UsedMsg) -> pb.Used:
     )
 
 
-def decode_used(m: pb.Used) -> UsedMsg:
+class NoticeMsg(NamedTuple):
+    """The host's memory model speaking to a guest that negotiated host_memory
+    (a Used with ``notice`` set, answering no chain)."""
+
+    evicted: list[tuple[int, int]]  # (pfn, count) runs the host no longer holds
+    touch_seq: int  # the Touched batch this settles (0: none, eviction only)
+    delay_us: int  # what the guest's workload must wait for that batch
+    major: int  # that batch's major faults (swap-ins)
+    minor: int  # that batch's minor faults (zero fills)
+
+
+def encode_notice(n: NoticeMsg) -> pb.Used:
+    return pb.Used(
+        notice=pb.Notice(
+            evicted_pfn=[p for p, _ in n.evicted],
+            evicted_count=[c for _, c in n.evicted],
+            touch_seq=n.touch_seq,
+            delay_us=n.delay_us,
+            major_faults=n.major,
+            minor_faults=n.minor,
+        )
+    )
+
+
+def decode_used(m: pb.Used) -> UsedMsg | NoticeMsg:
+    """A chain's answer, or a Notice (``notice`` set: it answers no chain)."""
+    if m.HasField("notice"):
+        n = m.notice
+        return NoticeMsg(
+            list(zip(n.evicted_pfn, n.evicted_count, strict=False)),
+            n.touch_seq,
+            n.delay_us,
+            n.major_faults,
+            n.minor_faults,
+        )
     return UsedMsg(m.id, m.discarded_pages, m.status, m.reason, m.detail, m.errno, m.resident_bytes)
 
 
@@ -299,6 +353,13 @@ def encode_host_stats(h: HostFigures) -> pb.HostStats:
         failed_chains=h.failed_chains,
         discard_errors=h.discard_errors,
         instance=h.instance,
+        host_memory_bytes=h.host_memory_bytes,
+        swap_bytes=h.swap_bytes,
+        swap_used_bytes=h.swap_used_bytes,
+        swap_ins=h.swap_ins,
+        swap_outs=h.swap_outs,
+        oom_kills=h.oom_kills,
+        vmm_overhead_bytes=h.vmm_overhead_bytes,
     )
     if h.self_guest is not None:
         msg.self.CopyFrom(_encode_guest(h.self_guest))
@@ -320,6 +381,13 @@ def decode_host_stats(m: pb.HostStats) -> HostFigures:
         failed_chains=m.failed_chains,
         discard_errors=dict(m.discard_errors),
         instance=m.instance,
+        host_memory_bytes=m.host_memory_bytes,
+        swap_bytes=m.swap_bytes,
+        swap_used_bytes=m.swap_used_bytes,
+        swap_ins=m.swap_ins,
+        swap_outs=m.swap_outs,
+        oom_kills=m.oom_kills,
+        vmm_overhead_bytes=m.vmm_overhead_bytes,
     )
 
 

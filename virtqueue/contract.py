@@ -33,3 +33,9 @@ def ram_size_problem(ram_bytes: int) -> str | None:
     if ram_bytes % (PAGE_SIZE << MAX_ORDER):
         return f"RAM size {ram_bytes} bytes is not a multiple of 4 MiB"
     return None
+
+
+# How a host ends the session of the guest its OOM killer chose (issue 23): the
+# guest's Reporting stream ends with status ABORTED and a detail that starts with
+# this; the guest then exits with status 3 (guest/balloon/connection.py).
+OOM_KILLED = "killed by the host's OOM killer"

@@ -12,8 +12,10 @@ A host that is alive but stalled does not answer the negotiation either, so the
 stranded blocks stay isolated for as long as it takes, as in the kernel.
 
 Some answers end the guest instead (``fatal``, then ``on_fatal``): a session it
-must not use (its RAM file refused: guest/ram.py), or its guest id taken by
-another client for good (``_id_held``).
+must not use (its RAM file refused: guest/ram.py), its guest id taken by
+another client for good (``_id_held``), or its session ended by the host's OOM
+killer (``OomKilled``: the stream ends ABORTED, "killed by the host's OOM
+killer ..."; the guest exits with status 3, and does not come back).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from guest.balloon.transport import NegotiationRefused, Stream, Transport, Trans
 from guest.balloon.window import ChainWindow
 from pagehint.errors import UsageError
 from pagehint.ratelog import RateLimitedLog
+from pagehint.schema import GuestSummary
 from virtqueue import features as F
-from virtqueue.codec import Accepted, Negotiation
+from virtqueue.codec import Accepted, Negotiation, NoticeMsg
+from virtqueue.contract import OOM_KILLED
 
 NEGOTIATE_TIMEOUT = 5.0
 # host/device.py STALE_AFTER: a session with no stream and no call for this long
@@ -54,6 +58,22 @@ def id_in_use(why: str) -> bool:
 
 class GuestIdLost(UsageError):
     """Another client holds this guest's id for good: the guest cannot go on."""
+
+
+class OomKilled(UsageError):
+    """The host's OOM killer chose this guest: its session and memory are gone.
+    One line and exit status 3 (``exit_status``), after the summary (oom_killed)."""
+
+    exit_status = 3
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.summary: GuestSummary | None = None  # the guest's, once written
+
+
+def oom_killed(why: str) -> bool:
+    """The stream ended because the host's OOM killer ended the session (ABORTED)."""
+    return why.startswith(f"ABORTED: {OOM_KILLED}")
 
 
 class SessionUnusable(Exception):
@@ -115,6 +135,8 @@ class Connection:
         # Why the guest must stop (set once; keep_connected then gives up).
         self.fatal: UsageError | None = None
         self.on_fatal: list[Callable[[UsageError], None]] = []
+        # The host's Notices (only with host_memory negotiated): the driver's.
+        self.on_notice: Callable[[NoticeMsg], None] = lambda _n: None
 
     @property
     def session(self) -> str:
@@ -187,9 +209,14 @@ class Connection:
                 used = await stream.read()
                 if used is None:
                     break
-                self.window.answer(used)
+                if isinstance(used, NoticeMsg):
+                    self.on_notice(used)
+                else:
+                    self.window.answer(used)
         except TransportError as e:
             why = str(e)
+            if oom_killed(why) and stream is self.stream:
+                self.killed(why)
         except asyncio.CancelledError:
             why = "driver stopping"
             raise
@@ -219,6 +246,15 @@ class Connection:
                     self.problems.note(
                         f"reconnect:{why}", f"reconnect to {self.address} failed ({why}); retrying"
                     )
+
+    def killed(self, why: str) -> None:
+        """The host's OOM killer ended our session: no reconnecting (the host would
+        only kill again what it could not hold), and no "connection lost" line."""
+        self.closing = True
+        # The host ended the session and freed its memory: no chain of it can still
+        # be discarded, as final as a fence from a host with no record of it.
+        self.window.fence(self.session, None)
+        self.give_up(OomKilled(why.removeprefix("ABORTED: ")))
 
     def give_up(self, e: UsageError) -> None:
         """The guest cannot go on with this host: say so to whoever runs it."""

@@ -14,6 +14,17 @@ minimum order, which raises the policy's, as page_reporting_dev_info's order
 does. A host whose chains are too small for the policy's capacity is refused
 at start, as virtio-balloon refuses to register page reporting with -ENOSPC
 when its queue is smaller than PAGE_REPORTING_CAPACITY.
+
+The host's memory model (issue 23): the guest always offers ``host_memory``;
+a host with --host-memory accepts it and then sends Notices. The driver then
+tracks touches on both backends, numbers each touch batch (``seq``), flushes
+queued touches at once (a touch of a swapped frame is a fault the workload
+waits for, not a figure that may lag), clears the "host has" bit of every
+frame a Notice names evicted, and hands each Notice's delay to the workload
+(``on_fault_delay``). With shm it also keeps the guest's own reads and writes
+of its pages (guest/ram.py stamps) behind the Notice that settles the batch
+that touched them (``gate``): the host copies a swapped chunk back before
+that Notice, and a write into the hole before that would be overwritten.
 """
 
 from __future__ import annotations
@@ -22,10 +33,17 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any
 
-from guest.balloon.connection import Backoff, Connection, SessionUnusable, id_in_use
+from guest.balloon.connection import (
+    Backoff,
+    Connection,
+    SessionUnusable,
+    id_in_use,
+    oom_killed,
+)
 from guest.balloon.touches import TouchTracker
 from guest.balloon.transport import (
     GrpcTransport,
@@ -45,7 +63,15 @@ from pagehint.schema import ReportRecord, encode
 from pagehint.tls import unreachable_hint
 from virtqueue import codec
 from virtqueue import features as F
-from virtqueue.codec import Accepted, ChainMsg, GuestFigures, Negotiation, TouchedMsg, UsedMsg
+from virtqueue.codec import (
+    Accepted,
+    ChainMsg,
+    GuestFigures,
+    Negotiation,
+    NoticeMsg,
+    TouchedMsg,
+    UsedMsg,
+)
 
 # Seconds between host-stats polls. host_resident_bytes between acknowledgements
 # (touches raise it) matters to a timeline and to metrics; without either, a
@@ -108,6 +134,26 @@ class BalloonDriver:
         self.epoch = time.monotonic()
         # Called with each new session's acceptance (the shm RAM moves to a new file).
         self.on_session: list[Callable[[Accepted], None]] = []
+        self._init_host_memory()
+        self.conn.on_notice = self.on_notice
+        self.conn.on_fatal.append(lambda _e: self._settle_event.set())
+
+    def _init_host_memory(self) -> None:
+        """The host's memory model's state (host_memory negotiated): see the module's doc."""
+        self.host_memory = False
+        self.host_memory_seen = False  # any session had it: the summary's fault figures
+        self.gated = False  # shm with host_memory: accesses wait for their touches
+        self.major_faults = 0  # summed over Notices: swap-ins the host did for us
+        self.minor_faults = 0
+        self.fault_delay_seconds = 0.0  # what Notices told the workload to wait
+        self.on_fault_delay: list[Callable[[float], None]] = []
+        self.on_settled: list[Callable[[int], None]] = []  # with the runs now settled
+        self.touch_seq = 0  # the last touch batch sent in this session
+        # (seq, runs_taken after it) of batches sent and not yet settled, in order.
+        self._batches: deque[tuple[int, int]] = deque()
+        self.settled_runs = 0  # touch runs the host has settled (TouchTracker counts)
+        self._settle_event = asyncio.Event()
+        self._flush_queued = False
 
     # ---- state for others ---------------------------------------------------------------
 
@@ -152,8 +198,14 @@ class BalloonDriver:
             try:
                 try:
                     async with self._write_lock:
+                        ticket = self.touches.runs_created
                         if self.touches.runs:
                             await self._send_touches(stream)
+                        if self.gated and self.settled_runs < ticket:
+                            # A block of this chain may be one whose check at its free
+                            # still waits for its frames (guest/ram.py): the host must
+                            # not discard it before they are back and read.
+                            await self._settled_locked(ticket)
                         await stream.write(ChainMsg(chain.id, pfns, orders))
                 except TransportError as e:
                     # It may or may not have reached the host: only a fence can tell.
@@ -216,10 +268,17 @@ class BalloonDriver:
 
     def on_alloc(self, pfn: int, order: int) -> None:
         """GuestMemory listener: the workload touches the block it allocated."""
-        if self.touches.on_alloc(pfn, order) and self.conn.connected.is_set():
+        full = self.touches.on_alloc(pfn, order)
+        if not self.conn.connected.is_set():
+            return
+        if full or (self.host_memory and self.touches.runs and not self._flush_queued):
+            # With host_memory a touch is a fault the workload waits on: one flush
+            # per loop turn that queued runs, not one per touch_flush_seconds.
+            self._flush_queued = True
             self._spawn(self.flush_touches(), "balloon-touch-flush")
 
     async def flush_touches(self) -> None:
+        self._flush_queued = False
         stream = self.conn.stream
         if stream is None or not self.touches.runs:
             return
@@ -232,7 +291,68 @@ class BalloonDriver:
     async def _send_touches(self, stream: Stream) -> None:
         while self.touches.runs:
             runs = self.touches.take()
-            await stream.write(TouchedMsg([p for p, _ in runs], [n for _, n in runs]))
+            seq = 0
+            if self.host_memory:
+                self.touch_seq = seq = self.touch_seq + 1
+                self._batches.append((seq, self.touches.runs_taken))
+            await stream.write(TouchedMsg([p for p, _ in runs], [n for _, n in runs], seq))
+
+    # ---- the host's memory model (host_memory) ----------------------------------------
+
+    def on_notice(self, n: NoticeMsg) -> None:
+        """The host evicted frames, and/or settled a touch batch (with its cost)."""
+        if not self.host_memory:
+            return  # a host must not send one unasked: nothing of it is believed
+        self.touches.evicted(n.evicted)
+        self.major_faults += n.major
+        self.minor_faults += n.minor
+        if n.delay_us:
+            delay = n.delay_us / 1e6
+            self.fault_delay_seconds += delay
+            for cb in self.on_fault_delay:
+                cb(delay)
+        if n.touch_seq:
+            runs = self.settled_runs
+            while self._batches and self._batches[0][0] <= n.touch_seq:
+                runs = max(runs, self._batches.popleft()[1])
+            self._settle_to(runs)
+
+    def _settle_to(self, runs: int) -> None:
+        if runs <= self.settled_runs:
+            return
+        self.settled_runs = runs
+        for cb in self.on_settled:
+            cb(runs)
+        self._settle_event.set()
+        self._settle_event = asyncio.Event()
+
+    def gate(self, pfn: int, order: int) -> int:
+        """Before the guest reads or writes a block (shm, host_memory): 0 when it may
+        at once, else the ticket to wait for (``settled_runs >= ticket``). A frame of
+        the block the host does not hold is touched (queued: the host restores it
+        first); while any touch is unsettled every access waits, in order, so that
+        one frame's accesses never pass each other."""
+        self.on_alloc(pfn, order)
+        t = self.touches
+        return t.runs_created if t.runs_created > self.settled_runs else 0
+
+    async def _settled_locked(self, ticket: int) -> None:
+        """settled() for a caller that holds the write lock and sent every run."""
+        while self.settled_runs < ticket and not self._stopped and self.conn.fatal is None:
+            await self._settle_event.wait()
+
+    async def settled(self, ticket: int) -> bool:
+        """Wait until touch runs up to ``ticket`` are settled (sending what is
+        queued); False if the driver stopped first."""
+        while self.settled_runs < ticket:
+            if self._stopped or self.conn.fatal is not None:
+                return False
+            event = self._settle_event
+            if self.touches.runs:
+                await self.flush_touches()
+            if self.settled_runs < ticket:
+                await event.wait()
+        return True
 
     # ---- connection -----------------------------------------------------------------
 
@@ -250,6 +370,9 @@ class BalloonDriver:
             poison,
             self.capacity,
             previous_session,
+            # Always offered: a host without --host-memory answers false (or, older,
+            # does not know the field), and nothing changes.
+            host_memory=True,
         )
 
     def _adopt(self, acc: Accepted) -> None:
@@ -279,7 +402,16 @@ class BalloonDriver:
             # The ring's size is fixed by the first session: stranded chains of a
             # later one still hold their slots until their fence settles them.
             self.window.resize(acc.queue_size)
-        self.touches.reset(self.mm, enabled=acc.backend != "shm")
+        self.host_memory = acc.host_memory
+        self.host_memory_seen = self.host_memory_seen or acc.host_memory
+        self.gated = acc.host_memory and acc.backend == "shm"
+        # A new session: the old one's unsettled batches never will be. Nothing of
+        # ours is swapped in the new one (a new host file, our blocks copied into it:
+        # guest/ram.py move_to), so every access waiting on them may go ahead.
+        self._batches.clear()
+        self.touch_seq = 0
+        self._settle_to(self.touches.runs_created)
+        self.touches.reset(self.mm, enabled=acc.backend != "shm" or acc.host_memory)
 
     async def start(self) -> None:
         """Connect (trying with backoff for up to connect_timeout; a clear UsageError if
@@ -355,6 +487,12 @@ class BalloonDriver:
             figures = await self.conn.transport.stats(session, timeout=timeout)
         except TransportError as e:
             stream = self.conn.stream
+            if oom_killed(str(e)) and session == self.conn.session:
+                # The host's OOM killer ended the session while this poll was out
+                # (its stream's ABORTED may come later): stop, as the stream would.
+                if not self.conn.closing:
+                    self.conn.killed(str(e))
+                return
             if "UNAUTHENTICATED" in str(e) and stream is not None and session == self.conn.session:
                 # The host ended our session (expired while we were paused, say):
                 # the stream is as good as gone; reconnect and fence.
@@ -391,6 +529,7 @@ class BalloonDriver:
         if self._stopped:
             return
         self._stopped = True
+        self._settle_event.set()  # no waiter outlives the driver
         if self.conn.connected.is_set():
             # Bounded: a stalled host must not hold the guest's exit for long.
             with contextlib.suppress(TimeoutError):

@@ -16,7 +16,15 @@ import grpc
 
 from pagehint.tls import TlsConfig
 from virtqueue import codec
-from virtqueue.codec import Accepted, ChainMsg, HostFigures, Negotiation, TouchedMsg, UsedMsg
+from virtqueue.codec import (
+    Accepted,
+    ChainMsg,
+    HostFigures,
+    Negotiation,
+    NoticeMsg,
+    TouchedMsg,
+    UsedMsg,
+)
 
 TOKEN_KEY = "x-pagehint-token"  # the host's --tokens check (host/service.py)
 
@@ -34,8 +42,9 @@ class Stream(Protocol):
 
     async def write(self, msg: ChainMsg | TouchedMsg) -> None: ...
 
-    async def read(self) -> UsedMsg | None:
-        """The next answer; None when the host ended the stream cleanly."""
+    async def read(self) -> UsedMsg | NoticeMsg | None:
+        """The next answer (or a Notice: host_memory); None when the host ended the
+        stream cleanly."""
         ...
 
     def cancel(self) -> None: ...
@@ -89,7 +98,7 @@ class GrpcStream:
         ) as e:
             raise TransportError(why(e)) from None
 
-    async def read(self) -> UsedMsg | None:
+    async def read(self) -> UsedMsg | NoticeMsg | None:
         try:
             msg = await self._call.read()
         except grpc.aio.AioRpcError as e:

@@ -45,6 +45,25 @@ class WorkloadContext:
         self._t0 = clock()
         self._ops = 0
         self._resumed = time.perf_counter()
+        # The host's memory model (host_memory): what the host said the workload's
+        # touches cost (swap-ins, writeback of what made room: Notice.delay_us), not
+        # yet waited; and the seconds waited so far. A fault stalls the vCPU that
+        # took it, so the workload really waits before its next operation.
+        self.fault_debt = 0.0
+        self.fault_wait_seconds = 0.0
+
+    def add_fault_debt(self, seconds: float) -> None:
+        """The host says the workload's touches cost ``seconds`` (a Notice)."""
+        self.fault_debt += seconds
+
+    async def _pay_fault_debt(self) -> None:
+        debt, self.fault_debt = self.fault_debt, 0.0
+        t0 = time.monotonic()
+        await self._sleep(debt)  # wakes early on stop: a stopping guest does not wait
+        # What was waited, not the loop's lateness on top of it (a shared loop wakes
+        # sleepers late; that is not the host's fault time).
+        self.fault_wait_seconds += min(time.monotonic() - t0, debt)
+        self._resumed = time.perf_counter()
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -57,6 +76,8 @@ class WorkloadContext:
     async def ticks(self, n: int) -> None:
         """Count ``n`` operations at once (a tight loop's batch), yielding as tick()
         would have somewhere among them."""
+        if self.fault_debt:
+            await self._pay_fault_debt()
         before = self._ops
         self._ops += n
         loop_share = share.shared
@@ -73,6 +94,9 @@ class WorkloadContext:
     async def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on stop; returns False if stopped."""
         try:
+            if self.fault_debt:
+                # A fault's wait comes first: a workload's pause does not absorb it.
+                await self._pay_fault_debt()
             return await self._sleep(seconds)
         finally:
             # Time asleep is not work: the loop share charges only what runs.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
+from host.memory.hostmem import HostMemory, TouchOutcome
+
 
 class GuestRam(abc.ABC):
     """One guest's RAM as the host holds it."""
@@ -20,6 +22,28 @@ class GuestRam(abc.ABC):
     @abc.abstractmethod
     def touched(self, runs: Sequence[tuple[int, int]]) -> int:
         """The guest touched frames again (pfn, count); returns pages brought back."""
+
+    def touch(self, runs: Sequence[tuple[int, int]]) -> TouchOutcome:
+        """``touched`` with what it cost: a backend without a host memory model
+        zero-fills every frame it brings back (minor faults), at no delay."""
+        brought = self.touched(runs)
+        return TouchOutcome(brought, brought, 0, 0, 0.0)
+
+    def take_evicted(self) -> list[tuple[int, int]]:
+        """Runs the host evicted since last asked, to tell the guest (the model only)."""
+        return []
+
+    def swapped_pages(self) -> int:
+        return 0
+
+    @property
+    def killed(self) -> str:
+        """Why the host's OOM killer took this guest ("": it did not)."""
+        return ""
+
+    def faults(self) -> tuple[int, int]:
+        """(major, minor) faults so far (the host memory model only)."""
+        return 0, 0
 
     @abc.abstractmethod
     def resident_pages(self) -> int: ...
@@ -48,13 +72,19 @@ class MemoryBackend(abc.ABC):
     reclaimed: int = 0
     # Files a previous, killed host left behind and this one removed at start.
     orphans_removed: tuple[str, ...] = ()
+    # The host's memory model (--host-memory; None: the host holds what guests touch).
+    model: HostMemory | None = None
 
     @abc.abstractmethod
     def resident_pages_total(self) -> int:
         """Pages held for all guests together."""
 
     @abc.abstractmethod
-    def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam: ...
+    def attach(
+        self, guest_id: str, nr_pages: int, page_size: int, host_memory: bool = False
+    ) -> GuestRam:
+        """A guest's RAM; ``host_memory``: the guest follows the host's memory model
+        (its frames may be swapped: only with a model, see host/memory/hostmem.py)."""
 
     def overhead_bytes(self) -> int:
         """Host memory the backend spends on its own books (sim: the ledgers), not

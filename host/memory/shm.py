@@ -14,6 +14,35 @@ Files are removed when the session ends, times out, or the host stops. A
 host that was killed leaves its folder behind; the next host to start removes
 every folder or file whose owning host process is gone.
 
+With ``--host-memory`` the host's memory model (host/memory/hostmem.py) keeps
+the books and this backend moves the bytes (``ShmStore``, its ``SwapStore``):
+a chunk swapped out has its resident pages copied into the host's swap file
+(``SwapFile``: one per host, in --swap-dir, 2 MiB slots, one per chunk that has
+frames in swap) and then punched out of the RAM file, so the kernel's own count
+falls; a touch of a swapped page copies it back before the host answers the
+touch batch (the guest waits for that answer before it reads or writes the
+page: guest/ram.py); a discard of a swapped page frees its swap. Only the
+pages that hold data are copied either way (SEEK_DATA): a page the guest
+reported touched but never wrote is a hole in the file, and stays one.
+
+What the two counts are: the model's resident frames are those the guest
+reported touching (a fault, which the kernel would fill at once); the file's
+blocks are those the guest wrote. They agree where every touched page was
+written, which is how the guest uses its pages (it stamps each page it
+allocates); a page touched and only read is resident in the model and a hole in
+the file (tests/unit/host/memory/test_shm_swap.py holds the two together).
+The figures are the kernel's (``resident_pages``), the decisions the model's.
+
+A race the host cannot close alone: between its eviction of a chunk and the
+guest hearing of it (the next Notice), the guest may still read or write the
+chunk's pages. A page it writes after the punch is newer than the copy in swap,
+so swap-in fills only the file's holes and never overwrites it; a write between
+the copy and the punch, or a read after the punch (which finds zeros, and on
+tmpfs allocates a zero page there: swap-in treats a page of zeros as not
+written), is lost. Real runs hit it (tests/integration/test_shm_swap.py), so
+HostConfig still refuses --host-memory with --backend shm: closing it needs
+the guest to acknowledge an eviction before the host copies and punches.
+
 The guest believes a path it is told only if it looks like what this makes
 (guest/ram.py ``open_ram_file``): a new sparse file per session (O_EXCL, 0600,
 one link, nothing written), named ``<id>-<8 hex>.ram``, in --shm-dir or in the
@@ -23,15 +52,25 @@ private ``pagehint-host-<pid>`` folder under /dev/shm. Change one, change both.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import re
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from host.memory.base import GuestRam, MemoryBackend
+from host.memory.hostmem import (
+    CHUNK_PAGES,
+    RESIDENT,
+    SWAPPED,
+    Chunk,
+    GuestMemory,
+    HostMemory,
+    TouchOutcome,
+)
 from host.memory.punch import allocated_bytes, madv_remove, punch_hole, punch_supported
 from pagehint.errors import UsageError
 
@@ -40,6 +79,11 @@ PRIVATE_PREFIX = "pagehint-host-"
 PID_FILE = "host.pid"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _RAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}\.ram")  # see attach()
+# The host's swap (--host-memory with --swap): on disk, not in /dev/shm (swap in
+# memory would hold what it frees), in a private folder of the host's own.
+DEFAULT_SWAP_ROOT = Path("/var/tmp")
+SWAP_PREFIX = "pagehint-swap-"
+SWAP_NAME = "swap"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -92,6 +136,242 @@ def _write_pid_file(path: Path) -> None:
         os.close(fd)
 
 
+def _runs(states: bytearray, value: int, off: int, end: int) -> Iterator[tuple[int, int]]:
+    """(first, last + 1) of each run of frames in ``value`` within states[off:end]."""
+    mark = bytes([value])
+    i = states.find(mark, off, end)
+    while i >= 0:
+        piece = states[i:end]
+        j = i + len(piece) - len(piece.lstrip(mark))
+        yield i, j
+        i = states.find(mark, j, end)
+
+
+def _extents(fd: int, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """The byte ranges of [lo, hi) of the file that hold data (SEEK_DATA/SEEK_HOLE:
+    holes are skipped, and a hole copied would be written as zeros, allocating)."""
+    pos = lo
+    while pos < hi:
+        try:
+            d = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data after pos (or past the end)
+                return
+            raise
+        if d >= hi:
+            return
+        h = min(os.lseek(fd, d, os.SEEK_HOLE), hi)
+        yield d, h
+        pos = h
+
+
+def _stale(fd: int, lo: int, hi: int, ps: int) -> Iterator[tuple[int, int]]:
+    """The ranges of [lo, hi) a swap-in may fill: holes, and pages of zeros. A read
+    of a hole through a shared mapping of tmpfs allocates a zero page
+    (shmem_fault), so a page that is data is the guest's newer write only if it
+    is not all zeros (a write of a whole page of zeros there is the one lost)."""
+    pos = lo
+    for d, h in _extents(fd, lo, hi):
+        if d > pos:
+            yield pos, d
+        data = os.pread(fd, h - d, d)
+        zero = bytes(ps)
+        for i in range(0, h - d, ps):
+            if data[i : i + ps] == zero:
+                yield d + i, d + i + ps
+        pos = h
+    if pos < hi:
+        yield pos, hi
+
+
+def _copy(src: int, src_off: int, dst: int, dst_off: int, n: int) -> None:
+    data = os.pread(src, n, src_off)
+    if len(data) < n:  # the source ends early: what is past its end reads as zeros
+        data += bytes(n - len(data))
+    view = memoryview(data)
+    while view:
+        k = os.pwrite(dst, view, dst_off)
+        view = view[k:]
+        dst_off += k
+
+
+def _private_folder(folder: Path, flag: str) -> None:
+    """A host's own folder, 0700: one already at the predictable name must be a real
+    folder owned by us (not planted by another user)."""
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        st = os.lstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise UsageError(
+                f"{flag} {folder} exists and is not this user's folder: refusing to use it"
+            ) from None
+    os.chmod(folder, 0o700)
+
+
+def _remove_dead_hosts_folders(root: Path, prefix: str, cleaned: list[str]) -> None:
+    """Folders ``<prefix><pid>`` (or whose host.pid names a pid) of hosts now gone."""
+    for folder in root.glob(f"{prefix}*"):
+        pid = _owner_pid(folder)
+        if pid is None:
+            m = re.fullmatch(rf"{re.escape(prefix)}(\d+)", folder.name)
+            pid = int(m.group(1)) if m else None
+        if pid is not None and not _pid_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            cleaned.append(str(folder))
+
+
+class SwapFile:
+    """The host's swap: one sparse file, in 2 MiB slots (a chunk's, at its frames'
+    offsets). A slot is taken when a chunk first has frames swapped out and given
+    back when it has none left; its pages are punched as they are read back or
+    discarded, so the file holds what is in swap and no more (the slots are only
+    addresses: a free list of them, reused lowest last)."""
+
+    def __init__(self, swap_dir: str | None, page_size: int) -> None:
+        self.slot_bytes = CHUNK_PAGES * page_size
+        self.free: list[int] = []
+        self.slots = 0  # slots ever made (the file's length / slot_bytes)
+        self.punch = True  # False where the file system cannot: slots are only reused
+        cleaned: list[str] = []
+        if swap_dir is None:
+            if not DEFAULT_SWAP_ROOT.is_dir():
+                raise UsageError(
+                    f"--swap: {DEFAULT_SWAP_ROOT} does not exist here; give --swap-dir"
+                )
+            _remove_dead_hosts_folders(DEFAULT_SWAP_ROOT, SWAP_PREFIX, cleaned)
+            self.dir = DEFAULT_SWAP_ROOT / f"{SWAP_PREFIX}{os.getpid()}"
+            self.private = True
+            try:
+                _private_folder(self.dir, "--swap-dir")
+            except OSError as e:
+                raise UsageError(f"--swap-dir {self.dir}: cannot create: {e.strerror}") from None
+        else:
+            if not swap_dir.strip():
+                raise UsageError("--swap-dir: give a folder (empty given)")
+            self.dir = Path(swap_dir)
+            self.private = False
+            # As --shm-dir: only the last part is made (a missing parent is a typo).
+            if not self.dir.parent.is_dir():
+                raise UsageError(
+                    f"--swap-dir {self.dir}: its parent folder {self.dir.parent} does not "
+                    "exist (the host creates only the last part)"
+                )
+            try:
+                self.dir.mkdir(mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"--swap-dir {self.dir}: cannot create: {e.strerror}") from None
+            if not self.dir.is_dir():
+                raise UsageError(f"--swap-dir {self.dir}: exists and is not a folder")
+        self.orphans_removed = tuple(cleaned)
+        # One file per host: the pid in its name keeps two hosts sharing a --swap-dir
+        # apart; O_EXCL refuses a file already there (never another's swap reused).
+        self.path = self.dir / f"{SWAP_NAME}-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.path)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                self.path.unlink()  # our pid's, so a host of ours now gone left it
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise UsageError(f"--swap-dir {self.dir}: cannot use: {e.strerror}") from None
+
+    def take(self) -> int:
+        if self.free:
+            return self.free.pop()
+        self.slots += 1
+        return self.slots - 1
+
+    def give(self, slot: int) -> None:
+        self.release_bytes(slot * self.slot_bytes, self.slot_bytes)
+        self.free.append(slot)
+
+    def release_bytes(self, offset: int, length: int) -> None:
+        if not self.punch:
+            return
+        try:
+            punch_hole(self.fd, offset, length)
+        except OSError as e:
+            if punch_supported(e):
+                raise
+            self.punch = False
+
+    def used_bytes(self) -> int:
+        return allocated_bytes(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        if self.private:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ShmStore:
+    """One guest's bytes under the host's memory model (hostmem.SwapStore): its RAM
+    file, and its chunks' slots in the host's swap file."""
+
+    def __init__(self, ram: ShmRam, swap: SwapFile | None) -> None:
+        self.ram = ram
+        self.swap = swap
+        self.slots: dict[int, int] = {}  # chunk's first frame -> its slot
+
+    def _swap(self) -> SwapFile:
+        # The model swaps only with --swap > 0, and then the backend made the file.
+        assert self.swap is not None, "swap-out without a swap file"
+        return self.swap
+
+    def swap_out(self, ch: Chunk) -> None:
+        swap = self._swap()
+        ram = self.ram
+        ps = ram.page_size
+        slot = self.slots.get(ch.base)
+        if slot is None:
+            slot = self.slots[ch.base] = swap.take()
+        at = ch.base * ps  # the chunk in the RAM file
+        to = slot * swap.slot_bytes  # and in the swap file
+        for a, b in _runs(ch.states, RESIDENT, 0, len(ch.states)):
+            for lo, hi in _extents(ram.fd, at + a * ps, at + b * ps):
+                _copy(ram.fd, lo, swap.fd, to + lo - at, hi - lo)
+            # After the copy: what the kernel holds for the guest falls by these.
+            ram._punch(at + a * ps, (b - a) * ps)
+
+    def swap_in(self, ch: Chunk, off: int, end: int, swapped: int) -> None:
+        swap = self._swap()
+        ram = self.ram
+        ps = ram.page_size
+        slot = self.slots[ch.base]
+        at = ch.base * ps
+        to = slot * swap.slot_bytes
+        for a, b in _runs(ch.states, SWAPPED, off, end):
+            for lo, hi in _extents(swap.fd, to + a * ps, to + b * ps):
+                # Not over a page the guest wrote after the punch, before it heard
+                # of the eviction: that is newer than the copy.
+                for hlo, hhi in _stale(ram.fd, at + lo - to, at + hi - to, ps):
+                    _copy(swap.fd, to + hlo - at, ram.fd, hlo, hhi - hlo)
+            swap.release_bytes(to + a * ps, (b - a) * ps)
+        if swapped == ch.swapped:
+            swap.give(self.slots.pop(ch.base))
+
+    def drop(self, ch: Chunk, off: int, end: int, swapped: int) -> None:
+        swap = self._swap()
+        ps = self.ram.page_size
+        to = self.slots[ch.base] * swap.slot_bytes
+        if swapped == ch.swapped:
+            swap.give(self.slots.pop(ch.base))
+            return
+        for a, b in _runs(ch.states, SWAPPED, off, end):
+            swap.release_bytes(to + a * ps, (b - a) * ps)
+
+    def release(self) -> None:
+        if self.swap is not None:
+            for slot in self.slots.values():
+                self.swap.give(slot)
+        self.slots = {}
+
+
 class ShmRam(GuestRam):
     def __init__(
         self, backend: ShmBackend, guest_id: str, nr_pages: int, page_size: int, path: Path
@@ -105,6 +385,8 @@ class ShmRam(GuestRam):
         os.ftruncate(self.fd, nr_pages * page_size)
         self._map: mmap.mmap | None = None
         self.released = False
+        # --host-memory: its frames in the host's memory model (None: no model).
+        self.memory: GuestMemory | None = None
 
     @property
     def shm_path(self) -> str:
@@ -127,6 +409,8 @@ class ShmRam(GuestRam):
         for pfn, n in runs:
             self._punch(pfn * ps, n * ps)
             pages += n
+        if self.memory is not None:
+            self.memory.discard(ranges)  # the books, and the swap of swapped frames
         return pages
 
     def _punch(self, offset: int, length: int) -> None:
@@ -147,7 +431,29 @@ class ShmRam(GuestRam):
         return self._map
 
     def touched(self, runs: Sequence[tuple[int, int]]) -> int:
-        return 0  # the kernel sees the guest's writes itself
+        if self.memory is None:
+            return 0  # the kernel sees the guest's writes itself
+        return self.memory.touched(runs).brought
+
+    def touch(self, runs: Sequence[tuple[int, int]]) -> TouchOutcome:
+        if self.memory is None:
+            return super().touch(runs)
+        return self.memory.touched(runs)  # swapped pages are copied back before it returns
+
+    def take_evicted(self) -> list[tuple[int, int]]:
+        return [] if self.memory is None else self.memory.take_evicted()
+
+    def swapped_pages(self) -> int:
+        return 0 if self.memory is None else self.memory.swapped
+
+    @property
+    def killed(self) -> str:
+        m = self.memory
+        return "" if m is None or m.killed is None else m.killed.reason()
+
+    def faults(self) -> tuple[int, int]:
+        m = self.memory
+        return (0, 0) if m is None else (m.major_faults, m.minor_faults)
 
     def resident_pages(self) -> int:
         if self.released:
@@ -164,6 +470,8 @@ class ShmRam(GuestRam):
         if self.released:
             return
         self.released = True
+        if self.memory is not None:
+            self.memory.release()  # its swap slots (the file goes below)
         if self._map is not None:
             self._map.close()
         os.close(self.fd)
@@ -175,7 +483,12 @@ class ShmBackend(MemoryBackend):
     name = "shm"
 
     def __init__(
-        self, shm_dir: str | None, discard_mode: str = "dontneed", capacity_pages: int | None = None
+        self,
+        shm_dir: str | None,
+        discard_mode: str = "dontneed",
+        capacity_pages: int | None = None,
+        model: HostMemory | None = None,
+        swap_dir: str | None = None,
     ) -> None:
         if discard_mode != "dontneed":
             raise UsageError(
@@ -206,6 +519,16 @@ class ShmBackend(MemoryBackend):
         except OSError as e:
             raise UsageError(f"--shm-dir {self.dir}: cannot create: {e.strerror}") from None
         self._claim_shared_folder(cleaned)
+        self.model = model
+        # The swap file only where the model may swap (it never does with no swap).
+        self.swap: SwapFile | None = None
+        if model is not None and model.swap_pages > 0:
+            try:
+                self.swap = SwapFile(swap_dir, 4096)
+            except BaseException:
+                self.close()
+                raise
+            cleaned.extend(self.swap.orphans_removed)
         self.orphans_removed = tuple(cleaned)
 
     def _make_shared_folder(self) -> None:
@@ -227,27 +550,10 @@ class ShmBackend(MemoryBackend):
         os.chmod(self.dir, 0o700)  # whatever the umask
 
     def _make_private_folder(self) -> None:
-        """The host's own folder, 0700. One that already exists at the predictable
-        name must be a real folder owned by us (not planted by another user)."""
-        try:
-            self.dir.mkdir(mode=0o700)
-        except FileExistsError:
-            st = os.lstat(self.dir)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-                raise UsageError(
-                    f"{self.dir} exists and is not this user's folder: refusing to use it"
-                ) from None
-        os.chmod(self.dir, 0o700)
+        _private_folder(self.dir, "--shm-dir")
 
     def _clean_private_folders(self, root: Path, cleaned: list[str]) -> None:
-        for folder in root.glob(f"{PRIVATE_PREFIX}*"):
-            pid = _owner_pid(folder)
-            if pid is None:
-                m = re.fullmatch(rf"{PRIVATE_PREFIX}(\d+)", folder.name)
-                pid = int(m.group(1)) if m else None
-            if pid is not None and not _pid_alive(pid):
-                shutil.rmtree(folder, ignore_errors=True)
-                cleaned.append(str(folder))
+        _remove_dead_hosts_folders(root, PRIVATE_PREFIX, cleaned)
 
     def _claim_shared_folder(self, cleaned: list[str]) -> None:
         pid_file = self.dir / PID_FILE
@@ -268,10 +574,21 @@ class ShmBackend(MemoryBackend):
                         cleaned.append(str(f))
         _write_pid_file(pid_file)
 
-    def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:
+    def attach(
+        self, guest_id: str, nr_pages: int, page_size: int, host_memory: bool = False
+    ) -> GuestRam:
         name = _SAFE.sub("_", guest_id)[:64]
         path = self.dir / f"{name}-{os.urandom(4).hex()}.ram"
         ram = ShmRam(self, guest_id, nr_pages, page_size, path)
+        if self.model is not None:
+            # A guest that does not follow the model is held, never swapped (hostmem.py).
+            try:
+                memory = self.model.attach(guest_id, nr_pages, host_memory)
+            except BaseException:
+                ram.release()
+                raise
+            memory.store = ShmStore(ram, self.swap)
+            ram.memory = memory
         self.rams = [r for r in self.rams if not r.released]
         self.rams.append(ram)
         return ram
@@ -284,6 +601,10 @@ class ShmBackend(MemoryBackend):
         for r in self.rams:
             r.release()
         self.rams.clear()
+        swap = getattr(self, "swap", None)  # (close() also undoes a failed __init__)
+        if swap is not None:
+            swap.close()
+            self.swap = None
         with contextlib.suppress(FileNotFoundError):
             (self.dir / PID_FILE).unlink()
         if self.private:

@@ -7,6 +7,10 @@ Each frame is one of:
   LAZY      MADV_FREE'd: still resident until the host needs the memory; reused
             before reclaim, it costs nothing
 
+With ``--host-memory`` a guest's frames live in the host's memory model instead
+(``ModelRam`` over ``host/memory/hostmem.py``: its ledger adds SWAPPED, and an
+LRU, swap and an OOM killer across guests); without it nothing here changes.
+
 A guest's RAM starts ABSENT, as a fresh VM's untouched memory does: its RSS on
 the host grows as it touches pages. No page fault crosses the wire, so the
 guest tells the host (Touched messages) which frames it touched again.
@@ -30,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from typing import cast
 
 from host.memory.base import GuestRam, MemoryBackend
+from host.memory.hostmem import GuestMemory, HostMemory, TouchOutcome
 from virtqueue.contract import PAGE_SIZE
 
 ABSENT = 0
@@ -247,14 +252,65 @@ class SimRam(GuestRam):
             self.backend.forget(self)
 
 
+class ModelRam(GuestRam):
+    """A guest's RAM in the host's memory model (``--host-memory``): the model's
+    ledger (2 MiB chunks, four states) holds its frames."""
+
+    def __init__(self, backend: SimBackend, memory: GuestMemory, page_size: int) -> None:
+        self.backend = backend
+        self.memory = memory
+        self.guest_id = memory.guest_id
+        self.nr_pages = memory.nr_pages
+        self.page_size = page_size
+
+    def discard(self, ranges: Sequence[tuple[int, int]]) -> int:
+        return self.memory.discard(ranges, lazily=self.backend.discard_mode == "free")
+
+    def touched(self, runs: Sequence[tuple[int, int]]) -> int:
+        return self.memory.touched(runs).brought
+
+    def touch(self, runs: Sequence[tuple[int, int]]) -> TouchOutcome:
+        return self.memory.touched(runs)
+
+    def take_evicted(self) -> list[tuple[int, int]]:
+        return self.memory.take_evicted()
+
+    def swapped_pages(self) -> int:
+        return self.memory.swapped
+
+    @property
+    def killed(self) -> str:
+        return "" if self.memory.killed is None else self.memory.killed.reason()
+
+    def faults(self) -> tuple[int, int]:
+        return self.memory.major_faults, self.memory.minor_faults
+
+    def resident_pages(self) -> int:
+        return self.memory.resident
+
+    def lazily_free_pages(self) -> int:
+        return self.memory.lazy
+
+    def release(self) -> None:
+        self.memory.release()
+
+
 class SimBackend(MemoryBackend):
-    """Ledgers for every guest, with a host capacity that reclaims lazy frames first."""
+    """Ledgers for every guest, with a host capacity that reclaims lazy frames first;
+    or, given a ``model``, the host's memory model holds every guest's frames."""
 
     name = "sim"
 
-    def __init__(self, discard_mode: str = "dontneed", capacity_pages: int | None = None) -> None:
+    def __init__(
+        self,
+        discard_mode: str = "dontneed",
+        capacity_pages: int | None = None,
+        model: HostMemory | None = None,
+    ) -> None:
         self.discard_mode = discard_mode
         self.capacity_pages = capacity_pages
+        self.model = model
+        # (--memory-limit and --host-memory are not given together: HostConfig.)
         self.resident = 0
         self.reclaimed = 0
         # What the ledgers themselves cost (real host memory): sessions and chunks.
@@ -282,7 +338,12 @@ class SimBackend(MemoryBackend):
         if over > 0:
             self.reclaim(over)
 
-    def attach(self, guest_id: str, nr_pages: int, page_size: int) -> GuestRam:
+    def attach(
+        self, guest_id: str, nr_pages: int, page_size: int, host_memory: bool = False
+    ) -> GuestRam:
+        if self.model is not None:
+            # A guest that does not follow the model is held, never swapped (hostmem.py).
+            return ModelRam(self, self.model.attach(guest_id, nr_pages, host_memory), page_size)
         base = _base_bytes(nr_pages)
         self.charge(base)
         ram = SimRam(self, guest_id, nr_pages, page_size)
@@ -331,6 +392,8 @@ class SimBackend(MemoryBackend):
             self.reclaim(over)
 
     def resident_pages_total(self) -> int:
+        if self.model is not None:
+            return self.model.used  # the guests' frames and their VMMs' overhead
         return self.resident  # kept up to date by every discard and touch
 
     def reclaim(self, want_pages: int) -> int:

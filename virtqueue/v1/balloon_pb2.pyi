@@ -32,7 +32,7 @@ REFUSED: UsedStatus
 DISCARD_FAILED: UsedStatus
 
 class NegotiateRequest(_message.Message):
-    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session")
+    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session", "host_memory")
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class NegotiateRequest(_message.Message):
     POISON_VAL_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_SESSION_FIELD_NUMBER: _ClassVar[int]
+    HOST_MEMORY_FIELD_NUMBER: _ClassVar[int]
     guest_id: str
     ram_bytes: int
     page_size: int
@@ -47,7 +48,8 @@ class NegotiateRequest(_message.Message):
     poison_val: int
     capacity: int
     previous_session: str
-    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ..., previous_session: _Optional[str] = ...) -> None: ...
+    host_memory: bool
+    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ..., previous_session: _Optional[str] = ..., host_memory: _Optional[bool] = ...) -> None: ...
 
 class Fence(_message.Message):
     __slots__ = ("known", "done_ids")
@@ -58,7 +60,7 @@ class Fence(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., done_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NegotiateReply(_message.Message):
-    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance", "session_timeout_ms")
+    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance", "session_timeout_ms", "host_memory")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHAIN_RANGES_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +72,7 @@ class NegotiateReply(_message.Message):
     FENCE_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     SESSION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    HOST_MEMORY_FIELD_NUMBER: _ClassVar[int]
     features: int
     queue_size: int
     max_chain_ranges: int
@@ -81,7 +84,8 @@ class NegotiateReply(_message.Message):
     fence: Fence
     instance: str
     session_timeout_ms: int
-    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ...) -> None: ...
+    host_memory: bool
+    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ..., host_memory: _Optional[bool] = ...) -> None: ...
 
 class Chain(_message.Message):
     __slots__ = ("id", "pfn", "order")
@@ -94,12 +98,14 @@ class Chain(_message.Message):
     def __init__(self, id: _Optional[int] = ..., pfn: _Optional[_Iterable[int]] = ..., order: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Touched(_message.Message):
-    __slots__ = ("pfn", "count")
+    __slots__ = ("pfn", "count", "seq")
     PFN_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     pfn: _containers.RepeatedScalarFieldContainer[int]
     count: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, pfn: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ...) -> None: ...
+    seq: int
+    def __init__(self, pfn: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class GuestMessage(_message.Message):
     __slots__ = ("chain", "touched")
@@ -110,7 +116,7 @@ class GuestMessage(_message.Message):
     def __init__(self, chain: _Optional[_Union[Chain, _Mapping]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ...) -> None: ...
 
 class Used(_message.Message):
-    __slots__ = ("id", "discarded_pages", "status", "reason", "detail", "errno", "resident_bytes")
+    __slots__ = ("id", "discarded_pages", "status", "reason", "detail", "errno", "resident_bytes", "notice")
     ID_FIELD_NUMBER: _ClassVar[int]
     DISCARDED_PAGES_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +124,7 @@ class Used(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     ERRNO_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     id: int
     discarded_pages: int
     status: UsedStatus
@@ -125,7 +132,24 @@ class Used(_message.Message):
     detail: str
     errno: int
     resident_bytes: int
-    def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ..., status: _Optional[_Union[UsedStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., errno: _Optional[int] = ..., resident_bytes: _Optional[int] = ...) -> None: ...
+    notice: Notice
+    def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ..., status: _Optional[_Union[UsedStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., errno: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+
+class Notice(_message.Message):
+    __slots__ = ("evicted_pfn", "evicted_count", "touch_seq", "delay_us", "major_faults", "minor_faults")
+    EVICTED_PFN_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOUCH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DELAY_US_FIELD_NUMBER: _ClassVar[int]
+    MAJOR_FAULTS_FIELD_NUMBER: _ClassVar[int]
+    MINOR_FAULTS_FIELD_NUMBER: _ClassVar[int]
+    evicted_pfn: _containers.RepeatedScalarFieldContainer[int]
+    evicted_count: _containers.RepeatedScalarFieldContainer[int]
+    touch_seq: int
+    delay_us: int
+    major_faults: int
+    minor_faults: int
+    def __init__(self, evicted_pfn: _Optional[_Iterable[int]] = ..., evicted_count: _Optional[_Iterable[int]] = ..., touch_seq: _Optional[int] = ..., delay_us: _Optional[int] = ..., major_faults: _Optional[int] = ..., minor_faults: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("session", "self_only")
@@ -136,7 +160,7 @@ class StatsRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ..., self_only: _Optional[bool] = ...) -> None: ...
 
 class GuestStats(_message.Message):
-    __slots__ = ("guest_id", "ram_bytes", "resident_bytes", "lazily_free_bytes", "discarded_bytes", "reported_bytes", "chains", "refused_chains", "touched_bytes", "poison_skipped_chains", "peak_resident_bytes", "measured_by_kernel", "failed_chains", "sessions")
+    __slots__ = ("guest_id", "ram_bytes", "resident_bytes", "lazily_free_bytes", "discarded_bytes", "reported_bytes", "chains", "refused_chains", "touched_bytes", "poison_skipped_chains", "peak_resident_bytes", "measured_by_kernel", "failed_chains", "sessions", "swapped_bytes", "major_faults", "minor_faults")
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +175,9 @@ class GuestStats(_message.Message):
     MEASURED_BY_KERNEL_FIELD_NUMBER: _ClassVar[int]
     FAILED_CHAINS_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    SWAPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAJOR_FAULTS_FIELD_NUMBER: _ClassVar[int]
+    MINOR_FAULTS_FIELD_NUMBER: _ClassVar[int]
     guest_id: str
     ram_bytes: int
     resident_bytes: int
@@ -165,10 +192,13 @@ class GuestStats(_message.Message):
     measured_by_kernel: bool
     failed_chains: int
     sessions: int
-    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., lazily_free_bytes: _Optional[int] = ..., discarded_bytes: _Optional[int] = ..., reported_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., touched_bytes: _Optional[int] = ..., poison_skipped_chains: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., measured_by_kernel: _Optional[bool] = ..., failed_chains: _Optional[int] = ..., sessions: _Optional[int] = ...) -> None: ...
+    swapped_bytes: int
+    major_faults: int
+    minor_faults: int
+    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., lazily_free_bytes: _Optional[int] = ..., discarded_bytes: _Optional[int] = ..., reported_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., touched_bytes: _Optional[int] = ..., poison_skipped_chains: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., measured_by_kernel: _Optional[bool] = ..., failed_chains: _Optional[int] = ..., sessions: _Optional[int] = ..., swapped_bytes: _Optional[int] = ..., major_faults: _Optional[int] = ..., minor_faults: _Optional[int] = ...) -> None: ...
 
 class HostStats(_message.Message):
-    __slots__ = ("guests", "capacity_bytes", "resident_bytes", "peak_resident_bytes", "reclaimed_bytes", "chains", "refused_chains", "refusals", "backend", "self", "failed_chains", "discard_errors", "instance")
+    __slots__ = ("guests", "capacity_bytes", "resident_bytes", "peak_resident_bytes", "reclaimed_bytes", "chains", "refused_chains", "refusals", "backend", "self", "failed_chains", "discard_errors", "instance", "host_memory_bytes", "swap_bytes", "swap_used_bytes", "swap_ins", "swap_outs", "oom_kills", "vmm_overhead_bytes")
     class RefusalsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +226,13 @@ class HostStats(_message.Message):
     FAILED_CHAINS_FIELD_NUMBER: _ClassVar[int]
     DISCARD_ERRORS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    HOST_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SWAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SWAP_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SWAP_INS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_OUTS_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
+    VMM_OVERHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     guests: _containers.RepeatedCompositeFieldContainer[GuestStats]
     capacity_bytes: int
     resident_bytes: int
@@ -209,7 +246,14 @@ class HostStats(_message.Message):
     failed_chains: int
     discard_errors: _containers.ScalarMap[str, int]
     instance: str
-    def __init__(self_, guests: _Optional[_Iterable[_Union[GuestStats, _Mapping]]] = ..., capacity_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., reclaimed_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., refusals: _Optional[_Mapping[str, int]] = ..., backend: _Optional[str] = ..., self: _Optional[_Union[GuestStats, _Mapping]] = ..., failed_chains: _Optional[int] = ..., discard_errors: _Optional[_Mapping[str, int]] = ..., instance: _Optional[str] = ...) -> None: ...
+    host_memory_bytes: int
+    swap_bytes: int
+    swap_used_bytes: int
+    swap_ins: int
+    swap_outs: int
+    oom_kills: int
+    vmm_overhead_bytes: int
+    def __init__(self_, guests: _Optional[_Iterable[_Union[GuestStats, _Mapping]]] = ..., capacity_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., reclaimed_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., refusals: _Optional[_Mapping[str, int]] = ..., backend: _Optional[str] = ..., self: _Optional[_Union[GuestStats, _Mapping]] = ..., failed_chains: _Optional[int] = ..., discard_errors: _Optional[_Mapping[str, int]] = ..., instance: _Optional[str] = ..., host_memory_bytes: _Optional[int] = ..., swap_bytes: _Optional[int] = ..., swap_used_bytes: _Optional[int] = ..., swap_ins: _Optional[int] = ..., swap_outs: _Optional[int] = ..., oom_kills: _Optional[int] = ..., vmm_overhead_bytes: _Optional[int] = ...) -> None: ...
 
 class CloseRequest(_message.Message):
     __slots__ = ("session",)

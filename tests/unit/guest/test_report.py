@@ -39,3 +39,23 @@ def test_policy_errors_and_a_trace_show() -> None:
     assert "6 of 10 events fell outside RAM" in text
     assert "mm_page_free_batched" in text
     assert "1 failed allocations, 3 other events" in text
+
+
+def test_the_host_memory_figures_show_only_when_the_host_said_something() -> None:
+    from guest.report import format_summary
+    from tests.records import guest_summary
+
+    quiet = format_summary(guest_summary(backend="sim"))
+    assert "host faults" not in quiet and "KILLED" not in quiet
+    said = format_summary(
+        guest_summary(
+            backend="sim",
+            major_faults=512,
+            minor_faults=3,
+            fault_wait_seconds=0.044,
+            swapped_bytes=2 << 20,
+            oom_killed=True,
+        )
+    )
+    assert "512 major (swapped in), 3 minor; the workload waited 0.044 s" in said
+    assert "KILLED" in said and "exit status 3" in said

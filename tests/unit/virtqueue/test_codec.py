@@ -55,3 +55,78 @@ def test_feature_bits_follow_virtio_numbering() -> None:
     )
     assert F.describe(F.mask(F.REPORTING, F.PAGE_POISON)) == "PAGE_POISON,REPORTING"
     assert codec.decode_guest_message(codec.encode_chain(1, [])) is not None
+
+
+# ---- issue 23: the host's memory model on the wire ------------------------------------
+
+
+def test_host_memory_fields_roundtrip_and_default_off() -> None:
+    n = codec.Negotiation("g", 1 << 30, 4096, F.mask(F.REPORTING), 0, 32, host_memory=True)
+    assert codec.decode_negotiate(codec.encode_negotiate(n)) == n
+    assert codec.Negotiation("g", 1 << 30, 4096, 0, 0, 32).host_memory is False
+    a = codec.Accepted(0, 64, 32, "tok", "sim", "", "free", host_memory=True)
+    assert codec.decode_accepted(codec.encode_accepted(a)).host_memory is True
+    assert codec.decode_accepted(codec.encode_accepted(a)) == a
+    assert codec.Accepted(0, 64, 32, "tok", "sim", "", "free").host_memory is False
+
+
+def test_touched_carries_its_batch_number() -> None:
+    t = codec.TouchedMsg([0, 4096], [512, 1], 7)
+    decoded = codec.decode_guest_message(codec.encode_touched_msg(t))
+    assert isinstance(decoded, codec.TouchedMsg)
+    assert (list(decoded.pfns), list(decoded.counts), decoded.seq) == ([0, 4096], [512, 1], 7)
+    old_style = codec.decode_guest_message(codec.encode_touched([(3, 1)]))
+    assert isinstance(old_style, codec.TouchedMsg) and old_style.seq == 0
+    assert codec.TouchedMsg([1], [1]).seq == 0
+
+
+def test_notice_roundtrips_and_is_told_apart_from_a_chains_answer() -> None:
+    n = codec.NoticeMsg([(512, 512), (4096, 3)], 5, 8500, 100, 12)
+    wire = codec.encode_notice(n)
+    assert wire.id == 0 and wire.HasField("notice")
+    assert codec.decode_used(codec.Used.FromString(wire.SerializeToString())) == n
+    # eviction only: no batch settled, no delay; still a Notice, not a DONE for chain 0
+    bare = codec.decode_used(codec.encode_notice(codec.NoticeMsg([(9, 1)], 0, 0, 0, 0)))
+    assert isinstance(bare, codec.NoticeMsg) and bare.evicted == [(9, 1)]
+    assert isinstance(codec.decode_used(codec.encode_used(codec.UsedMsg(0))), codec.UsedMsg)
+
+
+def test_memory_model_figures_roundtrip_and_old_callers_still_build_them() -> None:
+    g = codec.GuestFigures(
+        "g",
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+        False,
+        swapped_bytes=4096,
+        major_faults=3,
+        minor_faults=4,
+    )
+    h = codec.HostFigures(
+        [g],
+        0,
+        2,
+        2,
+        0,
+        6,
+        1,
+        self_guest=g,
+        host_memory_bytes=1 << 30,
+        swap_bytes=1 << 29,
+        swap_used_bytes=8192,
+        swap_ins=5,
+        swap_outs=6,
+        oom_kills=1,
+        vmm_overhead_bytes=1 << 26,
+    )
+    assert codec.decode_host_stats(codec.encode_host_stats(h)) == h
+    old = codec.HostFigures([], 0, 0, 0, 0, 0, 0)
+    assert (old.host_memory_bytes, old.swap_bytes, old.oom_kills) == (0, 0, 0)
+    assert codec.GuestFigures("g", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, True).major_faults == 0

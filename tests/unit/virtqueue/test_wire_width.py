@@ -115,3 +115,95 @@ def test_every_rpc_gets_a_deserializer_that_hands_over_malformed_bytes() -> None
 def test_every_decoder_refuses_malformed(decode: Any) -> None:
     with pytest.raises(codec.Undecodable, match=r"does not decode as pagehint\.v1\.X"):
         decode(codec.Malformed("pagehint.v1.X"))
+
+
+# ---- issue 23: the host's memory model, additive ----------------------------------------
+# Fields and the Notice message added for --host-memory; a peer built before them must
+# keep working both ways: it sends none of them (read here as their defaults: off), and
+# what a new peer sends it with them at their defaults is the same bytes it sent before.
+
+ADDED = {
+    "NegotiateRequest": ("host_memory",),
+    "NegotiateReply": ("host_memory",),
+    "Touched": ("seq",),
+    "Used": ("notice",),
+    "GuestStats": ("swapped_bytes", "major_faults", "minor_faults"),
+    "HostStats": (
+        "host_memory_bytes",
+        "swap_bytes",
+        "swap_used_bytes",
+        "swap_ins",
+        "swap_outs",
+        "oom_kills",
+        "vmm_overhead_bytes",
+    ),
+}
+
+
+def pre_host_memory_classes() -> dict[str, Any]:
+    """The message classes of the wire before issue 23 (in a pool of their own)."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(proto)
+    for message in proto.message_type:
+        gone = ADDED.get(message.name, ())
+        keep = [f for f in message.field if f.name not in gone]
+        assert len(message.field) - len(keep) == len(gone), message.name
+        del message.field[:]
+        message.field.extend(keep)
+    keep_msgs = [m for m in proto.message_type if m.name != "Notice"]
+    del proto.message_type[:]
+    proto.message_type.extend(keep_msgs)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    names = ("NegotiateRequest", "NegotiateReply", "GuestMessage", "Used", "HostStats")
+    return {
+        n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"pagehint.v1.{n}"))
+        for n in names
+    }
+
+
+def test_older_peers_interoperate_with_the_host_memory_fields() -> None:
+    old = pre_host_memory_classes()
+    # an old guest's negotiation: read as not offering host_memory
+    req = old["NegotiateRequest"](guest_id="g", ram_bytes=1 << 30, page_size=4096, capacity=32)
+    assert codec.decode_negotiate(pb.NegotiateRequest.FromString(req.SerializeToString())) == (
+        codec.Negotiation("g", 1 << 30, 4096, 0, 0, 32)
+    )
+    # a new guest's offer to an old host: the old host reads the rest as before
+    offer = codec.encode_negotiate(codec.Negotiation("g", 1 << 30, 4096, 32, 0, 32, "", True))
+    assert old["NegotiateRequest"].FromString(offer.SerializeToString()).capacity == 32
+    # an old host's reply: read as host_memory off (no Notices will come)
+    reply = old["NegotiateReply"](session="s", backend="sim", queue_size=64)
+    accepted = codec.decode_accepted(pb.NegotiateReply.FromString(reply.SerializeToString()))
+    assert accepted.host_memory is False and accepted.session == "s"
+    # with the feature off a new host's reply and a new guest's touches are the old bytes
+    off = codec.encode_accepted(codec.Accepted(0, 64, 0, "s", "sim", "", ""))
+    assert off.SerializeToString() == reply.SerializeToString()
+    touched = codec.encode_touched_msg(codec.TouchedMsg([3], [1]))
+    old_touched = old["GuestMessage"](touched={"pfn": [3], "count": [1]})
+    assert touched.SerializeToString() == old_touched.SerializeToString()
+    # an old guest's touches read with seq 0; a new guest's seq is skipped by an old host
+    decoded = codec.decode_guest_message(
+        pb.GuestMessage.FromString(old_touched.SerializeToString())
+    )
+    assert isinstance(decoded, codec.TouchedMsg) and decoded.seq == 0
+    seqd = codec.encode_touched_msg(codec.TouchedMsg([3], [1], 9)).SerializeToString()
+    assert list(old["GuestMessage"].FromString(seqd).touched.count) == [1]
+    # an old host's answers are chains' answers, never Notices
+    used = old["Used"](id=4, discarded_pages=512, resident_bytes=4096)
+    assert codec.decode_used(pb.Used.FromString(used.SerializeToString())) == codec.UsedMsg(
+        4, 512, codec.DONE, "", "", 0, 4096
+    )
+
+
+def test_older_peers_read_the_stats_of_a_host_with_memory() -> None:
+    old = pre_host_memory_classes()
+    g = codec.GuestFigures("g", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, False, 0, 1, 4096, 2, 3)
+    h = codec.HostFigures([g], 0, 2, 2, 0, 6, 1, {}, "sim", g, 0, {}, "i", 1 << 30, 1 << 29)
+    wire = codec.encode_host_stats(h).SerializeToString()
+    got = old["HostStats"].FromString(wire)
+    assert (got.resident_bytes, got.guests[0].touched_bytes, got.self.sessions) == (2, 8, 1)
+    # and a new reader of an old host's stats gets the memory model's figures as 0
+    old_h = old["HostStats"](resident_bytes=2, backend="sim", guests=[{"guest_id": "g"}])
+    new = codec.decode_host_stats(pb.HostStats.FromString(old_h.SerializeToString()))
+    assert (new.host_memory_bytes, new.swap_used_bytes, new.guests[0].major_faults) == (0, 0, 0)

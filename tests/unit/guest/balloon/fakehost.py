@@ -5,23 +5,38 @@ totals) without processes: ``hold`` makes the host sit on chains (a slow or
 stalled device thread), ``release`` lets it get to them, ``lose_answers`` drops
 its answers on the floor, ``break_streams`` breaks the open stream, ``down``
 makes negotiation fail, and ``restart`` swaps in a fresh device (a host restart).
+
+The host's memory model (issue 23) is the fake's own, not the device's: with
+``host_memory`` it accepts a guest's offer, records each touch batch
+(``touched``), answers it with a Notice when ``settle_touches`` (``delay_us``
+each), ``notice`` sends one of its own, and ``oom_kill`` ends the streams as
+the host's OOM killer does (ABORTED).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from guest.balloon.transport import NegotiationRefused, TransportError
 from host.device import BalloonDevice, NegotiationError, Session
 from host.memory.sim import SimBackend
-from virtqueue.codec import Accepted, ChainMsg, HostFigures, Negotiation, TouchedMsg, UsedMsg
+from virtqueue.codec import (
+    Accepted,
+    ChainMsg,
+    HostFigures,
+    Negotiation,
+    NoticeMsg,
+    TouchedMsg,
+    UsedMsg,
+)
 
 
 class FakeStream:
     def __init__(self, host: FakeHost, session: Session) -> None:
         self.host = host
         self.session = session
-        self.inbox: asyncio.Queue[UsedMsg | Exception | None] = asyncio.Queue()
+        self.inbox: asyncio.Queue[UsedMsg | NoticeMsg | Exception | None] = asyncio.Queue()
         self.dead = False
         self.write_gate: asyncio.Event | None = None
 
@@ -32,6 +47,9 @@ class FakeStream:
             raise TransportError("UNAVAILABLE: stream broken")
         if isinstance(msg, TouchedMsg):
             self.host.device.handle_touched(self.session, msg.pfns, msg.counts)
+            self.host.touched.append(msg)
+            if self.host.settle_touches and msg.seq:
+                self.inbox.put_nowait(NoticeMsg([], msg.seq, self.host.delay_us, 0, 0))
             return
         self.host.chains_received += 1
         if self.host.hold:
@@ -44,7 +62,7 @@ class FakeStream:
         if used is not None and not self.dead and not self.host.lose_answers:
             self.inbox.put_nowait(used)
 
-    async def read(self) -> UsedMsg | None:
+    async def read(self) -> UsedMsg | NoticeMsg | None:
         item = await self.inbox.get()
         if isinstance(item, Exception):
             raise item
@@ -70,6 +88,12 @@ class FakeHost:
         self.streams: list[FakeStream] = []
         self.negotiations: list[Negotiation] = []
         self.chains_received = 0
+        # The host's memory model (see the module's doc).
+        self.host_memory = False
+        self.settle_touches = True
+        self.delay_us = 0
+        self.touched: list[TouchedMsg] = []
+        self.backend_name: str | None = None  # answer as this backend (the device is sim)
 
     # ---- controls -----------------------------------------------------------------
 
@@ -87,6 +111,18 @@ class FakeHost:
         self.break_streams()
         self.held = []
         self.device = BalloonDevice(SimBackend(), **self.device_kw)  # type: ignore[arg-type]
+
+    def notice(self, n: NoticeMsg) -> None:
+        for s in self.streams:
+            if not s.dead:
+                s.inbox.put_nowait(n)
+
+    def oom_kill(self, badness: str = "oom_badness 100 pages: 90 resident, 10 swapped") -> None:
+        for s in self.streams:
+            if not s.dead:
+                s.dead = True
+                why = f"ABORTED: killed by the host's OOM killer ({badness})"
+                s.inbox.put_nowait(TransportError(why))
 
     # ---- Transport ----------------------------------------------------------------
 
@@ -107,7 +143,12 @@ class FakeHost:
             )
         except NegotiationError as e:
             raise NegotiationRefused(f"INVALID_ARGUMENT: {e}") from None
-        return self.device.accepted(s, fence)
+        acc = self.device.accepted(s, fence)
+        return dataclasses.replace(
+            acc,
+            host_memory=self.host_memory and n.host_memory,
+            backend=self.backend_name or acc.backend,
+        )
 
     def open_stream(self, session: str) -> FakeStream:
         stream = FakeStream(self, self.device.session(session))

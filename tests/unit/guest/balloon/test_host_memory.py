@@ -1,0 +1,239 @@
+"""The guest under a host with its own memory model (issue 23), through the fake host:
+the offer, numbered touch batches flushed at once, Notices (evicted frames told again,
+delays the workload really waits), the shm gate, and the OOM kill."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from guest.balloon import BalloonDriver
+from guest.balloon.connection import OomKilled
+from guest.hinting.device import ReportError
+from guest.memory import GuestMemory
+from guest.mm import MAX_ORDER, BuddyAllocator
+from guest.mm.constants import PAGE_SIZE
+from guest.ram import SharedRam
+from guest.workloads.base import WorkloadContext
+from tests.unit.guest.balloon.fakehost import FakeHost
+from tests.unit.guest.balloon.test_driver import RAM, block, config
+from tests.waiting import wait_for as _wait_for
+from virtqueue.codec import NoticeMsg
+
+N = 1 << MAX_ORDER  # pages in a top-order block
+Setup = tuple[FakeHost, BalloonDriver, BuddyAllocator]
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float) -> None:
+    await _wait_for(cond, timeout, getattr(cond, "__name__", "a condition"))
+
+
+async def started(host: FakeHost, **kw: object) -> tuple[BalloonDriver, BuddyAllocator]:
+    mm = BuddyAllocator(RAM)
+    # A flush timer far longer than any test: only the prompt flush can send touches.
+    driver = BalloonDriver(config(touch_flush_seconds=60.0, **kw), mm, lambda _m: None, host)
+    await driver.start()
+    return driver, mm
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[Setup]:
+    host = FakeHost()
+    host.host_memory = True
+    driver, mm = await started(host)
+    try:
+        yield host, driver, mm
+    finally:
+        await driver.stop()
+
+
+def touched_pfns(host: FakeHost) -> list[tuple[int, int]]:
+    return [(p, c) for t in host.touched for p, c in zip(t.pfns, t.counts, strict=True)]
+
+
+async def test_the_guest_offers_host_memory_and_a_host_without_it_changes_nothing() -> None:
+    host = FakeHost()  # a host without --host-memory
+    driver, mm = await started(host)
+    try:
+        assert host.negotiations[0].host_memory is True
+        assert driver.accepted is not None and driver.accepted.host_memory is False
+        assert not driver.host_memory
+        pfn = mm.alloc(0)
+        driver.on_alloc(pfn, 0)
+        await driver.flush_touches()
+        # sim backend: touches as before, unnumbered
+        assert [t.seq for t in host.touched] == [0]
+    finally:
+        await driver.stop()
+
+
+async def test_touch_batches_are_numbered_and_flushed_at_once(setup: Setup) -> None:
+    host, driver, mm = setup
+    assert driver.host_memory
+    for n in range(1, 4):
+        pfn = mm.alloc(0)
+        driver.on_alloc(pfn, 0)
+        # no flush call and a 60 s timer: the driver sends within a loop turn or two
+        await wait_for(lambda n=n: len(host.touched) == n, timeout=5)
+    assert [t.seq for t in host.touched] == [1, 2, 3]
+    assert driver.settled_runs == driver.touches.runs_created  # each one settled
+
+
+async def test_evicted_frames_are_reported_again_on_their_next_touch(setup: Setup) -> None:
+    host, driver, mm = setup
+    pfn = mm.alloc(4)
+    driver.on_alloc(pfn, 4)
+    await wait_for(lambda: (pfn, 16) in touched_pfns(host), timeout=5)
+    host.touched.clear()
+    # touched again while the host holds it: nothing to say
+    driver.on_alloc(pfn, 4)
+    await asyncio.sleep(0.05)
+    assert host.touched == []
+    # the host swaps four of its frames out: the next touch must be told
+    host.notice(NoticeMsg([(pfn + 4, 4)], 0, 0, 0, 0))
+    await wait_for(lambda: driver.touches.host_has[pfn + 4] == 0, timeout=5)
+    driver.on_alloc(pfn, 4)
+    await wait_for(lambda: touched_pfns(host) == [(pfn, 16)], timeout=5)
+
+
+async def test_a_notices_delay_makes_the_workload_wait(setup: Setup) -> None:
+    host, driver, mm = setup
+    ctx = WorkloadContext(GuestMemory(mm))
+    driver.on_fault_delay.append(ctx.add_fault_debt)
+    host.delay_us = 300_000  # each batch's swap-ins cost 0.3 s
+    pfn = mm.alloc(0)
+    driver.on_alloc(pfn, 0)
+    await wait_for(lambda: ctx.fault_debt > 0, timeout=5)
+    t0 = time.monotonic()
+    await ctx.tick()  # the next operation waits first
+    assert time.monotonic() - t0 >= 0.25
+    assert ctx.fault_wait_seconds == pytest.approx(0.3, abs=0.01)
+    assert ctx.fault_debt == 0
+    # and the operation after that does not wait again
+    t0 = time.monotonic()
+    await ctx.tick()
+    assert ctx.fault_wait_seconds == pytest.approx(0.3, abs=0.01)
+    assert driver.fault_delay_seconds == pytest.approx(0.3)
+
+
+async def test_fault_debt_slows_a_busy_workload(setup: Setup) -> None:
+    """Counted, not timed: a workload charged 0.05 s per batch does a handful of
+    operations in 0.5 s where one without a debt does thousands."""
+    host, driver, mm = setup
+    memory = GuestMemory(mm)
+    memory.on_alloc.append(driver.on_alloc)
+    ctx = WorkloadContext(memory)
+    driver.on_fault_delay.append(ctx.add_fault_debt)
+    host.delay_us = 50_000
+
+    async def churn() -> int:
+        ops = 0
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            pfn = memory.alloc(0)
+            driver.touches.evicted([(pfn, 1)])  # as if swapped each time: a fault per op
+            memory.free(pfn, 0)
+            ops += 1
+            await ctx.tick()
+            await asyncio.sleep(0)
+        return ops
+
+    slow = await churn()
+    assert ctx.fault_wait_seconds > 0.2
+    host.delay_us = 0
+    await asyncio.sleep(0.1)
+    ctx.fault_debt = 0
+    fast = await churn()
+    assert slow * 5 < fast, (slow, fast)
+
+
+async def test_an_oom_kill_ends_the_guest_without_reconnecting(setup: Setup) -> None:
+    host, driver, mm = setup
+    stopped: list[BaseException] = []
+    driver.conn.on_fatal.append(stopped.append)
+    host.hold = True  # a chain in flight when the killer strikes
+    pfn, order = block(mm)
+    report = asyncio.ensure_future(driver.report([(pfn, order)]))
+    await wait_for(lambda: host.chains_received == 1, timeout=5)
+    host.oom_kill()
+    await wait_for(lambda: bool(stopped), timeout=5)
+    assert isinstance(driver.fatal, OomKilled) and driver.fatal.exit_status == 3
+    assert str(driver.fatal).startswith("killed by the host's OOM killer (oom_badness")
+    # the host ended the session and freed its memory: the chain is settled, not left
+    with pytest.raises(ReportError):
+        await asyncio.wait_for(report, 5)
+    await asyncio.sleep(0.2)  # well past reconnect_max
+    assert len(host.negotiations) == 1
+
+
+# ---- shm: accesses wait for the Notice that settles their frames -------------------------
+
+
+def shared(tmp_path: Path, mm: BuddyAllocator) -> SharedRam:
+    path = tmp_path / "g-00000001.ram"
+    with path.open("wb") as f:
+        f.truncate(mm.ram_bytes)
+    path.chmod(0o600)
+    return SharedRam(str(path), mm, "g", None, lambda _m: None, folder=str(tmp_path))
+
+
+async def test_shm_reads_a_swapped_block_only_after_the_host_brought_it_back(
+    tmp_path: Path,
+) -> None:
+    host = FakeHost()
+    host.host_memory = True
+    host.backend_name = "shm"
+    driver, mm = await started(host)
+    ram = shared(tmp_path, mm)
+    ram.gate = driver.gate
+    driver.on_settled.append(ram.settle)
+    try:
+        assert driver.gated
+        pfn = mm.alloc(MAX_ORDER)
+        ram.on_alloc(pfn, MAX_ORDER)
+        await wait_for(lambda: ram.waiting == 0, timeout=5)  # stamped once settled
+        # the host swaps the block out: its bytes go to swap, the file has a hole
+        lo, hi = pfn * PAGE_SIZE, (pfn + N) * PAGE_SIZE
+        swap = bytes(ram.map[lo:hi])
+        ram.map[lo:hi] = bytes(hi - lo)
+        host.settle_touches = False
+        host.touched.clear()
+        host.notice(NoticeMsg([(pfn, N)], 0, 0, 0, 0))
+        await wait_for(lambda: driver.touches.host_has[pfn] == 0, timeout=5)
+        # the guest frees it: its check must wait for the swap-in
+        ram.on_free(pfn, MAX_ORDER)
+        mm.free(pfn, MAX_ORDER)
+        assert ram.waiting == 1
+        await wait_for(lambda: bool(host.touched) and host.touched[-1].seq > 0, timeout=5)
+        seq = host.touched[-1].seq
+        assert (pfn, N) in touched_pfns(host)
+        # a chain of that very block waits for the swap-in too (never discarded unread)
+        mm.isolate(pfn, MAX_ORDER)
+        report = asyncio.ensure_future(driver.report([(pfn, MAX_ORDER)]))
+        await asyncio.sleep(0.05)
+        assert host.chains_received == 0
+        ram.map[lo:hi] = swap  # the host copies it back, then settles the batch
+        host.notice(NoticeMsg([], seq, 85 * N, N, 0))
+        await asyncio.wait_for(report, 5)
+        assert ram.waiting == 0 and ram.data_loss_pages == 0 and ram.pages_checked == N
+        assert driver.major_faults == N
+    finally:
+        await driver.stop()
+        ram.close()
+
+
+async def test_shm_without_host_memory_neither_tracks_nor_waits(tmp_path: Path) -> None:
+    host = FakeHost()
+    host.backend_name = "shm"  # a host without --host-memory: as before
+    driver, mm = await started(host)
+    try:
+        assert not driver.gated and not driver.touches.enabled
+        pfn = mm.alloc(0)
+        driver.on_alloc(pfn, 0)
+        assert driver.gate(pfn, 0) == 0 and not driver.touches.runs
+    finally:
+        await driver.stop()
