@@ -128,15 +128,19 @@ class WorkloadContext:
         for _ in range(count):
             if self.stop.is_set():
                 break
-            pfn = self.memory.alloc(order)
-            self.stats.alloc_ops += 1
-            if pfn < 0:
-                self.stats.alloc_failures += 1
-            else:
-                group.append((pfn, order))
-                got += 1
+            got += self.alloc_into(group, order)
             await self.tick()
         return got
+
+    def alloc_into(self, group: list[tuple[int, int]], order: int) -> int:
+        """One block of ``order`` into ``group``, counted; 1 if got, 0 if it failed."""
+        pfn = self.memory.alloc(order)
+        self.stats.alloc_ops += 1
+        if pfn < 0:
+            self.stats.alloc_failures += 1
+            return 0
+        group.append((pfn, order))
+        return 1
 
     async def free_group(self, name: str, stride: int = 1, offset: int = 0) -> int:
         """Free every ``stride``-th block of group ``name`` starting at ``offset``."""

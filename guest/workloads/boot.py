@@ -91,12 +91,7 @@ async def boot(ctx: WorkloadContext, cfg: BootConfig, seed: int = 0) -> int:
     for order in plan(cfg, rng):
         if ctx.stop.is_set():
             break
-        pfn = ctx.memory.alloc(order)
-        ctx.stats.alloc_ops += 1
-        if pfn < 0:
-            ctx.stats.alloc_failures += 1
-        else:
-            blocks.append((pfn, order))
+        ctx.alloc_into(blocks, order)
         await ctx.tick()
     free_share = cfg.holes / (1 + cfg.holes)
     held: list[tuple[int, int]] = []

@@ -7,21 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 from collections.abc import AsyncIterator
 
 import pytest
 
 from guest.balloon import connection as C
-from guest.balloon.connection import Backoff, Connection, GuestIdLost
+from guest.balloon.connection import Connection, GuestIdLost
 from guest.balloon.transport import TransportError
-from guest.balloon.window import ChainWindow
 from guest.ram import HOST_FOLDER, RAM_NAME
 from host import device as D
 from host.memory import shm
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
 from tests.unit.guest.balloon.fakehost import FakeHost
+from tests.unit.guest.balloon.test_connection import _connection
 from tests.waiting import wait_for
 from virtqueue import features as F
 from virtqueue.codec import Accepted, Negotiation
@@ -53,24 +52,11 @@ class InUseHost(FakeHost):
         return s.token
 
 
-def _negotiation(previous: str) -> Negotiation:
-    return Negotiation("g", RAM, 4096, F.mask(F.REPORTING), 0, 32, previous)
-
-
 @contextlib.asynccontextmanager
 async def kept(
     host: FakeHost, accept: object = None
 ) -> AsyncIterator[tuple[Connection, list[str], list[UsageError]]]:
-    lines: list[str] = []
-    conn = Connection(
-        host,
-        ChainWindow(),
-        _negotiation,
-        accept if accept is not None else (lambda _acc: None),  # type: ignore[arg-type]
-        lines.append,
-        "fake:1",
-        Backoff(0.01, 0.05, random.Random(1)),
-    )
+    conn, lines = _connection(host, accept)
     fatal: list[UsageError] = []
     conn.on_fatal.append(fatal.append)
     await conn.connect()
