@@ -35,6 +35,7 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
@@ -49,6 +50,15 @@ LOG_FIRST = 20  # log the first losses one by one, then only count
 # the two to each other.
 RAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}\.ram")
 HOST_FOLDER = re.compile(r"pagehint-host-[0-9]{1,10}")
+
+
+class Deferred(NamedTuple):
+    """An access to a block that waits for the host to settle touch runs up to ticket."""
+
+    ticket: int
+    pfn: int
+    order: int
+    access: Callable[[], None]
 
 
 class RamFileRefused(UsageError):
@@ -244,7 +254,7 @@ class SharedRam:
         # host_memory with shm: the driver's gate, and the accesses it deferred as
         # (ticket, access), run in order once the host settled runs up to ticket.
         self.gate: Callable[[int, int], int] | None = None
-        self._deferred: deque[tuple[int, Callable[[], None]]] = deque()
+        self._deferred: deque[Deferred] = deque()
 
     def _open(self, path: str) -> mmap.mmap:
         fd = open_ram_file(path, self.folder, self.size)
@@ -278,16 +288,30 @@ class SharedRam:
         assert self.gate is not None
         ticket = self.gate(pfn, order)
         if not ticket and self._deferred:
-            ticket = self._deferred[-1][0]  # never ahead of an earlier access
+            ticket = self._deferred[-1].ticket  # never ahead of an earlier access
         if ticket:
-            self._deferred.append((ticket, access))
+            self._deferred.append(Deferred(ticket, pfn, order, access))
         return bool(ticket)
+
+    def regate(self) -> None:
+        """The host evicted frames (it moves them once we acknowledge): an access
+        still waiting may be to one of them, so each waiting block is touched again
+        (the frames the host no longer holds are reported) and every waiting access
+        waits for the touches made now. Order is kept: all wait for the newest."""
+        deferred = self._deferred
+        if self.gate is None or not deferred:
+            return
+        ticket = max(self.gate(d.pfn, d.order) for d in deferred)
+        if ticket:
+            for i, d in enumerate(deferred):
+                if d.ticket < ticket:
+                    deferred[i] = d._replace(ticket=ticket)
 
     def settle(self, runs: int) -> None:
         """The host settled touch runs up to ``runs``: do the accesses waiting on them."""
         deferred = self._deferred
-        while deferred and deferred[0][0] <= runs:
-            deferred.popleft()[1]()
+        while deferred and deferred[0].ticket <= runs:
+            deferred.popleft().access()
 
     @property
     def waiting(self) -> int:
@@ -343,7 +367,7 @@ class SharedRam:
     def fault_in_all(self, mm: BuddyAllocator) -> int:
         """Before check_all with a gate: touch every allocated block the host does not
         hold; returns the ticket to wait for (0: none)."""
-        ticket = self._deferred[-1][0] if self._deferred else 0
+        ticket = self._deferred[-1].ticket if self._deferred else 0
         if self.gate is not None:
             for b in mm.blocks():
                 if b.state == "allocated":

@@ -142,6 +142,7 @@ class _RamFollower:
             return
         if ram.settle not in driver.on_settled:
             driver.on_settled.append(ram.settle)
+            driver.on_evicted.append(ram.regate)
         ram.gate = driver.gate if acc.host_memory else None
 
 

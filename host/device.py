@@ -752,24 +752,47 @@ class BalloonDevice:
         return self._touch(s, pfns, counts) is not None
 
     def answer_touched(
-        self, s: Session, pfns: Sequence[int], counts: Sequence[int], seq: int = 0
+        self,
+        s: Session,
+        pfns: Sequence[int],
+        counts: Sequence[int],
+        seq: int = 0,
+        evict_ack: int = 0,
     ) -> NoticeMsg | None:
         """Apply a batch of touched frames; for a guest that follows the host's memory
         model, the Notice settling it (every batch gets one, a refused one too: the
-        guest may wait for it), carrying what it cost and the guest's evictions."""
+        guest may wait for it), carrying what it cost and the guest's evictions.
+        ``evict_ack`` first: the frames the guest stopped using move out (shm), and
+        this batch's touches, sent after, bring back what they need."""
+        if evict_ack and not s.ended:
+            self._acknowledged(s, evict_ack)
+        if not pfns and seq == 0:
+            # An acknowledgement alone: nothing to settle; any news goes by wake.
+            self.wake_evicted()
+            return None
         outcome = self._touch(s, pfns, counts)
         self.wake_evicted(s)
         if not s.host_memory or s.ended:
             return None
         if outcome is None:
             outcome = TouchOutcome(0, 0, 0, 0, 0.0)
+        evicted, evict_id = s.ram.take_evicted()
         return NoticeMsg(
-            evicted=s.ram.take_evicted(),
+            evicted=evicted,
+            evict_id=evict_id,
             touch_seq=seq,
             delay_us=round(outcome.delay * 1e6),
             major=outcome.major,
             minor=outcome.minor,
         )
+
+    def _acknowledged(self, s: Session, evict_id: int) -> None:
+        try:
+            s.ram.acknowledged(evict_id)
+        except OSError as e:
+            # The swap file could not take them (disk full): their bytes stay in
+            # guest RAM, the books say swapped; the kernel's count shows the gap.
+            self.refuse("swap_write_failed", f"guest {s.guest_id}: swap-out failed: {e}")
 
     def _touch(self, s: Session, pfns: Sequence[int], counts: Sequence[int]) -> TouchOutcome | None:
         if len(pfns) != len(counts):

@@ -313,9 +313,9 @@ class BalloonService:
         reader = asyncio.create_task(self._read_into(session, request_iterator, answers, wake))
         try:
             while True:
-                evicted = session.ram.take_evicted()
+                evicted, evict_id = session.ram.take_evicted()
                 if evicted:
-                    yield codec.encode_notice(codec.NoticeMsg(evicted, 0, 0, 0, 0))
+                    yield codec.encode_notice(codec.NoticeMsg(evicted, 0, 0, 0, 0, evict_id))
                 while not answers.empty():
                     item = answers.get_nowait()
                     if item is None:
@@ -372,7 +372,9 @@ class BalloonService:
             self.device.refuse("malformed", f"guest {session.guest_id}: empty message")
             return None
         if isinstance(decoded, codec.TouchedMsg):
-            notice = self.device.answer_touched(session, decoded.pfns, decoded.counts, decoded.seq)
+            notice = self.device.answer_touched(
+                session, decoded.pfns, decoded.counts, decoded.seq, decoded.evict_ack
+            )
             session.last_seen = time.monotonic()
             return None if notice is None else codec.encode_notice(notice)
         used = self.device.handle_report(session, decoded.id, decoded.pfns, decoded.orders)

@@ -546,14 +546,3 @@ class HostConfig:
             # The sim swaps books, not bytes: a swap file would be made and never used.
             require(self.backend == "shm", "--swap-dir: only with --backend shm (sim has no bytes)")
             require(self.swap_bytes > 0, "--swap-dir needs --swap (no swap, no swap file)")
-        # host/memory/shm.py swaps real bytes (copy to the swap file, punch, copy
-        # back), but a guest can still read or write a chunk between the host's
-        # eviction of it and the Notice telling it so, and such a read finds the
-        # hole: seen as data loss in about one run in five of
-        # tests/integration/test_shm_swap.py. Closing it needs the guest to
-        # acknowledge evictions before the host copies and punches (a wire change).
-        require(
-            self.backend != "shm",
-            "--host-memory with --backend shm: not yet (a guest may touch a chunk "
-            "between its eviction and hearing of it; use --backend sim)",
-        )

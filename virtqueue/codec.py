@@ -231,7 +231,9 @@ def encode_chain_msg(c: ChainMsg) -> pb.GuestMessage:
 
 
 def encode_touched_msg(t: TouchedMsg) -> pb.GuestMessage:
-    return pb.GuestMessage(touched=pb.Touched(pfn=t.pfns, count=t.counts, seq=t.seq))
+    return pb.GuestMessage(
+        touched=pb.Touched(pfn=t.pfns, count=t.counts, seq=t.seq, evict_ack=t.evict_ack)
+    )
 
 
 def encode_touched(runs: Sequence[tuple[int, int]], seq: int = 0) -> pb.GuestMessage:
@@ -252,6 +254,8 @@ class TouchedMsg(NamedTuple):
     # The guest's batch number (1, 2, ...): a Notice with touch_seq >= seq settles
     # it. 0 from a guest that did not negotiate host_memory (an older one too).
     seq: int = 0
+    # The last Notice.evict_id taken in (0: none): see Touched.evict_ack.
+    evict_ack: int = 0
 
 
 def decode_guest_message(m: pb.GuestMessage | Malformed) -> ChainMsg | TouchedMsg | None:
@@ -262,7 +266,8 @@ def decode_guest_message(m: pb.GuestMessage | Malformed) -> ChainMsg | TouchedMs
     if kind == "chain":
         return ChainMsg(m.chain.id, m.chain.pfn, m.chain.order)
     if kind == "touched":
-        return TouchedMsg(m.touched.pfn, m.touched.count, m.touched.seq)
+        t = m.touched
+        return TouchedMsg(t.pfn, t.count, t.seq, t.evict_ack)
     return None
 
 
@@ -289,6 +294,9 @@ class NoticeMsg(NamedTuple):
     delay_us: int  # what the guest's workload must wait for that batch
     major: int  # that batch's major faults (swap-ins)
     minor: int  # that batch's minor faults (zero fills)
+    # Non-zero: the host moves the evicted frames' bytes only once the guest
+    # acknowledges this id (Touched.evict_ack); shm only.
+    evict_id: int = 0
 
 
 def encode_notice(n: NoticeMsg) -> pb.Used:
@@ -300,6 +308,7 @@ def encode_notice(n: NoticeMsg) -> pb.Used:
             delay_us=n.delay_us,
             major_faults=n.major,
             minor_faults=n.minor,
+            evict_id=n.evict_id,
         )
     )
 
@@ -314,6 +323,7 @@ def decode_used(m: pb.Used) -> UsedMsg | NoticeMsg:
             n.delay_us,
             n.major_faults,
             n.minor_faults,
+            n.evict_id,
         )
     return UsedMsg(m.id, m.discarded_pages, m.status, m.reason, m.detail, m.errno, m.resident_bytes)
 

@@ -148,6 +148,10 @@ class BalloonDriver:
         self.fault_delay_seconds = 0.0  # what Notices told the workload to wait
         self.on_fault_delay: list[Callable[[float], None]] = []
         self.on_settled: list[Callable[[int], None]] = []  # with the runs now settled
+        # Before an eviction is acknowledged (shm): the RAM re-gates the accesses it
+        # deferred, since their frames may now be among those evicted.
+        self.on_evicted: list[Callable[[], None]] = []
+        self._evict_ack = 0  # the Notice.evict_id to acknowledge with the next write
         self.touch_seq = 0  # the last touch batch sent in this session
         # (seq, runs_taken after it) of batches sent and not yet settled, in order.
         self._batches: deque[tuple[int, int]] = deque()
@@ -280,7 +284,7 @@ class BalloonDriver:
     async def flush_touches(self) -> None:
         self._flush_queued = False
         stream = self.conn.stream
-        if stream is None or not self.touches.runs:
+        if stream is None or not (self.touches.runs or self._evict_ack):
             return
         async with self._write_lock:
             try:
@@ -289,13 +293,17 @@ class BalloonDriver:
                 self.conn.lost(stream, str(e))
 
     async def _send_touches(self, stream: Stream) -> None:
-        while self.touches.runs:
+        while self.touches.runs or self._evict_ack:
             runs = self.touches.take()
             seq = 0
-            if self.host_memory:
+            if self.host_memory and runs:
                 self.touch_seq = seq = self.touch_seq + 1
                 self._batches.append((seq, self.touches.runs_taken))
-            await stream.write(TouchedMsg([p for p, _ in runs], [n for _, n in runs], seq))
+            # The acknowledgement goes with the first write after the Notice, ahead
+            # of any touch made since (the host moves the frames, then the touches
+            # bring back what they need).
+            ack, self._evict_ack = self._evict_ack, 0
+            await stream.write(TouchedMsg([p for p, _ in runs], [n for _, n in runs], seq, ack))
 
     # ---- the host's memory model (host_memory) ----------------------------------------
 
@@ -304,6 +312,15 @@ class BalloonDriver:
         if not self.host_memory:
             return  # a host must not send one unasked: nothing of it is believed
         self.touches.evicted(n.evicted)
+        if n.evict_id:
+            # Nothing of ours touches those frames from here on without a touch
+            # reported after this acknowledgement (accesses run on this loop, in order).
+            for regate in self.on_evicted:
+                regate()
+            self._evict_ack = max(self._evict_ack, n.evict_id)
+            if not self._flush_queued and self.conn.connected.is_set():
+                self._flush_queued = True
+                self._spawn(self.flush_touches(), "balloon-evict-ack")
         self.major_faults += n.major
         self.minor_faults += n.minor
         if n.delay_us:
@@ -410,6 +427,7 @@ class BalloonDriver:
         # guest/ram.py move_to), so every access waiting on them may go ahead.
         self._batches.clear()
         self.touch_seq = 0
+        self._evict_ack = 0  # the old session's evictions are no business of the new
         self._settle_to(self.touches.runs_created)
         self.touches.reset(self.mm, enabled=acc.backend != "shm" or acc.host_memory)
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from host.memory.hostmem import HostMemory, TouchOutcome
+
+
+class Evictions(NamedTuple):
+    runs: list[tuple[int, int]]  # (pfn, count) the host no longer holds
+    ack_id: int  # the guest acknowledges this before their bytes move (0: nothing to)
 
 
 class GuestRam(abc.ABC):
@@ -29,9 +35,15 @@ class GuestRam(abc.ABC):
         brought = self.touched(runs)
         return TouchOutcome(brought, brought, 0, 0, 0.0)
 
-    def take_evicted(self) -> list[tuple[int, int]]:
-        """Runs the host evicted since last asked, to tell the guest (the model only)."""
-        return []
+    def take_evicted(self) -> Evictions:
+        """Runs the host evicted since last asked, to tell the guest (the model only),
+        and the id the guest must acknowledge before their bytes move (0: none)."""
+        return Evictions([], 0)
+
+    def acknowledged(self, evict_id: int) -> int:
+        """The guest took in Notices up to ``evict_id``: move what they named out of
+        its RAM (real bytes only); returns frames moved."""
+        return 0
 
     def swapped_pages(self) -> int:
         return 0

@@ -19,7 +19,7 @@ the books and this backend moves the bytes (``ShmStore``, its ``SwapStore``):
 a chunk swapped out has its resident pages copied into the host's swap file
 (``SwapFile``: one per host, in --swap-dir, 2 MiB slots, one per chunk that has
 frames in swap) and then punched out of the RAM file, so the kernel's own count
-falls; a touch of a swapped page copies it back before the host answers the
+falls (once the guest acknowledged the eviction: below); a touch of a swapped page copies it back before the host answers the
 touch batch (the guest waits for that answer before it reads or writes the
 page: guest/ram.py); a discard of a swapped page frees its swap. Only the
 pages that hold data are copied either way (SEEK_DATA): a page the guest
@@ -33,15 +33,19 @@ allocates); a page touched and only read is resident in the model and a hole in
 the file (tests/unit/host/memory/test_shm_swap.py holds the two together).
 The figures are the kernel's (``resident_pages``), the decisions the model's.
 
-A race the host cannot close alone: between its eviction of a chunk and the
-guest hearing of it (the next Notice), the guest may still read or write the
-chunk's pages. A page it writes after the punch is newer than the copy in swap,
-so swap-in fills only the file's holes and never overwrites it; a write between
-the copy and the punch, or a read after the punch (which finds zeros, and on
-tmpfs allocates a zero page there: swap-in treats a page of zeros as not
-written), is lost. Real runs hit it (tests/integration/test_shm_swap.py), so
-HostConfig still refuses --host-memory with --backend shm: closing it needs
-the guest to acknowledge an eviction before the host copies and punches.
+Evictions wait for the guest (``ShmStore``). Between the host's decision to
+evict a chunk and the guest hearing of it (the next Notice) the guest may still
+read or write the chunk's pages; moving the bytes then lost them (a write
+between the copy and the punch, or a read of the hole, in about one run in five
+of tests/integration/test_shm_swap.py). So an eviction only *parks* the frames:
+the books say swapped, the bytes stay in the RAM file, and the Notice carries an
+``evict_id``. The guest stops using those frames (each later access reports a
+touch first: guest/ram.py ``regate``) and acknowledges the id in its next
+Touched (``evict_ack``), ahead of any touch made since; only then are the parked
+frames copied to swap and punched. A touch of a parked frame finds its bytes
+where they were. Until the acknowledgement the kernel counts the parked frames
+in the RAM file (the figures lag the model by one round trip); a guest that
+never acknowledges keeps them there, its own memory and nobody else's data.
 
 The guest believes a path it is told only if it looks like what this makes
 (guest/ram.py ``open_ram_file``): a new sparse file per session (O_EXCL, 0600,
@@ -58,10 +62,11 @@ import os
 import re
 import shutil
 import stat
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from host.memory.base import GuestRam, MemoryBackend
+from host.memory.base import Evictions, GuestRam, MemoryBackend
 from host.memory.hostmem import (
     CHUNK_PAGES,
     RESIDENT,
@@ -84,6 +89,9 @@ _RAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}\.ram")  # see attach()
 DEFAULT_SWAP_ROOT = Path("/var/tmp")
 SWAP_PREFIX = "pagehint-swap-"
 SWAP_NAME = "swap"
+# Frame-state bytes to 0/1 masks (bytes.translate tables).
+_IS_RESIDENT = bytes(1 if i == RESIDENT else 0 for i in range(256))
+_IS_SWAPPED = bytes(1 if i == SWAPPED else 0 for i in range(256))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -163,25 +171,6 @@ def _extents(fd: int, lo: int, hi: int) -> Iterator[tuple[int, int]]:
         h = min(os.lseek(fd, d, os.SEEK_HOLE), hi)
         yield d, h
         pos = h
-
-
-def _stale(fd: int, lo: int, hi: int, ps: int) -> Iterator[tuple[int, int]]:
-    """The ranges of [lo, hi) a swap-in may fill: holes, and pages of zeros. A read
-    of a hole through a shared mapping of tmpfs allocates a zero page
-    (shmem_fault), so a page that is data is the guest's newer write only if it
-    is not all zeros (a write of a whole page of zeros there is the one lost)."""
-    pos = lo
-    for d, h in _extents(fd, lo, hi):
-        if d > pos:
-            yield pos, d
-        data = os.pread(fd, h - d, d)
-        zero = bytes(ps)
-        for i in range(0, h - d, ps):
-            if data[i : i + ps] == zero:
-                yield d + i, d + i + ps
-        pos = h
-    if pos < hi:
-        yield pos, hi
 
 
 def _copy(src: int, src_off: int, dst: int, dst_off: int, n: int) -> None:
@@ -311,12 +300,30 @@ class SwapFile:
 
 class ShmStore:
     """One guest's bytes under the host's memory model (hostmem.SwapStore): its RAM
-    file, and its chunks' slots in the host's swap file."""
+    file, and its chunks' slots in the host's swap file.
+
+    An eviction moves nothing at once: the chunk's resident frames are *parked*
+    (the books say swapped, the bytes are still in the RAM file) until the guest
+    acknowledges the Notice that named them (``tell``, then ``acknowledged``):
+    only then are they copied to swap and punched. Until then the guest may be
+    reading or writing them, and a move would lose that. A touch of a parked
+    frame finds its bytes where they were; a discard of one frees nothing in swap.
+    """
 
     def __init__(self, ram: ShmRam, swap: SwapFile | None) -> None:
         self.ram = ram
         self.swap = swap
         self.slots: dict[int, int] = {}  # chunk's first frame -> its slot
+        # chunk's first frame -> 1 per frame swapped in the books, still in the file.
+        self.parked: dict[int, bytearray] = {}
+        # chunk's first frame -> its evictions so far: a tell names the eviction it
+        # told of, and an acknowledgement moves only a chunk not evicted since.
+        self.evictions: dict[int, int] = {}
+        self.untold: dict[int, None] = {}  # chunks evicted since the last tell
+        self.chunk_at: dict[int, Chunk] = {}
+        self.told: deque[tuple[int, list[tuple[Chunk, int]]]] = deque()  # (id, chunks)
+        self.last_id = 0
+        self.acked_id = 0
 
     def _swap(self) -> SwapFile:
         # The model swaps only with --swap > 0, and then the backend made the file.
@@ -324,6 +331,44 @@ class ShmStore:
         return self.swap
 
     def swap_out(self, ch: Chunk) -> None:
+        """Park the chunk's RESIDENT frames (moved once the guest acknowledges)."""
+        resident = ch.states.translate(_IS_RESIDENT)
+        mask = self.parked.get(ch.base)
+        # Frames parked before and still swapped stay parked; the new ones join them.
+        self.parked[ch.base] = resident if mask is None else _or(mask, resident)
+        self.evictions[ch.base] = self.evictions.get(ch.base, 0) + 1
+        self.untold[ch.base] = None
+        self.chunk_at[ch.base] = ch
+
+    def tell(self) -> int:
+        """The guest is about to hear of the evictions so far: the id it must
+        acknowledge before they are moved (0: none)."""
+        if not self.untold:
+            return 0
+        self.last_id += 1
+        chunks = [(self.chunk_at[b], self.evictions[b]) for b in self.untold]
+        self.told.append((self.last_id, chunks))
+        self.untold = {}
+        return self.last_id
+
+    def acknowledged(self, evict_id: int) -> int:
+        """The guest stopped using what Notices up to ``evict_id`` named: move those
+        frames to swap. Returns frames moved."""
+        moved = 0
+        while self.told and self.told[0][0] <= evict_id:
+            _, chunks = self.told.popleft()
+            for ch, n in chunks:
+                # Evicted again since this was told: the later Notice's
+                # acknowledgement moves it (its frames may be in use until then).
+                if self.evictions.get(ch.base) == n:
+                    moved += self._move(ch)
+        self.acked_id = max(self.acked_id, evict_id)
+        return moved
+
+    def _move(self, ch: Chunk) -> int:
+        mask = self.parked.pop(ch.base, None)
+        if mask is None or not mask.count(1):
+            return 0
         swap = self._swap()
         ram = self.ram
         ps = ram.page_size
@@ -332,44 +377,84 @@ class ShmStore:
             slot = self.slots[ch.base] = swap.take()
         at = ch.base * ps  # the chunk in the RAM file
         to = slot * swap.slot_bytes  # and in the swap file
-        for a, b in _runs(ch.states, RESIDENT, 0, len(ch.states)):
+        for a, b in _runs(mask, 1, 0, len(mask)):
             for lo, hi in _extents(ram.fd, at + a * ps, at + b * ps):
                 _copy(ram.fd, lo, swap.fd, to + lo - at, hi - lo)
             # After the copy: what the kernel holds for the guest falls by these.
             ram._punch(at + a * ps, (b - a) * ps)
+        return mask.count(1)
+
+    def _unpark(self, ch: Chunk, off: int, end: int) -> bytearray | None:
+        """Clear the parked frames of [off, end); the chunk's mask before (None: none)."""
+        mask = self.parked.get(ch.base)
+        if mask is None:
+            return None
+        before = bytearray(mask)
+        mask[off:end] = bytes(end - off)
+        if not mask.count(1):
+            del self.parked[ch.base]
+        return before
 
     def swap_in(self, ch: Chunk, off: int, end: int, swapped: int) -> None:
-        swap = self._swap()
-        ram = self.ram
-        ps = ram.page_size
-        slot = self.slots[ch.base]
-        at = ch.base * ps
-        to = slot * swap.slot_bytes
-        for a, b in _runs(ch.states, SWAPPED, off, end):
-            for lo, hi in _extents(swap.fd, to + a * ps, to + b * ps):
-                # Not over a page the guest wrote after the punch, before it heard
-                # of the eviction: that is newer than the copy.
-                for hlo, hhi in _stale(ram.fd, at + lo - to, at + hi - to, ps):
-                    _copy(swap.fd, to + hlo - at, ram.fd, hlo, hhi - hlo)
-            swap.release_bytes(to + a * ps, (b - a) * ps)
-        if swapped == ch.swapped:
-            swap.give(self.slots.pop(ch.base))
+        parked = self._unpark(ch, off, end)  # their bytes never left the file
+        slot = self.slots.get(ch.base)
+        if slot is not None:
+            swap = self._swap()
+            ps = self.ram.page_size
+            at = ch.base * ps
+            to = slot * swap.slot_bytes
+            for a, b in _moved(ch.states, parked, off, end):
+                for lo, hi in _extents(swap.fd, to + a * ps, to + b * ps):
+                    _copy(swap.fd, lo, self.ram.fd, at + lo - to, hi - lo)
+                swap.release_bytes(to + a * ps, (b - a) * ps)
+        self._give_if_empty(ch, swapped)
 
     def drop(self, ch: Chunk, off: int, end: int, swapped: int) -> None:
-        swap = self._swap()
-        ps = self.ram.page_size
-        to = self.slots[ch.base] * swap.slot_bytes
-        if swapped == ch.swapped:
-            swap.give(self.slots.pop(ch.base))
-            return
-        for a, b in _runs(ch.states, SWAPPED, off, end):
-            swap.release_bytes(to + a * ps, (b - a) * ps)
+        parked = self._unpark(ch, off, end)  # the discard punches their bytes itself
+        slot = self.slots.get(ch.base)
+        if slot is not None and swapped != ch.swapped:
+            swap = self._swap()
+            ps = self.ram.page_size
+            to = slot * swap.slot_bytes
+            for a, b in _moved(ch.states, parked, off, end):
+                swap.release_bytes(to + a * ps, (b - a) * ps)
+        self._give_if_empty(ch, swapped)
+
+    def _give_if_empty(self, ch: Chunk, swapped: int) -> None:
+        if swapped == ch.swapped:  # the chunk has no swapped frame left after this
+            slot = self.slots.pop(ch.base, None)
+            if slot is not None:
+                self._swap().give(slot)
+            self.parked.pop(ch.base, None)
 
     def release(self) -> None:
         if self.swap is not None:
             for slot in self.slots.values():
                 self.swap.give(slot)
         self.slots = {}
+        self.parked = {}
+        self.told.clear()
+        self.untold = {}
+
+
+def _moved(
+    states: bytearray, parked: bytearray | None, off: int, end: int
+) -> Iterator[tuple[int, int]]:
+    """The runs of [off, end) swapped in the books whose bytes are in the swap file
+    (not parked)."""
+    if parked is None:
+        yield from _runs(states, SWAPPED, off, end)
+        return
+    swapped = states[off:end].translate(_IS_SWAPPED)
+    n = end - off
+    piece = bytearray((int.from_bytes(swapped) & ~int.from_bytes(parked[off:end])).to_bytes(n))
+    for a, b in _runs(piece, 1, 0, n):
+        yield off + a, off + b
+
+
+def _or(a: bytearray, b: bytes | bytearray) -> bytearray:
+    """Two 0/1 masks of one length, or-ed."""
+    return bytearray((int.from_bytes(a) | int.from_bytes(b)).to_bytes(len(a)))
 
 
 class ShmRam(GuestRam):
@@ -440,8 +525,17 @@ class ShmRam(GuestRam):
             return super().touch(runs)
         return self.memory.touched(runs)  # swapped pages are copied back before it returns
 
-    def take_evicted(self) -> list[tuple[int, int]]:
-        return [] if self.memory is None else self.memory.take_evicted()
+    def take_evicted(self) -> Evictions:
+        if self.memory is None:
+            return Evictions([], 0)
+        runs = self.memory.take_evicted()
+        store = self.memory.store
+        ack = store.tell() if isinstance(store, ShmStore) else 0
+        return Evictions(runs, ack)
+
+    def acknowledged(self, evict_id: int) -> int:
+        store = None if self.memory is None else self.memory.store
+        return store.acknowledged(evict_id) if isinstance(store, ShmStore) else 0
 
     def swapped_pages(self) -> int:
         return 0 if self.memory is None else self.memory.swapped

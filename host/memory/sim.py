@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import cast
 
-from host.memory.base import GuestRam, MemoryBackend
+from host.memory.base import Evictions, GuestRam, MemoryBackend
 from host.memory.hostmem import GuestMemory, HostMemory, TouchOutcome
 from virtqueue.contract import PAGE_SIZE
 
@@ -272,8 +272,8 @@ class ModelRam(GuestRam):
     def touch(self, runs: Sequence[tuple[int, int]]) -> TouchOutcome:
         return self.memory.touched(runs)
 
-    def take_evicted(self) -> list[tuple[int, int]]:
-        return self.memory.take_evicted()
+    def take_evicted(self) -> Evictions:
+        return Evictions(self.memory.take_evicted(), 0)  # books only: nothing to move
 
     def swapped_pages(self) -> int:
         return self.memory.swapped

@@ -17,10 +17,6 @@ from virtqueue import codec
 
 MIB = 1 << 20
 
-# HostConfig refuses --host-memory with --backend shm until the eviction race is
-# closed (host/memory/shm.py, "A race"): with the refusal lifted, the first test
-# below passed 4 runs in 5 and the fifth counted data loss at a chunk's first frame.
-pytestmark = pytest.mark.skip(reason="--host-memory with --backend shm: not yet (eviction race)")
 
 
 def phases(tmp: Path, name: str, lead: float, size: str, count: int, hold: float) -> str:

@@ -98,14 +98,16 @@ class Chain(_message.Message):
     def __init__(self, id: _Optional[int] = ..., pfn: _Optional[_Iterable[int]] = ..., order: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Touched(_message.Message):
-    __slots__ = ("pfn", "count", "seq")
+    __slots__ = ("pfn", "count", "seq", "evict_ack")
     PFN_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    EVICT_ACK_FIELD_NUMBER: _ClassVar[int]
     pfn: _containers.RepeatedScalarFieldContainer[int]
     count: _containers.RepeatedScalarFieldContainer[int]
     seq: int
-    def __init__(self, pfn: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ..., seq: _Optional[int] = ...) -> None: ...
+    evict_ack: int
+    def __init__(self, pfn: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ..., seq: _Optional[int] = ..., evict_ack: _Optional[int] = ...) -> None: ...
 
 class GuestMessage(_message.Message):
     __slots__ = ("chain", "touched")
@@ -136,20 +138,22 @@ class Used(_message.Message):
     def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ..., status: _Optional[_Union[UsedStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., errno: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
 
 class Notice(_message.Message):
-    __slots__ = ("evicted_pfn", "evicted_count", "touch_seq", "delay_us", "major_faults", "minor_faults")
+    __slots__ = ("evicted_pfn", "evicted_count", "touch_seq", "delay_us", "major_faults", "minor_faults", "evict_id")
     EVICTED_PFN_FIELD_NUMBER: _ClassVar[int]
     EVICTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     TOUCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     DELAY_US_FIELD_NUMBER: _ClassVar[int]
     MAJOR_FAULTS_FIELD_NUMBER: _ClassVar[int]
     MINOR_FAULTS_FIELD_NUMBER: _ClassVar[int]
+    EVICT_ID_FIELD_NUMBER: _ClassVar[int]
     evicted_pfn: _containers.RepeatedScalarFieldContainer[int]
     evicted_count: _containers.RepeatedScalarFieldContainer[int]
     touch_seq: int
     delay_us: int
     major_faults: int
     minor_faults: int
-    def __init__(self, evicted_pfn: _Optional[_Iterable[int]] = ..., evicted_count: _Optional[_Iterable[int]] = ..., touch_seq: _Optional[int] = ..., delay_us: _Optional[int] = ..., major_faults: _Optional[int] = ..., minor_faults: _Optional[int] = ...) -> None: ...
+    evict_id: int
+    def __init__(self, evicted_pfn: _Optional[_Iterable[int]] = ..., evicted_count: _Optional[_Iterable[int]] = ..., touch_seq: _Optional[int] = ..., delay_us: _Optional[int] = ..., major_faults: _Optional[int] = ..., minor_faults: _Optional[int] = ..., evict_id: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("session", "self_only")

@@ -232,11 +232,6 @@ def test_the_listening_line_names_host_memory_and_swap() -> None:
             {"host_memory_bytes": 1 << 30, "capacity_bytes": 1 << 30},
             "give --host-memory (swap, OOM killer) or --memory-limit (a hard limit), not both",
         ),
-        (
-            {"host_memory_bytes": 1 << 30, "backend": "shm"},
-            "--host-memory with --backend shm: not yet (a guest may touch a chunk "
-            "between its eviction and hearing of it; use --backend sim)",
-        ),
         ({"host_memory_bytes": 0}, "--host-memory 0: must be at least 1"),
         ({"swap_bytes": -1}, "--swap -1: must be at least 0"),
         ({"swap_in_cost": -1.0}, "--swap-in-cost -1: must be 0..1"),

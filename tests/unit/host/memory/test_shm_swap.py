@@ -1,8 +1,9 @@
-"""The host's memory model on the shm backend: real swap. A chunk swapped out has its
-pages' bytes copied into the host's swap file and punched out of the RAM file (the
-kernel's count falls); a touch copies them back; a discard or a kill frees swap; and
-the model's resident frames equal the RAM file's blocks where the guest wrote every
-page it touched (host/memory/shm.py says why only there)."""
+"""The host's memory model on the shm backend: real swap. A chunk swapped out is
+parked until its guest acknowledges the Notice naming it; then its pages' bytes are
+copied into the host's swap file and punched out of the RAM file (the kernel's count
+falls); a touch copies them back; a discard or a kill frees swap; and the model's
+resident frames equal the RAM file's blocks where the guest wrote every page it
+touched and heard of every eviction (host/memory/shm.py says why only there)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ class Guest:
         for p in range(pfn, pfn + n):
             self.map[p * PS : (p + 1) * PS] = self.stamp(p)
 
+    def hear(self) -> None:
+        """Take in the host's Notice of evictions and acknowledge it, as the guest
+        does (guest/balloon/driver.py on_notice)."""
+        ev = self.ram.take_evicted()
+        if ev.ack_id:
+            self.ram.acknowledged(ev.ack_id)
+
     def intact(self, pfn: int, n: int) -> bool:
         return all(self.map[p * PS : (p + 1) * PS] == self.stamp(p) for p in range(pfn, pfn + n))
 
@@ -86,15 +94,22 @@ def test_swap_out_copies_and_punches_and_swap_in_brings_the_bytes_back(
     c = Guest(b, "c")
     c.use(0, 3 * CHUNK)  # past the host's memory: a's coldest chunk goes to swap
     assert model.swap_outs == CHUNK and a.ram.swapped_pages() == CHUNK
+    # Parked: the bytes stay where the guest may still be using them...
+    assert a.blocks() == 2 * CHUNK and b.swap.used_bytes() == 0
+    assert a.ram.take_evicted() == ([(0, CHUNK)], 1)
+    # ...until it acknowledges the Notice that named them.
+    assert a.ram.acknowledged(1) == CHUNK
     assert a.blocks() == CHUNK and a.agrees() and c.agrees()  # the kernel's count fell
     assert b.swap.used_bytes() == CHUNK * PS  # the bytes are in the swap file
-    assert a.ram.take_evicted() == [(0, CHUNK)]
     assert a.map[0:PS] == bytes(PS)  # a hole until it is touched
     out = a.ram.touch([(0, 8)])  # a touch of swapped frames copies them back first
     assert out.major == 8 and model.swap_ins == 8
     assert a.intact(0, 8)
     # That fault made room: a's other chunk went to swap; touched, it comes back too.
+    a.hear()
     a.ram.touch([(8, 2 * CHUNK - 8)])
+    a.hear()
+    c.hear()
     assert a.intact(0, 2 * CHUNK) and a.agrees() and c.agrees()
     # The slot of a chunk with nothing in swap is given back and its bytes punched.
     swapped_now = sum(g.ram.swapped_pages() for g in (a, c))
@@ -114,6 +129,7 @@ def test_discard_of_a_swapped_page_frees_its_swap(ram_dir: Path, tmp_path: Path)
     a.use(0, 2 * CHUNK)
     c = Guest(b, "c")
     c.use(0, CHUNK)  # a's first chunk to swap
+    a.hear()
     assert a.ram.swapped_pages() == CHUNK and b.swap.used_bytes() == CHUNK * PS
     a.ram.discard([(0, 16)])  # part of it: those pages' swap is punched
     assert a.ram.swapped_pages() == CHUNK - 16
@@ -126,19 +142,74 @@ def test_discard_of_a_swapped_page_frees_its_swap(ram_dir: Path, tmp_path: Path)
     b.close()
 
 
-def test_a_page_written_after_the_punch_is_not_overwritten(ram_dir: Path, tmp_path: Path) -> None:
-    """The guest may write a page between the host's eviction and its hearing of it:
-    that write is newer than the copy in swap, and swap-in leaves it."""
+def test_a_write_before_the_acknowledgement_is_what_swap_keeps(
+    ram_dir: Path, tmp_path: Path
+) -> None:
+    """The guest may write a page between the host's eviction and its hearing of it
+    (the race that lost pages when the host moved bytes at once): the bytes move only
+    at the acknowledgement, so that write is what comes back."""
     b = backend(ram_dir, tmp_path / "swap", memory=2 * CHUNK, swap=4 * CHUNK)
     a = Guest(b, "a")
     a.use(0, 2 * CHUNK)
     c = Guest(b, "c")
     c.use(0, CHUNK)
     assert a.ram.swapped_pages() == CHUNK
-    a.map[5 * PS : 6 * PS] = b"N" * PS  # written into the hole, unheard of
+    a.map[5 * PS : 6 * PS] = b"N" * PS  # written before it heard
+    a.hear()
+    assert a.agrees()  # moved out: the kernel's count fell
     a.ram.touch([(0, CHUNK)])
     assert a.map[5 * PS : 6 * PS] == b"N" * PS
     assert a.intact(0, 5) and a.intact(6, CHUNK - 6)
+    for g in (a, c):
+        g.close()
+    b.close()
+
+
+def test_an_acknowledgement_moves_no_chunk_evicted_again_since(
+    ram_dir: Path, tmp_path: Path
+) -> None:
+    """A chunk told evicted, touched back, and evicted again before the first
+    acknowledgement arrives is in use again as far as the guest knows: only the
+    acknowledgement of the Notice naming it the second time may move it."""
+    b = backend(ram_dir, tmp_path / "swap", memory=2 * CHUNK, swap=4 * CHUNK)
+    a = Guest(b, "a")
+    a.use(0, CHUNK)
+    c = Guest(b, "c")
+    c.use(0, CHUNK)
+    d = Guest(b, "d")
+    d.use(0, 8)  # over: a's chunk (the coldest) parked
+    first = a.ram.take_evicted()
+    assert first == ([(0, CHUNK)], 1)
+    a.use(0, 8)  # a touch sent before a heard: those bytes never left the file
+    c.ram.discard([(0, 8)])
+    c.use(0, 8)  # c's chunk faulted: now newer than a's
+    d.use(8, CHUNK - 8)  # over again: a's chunk the coldest, parked again, not yet told
+    assert a.ram.swapped_pages() == CHUNK
+    assert a.ram.acknowledged(first.ack_id) == 0  # not moved: a was not told yet
+    assert a.blocks() == CHUNK and a.intact(0, CHUNK)
+    second = a.ram.take_evicted()
+    assert second.ack_id == 2
+    assert a.ram.acknowledged(second.ack_id) == CHUNK
+    assert a.blocks() == 0 and a.agrees()
+    a.ram.touch([(0, CHUNK)])
+    assert a.intact(0, CHUNK)
+    for g in (a, c, d):
+        g.close()
+    b.close()
+
+
+def test_a_discard_before_the_acknowledgement_moves_nothing(ram_dir: Path, tmp_path: Path) -> None:
+    b = backend(ram_dir, tmp_path / "swap", memory=2 * CHUNK, swap=4 * CHUNK)
+    assert b.swap is not None
+    a = Guest(b, "a")
+    a.use(0, 2 * CHUNK)
+    c = Guest(b, "c")
+    c.use(0, CHUNK)  # a's first chunk parked
+    a.ram.discard([(0, 100)])  # reported free before a heard: punched, no swap
+    a.hear()
+    assert b.swap.used_bytes() == (CHUNK - 100) * PS and a.agrees()
+    a.ram.touch([(100, CHUNK - 100)])
+    assert a.intact(100, CHUNK - 100) and b.swap.used_bytes() == 0
     for g in (a, c):
         g.close()
     b.close()
@@ -160,6 +231,8 @@ def test_the_model_and_the_kernel_agree_through_a_sequence(ram_dir: Path, tmp_pa
         if i == 3:
             guests[1].ram.discard([(0, CHUNK), (CHUNK + 7, 100)])
         for x in guests:
+            x.hear()
+        for x in guests:
             assert x.agrees(), (i, x.ram.guest_id)
     model = b.model
     assert model is not None and model.swap_outs > 0 and model.swap_ins > 0
@@ -169,8 +242,12 @@ def test_the_model_and_the_kernel_agree_through_a_sequence(ram_dir: Path, tmp_pa
     # (Each touched whole just before its check: a guest fits, three do not.)
     guests[0].ram.touch([(0, GUEST)])
     assert guests[0].intact(0, 4 * CHUNK)
+    for x in guests:
+        x.hear()
     guests[2].ram.touch([(0, GUEST)])
     assert guests[2].intact(CHUNK, 2 * CHUNK)
+    for x in guests:
+        x.hear()
     guests[1].ram.touch([(0, GUEST)])
     assert guests[1].intact(CHUNK, 7) and guests[1].intact(CHUNK + 107, CHUNK - 107)
     assert guests[1].intact(3 * CHUNK, CHUNK)
@@ -187,6 +264,7 @@ def test_an_oom_kill_frees_the_victims_swap(ram_dir: Path, tmp_path: Path) -> No
     a.use(0, 2 * CHUNK)
     c = Guest(b, "c")
     c.use(0, CHUNK)  # a's chunk to swap: swap is full
+    a.hear()
     assert b.swap.used_bytes() == CHUNK * PS
     c.ram.touch([(CHUNK, CHUNK)])  # over and no swap left: a (the larger) is killed
     assert model.oom_kills == 1 and a.ram.killed.startswith("killed by the host's OOM killer")
@@ -244,9 +322,3 @@ def test_swap_dir_settings(kw: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError) as e:
         HostConfig(**kw)  # type: ignore[arg-type]
     assert str(e.value) == message
-
-
-def test_host_memory_with_shm_is_still_refused() -> None:
-    # Until the guest acknowledges evictions (host/memory/shm.py, "A race").
-    with pytest.raises(UsageError, match="--host-memory with --backend shm: not yet"):
-        HostConfig(host_memory_bytes=1 << 30, swap_bytes=1 << 30, backend="shm")
