@@ -167,9 +167,16 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
             f"{a.file}: guests ask for different --loop values; one process has one loop"
         )
     results = event_loop.run(run_group(configs, *verbosity(a)), loops.pop())
-    failed = 0
+    from guest.balloon.connection import OomKilled
+
+    failed = killed = 0
     for cfg, result in zip(configs, results, strict=True):
-        if isinstance(result, UsageError):
+        if isinstance(result, OomKilled) and result.summary is not None:
+            # As `pagehint guest`: its summary, then one line; the others go on.
+            killed += 1
+            _write(a, cfg.guest_id, result.summary)
+            sys.stderr.write(f"pagehint guest-group: guest {cfg.guest_id}: {result}\n")
+        elif isinstance(result, UsageError):
             failed += 1
             sys.stderr.write(f"pagehint guest-group: guest {cfg.guest_id}: error: {result}\n")
         elif isinstance(result, BaseException):
@@ -178,10 +185,17 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
                 f"pagehint guest-group: guest {cfg.guest_id}: internal error: "
                 f"{type(result).__name__}: {result}\n"
             )
-        elif a.json:
-            sys.stdout.write(json.dumps(result) + "\n")
         else:
-            from guest.report import format_summary
+            _write(a, cfg.guest_id, result)
+    if failed:
+        return 2
+    return OomKilled.exit_status if killed else 0
 
-            sys.stdout.write(f"== guest {cfg.guest_id}\n{format_summary(result)}\n")
-    return 2 if failed else 0
+
+def _write(a: argparse.Namespace, guest_id: str, summary: GuestSummary) -> None:
+    if a.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        from guest.report import format_summary
+
+        sys.stdout.write(f"== guest {guest_id}\n{format_summary(summary)}\n")

@@ -17,7 +17,11 @@ stamps are its reads and writes of its pages, so they wait for that (``gate``:
 guest/balloon/driver.py): an access to a block with a frame the host does not
 hold, or any access while a touch is unsettled, is deferred, in order, until
 the settling Notice; a chain waits for those too (the driver), so a block
-whose check at its free still waits is never discarded before it.
+whose check at its free still waits is never discarded before it. An eviction
+Notice (``evict_id``) may name a block whose access still waits: ``regate``
+touches every waiting block again, so none runs before the host brought its
+frames back, and the driver then acknowledges the Notice, after which the host
+moves the evicted frames out of this file.
 
 The file is the host's word, and the guest writes into it: ``open_ram_file``
 believes it only when it is a fresh file a host made for this session in the

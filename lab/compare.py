@@ -33,6 +33,8 @@ class CompareConfig:
     # Set in the guests' environment (a token: never on a command line, which
     # any user can read in ps).
     guest_env: dict[str, str] = field(default_factory=dict)
+    # More flags of the host it starts (--host-memory, --swap).
+    host_args: tuple[str, ...] = ()
 
 
 class CompareReport(TypedDict):
@@ -54,8 +56,8 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None]) -> CompareReport
     try:
         addr = cfg.host
         if addr is None:
-            addr, _ = group.start_host(["--backend", cfg.backend])
-            log(f"started a host on {addr} (backend {cfg.backend})")
+            addr, _ = group.start_host(["--backend", cfg.backend, *cfg.host_args])
+            log(f"started a host on {addr} (backend {cfg.backend} {' '.join(cfg.host_args)})")
         for policy in cfg.policies:
             log(f"running policy {policy}")
             results[policy], timelines[policy] = _run_policy(cfg, group, addr, policy)
@@ -97,7 +99,8 @@ def _run_policy(
     if cfg.duration is not None:
         args += ["--duration", str(cfg.duration)]
     p = group.start_guest(args, name, env=cfg.guest_env)
-    return collect(group, p, name, tl, timeout=(cfg.duration or 120) + 120)
+    # A guest the host's OOM killer ended (exit 3) is a result, not a failure.
+    return collect(group, p, name, tl, timeout=(cfg.duration or 120) + 120, oom_ok=True)
 
 
 def _label(cfg: CompareConfig) -> str:
@@ -120,6 +123,9 @@ def format_table(report: CompareReport) -> str:
         "worker CPU",
         "alloc p99",
     ]
+    host_memory = any("major_faults" in s for s in report["results"].values())
+    if host_memory:  # the host had --host-memory: what its memory cost each guest
+        header += ["major faults", "fault wait", "in swap", "OOM"]
     rows = [header]
     for policy, s in report["results"].items():
         drops = [d for d in s.get("drops", []) if d["t50_s"] is not None]
@@ -140,4 +146,12 @@ def format_table(report: CompareReport) -> str:
                 "n/a" if p99 is None else f"{p99 * 1000:.1f} µs",
             ]
         )
+        if host_memory:
+            swapped = s.get("swapped_bytes")
+            rows[-1] += [
+                f"{s.get('major_faults', 0):,}",
+                _secs(s.get("fault_wait_seconds", 0.0)),
+                "n/a" if swapped is None else format_size(swapped),
+                "killed" if s.get("oom_killed") else "no",
+            ]
     return render_table(header, rows[1:])

@@ -9,7 +9,15 @@ from collections.abc import Mapping
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
-from lab.options import out_help, policies_help, run_folder, scenario_help, workload_help
+from lab.options import (
+    add_host_memory_flags,
+    host_memory_args,
+    out_help,
+    policies_help,
+    run_folder,
+    scenario_help,
+    workload_help,
+)
 from lab.plot import files_line
 from pagehint.cli_support import (
     Subparsers,
@@ -68,6 +76,7 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         add_flag(p, e, flag, default=None, help=f"with --host over mutual TLS: {what}")
     add_flag(p, e, "--token", default=None, help="with --host using --tokens: the guests' token")
     add_flag(p, e, "--backend", default="sim", help="backend of the host started: sim | shm")
+    add_host_memory_flags(p, e)
     add_flag(p, e, "--out", default=None, help=out_help("compare-"))
     p.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     p.set_defaults(handler=run)
@@ -100,6 +109,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise UsageError("--tls-* and --token are for a host given with --host")
     host = None if a.host is None else parse_address(str(a.host), "--host")
     backend = choice(str(a.backend), BACKENDS, "--backend")
+    host_args = host_memory_args(a, backend)
+    if host_args and host is not None:
+        raise UsageError("--host-memory/--swap are for the host compare starts, not --host")
     seed = convert(a.seed, int, "--seed")
     from lab.compare import CompareConfig, format_table, run_compare
 
@@ -115,6 +127,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         guest_env=token_env,
         guest_id=tls.identity if tls is not None else None,
         backend=backend,
+        host_args=host_args,
         out=run_folder(a.out, "compare-"),  # made last, once every flag is checked
     )
     log = make_logger("compare", quiet=bool(a.json))

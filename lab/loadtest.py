@@ -39,6 +39,9 @@ class LoadtestConfig:
     guests_per_process: int = 1
     # Guests' starts are spread evenly over this many seconds (0: all at once).
     ramp: float = 0.0
+    # ("--host-memory", N, "--swap", M): the host's own memory instead of a hard
+    # --memory-limit of capacity_bytes (then N); () for the limit.
+    host_memory_args: tuple[str, ...] = ()
 
 
 def mem_available() -> int:
@@ -57,6 +60,7 @@ class HostSample(TypedDict):
     guests: int  # guests with a session
     chains: int
     mark: NotRequired[str]
+    swap_used_bytes: NotRequired[int]  # with --host-memory
 
 
 class LoadtestReport(TypedDict):
@@ -93,6 +97,7 @@ class LoadtestReport(TypedDict):
     ramp_s: float
     per_guest: dict[str, GuestSummary]
     host_timeline: list[HostSample]
+    host_memory: HostMemoryFigures | None  # with --host-memory (None: a hard limit)
     files: NotRequired[dict[str, str]]
 
 
@@ -117,7 +122,8 @@ def run_loadtest(cfg: LoadtestConfig, log: Callable[[str], None]) -> LoadtestRep
     seen = _Observed()
     t0 = time.monotonic()
     try:
-        host_args = ["--backend", cfg.backend, "--memory-limit", str(cfg.capacity_bytes)]
+        host_args = ["--backend", cfg.backend]
+        host_args += cfg.host_memory_args or ["--memory-limit", str(cfg.capacity_bytes)]
         # Every guest of a load test comes from this one address: the host's
         # per-address quota (a quarter of its sessions by default) must not be what
         # refuses them.
@@ -193,14 +199,15 @@ def _watch_host(
                 seen.host_stats = codec.decode_host_stats(
                     stub.Stats(codec.encode_stats_request(), timeout=5)
                 )
-                seen.host_rows.append(
-                    {
-                        "t": round(time.monotonic() - t0, 2),
-                        "host_resident_bytes": seen.host_stats.resident_bytes,
-                        "guests": len(seen.host_stats.guests),
-                        "chains": seen.host_stats.chains,
-                    }
-                )
+                row: HostSample = {
+                    "t": round(time.monotonic() - t0, 2),
+                    "host_resident_bytes": seen.host_stats.resident_bytes,
+                    "guests": len(seen.host_stats.guests),
+                    "chains": seen.host_stats.chains,
+                }
+                if seen.host_stats.host_memory_bytes:
+                    row["swap_used_bytes"] = seen.host_stats.swap_used_bytes
+                seen.host_rows.append(row)
                 seen.guest_resident.append(
                     {g.guest_id: g.resident_bytes for g in seen.host_stats.guests}
                 )
@@ -267,7 +274,9 @@ def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> LoadtestR
     finished = {
         n
         for i, n in enumerate(names)
-        if n in summaries and finished_allocating(WORKLOADS[i % len(WORKLOADS)], summaries[n])
+        if n in summaries
+        and not summaries[n].get("oom_killed")  # the host took back what it served
+        and finished_allocating(WORKLOADS[i % len(WORKLOADS)], summaries[n])
     }
     finished_ram = sum(summaries[n]["ram_bytes"] for n in finished)
     finished_peak = max(
@@ -306,6 +315,43 @@ def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> LoadtestR
         "ramp_s": cfg.ramp,
         "per_guest": summaries,
         "host_timeline": host_rows,
+        "host_memory": _host_memory(seen),
+    }
+
+
+class HostMemoryFigures(TypedDict):
+    """With --host-memory: what the host's own memory did over the run."""
+
+    host_memory_bytes: int
+    swap_bytes: int
+    swap_used_peak_bytes: int
+    swap_used_end_bytes: int
+    swap_ins: int  # pages read back (major faults), host-wide
+    swap_outs: int  # pages written out
+    oom_kills: int
+    oom_killed: list[str]  # the guests it ended
+    major_faults: int  # summed over the guests' summaries
+    fault_wait_s: float  # what the guests' workloads waited for them, summed
+
+
+def _host_memory(seen: _Observed) -> HostMemoryFigures | None:
+    h = seen.host_stats
+    if h is None or not h.host_memory_bytes:
+        return None
+    sums = seen.summaries.values()
+    return {
+        "host_memory_bytes": h.host_memory_bytes,
+        "swap_bytes": h.swap_bytes,
+        "swap_used_peak_bytes": max(
+            (r.get("swap_used_bytes", 0) for r in seen.host_rows), default=0
+        ),
+        "swap_used_end_bytes": h.swap_used_bytes,
+        "swap_ins": h.swap_ins,
+        "swap_outs": h.swap_outs,
+        "oom_kills": h.oom_kills,
+        "oom_killed": sorted(s["guest_id"] for s in sums if s.get("oom_killed")),
+        "major_faults": sum(s.get("major_faults", 0) for s in sums),
+        "fault_wait_s": round(sum(s.get("fault_wait_seconds", 0.0) for s in sums), 3),
     }
 
 
@@ -357,5 +403,23 @@ def format_loadtest(r: LoadtestReport) -> str:
         ),
         ("errors", "none" if not r["errors"] else "; ".join(r["errors"][:5])),
     ]
+    hm = r.get("host_memory")
+    if hm is not None:
+        rows[2] = (
+            "host memory",
+            f"{format_size(hm['host_memory_bytes'])} + {format_size(hm['swap_bytes'])} swap "
+            f"(overcommit {r['capacity_overcommit_ratio']}×)",
+        )
+        killed = ", ".join(hm["oom_killed"]) or "none"
+        rows.insert(
+            4,
+            (
+                "host swap",
+                f"peak {format_size(hm['swap_used_peak_bytes'])}, end "
+                f"{format_size(hm['swap_used_end_bytes'])}; {hm['swap_ins']:,} pages in, "
+                f"{hm['swap_outs']:,} out; guests took {hm['major_faults']:,} major faults "
+                f"and waited {hm['fault_wait_s']:.1f} s; OOM kills {hm['oom_kills']} ({killed})",
+            ),
+        )
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

@@ -9,7 +9,13 @@ import sys
 from collections.abc import Mapping
 
 from guest.hinting.plugin import parse_policies
-from lab.options import out_help, policies_help, run_folder
+from lab.options import (
+    add_host_memory_flags,
+    host_memory_args,
+    out_help,
+    policies_help,
+    run_folder,
+)
 from lab.plot import files_line
 from pagehint.cli_support import (
     Subparsers,
@@ -34,7 +40,8 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         "loadtest",
         help="many guests against one overcommitted host",
         description="Starts --guests guest processes (workloads memhog, churn, fragment in "
-        "turn) against one host whose --memory-limit is below their total RAM.",
+        "turn) against one host whose --memory-limit is below their total RAM (or, with "
+        "--host-memory, whose own memory and swap are).",
     )
     e = env
     add_flag(p, e, "--guests", default="8", help="guests to run (1..256)")
@@ -64,6 +71,7 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         help="spread the guests' starts over this many seconds (default 0: all boot at once)",
     )
     add_flag(p, e, "--backend", default="sim", help="sim | shm")
+    add_host_memory_flags(p, e)
     add_flag(
         p,
         e,
@@ -103,6 +111,13 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         if capacity <= 0:
             raise UsageError("--memory-limit must be positive")
     backend = choice(str(a.backend), BACKENDS, "--backend")
+    host_memory = host_memory_args(a, backend)
+    if host_memory:
+        if a.memory_limit is not None:
+            raise UsageError(
+                "give --host-memory (swap, OOM killer) or --memory-limit (a hard limit), not both"
+            )
+        capacity = int(host_memory[1])
     if backend == "shm" and not a.force and total > 0.8 * mem_available():
         raise UsageError(
             f"--backend shm: {guests} guests × {format_size(ram)} = {format_size(total)} could "
@@ -135,6 +150,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         out=run_folder(a.out, "loadtest-"),  # made last, once every flag is checked
         guests_per_process=min(per_process, guests),
         ramp=ramp,
+        host_memory_args=host_memory,
     )
     log = make_logger("loadtest", quiet=bool(a.json))
     report = run_loadtest(cfg, log)

@@ -13,13 +13,17 @@ exclusively, so two runs given the same empty folder at once cannot both have it
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from guest.command import shipped_scenarios
-from pagehint.config import BUILTIN_POLICIES, WORKLOADS
+from pagehint.cli_support import add_flag, convert
+from pagehint.config import BUILTIN_POLICIES, WORKLOADS, HostConfig
 from pagehint.errors import UsageError
+from pagehint.units import parse_size
 
 RUNS = Path("runs")
 CLAIM = ".pagehint-run"  # in a folder given with --out that existed: this run's
@@ -91,3 +95,32 @@ def _claim(out: Path) -> Path:
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there: {e.strerror}") from None
     return out
+
+
+# ---- the host's own memory, for the lab commands that start a host ---------------------
+
+
+def add_host_memory_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """``--host-memory`` and ``--swap``, passed to the host the command starts."""
+    add_flag(
+        p,
+        env,
+        "--host-memory",
+        default=None,
+        help="give the host this much memory of its own, with swap and an OOM killer "
+        "(pagehint host --host-memory); default: unlimited",
+    )
+    add_flag(p, env, "--swap", default=None, help="the host's swap (with --host-memory)")
+
+
+def host_memory_args(a: argparse.Namespace, backend: str) -> tuple[str, ...]:
+    """The host flags for ``--host-memory``/``--swap``, checked as the host checks them
+    (one line, before anything starts); () when neither was given."""
+    if a.host_memory is None:
+        if a.swap is not None:
+            raise UsageError("--swap needs --host-memory (swap for which memory?)")
+        return ()
+    memory = convert(a.host_memory, lambda s: parse_size(s, "size"), "--host-memory")
+    swap = 0 if a.swap is None else convert(a.swap, lambda s: parse_size(s, "size"), "--swap")
+    HostConfig(host_memory_bytes=memory, swap_bytes=swap, backend=backend)  # the host's checks
+    return ("--host-memory", str(memory), "--swap", str(swap))

@@ -30,10 +30,16 @@ def with_figures(summary: GuestSummary, rows: Sequence[TimelineRow]) -> GuestSum
 
 
 def collect(
-    group: ProcessGroup, p: subprocess.Popen[str], name: str, timeline: Path, timeout: float
+    group: ProcessGroup,
+    p: subprocess.Popen[str],
+    name: str,
+    timeline: Path,
+    timeout: float,
+    oom_ok: bool = False,
 ) -> tuple[GuestSummary, list[TimelineRow]]:
-    """A guest process to its end: its summary (with figures) and its timeline rows."""
-    summary = group.guest_summary(p, name, timeout)
+    """A guest process to its end: its summary (with figures) and its timeline rows.
+    ``oom_ok``: a guest the host's OOM killer ended is a result (its summary says so)."""
+    summary = group.guest_summary(p, name, timeout, oom_ok=oom_ok)
     rows = read_timeline(timeline)
     return with_figures(summary, rows), rows
 

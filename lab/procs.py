@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from guest.balloon.connection import OomKilled
 from pagehint.errors import UsageError
 from pagehint.schema import GuestSummary, TimelineRow, decode, read_lines, write_lines
 
@@ -117,11 +118,17 @@ class ProcessGroup:
             if line.strip():
                 s = decode(GuestSummary, line)
                 summaries[s["guest_id"]] = s
+        # A guest the host's OOM killer ended wrote its summary (oom_killed) and a
+        # line: a result, not a failure (the group then exits 3).
+        killed = {f"guest {g}: " for g, s in summaries.items() if s.get("oom_killed")}
         errors = [
             line.removeprefix("pagehint guest-group: ")
             for line in self.log_text(name).splitlines()
             if line.startswith("pagehint guest-group: ")
+            and not any(line.startswith(f"pagehint guest-group: {k}") for k in killed)
         ]
+        if p.returncode == OomKilled.exit_status and killed:
+            return summaries, errors
         if p.returncode != 0 and not errors:
             lines = self.log_text(name).strip().splitlines()
             why = _killed(p.returncode) or (lines[-1] if lines else f"exit {p.returncode}")
@@ -131,13 +138,21 @@ class ProcessGroup:
     def log_text(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text()
 
-    def guest_summary(self, p: subprocess.Popen[str], name: str, timeout: float) -> GuestSummary:
+    def guest_summary(
+        self, p: subprocess.Popen[str], name: str, timeout: float, oom_ok: bool = False
+    ) -> GuestSummary:
+        """The guest's summary once it ended; a UsageError if it failed (``oom_ok``:
+        ended by the host's OOM killer, exit 3 with its summary, is not a failure)."""
         try:
             out, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             p.kill()
             p.communicate()
             raise UsageError(f"guest {name} did not finish within {timeout:.0f} s") from None
+        if oom_ok and p.returncode == OomKilled.exit_status and out.strip():
+            s = decode(GuestSummary, out.strip().splitlines()[-1])
+            if s.get("oom_killed"):
+                return s
         if p.returncode != 0:
             lines = (self.workdir / f"{name}.log").read_text().strip().splitlines()
             # A signal's death leaves no line of its own: the log's last is just

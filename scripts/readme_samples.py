@@ -64,6 +64,18 @@ def from_line_starting(prefix: str) -> Callable[[str], str]:
     return select
 
 
+def only_lines_starting(*prefixes: str) -> Callable[[str], str]:
+    """The output's lines that start with one of ``prefixes``, in order."""
+
+    def select(stdout: str) -> str:
+        lines = [x for x in stdout.splitlines() if x.startswith(prefixes)]
+        if not lines:
+            raise SampleError(f"no line starting with any of {prefixes!r} in the output")
+        return "\n".join(lines)
+
+    return select
+
+
 @dataclass(frozen=True)
 class Image:
     produced: str  # the file's name, somewhere under the run's scratch folder
@@ -101,6 +113,12 @@ SAMPLES: tuple[Sample, ...] = (
         image=Image("timeline.png", "docs/compare.png", "compare: host memory per policy"),
     ),
     Sample("loadtest", f"{PAGEHINT} loadtest --guests 16 --ram 256MiB --duration 20 --ramp 2"),
+    Sample(
+        "loadtest-host-memory",
+        f"{PAGEHINT} loadtest --guests 4 --ram 256MiB --duration 8 "
+        "--host-memory 300MiB --swap 64MiB",
+        text=only_lines_starting("host memory", "host swap"),
+    ),
     Sample(
         "sweep",
         f"{PAGEHINT} sweep --workload memhog --ram 512MiB --duration 8 "

@@ -71,3 +71,29 @@ def test_compare_takes_a_policy_of_your_own(tmp_path: Path) -> None:
     mine = res[f"{idle}:IdlePolicy"]
     assert mine["reported_bytes"] > 0 and mine["policy_errors"] == []
     assert mine["host_reported_bytes"] == mine["reported_bytes"]
+
+
+def test_compare_with_host_memory_shows_what_the_hosts_memory_cost(tmp_path: Path) -> None:
+    """A guest whose scenario needs more than the host's 96 MiB (less the VMM's 72):
+    the host swaps, the guest takes major faults and waits for them, and the table
+    says so."""
+    again = tmp_path / "again.toml"  # what was swapped out is used again: major faults
+    again.write_text(
+        '[[steps]]\nop = "alloc"\nname = "a"\nsize = "64MiB"\n'
+        '[[steps]]\nop = "free"\nname = "a"\n'
+        '[[steps]]\nop = "alloc"\nname = "b"\nsize = "64MiB"\n'
+        '[[steps]]\nop = "sleep"\nseconds = 1\n'
+    )
+    out = tmp_path / "cmp"
+    r = run_cli(
+        ["compare", "--ram", "256MiB", "--scenario", str(again), "--policies", "none",
+         "--host-memory", "96MiB", "--swap", "512MiB", "--out", str(out)],
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "major faults" in r.stdout and "in swap" in r.stdout
+    s = json.loads((out / "summary.json").read_text())["results"]["none"]
+    assert s["major_faults"] > 0 and s["fault_wait_seconds"] > 0
+    assert s["oom_killed"] is False
+    r = run_cli(["compare", "--host", "127.0.0.1:1", "--host-memory", "1GiB"])
+    assert r.returncode == 2 and "not --host" in r.stderr

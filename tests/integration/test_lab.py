@@ -228,3 +228,42 @@ def test_two_demos_started_together_keep_to_their_own_folders(tmp_path: Path) ->
     for folder in folders:
         report = json.loads((folder / "summary.json").read_text())
         assert set(report["guests"]) == {"guest-1", "guest-2"}
+
+
+def test_loadtest_with_host_memory_reports_swap_and_oom_kills(tmp_path: Path) -> None:
+    """Four 256 MiB guests on a host with 300 MiB of its own and 64 MiB of swap: it
+    swaps, its OOM killer ends some guests, and the report says which (killed guests
+    are results: their summaries are kept, and they are not errors)."""
+    out = tmp_path / "lt"
+    r = run_cli(
+        ["loadtest", "--guests", "4", "--ram", "256MiB", "--duration", "8",
+         "--host-memory", "300MiB", "--swap", "64MiB", "--out", str(out), "--json"],
+        timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    hm = s["host_memory"]
+    assert hm["host_memory_bytes"] == 300 << 20 and hm["swap_bytes"] == 64 << 20
+    assert hm["swap_used_peak_bytes"] > 0 and hm["swap_outs"] > 0
+    # A guest killed while it was already stopping (its summary written) does not
+    # hear of it: the host's count may be the larger.
+    assert hm["oom_kills"] >= len(hm["oom_killed"]) >= 1
+    assert s["errors"] == [] and s["guests_completed"] == 4
+    for g in hm["oom_killed"]:
+        assert s["per_guest"][g]["oom_killed"] is True
+    assert s["host_capacity_bytes"] == 300 << 20
+    rows = json.loads((out / "summary.json").read_text())["host_timeline"]
+    assert rows and all("swap_used_bytes" in row for row in rows)
+
+
+def test_loadtest_host_memory_flags_are_checked_first(tmp_path: Path) -> None:
+    for args, message in [
+        (["--swap", "1GiB"], "--swap needs --host-memory (swap for which memory?)"),
+        (["--host-memory", "1GiB", "--memory-limit", "1GiB"], "not both"),
+        (["--host-memory", "1GiB", "--swap", "100GiB"], "(a units slip?)"),
+        (["--host-memory", "lots"], "--host-memory"),
+    ]:
+        r = run_cli(["loadtest", "--out", str(tmp_path / "no"), *args])
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert not (tmp_path / "no").exists()

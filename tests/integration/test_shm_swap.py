@@ -18,7 +18,6 @@ from virtqueue import codec
 MIB = 1 << 20
 
 
-
 def phases(tmp: Path, name: str, lead: float, size: str, count: int, hold: float) -> str:
     """``lead`` seconds of quiet, then ``count`` times: allocate, hold, free, rest."""
     path = tmp / f"{name}.toml"

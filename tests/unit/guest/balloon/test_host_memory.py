@@ -237,3 +237,46 @@ async def test_shm_without_host_memory_neither_tracks_nor_waits(tmp_path: Path) 
         assert driver.gate(pfn, 0) == 0 and not driver.touches.runs
     finally:
         await driver.stop()
+
+
+async def test_an_eviction_is_acknowledged_ahead_of_later_touches_and_waiting_accesses_rewait(
+    tmp_path: Path,
+) -> None:
+    """A Notice with an evict_id: the guest's next write acknowledges it before any
+    touch made since (the host moves the bytes at the acknowledgement), and an access
+    that was waiting on an earlier touch of an evicted block waits again, for a new
+    touch of that block, not for the old one's settling."""
+    host = FakeHost()
+    host.host_memory = True
+    host.backend_name = "shm"
+    driver, mm = await started(host)
+    ram = shared(tmp_path, mm)
+    ram.gate = driver.gate
+    driver.on_settled.append(ram.settle)
+    driver.on_evicted.append(ram.regate)
+    try:
+        host.settle_touches = False
+        pfn = mm.alloc(MAX_ORDER)
+        ram.on_alloc(pfn, MAX_ORDER)  # its stamp waits for this touch's Notice
+        await wait_for(lambda: bool(host.touched) and host.touched[-1].seq > 0, timeout=5)
+        first = host.touched[-1].seq
+        assert ram.waiting == 1
+        host.touched.clear()
+        # Before settling it the host evicts that very block (another guest's touch).
+        host.notice(NoticeMsg([(pfn, N)], 0, 0, 0, 0, evict_id=7))
+        await wait_for(lambda: len(host.touched) >= 1, timeout=5)
+        ack = host.touched[0]
+        assert ack.evict_ack == 7 and all(t.evict_ack == 0 for t in host.touched[1:])
+        await wait_for(lambda: (pfn, N) in touched_pfns(host), timeout=5)
+        again = max(t.seq for t in host.touched)
+        assert again > first
+        # The old batch settles: the stamp still waits (its block was evicted since).
+        host.notice(NoticeMsg([], first, 0, 0, N, 0))
+        await asyncio.sleep(0.05)
+        assert ram.waiting == 1
+        host.notice(NoticeMsg([], again, 0, N, 0, 0))  # brought back: now it runs
+        await wait_for(lambda: ram.waiting == 0, timeout=5)
+        assert ram.data_loss_pages == 0
+    finally:
+        await driver.stop()
+        ram.close()
