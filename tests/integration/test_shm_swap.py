@@ -10,7 +10,6 @@ import asyncio
 from pathlib import Path
 
 import grpc.aio
-import pytest
 
 from tests.integration.procs import Procs, run_cli, wait_until
 from virtqueue import codec
