@@ -15,15 +15,16 @@ host that was killed leaves its folder behind; the next host to start removes
 every folder or file whose owning host process is gone.
 
 With ``--host-memory`` the host's memory model (host/memory/hostmem.py) keeps
-the books and this backend moves the bytes (``ShmStore``, its ``SwapStore``):
-a chunk swapped out has its resident pages copied into the host's swap file
+the books and this backend moves the bytes (``ShmStore``, its ``SwapStore``): a
+chunk swapped out has its resident pages copied into the host's swap file
 (``SwapFile``: one per host, in --swap-dir, 2 MiB slots, one per chunk that has
 frames in swap) and then punched out of the RAM file, so the kernel's own count
-falls (once the guest acknowledged the eviction: below); a touch of a
-swapped page copies it back before the host answers the touch batch (the guest
-waits for that answer before it reads or writes the page: guest/ram.py); a
-discard of a swapped page frees its swap. Only the pages that hold data are copied either way (SEEK_DATA): a page the guest
-reported touched but never wrote is a hole in the file, and stays one.
+falls (once the guest acknowledged the eviction: below); a touch of a swapped
+page copies it back before the host answers the touch batch (the guest waits
+for that answer before it reads or writes the page: guest/ram.py); a discard of
+a swapped page frees its swap. Only the pages that hold data are copied either
+way (SEEK_DATA): a page the guest reported touched but never wrote is a hole in
+the file, and stays one.
 
 What the two counts are: the model's resident frames are those the guest
 reported touching (a fault, which the kernel would fill at once); the file's
