@@ -439,6 +439,10 @@ def guest_args(cfg: DensityConfig, addr: str, policy: str, name: str, i: int) ->
     args += ["--boot-footprint", str(cfg.boot.size_bytes)]
     args += ["--boot-orders", format_orders(cfg.boot.orders), "--boot-holes", f"{cfg.boot.holes:g}"]
     args += ["--timeline", str(work / f"{name}.timeline.jsonl")]
+    if cfg.backend == "shm":
+        # Real bytes: at its end each guest reads back every page it still holds
+        # (its boot footprint, through every eviction), beside the checks at frees.
+        args.append("--check")
     return [*args, "--connect-timeout", "60", "--quiet"]
 
 

@@ -122,6 +122,10 @@ def policy_row(run: PolicyRun) -> PolicyRow:
                 "fault_wait_s": summary_number(s, "fault_wait_seconds"),
                 "major_faults": summary_number(s, "major_faults"),
                 "alloc_failures": None if s is None else s["alloc_failures"],
+                # shm: pages whose stamps read back wrong (None: not checkable, sim).
+                "data_loss_pages": (
+                    s["data_loss_pages"] if s is not None and s["data_loss_checked"] else None
+                ),
                 "ending": rec.ending,
                 "ended_s": rec.ended_s,
                 "host_resident_for_guest_bytes": rec.host_resident_for_guest_bytes,
@@ -143,7 +147,12 @@ def policy_row(run: PolicyRun) -> PolicyRow:
         "oom_kills": out.oom_kills,
         "elapsed_s": round(run.elapsed, 1),
         "guests": guests,
-        "errors": run.errors,
+        "errors": run.errors
+        + [
+            f"{g['guest']}: {g['data_loss_pages']} pages lost"
+            for g in guests
+            if g["data_loss_pages"]
+        ],
         "host_timeline": [
             {
                 "t": x.t,
