@@ -254,6 +254,18 @@ def finished_allocating(
     return False
 
 
+def _finished(names: list[str], summaries: dict[str, GuestSummary]) -> set[str]:
+    """The guests that got through their allocation and were not OOM-killed (the
+    host took back what it had served those)."""
+    return {
+        n
+        for i, n in enumerate(names)
+        if n in summaries
+        and not summaries[n].get("oom_killed")
+        and finished_allocating(WORKLOADS[i % len(WORKLOADS)], summaries[n])
+    }
+
+
 def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> LoadtestReport:
     acks: list[float] = []
     for n in names:
@@ -271,13 +283,7 @@ def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> LoadtestR
     # Overcommit counts only the guests that finished allocating: their RAM, over
     # the most the host held for them at once (a guest still allocating when the
     # run ended was promised RAM it never asked the host for).
-    finished = {
-        n
-        for i, n in enumerate(names)
-        if n in summaries
-        and not summaries[n].get("oom_killed")  # the host took back what it served
-        and finished_allocating(WORKLOADS[i % len(WORKLOADS)], summaries[n])
-    }
+    finished = _finished(names, summaries)
     finished_ram = sum(summaries[n]["ram_bytes"] for n in finished)
     finished_peak = max(
         (sum(v for g, v in per.items() if g in finished) for per in seen.guest_resident),
@@ -362,6 +368,28 @@ def _overcommit_line(r: LoadtestReport) -> str:
     return f"{r['overcommit_ratio']}× ({done}; their RAM / the host's peak for them)"
 
 
+def _host_memory_rows(
+    rows: list[tuple[str, str]], hm: HostMemoryFigures, overcommit: float
+) -> None:
+    """With --host-memory: the capacity row says so, and a row for the swap."""
+    rows[2] = (
+        "host memory",
+        f"{format_size(hm['host_memory_bytes'])} + {format_size(hm['swap_bytes'])} swap "
+        f"(overcommit {overcommit}×)",
+    )
+    killed = ", ".join(hm["oom_killed"]) or "none"
+    rows.insert(
+        4,
+        (
+            "host swap",
+            f"peak {format_size(hm['swap_used_peak_bytes'])}, end "
+            f"{format_size(hm['swap_used_end_bytes'])}; {hm['swap_ins']:,} pages in, "
+            f"{hm['swap_outs']:,} out; guests took {hm['major_faults']:,} major faults "
+            f"and waited {hm['fault_wait_s']:.1f} s; OOM kills {hm['oom_kills']} ({killed})",
+        ),
+    )
+
+
 def format_loadtest(r: LoadtestReport) -> str:
     lat = r["ack_latency_ms"]
     cpu, share = r["host_cpu_s"], r["host_cpu_share"]
@@ -405,21 +433,6 @@ def format_loadtest(r: LoadtestReport) -> str:
     ]
     hm = r.get("host_memory")
     if hm is not None:
-        rows[2] = (
-            "host memory",
-            f"{format_size(hm['host_memory_bytes'])} + {format_size(hm['swap_bytes'])} swap "
-            f"(overcommit {r['capacity_overcommit_ratio']}×)",
-        )
-        killed = ", ".join(hm["oom_killed"]) or "none"
-        rows.insert(
-            4,
-            (
-                "host swap",
-                f"peak {format_size(hm['swap_used_peak_bytes'])}, end "
-                f"{format_size(hm['swap_used_end_bytes'])}; {hm['swap_ins']:,} pages in, "
-                f"{hm['swap_outs']:,} out; guests took {hm['major_faults']:,} major faults "
-                f"and waited {hm['fault_wait_s']:.1f} s; OOM kills {hm['oom_kills']} ({killed})",
-            ),
-        )
+        _host_memory_rows(rows, hm, r["capacity_overcommit_ratio"])
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

@@ -97,6 +97,24 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p.set_defaults(handler=run)
 
 
+def _capacity(a: argparse.Namespace, total: int, backend: str) -> tuple[int, tuple[str, ...]]:
+    """(the host's memory, the --host-memory/--swap host flags or ()): a hard
+    --memory-limit (default half the guests' RAM), or memory of its own."""
+    host_memory = host_memory_args(a, backend)
+    if host_memory:
+        if a.memory_limit is not None:
+            raise UsageError(
+                "give --host-memory (swap, OOM killer) or --memory-limit (a hard limit), not both"
+            )
+        return int(host_memory[1]), host_memory
+    if a.memory_limit is None:
+        return total // 2, ()
+    capacity = convert(a.memory_limit, lambda s: parse_size(s, "size"), "--memory-limit")
+    if capacity <= 0:
+        raise UsageError("--memory-limit must be positive")
+    return capacity, ()
+
+
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     from lab.loadtest import LoadtestConfig, format_loadtest, mem_available, run_loadtest
 
@@ -105,19 +123,8 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise UsageError("--guests: at most 256")
     ram = parse_ram(a.ram)
     total = guests * ram
-    capacity = total // 2
-    if a.memory_limit is not None:
-        capacity = convert(a.memory_limit, lambda s: parse_size(s, "size"), "--memory-limit")
-        if capacity <= 0:
-            raise UsageError("--memory-limit must be positive")
     backend = choice(str(a.backend), BACKENDS, "--backend")
-    host_memory = host_memory_args(a, backend)
-    if host_memory:
-        if a.memory_limit is not None:
-            raise UsageError(
-                "give --host-memory (swap, OOM killer) or --memory-limit (a hard limit), not both"
-            )
-        capacity = int(host_memory[1])
+    capacity, host_memory = _capacity(a, total, backend)
     if backend == "shm" and not a.force and total > 0.8 * mem_available():
         raise UsageError(
             f"--backend shm: {guests} guests × {format_size(ram)} = {format_size(total)} could "
