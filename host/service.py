@@ -313,9 +313,9 @@ class BalloonService:
         reader = asyncio.create_task(self._read_into(session, request_iterator, answers, wake))
         try:
             while True:
-                evicted, evict_id = session.ram.take_evicted()
-                if evicted:
-                    yield codec.encode_notice(codec.NoticeMsg(evicted, 0, 0, 0, 0, evict_id))
+                # Answers first: a queued answer may carry an eviction id older than
+                # the one taken below, and the guest must hear them in order (its
+                # acknowledgement of an id covers every earlier one).
                 while not answers.empty():
                     item = answers.get_nowait()
                     if item is None:
@@ -323,6 +323,9 @@ class BalloonService:
                     if isinstance(item, BaseException):
                         raise item
                     yield item
+                evicted, evict_id = session.ram.take_evicted()
+                if evicted:
+                    yield codec.encode_notice(codec.NoticeMsg(evicted, 0, 0, 0, 0, evict_id))
                 if session.ended:
                     return
                 await wake.wait()

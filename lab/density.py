@@ -61,6 +61,9 @@ class HostSample:
     swap_used_bytes: int
     oom_kills: int
     guests: Mapping[str, int] = field(default_factory=dict)  # guest id -> host resident
+    # Pages ever written to swap: a swap-out whose pages came back (or were
+    # discarded) before the next sample is still a swap.
+    swap_outs: int = 0
 
 
 class HostSource(Protocol):
@@ -174,7 +177,8 @@ def launch_guests(
 def _take(host: HostSource, out: Outcome) -> HostSample:
     s = host.sample()
     out.samples.append(s)
-    if s.swap_used_bytes > 0 and out.first_swap_guest is None and out.launches:
+    swapped = s.swap_used_bytes > 0 or s.swap_outs > 0
+    if swapped and out.first_swap_guest is None and out.launches:
         out.first_swap_guest = len(out.launches)
     if s.oom_kills > 0 and out.first_oom_guest is None and out.launches:
         out.first_oom_guest = len(out.launches)
@@ -413,6 +417,7 @@ class StatsSource:
             swap_used_bytes=fig.swap_used_bytes,
             oom_kills=fig.oom_kills,
             guests={g.guest_id: g.resident_bytes for g in fig.guests},
+            swap_outs=fig.swap_outs,
         )
 
 

@@ -481,7 +481,10 @@ class HostMemory:
     def _kill(self) -> bool:
         if not self.guests:
             return False
-        victim = max(self.guests, key=GuestMemory.badness)
+        # The largest; on a tie the newest: mm/oom_kill.c oom_evaluate_task skips a
+        # task only when points < chosen_points, so an equal one scanned later
+        # (for_each_process: creation order) takes the place.
+        victim = max(reversed(self.guests), key=GuestMemory.badness)
         if victim.badness() == 0:
             return False
         kill = Kill(victim, victim.resident + victim.overhead, victim.swapped)

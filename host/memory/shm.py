@@ -63,6 +63,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -90,6 +91,11 @@ _RAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}\.ram")  # see attach()
 DEFAULT_SWAP_ROOT = Path("/var/tmp")
 SWAP_PREFIX = "pagehint-swap-"
 SWAP_NAME = "swap"
+# A guest acknowledges an eviction Notice on its next write, within a round trip;
+# one silent this long is stalled, as the guest's own stall warning judges a host
+# (GuestConfig.stall_warning, 5 s). MAX_TOLD bounds the ids kept meanwhile.
+ACK_DEADLINE = 5.0
+MAX_TOLD = 1024
 # Frame-state bytes to 0/1 masks (bytes.translate tables).
 _IS_RESIDENT = bytes(1 if i == RESIDENT else 0 for i in range(256))
 _IS_SWAPPED = bytes(1 if i == SWAPPED else 0 for i in range(256))
@@ -322,9 +328,11 @@ class ShmStore:
         self.evictions: dict[int, int] = {}
         self.untold: dict[int, None] = {}  # chunks evicted since the last tell
         self.chunk_at: dict[int, Chunk] = {}
-        self.told: deque[tuple[int, list[tuple[Chunk, int]]]] = deque()  # (id, chunks)
+        # (id, chunks with their eviction count, when told), oldest first.
+        self.told: deque[tuple[int, list[tuple[Chunk, int]], float]] = deque()
         self.last_id = 0
         self.acked_id = 0
+        self.overdue = 0  # evictions carried out unacknowledged (ACK_DEADLINE)
 
     def _swap(self) -> SwapFile:
         # The model swaps only with --swap > 0, and then the backend made the file.
@@ -344,31 +352,56 @@ class ShmStore:
     def tell(self) -> int:
         """The guest is about to hear of the evictions so far: the id it must
         acknowledge before they are moved (0: none)."""
+        self._overdue()
         if not self.untold:
             return 0
         self.last_id += 1
         chunks = [(self.chunk_at[b], self.evictions[b]) for b in self.untold]
-        self.told.append((self.last_id, chunks))
+        self.told.append((self.last_id, chunks, time.monotonic()))
         self.untold = {}
         return self.last_id
+
+    def _overdue(self) -> None:
+        """A guest that has not acknowledged an eviction within ACK_DEADLINE (or has
+        MAX_TOLD unacknowledged) does not follow the protocol: its oldest evictions
+        are carried out anyway, so that what it holds in host memory stays bounded
+        (any page it then touches unannounced is its own loss, no one else's)."""
+        told = self.told
+        now = time.monotonic()
+        while told and (len(told) > MAX_TOLD or now - told[0][2] > ACK_DEADLINE):
+            self.overdue += 1
+            try:
+                self.acknowledged(told[0][0])
+            except OSError:
+                break  # not written: still parked, told again (acknowledged says)
 
     def acknowledged(self, evict_id: int) -> int:
         """The guest stopped using what Notices up to ``evict_id`` named: move those
         frames to swap. Returns frames moved."""
         moved = 0
         while self.told and self.told[0][0] <= evict_id:
-            _, chunks = self.told.popleft()
-            for ch, n in chunks:
+            _, chunks, _ = self.told.popleft()
+            for i, (ch, n) in enumerate(chunks):
                 # Evicted again since this was told: the later Notice's
                 # acknowledgement moves it (its frames may be in use until then).
-                if self.evictions.get(ch.base) == n:
+                if self.evictions.get(ch.base) != n:
+                    continue
+                try:
                     moved += self._move(ch)
+                except OSError:
+                    # Not written (swap full on disk): this chunk and the rest stay
+                    # parked, told again with the next Notice.
+                    for rest, _ in chunks[i:]:
+                        if rest.base in self.parked:
+                            self.untold[rest.base] = None
+                    raise
         self.acked_id = max(self.acked_id, evict_id)
         return moved
 
     def _move(self, ch: Chunk) -> int:
-        mask = self.parked.pop(ch.base, None)
+        mask = self.parked.get(ch.base)
         if mask is None or not mask.count(1):
+            self.parked.pop(ch.base, None)
             return 0
         swap = self._swap()
         ram = self.ram
@@ -379,10 +412,15 @@ class ShmStore:
         at = ch.base * ps  # the chunk in the RAM file
         to = slot * swap.slot_bytes  # and in the swap file
         for a, b in _runs(mask, 1, 0, len(mask)):
-            for lo, hi in _extents(ram.fd, at + a * ps, at + b * ps):
-                _copy(ram.fd, lo, swap.fd, to + lo - at, hi - lo)
+            lo, hi = at + a * ps, at + b * ps
+            # Holes are skipped where the swap file's slot is punched clean; where it
+            # cannot be punched a reused slot holds another chunk's bytes, so the
+            # whole run is written (a hole as zeros).
+            for dlo, dhi in _extents(ram.fd, lo, hi) if swap.punch else ((lo, hi),):
+                _copy(ram.fd, dlo, swap.fd, to + dlo - at, dhi - dlo)
             # After the copy: what the kernel holds for the guest falls by these.
-            ram._punch(at + a * ps, (b - a) * ps)
+            ram._punch(lo, hi - lo)
+        del self.parked[ch.base]
         return mask.count(1)
 
     def _unpark(self, ch: Chunk, off: int, end: int) -> bytearray | None:
@@ -429,13 +467,30 @@ class ShmStore:
             self.parked.pop(ch.base, None)
 
     def release(self) -> None:
+        """The session ended. Unless the OOM killer took the guest, its frames in swap
+        are copied back into its RAM file first: the guest may go on in a new session,
+        copying its RAM from the old file (guest/ram.py ``move_to``), and a frame
+        left in swap would be a hole there, read as zeros."""
+        memory = self.ram.memory
         if self.swap is not None:
+            if memory is None or memory.killed is None:
+                self._restore_all()
             for slot in self.slots.values():
                 self.swap.give(slot)
         self.slots = {}
         self.parked = {}
         self.told.clear()
         self.untold = {}
+
+    def _restore_all(self) -> None:
+        swap = self._swap()
+        ps = self.ram.page_size
+        for base, slot in self.slots.items():
+            ch = self.chunk_at[base]
+            at, to = base * ps, slot * swap.slot_bytes
+            for a, b in _moved(ch.states, self.parked.get(base), 0, len(ch.states)):
+                for lo, hi in _extents(swap.fd, to + a * ps, to + b * ps):
+                    _copy(swap.fd, lo, self.ram.fd, at + lo - to, hi - lo)
 
 
 def _moved(

@@ -216,3 +216,18 @@ def test_guest_process_reads_marks_from_a_timeline_still_being_written(tmp_path:
         f.write(text[cut:])
     assert g.phase() == "idle"
     assert g.touch_seconds() == pytest.approx(2.75)
+
+
+def test_a_swap_undone_between_samples_still_ends_the_run() -> None:
+    """Swap used back at 0 by the next sample (the pages came back, or were
+    discarded): the host's count of swap-outs still says it swapped."""
+
+    class Undone(World):
+        def sample(self) -> HostSample:
+            s = super().sample()
+            outs = 1 if len(self.guests) >= 2 else 0
+            return HostSample(s.t, s.resident_bytes, 0, s.oom_kills, s.guests, swap_outs=outs)
+
+    w = Undone(memory=15 * GIB, swap=4 * GIB, touched=4 * GIB, settled=512 * MIB)
+    out = launch_guests(_plan(), w.launch, w, sleep=w.sleep)
+    assert out.stop_reason == "swap" and out.first_swap_guest == 2 and out.guests_fit == 1

@@ -274,3 +274,18 @@ def test_random_operations_keep_the_books() -> None:
             g.discard([(pfn, 1 << order)], lazily=True)
         check_books(m)
     assert m.swap_outs > 0 and m.swap_ins > 0 and m.lazy_reclaimed > 0
+
+
+def test_on_a_tie_the_oom_killer_takes_the_newest_guest() -> None:
+    # mm/oom_kill.c oom_evaluate_task: an equal score found later (creation order)
+    # replaces the chosen one.
+    kills: list[Kill] = []
+    m = HostMemory(memory_pages=2 * C, swap_pages=0, on_kill=kills.append)
+    old = m.attach("old", 4 * C, evictable=True)
+    new = m.attach("new", 4 * C, evictable=True)
+    old.touched([(0, C)])
+    new.touched([(0, C)])
+    third = m.attach("third", 4 * C, evictable=True)
+    third.touched([(0, 8)])  # over, no swap: old and new tie at C, third has 8
+    assert [k.guest for k in kills] == [new] and not old.released
+    check_books(m)

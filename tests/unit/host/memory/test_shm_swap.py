@@ -266,7 +266,7 @@ def test_an_oom_kill_frees_the_victims_swap(ram_dir: Path, tmp_path: Path) -> No
     c.use(0, CHUNK)  # a's chunk to swap: swap is full
     a.hear()
     assert b.swap.used_bytes() == CHUNK * PS
-    c.ram.touch([(CHUNK, CHUNK)])  # over and no swap left: a (the larger) is killed
+    c.ram.touch([(CHUNK, CHUNK - 8)])  # over and no swap left: a (the larger) is killed
     assert model.oom_kills == 1 and a.ram.killed.startswith("killed by the host's OOM killer")
     assert b.swap.used_bytes() == 0 and b.swap.free == [0]
     a.close()
@@ -322,3 +322,105 @@ def test_swap_dir_settings(kw: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError) as e:
         HostConfig(**kw)  # type: ignore[arg-type]
     assert str(e.value) == message
+
+
+def test_a_session_that_ends_unkilled_gives_its_swapped_pages_back_to_its_file(
+    ram_dir: Path, tmp_path: Path
+) -> None:
+    """A guest whose session ends (fenced, timed out, replaced) copies its RAM from
+    the old file into the next session's: what the host had moved to swap must be
+    back in that file first, or the copy reads holes (zeros)."""
+    b = backend(ram_dir, tmp_path / "swap", memory=2 * CHUNK, swap=4 * CHUNK)
+    assert b.swap is not None
+    a = Guest(b, "a")
+    a.use(0, 2 * CHUNK)
+    c = Guest(b, "c")
+    c.use(0, CHUNK)
+    a.hear()  # a's first chunk moved to swap: a hole in a's file
+    assert a.blocks() == CHUNK
+    a.ram.release()  # the session ends; the guest still has the old file mapped
+    assert a.intact(0, 2 * CHUNK)
+    assert b.swap.used_bytes() == 0
+    for g in (a, c):
+        g.close()
+    b.close()
+
+
+def test_an_eviction_never_acknowledged_is_carried_out_after_the_deadline(
+    ram_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guest that does not acknowledge keeps host memory only until ACK_DEADLINE."""
+    import host.memory.shm as shm
+
+    b = backend(ram_dir, tmp_path / "swap", memory=2 * CHUNK, swap=4 * CHUNK)
+    a = Guest(b, "a")
+    a.use(0, 2 * CHUNK)
+    c = Guest(b, "c")
+    c.use(0, CHUNK)
+    assert a.ram.take_evicted().ack_id == 1  # told, and never acknowledged
+    assert a.blocks() == 2 * CHUNK
+    monkeypatch.setattr(shm, "ACK_DEADLINE", 0.0)
+    a.ram.take_evicted()  # the next tell finds the first overdue
+    assert a.blocks() == CHUNK and a.agrees()
+    store = a.ram.memory.store if a.ram.memory is not None else None
+    assert isinstance(store, shm.ShmStore) and store.overdue == 1
+    a.ram.touch([(0, CHUNK)])
+    assert a.intact(0, 2 * CHUNK)
+    for g in (a, c):
+        g.close()
+    b.close()
+
+
+def test_a_move_that_fails_leaves_the_chunk_parked_and_told_again(
+    ram_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import host.memory.shm as shm
+
+    b = backend(ram_dir, tmp_path / "swap", memory=2 * CHUNK, swap=4 * CHUNK)
+    a = Guest(b, "a")
+    a.use(0, 2 * CHUNK)
+    c = Guest(b, "c")
+    c.use(0, CHUNK)
+    ev = a.ram.take_evicted()
+
+    def full(*_a: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shm, "_copy", full)
+    with pytest.raises(OSError):
+        a.ram.acknowledged(ev.ack_id)
+    assert a.blocks() == 2 * CHUNK  # nothing punched: the bytes are where they were
+    monkeypatch.undo()
+    again = a.ram.take_evicted()
+    assert again.ack_id == ev.ack_id + 1
+    assert a.ram.acknowledged(again.ack_id) == CHUNK and a.agrees()
+    a.ram.touch([(0, CHUNK)])
+    assert a.intact(0, 2 * CHUNK)
+    for g in (a, c):
+        g.close()
+    b.close()
+
+
+def test_without_punch_a_reused_slot_never_leaks_another_chunks_bytes(
+    ram_dir: Path, tmp_path: Path
+) -> None:
+    b = backend(ram_dir, tmp_path / "swap", memory=2 * CHUNK, swap=4 * CHUNK)
+    assert b.swap is not None
+    b.swap.punch = False  # a file system that cannot punch holes: slots are only reused
+    a = Guest(b, "a")
+    a.use(0, CHUNK)
+    c = Guest(b, "c")
+    c.ram.touch([(0, CHUNK)])
+    c.map[0:PS] = c.stamp(0)  # one page written, the rest touched only
+    d = Guest(b, "d")
+    d.use(0, 8)  # over: a's chunk (the coldest) to swap
+    a.hear()  # moved: a's stamps in slot 0
+    a.ram.touch([(0, CHUNK)])  # back: slot 0 free again, a's bytes still in it
+    assert c.ram.swapped_pages() == CHUNK  # that made room: c's chunk goes
+    c.hear()  # moved to slot 0, over a's stale bytes
+    c.ram.touch([(0, CHUNK)])
+    assert c.map[0:PS] == c.stamp(0)
+    assert c.map[PS : 2 * PS] == bytes(PS)  # not a's stamp
+    for g in (a, c, d):
+        g.close()
+    b.close()
