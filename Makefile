@@ -23,10 +23,10 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 protos: $(STAMP)
-	$(PY) -m virtqueue.generate
+	$(PY) -m scripts.protos
 
 protos-check: $(STAMP)
-	$(PY) -m virtqueue.generate --check
+	$(PY) -m scripts.protos --check
 
 # Lint, the generated-code check, the default test run, the slow tests, then the
 # same stack in real containers (skipped, with the reason, where no engine can run).
@@ -38,7 +38,7 @@ WORKERS ?= 3
 
 test: $(STAMP)
 	$(MAKE) lint
-	@if [ -f virtqueue/generate.py ]; then $(MAKE) protos-check; fi
+	@if [ -f scripts/protos.py ]; then $(MAKE) protos-check; fi
 	$(PY) -m pytest -q -n $(WORKERS) -m "not slow and not serial and not docker"
 	$(PY) -m pytest -q -m "serial and not docker" || [ $$? -eq 5 ]
 	$(PY) -m pytest -q -n $(WORKERS) -m "slow and not serial and not docker" || [ $$? -eq 5 ]

@@ -6,7 +6,7 @@ real memory, stamped and checked for loss.
 
 A guest whose session the host's OOM killer ended (--host-memory, swap full)
 stops its workload, writes its summary (``oom_killed: true``) and raises
-OomKilled: one line, exit status 3 (guest/command.py).
+OomKilled: one line, exit status 3 (pagehint/cli/guest.py).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ async def serve_guest(
     _finish(cfg, rt, driver, shm.ram, summary, log)
     if driver is not None and driver.fatal is not None:
         # Its id taken, a RAM file refused, or killed by the host's OOM killer (exit
-        # 3, with the summary: guest/command.py), mid-run: a failure, in one line.
+        # 3, with the summary: pagehint/cli/guest.py), mid-run: a failure, in one line.
         raise _with_summary(driver.fatal, summary)
     log(
         f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "

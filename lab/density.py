@@ -240,7 +240,7 @@ def _ended_line(rec: Launch) -> str:
 
 @dataclass(frozen=True)
 class DensityConfig:
-    """`pagehint density`'s settings, checked (lab/density_command.py)."""
+    """`pagehint density`'s settings, checked (pagehint/cli/density.py)."""
 
     mode: Mode
     host_memory_bytes: int

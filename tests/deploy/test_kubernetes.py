@@ -15,9 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from guest import command as guest_command
-from host import command as host_command
 from pagehint.cli import build_parser
+from pagehint.cli import guest as guest_command
+from pagehint.cli import host as host_command
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"

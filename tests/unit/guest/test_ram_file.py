@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from guest.command import config_from_args
 from guest.mm import BuddyAllocator
 from guest.ram import RamFileRefused, SharedRam, open_ram_file
 from host.memory.shm import ShmBackend
 from pagehint.cli import build_parser, main
+from pagehint.cli.guest import config_from_args
 from pagehint.config import ConfigError, GuestConfig
 
 RAM = 64 << 20

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from host import limits
-from host.command import config_from_args
 from host.server import connection_options
 from pagehint.cli import build_parser
+from pagehint.cli.host import config_from_args
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
 

@@ -14,7 +14,7 @@ from lab.sweep import (
     resident_area,
     time_to_90,
 )
-from lab.sweep_command import parse_grid
+from pagehint.cli.sweep import parse_grid
 from pagehint.errors import UsageError
 from tests.records import guest_summary
 

@@ -1,4 +1,13 @@
-"""The ``pagehint`` command: subcommands for guest, host, and the lab tools."""
+"""The ``pagehint`` command: subcommands for guest, host, and the lab tools.
+
+This package is the roof of the house: every command's flags (argparse) live
+here, one module per command, and nothing below imports it. A command turns
+its flags into the wing's config dataclass (``GuestConfig``, ``HostConfig``,
+``DensityConfig``, ...) and calls the wing's entry point (``run_guest``,
+``HostServer``, ``run_density``, ...). ``support`` holds what the commands
+share (flags that read ``PAGEHINT_*``, value converters); ``options`` the lab
+commands' shared flags and run folders.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +17,21 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from pagehint import __version__
-from pagehint.cli_support import Parser
+from pagehint.cli.support import Parser
 from pagehint.errors import UsageError
 
 
 def build_parser(env: Mapping[str, str]) -> Parser:
-    from guest import command as guest_command
-    from guest import group_command
-    from host import certs_command, health_command
-    from host import command as host_command
-    from lab import (
-        compare_command,
-        demo_command,
-        density_command,
-        loadtest_command,
-        sweep_command,
-    )
+    from pagehint.cli import certs as certs_command
+    from pagehint.cli import compare as compare_command
+    from pagehint.cli import demo as demo_command
+    from pagehint.cli import density as density_command
+    from pagehint.cli import guest as guest_command
+    from pagehint.cli import guest_group as group_command
+    from pagehint.cli import health as health_command
+    from pagehint.cli import host as host_command
+    from pagehint.cli import loadtest as loadtest_command
+    from pagehint.cli import sweep as sweep_command
 
     parser = Parser(
         prog="pagehint",

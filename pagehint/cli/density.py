@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.boot import format_orders, parse_orders
-from lab.options import out_help, policies_help, run_folder
-from pagehint.cli_support import (
+from pagehint.cli.options import out_help, policies_help, run_folder
+from pagehint.cli.support import (
     Subparsers,
     add_flag,
     choice,

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
-from lab.options import out_help, run_folder, scenario_help, workload_help
 from lab.plot import files_line
 from lab.sweep import KNOBS, SweepConfig, as_json, combinations, format_sweep, run_sweep
-from pagehint.cli_support import (
+from pagehint.cli.options import out_help, run_folder, scenario_help, workload_help
+from pagehint.cli.support import (
     Subparsers,
     add_flag,
     choice,
@@ -94,8 +94,8 @@ def _check_values(
     grid: dict[str, tuple[str, ...]], ram: str | None, workload_args: list[str]
 ) -> None:
     """Each combination's guest flags, checked by the guest's own parser now."""
-    from guest import command as guest_command
-    from pagehint.cli_support import RaisingParser
+    from pagehint.cli import guest as guest_command
+    from pagehint.cli.support import RaisingParser
 
     # The guest's own flags and checks, without the whole CLI above the lab.
     parser = RaisingParser(prog="pagehint")

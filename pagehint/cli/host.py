@@ -14,7 +14,7 @@ from host.limits import (
     raise_nofile,
 )
 from pagehint import loop as event_loop
-from pagehint.cli_support import (
+from pagehint.cli.support import (
     Subparsers,
     add_flag,
     add_verbosity,

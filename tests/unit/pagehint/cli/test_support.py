@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pagehint.cli_support import RaisingParser, add_flag, add_switch, env_name, parse_ram
+from pagehint.cli.support import RaisingParser, add_flag, add_switch, env_name, parse_ram
 from pagehint.errors import UsageError
 
 

@@ -1,7 +1,7 @@
 """Regenerate the committed stubs from protos/ with the pinned grpcio-tools.
 
-python -m virtqueue.generate          # write virtqueue/v1/*_pb2*.py(i)
-python -m virtqueue.generate --check  # exit 1 if the committed stubs differ
+python -m scripts.protos          # write virtqueue/v1/*_pb2*.py(i)
+python -m scripts.protos --check  # exit 1 if the committed stubs differ
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def generate(dest: Path) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(prog="python -m virtqueue.generate")
+    ap = argparse.ArgumentParser(prog="python -m scripts.protos")
     ap.add_argument("--check", action="store_true", help="fail if the committed stubs differ")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

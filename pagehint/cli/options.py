@@ -19,8 +19,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from guest.command import shipped_scenarios
-from pagehint.cli_support import add_flag, convert
+from pagehint.cli.guest import shipped_scenarios
+from pagehint.cli.support import add_flag, convert
 from pagehint.config import BUILTIN_POLICIES, WORKLOADS, HostConfig
 from pagehint.errors import UsageError
 from pagehint.units import parse_size

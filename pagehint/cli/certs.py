@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from pagehint.cli_support import Subparsers, add_flag, convert, int_in
+from pagehint.cli.support import Subparsers, add_flag, convert, int_in
 from pagehint.errors import UsageError
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

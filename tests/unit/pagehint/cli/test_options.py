@@ -13,9 +13,9 @@ import pytest
 import lab.compare
 import lab.demo
 import lab.loadtest
-import lab.sweep_command
-from lab.options import CLAIM, run_folder
+import pagehint.cli.sweep
 from pagehint.cli import main
+from pagehint.cli.options import CLAIM, run_folder
 
 # Each lab command, the runner it hands its config to, and a report that runner
 # could return (enough for the command to print it and pick its exit status).
@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[list[str], Any, str, dict[str, Any]]] = {
     ),
     "sweep": (
         ["sweep"],
-        lab.sweep_command,
+        pagehint.cli.sweep,
         "run_sweep",
         {"results": [], "interrupted": False, "runs_failed": []},
     ),

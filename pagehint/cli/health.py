@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Mapping
 
-from pagehint.cli_support import Subparsers, add_flag, convert, parse_address, positive_float
+from pagehint.cli.support import Subparsers, add_flag, convert, parse_address, positive_float
 from pagehint.errors import UsageError
 from pagehint.tls import load_tls, unreachable_hint
 from pagehint.units import parse_seconds

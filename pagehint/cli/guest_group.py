@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from pagehint.cli_support import RaisingParser, Subparsers, add_switch, add_verbosity, verbosity
+from pagehint.cli.support import RaisingParser, Subparsers, add_switch, add_verbosity, verbosity
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
 from pagehint.files import read_small_text
@@ -46,7 +46,7 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
 
 def read_group(path: Path, env: Mapping[str, str]) -> list[GuestConfig]:
     """Each line's flags parsed and checked exactly as `pagehint guest` does."""
-    from guest.command import config_from_args
+    from pagehint.cli.guest import config_from_args
 
     text = read_small_text(str(path), "guest list", MAX_FILE_BYTES)
     parser = _guest_parser(env)
@@ -114,7 +114,7 @@ def _exclusive(cfg: GuestConfig) -> list[tuple[str, tuple[str, str]]]:
 
 def _guest_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """`pagehint` with only its guest subcommand, raising UsageError on a bad flag."""
-    from guest import command as guest_command
+    from pagehint.cli import guest as guest_command
 
     root = RaisingParser(prog="pagehint")
     sub = root.add_subparsers(dest="command", parser_class=RaisingParser)

@@ -13,7 +13,7 @@ from guest.mm.constants import MAX_RAM
 from guest.trace.load import load_plan
 from guest.workloads.boot import format_orders, parse_orders
 from guest.workloads.scenario import BUILTIN_DIR, load_scenario, resolve_scenario
-from pagehint.cli_support import (
+from pagehint.cli.support import (
     Subparsers,
     add_flag,
     add_switch,

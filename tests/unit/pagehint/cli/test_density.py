@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.density_command import config_from_args
 from pagehint.cli import build_parser, main
+from pagehint.cli.density import config_from_args
 
 GIB = 1 << 30
 

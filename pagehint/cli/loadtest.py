@@ -9,15 +9,15 @@ import sys
 from collections.abc import Mapping
 
 from guest.hinting.plugin import parse_policies
-from lab.options import (
+from lab.plot import files_line
+from pagehint.cli.options import (
     add_host_memory_flags,
     host_memory_args,
     out_help,
     policies_help,
     run_folder,
 )
-from lab.plot import files_line
-from pagehint.cli_support import (
+from pagehint.cli.support import (
     Subparsers,
     add_flag,
     add_switch,

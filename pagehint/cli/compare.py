@@ -9,7 +9,8 @@ from collections.abc import Mapping
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
-from lab.options import (
+from lab.plot import files_line
+from pagehint.cli.options import (
     add_host_memory_flags,
     host_memory_args,
     out_help,
@@ -18,8 +19,7 @@ from lab.options import (
     scenario_help,
     workload_help,
 )
-from lab.plot import files_line
-from pagehint.cli_support import (
+from pagehint.cli.support import (
     Subparsers,
     add_flag,
     choice,

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
-from lab.options import out_help, policies_help, run_folder, scenario_help
-from pagehint.cli_support import (
+from pagehint.cli.options import out_help, policies_help, run_folder, scenario_help
+from pagehint.cli.support import (
     Subparsers,
     add_flag,
     choice,
