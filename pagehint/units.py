@@ -60,6 +60,15 @@ def format_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def exact_size(n: int) -> str:
+    """``n`` bytes as the largest unit that holds it whole ("72MiB", "4GiB", "4096"):
+    text parse_size reads back to the same number."""
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
 def parse_seconds(text: str, what: str = "duration") -> float:
     """Parse '30', '30s', '2m', '500ms' into seconds."""
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", str(text))

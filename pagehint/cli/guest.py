@@ -20,13 +20,12 @@ from pagehint.cli.support import (
     add_verbosity,
     check_writable,
     convert,
+    default_of,
     parse_address,
     parse_ram,
     verbosity,
 )
 from pagehint.config import (
-    BOOT_HOLES_MEASURED,
-    BOOT_ORDERS_MEASURED,
     BUILTIN_POLICIES,
     WORKLOADS,
     BootConfig,
@@ -36,7 +35,7 @@ from pagehint.config import (
 )
 from pagehint.errors import UsageError
 from pagehint.tls import TlsConfig, load_tls
-from pagehint.units import parse_seconds, parse_size
+from pagehint.units import exact_size, parse_seconds, parse_size
 
 if TYPE_CHECKING:
     from pagehint.schema import GuestSummary
@@ -79,9 +78,16 @@ def _what_to_run(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         default=None,
         help="guest RAM (64MiB..64GiB, multiple of 4MiB; default 1GiB, or what covers --trace)",
     )
-    add_flag(p, e, "--id", default="guest", dest="guest_id", help="guest name")
+    add_flag(
+        p,
+        e,
+        "--id",
+        default=default_of(GuestConfig, "guest_id"),
+        dest="guest_id",
+        help="guest name",
+    )
     add_flag(p, e, "--host", default=None, help="host address HOST:PORT")
-    add_flag(p, e, "--policy", default="bitmap", help=POLICY_HELP)
+    add_flag(p, e, "--policy", default=default_of(HintingConfig, "policy"), help=POLICY_HELP)
     add_flag(p, e, "--workload", default=None, help=" | ".join(WORKLOADS))
     add_flag(p, e, "--scenario", default=None, help=SCENARIO_HELP)
     add_flag(
@@ -96,14 +102,14 @@ def _what_to_run(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--speed",
-        default="1",
+        default=default_of(TraceConfig, "speed"),
         help="--trace: scale the trace's clock (2: twice as fast), or max (as fast as possible)",
     )
     add_flag(
         p,
         e,
         "--trace-map",
-        default="identity",
+        default=default_of(TraceConfig, "mapping"),
         help="--trace: identity (guest pfn = trace pfn, zones kept) | compact (only the "
         "4 MiB blocks the trace touches)",
     )
@@ -111,12 +117,14 @@ def _what_to_run(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--trace-untouched",
-        default="free",
+        default=default_of(TraceConfig, "untouched"),
         help="--trace: the pages the trace never names start free (default) | allocated",
     )
     add_switch(p, e, "--trace-lenient", help="--trace: count malformed lines instead of stopping")
     add_flag(p, e, "--duration", default=None, help=DURATION_HELP)
-    add_flag(p, e, "--seed", default="0", help="random seed for workloads")
+    add_flag(
+        p, e, "--seed", default=default_of(GuestConfig, "seed"), help="random seed for workloads"
+    )
     _boot_flags(p, e)
 
 
@@ -126,7 +134,7 @@ def _boot_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--boot-footprint",
-        default="0",
+        default=default_of(BootConfig, "size_bytes", exact_size),
         help="memory the guest's boot holds for the whole run, allocated before the workload "
         "(0: none, as before; `pagehint density` gives 233MiB, measured: README)",
     )
@@ -134,7 +142,7 @@ def _boot_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--boot-orders",
-        default=format_orders(BOOT_ORDERS_MEASURED),
+        default=default_of(BootConfig, "orders", format_orders),
         help="--boot-footprint's blocks: ORDER:PERCENT of its bytes, comma-separated "
         "(measured: README)",
     )
@@ -142,7 +150,7 @@ def _boot_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--boot-holes",
-        default=f"{BOOT_HOLES_MEASURED:g}",
+        default=default_of(BootConfig, "holes"),
         help="--boot-footprint: free space left between its blocks, per byte held (measured: "
         "README)",
     )
@@ -165,7 +173,9 @@ def _outputs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         default=None,
         help="write one JSON line per chain: send/answer times, ranges, status, host residency",
     )
-    add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
+    add_flag(
+        p, e, "--loop", default=default_of(GuestConfig, "loop"), help="auto | uvloop | asyncio"
+    )
 
 
 def _hinting_knobs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
@@ -175,7 +185,7 @@ def _hinting_knobs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         e,
         "--hinting-order",
         "--reporting-order",
-        default="9",
+        default=default_of(HintingConfig, "order"),
         dest="order",
         help="smallest order reported (default 9 = 2 MiB)",
     )
@@ -189,26 +199,32 @@ def _hinting_knobs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         default=None,
         help="bitmap: new bits in a zone that wake the worker (default: the capacity, as v10)",
     )
-    add_flag(p, e, "--delay", default="2", help="reporting: delay before a pass")
+    add_flag(
+        p,
+        e,
+        "--delay",
+        default=default_of(HintingConfig, "delay"),
+        help="reporting: delay before a pass",
+    )
     add_flag(
         p,
         e,
         "--stall-warning",
-        default="5",
+        default=default_of(GuestConfig, "stall_warning"),
         help="log a report the host has not answered for this long (it stays out until answered)",
     )
     add_flag(
         p,
         e,
         "--stop-grace",
-        default="10",
+        default=default_of(HintingConfig, "stop_grace"),
         help="stopping, wait this long for a report in flight (then leave its blocks isolated)",
     )
     add_flag(
         p,
         e,
         "--flush-after",
-        default="0",
+        default=default_of(HintingConfig, "bitmap_flush_after"),
         help="bitmap departure: walk a zone whose bits waited this long below --threshold "
         "(0: never, as v10)",
     )
@@ -235,7 +251,7 @@ def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--metrics-addr",
-        default="127.0.0.1",
+        default=default_of(GuestConfig, "metrics_addr"),
         help="address the metrics listen on (loopback; 0.0.0.0 exposes them to every address)",
     )
     add_flag(p, e, "--tls-cert", default=None, help="mutual TLS: this guest's certificate (PEM)")
@@ -246,7 +262,7 @@ def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--shm-dir",
-        default="/dev/shm",
+        default=default_of(GuestConfig, "shm_dir"),
         help="shm backend: the only folder whose RAM files this guest opens; give the "
         "host's --shm-dir (default /dev/shm, where a host keeps them without one)",
     )
@@ -257,7 +273,13 @@ def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         "--unsafe-skip-isolation",
         help="UNSAFE demonstration: report blocks without isolating them",
     )
-    add_flag(p, e, "--rate", default="20000", help="churn: allocator operations per second")
+    add_flag(
+        p,
+        e,
+        "--rate",
+        default=default_of(GuestConfig, "rate"),
+        help="churn: allocator operations per second",
+    )
     add_flag(
         p,
         e,
@@ -266,7 +288,11 @@ def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         help="write each report's ack latency (ms) to this file at the end",
     )
     add_flag(
-        p, e, "--connect-timeout", default="10", help="seconds to wait for the host at start-up"
+        p,
+        e,
+        "--connect-timeout",
+        default=default_of(GuestConfig, "connect_timeout"),
+        help="seconds to wait for the host at start-up",
     )
     add_switch(
         p,
@@ -278,7 +304,7 @@ def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--start-delay",
-        default="0",
+        default=default_of(GuestConfig, "start_delay"),
         help="wait this long before booting (loadtest --ramp spreads guests' starts with it)",
     )
     add_verbosity(p, e)

@@ -20,15 +20,16 @@ from pagehint.cli.support import (
     add_verbosity,
     check_writable,
     convert,
+    default_of,
     parse_address,
     verbosity,
 )
-from pagehint.config import SWAP_IN_COST, SWAP_OUT_COST, VMM_OVERHEAD, HostConfig
+from pagehint.config import HostConfig
 from pagehint.errors import UsageError
 from pagehint.files import read_small_text
 from pagehint.logging import make_logger
 from pagehint.tls import load_tls
-from pagehint.units import parse_seconds, parse_size
+from pagehint.units import exact_size, parse_seconds, parse_size
 
 
 def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
@@ -45,13 +46,15 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
 
 def _serving(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     """Flags: where and how the host serves, and what it holds."""
-    add_flag(p, e, "--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any)")
-    add_flag(p, e, "--backend", default="sim", help="sim | shm")
+    add_flag(
+        p, e, "--listen", default=default_of(HostConfig, "listen"), help="HOST:PORT (port 0: any)"
+    )
+    add_flag(p, e, "--backend", default=default_of(HostConfig, "backend"), help="sim | shm")
     add_flag(
         p,
         e,
         "--discard",
-        default="dontneed",
+        default=default_of(HostConfig, "discard"),
         help="free (MADV_FREE: lazy) | dontneed (MADV_DONTNEED / punch hole: at once)",
     )
     add_flag(
@@ -64,13 +67,25 @@ def _serving(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         help="host memory for all guests (e.g. 8GiB); lazily freed memory is reclaimed first "
         "(--capacity is the old name; its variable is PAGEHINT_MEMORY_LIMIT)",
     )
-    add_flag(p, e, "--queue-size", default="64", help="chains outstanding per guest (1..32768)")
-    add_flag(p, e, "--max-chain-ranges", default="512", help="most ranges in one chain (1..4096)")
+    add_flag(
+        p,
+        e,
+        "--queue-size",
+        default=default_of(HostConfig, "queue_size"),
+        help="chains outstanding per guest (1..32768)",
+    )
+    add_flag(
+        p,
+        e,
+        "--max-chain-ranges",
+        default=default_of(HostConfig, "max_chain_ranges"),
+        help="most ranges in one chain (1..4096)",
+    )
     add_flag(
         p,
         e,
         "--session-timeout",
-        default="30",
+        default=default_of(HostConfig, "session_timeout"),
         help="end a session that made no call for this long (guests call several times a second)",
     )
     add_flag(
@@ -96,12 +111,18 @@ def _host_memory(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         "2 MiB chunks are swapped, and with swap full the OOM killer ends the largest guest "
         "(default: unlimited, no model; not with --memory-limit)",
     )
-    add_flag(p, e, "--swap", default="0", help="--host-memory: the host's swap")
+    add_flag(
+        p,
+        e,
+        "--swap",
+        default=default_of(HostConfig, "swap_bytes", exact_size),
+        help="--host-memory: the host's swap",
+    )
     add_flag(
         p,
         e,
         "--swap-in-cost",
-        default=f"{SWAP_IN_COST:g}",
+        default=default_of(HostConfig, "swap_in_cost"),
         help="--host-memory: seconds a guest waits per 4 KiB page read back from swap "
         "(Intel DC P4500 random read)",
     )
@@ -109,7 +130,7 @@ def _host_memory(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--swap-out-cost",
-        default=f"{SWAP_OUT_COST:g}",
+        default=default_of(HostConfig, "swap_out_cost"),
         help="--host-memory: seconds per 4 KiB page written to swap, waited by the guest "
         "whose fault forced it (Intel DC P4500 random write)",
     )
@@ -117,7 +138,7 @@ def _host_memory(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--vmm-overhead",
-        default=f"{VMM_OVERHEAD >> 20}MiB",
+        default=default_of(HostConfig, "vmm_overhead_bytes", exact_size),
         help="--host-memory: each guest's VMM, resident from its negotiation, never swapped "
         "(QEMU's, measured by smem)",
     )
@@ -161,7 +182,7 @@ def _client_limits(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--handshake-timeout",
-        default="2",
+        default=default_of(HostConfig, "handshake_timeout"),
         help="close a connection that has not started HTTP/2 (and TLS) this long after "
         "connecting (default %(default)s s)",
     )
@@ -169,7 +190,7 @@ def _client_limits(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--idle-connection-timeout",
-        default="2",
+        default=default_of(HostConfig, "idle_connection_timeout"),
         help="close a connection with no call open for this long (default %(default)s s; "
         "guests always have one)",
     )
@@ -177,7 +198,7 @@ def _client_limits(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--auth-penalty-max",
-        default="10",
+        default=default_of(HostConfig, "auth_penalty_max"),
         help="--tokens: a wrong token keeps its client address from having another checked "
         "for 0.1 s, doubling per failure up to this (default %(default)s s; 0: off)",
     )
@@ -206,11 +227,11 @@ def _identity_and_outputs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> N
         p,
         e,
         "--metrics-addr",
-        default="127.0.0.1",
+        default=default_of(HostConfig, "metrics_addr"),
         help="address the metrics listen on (loopback; 0.0.0.0 exposes them to every address)",
     )
     add_flag(p, e, "--shm-dir", default=None, help="shm backend: where RAM files live")
-    add_flag(p, e, "--loop", default="auto", help="auto | uvloop | asyncio")
+    add_flag(p, e, "--loop", default=default_of(HostConfig, "loop"), help="auto | uvloop | asyncio")
     add_flag(p, e, "--metrics-port", default=None, help="Prometheus metrics port")
     add_flag(p, e, "--ready-file", default=None, help="write the bound address here once serving")
 
@@ -221,31 +242,37 @@ def _faults(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--latency",
-        default="0",
+        default=default_of(HostConfig, "latency"),
         help="seconds before each chain is processed (models a busy host)",
     )
     add_flag(
         p,
         e,
         "--min-order",
-        default="0",
+        default=default_of(HostConfig, "min_order"),
         help="smallest order the device takes in a range (0: the guest's reporting order)",
     )
     add_flag(
         p,
         e,
         "--inject-refuse",
-        default="0",
+        default=default_of(HostConfig, "inject_refuse"),
         help="fault injection: refuse this fraction of chains (0..1)",
     )
     add_flag(
         p,
         e,
         "--inject-discard-error",
-        default="0",
+        default=default_of(HostConfig, "inject_discard_error"),
         help="fault injection: fail this fraction of discards with EIO (0..1)",
     )
-    add_flag(p, e, "--fault-seed", default="0", help="random seed of the fault injection")
+    add_flag(
+        p,
+        e,
+        "--fault-seed",
+        default=default_of(HostConfig, "fault_seed"),
+        help="random seed of the fault injection",
+    )
     add_verbosity(p, e)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeAlias, TypeVar
@@ -161,6 +162,27 @@ def parse_ram(value: object, flag: str = "--ram") -> int:
     if problem is not None:
         raise UsageError(f"{flag} {value}: {problem}")
     return ram
+
+
+def default_of(
+    config: type[Any], name: str, show: Callable[[Any], str] | None = None
+) -> str | None:
+    """A flag's default, as the text the flag takes, read from its config field: the
+    one place a knob's default is written (``show`` renders what str would not)."""
+    f = next((f for f in dataclasses.fields(config) if f.name == name), None)
+    if f is None:
+        raise KeyError(f"{config.__name__} has no field {name!r}")
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        raise KeyError(f"{config.__name__}.{name} has no default")
+    if value is None:
+        return None
+    if show is not None:
+        return show(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def add_flag(
