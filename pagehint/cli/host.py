@@ -61,11 +61,10 @@ def _serving(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--memory-limit",
-        "--capacity",
+        old=("--capacity",),
         default=None,
         dest="memory_limit",
-        help="host memory for all guests (e.g. 8GiB); lazily freed memory is reclaimed first "
-        "(--capacity is the old name; its variable is PAGEHINT_MEMORY_LIMIT)",
+        help="host memory for all guests (e.g. 8GiB); lazily freed memory is reclaimed first",
     )
     add_flag(
         p,

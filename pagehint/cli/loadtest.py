@@ -51,10 +51,10 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         p,
         e,
         "--memory-limit",
-        "--capacity",
+        old=("--capacity",),
         default=None,
         dest="memory_limit",
-        help="host memory (default: half of the guests' total RAM; --capacity is the old name)",
+        help="host memory (default: half of the guests' total RAM)",
     )
     add_flag(
         p,

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeAlias, TypeVar
 
 from pagehint.errors import UsageError
 
@@ -185,11 +185,39 @@ def default_of(
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+class _OldName(argparse.Action):
+    """An old name of a flag, still taken: it sets the flag's value and says once
+    per process that the name is old (scripts keep working, and learn the new one)."""
+
+    warned: ClassVar[set[str]] = set()
+
+    def __init__(self, *args: Any, new: str, **kw: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        old = option_string is not None and option_string != self.new
+        if old and option_string not in _OldName.warned:
+            _OldName.warned.add(str(option_string))
+            sys.stderr.write(
+                f"{parser.prog}: warning: {option_string} is an old name of {self.new} "
+                "(it still works)\n"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def add_flag(
     parser: argparse.ArgumentParser,
     env: Mapping[str, str],
     *names: str,
     default: str | None = None,
+    old: tuple[str, ...] = (),
     **kw: Any,
 ) -> None:
     """A flag whose default comes from PAGEHINT_<FIRST NAME> when that is set.
@@ -197,15 +225,19 @@ def add_flag(
     Its help shows the default, "(default: VALUE)", unless the help already
     speaks of its default itself (a prose one: "default: what covers --trace").
     A flag with no built-in default (None) or an empty one shows none, even when
-    a variable sets it: it may hold a secret (PAGEHINT_TOKEN).
+    a variable sets it: it may hold a secret (PAGEHINT_TOKEN). ``old``: names it
+    had before, still taken; the help says so, and using one warns once.
     """
     value = from_env(env, names[0], default)
     text = kw.get("help")
     if text and default and "default" not in text:
         origin = f", from {env_name(names[0])}" if value != default else ""
         # argparse %-formats help: a % in the value must stay a %.
-        kw["help"] = f"{text} (default: {str(value).replace('%', '%%')}{origin})"
-    parser.add_argument(*names, default=value, **kw)
+        text = kw["help"] = f"{text} (default: {str(value).replace('%', '%%')}{origin})"
+    if old:
+        kw["help"] = f"{text or ''} ({', '.join(old)}: the old name, still taken)"
+        kw.update(action=_OldName, new=names[0])
+    parser.add_argument(*names, *old, default=value, **kw)
 
 
 def add_verbosity(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:

@@ -43,3 +43,21 @@ def test_ram_is_checked_against_the_contract(text: str, message: str) -> None:
 
 def test_a_good_ram_size() -> None:
     assert parse_ram("64MiB") == 64 << 20 and parse_ram("64GiB") == 64 << 30
+
+
+def test_an_old_flag_name_still_works_says_so_in_help_and_warns_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pagehint.cli import build_parser
+    from pagehint.cli.support import _OldName
+
+    _OldName.warned.discard("--capacity")
+    parser = build_parser({})
+    a = parser.parse_args(["host", "--capacity", "1GiB", "--capacity", "2GiB"])
+    assert a.memory_limit == "2GiB"
+    assert parser.parse_args(["host", "--memory-limit", "3GiB"]).memory_limit == "3GiB"
+    err = capsys.readouterr().err
+    assert err.count("warning: --capacity is an old name of --memory-limit") == 1
+    sub = next(x for x in parser._actions if x.dest == "command")
+    help_text = sub.choices["host"].format_help()  # type: ignore[attr-defined]
+    assert "--capacity: the old name, still taken" in " ".join(help_text.split())
