@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import ORDER_MASK
+from guest.mm.exact import alloc_at, containing_block, reshape_allocated
 
 PageListener = Callable[[int, int], None]
 
@@ -51,7 +52,7 @@ class GuestMemory:
     def alloc_at(self, pfn: int, order: int) -> str | None:
         """Allocate and touch exactly this block (a replayed trace); None on success,
         else why not (see BuddyAllocator.alloc_at)."""
-        why = self.mm.alloc_at(pfn, order)
+        why = alloc_at(self.mm, pfn, order)
         if why is None:
             for listener in self.on_alloc:
                 listener(pfn, order)
@@ -63,9 +64,9 @@ class GuestMemory:
         blocks freed and the new ones allocated, so a page checker keyed by block
         keeps every page's contents."""
         if not (self.on_free or self.on_alloc):
-            return self.mm.reshape_allocated(pfn, order)
+            return reshape_allocated(self.mm, pfn, order)
         old, new = self._shapes(pfn, order)
-        why = self.mm.reshape_allocated(pfn, order)
+        why = reshape_allocated(self.mm, pfn, order)
         if why is None:
             for block in old:
                 for listener in self.on_free:
@@ -81,7 +82,7 @@ class GuestMemory:
         end = pfn + (1 << order)
         if not 0 <= pfn < end <= mm.nr_pages:
             return [], []
-        head, flag = mm.containing_block(pfn)
+        head, flag = containing_block(mm, pfn)
         k = flag & ORDER_MASK
         if k > order:  # split_page() of a larger block, then the range joined
             big = range(head, head + (1 << k))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from guest.hinting.device import Block, ReportError, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import FREE, ISOLATED, PAGE_SIZE, STATE_MASK
+from guest.mm.exact import containing_block
 from pagehint.config import HintingConfig
 from pagehint.errors import UsageError
 from pagehint.ratelog import RateLimitedLog
@@ -223,7 +224,7 @@ def check_isolated(mm: BuddyAllocator, batch: Sequence[Block]) -> str | None:
             if not 0 <= pfn < nr_pages:
                 state = "outside RAM"
             else:
-                _, flag = mm.containing_block(pfn)
+                _, flag = containing_block(mm, pfn)
                 state = {ISOLATED: "isolated at another order", FREE: "free"}.get(
                     flag & STATE_MASK, "allocated"
                 )

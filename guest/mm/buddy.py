@@ -20,13 +20,10 @@ from dataclasses import dataclass
 
 from guest.mm.constants import (
     ALLOCATED,
-    DMA32_LIMIT,
-    DMA_LIMIT,
     FREE,
     ISOLATED,
     MAX_BLOCK_PAGES,
     MAX_ORDER,
-    MAX_RAM,
     NR_ORDERS,
     ORDER_MASK,
     PAGE_SHIFT,
@@ -36,7 +33,7 @@ from guest.mm.constants import (
     TAIL,
 )
 from guest.mm.watermarks import set_watermarks
-from guest.mm.zone import Zone
+from guest.mm.zone import Zone, make_zones
 from virtqueue.contract import ram_size_problem
 
 NotifyFree = Callable[[Zone, int], None]
@@ -74,6 +71,19 @@ def check_ram_size(ram_bytes: int) -> None:
         raise AllocatorError(problem)
 
 
+def _misuse(op: str, pfn: int, order: int, flag: int, want: int) -> AllocatorError:
+    if flag < 0:
+        return AllocatorError(f"{op} of pfn {pfn:#x}: outside guest RAM")
+    if flag == TAIL:
+        return AllocatorError(f"{op} of pfn {pfn:#x}: not the head of a block")
+    state = _state_name(flag)
+    if flag & STATE_MASK != want:
+        return AllocatorError(f"{op} of pfn {pfn:#x}: block is {state}, not {_state_name(want)}")
+    return AllocatorError(
+        f"{op} of pfn {pfn:#x} with order {order}: block has order {flag & ORDER_MASK}"
+    )
+
+
 class BuddyAllocator:
     """A buddy allocator over ``ram_bytes`` of guest RAM split into DMA/DMA32/Normal."""
 
@@ -82,19 +92,7 @@ class BuddyAllocator:
         self.ram_bytes = ram_bytes
         self.nr_pages = ram_bytes >> PAGE_SHIFT
         self.pg = bytearray(self.nr_pages)
-        self.zones: list[Zone] = []
-        bounds = [
-            ("DMA", 0, DMA_LIMIT),
-            ("DMA32", DMA_LIMIT, DMA32_LIMIT),
-            ("Normal", DMA32_LIMIT, MAX_RAM),
-        ]
-        for name, lo, hi in bounds:
-            start = lo >> PAGE_SHIFT
-            end = min(hi, ram_bytes) >> PAGE_SHIFT
-            if end > start:
-                self.zones.append(
-                    Zone(index=len(self.zones), name=name, start_pfn=start, end_pfn=end)
-                )
+        self.zones = make_zones(ram_bytes)
         # Zone of each top-order block: zone boundaries are top-order aligned, so a
         # block (and its buddies) never straddles two zones.
         zone_of_block: list[Zone] = []
@@ -197,7 +195,7 @@ class BuddyAllocator:
         except (IndexError, TypeError):
             raise AllocatorError(f"free of pfn {pfn!r}: outside guest RAM") from None
         if flag != ALLOCATED | order or pfn < 0:
-            raise self._misuse("free", pfn, order, flag if pfn >= 0 else -1, ALLOCATED)
+            raise _misuse("free", pfn, order, flag if pfn >= 0 else -1, ALLOCATED)
         zone = self._zone_of_block[pfn >> MAX_ORDER]
         areas = zone.free_area
         # __free_one_page(), inlined: this is the hot path (put-backs take
@@ -219,103 +217,6 @@ class BuddyAllocator:
         areas[order].head[pfn] = None
         if order >= self._notify_order:
             self._hook(zone, order)  # type: ignore[misc]
-
-    # ---- exact blocks (trace replay) ----------------------------------------------
-
-    def containing_block(self, pfn: int) -> tuple[int, int]:
-        """(head, flag) of the block that holds page ``pfn``.
-
-        The first non-tail head met while aligning ``pfn`` down, order by order, is
-        its block's head: a block's pages between its head and ``pfn`` are tails.
-        """
-        pg = self.pg
-        head, o = pfn, 0
-        while pg[head] == TAIL and o < MAX_ORDER:
-            o += 1
-            head = pfn & ~((1 << o) - 1)
-        return head, pg[head]
-
-    def alloc_at(self, pfn: int, order: int) -> str | None:
-        """Allocate exactly the block ``[pfn, pfn + 2**order)``: the kernel's answer,
-        replayed. Splits the free block that holds it (expand(), around ``pfn``).
-
-        None on success; otherwise why not, with nothing changed: "outside" (not
-        in RAM), "isolated" (hinting holds it now) or "not_free" (some page of it
-        is allocated).
-        """
-        if not 0 <= order <= MAX_ORDER or pfn & ((1 << order) - 1):
-            raise AllocatorError(f"alloc_at: pfn {pfn:#x} is not a block of order {order}")
-        if pfn < 0 or pfn + (1 << order) > self.nr_pages:
-            return "outside"
-        head, flag = self.containing_block(pfn)
-        k = flag & ORDER_MASK
-        state = flag & STATE_MASK
-        if k < order or head + (1 << k) <= pfn:
-            # The range spans several blocks: at least one is not free, or it
-            # would have merged; an isolated one is what keeps it apart.
-            return "isolated" if self._any_isolated(pfn, order) else "not_free"
-        if state == ISOLATED:
-            return "isolated"
-        if state != FREE:
-            return "not_free"
-        zone = self._zone_of_block[head >> MAX_ORDER]
-        areas = zone.free_area
-        areas[k].remove(head)
-        pg = self.pg
-        # expand() around pfn: the half without it goes back free (unreported).
-        while k > order:
-            k -= 1
-            half = head + (1 << k)
-            if pfn >= half:
-                pg[head] = FREE | k
-                areas[k].add_head(head)
-                head = half
-            else:
-                pg[half] = FREE | k
-                areas[k].add_head(half)
-        pg[pfn] = ALLOCATED | order
-        return None
-
-    def _any_isolated(self, pfn: int, order: int) -> bool:
-        pg = self.pg
-        end = pfn + (1 << order)
-        p = pfn
-        while p < end:
-            flag = pg[p]
-            if flag & STATE_MASK == ISOLATED:
-                return True
-            p += 1 << (flag & ORDER_MASK) if flag != TAIL else 1
-        return False
-
-    def reshape_allocated(self, pfn: int, order: int) -> str | None:
-        """Make ``[pfn, pfn + 2**order)`` one allocated block of ``order`` when every
-        page of it is allocated in another shape: inside a larger allocated block
-        (split into single pages first, as split_page() does) or as several
-        smaller allocated blocks. None when done; else "not_allocated"."""
-        if not 0 <= order <= MAX_ORDER or pfn & ((1 << order) - 1):
-            raise AllocatorError(f"reshape: pfn {pfn:#x} is not a block of order {order}")
-        if pfn < 0 or pfn + (1 << order) > self.nr_pages:
-            return "not_allocated"
-        pg = self.pg
-        head, flag = self.containing_block(pfn)
-        if flag & STATE_MASK != ALLOCATED or head + (1 << (flag & ORDER_MASK)) <= pfn:
-            return "not_allocated"
-        k = flag & ORDER_MASK
-        if k > order:
-            # split_page(): the large block becomes single allocated pages.
-            pg[head : head + (1 << k)] = bytes([ALLOCATED]) * (1 << k)
-        end = pfn + (1 << order)
-        p = pfn
-        while p < end:
-            flag = pg[p]
-            if flag & STATE_MASK != ALLOCATED:
-                return "not_allocated"
-            p += 1 << (flag & ORDER_MASK)
-        if p != end:
-            return "not_allocated"
-        pg[pfn + 1 : end] = bytes(end - pfn - 1)  # TAIL is 0
-        pg[pfn] = ALLOCATED | order
-        return None
 
     def _merge_and_add_tail(self, zone: Zone, pfn: int, order: int) -> int:
         """__free_one_page() for a put-back: merge, add at the tail, no hook
@@ -348,7 +249,7 @@ class BuddyAllocator:
         """Take a free block of exactly ``order`` off its free list; nothing can allocate it."""
         flag = self.pg[pfn] if 0 <= pfn < self.nr_pages else -1
         if flag | REPORTED != _FREE_OR_REPORTED | order:
-            raise self._misuse("isolate", pfn, order, flag, FREE)
+            raise _misuse("isolate", pfn, order, flag, FREE)
         zone = self._zone_of_block[pfn >> MAX_ORDER]
         zone.free_area[order].remove(pfn)
         self.pg[pfn] = ISOLATED | order
@@ -375,7 +276,7 @@ class BuddyAllocator:
         """
         flag = self.pg[pfn] if 0 <= pfn < self.nr_pages else -1
         if flag != ISOLATED | order:
-            raise self._misuse("putback", pfn, order, flag, ISOLATED)
+            raise _misuse("putback", pfn, order, flag, ISOLATED)
         zone = self._zone_of_block[pfn >> MAX_ORDER]
         zone.nr_isolated_pages -= 1 << order
         head = self._merge_and_add_tail(zone, pfn, order)
@@ -392,20 +293,6 @@ class BuddyAllocator:
             self.pg[pfn] = FREE | REPORTED | order
             return True
         return False
-
-    def _misuse(self, op: str, pfn: int, order: int, flag: int, want: int) -> AllocatorError:
-        if flag < 0:
-            return AllocatorError(f"{op} of pfn {pfn:#x}: outside guest RAM")
-        if flag == TAIL:
-            return AllocatorError(f"{op} of pfn {pfn:#x}: not the head of a block")
-        state = _state_name(flag)
-        if flag & STATE_MASK != want:
-            return AllocatorError(
-                f"{op} of pfn {pfn:#x}: block is {state}, not {_state_name(want)}"
-            )
-        return AllocatorError(
-            f"{op} of pfn {pfn:#x} with order {order}: block has order {flag & ORDER_MASK}"
-        )
 
     # ---- statistics -----------------------------------------------------------------
 
@@ -434,26 +321,6 @@ class BuddyAllocator:
         return sum(
             zone.free_area[o].nr_free << o for zone in self.zones for o in range(order, NR_ORDERS)
         )
-
-    def reported_pages(self) -> int:
-        pg = self.pg
-        total = 0
-        for zone in self.zones:
-            for o in range(NR_ORDERS):
-                for pfn in zone.free_area[o]:
-                    if pg[pfn] & REPORTED:
-                        total += 1 << o
-        return total
-
-    def buddyinfo(self) -> dict[str, list[int]]:
-        """Per zone, nr_free for each order, like /proc/buddyinfo."""
-        return {z.name: [a.nr_free for a in z.free_area] for z in self.zones}
-
-    def buddyinfo_text(self) -> str:
-        lines = []
-        for name, counts in self.buddyinfo().items():
-            lines.append(f"Node 0, zone {name:>8} " + " ".join(f"{c:6d}" for c in counts))
-        return "\n".join(lines)
 
     def blocks(self) -> Iterator[BlockInfo]:
         """Every block in pfn order (walks heads; O(number of pages))."""

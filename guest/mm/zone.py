@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from guest.mm.constants import NR_ORDERS
+from guest.mm.constants import DMA32_LIMIT, DMA_LIMIT, MAX_RAM, NR_ORDERS, PAGE_SHIFT
 
 
 class FreeArea:
@@ -126,3 +126,19 @@ class Zone:
 
     def __repr__(self) -> str:
         return f"Zone({self.name}, pfn {self.start_pfn:#x}-{self.end_pfn:#x})"
+
+
+def make_zones(ram_bytes: int) -> list[Zone]:
+    """DMA (< 16 MiB), DMA32 (< 4 GiB) and Normal, as far as ``ram_bytes`` reaches."""
+    zones: list[Zone] = []
+    bounds = [
+        ("DMA", 0, DMA_LIMIT),
+        ("DMA32", DMA_LIMIT, DMA32_LIMIT),
+        ("Normal", DMA32_LIMIT, MAX_RAM),
+    ]
+    for name, lo, hi in bounds:
+        start = lo >> PAGE_SHIFT
+        end = min(hi, ram_bytes) >> PAGE_SHIFT
+        if end > start:
+            zones.append(Zone(index=len(zones), name=name, start_pfn=start, end_pfn=end))
+    return zones

@@ -40,6 +40,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from guest.mm.constants import ALLOCATED, MAX_ORDER, MIN_RAM, PAGE_SIZE, RAM_ALIGN
+from guest.mm.exact import containing_block
 from guest.trace.parse import FREE, Trace
 from guest.workloads.base import WorkloadContext
 from pagehint.config import TRACE_MAPPINGS
@@ -177,7 +178,7 @@ class _OddEvents:
             memory.free(sub, sub_order)
             if sub_order != order:
                 count("free_not_allocated")
-        elif self.stand_ins and memory.mm.containing_block(pfn)[0] in self.stand_ins:
+        elif self.stand_ins and containing_block(memory.mm, pfn)[0] in self.stand_ins:
             count("free_not_allocated")  # a stand-in: not the trace's to free
         elif memory.mm.pg[pfn] == ALLOCATED | order:
             memory.free(pfn, order)

@@ -4,6 +4,7 @@ import pytest
 
 from guest.mm import MAX_ORDER, AllocatorError, BuddyAllocator
 from guest.mm.check import check_invariants
+from guest.mm.procfs import buddyinfo, buddyinfo_text, reported_pages
 
 
 def test_ram_size_limits() -> None:
@@ -24,19 +25,19 @@ def test_zones_follow_x86_64_layout() -> None:
     ]
     small = BuddyAllocator(64 << 20)
     assert [z.name for z in small.zones] == ["DMA", "DMA32"]
-    assert small.buddyinfo()["DMA"][MAX_ORDER] == 4
+    assert buddyinfo(small)["DMA"][MAX_ORDER] == 4
     check_invariants(mm)
 
 
 def test_alloc_splits_smallest_larger_block_and_free_merges_back() -> None:
     mm = BuddyAllocator(64 << 20)
     pfn = mm.alloc(0)
-    info = mm.buddyinfo()["DMA32"]
+    info = buddyinfo(mm)["DMA32"]
     # one order-10 block was split: one free block at each order 0..9
     assert info[:MAX_ORDER] == [1] * MAX_ORDER
     check_invariants(mm)
     mm.free(pfn, 0)
-    assert mm.buddyinfo()["DMA32"] == [0] * MAX_ORDER + [12]
+    assert buddyinfo(mm)["DMA32"] == [0] * MAX_ORDER + [12]
     check_invariants(mm)
 
 
@@ -60,7 +61,7 @@ def test_exhaustion_returns_minus_one() -> None:
 def test_bad_frees_are_clear_errors_and_change_nothing() -> None:
     mm = BuddyAllocator(64 << 20)
     a = mm.alloc(1)
-    before = bytes(mm.pg), mm.buddyinfo()
+    before = bytes(mm.pg), buddyinfo(mm)
     with pytest.raises(AllocatorError, match="order"):
         mm.free(a, 0)
     with pytest.raises(AllocatorError, match="not the head"):
@@ -69,7 +70,7 @@ def test_bad_frees_are_clear_errors_and_change_nothing() -> None:
         mm.free(a + 2, 1)  # the split-off order-1 buddy is free
     with pytest.raises(AllocatorError, match="outside"):
         mm.free(10**9, 0)
-    assert (bytes(mm.pg), mm.buddyinfo()) == before
+    assert (bytes(mm.pg), buddyinfo(mm)) == before
     mm.free(a, 1)
     with pytest.raises(AllocatorError):
         mm.free(a, 1)  # double free
@@ -146,9 +147,9 @@ def test_reported_mark_cleared_by_alloc_and_merge() -> None:
     b = a ^ 1
     assert mm.mark_reported(b, 0)
     assert mm.is_reported(b, 0)
-    assert mm.reported_pages() == 1
+    assert reported_pages(mm) == 1
     mm.free(a, 0)  # merges with the reported buddy: mark cleared
-    assert mm.reported_pages() == 0
+    assert reported_pages(mm) == 0
     top = mm.zones[1].free_area[MAX_ORDER].first()
     assert top is not None
     assert mm.mark_reported(top, MAX_ORDER)
@@ -170,7 +171,7 @@ def test_watermarks_like_the_kernel() -> None:
 
 def test_buddyinfo_text_looks_like_proc() -> None:
     mm = BuddyAllocator(64 << 20)
-    text = mm.buddyinfo_text()
+    text = buddyinfo_text(mm)
     assert text.splitlines()[0].startswith("Node 0, zone      DMA")
     assert len(text.splitlines()[1].split()) == 4 + 11
 

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from guest.mm import MAX_ORDER, BuddyAllocator
 from guest.mm.check import check_invariants
+from guest.mm.exact import alloc_at, reshape_allocated
 
 RAM = 64 << 20  # 16384 pages
 PAGES = RAM >> 12
@@ -35,7 +36,7 @@ def test_any_exact_sequence_keeps_the_invariants(ops: list[tuple[str, int, int]]
     for op, order, pick in ops:
         pfn = pick & ~((1 << order) - 1)
         if op == "alloc_at":
-            why = mm.alloc_at(pfn, order)
+            why = alloc_at(mm, pfn, order)
             clash_alloc = any(_overlaps(pfn, order, a, o) for a, o in allocated.items())
             clash_iso = any(_overlaps(pfn, order, a, o) for a, o in isolated.items())
             if why is None:
@@ -62,7 +63,7 @@ def test_any_exact_sequence_keeps_the_invariants(ops: list[tuple[str, int, int]]
                 any(a <= p < a + (1 << o) for a, o in allocated.items())
                 for p in range(target, target + (1 << sub_order))
             )
-            why = mm.reshape_allocated(target, sub_order)
+            why = reshape_allocated(mm, target, sub_order)
             assert (why is None) == covered
             if why is None:
                 # the model: split every block touching the range into pages,
@@ -94,14 +95,14 @@ def test_any_exact_sequence_keeps_the_invariants(ops: list[tuple[str, int, int]]
 def test_alloc_at_splits_around_the_block() -> None:
     mm = BuddyAllocator(RAM)
     before = mm.nr_free_pages
-    assert mm.alloc_at(5, 0) is None
+    assert alloc_at(mm, 5, 0) is None
     assert mm.block_at(5).state == "allocated"
     assert mm.nr_free_pages == before - 1
     # the pages around it are free in blocks of falling order: 4 (o0), 6 (o1), 0 (o2), 8 (o3)...
     assert mm.is_free(4, 0) and mm.is_free(6, 1) and mm.is_free(0, 2) and mm.is_free(8, 3)
-    assert mm.alloc_at(5, 0) == "not_free"
-    assert mm.alloc_at(4, 1) == "not_free"  # covers the allocated page 5
-    assert mm.alloc_at(PAGES, 0) == "outside"
+    assert alloc_at(mm, 5, 0) == "not_free"
+    assert alloc_at(mm, 4, 1) == "not_free"  # covers the allocated page 5
+    assert alloc_at(mm, PAGES, 0) == "outside"
     mm.free(5, 0)
     check_invariants(mm)
     assert mm.nr_free_pages == before and mm.is_free(0, MAX_ORDER)
@@ -110,21 +111,21 @@ def test_alloc_at_splits_around_the_block() -> None:
 def test_alloc_at_an_isolated_block_says_so() -> None:
     mm = BuddyAllocator(RAM)
     mm.isolate(1024, MAX_ORDER)
-    assert mm.alloc_at(1024 + 8, 2) == "isolated"
+    assert alloc_at(mm, 1024 + 8, 2) == "isolated"
     mm.putback(1024, MAX_ORDER)
-    assert mm.alloc_at(1024 + 8, 2) is None
+    assert alloc_at(mm, 1024 + 8, 2) is None
     check_invariants(mm)
 
 
 def test_reshape_splits_a_high_order_allocation_like_split_page() -> None:
     mm = BuddyAllocator(RAM)
-    assert mm.alloc_at(64, 3) is None
+    assert alloc_at(mm, 64, 3) is None
     # the kernel frees a split high-order block page by page
-    assert mm.reshape_allocated(66, 0) is None
+    assert reshape_allocated(mm, 66, 0) is None
     assert [mm.block_at(p).order for p in range(64, 72)] == [0] * 8
     for p in range(64, 72):
-        assert mm.reshape_allocated(p, 0) is None  # already that shape: nothing to do
+        assert reshape_allocated(mm, p, 0) is None  # already that shape: nothing to do
         mm.free(p, 0)
     check_invariants(mm)
     assert mm.allocated_pages == 0
-    assert mm.reshape_allocated(64, 0) == "not_allocated"
+    assert reshape_allocated(mm, 64, 0) == "not_allocated"

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from guest.mm import MAX_ORDER, AllocatorError, BuddyAllocator
 from guest.mm.check import check_invariants
+from guest.mm.procfs import buddyinfo
 
 OPS = st.lists(
     st.tuples(
@@ -74,4 +75,4 @@ def test_random_sequences_keep_invariants(ops: list[tuple[str, int, int]]) -> No
         mm.free(pfn, o)
     check_invariants(mm)
     assert mm.nr_free_pages == mm.nr_pages
-    assert all(counts[:MAX_ORDER] == [0] * MAX_ORDER for counts in mm.buddyinfo().values())
+    assert all(counts[:MAX_ORDER] == [0] * MAX_ORDER for counts in buddyinfo(mm).values())

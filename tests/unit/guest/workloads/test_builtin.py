@@ -5,6 +5,7 @@ import asyncio
 from guest.memory import GuestMemory
 from guest.mm import BuddyAllocator
 from guest.mm.check import check_invariants
+from guest.mm.procfs import buddyinfo
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import WorkloadParams, churn, fragment, memhog
 
@@ -52,7 +53,7 @@ async def test_fragment_leaves_only_order0_holes() -> None:
     ctx = WorkloadContext(GuestMemory(mm))
     # everything allocated page by page, every other page freed: nothing merges
     await _run_for(fragment(ctx, WorkloadParams(hog_fraction=1.0)), ctx, 0.5)
-    info = mm.buddyinfo()
+    info = buddyinfo(mm)
     assert sum(c[0] for c in info.values()) == mm.nr_pages // 2
     assert all(sum(c[1:]) == 0 for c in info.values())
     check_invariants(mm)
