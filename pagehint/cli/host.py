@@ -23,6 +23,7 @@ from pagehint.cli.support import (
     default_of,
     parse_address,
     verbosity,
+    warn_old_names,
 )
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
@@ -391,6 +392,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     # descriptor limit to the hard one (limits.py says why it matters here).
     raise_nofile()
     cfg = config_from_args(a)
+    warn_old_names(a, "pagehint host")
     from host.server import serve
 
     log = make_logger("host", *verbosity(a))

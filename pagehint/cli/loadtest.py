@@ -28,6 +28,7 @@ from pagehint.cli.support import (
     parse_ram,
     positive_float,
     positive_int,
+    warn_old_names,
 )
 from pagehint.config import BACKENDS
 from pagehint.errors import UsageError
@@ -159,6 +160,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         ramp=ramp,
         host_memory_args=host_memory,
     )
+    warn_old_names(a, "pagehint loadtest")
     log = make_logger("loadtest", quiet=bool(a.json))
     report = run_loadtest(cfg, log)
     if a.json:

@@ -202,14 +202,21 @@ class _OldName(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        old = option_string is not None and option_string != self.new
-        if old and option_string not in _OldName.warned:
-            _OldName.warned.add(str(option_string))
-            sys.stderr.write(
-                f"{parser.prog}: warning: {option_string} is an old name of {self.new} "
-                "(it still works)\n"
-            )
+        if option_string is not None and option_string != self.new:
+            # Said once the command's flags all passed (warn_old_names): a bad value
+            # given under an old name is one line, its error, as any other.
+            used: dict[str, str] = namespace.__dict__.setdefault("old_names", {})
+            used[option_string] = self.new
         setattr(namespace, self.dest, values)
+
+
+def warn_old_names(a: argparse.Namespace, prog: str) -> None:
+    """After a command checked its flags: one line per old flag name it was given,
+    once per process."""
+    for old, new in getattr(a, "old_names", {}).items():
+        if old not in _OldName.warned:
+            _OldName.warned.add(old)
+            sys.stderr.write(f"{prog}: warning: {old} is an old name of {new} (it still works)\n")
 
 
 def add_flag(

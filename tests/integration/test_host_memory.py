@@ -59,10 +59,7 @@ def test_bad_host_memory_flags_are_one_line_and_exit_2() -> None:
     for args, needle in (
         (["--swap", "1GiB"], "--swap needs --host-memory"),
         (["--host-memory", "1GiB", "--swap", "1TiB"], "more than 64 times --host-memory"),
-        (
-            ["--host-memory", "1GiB", "--backend", "shm"],
-            "--host-memory with --backend shm: not yet",
-        ),
+        (["--host-memory", "1GiB", "--backend", "shm", "--swap-dir", "/"], "--swap-dir needs"),
         (["--host-memory", "1GiB", "--memory-limit", "1GiB"], "not both"),
         (["--host-memory", "lots"], "--host-memory"),
         (["--host-memory", "1GiB", "--swap-in-cost", "-1"], "--swap-in-cost"),
