@@ -36,7 +36,7 @@ PAGE = 4096
 def main() -> dict[str, object]:
     with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
         dev = BalloonDevice(ShmBackend(d))
-        s, _fence = dev.negotiate("bench", RAM, PAGE, F.mask(F.REPORTING), 0, 32)
+        s, _fence = dev.table.negotiate("bench", RAM, PAGE, F.mask(F.REPORTING), 0, 32)
         fd = os.open(s.ram.shm_path, os.O_RDWR)
         m = mmap.mmap(fd, RAM, mmap.MAP_SHARED)
         block = b"\x5a" * (64 << 20)
@@ -76,7 +76,7 @@ def main() -> dict[str, object]:
                 samples[name].append(host() if name == "host" else raw())
         m.close()
         os.close(fd)
-        dev.end(s.token, "bench done")
+        dev.table.end(s.token, "bench done")
         dev.backend.close()
     h, w = median(samples["host"]), median(samples["raw"])
     return {"host_gib_s": round(h, 2), "raw_gib_s": round(w, 2), "host_vs_raw": round(h / w, 3)}

@@ -6,14 +6,15 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from host.device import BalloonDevice, Session
+from host.device import BalloonDevice
 from host.limits import ConnectionWatch
+from host.sessions import Session
 from pagehint.metrics import counter, gauge, histogram
 from virtqueue.contract import PAGE_SIZE
 
 
 def host_metrics(device: BalloonDevice, watch: ConnectionWatch | None = None) -> Iterator[Metric]:
-    sessions = list(device.sessions.values())
+    sessions = list(device.table.sessions.values())
     resident = GaugeMetricFamily(
         "pagehint_host_resident_bytes", "Memory the host holds for each guest.", labels=["guest"]
     )
@@ -35,13 +36,13 @@ def host_metrics(device: BalloonDevice, watch: ConnectionWatch | None = None) ->
     refused = CounterMetricFamily(
         "pagehint_host_refused_chains", "Chains refused, by reason.", labels=["reason"]
     )
-    for reason, n in sorted(device.refusals.items()):
+    for reason, n in sorted(device.metrics.refusals.items()):
         refused.add_metric([reason], n)
     yield refused
     yield counter(
         "pagehint_host_malformed_messages",
         "Requests and stream messages that did not decode, or carried nothing (any RPC).",
-        device.refusals.get("malformed", 0),
+        device.metrics.refusals.get("malformed", 0),
     )
     yield gauge(
         "pagehint_host_resident_total_bytes",
@@ -49,13 +50,13 @@ def host_metrics(device: BalloonDevice, watch: ConnectionWatch | None = None) ->
         device.resident_pages() * PAGE_SIZE,
     )
     yield gauge("pagehint_host_guests", "Guests with a session.", len(sessions))
-    yield counter("pagehint_host_chains_all", "Chains used, all guests.", device.chains)
+    yield counter("pagehint_host_chains_all", "Chains used, all guests.", device.metrics.chains)
     yield from _turned_away(device, watch)
     yield from _host_memory(device, sessions)
     yield histogram(
         "pagehint_host_chain_seconds",
         "Time to check and discard one chain.",
-        device.chain_histogram,
+        device.metrics.chain_histogram,
     )
 
 
@@ -104,7 +105,7 @@ def _turned_away(device: BalloonDevice, watch: ConnectionWatch | None) -> Iterat
         "in_use, not_permitted, no_room).",
         labels=["reason"],
     )
-    for reason, n in sorted(device.turned_away.items()):
+    for reason, n in sorted(device.metrics.turned_away.items()):
         refused.add_metric([reason], n)
     yield refused
     yield gauge(

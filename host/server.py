@@ -161,7 +161,7 @@ class HostServer:
         return f"{host}:{self.port}"
 
     def _call_refused(self, address: str, method: str) -> None:
-        self.device.turned_away["calls_per_peer"] += 1
+        self.device.metrics.turned_away["calls_per_peer"] += 1
         self.device.problems.note(
             "turned_away:calls_per_peer",
             f"{address or 'a client'}: {method} refused: the address has "
@@ -183,7 +183,7 @@ class HostServer:
             self.device.note_host_peak()
             ticks += 1
             if ticks % round(1 / PEAK_PERIOD) == 0:
-                self.device.expire()
+                self.device.table.expire()
                 await self.look_at_connections()
                 self.device.problems.flush()
 
@@ -205,8 +205,8 @@ class HostServer:
             await asyncio.wait_for(self.service.idle.wait(), self.cfg.drain_seconds)
         # Streams waiting for their next chain hold nothing in flight: cancelling is safe.
         await self.server.stop(grace=1.0)
-        for token in list(self.device.sessions):
-            self.device.end(token, "host stopping")
+        for token in list(self.device.table.sessions):
+            self.device.table.end(token, "host stopping")
         self.backend.close()
         self.server = None
 

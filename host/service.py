@@ -19,8 +19,10 @@ from typing import IO, NoReturn, TypeVar
 
 import grpc
 
-from host.device import (
-    BalloonDevice,
+from host.device import BalloonDevice
+from host.figures import guest_figures, host_figures, own_figures
+from host.peers import AuthThrottle, peer_address
+from host.sessions import (
     LimitReached,
     NegotiationError,
     NotPermitted,
@@ -29,7 +31,6 @@ from host.device import (
     SessionInUse,
     SessionKilled,
 )
-from host.peers import AuthThrottle, peer_address
 from pagehint.tls import peer_identity
 from virtqueue import codec
 
@@ -202,7 +203,7 @@ class BalloonService:
         n = codec.decode_negotiate(request)
         identity = await self._identity(context, n.guest_id)
         try:
-            s, fence = self.device.negotiate(
+            s, fence = self.device.table.negotiate(
                 n.guest_id,
                 n.ram_bytes,
                 n.page_size,
@@ -228,7 +229,7 @@ class BalloonService:
         if not isinstance(token, str):  # a binary (-bin) header: no session of ours
             token = ""
         try:
-            session = self.device.session(token)
+            session = self.device.table.session(token)
         except SessionError as e:
             self.device.refuse("unknown_session")
             await _abort(context, _session_status(e), str(e))
@@ -434,13 +435,13 @@ class BalloonService:
         self_guest = None
         if token:
             try:
-                s = self.device.session(token)
+                s = self.device.table.session(token)
             except SessionError as e:
                 await _abort(context, _session_status(e), str(e))
-            self_guest = self.device.figures(s)
+            self_guest = guest_figures(s)
             if self_only:
-                return codec.encode_host_stats(self.device.own_figures(self_guest))
-        figures = self.device.host_figures(self_guest)
+                return codec.encode_host_stats(own_figures(self.device, self_guest))
+        figures = host_figures(self.device, self_guest)
         if not await self._may_read_all(context):
             if self_guest is None:
                 await _abort(
@@ -448,7 +449,7 @@ class BalloonService:
                     grpc.StatusCode.PERMISSION_DENIED,
                     "host-wide figures need an admin identity; name your session",
                 )
-            figures = self.device.own_figures(self_guest)
+            figures = own_figures(self.device, self_guest)
         return codec.encode_host_stats(figures)
 
     async def Close(
@@ -460,9 +461,9 @@ class BalloonService:
         self, request: codec.CloseRequest | codec.Malformed, context: Context
     ) -> codec.CloseReply:
         token = codec.decode_close(request)
-        if token not in self.device.sessions:
+        if token not in self.device.table.sessions:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or expired session")
-        self.device.end(token, "closed by the guest")
+        self.device.table.end(token, "closed by the guest")
         return codec.close_reply()
 
 

@@ -64,7 +64,7 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         description="Run one guest. Without --host, reports go to an in-process loopback "
         "device (no host process); with --host they travel over gRPC to `pagehint host`.",
     )
-    for group in (_what_to_run, _outputs, _hinting_knobs, _host_and_checks):
+    for group in (_what_to_run, _outputs, _hinting_knobs, _waits, _host_and_checks, _runs):
         group(p, env)
     p.set_defaults(handler=run)
 
@@ -209,20 +209,6 @@ def _hinting_knobs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     add_flag(
         p,
         e,
-        "--stall-warning",
-        default=default_of(GuestConfig, "stall_warning"),
-        help="log a report the host has not answered for this long (it stays out until answered)",
-    )
-    add_flag(
-        p,
-        e,
-        "--stop-grace",
-        default=default_of(HintingConfig, "stop_grace"),
-        help="stopping, wait this long for a report in flight (then leave its blocks isolated)",
-    )
-    add_flag(
-        p,
-        e,
         "--flush-after",
         default=default_of(HintingConfig, "bitmap_flush_after"),
         help="bitmap departure: walk a zone whose bits waited this long below --threshold "
@@ -272,40 +258,6 @@ def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         e,
         "--unsafe-skip-isolation",
         help="UNSAFE demonstration: report blocks without isolating them",
-    )
-    add_flag(
-        p,
-        e,
-        "--rate",
-        default=default_of(GuestConfig, "rate"),
-        help="churn: allocator operations per second",
-    )
-    add_flag(
-        p,
-        e,
-        "--ack-log",
-        default=None,
-        help="write each report's ack latency (ms) to this file at the end",
-    )
-    add_flag(
-        p,
-        e,
-        "--connect-timeout",
-        default=default_of(GuestConfig, "connect_timeout"),
-        help="seconds to wait for the host at start-up",
-    )
-    add_switch(
-        p,
-        e,
-        "--check",
-        help="check the allocator's invariants at the end (summary field 'invariants')",
-    )
-    add_flag(
-        p,
-        e,
-        "--start-delay",
-        default=default_of(GuestConfig, "start_delay"),
-        help="wait this long before booting (loadtest --ramp spreads guests' starts with it)",
     )
     add_verbosity(p, e)
 
@@ -505,3 +457,59 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         )
         return 1
     return 0
+
+
+def _waits(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
+    """Flags: how long the driver waits for a host that does not answer."""
+    add_flag(
+        p,
+        e,
+        "--stall-warning",
+        default=default_of(GuestConfig, "stall_warning"),
+        help="log a report the host has not answered for this long (it stays out until answered)",
+    )
+    add_flag(
+        p,
+        e,
+        "--stop-grace",
+        default=default_of(HintingConfig, "stop_grace"),
+        help="stopping, wait this long for a report in flight (then leave its blocks isolated)",
+    )
+
+
+def _runs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
+    """Flags: the run's pace and start, and its checks."""
+    add_flag(
+        p,
+        e,
+        "--rate",
+        default=default_of(GuestConfig, "rate"),
+        help="churn: allocator operations per second",
+    )
+    add_flag(
+        p,
+        e,
+        "--ack-log",
+        default=None,
+        help="write each report's ack latency (ms) to this file at the end",
+    )
+    add_flag(
+        p,
+        e,
+        "--connect-timeout",
+        default=default_of(GuestConfig, "connect_timeout"),
+        help="seconds to wait for the host at start-up",
+    )
+    add_switch(
+        p,
+        e,
+        "--check",
+        help="check the allocator's invariants at the end (summary field 'invariants')",
+    )
+    add_flag(
+        p,
+        e,
+        "--start-delay",
+        default=default_of(GuestConfig, "start_delay"),
+        help="wait this long before booting (loadtest --ramp spreads guests' starts with it)",
+    )

@@ -69,7 +69,7 @@ async def test_never_ending_calls_from_one_address_are_capped(
             watches.append(w)
         # The next call from that address, on a new connection, is refused before it runs.
         assert await check(channels[LIMIT]) == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert server.device.turned_away["calls_per_peer"] == 1
+        assert server.device.metrics.turned_away["calls_per_peer"] == 1
         assert any("--max-calls-per-peer" in line for line in lines)
         # A call that ends gives its place back.
         watches.pop().cancel()

@@ -4,9 +4,11 @@ import errno
 
 import pytest
 
-from host.device import (
-    BalloonDevice,
-    Faults,
+from host.device import BalloonDevice, Faults
+from host.figures import guest_figures
+from host.memory.base import GuestRam
+from host.memory.sim import SimBackend
+from host.sessions import (
     LimitReached,
     NegotiationError,
     NotPermitted,
@@ -14,8 +16,6 @@ from host.device import (
     SessionError,
     SessionInUse,
 )
-from host.memory.base import GuestRam
-from host.memory.sim import SimBackend
 from virtqueue import codec
 from virtqueue import features as F
 
@@ -29,26 +29,28 @@ def device(**kw: object) -> BalloonDevice:
 
 
 def session(d: BalloonDevice, guest: str = "g", previous: str = "") -> Session:
-    s, _ = d.negotiate(guest, RAM, 4096, REPORTING, 0, 32, previous)
+    s, _ = d.table.negotiate(guest, RAM, 4096, REPORTING, 0, 32, previous)
     return s
 
 
 def test_negotiate_accepts_reporting_and_poison_only() -> None:
     d = device()
-    s, fence = d.negotiate("g", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON, F.STATS_VQ), 0xAA, 32)
+    s, fence = d.table.negotiate(
+        "g", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON, F.STATS_VQ), 0xAA, 32
+    )
     assert fence is None
     assert s.features == F.mask(F.REPORTING, F.PAGE_POISON)
     assert s.poisoned
     assert len(s.token) == 32
     with pytest.raises(NegotiationError, match="REPORTING"):
-        d.negotiate("h", RAM, 4096, 0, 0, 32)
+        d.table.negotiate("h", RAM, 4096, 0, 0, 32)
     with pytest.raises(NegotiationError, match="page size"):
-        d.negotiate("h", RAM, 8192, REPORTING, 0, 32)
+        d.table.negotiate("h", RAM, 8192, REPORTING, 0, 32)
     with pytest.raises(NegotiationError, match="RAM"):
-        d.negotiate("h", RAM + 4096, 4096, REPORTING, 0, 32)
+        d.table.negotiate("h", RAM + 4096, 4096, REPORTING, 0, 32)
     # The contract's bounds, the same the guest is held to: 64 MiB at least.
     with pytest.raises(NegotiationError, match="out of range: must be between 64 MiB"):
-        d.negotiate("h", 4 << 20, 4096, REPORTING, 0, 32)
+        d.table.negotiate("h", 4 << 20, 4096, REPORTING, 0, 32)
 
 
 def test_a_live_guest_id_is_taken_over_only_by_its_holder() -> None:
@@ -58,12 +60,12 @@ def test_a_live_guest_id_is_taken_over_only_by_its_holder() -> None:
         session(d)  # someone else, same id, no proof: refused
     b = session(d, previous=a.token)  # the holder resumes: replaces (and fences) it
     with pytest.raises(SessionError):
-        d.session(a.token)
-    assert d.session(b.token) is b and a.ended
-    c, _ = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
-    assert b.ended and d.session(c.token) is c  # the same proven identity may take over
+        d.table.session(a.token)
+    assert d.table.session(b.token) is b and a.ended
+    c, _ = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
+    assert b.ended and d.table.session(c.token) is c  # the same proven identity may take over
     with pytest.raises(NotPermitted):
-        d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="other")
+        d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="other")
 
 
 def test_a_stale_session_of_a_crashed_guest_can_be_replaced() -> None:
@@ -71,7 +73,7 @@ def test_a_stale_session_of_a_crashed_guest_can_be_replaced() -> None:
     a = session(d)
     a.last_seen -= 10  # no stream, silent for longer than STALE_AFTER
     b = session(d)
-    assert a.ended and d.session(b.token) is b
+    assert a.ended and d.table.session(b.token) is b
 
 
 def test_session_limit_and_attach_failures_are_limits_without_details() -> None:
@@ -95,7 +97,7 @@ def test_an_idle_session_expires_even_with_a_stream_open() -> None:
     d = device(session_timeout=5.0)
     s = session(d)
     s.streams = 1
-    assert d.expire(now=s.last_seen + 6) == [s.token]
+    assert d.table.expire(now=s.last_seen + 6) == [s.token]
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,7 @@ def test_bad_chains_refused_and_counted(pfns: list[int], orders: list[int], reas
     used = d.handle_report(s, 5, pfns, orders)
     assert used is not None
     assert (used.id, used.status, used.reason) == (5, codec.REFUSED, reason)
-    assert d.refusals[reason] == 1
+    assert d.metrics.refusals[reason] == 1
     assert s.ram.resident_pages() == PAGES  # nothing discarded
     assert s.totals.reported_pages == 0 and s.totals.refused == 1
     # the session goes on: the next good chain is done
@@ -134,7 +136,7 @@ def test_good_chain_discards_and_poison_skips() -> None:
     assert used is not None and used.discarded_pages == 1536
     assert used.resident_bytes == (PAGES - 1536) * 4096
     assert s.ram.resident_pages() == PAGES - 1536
-    p, _ = d.negotiate("p", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON), 0x5A, 32)
+    p, _ = d.table.negotiate("p", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON), 0x5A, 32)
     p.ram.touched([(0, PAGES)])
     skipped = d.handle_report(p, 1, [0], [10])
     assert skipped is not None and skipped.status == codec.DONE and skipped.discarded_pages == 0
@@ -169,8 +171,8 @@ def test_a_failed_discard_is_answered_counted_and_not_booked() -> None:
     )
     assert "EIO" in used.detail
     assert s.totals.failed == 1 and s.totals.chains == 0 and s.totals.reported_pages == 0
-    assert d.discard_errors == {"EIO": 1}
-    assert d.chains == 0
+    assert d.metrics.discard_errors == {"EIO": 1}
+    assert d.metrics.chains == 0
 
 
 def test_injected_faults_are_seeded_and_decided_before_any_discard() -> None:
@@ -181,7 +183,7 @@ def test_injected_faults_are_seeded_and_decided_before_any_discard() -> None:
     kinds = {u.status for u in statuses if u is not None}
     assert kinds == {codec.DONE, codec.REFUSED, codec.DISCARD_FAILED}
     assert s.totals.chains + s.totals.refused + s.totals.failed == 200
-    assert d.refusals["injected"] == s.totals.refused
+    assert d.metrics.refusals["injected"] == s.totals.refused
 
 
 def test_min_order_is_enforced() -> None:
@@ -197,8 +199,8 @@ def test_fence_ends_the_old_session_and_names_its_done_chains() -> None:
     assert d.handle_report(old, 1, [0], [9]) is not None  # done
     assert d.handle_report(old, 2, [1], [9]) is not None  # refused (misaligned)
     new = session(d, previous=old.token)
-    assert old.ended and old.token not in d.sessions
-    _, fence = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, new.token)
+    assert old.ended and old.token not in d.table.sessions
+    _, fence = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, new.token)
     assert fence is not None and fence.known
     # a chain of a fenced session that was still waiting is cancelled, never discarded
     assert d.handle_report(old, 3, [512], [9]) is None
@@ -209,9 +211,9 @@ def test_fence_reports_done_ids_and_unknown_sessions() -> None:
     old = session(d)
     d.handle_report(old, 1, [0], [9])
     d.handle_report(old, 2, [1], [9])
-    _, fence = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, old.token)
+    _, fence = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, old.token)
     assert fence == codec.Fence(known=True, done_ids=frozenset({1}))
-    _, unknown = d.negotiate("h", RAM, 4096, REPORTING, 0, 32, "f" * 32)
+    _, unknown = d.table.negotiate("h", RAM, 4096, REPORTING, 0, 32, "f" * 32)
     assert unknown == codec.Fence(known=False)
 
 
@@ -219,7 +221,7 @@ def test_fence_of_another_guests_session_is_refused() -> None:
     d = device()
     a = session(d, "a")
     with pytest.raises(NegotiationError, match="another guest"):
-        d.negotiate("b", RAM, 4096, REPORTING, 0, 32, a.token)
+        d.table.negotiate("b", RAM, 4096, REPORTING, 0, 32, a.token)
     assert not a.ended
 
 
@@ -229,13 +231,13 @@ def test_totals_follow_a_guests_line_of_sessions_not_its_id() -> None:
     d.handle_report(first, 1, [0], [9])
     second = session(d, previous=first.token)
     d.handle_report(second, 2, [512], [9])
-    fig = d.figures(second)
+    fig = guest_figures(second)
     assert fig.reported_bytes == 2 * 512 * 4096
     assert fig.chains == 2 and fig.sessions == 2
     # a new guest process with the same id (no previous session) starts from zero
     second.last_seen -= 10  # (its predecessor crashed: stale)
     fresh = session(d)
-    assert d.figures(fresh).chains == 0 and d.figures(fresh).sessions == 1
+    assert guest_figures(fresh).chains == 0 and guest_figures(fresh).sessions == 1
 
 
 def test_bad_touched_batches_are_counted_not_fatal() -> None:
@@ -247,7 +249,7 @@ def test_bad_touched_batches_are_counted_not_fatal() -> None:
     assert any("touched run 0x0+0 is empty" in line for line in lines), lines
     assert not d.handle_touched(s, [0, 1], [1])
     assert not d.handle_touched(s, [PAGES], [1])
-    assert d.refusals == {"touched_out_of_range": 2, "touched_malformed": 1}
+    assert d.metrics.refusals == {"touched_out_of_range": 2, "touched_malformed": 1}
     assert d.handle_touched(s, [0], [8]) and s.ram.resident_pages() == 8
 
 
@@ -258,7 +260,7 @@ def test_refusal_logs_are_rate_limited_counts_exact() -> None:
     lines.clear()
     for i in range(1000):
         d.handle_report(s, i, [PAGES], [0])
-    assert d.refusals["out_of_range"] == 1000
+    assert d.metrics.refusals["out_of_range"] == 1000
     assert len(lines) == 1
     d.problems.flush(now=float("inf"))
     assert len(lines) == 2 and lines[1].startswith("999 more like this")
@@ -267,19 +269,19 @@ def test_refusal_logs_are_rate_limited_counts_exact() -> None:
 def test_idle_sessions_expire() -> None:
     d = device(session_timeout=5.0)
     s = session(d)
-    assert d.expire(now=s.last_seen + 1) == []
-    assert d.expire(now=s.last_seen + 6) == [s.token]
-    assert not d.sessions
+    assert d.table.expire(now=s.last_seen + 1) == []
+    assert d.table.expire(now=s.last_seen + 6) == [s.token]
+    assert not d.table.sessions
 
 
 def test_a_session_taken_over_by_the_same_identity_is_not_taken_back() -> None:
     d = device()
-    first, _ = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
-    second, _ = d.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
+    first, _ = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
+    second, _ = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
     assert first.ended
     # the evicted process reconnects naming its old session: it gives way
     with pytest.raises(SessionInUse, match="taken over"):
-        d.negotiate("g", RAM, 4096, REPORTING, 0, 32, first.token, identity="g")
+        d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, first.token, identity="g")
     assert not second.ended
 
 

@@ -156,7 +156,7 @@ async def test_the_oom_killer_ends_the_largest_guest_aborted_with_its_reason(
     assert e.value.details() == (
         "killed by the host's OOM killer (oom_badness 16384 pages: 12288 resident, 4096 swapped)"
     )
-    assert a.session not in server.device.sessions
+    assert a.session not in server.device.table.sessions
     assert any(
         line.startswith("session of guest a ended (killed by the host's OOM killer")
         for line in lines
@@ -183,7 +183,7 @@ async def test_a_guest_bigger_than_memory_and_swap_is_refused(make_host: MakeHos
     assert e.value.details() == (
         "guest RAM 64 MiB + VMM overhead 4 MiB exceeds the host's memory 64 MiB + swap 0 MiB"
     )
-    assert server.device.turned_away["too_big"] == 1
+    assert server.device.metrics.turned_away["too_big"] == 1
 
 
 async def test_an_older_guest_is_counted_never_swapped_and_sent_no_notice(

@@ -132,9 +132,9 @@ async def test_random_bytes_on_the_stream_are_invalid_argument_never_internal(
     # a chain, which the host answers as such).
     bad = outcomes.get(grpc.StatusCode.INVALID_ARGUMENT, 0)
     assert bad > 200, outcomes
-    assert server.device.refusals["malformed"] >= bad
+    assert server.device.metrics.refusals["malformed"] >= bad
     assert "pagehint_host_malformed_messages_total " + str(
-        float(server.device.refusals["malformed"])
+        float(server.device.metrics.refusals["malformed"])
     ) in scrape(server)
     text = "\n".join(lines)
     assert "internal error" not in text and "Traceback" not in text, text
@@ -168,7 +168,7 @@ async def test_unary_garbage_is_invalid_argument(
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
     assert (e.value.details() or "").startswith("the request does not decode as pagehint.v1.")
     assert "DecodeError" not in (e.value.details() or "")
-    assert server.device.refusals["malformed"] == 1
+    assert server.device.metrics.refusals["malformed"] == 1
     assert len([x for x in lines if "does not decode" in x]) == 1, lines
 
 
@@ -184,12 +184,12 @@ async def test_orders_and_counts_are_read_at_full_width(
         assert code == grpc.StatusCode.OK
         assert (answers[0].status, answers[0].reason) == (codec.REFUSED, "bad_order"), answers
         assert str(order) in answers[0].detail
-    assert server.device.refusals["bad_order"] == 3
+    assert server.device.metrics.refusals["bad_order"] == 3
     # A touched run of 2**32 + 1 frames was read as 1 frame, and applied.
     code, _, answers = await one_stream(channel, session, [touched([0], [2**32 + 1])])
     assert code == grpc.StatusCode.OK and not answers
-    assert server.device.refusals["touched_out_of_range"] == 1
-    s = server.device.sessions[session]
+    assert server.device.metrics.refusals["touched_out_of_range"] == 1
+    s = server.device.table.sessions[session]
     assert s.totals.touched_pages == 0 and s.totals.chains == 0
 
 
@@ -224,6 +224,6 @@ async def test_a_slow_host_refuses_garbage_the_same_way() -> None:
             )
         assert [a.status for a in answers] == [codec.DONE]
         assert code == grpc.StatusCode.INVALID_ARGUMENT
-        assert server.device.refusals["malformed"] == 1 and server.service.inflight == 0
+        assert server.device.metrics.refusals["malformed"] == 1 and server.service.inflight == 0
     finally:
         await server.stop()

@@ -11,11 +11,12 @@ import grpc
 import grpc.aio
 import pytest
 
-from host.device import BalloonDevice, LimitReached, PeerLimitReached
+from host.device import BalloonDevice
 from host.memory.sim import SimBackend
 from host.peers import FORGET_AFTER, PENALTY_FIRST, AuthThrottle, peer_address
 from host.server import HostServer
 from host.service import TOKEN_KEY
+from host.sessions import LimitReached, PeerLimitReached
 from pagehint.config import HostConfig
 from tests.waiting import wait_for
 from virtqueue import codec
@@ -60,7 +61,7 @@ def test_the_penalty_table_is_bounded_and_can_be_off() -> None:
 
 
 def negotiate(d: BalloonDevice, guest: str, peer: str, previous: str = "") -> str:
-    s, _ = d.negotiate(guest, 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32, previous, peer=peer)
+    s, _ = d.table.negotiate(guest, 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32, previous, peer=peer)
     return s.token
 
 
@@ -78,10 +79,10 @@ def test_one_address_holds_at_most_its_quota_of_sessions() -> None:
         negotiate(d, "c", "10.0.0.3")
     # A guest that resumes its own session is not a new one.
     tokens[0] = negotiate(d, "a0", "10.0.0.1", previous=tokens[0])
-    d.end(tokens[1], "closed")
+    d.table.end(tokens[1], "closed")
     negotiate(d, "a3", "10.0.0.1")  # a slot of the address freed up
-    assert d.per_peer["10.0.0.1"] == 3 and d.turned_away["peer_limit"] == 1
-    assert d.turned_away["session_limit"] == 1
+    assert d.table.per_peer["10.0.0.1"] == 3 and d.metrics.turned_away["peer_limit"] == 1
+    assert d.metrics.turned_away["session_limit"] == 1
 
 
 @pytest.fixture
@@ -127,12 +128,14 @@ async def test_token_guesses_are_slowed_and_honest_guests_still_get_in(
     assert codes == {grpc.StatusCode.UNAUTHENTICATED: 6}, codes
     # 0.1 + 0.2 + 0.4 + 0.8 + 1 + 1 s (it was ~1 ms a guess: 960 guesses a second)
     assert loop.time() - t0 >= 3.4
-    assert server.device.refusals["bad_token"] == 6
+    assert server.device.metrics.refusals["bad_token"] == 6
     # A guest with the right token, from the same address while a guess is out, is
     # held for the rest of the address's penalty and then gets in: a guesser beside
     # it delays it (by at most --auth-penalty-max), never shuts it out.
     pending = asyncio.ensure_future(guess(stub, 99))
-    await wait_for(lambda: server.device.refusals["bad_token"] == 7, 5, "the guess to be checked")
+    await wait_for(
+        lambda: server.device.metrics.refusals["bad_token"] == 7, 5, "the guess to be checked"
+    )
     t1 = loop.time()
     await stub.Negotiate(offer(), metadata=((TOKEN_KEY, TOKENS["g1"]),), timeout=30)
     assert 0.5 <= loop.time() - t1 <= 5
@@ -145,14 +148,16 @@ async def test_an_impatient_guesser_learns_nothing_from_the_time_of_an_answer(
 ) -> None:
     server, stub = token_host
     pending = asyncio.ensure_future(guess(stub, 0))
-    await wait_for(lambda: server.device.refusals["bad_token"] == 1, 5, "the guess to be checked")
+    await wait_for(
+        lambda: server.device.metrics.refusals["bad_token"] == 1, 5, "the guess to be checked"
+    )
     # While the address is penalised, the right token's answer also waits: a guesser
     # that gives up after a few ms cannot tell a right guess by a quick answer.
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Negotiate(offer(), metadata=((TOKEN_KEY, TOKENS["g1"]),), timeout=0.02)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert await pending == grpc.StatusCode.UNAUTHENTICATED
-    assert server.device.by_guest.get("g1") is None  # no session was made meanwhile
+    assert server.device.table.by_guest.get("g1") is None  # no session was made meanwhile
 
 
 async def test_guesses_at_the_admin_token_are_slowed_not_final(
@@ -175,7 +180,7 @@ async def test_guesses_at_the_admin_token_are_slowed_not_final(
     # Right after a guess the right token is held for the penalty, then let in.
     assert await host_wide(TOKENS["admin"]) == grpc.StatusCode.OK
     assert loop.time() - t0 >= PENALTY_FIRST * 0.5
-    assert server.device.refusals["bad_token"] == 1
+    assert server.device.metrics.refusals["bad_token"] == 1
 
 
 async def test_one_client_cannot_take_every_session_by_default() -> None:
@@ -191,6 +196,6 @@ async def test_one_client_cannot_take_every_session_by_default() -> None:
                 await stub.Negotiate(offer("flood-256"), timeout=5)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "address is at its limit of 256 sessions" in (e.value.details() or "")
-        assert server.device.per_peer == {"127.0.0.1": 256}
+        assert server.device.table.per_peer == {"127.0.0.1": 256}
     finally:
         await server.stop()

@@ -71,8 +71,8 @@ async def test_the_admin_certificate_may_not_negotiate(
                 await stub.Negotiate(negotiation(guest_id), timeout=5)
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, e.value
             assert "may not negotiate as a guest" in (e.value.details() or "")
-        assert not server.device.sessions
-        assert server.device.refusals["admin_as_guest"] == 2
+        assert not server.device.table.sessions
+        assert server.device.metrics.refusals["admin_as_guest"] == 2
         assert sum("tried to negotiate as guest" in x for x in lines) == 1, lines
         # What it is for still works: every guest's figures.
         await stub.Stats(codec.encode_stats_request(), timeout=5)
@@ -95,7 +95,7 @@ async def test_the_admin_token_may_not_negotiate() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await stub.Negotiate(negotiation("admin"), timeout=5, metadata=admin)
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, e.value
-            assert not server.device.sessions
+            assert not server.device.table.sessions
             await stub.Stats(codec.encode_stats_request(), timeout=5, metadata=admin)
             guest = (("x-pagehint-token", GUEST_TOKEN),)
             await stub.Negotiate(negotiation("g1"), timeout=5, metadata=guest)

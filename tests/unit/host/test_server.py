@@ -65,7 +65,7 @@ async def test_a_chain_is_discarded_answered_and_counted(
     assert stats.self_guest is not None and stats.self_guest.chains == 1
     assert stats.self_guest.reported_bytes == 4 * MIB
     await stub.Close(codec.encode_close(acc.session), timeout=5)
-    assert acc.session not in server.device.sessions
+    assert acc.session not in server.device.table.sessions
 
 
 async def test_a_stream_without_a_session_is_refused_in_one_line(
@@ -89,7 +89,7 @@ async def test_an_empty_message_is_counted_and_the_stream_goes_on(
     await call.write(codec.encode_chain(7, [(0, 9)]))
     used = codec.decode_used(await call.read())  # type: ignore[arg-type]
     assert used.id == 7 and used.status == codec.DONE
-    assert server.device.refusals["malformed"] == 1
+    assert server.device.metrics.refusals["malformed"] == 1
     call.cancel()
 
 
@@ -108,6 +108,6 @@ async def test_a_bad_negotiation_names_its_problem(
 async def test_stop_ends_every_session(host: tuple[HostServer, codec.AioBalloonStub]) -> None:
     server, stub = host
     acc = codec.decode_accepted(await stub.Negotiate(_negotiation("g2"), timeout=5))
-    assert acc.session in server.device.sessions
+    assert acc.session in server.device.table.sessions
     await server.stop()
-    assert not server.device.sessions
+    assert not server.device.table.sessions

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from host.device import GIVES_WAY, BalloonDevice, Session, SessionInUse
+from host.device import BalloonDevice
 from host.memory.sim import SimBackend
+from host.sessions import GIVES_WAY, Session, SessionInUse
 from virtqueue import features as F
 from virtqueue.codec import Fence
 
@@ -18,21 +19,21 @@ REPORTING = F.mask(F.REPORTING)
 def negotiate(
     d: BalloonDevice, previous: str = "", identity: str | None = None
 ) -> tuple[Session, Fence | None]:
-    return d.negotiate("g", RAM, 4096, REPORTING, 0, 32, previous, identity)
+    return d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, previous, identity)
 
 
 def test_a_fenced_session_cannot_take_its_id_back_from_a_used_successor() -> None:
     d = BalloonDevice(SimBackend())
     first, _ = negotiate(d)
     second, _ = negotiate(d, previous=first.token)  # the guest reconnects and fences
-    d.session(second.token)  # ... and uses its new session (a stream, a Stats call)
+    d.table.session(second.token)  # ... and uses its new session (a stream, a Stats call)
     second.last_seen -= 60  # then goes quiet (paused) far past the 5 s staleness
     # An older copy of the guest still holding the fenced session names it: spent.
     with pytest.raises(SessionInUse) as e:
         negotiate(d, previous=first.token)
     assert str(e.value).endswith(GIVES_WAY) and "resumed already" in str(e.value)
-    assert not second.ended and d.by_guest["g"] == second.token
-    assert d.turned_away["in_use"] == 1
+    assert not second.ended and d.table.by_guest["g"] == second.token
+    assert d.metrics.turned_away["in_use"] == 1
 
 
 def test_a_negotiation_whose_answer_was_lost_may_be_retried() -> None:
@@ -54,7 +55,7 @@ def test_a_negotiation_whose_answer_was_lost_may_be_retried() -> None:
 def test_a_guest_that_lost_its_id_without_identity_is_not_told_of_one() -> None:
     d = BalloonDevice(SimBackend())
     paused, _ = negotiate(d)
-    d.session(paused.token)
+    d.table.session(paused.token)
     paused.last_seen -= 60  # silent past the staleness: a new process may take the id
     negotiate(d)  # a new process, no previous session, no identity (plain text)
     assert paused.ended

@@ -19,8 +19,10 @@ import asyncio
 import dataclasses
 
 from guest.balloon.transport import NegotiationRefused, TransportError
-from host.device import BalloonDevice, NegotiationError, Session
+from host.device import BalloonDevice
+from host.figures import guest_figures, host_figures
 from host.memory.sim import SimBackend
+from host.sessions import NegotiationError, Session
 from virtqueue.codec import (
     Accepted,
     ChainMsg,
@@ -132,7 +134,7 @@ class FakeHost:
             raise TransportError("UNAVAILABLE: host down")
         self.negotiations.append(n)
         try:
-            s, fence = self.device.negotiate(
+            s, fence = self.device.table.negotiate(
                 n.guest_id,
                 n.ram_bytes,
                 n.page_size,
@@ -151,18 +153,18 @@ class FakeHost:
         )
 
     def open_stream(self, session: str) -> FakeStream:
-        stream = FakeStream(self, self.device.session(session))
+        stream = FakeStream(self, self.device.table.session(session))
         self.streams.append(stream)
         return stream
 
     async def stats(self, session: str, timeout: float) -> HostFigures:
         if self.down:
             raise TransportError("UNAVAILABLE: host down")
-        s = self.device.sessions.get(session)
-        return self.device.host_figures(self.device.figures(s) if s is not None else None)
+        s = self.device.table.sessions.get(session)
+        return host_figures(self.device, guest_figures(s) if s is not None else None)
 
     async def close_session(self, session: str, timeout: float) -> None:
-        self.device.end(session, "closed by the guest")
+        self.device.table.end(session, "closed by the guest")
 
     async def aclose(self) -> None:
         return None

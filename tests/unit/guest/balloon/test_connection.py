@@ -64,7 +64,7 @@ async def test_a_broken_stream_is_reconnected_and_the_old_session_fenced(
     assert conn.session != first and conn.fences == 1
     # The new negotiation named the old session: that is what fences it.
     assert host.negotiations[-1].previous_session == first
-    assert first not in host.device.sessions
+    assert first not in host.device.table.sessions
     assert any("host connection lost" in line for line in lines)
 
 
@@ -90,7 +90,7 @@ async def test_an_unusable_session_is_closed_and_refused() -> None:
     conn, _ = _connection(host, refuse)
     with pytest.raises(NegotiationRefused, match="chains too small"):
         await conn.connect()
-    assert not host.device.sessions  # closed on the host, nothing left behind
+    assert not host.device.table.sessions  # closed on the host, nothing left behind
 
 
 def test_backoff_grows_to_its_cap_with_jitter() -> None:

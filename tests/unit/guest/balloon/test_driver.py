@@ -55,7 +55,7 @@ def block(mm: BuddyAllocator) -> tuple[int, int]:
 async def test_done(setup: tuple[FakeHost, BalloonDriver, BuddyAllocator, list[str]]) -> None:
     host, driver, mm, _ = setup
     await driver.report([block(mm)])
-    assert host.device.chains == 1
+    assert host.device.metrics.chains == 1
     assert driver.acked_pages_this_host == 1 << MAX_ORDER
 
 
@@ -68,7 +68,7 @@ async def test_a_refused_chain_fails_alone_and_the_stream_survives(
     assert e.value.reason == "out_of_range"
     await driver.report([block(mm)])
     assert driver.connects == 1, "a refusal must not cost the connection"
-    assert host.device.refusals["out_of_range"] == 1
+    assert host.device.metrics.refusals["out_of_range"] == 1
 
 
 async def test_a_late_answer_is_waited_for_with_no_timeout(
@@ -83,7 +83,7 @@ async def test_a_late_answer_is_waited_for_with_no_timeout(
     assert any("unanswered for" in line for line in lines), lines
     host.release()
     await asyncio.wait_for(report, 1.0)
-    assert host.device.chains == 1
+    assert host.device.metrics.chains == 1
 
 
 async def test_broken_stream_strands_the_chain_until_the_fence_cancels_it(
@@ -103,7 +103,7 @@ async def test_broken_stream_strands_the_chain_until_the_fence_cancels_it(
     assert e.value.reason == "cancelled"
     assert host.negotiations[-1].previous_session, "the new session names the old one"
     host.release()  # the host finally gets to the old chain: it must not discard it
-    assert host.device.chains == 0
+    assert host.device.metrics.chains == 0
     assert driver.window.stats.fenced_not_done == 1
 
 
@@ -113,7 +113,7 @@ async def test_a_chain_done_whose_answer_was_lost_is_booked_done_after_the_fence
     host, driver, mm, _ = setup
     host.lose_answers = True
     report = asyncio.create_task(driver.report([block(mm)]))
-    await wait_for(lambda: host.device.chains == 1, 1.0, "the discard")
+    await wait_for(lambda: host.device.metrics.chains == 1, 1.0, "the discard")
     host.lose_answers = False
     host.break_streams()
     await asyncio.wait_for(report, 2.0)  # DONE: guest and host agree it was reported
@@ -193,7 +193,7 @@ async def test_touches_made_while_a_batch_is_being_written_are_not_lost() -> Non
         stream.write_gate = None
         await driver.flush_touches()
         await wait_for(lambda: not driver.touches.runs, 1.0, "touches flushed")
-        session = host.device.sessions[driver.conn.session]
+        session = host.device.table.sessions[driver.conn.session]
         assert session.ram.resident_pages() == 2
     finally:
         await driver.stop()

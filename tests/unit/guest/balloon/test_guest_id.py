@@ -15,7 +15,7 @@ from guest.balloon import connection as C
 from guest.balloon.connection import Connection, GuestIdLost
 from guest.balloon.transport import TransportError
 from guest.ram import HOST_FOLDER, RAM_NAME
-from host import device as D
+from host import sessions as D
 from host.memory import shm
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
@@ -39,7 +39,7 @@ class InUseHost(FakeHost):
     async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
         await asyncio.sleep(0)
         try:
-            s, fence = self.device.negotiate(
+            s, fence = self.device.table.negotiate(
                 n.guest_id, n.ram_bytes, n.page_size, n.features, n.poison_val, n.capacity,
                 n.previous_session, self.identity,
             )  # fmt: skip
@@ -48,7 +48,9 @@ class InUseHost(FakeHost):
         return self.device.accepted(s, fence)
 
     def another_client(self) -> str:
-        s, _ = self.device.negotiate("g", RAM, 4096, F.mask(F.REPORTING), 0, 32, "", self.identity)
+        s, _ = self.device.table.negotiate(
+            "g", RAM, 4096, F.mask(F.REPORTING), 0, 32, "", self.identity
+        )
         return s.token
 
 
@@ -86,7 +88,7 @@ async def test_an_id_another_client_keeps_ends_the_guest_in_one_line(
     async with kept(host) as (conn, lines, fatal):
         assert conn.id_wait_bound() == pytest.approx(0.2)
         # Paused past its session's end; meanwhile another client took the id.
-        host.device.end(conn.session, "timed out")
+        host.device.table.end(conn.session, "timed out")
         host.another_client()
         host.break_streams()
         await wait_for(lambda: bool(fatal), 5, "the guest to give up")
@@ -117,11 +119,11 @@ async def test_a_stray_session_of_its_own_that_goes_is_waited_out(
     host = InUseHost(session_timeout=5.0)
     async with kept(host) as (conn, lines, fatal):
         first = conn.session
-        host.device.end(first, "timed out")
+        host.device.table.end(first, "timed out")
         stray = host.another_client()  # as a negotiation whose answer was lost
         host.break_streams()
         await wait_for(lambda: any("did not open" in x for x in lines), 5, "the wait said")
-        host.device.end(stray, "timed out")
+        host.device.table.end(stray, "timed out")
         await wait_for(lambda: conn.connected.is_set() and conn.session != first, 5, "back")
         assert not fatal and conn.held_since is None
 
@@ -142,4 +144,4 @@ async def test_a_final_answer_on_a_reconnect_ends_the_guest_and_its_new_session(
         await wait_for(lambda: bool(fatal), 5, "the guest to give up")
         assert "/etc/passwd" in str(fatal[0])
         assert calls == 2, "given up, not retried"
-        assert first not in host.device.sessions and not host.device.sessions
+        assert first not in host.device.table.sessions and not host.device.table.sessions

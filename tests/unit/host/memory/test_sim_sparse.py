@@ -9,8 +9,9 @@ import random
 
 import pytest
 
-from host.device import BalloonDevice, LimitReached
+from host.device import BalloonDevice
 from host.memory.sim import ABSENT, CHUNK, CHUNK_BYTES, LAZY, RESIDENT, SimBackend, SimRam
+from host.sessions import LimitReached
 from virtqueue import features as F
 
 GIB = 1 << 30
@@ -33,18 +34,18 @@ def test_1024_sessions_of_64_gib_cost_little_until_touched() -> None:
     d = BalloonDevice(SimBackend(), max_sessions=1024)
     before = rss_bytes()
     for i in range(1024):
-        d.negotiate(f"g{i}", 64 * GIB, 4096, F.mask(F.REPORTING), 0, 32)
+        d.table.negotiate(f"g{i}", 64 * GIB, 4096, F.mask(F.REPORTING), 0, 32)
         if i % 16 == 15:
             grown = rss_bytes() - before
             assert grown < budget, f"{i + 1} sessions of 64 GiB grew RSS by {grown >> 20} MiB"
     grown = rss_bytes() - before
-    assert len(d.sessions) == 1024
+    assert len(d.table.sessions) == 1024
     assert grown < budget, grown
     # What the backend charges is what they cost, give or take (a few KiB a session).
     charged = d.backend.overhead_bytes()
     assert charged >= grown // 2, (charged, grown)
-    for s in list(d.sessions):
-        d.end(s, "test over")
+    for s in list(d.table.sessions):
+        d.table.end(s, "test over")
     assert d.backend.overhead_bytes() == 0
 
 
@@ -91,14 +92,14 @@ def test_ledgers_are_charged_against_the_memory_limit() -> None:
 
 def test_the_device_refuses_a_guest_or_a_touch_the_memory_limit_cannot_hold() -> None:
     d = BalloonDevice(SimBackend(capacity_pages=40))
-    s, _ = d.negotiate("a", 64 * GIB, 4096, F.mask(F.REPORTING), 0, 32)
+    s, _ = d.table.negotiate("a", 64 * GIB, 4096, F.mask(F.REPORTING), 0, 32)
     runs = [(c * CHUNK, 1) for c in range(64)]
     assert not d.handle_touched(s, [p for p, _ in runs], [n for _, n in runs])
-    assert d.refusals["touched_no_memory"] == 1 and s.ram.resident_pages() == 0
+    assert d.metrics.refusals["touched_no_memory"] == 1 and s.ram.resident_pages() == 0
     with pytest.raises(LimitReached):
         for i in range(100):
-            d.negotiate(f"g{i}", 64 * GIB, 4096, F.mask(F.REPORTING), 0, 32)
-    assert d.turned_away["no_room"] == 1
+            d.table.negotiate(f"g{i}", 64 * GIB, 4096, F.mask(F.REPORTING), 0, 32)
+    assert d.metrics.turned_away["no_room"] == 1
 
 
 class FlatRam:
