@@ -202,7 +202,7 @@ class HostServer:
             return
         await self.health.enter_graceful_shutdown()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.service.idle.wait(), self.cfg.drain_seconds)
+            await asyncio.wait_for(self.service.queue.idle.wait(), self.cfg.drain_seconds)
         # Streams waiting for their next chain hold nothing in flight: cancelling is safe.
         await self.server.stop(grace=1.0)
         for token in list(self.device.table.sessions):
@@ -222,7 +222,7 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
     metrics = None
     try:
         if cfg.chain_log:
-            host.service.chain_log = _open_chain_log(cfg.chain_log)
+            host.service.queue.chain_log = _open_chain_log(cfg.chain_log)
         addr = await host.start()
         if cfg.metrics_port is not None:
             from host.metrics import start_host_metrics
@@ -256,9 +256,9 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         if ready_file:
             with contextlib.suppress(OSError):
                 Path(ready_file).unlink()
-        if host.service.chain_log is not None:
+        if host.service.queue.chain_log is not None:
             with contextlib.suppress(OSError):
-                host.service.chain_log.close()
+                host.service.queue.chain_log.close()
     log("stopped")
     return 0
 

@@ -17,6 +17,8 @@ from virtqueue.v1 import balloon_pb2 as pb
 from virtqueue.v1 import balloon_pb2_grpc as pb_grpc
 
 SESSION_KEY = "x-pagehint-session"
+# Without TLS, a guest's token (the host's --tokens), in every call's metadata.
+TOKEN_KEY = "x-pagehint-token"
 T = TypeVar("T", bound="DataclassInstance")
 M = TypeVar("M", bound=Message)
 

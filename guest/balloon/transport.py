@@ -26,8 +26,6 @@ from virtqueue.codec import (
     UsedMsg,
 )
 
-TOKEN_KEY = "x-pagehint-token"  # the host's --tokens check (host/service.py)
-
 
 class TransportError(Exception):
     """The host could not be reached, or the stream or call broke; the message says why."""
@@ -124,7 +122,7 @@ class GrpcTransport:
     ) -> None:
         self.address = address
         self.tls = tls
-        self._metadata = ((TOKEN_KEY, token),) if token else ()
+        self._metadata = ((codec.TOKEN_KEY, token),) if token else ()
         self._channel: grpc.aio.Channel | None = None
         self._stub: codec.AioBalloonStub | None = None
 

@@ -15,12 +15,12 @@ from host.device import BalloonDevice
 from host.memory.sim import SimBackend
 from host.peers import FORGET_AFTER, PENALTY_FIRST, AuthThrottle, peer_address
 from host.server import HostServer
-from host.service import TOKEN_KEY
 from host.sessions import LimitReached, PeerLimitReached
 from pagehint.config import HostConfig
 from tests.waiting import wait_for
 from virtqueue import codec
 from virtqueue import features as F
+from virtqueue.codec import TOKEN_KEY
 
 MIB = 1 << 20
 TOKENS = {"g1": "0123456789abcdef0123", "admin": "fedcba9876543210fedc"}
@@ -139,7 +139,7 @@ async def test_token_guesses_are_slowed_and_honest_guests_still_get_in(
     t1 = loop.time()
     await stub.Negotiate(offer(), metadata=((TOKEN_KEY, TOKENS["g1"]),), timeout=30)
     assert 0.5 <= loop.time() - t1 <= 5
-    assert server.service.auth.throttled >= 1
+    assert server.service.gate.auth.throttled >= 1
     assert await pending == grpc.StatusCode.UNAUTHENTICATED
 
 

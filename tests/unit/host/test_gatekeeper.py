@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from host.service import _is_loopback
+from host.gatekeeper import _is_loopback
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ def test_loopback_peers(peer: str, local: bool) -> None:
 
 
 def test_token_comparison_survives_any_header() -> None:
-    from host.service import _same
+    from host.gatekeeper import _same
 
     assert _same("0123456789abcdef", "0123456789abcdef")
     assert not _same("é" * 20, "0123456789abcdef")
