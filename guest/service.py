@@ -140,10 +140,10 @@ class _RamFollower:
         driver = self.driver
         if driver is None:
             return
-        if ram.settle not in driver.on_settled:
-            driver.on_settled.append(ram.settle)
-            driver.on_evicted.append(ram.regate)
-        ram.gate = driver.gate if acc.host_memory else None
+        if ram.settle not in driver.link.on_settled:
+            driver.link.on_settled.append(ram.settle)
+            driver.link.on_evicted.append(ram.regate)
+        ram.gate = driver.link.gate if acc.host_memory else None
 
 
 async def _before_summary(driver: BalloonDriver, ram: SharedRam | None) -> None:
@@ -153,7 +153,7 @@ async def _before_summary(driver: BalloonDriver, ram: SharedRam | None) -> None:
         ticket = ram.fault_in_all(driver.mm)
         if ticket:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(driver.settled(ticket), FAULT_IN_SECONDS)
+                await asyncio.wait_for(driver.link.settled(ticket), FAULT_IN_SECONDS)
     await driver.stop()
 
 
@@ -198,10 +198,10 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         connected = driver
         # The driver cannot go on (guest id taken, RAM file refused): end the run.
         connected.conn.on_fatal.append(lambda _e: rt.ctx.stop.set())
-        rt.memory.on_alloc.append(connected.on_alloc)
+        rt.memory.on_alloc.append(connected.link.on_alloc)
         rt.host_resident = lambda: connected.host_resident_bytes
         # The host's memory model: its Notices' delays are the workload's to wait.
-        connected.on_fault_delay.append(rt.ctx.add_fault_debt)
+        connected.link.on_fault_delay.append(rt.ctx.add_fault_debt)
         connected.conn.on_fatal.append(
             lambda e: setattr(rt, "oom_killed", rt.oom_killed or isinstance(e, OomKilled))
         )
@@ -221,11 +221,13 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
 
 def _host_faults(driver: BalloonDriver) -> HostFaults | None:
     """The fault figures once any session had the host's memory model (else None)."""
-    if not driver.host_memory_seen:
+    if not driver.link.host_memory_seen:
         return None
     fig = driver.host_figures
     return HostFaults(
-        driver.major_faults, driver.minor_faults, fig.swapped_bytes if fig is not None else None
+        driver.link.major_faults,
+        driver.link.minor_faults,
+        fig.swapped_bytes if fig is not None else None,
     )
 
 
@@ -284,7 +286,7 @@ def _host_figures(driver: BalloonDriver, summary: GuestSummary) -> str:
     summary["fenced_done_chains"] = driver.window.stats.fenced_done
     summary["fenced_cancelled_chains"] = driver.window.stats.fenced_not_done
     summary["stalled_reports"] = driver.stalls
-    summary["touched_bytes_sent"] = driver.touched_pages_sent * PAGE_SIZE
+    summary["touched_bytes_sent"] = driver.link.touches.pages_sent * PAGE_SIZE
     assert driver.accepted is not None
     return driver.accepted.backend
 

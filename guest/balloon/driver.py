@@ -15,16 +15,7 @@ does. A host whose chains are too small for the policy's capacity is refused
 at start, as virtio-balloon refuses to register page reporting with -ENOSPC
 when its queue is smaller than PAGE_REPORTING_CAPACITY.
 
-The host's memory model (issue 23): the guest always offers ``host_memory``;
-a host with --host-memory accepts it and then sends Notices. The driver then
-tracks touches on both backends, numbers each touch batch (``seq``), flushes
-queued touches at once (a touch of a swapped frame is a fault the workload
-waits for, not a figure that may lag), clears the "host has" bit of every
-frame a Notice names evicted, and hands each Notice's delay to the workload
-(``on_fault_delay``). With shm it also keeps the guest's own reads and writes
-of its pages (guest/ram.py stamps) behind the Notice that settles the batch
-that touched them (``gate``): the host copies a swapped chunk back before
-that Notice, and a write into the hole before that would be overwritten.
+The host's memory model and the touches are ``TouchLink``'s (touch_link.py).
 """
 
 from __future__ import annotations
@@ -33,7 +24,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any
 
@@ -44,11 +34,10 @@ from guest.balloon.connection import (
     id_in_use,
     oom_killed,
 )
-from guest.balloon.touches import TouchTracker
+from guest.balloon.touch_link import TouchLink
 from guest.balloon.transport import (
     GrpcTransport,
     NegotiationRefused,
-    Stream,
     Transport,
     TransportError,
 )
@@ -68,8 +57,6 @@ from virtqueue.codec import (
     ChainMsg,
     GuestFigures,
     Negotiation,
-    NoticeMsg,
-    TouchedMsg,
     UsedMsg,
 )
 
@@ -106,7 +93,6 @@ class BalloonDriver:
         self.min_order = cfg.hinting.order
         self.capacity = cfg.hinting.effective_capacity()
         self.window = ChainWindow()
-        self.touches = TouchTracker(cfg.touch_batch)
         self.conn = Connection(
             transport if transport is not None else GrpcTransport(self.address, cfg.tls, cfg.token),
             self.window,
@@ -116,7 +102,6 @@ class BalloonDriver:
             self.address,
             Backoff(cfg.reconnect_min, cfg.reconnect_max, random.Random()),
         )
-        self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
         self.host_figures: GuestFigures | None = None
         self.host_resident_bytes: int | None = None
@@ -134,30 +119,11 @@ class BalloonDriver:
         self.epoch = time.monotonic()
         # Called with each new session's acceptance (the shm RAM moves to a new file).
         self.on_session: list[Callable[[Accepted], None]] = []
-        self._init_host_memory()
-        self.conn.on_notice = self.on_notice
-        self.conn.on_fatal.append(lambda _e: self._settle_event.set())
-
-    def _init_host_memory(self) -> None:
-        """The host's memory model's state (host_memory negotiated): see the module's doc."""
-        self.host_memory = False
-        self.host_memory_seen = False  # any session had it: the summary's fault figures
-        self.gated = False  # shm with host_memory: accesses wait for their touches
-        self.major_faults = 0  # summed over Notices: swap-ins the host did for us
-        self.minor_faults = 0
-        self.fault_delay_seconds = 0.0  # what Notices told the workload to wait
-        self.on_fault_delay: list[Callable[[float], None]] = []
-        self.on_settled: list[Callable[[int], None]] = []  # with the runs now settled
-        # Before an eviction is acknowledged (shm): the RAM re-gates the accesses it
-        # deferred, since their frames may now be among those evicted.
-        self.on_evicted: list[Callable[[], None]] = []
-        self._evict_ack = 0  # the Notice.evict_id to acknowledge with the next write
-        self.touch_seq = 0  # the last touch batch sent in this session
-        # (seq, runs_taken after it) of batches sent and not yet settled, in order.
-        self._batches: deque[tuple[int, int]] = deque()
-        self.settled_runs = 0  # touch runs the host has settled (TouchTracker counts)
-        self._settle_event = asyncio.Event()
-        self._flush_queued = False
+        self.link = TouchLink(
+            self.conn, mm, batch=cfg.touch_batch, flush_seconds=cfg.touch_flush_seconds
+        )
+        self.conn.on_notice = self.link.on_notice
+        self.conn.on_fatal.append(self.link.release_waiters)
 
     # ---- state for others ---------------------------------------------------------------
 
@@ -172,10 +138,6 @@ class BalloonDriver:
     @property
     def connects(self) -> int:
         return self.conn.connects
-
-    @property
-    def touched_pages_sent(self) -> int:
-        return self.touches.pages_sent
 
     def oldest_report_age(self) -> float:
         return self.window.oldest_age()
@@ -201,15 +163,8 @@ class BalloonDriver:
             chain = self.window.open(sent, orders, session)
             try:
                 try:
-                    async with self._write_lock:
-                        ticket = self.touches.runs_created
-                        if self.touches.runs:
-                            await self._send_touches(stream)
-                        if self.gated and self.settled_runs < ticket:
-                            # A block of this chain may be one whose check at its free
-                            # still waits for its frames (guest/ram.py): the host must
-                            # not discard it before they are back and read.
-                            await self._settled_locked(ticket)
+                    async with self.link.write_lock:
+                        await self.link.before_chain(stream)
                         await stream.write(ChainMsg(chain.id, pfns, orders))
                 except TransportError as e:
                     # It may or may not have reached the host: only a fence can tell.
@@ -234,7 +189,7 @@ class BalloonDriver:
             self.last_done = chain.id
             self.last_done_resident = used.resident_bytes
         if used.discarded_pages:
-            self.touches.discarded(batch)
+            self.link.touches.discarded(batch)
 
     def _debug_chain(self, chain: Outstanding, used: UsedMsg) -> None:
         assert self._debug is not None
@@ -270,106 +225,7 @@ class BalloonDriver:
 
     # ---- touches --------------------------------------------------------------------
 
-    def on_alloc(self, pfn: int, order: int) -> None:
-        """GuestMemory listener: the workload touches the block it allocated."""
-        full = self.touches.on_alloc(pfn, order)
-        if not self.conn.connected.is_set():
-            return
-        if full or (self.host_memory and self.touches.runs and not self._flush_queued):
-            # With host_memory a touch is a fault the workload waits on: one flush
-            # per loop turn that queued runs, not one per touch_flush_seconds.
-            self._flush_queued = True
-            self._spawn(self.flush_touches(), "balloon-touch-flush")
-
-    async def flush_touches(self) -> None:
-        self._flush_queued = False
-        stream = self.conn.stream
-        if stream is None or not (self.touches.runs or self._evict_ack):
-            return
-        async with self._write_lock:
-            try:
-                await self._send_touches(stream)
-            except TransportError as e:
-                self.conn.lost(stream, str(e))
-
-    async def _send_touches(self, stream: Stream) -> None:
-        while self.touches.runs or self._evict_ack:
-            runs = self.touches.take()
-            seq = 0
-            if self.host_memory and runs:
-                self.touch_seq = seq = self.touch_seq + 1
-                self._batches.append((seq, self.touches.runs_taken))
-            # The acknowledgement goes with the first write after the Notice, ahead
-            # of any touch made since (the host moves the frames, then the touches
-            # bring back what they need).
-            ack, self._evict_ack = self._evict_ack, 0
-            await stream.write(TouchedMsg([p for p, _ in runs], [n for _, n in runs], seq, ack))
-
     # ---- the host's memory model (host_memory) ----------------------------------------
-
-    def on_notice(self, n: NoticeMsg) -> None:
-        """The host evicted frames, and/or settled a touch batch (with its cost)."""
-        if not self.host_memory:
-            return  # a host must not send one unasked: nothing of it is believed
-        self.touches.evicted(n.evicted)
-        if n.evict_id:
-            # Nothing of ours touches those frames from here on without a touch
-            # reported after this acknowledgement (accesses run on this loop, in order).
-            for regate in self.on_evicted:
-                regate()
-            self._evict_ack = max(self._evict_ack, n.evict_id)
-            if not self._flush_queued and self.conn.connected.is_set():
-                self._flush_queued = True
-                self._spawn(self.flush_touches(), "balloon-evict-ack")
-        self.major_faults += n.major
-        self.minor_faults += n.minor
-        if n.delay_us:
-            delay = n.delay_us / 1e6
-            self.fault_delay_seconds += delay
-            for cb in self.on_fault_delay:
-                cb(delay)
-        if n.touch_seq:
-            runs = self.settled_runs
-            while self._batches and self._batches[0][0] <= n.touch_seq:
-                runs = max(runs, self._batches.popleft()[1])
-            self._settle_to(runs)
-
-    def _settle_to(self, runs: int) -> None:
-        if runs <= self.settled_runs:
-            return
-        self.settled_runs = runs
-        for cb in self.on_settled:
-            cb(runs)
-        self._settle_event.set()
-        self._settle_event = asyncio.Event()
-
-    def gate(self, pfn: int, order: int) -> int:
-        """Before the guest reads or writes a block (shm, host_memory): 0 when it may
-        at once, else the ticket to wait for (``settled_runs >= ticket``). A frame of
-        the block the host does not hold is touched (queued: the host restores it
-        first); while any touch is unsettled every access waits, in order, so that
-        one frame's accesses never pass each other."""
-        self.on_alloc(pfn, order)
-        t = self.touches
-        return t.runs_created if t.runs_created > self.settled_runs else 0
-
-    async def _settled_locked(self, ticket: int) -> None:
-        """settled() for a caller that holds the write lock and sent every run."""
-        while self.settled_runs < ticket and not self._stopped and self.conn.fatal is None:
-            await self._settle_event.wait()
-
-    async def settled(self, ticket: int) -> bool:
-        """Wait until touch runs up to ``ticket`` are settled (sending what is
-        queued); False if the driver stopped first."""
-        while self.settled_runs < ticket:
-            if self._stopped or self.conn.fatal is not None:
-                return False
-            event = self._settle_event
-            if self.touches.runs:
-                await self.flush_touches()
-            if self.settled_runs < ticket:
-                await event.wait()
-        return True
 
     # ---- connection -----------------------------------------------------------------
 
@@ -419,17 +275,7 @@ class BalloonDriver:
             # The ring's size is fixed by the first session: stranded chains of a
             # later one still hold their slots until their fence settles them.
             self.window.resize(acc.queue_size)
-        self.host_memory = acc.host_memory
-        self.host_memory_seen = self.host_memory_seen or acc.host_memory
-        self.gated = acc.host_memory and acc.backend == "shm"
-        # A new session: the old one's unsettled batches never will be. Nothing of
-        # ours is swapped in the new one (a new host file, our blocks copied into it:
-        # guest/ram.py move_to), so every access waiting on them may go ahead.
-        self._batches.clear()
-        self.touch_seq = 0
-        self._evict_ack = 0  # the old session's evictions are no business of the new
-        self._settle_to(self.touches.runs_created)
-        self.touches.reset(self.mm, enabled=acc.backend != "shm" or acc.host_memory)
+        self.link.adopt(acc)
 
     async def start(self) -> None:
         """Connect (trying with backoff for up to connect_timeout; a clear UsageError if
@@ -468,7 +314,7 @@ class BalloonDriver:
         self.conn.backoff.reset()
         self._spawn(self.conn.keep_connected(), "balloon-connection")
         self._spawn(self._poll_stats(), "balloon-stats")
-        self._spawn(self._touch_flusher(), "balloon-touches")
+        self._spawn(self.link.flusher(), "balloon-touches")
         self._spawn(self._watch_stalls(), "balloon-stall-watch")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -520,11 +366,6 @@ class BalloonDriver:
             self.host_figures = figures.self_guest
             self.host_resident_bytes = figures.self_guest.resident_bytes
 
-    async def _touch_flusher(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.touch_flush_seconds)
-            await self.flush_touches()
-
     async def _watch_stalls(self) -> None:
         """Say so when a report has been out longer than stall_warning (once per chain)."""
         while True:
@@ -547,14 +388,15 @@ class BalloonDriver:
         if self._stopped:
             return
         self._stopped = True
-        self._settle_event.set()  # no waiter outlives the driver
+        self.link.release_waiters()  # no waiter outlives the driver
         if self.conn.connected.is_set():
             # Bounded: a stalled host must not hold the guest's exit for long.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.flush_touches(), STOP_RPC_SECONDS)
+                await asyncio.wait_for(self.link.flush_touches(), STOP_RPC_SECONDS)
             await self.refresh_stats(timeout=STOP_RPC_SECONDS)
         self.conn.closing = True
         self.conn.problems.flush(force=True)
+        self.link.stop()
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):

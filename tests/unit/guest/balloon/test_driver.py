@@ -184,15 +184,15 @@ async def test_touches_made_while_a_batch_is_being_written_are_not_lost() -> Non
         gate = asyncio.Event()
         stream.write_gate = gate
         a = mm.alloc(0)
-        driver.on_alloc(a, 0)  # a full batch: a flush starts and waits on the gate
+        driver.link.on_alloc(a, 0)  # a full batch: a flush starts and waits on the gate
         await asyncio.sleep(0.01)
         b = mm.alloc(0)
         assert b == a + 1
-        driver.on_alloc(b, 0)  # adjacent: the old code extended the run being written
+        driver.link.on_alloc(b, 0)  # adjacent: the old code extended the run being written
         gate.set()
         stream.write_gate = None
-        await driver.flush_touches()
-        await wait_for(lambda: not driver.touches.runs, 1.0, "touches flushed")
+        await driver.link.flush_touches()
+        await wait_for(lambda: not driver.link.touches.runs, 1.0, "touches flushed")
         session = host.device.table.sessions[driver.conn.session]
         assert session.ram.resident_pages() == 2
     finally:

@@ -61,10 +61,10 @@ async def test_the_guest_offers_host_memory_and_a_host_without_it_changes_nothin
     try:
         assert host.negotiations[0].host_memory is True
         assert driver.accepted is not None and driver.accepted.host_memory is False
-        assert not driver.host_memory
+        assert not driver.link.host_memory
         pfn = mm.alloc(0)
-        driver.on_alloc(pfn, 0)
-        await driver.flush_touches()
+        driver.link.on_alloc(pfn, 0)
+        await driver.link.flush_touches()
         # sim backend: touches as before, unnumbered
         assert [t.seq for t in host.touched] == [0]
     finally:
@@ -73,40 +73,40 @@ async def test_the_guest_offers_host_memory_and_a_host_without_it_changes_nothin
 
 async def test_touch_batches_are_numbered_and_flushed_at_once(setup: Setup) -> None:
     host, driver, mm = setup
-    assert driver.host_memory
+    assert driver.link.host_memory
     for n in range(1, 4):
         pfn = mm.alloc(0)
-        driver.on_alloc(pfn, 0)
+        driver.link.on_alloc(pfn, 0)
         # no flush call and a 60 s timer: the driver sends within a loop turn or two
         await wait_for(lambda n=n: len(host.touched) == n, timeout=5)
     assert [t.seq for t in host.touched] == [1, 2, 3]
-    assert driver.settled_runs == driver.touches.runs_created  # each one settled
+    assert driver.link.settled_runs == driver.link.touches.runs_created  # each one settled
 
 
 async def test_evicted_frames_are_reported_again_on_their_next_touch(setup: Setup) -> None:
     host, driver, mm = setup
     pfn = mm.alloc(4)
-    driver.on_alloc(pfn, 4)
+    driver.link.on_alloc(pfn, 4)
     await wait_for(lambda: (pfn, 16) in touched_pfns(host), timeout=5)
     host.touched.clear()
     # touched again while the host holds it: nothing to say
-    driver.on_alloc(pfn, 4)
+    driver.link.on_alloc(pfn, 4)
     await asyncio.sleep(0.05)
     assert host.touched == []
     # the host swaps four of its frames out: the next touch must be told
     host.notice(NoticeMsg([(pfn + 4, 4)], 0, 0, 0, 0))
-    await wait_for(lambda: driver.touches.host_has[pfn + 4] == 0, timeout=5)
-    driver.on_alloc(pfn, 4)
+    await wait_for(lambda: driver.link.touches.host_has[pfn + 4] == 0, timeout=5)
+    driver.link.on_alloc(pfn, 4)
     await wait_for(lambda: touched_pfns(host) == [(pfn, 16)], timeout=5)
 
 
 async def test_a_notices_delay_makes_the_workload_wait(setup: Setup) -> None:
     host, driver, mm = setup
     ctx = WorkloadContext(GuestMemory(mm))
-    driver.on_fault_delay.append(ctx.add_fault_debt)
+    driver.link.on_fault_delay.append(ctx.add_fault_debt)
     host.delay_us = 300_000  # each batch's swap-ins cost 0.3 s
     pfn = mm.alloc(0)
-    driver.on_alloc(pfn, 0)
+    driver.link.on_alloc(pfn, 0)
     await wait_for(lambda: ctx.fault_debt > 0, timeout=5)
     t0 = time.monotonic()
     await ctx.tick()  # the next operation waits first
@@ -117,7 +117,7 @@ async def test_a_notices_delay_makes_the_workload_wait(setup: Setup) -> None:
     t0 = time.monotonic()
     await ctx.tick()
     assert ctx.fault_wait_seconds == pytest.approx(0.3, abs=0.01)
-    assert driver.fault_delay_seconds == pytest.approx(0.3)
+    assert driver.link.fault_delay_seconds == pytest.approx(0.3)
 
 
 async def test_fault_debt_slows_a_busy_workload(setup: Setup) -> None:
@@ -125,9 +125,9 @@ async def test_fault_debt_slows_a_busy_workload(setup: Setup) -> None:
     operations in 0.5 s where one without a debt does thousands."""
     host, driver, mm = setup
     memory = GuestMemory(mm)
-    memory.on_alloc.append(driver.on_alloc)
+    memory.on_alloc.append(driver.link.on_alloc)
     ctx = WorkloadContext(memory)
-    driver.on_fault_delay.append(ctx.add_fault_debt)
+    driver.link.on_fault_delay.append(ctx.add_fault_debt)
     host.delay_us = 50_000
 
     async def churn() -> int:
@@ -135,7 +135,7 @@ async def test_fault_debt_slows_a_busy_workload(setup: Setup) -> None:
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
             pfn = memory.alloc(0)
-            driver.touches.evicted([(pfn, 1)])  # as if swapped each time: a fault per op
+            driver.link.touches.evicted([(pfn, 1)])  # as if swapped each time: a fault per op
             memory.free(pfn, 0)
             ops += 1
             await ctx.tick()
@@ -189,10 +189,10 @@ async def test_shm_reads_a_swapped_block_only_after_the_host_brought_it_back(
     host.backend_name = "shm"
     driver, mm = await started(host)
     ram = shared(tmp_path, mm)
-    ram.gate = driver.gate
-    driver.on_settled.append(ram.settle)
+    ram.gate = driver.link.gate
+    driver.link.on_settled.append(ram.settle)
     try:
-        assert driver.gated
+        assert driver.link.gated
         pfn = mm.alloc(MAX_ORDER)
         ram.on_alloc(pfn, MAX_ORDER)
         await wait_for(lambda: ram.waiting == 0, timeout=5)  # stamped once settled
@@ -203,7 +203,7 @@ async def test_shm_reads_a_swapped_block_only_after_the_host_brought_it_back(
         host.settle_touches = False
         host.touched.clear()
         host.notice(NoticeMsg([(pfn, N)], 0, 0, 0, 0))
-        await wait_for(lambda: driver.touches.host_has[pfn] == 0, timeout=5)
+        await wait_for(lambda: driver.link.touches.host_has[pfn] == 0, timeout=5)
         # the guest frees it: its check must wait for the swap-in
         ram.on_free(pfn, MAX_ORDER)
         mm.free(pfn, MAX_ORDER)
@@ -220,7 +220,7 @@ async def test_shm_reads_a_swapped_block_only_after_the_host_brought_it_back(
         host.notice(NoticeMsg([], seq, 85 * N, N, 0))
         await asyncio.wait_for(report, 5)
         assert ram.waiting == 0 and ram.data_loss_pages == 0 and ram.pages_checked == N
-        assert driver.major_faults == N
+        assert driver.link.major_faults == N
     finally:
         await driver.stop()
         ram.close()
@@ -231,10 +231,10 @@ async def test_shm_without_host_memory_neither_tracks_nor_waits(tmp_path: Path) 
     host.backend_name = "shm"  # a host without --host-memory: as before
     driver, mm = await started(host)
     try:
-        assert not driver.gated and not driver.touches.enabled
+        assert not driver.link.gated and not driver.link.touches.enabled
         pfn = mm.alloc(0)
-        driver.on_alloc(pfn, 0)
-        assert driver.gate(pfn, 0) == 0 and not driver.touches.runs
+        driver.link.on_alloc(pfn, 0)
+        assert driver.link.gate(pfn, 0) == 0 and not driver.link.touches.runs
     finally:
         await driver.stop()
 
@@ -251,9 +251,9 @@ async def test_an_eviction_is_acknowledged_ahead_of_later_touches_and_waiting_ac
     host.backend_name = "shm"
     driver, mm = await started(host)
     ram = shared(tmp_path, mm)
-    ram.gate = driver.gate
-    driver.on_settled.append(ram.settle)
-    driver.on_evicted.append(ram.regate)
+    ram.gate = driver.link.gate
+    driver.link.on_settled.append(ram.settle)
+    driver.link.on_evicted.append(ram.regate)
     try:
         host.settle_touches = False
         pfn = mm.alloc(MAX_ORDER)
