@@ -101,6 +101,8 @@ class BalloonService:
         except NegotiationError as e:
             code = next(c for cls, c in _STATUS_OF if isinstance(e, cls))
             await abort(context, code, str(e))
+        except SessionKilled as e:
+            await abort(context, grpc.StatusCode.ABORTED, str(e))
         return codec.encode_accepted(self.device.accepted(s, fence))
 
     async def Reporting(

@@ -256,6 +256,10 @@ class SessionTable:
         does only if the host has one).
         """
         _check_offer(guest_id, ram_bytes, page_size, offered, poison_val)
+        if previous_session in self.killed:
+            # Its guest was the OOM killer's victim and did not hear of it (the kill
+            # came as its stream broke): it is told now, and does not come back.
+            raise SessionKilled(self.killed[previous_session])
         if identity is not None and identity != guest_id:
             raise NotPermitted(f"this client may act only as guest {identity!r}, not {guest_id!r}")
         follows = host_memory and self.backend.model is not None
@@ -369,8 +373,15 @@ class SessionTable:
         if s is None:
             return
         s.ended = True  # from here on, handle_report discards nothing for it
-        for task in s.stream_tasks:
-            task.cancel()
+        if s.host_memory:
+            # Its streams' writers wait on a wake-up (host/queue.py with_notices):
+            # woken, they see the session ended and finish, with the reason. A
+            # cancel could land inside gRPC's own send and be lost there (the
+            # stream then never ended: an OOM victim killed by its own touch).
+            s.wake()
+        else:
+            for task in s.stream_tasks:
+                task.cancel()
         if self.by_guest.get(s.guest_id) == token:
             del self.by_guest[s.guest_id]
         if s.peer:

@@ -238,6 +238,9 @@ class Connection:
                     return
                 except (TransportError, TimeoutError, OSError) as e:
                     why = "no answer" if isinstance(e, TimeoutError) else str(e)
+                    if oom_killed(why):  # the session it names was the OOM killer's
+                        self.killed(why)
+                        return
                     if id_in_use(why):
                         if self._id_held(why):
                             return

@@ -44,6 +44,7 @@ class TouchLink:
         self.write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = False
+        self.regates = 0  # eviction Notices taken in (before_chain looks again after one)
         self.host_memory = False
         self.host_memory_seen = False  # any session had it: the summary's fault figures
         self.gated = False  # shm with host_memory: accesses wait for their touches
@@ -73,12 +74,20 @@ class TouchLink:
         first, and with the gate (shm, host_memory) the chain waits until they are
         settled — a block of it may be one whose check at its free still waits for
         its frames (guest/ram.py): the host must not discard it before they are
-        back and read."""
-        ticket = self.touches.runs_created
-        if self.touches.runs:
-            await self._send_touches(stream)
-        if self.gated and self.settled_runs < ticket:
+        back and read. An eviction Notice while it waits re-gates those checks
+        (guest/ram.py ``regate``: new touches, later tickets): then it waits for
+        those too, or the host would discard the block before the check read it
+        back (the chain's discard, then the check reading zeros: a loss)."""
+        while True:
+            ticket = self.touches.runs_created
+            regates = self.regates
+            if self.touches.runs or self._evict_ack:
+                await self._send_touches(stream)
+            if not (self.gated and self.settled_runs < ticket):
+                return
             await self._settled_locked(ticket)
+            if self.regates == regates or self._stopped or self.conn.fatal is not None:
+                return
 
     def adopt(self, acc: Accepted) -> None:
         """A new session: the host memory model on or off, and the old session's
@@ -147,6 +156,7 @@ class TouchLink:
         if n.evict_id:
             # Nothing of ours touches those frames from here on without a touch
             # reported after this acknowledgement (accesses run on this loop, in order).
+            self.regates += 1
             for regate in self.on_evicted:
                 regate()
             self._evict_ack = max(self._evict_ack, n.evict_id)

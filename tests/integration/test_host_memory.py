@@ -87,3 +87,43 @@ def test_a_guest_past_host_memory_waits_for_the_writeback_it_forced(procs: Procs
     assert 14336 * 20e-6 - 0.01 <= s["fault_wait_seconds"] < 1.0, s
     text = procs.group.log_text("host-0")
     assert "guest guest negotiated: 512 MiB, features REPORTING, host memory model" in text
+
+
+async def _killed_by_its_own_touch(addr: str) -> tuple[grpc.aio.AioRpcError, grpc.aio.AioRpcError]:
+    """Two guests; the second's own touches push the host past memory and swap, and
+    it is the largest: its stream must end ABORTED with the reason, and a
+    negotiation naming that session must be told the same (not let back in)."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = codec.aio_stub(channel)
+        calls, sessions = [], []
+        for gid, pages in (("small", 4096), ("big", 16384)):
+            n = codec.Negotiation(gid, 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32, "", True)
+            acc = codec.decode_accepted(await stub.Negotiate(codec.encode_negotiate(n), timeout=5))
+            call = stub.Reporting(metadata=((codec.SESSION_KEY, acc.session),))
+            for i, p in enumerate(range(0, pages, 512)):
+                await call.write(codec.encode_touched([(p, 512)], seq=i + 1))
+            calls.append(call)
+            sessions.append(acc.session)
+        try:
+            while True:
+                await asyncio.wait_for(calls[1].read(), 10)
+        except grpc.aio.AioRpcError as e:
+            stream_error = e
+        again = codec.Negotiation(
+            "big", 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32, sessions[1], True
+        )
+        try:
+            await stub.Negotiate(codec.encode_negotiate(again), timeout=5)
+            raise AssertionError("a killed session's guest was let back in")
+        except grpc.aio.AioRpcError as e:
+            negotiate_error = e
+        calls[0].cancel()
+        return stream_error, negotiate_error
+
+
+def test_a_guest_killed_by_its_own_touch_is_told_and_not_let_back(procs: Procs) -> None:
+    addr, _ = procs.host("--host-memory", "48MiB", "--swap", "16MiB", "--vmm-overhead", "0")
+    stream_error, negotiate_error = asyncio.run(_killed_by_its_own_touch(addr))
+    for e in (stream_error, negotiate_error):
+        assert e.code() == grpc.StatusCode.ABORTED, (e.code(), e.details())
+        assert (e.details() or "").startswith("killed by the host's OOM killer")
