@@ -259,6 +259,7 @@ class SharedRam:
         # (ticket, access), run in order once the host settled runs up to ticket.
         self.gate: Callable[[int, int], int] | None = None
         self._deferred: deque[Deferred] = deque()
+        self.final_check_skipped = 0  # accesses left waiting when check_all gave up
 
     def _open(self, path: str) -> mmap.mmap:
         fd = open_ram_file(path, self.folder, self.size)
@@ -383,6 +384,7 @@ class SharedRam:
         if self._deferred:
             # The host never settled them (gone, or it killed us): its holes would
             # read as losses that are not the guest's to count.
+            self.final_check_skipped = len(self._deferred)
             self.log(
                 f"final page check skipped: {len(self._deferred)} accesses still wait "
                 "for the host to bring their frames back"

@@ -17,6 +17,12 @@ def _reasons(by: dict[str, int]) -> str:
 def _data_loss(s: GuestSummary) -> str:
     """Pages lost, where real guest memory could show it (shm); else not measured."""
     if s["data_loss_checked"]:
+        skipped = s.get("final_check_skipped", 0)
+        if skipped:
+            return (
+                f"{s['data_loss_pages']} pages at frees; the final check was skipped "
+                f"({skipped} accesses still waited for the host)"
+            )
         return f"{s['data_loss_pages']} pages"
     return f"not measured ({s['backend']} backend has no real guest memory; use --backend shm)"
 

@@ -149,7 +149,14 @@ class _RamFollower:
 async def _before_summary(driver: BalloonDriver, ram: SharedRam | None) -> None:
     """Before the driver stops: with a gate, bring back every allocated frame the
     host swapped out (bounded), so the final check reads the guest's own pages."""
-    if ram is not None and ram.gate is not None and driver.conn.fatal is None:
+    # Only from a host still there: with none (it died, the guest reconnects) the
+    # wait could only run out, and a stopping guest must not hang on it.
+    if (
+        ram is not None
+        and ram.gate is not None
+        and driver.conn.fatal is None
+        and driver.conn.connected.is_set()
+    ):
         ticket = ram.fault_in_all(driver.mm)
         if ticket:
             with contextlib.suppress(TimeoutError):
@@ -260,6 +267,7 @@ def _finish(
         summary["data_loss_pages"] = ram.data_loss_pages
         summary["poison_errors"] = ram.poison_errors
         summary["pages_checked"] = ram.pages_checked
+        summary["final_check_skipped"] = ram.final_check_skipped
         summary["data_loss_checked"] = True
         ram.close()
 

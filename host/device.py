@@ -245,7 +245,11 @@ class BalloonDevice:
 
     def _acknowledged(self, s: Session, evict_id: int) -> None:
         try:
-            s.ram.acknowledged(evict_id)
+            if s.ram.acknowledged(evict_id) is None:
+                self.refuse(
+                    "evict_ack_unknown",
+                    f"guest {s.guest_id}: acknowledged eviction {evict_id}, never sent",
+                )
         except OSError as e:
             # The swap file could not take them (disk full): their bytes stay in
             # guest RAM, the books say swapped; the kernel's count shows the gap.

@@ -25,6 +25,7 @@ from host.sessions import (
     SessionError,
     SessionInUse,
     SessionKilled,
+    TooBig,
 )
 from virtqueue import codec
 
@@ -33,6 +34,8 @@ R = TypeVar("R")
 
 
 _STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
+    # Never fits this host, however long the guest waits: final, not retried.
+    (TooBig, grpc.StatusCode.FAILED_PRECONDITION),
     (NotPermitted, grpc.StatusCode.PERMISSION_DENIED),
     (SessionInUse, grpc.StatusCode.ALREADY_EXISTS),
     (LimitReached, grpc.StatusCode.RESOURCE_EXHAUSTED),

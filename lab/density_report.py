@@ -47,6 +47,7 @@ CSV_FIELDS = (
     "fault_wait_s",
     "major_faults",
     "alloc_failures",
+    "data_loss_pages",
     "ending",
     "host_resident_for_guest_bytes",
     "swap_used_after_bytes",
@@ -107,6 +108,10 @@ def run_density(cfg: DensityConfig, log: Callable[[str], None]) -> DensityReport
     return report
 
 
+def _whole(v: float | None) -> int | None:
+    return None if v is None else round(v)
+
+
 def policy_row(run: PolicyRun) -> PolicyRow:
     out = run.outcome
     guests: list[dict[str, object]] = []
@@ -120,13 +125,15 @@ def policy_row(run: PolicyRun) -> PolicyRow:
                 "host_resident_at_launch_bytes": rec.host_resident_at_launch_bytes,
                 "touch_s": rec.touch_s,
                 "fault_wait_s": summary_number(s, "fault_wait_seconds"),
-                "major_faults": summary_number(s, "major_faults"),
+                "major_faults": _whole(summary_number(s, "major_faults")),
                 "alloc_failures": None if s is None else s["alloc_failures"],
                 # shm: pages whose stamps read back wrong (None: not checkable, sim).
                 "data_loss_pages": (
                     s["data_loss_pages"] if s is not None and s["data_loss_checked"] else None
                 ),
-                "ending": rec.ending,
+                # The OOM killer's victim may be an earlier guest than the one the run
+                # was following (the largest oom_badness): its own summary says so.
+                "ending": "killed" if s is not None and s.get("oom_killed") else rec.ending,
                 "ended_s": rec.ended_s,
                 "host_resident_for_guest_bytes": rec.host_resident_for_guest_bytes,
                 "swap_used_after_bytes": rec.swap_used_after_bytes,

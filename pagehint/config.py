@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, TypeGuard
 
 from pagehint.errors import UsageError
 from pagehint.units import format_size
-from virtqueue.contract import MAX_ORDER, PAGEBLOCK_ORDER, guest_id_problem, ram_size_problem
+from virtqueue.contract import (
+    MAX_ORDER,
+    MIN_GUEST_RAM,
+    PAGEBLOCK_ORDER,
+    guest_id_problem,
+    ram_size_problem,
+)
 
 if TYPE_CHECKING:
     from pagehint.tls import TlsConfig
@@ -537,6 +543,12 @@ class HostConfig:
         # A units slip (MiB for GiB is 1024x) is caught; every sizing guide's ratio
         # passes with room (the RHEL 4 System Administration Guide asks twice the RAM
         # at most, "for up to 2 GB of physical RAM").
+        require(
+            MIN_GUEST_RAM + self.vmm_overhead_bytes <= mem + self.swap_bytes,
+            f"--host-memory {format_size(mem)} + --swap {format_size(self.swap_bytes)} cannot "
+            f"hold even the smallest guest ({format_size(MIN_GUEST_RAM)}) with --vmm-overhead "
+            f"{format_size(self.vmm_overhead_bytes)}",
+        )
         require(
             self.swap_bytes <= MAX_SWAP_RATIO * mem,
             f"--swap {format_size(self.swap_bytes)}: more than {MAX_SWAP_RATIO} times "

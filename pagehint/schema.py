@@ -132,6 +132,10 @@ class GuestSummary(TypedDict):
     ack_log_error: NotRequired[str | None]
     poison_errors: NotRequired[int]
     pages_checked: NotRequired[int]
+    # shm: accesses still waiting for the host when the run ended, so the final
+    # check of every held page was skipped (host gone, or too slow to bring them
+    # back); the checks at frees before that were made. 0: the final check ran.
+    final_check_skipped: NotRequired[int]
     host_reported_bytes: NotRequired[int | None]
     host_chains: NotRequired[int | None]
     host_refused_chains: NotRequired[int | None]

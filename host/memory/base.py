@@ -40,10 +40,11 @@ class GuestRam(abc.ABC):
         and the id the guest must acknowledge before their bytes move (0: none)."""
         return Evictions([], 0)
 
-    def acknowledged(self, evict_id: int) -> int:
+    def acknowledged(self, evict_id: int) -> int | None:
         """The guest took in Notices up to ``evict_id``: move what they named out of
-        its RAM (real bytes only); returns frames moved."""
-        return 0
+        its RAM (real bytes only); returns frames moved, None for an id never issued
+        (a guest's bug: counted, nothing moved)."""
+        return None
 
     def swapped_pages(self) -> int:
         return 0

@@ -238,6 +238,7 @@ class SwapFile:
             _remove_dead_hosts_folders(DEFAULT_SWAP_ROOT, SWAP_PREFIX, cleaned)
             self.dir = DEFAULT_SWAP_ROOT / f"{SWAP_PREFIX}{os.getpid()}"
             self.private = True
+            self.made = False
             try:
                 _private_folder(self.dir, "--swap-dir")
             except OSError as e:
@@ -253,12 +254,14 @@ class SwapFile:
                     f"--swap-dir {self.dir}: its parent folder {self.dir.parent} does not "
                     "exist (the host creates only the last part)"
                 )
+            if os.path.lexists(self.dir) and not self.dir.is_dir():
+                raise UsageError(f"--swap-dir {self.dir}: exists and is not a folder")
+            # A folder made here is removed at stop, as the default one is.
+            self.made = not os.path.lexists(self.dir)
             try:
                 self.dir.mkdir(mode=0o700, exist_ok=True)
             except OSError as e:
                 raise UsageError(f"--swap-dir {self.dir}: cannot create: {e.strerror}") from None
-            if not self.dir.is_dir():
-                raise UsageError(f"--swap-dir {self.dir}: exists and is not a folder")
         self.orphans_removed = tuple(cleaned)
         # One file per host: the pid in its name keeps two hosts sharing a --swap-dir
         # apart; O_EXCL refuses a file already there (never another's swap reused).
@@ -303,6 +306,9 @@ class SwapFile:
             self.path.unlink()
         if self.private:
             shutil.rmtree(self.dir, ignore_errors=True)
+        elif self.made:
+            with contextlib.suppress(OSError):  # not empty: someone else's files too
+                self.dir.rmdir()
 
 
 class ShmStore:
@@ -375,9 +381,11 @@ class ShmStore:
             except OSError:
                 break  # not written: still parked, told again (acknowledged says)
 
-    def acknowledged(self, evict_id: int) -> int:
+    def acknowledged(self, evict_id: int) -> int | None:
         """The guest stopped using what Notices up to ``evict_id`` named: move those
-        frames to swap. Returns frames moved."""
+        frames to swap. Returns frames moved; None for an id never issued."""
+        if evict_id > self.last_id:
+            return None
         moved = 0
         while self.told and self.told[0][0] <= evict_id:
             _, chunks, _ = self.told.popleft()
@@ -589,9 +597,9 @@ class ShmRam(GuestRam):
         ack = store.tell() if isinstance(store, ShmStore) else 0
         return Evictions(runs, ack)
 
-    def acknowledged(self, evict_id: int) -> int:
+    def acknowledged(self, evict_id: int) -> int | None:
         store = None if self.memory is None else self.memory.store
-        return store.acknowledged(evict_id) if isinstance(store, ShmStore) else 0
+        return store.acknowledged(evict_id) if isinstance(store, ShmStore) else None
 
     def swapped_pages(self) -> int:
         return 0 if self.memory is None else self.memory.swapped

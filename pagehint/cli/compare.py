@@ -109,7 +109,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise UsageError("--tls-* and --token are for a host given with --host")
     host = None if a.host is None else parse_address(str(a.host), "--host")
     backend = choice(str(a.backend), BACKENDS, "--backend")
-    host_args = host_memory_args(a, backend)
+    host_args = host_memory_args(a, backend, ram_bytes)
     if host_args and host is not None:
         raise UsageError("--host-memory/--swap are for the host compare starts, not --host")
     seed = convert(a.seed, int, "--seed")

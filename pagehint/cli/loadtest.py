@@ -98,10 +98,12 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p.set_defaults(handler=run)
 
 
-def _capacity(a: argparse.Namespace, total: int, backend: str) -> tuple[int, tuple[str, ...]]:
+def _capacity(
+    a: argparse.Namespace, ram: int, total: int, backend: str
+) -> tuple[int, tuple[str, ...]]:
     """(the host's memory, the --host-memory/--swap host flags or ()): a hard
     --memory-limit (default half the guests' RAM), or memory of its own."""
-    host_memory = host_memory_args(a, backend)
+    host_memory = host_memory_args(a, backend, ram)
     if host_memory:
         if a.memory_limit is not None:
             raise UsageError(
@@ -125,7 +127,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     ram = parse_ram(a.ram)
     total = guests * ram
     backend = choice(str(a.backend), BACKENDS, "--backend")
-    capacity, host_memory = _capacity(a, total, backend)
+    capacity, host_memory = _capacity(a, ram, total, backend)
     if backend == "shm" and not a.force and total > 0.8 * mem_available():
         raise UsageError(
             f"--backend shm: {guests} guests × {format_size(ram)} = {format_size(total)} could "

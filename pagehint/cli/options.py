@@ -23,7 +23,7 @@ from pagehint.cli.guest import shipped_scenarios
 from pagehint.cli.support import add_flag, convert
 from pagehint.config import BUILTIN_POLICIES, WORKLOADS, HostConfig
 from pagehint.errors import UsageError
-from pagehint.units import parse_size
+from pagehint.units import format_size, parse_size
 
 RUNS = Path("runs")
 CLAIM = ".pagehint-run"  # in a folder given with --out that existed: this run's
@@ -113,14 +113,22 @@ def add_host_memory_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) ->
     add_flag(p, env, "--swap", default=None, help="the host's swap (with --host-memory)")
 
 
-def host_memory_args(a: argparse.Namespace, backend: str) -> tuple[str, ...]:
+def host_memory_args(a: argparse.Namespace, backend: str, guest_ram: int) -> tuple[str, ...]:
     """The host flags for ``--host-memory``/``--swap``, checked as the host checks them
-    (one line, before anything starts); () when neither was given."""
+    (one line, before anything starts), and a guest of ``guest_ram`` with the host's
+    VMM overhead must fit them (the host would refuse it: nothing could run); ()
+    when neither was given."""
     if a.host_memory is None:
         if a.swap is not None:
             raise UsageError("--swap needs --host-memory (swap for which memory?)")
         return ()
     memory = convert(a.host_memory, lambda s: parse_size(s, "size"), "--host-memory")
     swap = 0 if a.swap is None else convert(a.swap, lambda s: parse_size(s, "size"), "--swap")
-    HostConfig(host_memory_bytes=memory, swap_bytes=swap, backend=backend)  # the host's checks
+    cfg = HostConfig(host_memory_bytes=memory, swap_bytes=swap, backend=backend)  # its checks
+    if guest_ram + cfg.vmm_overhead_bytes > memory + swap:
+        raise UsageError(
+            f"a guest of {format_size(guest_ram)} with the host's VMM overhead "
+            f"{format_size(cfg.vmm_overhead_bytes)} exceeds --host-memory "
+            f"{format_size(memory)} + --swap {format_size(swap)}: the host would refuse it"
+        )
     return ("--host-memory", str(memory), "--swap", str(swap))

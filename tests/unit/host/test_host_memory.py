@@ -175,13 +175,14 @@ async def test_the_oom_killer_ends_the_largest_guest_aborted_with_its_reason(
 
 async def test_a_guest_bigger_than_memory_and_swap_is_refused(make_host: MakeHost) -> None:
     server, stub, _ = await make_host(
-        host_memory_bytes=64 * MIB, swap_bytes=0, vmm_overhead_bytes=4 * MIB
+        host_memory_bytes=96 * MIB, swap_bytes=0, vmm_overhead_bytes=4 * MIB
     )
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await _negotiate(stub, "big")
-    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await _negotiate(stub, "big", ram=128 * MIB)
+    # Final (it never fits this host): the guest stops at once instead of retrying.
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert e.value.details() == (
-        "guest RAM 64 MiB + VMM overhead 4 MiB exceeds the host's memory 64 MiB + swap 0 MiB"
+        "guest RAM 128 MiB + VMM overhead 4 MiB exceeds the host's memory 96 MiB + swap 0 MiB"
     )
     assert server.device.metrics.turned_away["too_big"] == 1
 

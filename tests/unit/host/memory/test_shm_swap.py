@@ -424,3 +424,26 @@ def test_without_punch_a_reused_slot_never_leaks_another_chunks_bytes(
     for g in (a, c, d):
         g.close()
     b.close()
+
+
+def test_a_swap_dir_made_by_the_host_goes_with_it_and_a_file_there_is_one_line(
+    ram_dir: Path, tmp_path: Path
+) -> None:
+    model = HostMemory(CHUNK, CHUNK, 0.0, 0.0, 0)
+    made = tmp_path / "made"
+    b = ShmBackend(str(ram_dir), model=model, swap_dir=str(made))
+    assert made.is_dir()
+    b.close()
+    assert not made.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    b = ShmBackend(str(ram_dir), model=model, swap_dir=str(kept))
+    b.close()
+    assert kept.is_dir()  # the user's own folder stays
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    for bad in (afile, dangling):
+        with pytest.raises(UsageError, match="exists and is not a folder"):
+            ShmBackend(str(ram_dir), model=model, swap_dir=str(bad))
