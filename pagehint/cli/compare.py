@@ -137,4 +137,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         sys.stdout.write(format_table(report) + "\n")
         sys.stdout.write("\n" + files_line(report["files"]) + "\n")
-    return 0
+    lost = {p: s["data_loss_pages"] for p, s in report["results"].items() if s["data_loss_pages"]}
+    for policy, pages in lost.items():
+        sys.stderr.write(f"pagehint compare: DATA LOSS: the {policy} guest lost {pages} pages\n")
+    return 1 if lost else 0
