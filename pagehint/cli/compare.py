@@ -109,9 +109,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise UsageError("--tls-* and --token are for a host given with --host")
     host = None if a.host is None else parse_address(str(a.host), "--host")
     backend = choice(str(a.backend), BACKENDS, "--backend")
-    host_args = host_memory_args(a, backend, ram_bytes)
-    if host_args and host is not None:
+    if host is not None and (a.host_memory is not None or a.swap is not None):
         raise UsageError("--host-memory/--swap are for the host compare starts, not --host")
+    host_args = host_memory_args(a, backend, ram_bytes)
     seed = convert(a.seed, int, "--seed")
     from lab.compare import CompareConfig, format_table, run_compare
 

@@ -103,12 +103,12 @@ def _capacity(
 ) -> tuple[int, tuple[str, ...]]:
     """(the host's memory, the --host-memory/--swap host flags or ()): a hard
     --memory-limit (default half the guests' RAM), or memory of its own."""
+    if a.host_memory is not None and a.memory_limit is not None:
+        raise UsageError(
+            "give --host-memory (swap, OOM killer) or --memory-limit (a hard limit), not both"
+        )
     host_memory = host_memory_args(a, backend, ram)
     if host_memory:
-        if a.memory_limit is not None:
-            raise UsageError(
-                "give --host-memory (swap, OOM killer) or --memory-limit (a hard limit), not both"
-            )
         return int(host_memory[1]), host_memory
     if a.memory_limit is None:
         return total // 2, ()

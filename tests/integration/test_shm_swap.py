@@ -162,7 +162,7 @@ def test_bad_swap_dirs_are_one_line_and_exit_2(tmp_path: Path) -> None:
         (["--swap-dir", str(tmp_path / "no" / "swap")], "its parent folder"),
         (["--swap-dir", ""], "--swap-dir: give a folder"),
     ):
-        r = run_cli([*base, "--host-memory", "64MiB", "--swap", "64MiB", *args])
+        r = run_cli([*base, "--host-memory", "256MiB", "--swap", "64MiB", *args])
         assert r.returncode == 2, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, r.stderr)

@@ -21,7 +21,7 @@ from pagehint.cli.options import CLAIM, run_folder
 # could return (enough for the command to print it and pick its exit status).
 COMMANDS: dict[str, tuple[list[str], Any, str, dict[str, Any]]] = {
     "demo": (["demo", "--backend", "sim"], lab.demo, "run_demo", {}),
-    "compare": (["compare"], lab.compare, "run_compare", {}),
+    "compare": (["compare"], lab.compare, "run_compare", {"results": {}}),
     "loadtest": (
         ["loadtest"],
         lab.loadtest,
