@@ -42,7 +42,7 @@ def guest_metrics(rt: GuestRuntime, driver: BalloonDriver | None) -> Iterator[Me
         "pagehint_free_bytes", "Free memory in the guest's buddy allocator.", rt.mm.free_bytes, g
     )
     yield gauge("pagehint_ram_bytes", "Guest RAM size.", rt.mm.ram_bytes, g)
-    resident = rt.host_resident()
+    resident = rt.host.resident_bytes()
     if resident is not None:
         yield gauge(
             "pagehint_host_resident_bytes", "What the host holds for this guest.", resident, g

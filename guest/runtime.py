@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, NamedTuple, Protocol
 
 from guest.hinting.base import Policy, make_policy
 from guest.hinting.device import ReportingDevice
@@ -51,6 +51,45 @@ class HostFaults(NamedTuple):
     swapped_bytes: int | None  # the host's last figure (None: not heard yet)
 
 
+class HostReadings(Protocol):
+    """What a run reads of its host: the service gives one per run (a driver's view
+    and, on shm, the RAM file's own count); ``NoHost`` without a host."""
+
+    # Acknowledgement rows hold the host's answer to that chain (sim) rather than
+    # resident_bytes() (shm: the kernel's count, exact at the row's moment).
+    ack_from_answer: bool
+
+    def resident_bytes(self) -> int | None:
+        """What the host holds for this guest now (None: not known)."""
+
+    def last_chain(self) -> int | None:
+        """The last chain the host answered DONE."""
+
+    def answered_resident(self) -> int | None:
+        """The host's figure in its answer to that chain."""
+
+    def faults(self) -> HostFaults | None:
+        """The host's memory model's figures (None: the host has none)."""
+
+
+class NoHost:
+    """The in-process loopback device: there is no host to read."""
+
+    ack_from_answer = False
+
+    def resident_bytes(self) -> int | None:
+        return None
+
+    def last_chain(self) -> int | None:
+        return None
+
+    def answered_resident(self) -> int | None:
+        return None
+
+    def faults(self) -> HostFaults | None:
+        return None
+
+
 class GuestRuntime:
     def __init__(
         self,
@@ -71,17 +110,10 @@ class GuestRuntime:
         self.ctx = WorkloadContext(self.memory, seed=cfg.seed, on_mark=self._on_mark)
         self.policy: Policy = make_policy(cfg.hinting, self.mm, device, log=self.log)
         self.started = time.monotonic()
-        self.host_resident: Callable[[], int | None] = lambda: None
-        # The id of the last chain the host answered DONE (None without a host).
-        self.last_chain: Callable[[], int | None] = lambda: None
-        # The host figure for acknowledgement rows: the answer to that chain itself
-        # (set by the service; by default whatever host_resident says).
-        self.ack_resident: Callable[[], int | None] | None = None
+        # What the run reads of its host (the service gives one: guest/service.py).
+        self.host: HostReadings = NoHost()
         self.stopped_by_signal = False
-        # The host's memory model: None while the host has none (the service sets
-        # it once host_memory is negotiated); oom_killed when its OOM killer ended us.
-        self.host_faults: Callable[[], HostFaults | None] = lambda: None
-        self.oom_killed = False
+        self.oom_killed = False  # the host's OOM killer ended us
         self._last_ack_row = 0.0
         self.timeline_error: str | None = None
         self._ack_row_pending = False
@@ -120,11 +152,11 @@ class GuestRuntime:
         # After the row's own clock reading: the next ack row's time is then at
         # least ACK_ROW_INTERVAL after this one's, however long sampling took.
         self._last_ack_row = time.monotonic()
-        chain = self.last_chain()
+        chain = self.host.last_chain()
         if chain is not None:
             row["chain"] = chain
-        if self.ack_resident is not None:
-            row["host_resident_bytes"] = self.ack_resident()
+        if self.host.ack_from_answer:
+            row["host_resident_bytes"] = self.host.answered_resident()
         self._emit(row)
 
     def _emit(self, row: TimelineRow) -> None:
@@ -151,11 +183,11 @@ class GuestRuntime:
             "isolated_bytes": self.mm.isolated_bytes,
             "allocated_bytes": self.mm.allocated_pages * PAGE_SIZE,
             "reported_bytes": st.reported_bytes,
-            "host_resident_bytes": self.host_resident(),
+            "host_resident_bytes": self.host.resident_bytes(),
         }
         if mark is not None:
             row["mark"] = mark
-        faults = self.host_faults()
+        faults = self.host.faults()
         if faults is not None:
             row["major_faults"] = faults.major_faults
             row["minor_faults"] = faults.minor_faults
@@ -259,15 +291,6 @@ class GuestRuntime:
         waited = "idle" if self.policy.idle() else "still busy: stopping it"
         self.log(f"policy {self.cfg.hinting.policy} {waited} at {self.ctx.now():.2f}s")
 
-    def _check(self) -> str | None:
-        if not self.cfg.check:
-            return None
-        try:
-            check_invariants(self.mm)
-        except InvariantError as e:
-            return f"broken: {e}"
-        return "ok"
-
     def summary(self) -> GuestSummary:
         st = self.policy.stats
         lat = [x / 1e6 for x in self.memory.alloc_latency_ns]
@@ -291,7 +314,7 @@ class GuestRuntime:
             "free_bytes": self.mm.free_bytes,
             # The policy's order: a host's --min-order may have raised the flag's.
             "reportable_free_bytes": self.mm.free_pages_at_or_above(self.policy.order) * PAGE_SIZE,
-            "host_resident_bytes": self.host_resident(),
+            "host_resident_bytes": self.host.resident_bytes(),
             "ack_latency_ms": percentiles(st.ack_latency_ms),
             "alloc_ops": self.ctx.stats.alloc_ops,
             "alloc_failures": self.ctx.stats.alloc_failures,
@@ -302,7 +325,7 @@ class GuestRuntime:
             "stopped_by_signal": self.stopped_by_signal,
             "isolated_bytes": self.mm.isolated_bytes,
             "allocated_bytes": self.mm.allocated_pages * PAGE_SIZE,
-            "invariants": self._check(),
+            "invariants": _invariants(self.mm) if self.cfg.check else None,
             "marks": [{"t": round(t, 3), "label": label} for t, label in self.ctx.stats.marks],
             "timeline_error": self.timeline_error,
             # Contract breaks of the policy (docs/policies.md): each one fails the run.
@@ -312,12 +335,22 @@ class GuestRuntime:
             else replay_summary(self.replay_plan, self.replay_stats, self.replay_speed),
         }
 
-    def add_host_faults(self, summary: GuestSummary) -> None:
-        """The host's memory model's figures (the service's: 0 / None / false with a
-        host without one, or none)."""
-        faults = self.host_faults() or HostFaults(0, 0, None)
-        summary["major_faults"] = faults.major_faults
-        summary["minor_faults"] = faults.minor_faults
-        summary["fault_wait_seconds"] = round(self.ctx.fault_wait_seconds, 6)
-        summary["swapped_bytes"] = faults.swapped_bytes
-        summary["oom_killed"] = self.oom_killed
+
+def _invariants(mm: BuddyAllocator) -> str:
+    """--check: the allocator's invariants at the end ("ok", or what broke)."""
+    try:
+        check_invariants(mm)
+    except InvariantError as e:
+        return f"broken: {e}"
+    return "ok"
+
+
+def add_host_faults(rt: GuestRuntime, summary: GuestSummary) -> None:
+    """The host's memory model's figures in a summary (0 / None / false with a host
+    without one, or none)."""
+    faults = rt.host.faults() or HostFaults(0, 0, None)
+    summary["major_faults"] = faults.major_faults
+    summary["minor_faults"] = faults.minor_faults
+    summary["fault_wait_seconds"] = round(rt.ctx.fault_wait_seconds, 6)
+    summary["swapped_bytes"] = faults.swapped_bytes
+    summary["oom_killed"] = rt.oom_killed

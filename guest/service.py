@@ -23,7 +23,7 @@ from guest.hinting.device import LoopbackDevice, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from guest.ram import RamFileRefused, SharedRam
-from guest.runtime import GuestRuntime, HostFaults
+from guest.runtime import GuestRuntime, HostFaults, add_host_faults
 from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
@@ -72,7 +72,7 @@ async def serve_guest(
         except OSError as e:
             await driver.stop()
             raise UsageError(f"--reports {cfg.reports}: cannot write: {e.strerror}") from None
-        driver.report_log = reports
+        driver.view.report_log = reports
     signals.add(rt)
     try:
         metrics = _start_metrics(cfg, rt, driver, log)
@@ -206,31 +206,48 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         # The driver cannot go on (guest id taken, RAM file refused): end the run.
         connected.conn.on_fatal.append(lambda _e: rt.ctx.stop.set())
         rt.memory.on_alloc.append(connected.link.on_alloc)
-        rt.host_resident = lambda: connected.host_resident_bytes
         # The host's memory model: its Notices' delays are the workload's to wait.
         connected.link.on_fault_delay.append(rt.ctx.add_fault_debt)
         connected.conn.on_fatal.append(
             lambda e: setattr(rt, "oom_killed", rt.oom_killed or isinstance(e, OomKilled))
         )
-        rt.host_faults = lambda: _host_faults(connected)
-        rt.last_chain = lambda: connected.last_done
-        # sim: an ack row holds the host's answer to that very chain (a stats poll
-        # in between would mix in later touches); shm overrides both below.
-        rt.ack_resident = lambda: connected.last_done_resident
-        connected.epoch = rt.started
-    if ram is not None:
-        # Real memory: the kernel's count, read here at the moment a row describes,
-        # not the host's last answer or a stats poll (which lag by up to 0.25 s).
-        mapped = ram
-        rt.host_resident = lambda: mapped.resident_bytes()
-        rt.ack_resident = None
+        connected.view.epoch = rt.started
+        rt.host = DriverReadings(connected, ram)
+
+
+class DriverReadings:
+    """The runtime's readings of a host reached through a driver (HostReadings).
+
+    sim: an ack row holds the host's answer to that very chain (a stats poll in
+    between would mix in later touches). shm: the kernel's count of the RAM file,
+    read at the moment a row describes, not the host's last answer or a stats
+    poll (which lag by up to 0.25 s)."""
+
+    def __init__(self, driver: BalloonDriver, ram: SharedRam | None) -> None:
+        self.driver = driver
+        self.ram = ram
+        self.ack_from_answer = ram is None
+
+    def resident_bytes(self) -> int | None:
+        if self.ram is not None:
+            return self.ram.resident_bytes()
+        return self.driver.view.host_resident_bytes
+
+    def last_chain(self) -> int | None:
+        return self.driver.view.last_done
+
+    def answered_resident(self) -> int | None:
+        return self.driver.view.last_done_resident
+
+    def faults(self) -> HostFaults | None:
+        return _host_faults(self.driver)
 
 
 def _host_faults(driver: BalloonDriver) -> HostFaults | None:
     """The fault figures once any session had the host's memory model (else None)."""
     if not driver.link.host_memory_seen:
         return None
-    fig = driver.host_figures
+    fig = driver.view.host_figures
     return HostFaults(
         driver.link.major_faults,
         driver.link.minor_faults,
@@ -256,7 +273,7 @@ def _finish(
             log(f"--ack-log {cfg.ack_log}: cannot write: {e.strerror}")
             summary["ack_log_error"] = e.strerror
     summary["backend"] = "loopback" if driver is None else _host_figures(driver, summary)
-    rt.add_host_faults(summary)
+    add_host_faults(rt, summary)
     if ram is not None:
         if rt.oom_killed:
             # The host took the guest's memory with its session: nothing is left
@@ -281,19 +298,19 @@ def _host_figures(driver: BalloonDriver, summary: GuestSummary) -> str:
     (a test holds them to it); they differ from the guest's ``reported_bytes``
     only when the host restarted during the run.
     """
-    fig = driver.host_figures
+    fig = driver.view.host_figures
     summary["host_reported_bytes"] = fig.reported_bytes if fig is not None else None
     summary["host_chains"] = fig.chains if fig is not None else None
     summary["host_refused_chains"] = fig.refused_chains if fig is not None else None
     summary["host_failed_chains"] = fig.failed_chains if fig is not None else None
     summary["host_poison_skipped_chains"] = fig.poison_skipped_chains if fig is not None else None
     summary["host_measured_by_kernel"] = bool(fig is not None and fig.measured_by_kernel)
-    summary["reported_bytes_this_host"] = driver.acked_pages_this_host * PAGE_SIZE
+    summary["reported_bytes_this_host"] = driver.view.acked_pages_this_host * PAGE_SIZE
     summary["host_connects"] = driver.connects
     summary["fences"] = driver.conn.fences
     summary["fenced_done_chains"] = driver.window.stats.fenced_done
     summary["fenced_cancelled_chains"] = driver.window.stats.fenced_not_done
-    summary["stalled_reports"] = driver.stalls
+    summary["stalled_reports"] = driver.view.stalls
     summary["touched_bytes_sent"] = driver.link.touches.pages_sent * PAGE_SIZE
     assert driver.accepted is not None
     return driver.accepted.backend

@@ -25,15 +25,15 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import IO, Any
+from typing import Any
 
 from guest.balloon.connection import (
     Backoff,
     Connection,
     SessionUnusable,
     id_in_use,
-    oom_killed,
 )
+from guest.balloon.host_view import HostView
 from guest.balloon.touch_link import TouchLink
 from guest.balloon.transport import (
     GrpcTransport,
@@ -48,24 +48,16 @@ from guest.mm.constants import PAGE_SIZE
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
 from pagehint.logging import debug_of
-from pagehint.schema import ReportRecord, encode
 from pagehint.tls import unreachable_hint
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.codec import (
     Accepted,
     ChainMsg,
-    GuestFigures,
     Negotiation,
     UsedMsg,
 )
 
-# Seconds between host-stats polls. host_resident_bytes between acknowledgements
-# (touches raise it) matters to a timeline and to metrics; without either, a
-# slow poll keeps hundreds of guests from costing the host a thousand calls a second.
-STATS_PERIOD = 0.25
-STATS_PERIOD_QUIET = 2.0
-WATCH_PERIOD = 0.5  # seconds between looks at the oldest outstanding chain
 STOP_RPC_SECONDS = 0.5  # each last call to the host when stopping (touches, stats, close)
 
 
@@ -103,22 +95,10 @@ class BalloonDriver:
             Backoff(cfg.reconnect_min, cfg.reconnect_max, random.Random()),
         )
         self._tasks: list[asyncio.Task[Any]] = []
-        self.host_figures: GuestFigures | None = None
-        self.host_resident_bytes: int | None = None
-        self.host_instance = ""
-        # Pages the current host process acknowledged (DONE): what its totals can match.
-        self.acked_pages_this_host = 0
-        self.stalls = 0
         self._stopped = False
-        # The last chain the host answered DONE (whose answer host_resident_bytes
-        # holds), and an optional log of every chain (--reports): times are
-        # seconds since ``epoch`` (the run's start).
-        self.last_done: int | None = None
-        self.last_done_resident: int | None = None
-        self.report_log: IO[str] | None = None
-        self.epoch = time.monotonic()
         # Called with each new session's acceptance (the shm RAM moves to a new file).
         self.on_session: list[Callable[[Accepted], None]] = []
+        self.view = HostView(self.conn, self.window, cfg, log)
         self.link = TouchLink(
             self.conn, mm, batch=cfg.touch_batch, flush_seconds=cfg.touch_flush_seconds
         )
@@ -172,22 +152,14 @@ class BalloonDriver:
                 used = await chain.future
             finally:
                 self.window.close(chain)
-        if self.report_log is not None:
-            self._log_report(chain, used)
+        self.view.chain_answered(chain, used)
         if self._debug is not None:
             self._debug_chain(chain, used)
         if used.status != codec.DONE:
             name = codec.STATUS_NAMES.get(used.status, str(used.status))
             why = f"{used.reason}: {used.detail}" if used.detail else used.reason
             raise ReportError(f"host answered {name} ({why})", reason=used.reason or name)
-        # A fence that says DONE comes from the same host process (a restarted one
-        # has no record), which counted the chain: so does this.
-        self.acked_pages_this_host += chain.pages
-        if used.reason != "fenced_done":
-            # The host's figure right after this chain's discard: fresher than a poll.
-            self.host_resident_bytes = used.resident_bytes
-            self.last_done = chain.id
-            self.last_done_resident = used.resident_bytes
+        self.view.chain_done(chain, used)
         if used.discarded_pages:
             self.link.touches.discarded(batch)
 
@@ -199,29 +171,6 @@ class BalloonDriver:
             f"chain {chain.id}: {len(chain.batch)} ranges, {chain.pages} pages, "
             f"{codec.STATUS_NAMES.get(used.status, str(used.status))}{why} in {ms:.2f} ms"
         )
-
-    def _log_report(self, chain: Outstanding, used: UsedMsg) -> None:
-        assert self.report_log is not None
-        fenced = used.reason in ("fenced_done", "cancelled")
-        record: ReportRecord = {
-            "chain": chain.id,
-            "t_sent": round(chain.sent_at - self.epoch, 4),
-            "t_answered": round(time.monotonic() - self.epoch, 4),
-            "ranges": [[p, o] for p, o in chain.batch],
-            "bytes": chain.pages * PAGE_SIZE,
-            "status": codec.STATUS_NAMES.get(used.status, str(used.status)),
-            "reason": used.reason,
-            # Right after this chain's discard, as the host counted it (None when a
-            # fence, not the host's answer, settled the chain).
-            "host_resident_bytes": None if fenced else used.resident_bytes,
-        }
-        try:
-            self.report_log.write(encode(record) + "\n")
-        except OSError as e:
-            # The log is a by-product: losing it must not lose the report (its
-            # blocks still have to go back). Say so once and stop writing it.
-            self.log(f"--reports: cannot write ({e.strerror}); no more report lines")
-            self.report_log = None
 
     # ---- touches --------------------------------------------------------------------
 
@@ -268,9 +217,7 @@ class BalloonDriver:
         self.min_order = order
         for cb in self.on_session:
             cb(acc)
-        if acc.instance != self.host_instance:
-            self.host_instance = acc.instance
-            self.acked_pages_this_host = 0
+        self.view.new_session(acc)
         if not self.conn.connects:
             # The ring's size is fixed by the first session: stranded chains of a
             # later one still hold their slots until their fence settles them.
@@ -313,9 +260,9 @@ class BalloonDriver:
                 await asyncio.sleep(delay)
         self.conn.backoff.reset()
         self._spawn(self.conn.keep_connected(), "balloon-connection")
-        self._spawn(self._poll_stats(), "balloon-stats")
+        self._spawn(self.view.poll_stats(), "balloon-stats")
         self._spawn(self.link.flusher(), "balloon-touches")
-        self._spawn(self._watch_stalls(), "balloon-stall-watch")
+        self._spawn(self.view.watch_stalls(), "balloon-stall-watch")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """A background task that stop() cancels and that is forgotten once done."""
@@ -327,62 +274,6 @@ class BalloonDriver:
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
 
-    async def _poll_stats(self) -> None:
-        while True:
-            await self.refresh_stats()
-            await asyncio.sleep(self.stats_period())
-
-    def stats_period(self) -> float:
-        """Seconds to the next poll: fast while a timeline or metrics watch, slow
-        otherwise, and always well inside the host's session timeout (the poll is
-        what keeps an idle guest's session alive)."""
-        watched = self.cfg.timeline is not None or self.cfg.metrics_port is not None
-        period = STATS_PERIOD if watched else STATS_PERIOD_QUIET
-        acc = self.conn.accepted
-        if acc is not None and acc.session_timeout_ms:
-            period = min(period, acc.session_timeout_ms / 1000 / 4)
-        return max(0.05, period)
-
-    async def refresh_stats(self, timeout: float = 2.0) -> None:
-        session = self.conn.session
-        if not session or not self.conn.connected.is_set():
-            return
-        try:
-            figures = await self.conn.transport.stats(session, timeout=timeout)
-        except TransportError as e:
-            stream = self.conn.stream
-            if oom_killed(str(e)) and session == self.conn.session:
-                # The host's OOM killer ended the session while this poll was out
-                # (its stream's ABORTED may come later): stop, as the stream would.
-                if not self.conn.closing:
-                    self.conn.killed(str(e))
-                return
-            if "UNAUTHENTICATED" in str(e) and stream is not None and session == self.conn.session:
-                # The host ended our session (expired while we were paused, say):
-                # the stream is as good as gone; reconnect and fence.
-                self.conn.lost(stream, f"the host ended the session ({e})")
-            return
-        if figures.self_guest is not None:
-            self.host_figures = figures.self_guest
-            self.host_resident_bytes = figures.self_guest.resident_bytes
-
-    async def _watch_stalls(self) -> None:
-        """Say so when a report has been out longer than stall_warning (once per chain)."""
-        while True:
-            await asyncio.sleep(WATCH_PERIOD)
-            self.conn.problems.flush()
-            now = time.monotonic()
-            for chain in list(self.window.chains.values()):
-                age = now - chain.sent_at
-                if not chain.warned and age >= self.cfg.stall_warning:
-                    chain.warned = True
-                    self.stalls += 1
-                    self.log(
-                        f"report {chain.id} unanswered for {age:.1f}s (host slow or stalled): "
-                        f"its {chain.pages * PAGE_SIZE >> 20} MiB stay isolated until the host "
-                        "answers or is fenced"
-                    )
-
     async def stop(self) -> None:
         """Flush touches, fetch final figures, close the session and the channel."""
         if self._stopped:
@@ -393,7 +284,7 @@ class BalloonDriver:
             # Bounded: a stalled host must not hold the guest's exit for long.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.link.flush_touches(), STOP_RPC_SECONDS)
-            await self.refresh_stats(timeout=STOP_RPC_SECONDS)
+            await self.view.refresh_stats(timeout=STOP_RPC_SECONDS)
         self.conn.closing = True
         self.conn.problems.flush(force=True)
         self.link.stop()

@@ -56,7 +56,7 @@ async def test_done(setup: tuple[FakeHost, BalloonDriver, BuddyAllocator, list[s
     host, driver, mm, _ = setup
     await driver.report([block(mm)])
     assert host.device.metrics.chains == 1
-    assert driver.acked_pages_this_host == 1 << MAX_ORDER
+    assert driver.view.acked_pages_this_host == 1 << MAX_ORDER
 
 
 async def test_a_refused_chain_fails_alone_and_the_stream_survives(
@@ -118,9 +118,9 @@ async def test_a_chain_done_whose_answer_was_lost_is_booked_done_after_the_fence
     host.break_streams()
     await asyncio.wait_for(report, 2.0)  # DONE: guest and host agree it was reported
     assert driver.window.stats.fenced_done == 1
-    await driver.refresh_stats()
-    assert driver.host_figures is not None and driver.host_figures.chains == 1
-    assert driver.host_figures.reported_bytes == driver.acked_pages_this_host * 4096
+    await driver.view.refresh_stats()
+    assert driver.view.host_figures is not None and driver.view.host_figures.chains == 1
+    assert driver.view.host_figures.reported_bytes == driver.view.acked_pages_this_host * 4096
 
 
 async def test_a_restarted_host_has_nothing_to_fence(
@@ -131,16 +131,16 @@ async def test_a_restarted_host_has_nothing_to_fence(
     host.hold = True
     report = asyncio.create_task(driver.report([block(mm)]))
     await wait_for(lambda: host.chains_received == 2, 1.0, "the chain at the host")
-    old_instance = driver.host_instance
+    old_instance = driver.view.host_instance
     host.restart()
     with pytest.raises(ReportError) as e:
         await asyncio.wait_for(report, 2.0)
     assert e.value.reason == "cancelled"
-    assert driver.host_instance != old_instance
-    assert driver.acked_pages_this_host == 0
+    assert driver.view.host_instance != old_instance
+    assert driver.view.acked_pages_this_host == 0
     host.hold = False
     await driver.report([block(mm)])
-    assert driver.acked_pages_this_host == 1 << MAX_ORDER
+    assert driver.view.acked_pages_this_host == 1 << MAX_ORDER
 
 
 async def test_a_host_with_too_small_chains_is_refused_at_start_in_one_line() -> None:
