@@ -24,8 +24,8 @@ import time
 import uvloop
 
 from bench.common import interleave, median
-from guest.hinting.base import make_policy
 from guest.hinting.device import LoopbackDevice
+from guest.hinting.registry import make_policy
 from guest.mm import BuddyAllocator
 from pagehint.config import HintingConfig
 

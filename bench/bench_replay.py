@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Machine, goal_line, interleave, median
-from guest.hinting.base import make_policy
 from guest.hinting.device import LoopbackDevice
+from guest.hinting.registry import make_policy
 from guest.memory import GuestMemory
 from guest.mm import BuddyAllocator
 from guest.mm.constants import ALLOCATED

@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, NamedTuple, Protocol
 
-from guest.hinting.base import Policy, make_policy
+from guest.hinting.base import Policy
 from guest.hinting.device import ReportingDevice
+from guest.hinting.registry import make_policy
 from guest.memory import GuestMemory
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.check import InvariantError, check_invariants

@@ -15,9 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 from host.sessions import Session
-from virtqueue.contract import MAX_ORDER
-
-_SIZES = tuple(1 << o for o in range(MAX_ORDER + 1))  # pages in a block of each order
+from virtqueue.contract import BLOCK_PAGES, MAX_ORDER
 
 
 def _ascending_disjoint(
@@ -26,7 +24,7 @@ def _ascending_disjoint(
     """(ranges as (pfn, npages), end of the last) if every (pfn, order) is aligned and
     starts at or after the previous one's end; None otherwise. IndexError for an
     order above MAX_ORDER."""
-    sizes = _SIZES
+    sizes = BLOCK_PAGES
     ranges: list[tuple[int, int]] = []
     append = ranges.append
     end = 0

@@ -22,7 +22,9 @@ from pagehint.stats import percentiles
 from pagehint.units import format_size
 from virtqueue import codec
 
-WORKLOADS = ("memhog", "churn", "fragment")
+# The workloads a load test gives its guests in turn (pagehint.config.WORKLOADS
+# names every built-in one).
+ROTATION = ("memhog", "churn", "fragment")
 POLL = 0.5  # seconds between host-stats samples
 
 
@@ -175,7 +177,7 @@ def _guest_flags(cfg: LoadtestConfig, addr: str, names: list[str]) -> list[list[
     flags = []
     for i, n in enumerate(names):
         f = ["--host", addr, "--id", n, "--ram", str(cfg.ram_bytes)]
-        f += ["--workload", WORKLOADS[i % len(WORKLOADS)]]
+        f += ["--workload", ROTATION[i % len(ROTATION)]]
         f += ["--policy", cfg.policies[i % len(cfg.policies)]]
         f += ["--duration", str(cfg.duration), "--seed", str(i), "--rate", str(cfg.rate)]
         f += ["--connect-timeout", "120", "--ack-log", str(cfg.out / f"{n}.acks"), "--quiet"]
@@ -267,7 +269,7 @@ def _finished(names: list[str], summaries: dict[str, GuestSummary]) -> set[str]:
         for i, n in enumerate(names)
         if n in summaries
         and not summaries[n].get("oom_killed")
-        and finished_allocating(WORKLOADS[i % len(WORKLOADS)], summaries[n])
+        and finished_allocating(ROTATION[i % len(ROTATION)], summaries[n])
     }
 
 

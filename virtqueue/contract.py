@@ -12,6 +12,8 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT  # 4 KiB, x86-64
 # The kernel's MAX_ORDER (MAX_PAGE_ORDER since 6.8): the largest block is 2**10 pages.
 MAX_ORDER = 10
+# Pages in a block of each order (0..MAX_ORDER): a chain's ranges are counted by it.
+BLOCK_PAGES = tuple(1 << o for o in range(MAX_ORDER + 1))
 # pageblock_order on x86-64 with THP (2 MiB): the default reporting/hinting order.
 PAGEBLOCK_ORDER = 9
 MIN_GUEST_RAM = 64 << 20

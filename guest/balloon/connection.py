@@ -104,12 +104,15 @@ class Connection:
         self,
         transport: Transport,
         window: ChainWindow,
+        *,
         negotiation: Callable[[str], Negotiation],
         accept: Callable[[Accepted], None],
         log: Callable[[str], None],
         address: str,
         backoff: Backoff,
     ) -> None:
+        """``negotiation(previous_session)`` makes the offer; ``accept`` checks the
+        host's answer (may raise SessionUnusable) and adopts it."""
         self.transport = transport
         self.window = window
         self._negotiation = negotiation

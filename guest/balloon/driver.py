@@ -88,11 +88,11 @@ class BalloonDriver:
         self.conn = Connection(
             transport if transport is not None else GrpcTransport(self.address, cfg.tls, cfg.token),
             self.window,
-            self._negotiation,
-            self._adopt,
-            log,
-            self.address,
-            Backoff(cfg.reconnect_min, cfg.reconnect_max, random.Random()),
+            negotiation=self._negotiation,
+            accept=self._adopt,
+            log=log,
+            address=self.address,
+            backoff=Backoff(cfg.reconnect_min, cfg.reconnect_max, random.Random()),
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = False

@@ -21,11 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from guest.hinting.device import Block
-from guest.mm.constants import MAX_ORDER
 from virtqueue import codec
 from virtqueue.codec import Fence, UsedMsg
-
-_SIZES = tuple(1 << o for o in range(MAX_ORDER + 1))
+from virtqueue.contract import BLOCK_PAGES
 
 
 @dataclass
@@ -64,7 +62,7 @@ class ChainWindow:
             session=session,
             sent_at=time.monotonic(),
             future=asyncio.get_running_loop().create_future(),
-            pages=sum(map(_SIZES.__getitem__, orders)),
+            pages=sum(map(BLOCK_PAGES.__getitem__, orders)),
         )
         self.chains[chain.id] = chain
         return chain

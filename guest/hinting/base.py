@@ -13,7 +13,6 @@ from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import FREE, ISOLATED, PAGE_SIZE, STATE_MASK
 from guest.mm.exact import containing_block
 from pagehint.config import HintingConfig
-from pagehint.errors import UsageError
 from pagehint.ratelog import RateLimitedLog
 from pagehint.stats import LatencyHistogram
 
@@ -248,27 +247,3 @@ class NonePolicy(Policy):
 
     def idle(self) -> bool:
         return True
-
-
-def make_policy(
-    cfg: HintingConfig, mm: BuddyAllocator, device: ReportingDevice | None, log: Log | None = None
-) -> Policy:
-    """The configured policy; UsageError (one line) if the device cannot take its reports."""
-    try:
-        if cfg.policy == "none" or device is None:
-            return NonePolicy(cfg, mm, None, log)
-        if ":" in cfg.policy:
-            from guest.hinting.plugin import GuardedPolicy, load_policy_class
-
-            return GuardedPolicy(load_policy_class(cfg.policy), cfg, mm, device, log)
-        if cfg.policy == "bitmap":
-            from guest.hinting.bitmap import BitmapPolicy
-
-            return BitmapPolicy(cfg, mm, device, log)
-        if cfg.policy == "reporting":
-            from guest.hinting.reporting import ReportingPolicy
-
-            return ReportingPolicy(cfg, mm, device, log)
-    except DeviceTooSmall as e:
-        raise UsageError(str(e)) from None
-    raise ValueError(f"unknown policy {cfg.policy!r}")

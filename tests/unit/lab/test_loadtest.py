@@ -46,7 +46,7 @@ def _observed(summaries: dict[str, GuestSummary], per_guest: list[dict[str, int]
 
 
 def test_overcommit_counts_only_guests_that_finished_allocating(tmp_path: Path) -> None:
-    # Guests run memhog, churn, fragment, memhog (WORKLOADS in turn). lt-001 and
+    # Guests run memhog, churn, fragment, memhog (ROTATION in turn). lt-001 and
     # lt-003 finished allocating; lt-002 (churn, far below its target) and lt-004
     # (memhog, still allocating its hog when the run ended) did not.
     names = ["lt-001", "lt-002", "lt-003", "lt-004"]

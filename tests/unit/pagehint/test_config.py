@@ -69,8 +69,8 @@ def test_a_bad_value_is_one_line_naming_its_flag(build: object, message: str) ->
 
 
 def test_the_configs_vocabulary_is_the_guests() -> None:
-    from guest.hinting.base import make_policy
     from guest.hinting.device import LoopbackDevice
+    from guest.hinting.registry import make_policy
     from guest.mm.buddy import BuddyAllocator
     from guest.workloads.builtin import BUILTINS
     from pagehint.config import BUILTIN_POLICIES, WORKLOADS

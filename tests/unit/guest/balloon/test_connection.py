@@ -30,11 +30,11 @@ def _connection(host: FakeHost, accept: object = None) -> tuple[Connection, list
     conn = Connection(
         host,
         ChainWindow(),
-        _negotiation,
-        accept if accept is not None else (lambda _acc: None),  # type: ignore[arg-type]
-        lines.append,
-        "fake:1",
-        Backoff(0.01, 0.05, random.Random(1)),
+        negotiation=_negotiation,
+        accept=accept if accept is not None else (lambda _acc: None),  # type: ignore[arg-type]
+        log=lines.append,
+        address="fake:1",
+        backoff=Backoff(0.01, 0.05, random.Random(1)),
     )
     return conn, lines
 

@@ -13,9 +13,9 @@ import types
 from pathlib import Path
 
 from guest.hinting import watchdog
-from guest.hinting.base import make_policy
 from guest.hinting.device import LoopbackDevice
 from guest.hinting.plugin import GuardedPolicy
+from guest.hinting.registry import make_policy
 from guest.hinting.watchdog import LoopWatchdog
 from guest.mm import BuddyAllocator
 from pagehint.config import HintingConfig
