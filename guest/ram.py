@@ -39,7 +39,7 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
@@ -54,6 +54,15 @@ LOG_FIRST = 20  # log the first losses one by one, then only count
 # the two to each other.
 RAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}\.ram")
 HOST_FOLDER = re.compile(r"pagehint-host-[0-9]{1,10}")
+
+
+class TouchGate(Protocol):
+    """What the RAM needs of the driver's touch link (guest/balloon/touch_link.py)."""
+
+    on_settled: list[Callable[[int], None]]
+    on_evicted: list[Callable[[], None]]
+
+    def gate(self, pfn: int, order: int) -> int: ...
 
 
 class Deferred(NamedTuple):
@@ -297,6 +306,15 @@ class SharedRam:
         if ticket:
             self._deferred.append(Deferred(ticket, pfn, order, access))
         return bool(ticket)
+
+    def follow(self, link: TouchGate, gated: bool) -> None:
+        """Take part in the host's memory model through the driver's ``link``: the
+        accesses waiting run as it settles touches and are re-gated at evictions;
+        with ``gated`` (shm, host_memory) every access waits for its touch."""
+        if self.settle not in link.on_settled:
+            link.on_settled.append(self.settle)
+            link.on_evicted.append(self.regate)
+        self.gate = link.gate if gated else None
 
     def regate(self) -> None:
         """The host evicted frames (it moves them once we acknowledge): an access

@@ -140,10 +140,7 @@ class _RamFollower:
         driver = self.driver
         if driver is None:
             return
-        if ram.settle not in driver.link.on_settled:
-            driver.link.on_settled.append(ram.settle)
-            driver.link.on_evicted.append(ram.regate)
-        ram.gate = driver.link.gate if acc.host_memory else None
+        ram.follow(driver.link, gated=acc.host_memory)
 
 
 async def _before_summary(driver: BalloonDriver, ram: SharedRam | None) -> None:

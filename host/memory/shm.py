@@ -337,7 +337,6 @@ class ShmStore:
         # (id, chunks with their eviction count, when told), oldest first.
         self.told: deque[tuple[int, list[tuple[Chunk, int]], float]] = deque()
         self.last_id = 0
-        self.acked_id = 0
         self.overdue = 0  # evictions carried out unacknowledged (ACK_DEADLINE)
 
     def _swap(self) -> SwapFile:
@@ -403,7 +402,6 @@ class ShmStore:
                         if rest.base in self.parked:
                             self.untold[rest.base] = None
                     raise
-        self.acked_id = max(self.acked_id, evict_id)
         return moved
 
     def _move(self, ch: Chunk) -> int:
@@ -446,15 +444,23 @@ class ShmStore:
         parked = self._unpark(ch, off, end)  # their bytes never left the file
         slot = self.slots.get(ch.base)
         if slot is not None:
-            swap = self._swap()
-            ps = self.ram.page_size
-            at = ch.base * ps
-            to = slot * swap.slot_bytes
-            for a, b in _moved(ch.states, parked, off, end):
-                for lo, hi in _extents(swap.fd, to + a * ps, to + b * ps):
-                    _copy(swap.fd, lo, self.ram.fd, at + lo - to, hi - lo)
-                swap.release_bytes(to + a * ps, (b - a) * ps)
+            self._read_back(ch, slot, parked, off, end, release=True)
         self._give_if_empty(ch, swapped)
+
+    def _read_back(
+        self, ch: Chunk, slot: int, parked: bytearray | None, off: int, end: int, release: bool
+    ) -> None:
+        """Copy the chunk's frames of [off, end) that are in its swap slot back into
+        the RAM file (``release``: and punch them from the slot)."""
+        swap = self._swap()
+        ps = self.ram.page_size
+        at = ch.base * ps
+        to = slot * swap.slot_bytes
+        for a, b in _moved(ch.states, parked, off, end):
+            for lo, hi in _extents(swap.fd, to + a * ps, to + b * ps):
+                _copy(swap.fd, lo, self.ram.fd, at + lo - to, hi - lo)
+            if release:
+                swap.release_bytes(to + a * ps, (b - a) * ps)
 
     def drop(self, ch: Chunk, off: int, end: int, swapped: int) -> None:
         parked = self._unpark(ch, off, end)  # the discard punches their bytes itself
@@ -491,14 +497,10 @@ class ShmStore:
         self.untold = {}
 
     def _restore_all(self) -> None:
-        swap = self._swap()
-        ps = self.ram.page_size
         for base, slot in self.slots.items():
             ch = self.chunk_at[base]
-            at, to = base * ps, slot * swap.slot_bytes
-            for a, b in _moved(ch.states, self.parked.get(base), 0, len(ch.states)):
-                for lo, hi in _extents(swap.fd, to + a * ps, to + b * ps):
-                    _copy(swap.fd, lo, self.ram.fd, at + lo - to, hi - lo)
+            # The slots are all given back next: no punching them one run at a time.
+            self._read_back(ch, slot, self.parked.get(base), 0, len(ch.states), release=False)
 
 
 def _moved(

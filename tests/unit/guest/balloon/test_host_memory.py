@@ -189,8 +189,7 @@ async def test_shm_reads_a_swapped_block_only_after_the_host_brought_it_back(
     host.backend_name = "shm"
     driver, mm = await started(host)
     ram = shared(tmp_path, mm)
-    ram.gate = driver.link.gate
-    driver.link.on_settled.append(ram.settle)
+    ram.follow(driver.link, gated=True)
     try:
         assert driver.link.gated
         pfn = mm.alloc(MAX_ORDER)
@@ -251,9 +250,7 @@ async def test_an_eviction_is_acknowledged_ahead_of_later_touches_and_waiting_ac
     host.backend_name = "shm"
     driver, mm = await started(host)
     ram = shared(tmp_path, mm)
-    ram.gate = driver.link.gate
-    driver.link.on_settled.append(ram.settle)
-    driver.link.on_evicted.append(ram.regate)
+    ram.follow(driver.link, gated=True)
     try:
         host.settle_touches = False
         pfn = mm.alloc(MAX_ORDER)
@@ -293,9 +290,7 @@ async def test_a_chain_waits_for_the_check_an_eviction_re_gated(tmp_path: Path) 
     host.backend_name = "shm"
     driver, mm = await started(host)
     ram = shared(tmp_path, mm)
-    ram.gate = driver.link.gate
-    driver.link.on_settled.append(ram.settle)
-    driver.link.on_evicted.append(ram.regate)
+    ram.follow(driver.link, gated=True)
     try:
         b = mm.alloc(MAX_ORDER)
         ram.on_alloc(b, MAX_ORDER)
