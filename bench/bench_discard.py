@@ -27,6 +27,7 @@ from host.device import BalloonDevice
 from host.memory.punch import allocated_bytes, punch_hole
 from host.memory.shm import ShmBackend
 from virtqueue import features as F
+from virtqueue.codec import Negotiation
 
 RAM = 1 << 30
 ROUNDS = 7
@@ -36,7 +37,7 @@ PAGE = 4096
 def main() -> dict[str, object]:
     with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
         dev = BalloonDevice(ShmBackend(d))
-        s, _fence = dev.table.negotiate("bench", RAM, PAGE, F.mask(F.REPORTING), 0, 32)
+        s, _fence = dev.table.negotiate(Negotiation("bench", RAM, PAGE, F.mask(F.REPORTING), 0))
         fd = os.open(s.ram.shm_path, os.O_RDWR)
         m = mmap.mmap(fd, RAM, mmap.MAP_SHARED)
         block = b"\x5a" * (64 << 20)

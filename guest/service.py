@@ -48,21 +48,14 @@ async def serve_guest(
     log = make_logger(f"guest[{cfg.guest_id}]", quiet, verbose, guest=cfg.guest_id)
     await signals.before_boot(cfg.start_delay)
     mm = BuddyAllocator(cfg.ram_bytes)
-    driver: BalloonDriver | None = None
     shm = _RamFollower(cfg, mm, log)
-    device: ReportingDevice
-    if cfg.host is None:
-        device = LoopbackDevice(capacity=cfg.hinting.effective_capacity())
-    else:
-        driver = device = BalloonDriver(cfg, mm, log)
-        shm.driver = driver
-        driver.on_session.append(shm)
-        try:
-            await signals.unless_stopped(driver.start())
-        except UsageError:
-            await driver.stop()  # a session it may have opened is closed
-            raise
-    rt = GuestRuntime(cfg, device=device, log=log, mm=mm)
+    device, driver = await _device(cfg, mm, shm, signals, log)
+    try:
+        rt = GuestRuntime(cfg, device=device, log=log, mm=mm)
+    except UsageError:  # e.g. the host's chains are too small for the policy
+        if driver is not None:
+            await driver.stop()
+        raise
     _wire(rt, driver, shm.ram)
     reports = None
     if driver is not None and cfg.reports is not None:
@@ -94,6 +87,24 @@ async def serve_guest(
         f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
     )
     return summary
+
+
+async def _device(
+    cfg: GuestConfig, mm: BuddyAllocator, shm: _RamFollower, signals: StopSignals, log: Log
+) -> tuple[ReportingDevice, BalloonDriver | None]:
+    """The reporting device: the balloon driver, connected, with --host; else a
+    loopback device in the process."""
+    if cfg.host is None:
+        return LoopbackDevice(capacity=cfg.hinting.effective_capacity()), None
+    driver = BalloonDriver(cfg, mm, log)
+    shm.driver = driver
+    driver.on_session.append(shm)
+    try:
+        await signals.unless_stopped(driver.start())
+    except UsageError:
+        await driver.stop()  # a session it may have opened is closed
+        raise
+    return driver, driver
 
 
 def _with_summary(e: UsageError, summary: GuestSummary) -> UsageError:

@@ -90,16 +90,7 @@ class BalloonService:
         identity = await self.gate.identity(context, n.guest_id)
         try:
             s, fence = self.device.table.negotiate(
-                n.guest_id,
-                n.ram_bytes,
-                n.page_size,
-                n.features,
-                n.poison_val,
-                n.capacity,
-                n.previous_session,
-                identity,
-                peer=peer_address(str(context.peer() or "")),
-                host_memory=n.host_memory,
+                n, identity, peer=peer_address(str(context.peer() or ""))
             )
         except NegotiationError as e:
             code = next(c for cls, c in _STATUS_OF if isinstance(e, cls))

@@ -30,7 +30,7 @@ from host.memory.base import GuestRam, MemoryBackend
 from host.memory.hostmem import Kill
 from pagehint.ratelog import RateLimitedLog
 from virtqueue import features as F
-from virtqueue.codec import Fence
+from virtqueue.codec import Fence, Negotiation
 from virtqueue.contract import PAGE_SIZE, guest_id_problem, ram_size_problem
 
 if TYPE_CHECKING:
@@ -172,21 +172,19 @@ def _remember(table: OrderedDict[str, T], key: str, value: T) -> None:
         table.popitem(last=False)
 
 
-def _check_offer(
-    guest_id: str, ram_bytes: int, page_size: int, offered: int, poison_val: int
-) -> None:
+def _check_offer(offer: Negotiation) -> None:
     """What a guest offers at negotiation, checked against the contract."""
-    if guest_id_problem(guest_id) is not None:
+    if guest_id_problem(offer.guest_id) is not None:
         raise NegotiationError("guest_id must be 1..128 printable characters")
-    if page_size != PAGE_SIZE:
-        raise NegotiationError(f"page size {page_size} unsupported (only {PAGE_SIZE})")
-    problem = ram_size_problem(ram_bytes)  # the guest's own rule (virtqueue/contract.py)
+    if offer.page_size != PAGE_SIZE:
+        raise NegotiationError(f"page size {offer.page_size} unsupported (only {PAGE_SIZE})")
+    problem = ram_size_problem(offer.ram_bytes)  # the guest's own rule (virtqueue/contract.py)
     if problem is not None:
         raise NegotiationError(problem)
-    if not F.has(offered, F.REPORTING):
+    if not F.has(offer.features, F.REPORTING):
         raise NegotiationError("the guest did not offer VIRTIO_BALLOON_F_REPORTING")
-    if poison_val > 0xFF:
-        raise NegotiationError(f"poison value {poison_val} is not a byte")
+    if offer.poison_val > 0xFF:
+        raise NegotiationError(f"poison value {offer.poison_val} is not a byte")
 
 
 class SessionTable:
@@ -233,37 +231,29 @@ class SessionTable:
             backend.model.on_kill = self._oom_killed
 
     def negotiate(
-        self,
-        guest_id: str,
-        ram_bytes: int,
-        page_size: int,
-        offered: int,
-        poison_val: int,
-        capacity: int,
-        previous_session: str = "",
-        identity: str | None = None,
-        peer: str = "",
-        host_memory: bool = False,
+        self, offer: Negotiation, identity: str | None = None, peer: str = ""
     ) -> tuple[Session, Fence | None]:
-        """Open a session; with ``previous_session``, fence that one first.
+        """Open a session for ``offer``; with its ``previous_session``, fence that one first.
 
         ``identity`` is who the caller proved to be (its certificate's name, or the
         guest id its token belongs to); None when the host checks no identity.
         A guest id with a live session is taken over only by the holder of that
         session (naming it as previous) or by the same proven identity.
         ``peer`` is the client's address, for the per-peer quota ("": none).
-        ``host_memory``: the guest offered to follow the host's memory model (it
-        does only if the host has one).
+        ``offer.host_memory``: the guest offered to follow the host's memory model
+        (it does only if the host has one). The chain capacity is the host's own
+        (--max-chain-ranges), told in the answer.
         """
-        _check_offer(guest_id, ram_bytes, page_size, offered, poison_val)
+        guest_id, previous_session = offer.guest_id, offer.previous_session
+        _check_offer(offer)
         if previous_session in self.killed:
             # Its guest was the OOM killer's victim and did not hear of it (the kill
             # came as its stream broke): it is told now, and does not come back.
             raise SessionKilled(self.killed[previous_session])
         if identity is not None and identity != guest_id:
             raise NotPermitted(f"this client may act only as guest {identity!r}, not {guest_id!r}")
-        follows = host_memory and self.backend.model is not None
-        ram = self._admit(guest_id, ram_bytes, page_size, previous_session, identity, peer, follows)
+        follows = offer.host_memory and self.backend.model is not None
+        ram = self._admit(offer, identity, peer, follows)
         fence, totals = None, GuestTotals()
         if previous_session:
             try:
@@ -274,15 +264,15 @@ class SessionTable:
             if fence.known:
                 totals = self.ended[previous_session][2]
         end_replaced(self, guest_id, previous_session, identity)
-        accepted = offered & SUPPORTED
+        accepted = offer.features & SUPPORTED
         totals.sessions += 1
         s = Session(
             token=secrets.token_hex(16),
             guest_id=guest_id,
-            ram_bytes=ram_bytes,
+            ram_bytes=offer.ram_bytes,
             features=accepted,
-            poison_val=poison_val if F.has(accepted, F.PAGE_POISON) else 0,
-            capacity=min(capacity or self.max_chain_ranges, self.max_chain_ranges),
+            poison_val=offer.poison_val if F.has(accepted, F.PAGE_POISON) else 0,
+            capacity=self.max_chain_ranges,
             ram=ram,
             totals=totals,
             queue_size=self.queue_size,
@@ -308,16 +298,11 @@ class SessionTable:
         self.wake_evicted()  # its VMM's overhead may have pushed others' frames out
 
     def _admit(
-        self,
-        guest_id: str,
-        ram_bytes: int,
-        page_size: int,
-        previous_session: str,
-        identity: str | None,
-        peer: str,
-        host_memory: bool = False,
+        self, offer: Negotiation, identity: str | None, peer: str, host_memory: bool
     ) -> GuestRam:
         """May this caller have a session now, and is there room: its RAM, or raise."""
+        guest_id, ram_bytes, page_size = offer.guest_id, offer.ram_bytes, offer.page_size
+        previous_session = offer.previous_session
         try:
             check_takeover(self, guest_id, previous_session, identity)
             check_limits(self, guest_id, peer)

@@ -32,7 +32,6 @@ class Negotiation:
     page_size: int
     features: int
     poison_val: int
-    capacity: int
     previous_session: str = ""
     # The guest follows the host's memory model (Notices): see the proto.
     host_memory: bool = False

@@ -8,12 +8,14 @@ outstanding until it is answered or fenced (see window.py and connection.py),
 however long the host takes. A report that is out for longer than
 ``stall_warning`` is logged once, and the age of the oldest is a metric.
 
-At most queue-size chains are outstanding (the ring's size). The policies keep
-their own capacity (the guest's --capacity); the host's answer gives the
-minimum order, which raises the policy's, as page_reporting_dev_info's order
-does. A host whose chains are too small for the policy's capacity is refused
-at start, as virtio-balloon refuses to register page reporting with -ENOSPC
-when its queue is smaller than PAGE_REPORTING_CAPACITY.
+At most queue-size chains are outstanding (the ring's size). The chain
+capacity flows one way, from the host's answer (max_chain_ranges, the size of
+its queue): the driver takes it from the first session and the policy checks
+its own --capacity against it once, when it registers (Policy: DeviceTooSmall),
+as virtio-balloon refuses to register page reporting with -ENOSPC when its
+queue is smaller than PAGE_REPORTING_CAPACITY. A later session may not shrink
+it. The host's answer also gives the minimum order, which raises the policy's,
+as page_reporting_dev_info's order does.
 
 The host's memory model and the touches are ``TouchLink``'s (touch_link.py).
 """
@@ -83,7 +85,9 @@ class BalloonDriver:
         self.address = cfg.host or "(injected transport)"
         # What the policy needs; the host's answer may raise the order.
         self.min_order = cfg.hinting.order
-        self.capacity = cfg.hinting.effective_capacity()
+        # Ranges per chain: the host's (its answer's max_chain_ranges), as a
+        # virtqueue's size is the device's; 0 until the first session.
+        self.capacity = 0
         self.window = ChainWindow()
         self.conn = Connection(
             transport if transport is not None else GrpcTransport(self.address, cfg.tls, cfg.token),
@@ -190,7 +194,6 @@ class BalloonDriver:
             PAGE_SIZE,
             offered,
             poison,
-            self.capacity,
             previous_session,
             # Always offered: a host without --host-memory answers false (or, older,
             # does not know the field), and nothing changes.
@@ -201,12 +204,10 @@ class BalloonDriver:
         """Check a new session against what the policy needs, then take it on."""
         if not F.has(acc.features, F.REPORTING):
             raise SessionUnusable("the host did not accept VIRTIO_BALLOON_F_REPORTING")
-        if acc.max_chain_ranges < self.capacity and self.cfg.hinting.policy != "none":
+        if self.conn.connects and acc.max_chain_ranges < self.capacity:
             raise SessionUnusable(
-                f"the host takes at most {acc.max_chain_ranges} ranges per chain but the "
-                f"{self.cfg.hinting.policy} policy reports {self.capacity}: start the guest "
-                f"with --capacity {acc.max_chain_ranges} or the host with a larger "
-                "--max-chain-ranges"
+                f"the host's chain capacity fell from {self.capacity} to "
+                f"{acc.max_chain_ranges} ranges under the running policy"
             )
         order = max(self.cfg.hinting.order, acc.min_order)
         if self.conn.connects and order != self.min_order:
@@ -222,6 +223,7 @@ class BalloonDriver:
             # The ring's size is fixed by the first session: stranded chains of a
             # later one still hold their slots until their fence settles them.
             self.window.resize(acc.queue_size)
+            self.capacity = acc.max_chain_ranges
         self.link.adopt(acc)
 
     async def start(self) -> None:

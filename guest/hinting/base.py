@@ -46,6 +46,16 @@ class HintingStats:
         return self.reported_pages * PAGE_SIZE
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """What the report step came back with: the device's refusal (None: acknowledged),
+    how long it took, and whether the policy was cancelled while it waited."""
+
+    error: ReportError | None
+    elapsed_ms: float
+    cancelled: bool
+
+
 class PolicyRuleError(Exception):
     """A policy broke the contract (docs/policies.md), e.g. reported a block it did
     not isolate. Raised before anything reaches the device."""
@@ -75,8 +85,9 @@ class Policy(abc.ABC):
         self.order = max(cfg.order, device.min_order if device is not None else 0)
         if device is not None and device.capacity < self.capacity:
             raise DeviceTooSmall(
-                f"the device takes {device.capacity} blocks per report but the {cfg.policy} "
-                f"policy reports {self.capacity}: give --capacity {device.capacity} or less"
+                f"the device takes at most {device.capacity} ranges per report but the "
+                f"{cfg.policy} policy reports {self.capacity}: start the guest with "
+                f"--capacity {device.capacity} (or the host with a larger --max-chain-ranges)"
             )
         self.stats = HintingStats()
         self.log: Log = log or (lambda _m: None)
@@ -113,22 +124,37 @@ class Policy(abc.ABC):
         return float(min(self.cfg.backoff_max, self.cfg.backoff_min * (2.0**n)))
 
     async def report_batch(self, batch: list[Block], mark: bool, to_tail: bool) -> bool:
-        """Report isolated blocks, then put them back. Returns False if the report failed.
+        """Report isolated blocks, then drain them back. False if the report failed.
 
-        The blocks stay isolated for exactly as long as the device has them:
-        report() returns or raises only when the device can no longer discard
-        them, however long that takes. Then they go back without the hook,
-        marked reported when ``mark`` and the report succeeded.
-
-        Cancelled mid-report (the policy is stopping), the report is still let
-        finish, for up to ``stop_grace`` seconds, and booked: the device may be
-        discarding the blocks right now (the kernel's page_reporting_unregister
-        likewise waits for a running pass). A report still unanswered after that
-        is abandoned with its blocks left isolated — never put back while the
-        host may discard them — and counted.
+        Two steps, as the kernel's page_reporting_cycle: the report (``_report_step``),
+        then the drain (``drain``, page_reporting_drain) — marked reported only
+        when ``mark`` and the host acknowledged. A report cancelled mid-way is
+        drained and booked like any other, then the cancellation goes on.
         """
         if not batch:
             return True
+        sent = await self._report_step(batch)
+        self.drain(batch, reported=mark and sent.error is None, to_tail=to_tail)
+        if sent.error is None:
+            self._book_done(batch, sent.elapsed_ms)
+        else:
+            self._book_failed(batch, sent.error)
+        if sent.cancelled:
+            raise asyncio.CancelledError
+        return sent.error is None
+
+    async def _report_step(self, batch: list[Block]) -> _Sent:
+        """The report step: the blocks go to the device and stay isolated for exactly
+        as long as it has them — report() returns or raises only when the device can
+        no longer discard them, however long that takes.
+
+        Cancelled mid-report (the policy is stopping), the report is still let
+        finish, for up to ``stop_grace`` seconds: the device may be discarding the
+        blocks right now (the kernel's page_reporting_unregister likewise waits for
+        a running pass). A report still unanswered after that is abandoned with its
+        blocks left isolated — never drained while the host may discard them — and
+        counted; the cancellation goes on from here.
+        """
         assert self.device is not None
         if not self.cfg.unsafe_skip_isolation:
             self.check_batch(batch)
@@ -142,7 +168,7 @@ class Policy(abc.ABC):
             cancelled = True
             await asyncio.wait({report}, timeout=self.cfg.stop_grace)
         except ReportError:
-            pass  # booked below, from the report itself
+            pass  # read below, from the report itself
         self.in_flight = []
         if not report.done():
             self._abandon(batch)
@@ -155,20 +181,18 @@ class Policy(abc.ABC):
             if not isinstance(error, PolicyRuleError):
                 self.abandoned.extend(batch)
             raise error
-        ok = error is None
+        return _Sent(error, (time.perf_counter() - t0) * 1000, cancelled)
+
+    def drain(self, batch: Sequence[Block], reported: bool, to_tail: bool = True) -> None:
+        """page_reporting_drain(): the blocks back on their free lists, without the
+        hook; marked reported when ``reported`` (the allocator marks a block only
+        if it is still free at its order after the put-back, as the kernel does)."""
+        skip_isolation = self.cfg.unsafe_skip_isolation
         for pfn, order in batch:
-            if not self.cfg.unsafe_skip_isolation:
+            if not skip_isolation:
                 self.mm.putback(pfn, order, to_tail=to_tail)
-            if ok and mark:
+            if reported:
                 self.mm.mark_reported(pfn, order)
-        if error is None:
-            self._book_done(batch, (time.perf_counter() - t0) * 1000)
-        else:
-            assert isinstance(error, ReportError)
-            self._book_failed(batch, error)
-        if cancelled:
-            raise asyncio.CancelledError
-        return ok
 
     def _abandon(self, batch: list[Block]) -> None:
         """A report still unanswered after the stop grace: its blocks stay isolated."""

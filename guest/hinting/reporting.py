@@ -137,7 +137,7 @@ class ReportingPolicy(Policy):
                     break
         finally:
             # Whatever is still isolated (a cancelled pass) goes back unreported.
-            self._drain(self._batch, reported=False)
+            self.drain(self._batch, reported=False)
             self._batch = []
             self.stats.worker_seconds += time.perf_counter() - self._t_sync
             self._task = None
@@ -223,11 +223,3 @@ class ReportingPolicy(Policy):
             return await self.report_batch(batch, mark=True, to_tail=True)
         finally:
             self._t_sync = time.perf_counter()
-
-    def _drain(self, batch: list[Block], reported: bool) -> None:
-        if self.cfg.unsafe_skip_isolation:
-            return
-        for pfn, order in batch:
-            self.mm.putback(pfn, order, to_tail=True)
-            if reported:
-                self.mm.mark_reported(pfn, order)

@@ -46,7 +46,7 @@ def our_descriptors() -> Iterator[None]:
 
 def negotiate(addr: str, guest_id: str) -> str:
     """One negotiation, as a guest's: the status name ("OK" if it got a session)."""
-    offer = codec.Negotiation(guest_id, 64 << 20, 4096, F.mask(F.REPORTING), 0, 32)
+    offer = codec.Negotiation(guest_id, 64 << 20, 4096, F.mask(F.REPORTING), 0)
     with grpc.insecure_channel(addr) as ch:
         try:
             codec.stub(ch).Negotiate(codec.encode_negotiate(offer), timeout=2)

@@ -23,7 +23,7 @@ async def _two_guests_one_killed(addr: str) -> tuple[grpc.aio.AioRpcError, codec
         stub = codec.aio_stub(channel)
         calls = []
         for gid, pages in (("a", 16384), ("b", 15360)):
-            n = codec.Negotiation(gid, 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32, "", True)
+            n = codec.Negotiation(gid, 64 * MIB, 4096, F.mask(F.REPORTING), 0, "", True)
             acc = codec.decode_accepted(await stub.Negotiate(codec.encode_negotiate(n), timeout=5))
             assert acc.host_memory
             call = stub.Reporting(metadata=((codec.SESSION_KEY, acc.session),))
@@ -97,7 +97,7 @@ async def _killed_by_its_own_touch(addr: str) -> tuple[grpc.aio.AioRpcError, grp
         stub = codec.aio_stub(channel)
         calls, sessions = [], []
         for gid, pages in (("small", 4096), ("big", 16384)):
-            n = codec.Negotiation(gid, 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32, "", True)
+            n = codec.Negotiation(gid, 64 * MIB, 4096, F.mask(F.REPORTING), 0, "", True)
             acc = codec.decode_accepted(await stub.Negotiate(codec.encode_negotiate(n), timeout=5))
             call = stub.Reporting(metadata=((codec.SESSION_KEY, acc.session),))
             for i, p in enumerate(range(0, pages, 512)):
@@ -109,9 +109,7 @@ async def _killed_by_its_own_touch(addr: str) -> tuple[grpc.aio.AioRpcError, grp
                 await asyncio.wait_for(calls[1].read(), 10)
         except grpc.aio.AioRpcError as e:
             stream_error = e
-        again = codec.Negotiation(
-            "big", 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32, sessions[1], True
-        )
+        again = codec.Negotiation("big", 64 * MIB, 4096, F.mask(F.REPORTING), 0, sessions[1], True)
         try:
             await stub.Negotiate(codec.encode_negotiate(again), timeout=5)
             raise AssertionError("a killed session's guest was let back in")

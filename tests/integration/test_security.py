@@ -43,7 +43,7 @@ def negotiate(addr: str, guest_id: str, creds: Any = None, **md: str) -> tuple[s
         try:
             reply = codec.stub(ch).Negotiate(
                 codec.encode_negotiate(
-                    codec.Negotiation(guest_id, RAM, 4096, F.mask(F.REPORTING), 0, 32)
+                    codec.Negotiation(guest_id, RAM, 4096, F.mask(F.REPORTING), 0)
                 ),
                 timeout=5,
                 metadata=tuple(md.items()),
@@ -205,9 +205,7 @@ async def test_a_session_ended_by_the_host_ends_its_stream_with_a_status(procs: 
     async with grpc.aio.insecure_channel(addr) as ch:
         stub = codec.stub(ch)
         reply = await stub.Negotiate(
-            codec.encode_negotiate(
-                codec.Negotiation("idle", RAM, 4096, F.mask(F.REPORTING), 0, 32)
-            ),
+            codec.encode_negotiate(codec.Negotiation("idle", RAM, 4096, F.mask(F.REPORTING), 0)),
             timeout=5,
         )
         session = codec.decode_accepted(reply).session

@@ -22,7 +22,7 @@ PAGES = 16384  # 64 MiB
 )
 def test_any_chain_is_either_refused_untouched_or_valid(ranges: list[tuple[int, int]]) -> None:
     d = BalloonDevice(SimBackend())
-    s, _ = d.table.negotiate("g", PAGES * 4096, 4096, F.mask(F.REPORTING), 0, 32)
+    s, _ = d.table.negotiate(codec.Negotiation("g", PAGES * 4096, 4096, F.mask(F.REPORTING), 0))
     s.ram.touched([(0, PAGES)])
     pfns = [p for p, _ in ranges]
     orders = [o for _, o in ranges]
@@ -65,7 +65,7 @@ def test_valid_chains_in_any_order_are_done_and_discarded(
 ) -> None:
     # A memory limit: only a limited host keeps the lazily freed ranges it reclaims.
     d = BalloonDevice(SimBackend(discard_mode=mode, capacity_pages=2 * PAGES))
-    s, _ = d.table.negotiate("g", PAGES * 4096, 4096, F.mask(F.REPORTING), 0, 32)
+    s, _ = d.table.negotiate(codec.Negotiation("g", PAGES * 4096, 4096, F.mask(F.REPORTING), 0))
     s.ram.touched([(0, PAGES)])
     used = d.handle_report(s, 7, [p for p, _ in chain], [o for _, o in chain])
     assert used is not None and used.status == codec.DONE
@@ -87,7 +87,7 @@ def test_a_repeated_range_is_refused_by_name(
     chain: list[tuple[int, int]], data: st.DataObject
 ) -> None:
     d = BalloonDevice(SimBackend())
-    s, _ = d.table.negotiate("g", PAGES * 4096, 4096, F.mask(F.REPORTING), 0, 32)
+    s, _ = d.table.negotiate(codec.Negotiation("g", PAGES * 4096, 4096, F.mask(F.REPORTING), 0))
     s.ram.touched([(0, PAGES)])
     bad = [*chain, data.draw(st.sampled_from(chain))]
     bad = data.draw(st.permutations(bad))

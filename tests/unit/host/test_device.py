@@ -29,28 +29,28 @@ def device(**kw: object) -> BalloonDevice:
 
 
 def session(d: BalloonDevice, guest: str = "g", previous: str = "") -> Session:
-    s, _ = d.table.negotiate(guest, RAM, 4096, REPORTING, 0, 32, previous)
+    s, _ = d.table.negotiate(codec.Negotiation(guest, RAM, 4096, REPORTING, 0, previous))
     return s
 
 
 def test_negotiate_accepts_reporting_and_poison_only() -> None:
     d = device()
     s, fence = d.table.negotiate(
-        "g", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON, F.STATS_VQ), 0xAA, 32
+        codec.Negotiation("g", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON, F.STATS_VQ), 0xAA)
     )
     assert fence is None
     assert s.features == F.mask(F.REPORTING, F.PAGE_POISON)
     assert s.poisoned
     assert len(s.token) == 32
     with pytest.raises(NegotiationError, match="REPORTING"):
-        d.table.negotiate("h", RAM, 4096, 0, 0, 32)
+        d.table.negotiate(codec.Negotiation("h", RAM, 4096, 0, 0))
     with pytest.raises(NegotiationError, match="page size"):
-        d.table.negotiate("h", RAM, 8192, REPORTING, 0, 32)
+        d.table.negotiate(codec.Negotiation("h", RAM, 8192, REPORTING, 0))
     with pytest.raises(NegotiationError, match="RAM"):
-        d.table.negotiate("h", RAM + 4096, 4096, REPORTING, 0, 32)
+        d.table.negotiate(codec.Negotiation("h", RAM + 4096, 4096, REPORTING, 0))
     # The contract's bounds, the same the guest is held to: 64 MiB at least.
     with pytest.raises(NegotiationError, match="out of range: must be between 64 MiB"):
-        d.table.negotiate("h", 4 << 20, 4096, REPORTING, 0, 32)
+        d.table.negotiate(codec.Negotiation("h", 4 << 20, 4096, REPORTING, 0))
 
 
 def test_a_live_guest_id_is_taken_over_only_by_its_holder() -> None:
@@ -62,10 +62,10 @@ def test_a_live_guest_id_is_taken_over_only_by_its_holder() -> None:
     with pytest.raises(SessionError):
         d.table.session(a.token)
     assert d.table.session(b.token) is b and a.ended
-    c, _ = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
+    c, _ = d.table.negotiate(codec.Negotiation("g", RAM, 4096, REPORTING, 0, ""), identity="g")
     assert b.ended and d.table.session(c.token) is c  # the same proven identity may take over
     with pytest.raises(NotPermitted):
-        d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="other")
+        d.table.negotiate(codec.Negotiation("g", RAM, 4096, REPORTING, 0, ""), identity="other")
 
 
 def test_a_stale_session_of_a_crashed_guest_can_be_replaced() -> None:
@@ -110,7 +110,7 @@ def test_an_idle_session_expires_even_with_a_stream_open() -> None:
         ([0, 1], [1, 0], "overlap"),
         ([0, 1], [0], "malformed"),
         ([], [], "empty"),
-        (list(range(33)), [0] * 33, "too_many_ranges"),
+        (list(range(513)), [0] * 513, "too_many_ranges"),  # over --max-chain-ranges
     ],
 )
 def test_bad_chains_refused_and_counted(pfns: list[int], orders: list[int], reason: str) -> None:
@@ -136,7 +136,9 @@ def test_good_chain_discards_and_poison_skips() -> None:
     assert used is not None and used.discarded_pages == 1536
     assert used.resident_bytes == (PAGES - 1536) * 4096
     assert s.ram.resident_pages() == PAGES - 1536
-    p, _ = d.table.negotiate("p", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON), 0x5A, 32)
+    p, _ = d.table.negotiate(
+        codec.Negotiation("p", RAM, 4096, F.mask(F.REPORTING, F.PAGE_POISON), 0x5A)
+    )
     p.ram.touched([(0, PAGES)])
     skipped = d.handle_report(p, 1, [0], [10])
     assert skipped is not None and skipped.status == codec.DONE and skipped.discarded_pages == 0
@@ -200,7 +202,7 @@ def test_fence_ends_the_old_session_and_names_its_done_chains() -> None:
     assert d.handle_report(old, 2, [1], [9]) is not None  # refused (misaligned)
     new = session(d, previous=old.token)
     assert old.ended and old.token not in d.table.sessions
-    _, fence = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, new.token)
+    _, fence = d.table.negotiate(codec.Negotiation("g", RAM, 4096, REPORTING, 0, new.token))
     assert fence is not None and fence.known
     # a chain of a fenced session that was still waiting is cancelled, never discarded
     assert d.handle_report(old, 3, [512], [9]) is None
@@ -211,9 +213,9 @@ def test_fence_reports_done_ids_and_unknown_sessions() -> None:
     old = session(d)
     d.handle_report(old, 1, [0], [9])
     d.handle_report(old, 2, [1], [9])
-    _, fence = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, old.token)
+    _, fence = d.table.negotiate(codec.Negotiation("g", RAM, 4096, REPORTING, 0, old.token))
     assert fence == codec.Fence(known=True, done_ids=frozenset({1}))
-    _, unknown = d.table.negotiate("h", RAM, 4096, REPORTING, 0, 32, "f" * 32)
+    _, unknown = d.table.negotiate(codec.Negotiation("h", RAM, 4096, REPORTING, 0, "f" * 32))
     assert unknown == codec.Fence(known=False)
 
 
@@ -221,7 +223,7 @@ def test_fence_of_another_guests_session_is_refused() -> None:
     d = device()
     a = session(d, "a")
     with pytest.raises(NegotiationError, match="another guest"):
-        d.table.negotiate("b", RAM, 4096, REPORTING, 0, 32, a.token)
+        d.table.negotiate(codec.Negotiation("b", RAM, 4096, REPORTING, 0, a.token))
     assert not a.ended
 
 
@@ -276,12 +278,14 @@ def test_idle_sessions_expire() -> None:
 
 def test_a_session_taken_over_by_the_same_identity_is_not_taken_back() -> None:
     d = device()
-    first, _ = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
-    second, _ = d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, "", identity="g")
+    first, _ = d.table.negotiate(codec.Negotiation("g", RAM, 4096, REPORTING, 0, ""), identity="g")
+    second, _ = d.table.negotiate(codec.Negotiation("g", RAM, 4096, REPORTING, 0, ""), identity="g")
     assert first.ended
     # the evicted process reconnects naming its old session: it gives way
     with pytest.raises(SessionInUse, match="taken over"):
-        d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, first.token, identity="g")
+        d.table.negotiate(
+            codec.Negotiation("g", RAM, 4096, REPORTING, 0, first.token), identity="g"
+        )
     assert not second.ended
 
 

@@ -67,7 +67,6 @@ async def _negotiate(
         page_size=4096,
         features=F.mask(F.REPORTING),
         poison_val=0,
-        capacity=32,
         host_memory=offer,
     )
     return codec.decode_accepted(await stub.Negotiate(codec.encode_negotiate(n), timeout=5))

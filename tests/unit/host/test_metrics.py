@@ -9,6 +9,7 @@ from host.memory.sim import SimBackend
 from host.metrics import host_metrics
 from pagehint.metrics import FnCollector
 from virtqueue import features as F
+from virtqueue.codec import Negotiation
 
 
 def scrape(d: BalloonDevice) -> str:
@@ -26,7 +27,7 @@ def samples(text: str) -> dict[str, float]:
 
 def test_per_guest_figures_refusals_and_the_chain_histogram() -> None:
     d = BalloonDevice(SimBackend())
-    s, _ = d.table.negotiate("g1", 64 << 20, 4096, F.mask(F.REPORTING), 0, 32)
+    s, _ = d.table.negotiate(Negotiation("g1", 64 << 20, 4096, F.mask(F.REPORTING), 0))
     assert d.handle_report(s, 1, [0], [9]) is not None  # 2 MiB reported
     d.handle_report(s, 2, [3], [9])  # misaligned: refused
     got = samples(scrape(d))

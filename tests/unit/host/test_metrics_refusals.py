@@ -12,6 +12,7 @@ from host.metrics import host_metrics
 from host.sessions import LimitReached
 from pagehint.metrics import FnCollector
 from virtqueue import features as F
+from virtqueue.codec import Negotiation
 
 
 def samples(d: BalloonDevice, watch: ConnectionWatch | None = None) -> dict[str, float]:
@@ -26,9 +27,9 @@ def samples(d: BalloonDevice, watch: ConnectionWatch | None = None) -> dict[str,
 
 def test_refused_negotiations_ledger_and_connections_are_exported() -> None:
     d = BalloonDevice(SimBackend(), max_sessions=2, max_sessions_per_peer=1)
-    d.table.negotiate("a", 64 << 20, 4096, F.mask(F.REPORTING), 0, 32, peer="10.0.0.1")
+    d.table.negotiate(Negotiation("a", 64 << 20, 4096, F.mask(F.REPORTING), 0), peer="10.0.0.1")
     with pytest.raises(LimitReached):
-        d.table.negotiate("b", 64 << 20, 4096, F.mask(F.REPORTING), 0, 32, peer="10.0.0.1")
+        d.table.negotiate(Negotiation("b", 64 << 20, 4096, F.mask(F.REPORTING), 0), peer="10.0.0.1")
     watch = ConnectionWatch(port=1, cap=4096, handshake_timeout=2, idle=2)
     watch.look()
     got = samples(d, watch)

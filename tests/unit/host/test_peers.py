@@ -61,7 +61,9 @@ def test_the_penalty_table_is_bounded_and_can_be_off() -> None:
 
 
 def negotiate(d: BalloonDevice, guest: str, peer: str, previous: str = "") -> str:
-    s, _ = d.table.negotiate(guest, 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32, previous, peer=peer)
+    s, _ = d.table.negotiate(
+        codec.Negotiation(guest, 64 * MIB, 4096, F.mask(F.REPORTING), 0, previous), peer=peer
+    )
     return s.token
 
 
@@ -104,7 +106,7 @@ async def token_host() -> AsyncIterator[tuple[HostServer, codec.AioBalloonStub]]
 
 def offer(guest_id: str = "g1") -> codec.NegotiateRequest:
     return codec.encode_negotiate(
-        codec.Negotiation(guest_id, 64 * MIB, 4096, F.mask(F.REPORTING), 0, 32)
+        codec.Negotiation(guest_id, 64 * MIB, 4096, F.mask(F.REPORTING), 0)
     )
 
 

@@ -30,7 +30,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def negotiation(guest_id: str) -> codec.NegotiateRequest:
     return codec.encode_negotiate(
-        codec.Negotiation(guest_id, 64 << 20, 4096, F.mask(F.REPORTING), 0, 32)
+        codec.Negotiation(guest_id, 64 << 20, 4096, F.mask(F.REPORTING), 0)
     )
 
 

@@ -40,7 +40,6 @@ def _negotiation(guest_id: str = "g1") -> codec.NegotiateRequest:
             page_size=4096,
             features=F.mask(F.REPORTING),
             poison_val=0,
-            capacity=32,
         )
     )
 

@@ -10,7 +10,7 @@ from host.device import BalloonDevice
 from host.memory.sim import SimBackend
 from host.sessions import GIVES_WAY, Session, SessionInUse
 from virtqueue import features as F
-from virtqueue.codec import Fence
+from virtqueue.codec import Fence, Negotiation
 
 RAM = 64 << 20
 REPORTING = F.mask(F.REPORTING)
@@ -19,7 +19,7 @@ REPORTING = F.mask(F.REPORTING)
 def negotiate(
     d: BalloonDevice, previous: str = "", identity: str | None = None
 ) -> tuple[Session, Fence | None]:
-    return d.table.negotiate("g", RAM, 4096, REPORTING, 0, 32, previous, identity)
+    return d.table.negotiate(Negotiation("g", RAM, 4096, REPORTING, 0, previous), identity)
 
 
 def test_a_fenced_session_cannot_take_its_id_back_from_a_used_successor() -> None:

@@ -25,7 +25,7 @@ def test_touched_and_used_roundtrip() -> None:
 
 
 def test_negotiation_and_stats_roundtrip() -> None:
-    n = codec.Negotiation("g", 1 << 30, 4096, F.mask(F.REPORTING, F.PAGE_POISON), 0xAA, 32, "old")
+    n = codec.Negotiation("g", 1 << 30, 4096, F.mask(F.REPORTING, F.PAGE_POISON), 0xAA, "old")
     assert codec.decode_negotiate(codec.encode_negotiate(n)) == n
     a = codec.Accepted(
         F.mask(F.REPORTING),
@@ -61,9 +61,9 @@ def test_feature_bits_follow_virtio_numbering() -> None:
 
 
 def test_host_memory_fields_roundtrip_and_default_off() -> None:
-    n = codec.Negotiation("g", 1 << 30, 4096, F.mask(F.REPORTING), 0, 32, host_memory=True)
+    n = codec.Negotiation("g", 1 << 30, 4096, F.mask(F.REPORTING), 0, host_memory=True)
     assert codec.decode_negotiate(codec.encode_negotiate(n)) == n
-    assert codec.Negotiation("g", 1 << 30, 4096, 0, 0, 32).host_memory is False
+    assert codec.Negotiation("g", 1 << 30, 4096, 0, 0).host_memory is False
     a = codec.Accepted(0, 64, 32, "tok", "sim", "", "free", host_memory=True)
     assert codec.decode_accepted(codec.encode_accepted(a)).host_memory is True
     assert codec.decode_accepted(codec.encode_accepted(a)) == a

@@ -167,11 +167,12 @@ def test_older_peers_interoperate_with_the_host_memory_fields() -> None:
     # an old guest's negotiation: read as not offering host_memory
     req = old["NegotiateRequest"](guest_id="g", ram_bytes=1 << 30, page_size=4096, capacity=32)
     assert codec.decode_negotiate(pb.NegotiateRequest.FromString(req.SerializeToString())) == (
-        codec.Negotiation("g", 1 << 30, 4096, 0, 0, 32)
+        codec.Negotiation("g", 1 << 30, 4096, 0, 0)
     )
     # a new guest's offer to an old host: the old host reads the rest as before
-    offer = codec.encode_negotiate(codec.Negotiation("g", 1 << 30, 4096, 32, 0, 32, "", True))
-    assert old["NegotiateRequest"].FromString(offer.SerializeToString()).capacity == 32
+    offer = codec.encode_negotiate(codec.Negotiation("g", 1 << 30, 4096, 32, 0, "", True))
+    # (the capacity field is no longer sent: an old host reads 0 as its own maximum)
+    assert old["NegotiateRequest"].FromString(offer.SerializeToString()).capacity == 0
     # an old host's reply: read as host_memory off (no Notices will come)
     reply = old["NegotiateReply"](session="s", backend="sim", queue_size=64)
     accepted = codec.decode_accepted(pb.NegotiateReply.FromString(reply.SerializeToString()))

@@ -134,15 +134,7 @@ class FakeHost:
             raise TransportError("UNAVAILABLE: host down")
         self.negotiations.append(n)
         try:
-            s, fence = self.device.table.negotiate(
-                n.guest_id,
-                n.ram_bytes,
-                n.page_size,
-                n.features,
-                n.poison_val,
-                n.capacity,
-                n.previous_session,
-            )
+            s, fence = self.device.table.negotiate(n)
         except NegotiationError as e:
             raise NegotiationRefused(f"INVALID_ARGUMENT: {e}") from None
         acc = self.device.accepted(s, fence)

@@ -22,7 +22,7 @@ RAM = 64 << 20
 
 
 def _negotiation(previous: str) -> Negotiation:
-    return Negotiation("g", RAM, 4096, F.mask(F.REPORTING), 0, 32, previous)
+    return Negotiation("g", RAM, 4096, F.mask(F.REPORTING), 0, previous)
 
 
 def _connection(host: FakeHost, accept: object = None) -> tuple[Connection, list[str]]:

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from guest.balloon import BalloonDriver
+from guest.balloon.connection import NegotiationRefused
 from guest.hinting.device import ReportError
+from guest.hinting.registry import make_policy
 from guest.mm import MAX_ORDER, BuddyAllocator
 from pagehint.config import GuestConfig, HintingConfig
 from pagehint.errors import UsageError
@@ -143,23 +145,46 @@ async def test_a_restarted_host_has_nothing_to_fence(
     assert driver.view.acked_pages_this_host == 1 << MAX_ORDER
 
 
-async def test_a_host_with_too_small_chains_is_refused_at_start_in_one_line() -> None:
+async def test_a_host_with_too_small_chains_is_refused_once_when_the_policy_registers() -> None:
+    # The capacity flows one way: the host's answer sets the driver's; the policy's
+    # own --capacity is checked against it once, as page_reporting_register's -ENOSPC.
     host = FakeHost(max_chain_ranges=8)
-    driver = BalloonDriver(config(), BuddyAllocator(RAM), lambda _m: None, transport=host)
-    with pytest.raises(UsageError) as e:
-        await driver.start()
-    msg = str(e.value)
-    assert "\n" not in msg and "at most 8 ranges" in msg and "--capacity 8" in msg
+    mm = BuddyAllocator(RAM)
+    cfg = config()
+    driver = BalloonDriver(cfg, mm, lambda _m: None, transport=host)
+    await driver.start()
+    try:
+        assert driver.capacity == 8
+        with pytest.raises(UsageError) as e:
+            make_policy(cfg.hinting, mm, driver)
+        msg = str(e.value)
+        assert "\n" not in msg and "at most 8 ranges" in msg and "--capacity 8" in msg
+    finally:
+        await driver.stop()
 
 
 async def test_a_smaller_capacity_fits_a_host_with_small_chains() -> None:
     host = FakeHost(max_chain_ranges=8)
     mm = BuddyAllocator(RAM)
-    driver = BalloonDriver(config(capacity=8), mm, lambda _m: None, transport=host)
+    cfg = config(capacity=8)
+    driver = BalloonDriver(cfg, mm, lambda _m: None, transport=host)
     await driver.start()
     try:
-        assert driver.capacity == 8
+        assert make_policy(cfg.hinting, mm, driver).capacity == 8
         await driver.report([block(mm) for _ in range(8)])
+    finally:
+        await driver.stop()
+
+
+async def test_a_later_session_may_not_shrink_the_chain_capacity() -> None:
+    host = FakeHost(max_chain_ranges=32)
+    driver = BalloonDriver(config(), BuddyAllocator(RAM), lambda _m: None, transport=host)
+    await driver.start()
+    try:
+        host.device.table.max_chain_ranges = 8
+        with pytest.raises(NegotiationRefused, match="fell from 32 to 8"):
+            await driver.conn.connect()
+        assert driver.capacity == 32
     finally:
         await driver.stop()
 

@@ -39,17 +39,14 @@ class InUseHost(FakeHost):
     async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
         await asyncio.sleep(0)
         try:
-            s, fence = self.device.table.negotiate(
-                n.guest_id, n.ram_bytes, n.page_size, n.features, n.poison_val, n.capacity,
-                n.previous_session, self.identity,
-            )  # fmt: skip
+            s, fence = self.device.table.negotiate(n, self.identity)
         except D.SessionInUse as e:
             raise TransportError(f"ALREADY_EXISTS: {e}") from None
         return self.device.accepted(s, fence)
 
     def another_client(self) -> str:
         s, _ = self.device.table.negotiate(
-            "g", RAM, 4096, F.mask(F.REPORTING), 0, 32, "", self.identity
+            Negotiation("g", RAM, 4096, F.mask(F.REPORTING), 0, ""), self.identity
         )
         return s.token
 

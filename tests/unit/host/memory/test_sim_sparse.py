@@ -13,6 +13,7 @@ from host.device import BalloonDevice
 from host.memory.sim import ABSENT, CHUNK, CHUNK_BYTES, LAZY, RESIDENT, SimBackend, SimRam
 from host.sessions import LimitReached
 from virtqueue import features as F
+from virtqueue.codec import Negotiation
 
 GIB = 1 << 30
 PAGES_64G = (64 * GIB) // 4096
@@ -34,7 +35,7 @@ def test_1024_sessions_of_64_gib_cost_little_until_touched() -> None:
     d = BalloonDevice(SimBackend(), max_sessions=1024)
     before = rss_bytes()
     for i in range(1024):
-        d.table.negotiate(f"g{i}", 64 * GIB, 4096, F.mask(F.REPORTING), 0, 32)
+        d.table.negotiate(Negotiation(f"g{i}", 64 * GIB, 4096, F.mask(F.REPORTING), 0))
         if i % 16 == 15:
             grown = rss_bytes() - before
             assert grown < budget, f"{i + 1} sessions of 64 GiB grew RSS by {grown >> 20} MiB"
@@ -92,13 +93,13 @@ def test_ledgers_are_charged_against_the_memory_limit() -> None:
 
 def test_the_device_refuses_a_guest_or_a_touch_the_memory_limit_cannot_hold() -> None:
     d = BalloonDevice(SimBackend(capacity_pages=40))
-    s, _ = d.table.negotiate("a", 64 * GIB, 4096, F.mask(F.REPORTING), 0, 32)
+    s, _ = d.table.negotiate(Negotiation("a", 64 * GIB, 4096, F.mask(F.REPORTING), 0))
     runs = [(c * CHUNK, 1) for c in range(64)]
     assert not d.handle_touched(s, [p for p, _ in runs], [n for _, n in runs])
     assert d.metrics.refusals["touched_no_memory"] == 1 and s.ram.resident_pages() == 0
     with pytest.raises(LimitReached):
         for i in range(100):
-            d.table.negotiate(f"g{i}", 64 * GIB, 4096, F.mask(F.REPORTING), 0, 32)
+            d.table.negotiate(Negotiation(f"g{i}", 64 * GIB, 4096, F.mask(F.REPORTING), 0))
     assert d.metrics.turned_away["no_room"] == 1
 
 
