@@ -32,16 +32,8 @@ GIB = 1 << 30
 # Knobs of the workload itself: the baseline runs with them too, so that a
 # combination is compared with `none` under the same load.
 WORKLOAD_KNOBS = ("speed", "rate")
-# Knobs a sweep may vary: the guest flag each sets.
-KNOBS = {
-    "policy": "--policy",
-    "reporting-order": "--reporting-order",
-    "delay": "--delay",
-    "capacity": "--capacity",
-    "threshold": "--threshold",
-    "rate": "--rate",
-    "speed": "--speed",
-}
+# Knobs a sweep may vary (pagehint/cli/sweep.py turns each into its config field).
+KNOBS = ("policy", "reporting-order", "delay", "capacity", "threshold", "rate", "speed")
 # Knobs only one built-in policy reads. The other's runs would repeat each other
 # (bitmap has no delay; reporting no threshold), so they are not varied for it:
 # it runs once per setting of the other knobs. A policy of your own gets them all.
@@ -108,14 +100,16 @@ COLUMNS = [
 @dataclass(frozen=True)
 class SweepConfig:
     grid: dict[str, tuple[str, ...]]  # knob -> values
-    workload_args: tuple[str, ...]  # --workload W | --scenario F | --trace F (+ its flags)
-    ram: str | None  # None: the guest's default (with --trace, what covers the trace)
+    # Every run's guest flags but its host, id, seed and files, by combo_label of its
+    # combination (the baselines' too): made once, from the run's checked GuestConfig.
+    guest_args: dict[str, tuple[str, ...]]
     duration: float
     repeat: int
     parallel: int
     backend: str
     out: Path
-    extra_guest_args: tuple[str, ...] = ()
+    ram: str | None = None  # as given (the report says it); None: the guest's default
+    workload: tuple[str, ...] = ()  # what every run runs, as flags (the report says it)
 
 
 @dataclass
@@ -158,6 +152,13 @@ def combinations(grid: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
         if combo not in out:
             out.append(combo)
     return out
+
+
+def baselines(combos: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The `none` runs the combinations are compared with: one per setting of the
+    workload's own knobs (WORKLOAD_KNOBS) among them."""
+    loads = dict.fromkeys(Run(c, 0).load for c in combos)
+    return [{"policy": "none", **dict(load)} for load in loads]
 
 
 def not_applied(grid: dict[str, tuple[str, ...]]) -> list[str]:
@@ -280,12 +281,7 @@ def run_sweep(
     cfg.out.mkdir(parents=True, exist_ok=True)
     combos = combinations(cfg.grid)
     # The baselines first (one per seed and workload-knob setting), then the grid.
-    loads = list(dict.fromkeys(Run(c, 0).load for c in combos))
-    todo = [
-        Run({"policy": "none", **dict(load)}, seed, baseline=True)
-        for load in loads
-        for seed in range(cfg.repeat)
-    ]
+    todo = [Run(c, seed, baseline=True) for c in baselines(combos) for seed in range(cfg.repeat)]
     todo += [Run(c, seed) for c in combos for seed in range(cfg.repeat)]
     done: list[Run] = []
     interrupted = False
@@ -300,14 +296,9 @@ def run_sweep(
             procs = []
             for i, run in enumerate(batch, start):
                 name = f"run{i:03d}"
-                args = ["--host", addr, "--id", f"sweep-{i:03d}"]
-                if cfg.ram is not None:
-                    args += ["--ram", cfg.ram]
-                args += ["--seed", str(run.seed), "--duration", f"{cfg.duration:g}"]
+                args = ["--host", addr, "--id", f"sweep-{i:03d}", "--seed", str(run.seed)]
                 args += ["--timeline", str(cfg.out / f"{name}.timeline.jsonl")]
-                args += [*cfg.workload_args, *cfg.extra_guest_args]
-                for knob, value in run.combo.items():
-                    args += [KNOBS[knob], value]
+                args += cfg.guest_args[combo_label(run.combo)]
                 procs.append((run, name, group.start_guest(args, name)))
             for run, name, p in procs:
                 try:
@@ -339,7 +330,7 @@ def _report(cfg: SweepConfig, done: list[Run], planned: int, interrupted: bool) 
     tradeoff = plot_tradeoff([flat(r) for r in rows], cfg.out / "tradeoff.png")
     report: SweepReport = {
         "grid": {k: list(v) for k, v in cfg.grid.items()},
-        "workload": list(cfg.workload_args),
+        "workload": list(cfg.workload),
         "ram": cfg.ram,
         "duration_s": cfg.duration,
         "repeat": cfg.repeat,

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from guest.hinting.plugin import parse_policies
 from guest.workloads.scenario import load_scenario, resolve_scenario
 from lab.plot import files_line
-from lab.sweep import KNOBS, SweepConfig, as_json, combinations, format_sweep, run_sweep
+from lab.sweep import (
+    KNOBS,
+    SweepConfig,
+    as_json,
+    baselines,
+    combinations,
+    combo_label,
+    format_sweep,
+    run_sweep,
+)
 from pagehint.cli.options import out_help, run_folder, scenario_help, workload_help
 from pagehint.cli.support import (
     Subparsers,
@@ -21,7 +33,7 @@ from pagehint.cli.support import (
     parse_ram,
     positive_float,
 )
-from pagehint.config import BACKENDS, WORKLOADS
+from pagehint.config import BACKENDS, WORKLOADS, GuestConfig
 from pagehint.errors import UsageError
 from pagehint.logging import make_logger
 from pagehint.units import parse_seconds
@@ -90,24 +102,82 @@ def parse_grid(sets: list[str]) -> dict[str, tuple[str, ...]]:
     return grid
 
 
-def _check_values(
-    grid: dict[str, tuple[str, ...]], ram: str | None, workload_args: list[str]
-) -> None:
-    """Each combination's guest flags, checked by the guest's own parser now."""
+@dataclass(frozen=True)
+class Knob:
+    """A knob a sweep may vary: the guest flag that sets it, how its text is read
+    (as the guest's own flag reads it), and the config field it sets."""
+
+    flag: str
+    read: Callable[[str], Any]
+    field: tuple[str, ...]  # ("delay",) on GuestConfig; ("hinting", "delay") inside it
+
+
+def _speed(text: str) -> float | None:
+    return None if text == "max" else float(text)
+
+
+KNOB_FIELDS = {
+    "policy": Knob("--policy", str, ("hinting", "policy")),  # checked by parse_grid
+    "reporting-order": Knob("--reporting-order", int, ("hinting", "order")),
+    "delay": Knob("--delay", parse_seconds, ("hinting", "delay")),
+    "capacity": Knob("--capacity", int, ("hinting", "capacity")),
+    "threshold": Knob("--threshold", int, ("hinting", "threshold")),
+    "rate": Knob("--rate", float, ("rate",)),
+    "speed": Knob("--speed", _speed, ("trace", "speed")),
+}
+assert tuple(KNOB_FIELDS) == KNOBS  # the lab's names, each given its field here
+
+
+def with_knob(cfg: GuestConfig, knob: str, text: str) -> GuestConfig:
+    """``cfg`` with one knob set (dataclasses.replace: the config checks itself)."""
+    k = KNOB_FIELDS[knob]
+    value: Any = convert(text, k.read, k.flag)
+    if len(k.field) == 1:
+        return dataclasses.replace(cfg, **{k.field[0]: value})
+    outer, name = k.field
+    inner: Any = getattr(cfg, outer)
+    if inner is None:  # --speed without --trace
+        raise UsageError(f"{k.flag} is for --{outer}: give --{outer} FILE too")
+    return dataclasses.replace(cfg, **{outer: dataclasses.replace(inner, **{name: value})})
+
+
+def knob_args(cfg: GuestConfig, knobs: Iterable[str]) -> list[str]:
+    """The guest flags that give ``cfg``'s values of ``knobs``."""
+    args: list[str] = []
+    for knob in knobs:
+        k = KNOB_FIELDS[knob]
+        value: object = cfg
+        for name in k.field:
+            value = getattr(value, name)
+        text = "max" if value is None else f"{value:g}" if isinstance(value, float) else value
+        args += [k.flag, str(text)]
+    return args
+
+
+def guest_args(
+    grid: dict[str, tuple[str, ...]], base_args: list[str]
+) -> dict[str, tuple[str, ...]]:
+    """Each run's guest flags, by combination: the common flags parsed once by the
+    guest's own parser into a GuestConfig, each combination's knobs set on it with
+    dataclasses.replace (checked there), and the knobs turned back into flags."""
     from pagehint.cli import guest as guest_command
     from pagehint.cli.support import RaisingParser
 
     # The guest's own flags and checks, without the whole CLI above the lab.
     parser = RaisingParser(prog="pagehint")
     guest_command.add_parser(parser.add_subparsers(parser_class=RaisingParser), {})
-    for combo in combinations(grid):
-        args = ["guest", *(["--ram", ram] if ram else []), "--duration", "1", *workload_args]
-        for knob, value in combo.items():
-            args += [KNOBS[knob], value]
+    base = guest_command.config_from_args(parser.parse_args(["guest", *base_args]))
+    out: dict[str, tuple[str, ...]] = {}
+    combos = combinations(grid)
+    for combo in baselines(combos) + combos:
+        cfg = base
         try:
-            guest_command.config_from_args(parser.parse_args(args))
+            for knob, text in combo.items():
+                cfg = with_knob(cfg, knob, text)
         except UsageError as e:
             raise UsageError(f"--set: {e}") from None
+        out[combo_label(combo)] = (*base_args, *knob_args(cfg, combo))
+    return out
 
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -145,12 +215,14 @@ def config_from_args(a: argparse.Namespace) -> SweepConfig:
         combos *= len(values)
     if repeat * combos > MAX_RUNS:
         raise UsageError(f"the grid makes {repeat * combos} runs: at most {MAX_RUNS}")
-    _check_values(grid, ram, workload_args)
+    duration = convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration")
+    base = [*(["--ram", ram] if ram else []), "--duration", f"{duration:g}", *workload_args]
     return SweepConfig(
         grid=grid,
-        workload_args=tuple(workload_args),
+        guest_args=guest_args(grid, base),
         ram=ram,
-        duration=convert(a.duration, lambda s: positive_float(str(parse_seconds(s))), "--duration"),
+        workload=tuple(workload_args),
+        duration=duration,
         repeat=repeat,
         parallel=convert(a.parallel, int_in(1, 64), "--parallel"),
         backend=choice(str(a.backend), BACKENDS, "--backend"),
