@@ -3,7 +3,7 @@ dict-per-order buddy (bench/reference/plain_buddy.py) on the same states.
 
 States: ``compact`` (the lowest half of RAM allocated page by page),
 ``random`` (each page allocated with probability 1/2), both at 1 GiB and
-64 GiB, built with guest.mm.bulk (seconds, not the minute page-by-page
+64 GiB, built with lab.bulk (seconds, not the minute page-by-page
 allocation takes); ``cascade`` (all of 1 GiB free: every pair splits a 4 MiB
 block down to one page and merges it back, ten levels each way). Each pair
 allocates one page and frees a held page drawn in advance (the victims are the
@@ -26,8 +26,8 @@ from typing import Any, Protocol
 from bench.common import Machine, goal_line, interleave, median
 from bench.reference.plain_buddy import PlainBuddy
 from guest.mm import BuddyAllocator
-from guest.mm.bulk import allocated_pfns, compact_occupancy, random_occupancy, with_allocated_pages
 from guest.mm.zone import Zone
+from lab.bulk import allocated_pfns, compact_occupancy, random_occupancy, with_allocated_pages
 
 PAIRS = 200_000
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))

@@ -99,6 +99,15 @@ class BalloonDevice:
             log=self.log,
         )
 
+    def open_session(
+        self, offer: codec.Negotiation, identity: str | None = None, peer: str = ""
+    ) -> codec.Accepted:
+        """A negotiation, whatever carried it (gRPC, or lab/loopback.py in one
+        process): the session opened (SessionTable.negotiate, which raises
+        NegotiationError or SessionKilled) and the answer for it."""
+        s, fence = self.table.negotiate(offer, identity, peer)
+        return self.accepted(s, fence)
+
     def accepted(self, s: Session, fence: Fence | None) -> codec.Accepted:
         """The negotiation's answer for a new session."""
         return codec.Accepted(

@@ -33,6 +33,11 @@ Context = codec.Context
 R = TypeVar("R")
 
 
+def status_of(e: NegotiationError) -> grpc.StatusCode:
+    """The status a refused negotiation is answered with (any transport's)."""
+    return next(c for cls, c in _STATUS_OF if isinstance(e, cls))
+
+
 _STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     # Never fits this host, however long the guest waits: final, not retried.
     (TooBig, grpc.StatusCode.FAILED_PRECONDITION),
@@ -89,15 +94,14 @@ class BalloonService:
         n = codec.decode_negotiate(request)
         identity = await self.gate.identity(context, n.guest_id)
         try:
-            s, fence = self.device.table.negotiate(
+            accepted = self.device.open_session(
                 n, identity, peer=peer_address(str(context.peer() or ""))
             )
         except NegotiationError as e:
-            code = next(c for cls, c in _STATUS_OF if isinstance(e, cls))
-            await abort(context, code, str(e))
+            await abort(context, status_of(e), str(e))
         except SessionKilled as e:
             await abort(context, grpc.StatusCode.ABORTED, str(e))
-        return codec.encode_accepted(self.device.accepted(s, fence))
+        return codec.encode_accepted(accepted)
 
     async def Reporting(
         self,

@@ -221,12 +221,6 @@ def decode_accepted(m: pb.NegotiateReply) -> Accepted:
 # ---- Reporting stream ------------------------------------------------------------
 
 
-def encode_chain(chain_id: int, ranges: Sequence[Range]) -> pb.GuestMessage:
-    return pb.GuestMessage(
-        chain=pb.Chain(id=chain_id, pfn=[p for p, _ in ranges], order=[o for _, o in ranges])
-    )
-
-
 def encode_chain_msg(c: ChainMsg) -> pb.GuestMessage:
     return pb.GuestMessage(chain=pb.Chain(id=c.id, pfn=c.pfns, order=c.orders))
 
@@ -234,12 +228,6 @@ def encode_chain_msg(c: ChainMsg) -> pb.GuestMessage:
 def encode_touched_msg(t: TouchedMsg) -> pb.GuestMessage:
     return pb.GuestMessage(
         touched=pb.Touched(pfn=t.pfns, count=t.counts, seq=t.seq, evict_ack=t.evict_ack)
-    )
-
-
-def encode_touched(runs: Sequence[tuple[int, int]], seq: int = 0) -> pb.GuestMessage:
-    return pb.GuestMessage(
-        touched=pb.Touched(pfn=[p for p, _ in runs], count=[c for _, c in runs], seq=seq)
     )
 
 

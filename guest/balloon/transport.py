@@ -68,7 +68,8 @@ def why(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-_REFUSALS = {
+# A refused negotiation's statuses that are final (NegotiationRefused), any transport's.
+REFUSALS = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
@@ -150,7 +151,7 @@ class GrpcTransport:
                 codec.encode_negotiate(n), timeout=timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as e:
-            if e.code() in _REFUSALS:
+            if e.code() in REFUSALS:
                 raise NegotiationRefused(why(e)) from None
             raise TransportError(why(e)) from None
         return codec.decode_accepted(reply)

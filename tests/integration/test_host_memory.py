@@ -12,6 +12,7 @@ import grpc
 import grpc.aio
 
 from tests.integration.procs import Procs, run_cli, wait_until
+from tests.wire import encode_touched
 from virtqueue import codec
 from virtqueue import features as F
 
@@ -27,7 +28,7 @@ async def _two_guests_one_killed(addr: str) -> tuple[grpc.aio.AioRpcError, codec
             acc = codec.decode_accepted(await stub.Negotiate(codec.encode_negotiate(n), timeout=5))
             assert acc.host_memory
             call = stub.Reporting(metadata=((codec.SESSION_KEY, acc.session),))
-            await call.write(codec.encode_touched([(0, pages)], seq=1))
+            await call.write(encode_touched([(0, pages)], seq=1))
             got = codec.decode_used(cast(codec.Used, await call.read()))
             assert isinstance(got, codec.NoticeMsg) and got.touch_seq == 1
             calls.append(call)
@@ -101,7 +102,7 @@ async def _killed_by_its_own_touch(addr: str) -> tuple[grpc.aio.AioRpcError, grp
             acc = codec.decode_accepted(await stub.Negotiate(codec.encode_negotiate(n), timeout=5))
             call = stub.Reporting(metadata=((codec.SESSION_KEY, acc.session),))
             for i, p in enumerate(range(0, pages, 512)):
-                await call.write(codec.encode_touched([(p, 512)], seq=i + 1))
+                await call.write(encode_touched([(p, 512)], seq=i + 1))
             calls.append(call)
             sessions.append(acc.session)
         try:

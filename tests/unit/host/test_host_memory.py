@@ -17,6 +17,7 @@ from host.metrics import host_metrics
 from host.server import HostServer, _listening_line
 from pagehint.config import ConfigError, HostConfig
 from pagehint.metrics import FnCollector
+from tests.wire import encode_chain, encode_touched
 from virtqueue import codec
 from virtqueue import features as F
 
@@ -95,11 +96,11 @@ async def test_a_touch_is_answered_with_its_cost_and_others_hear_of_their_evicti
     b = await _negotiate(stub, "b")
     call_a = stub.Reporting(metadata=((codec.SESSION_KEY, a.session),))
     call_b = stub.Reporting(metadata=((codec.SESSION_KEY, b.session),))
-    await call_a.write(codec.encode_touched([(0, 16384)], seq=1))  # all of a's 64 MiB
+    await call_a.write(encode_touched([(0, 16384)], seq=1))  # all of a's 64 MiB
     assert await _notice(call_a) == codec.NoticeMsg([], 1, 0, 0, 16384)
     # b's 64 MiB push the host 32 MiB over: a's 16 oldest chunks go to swap, and b,
     # whose faults forced the writes, waits for them
-    await call_b.write(codec.encode_touched([(0, 16384)], seq=1))
+    await call_b.write(encode_touched([(0, 16384)], seq=1))
     n = await _notice(call_b)
     assert (n.touch_seq, n.major, n.minor, n.evicted) == (1, 0, 16384, [])
     assert n.delay_us == round(8192 * 1e-4 * 1e6)
@@ -107,7 +108,7 @@ async def test_a_touch_is_answered_with_its_cost_and_others_hear_of_their_evicti
     assert await _notice(call_a) == codec.NoticeMsg([(0, 8192)], 0, 0, 0, 0)
     # a touches a swapped chunk: 512 major faults, and the coldest chunk (a's next)
     # goes out to make room: both on a's bill
-    await call_a.write(codec.encode_touched([(0, CHUNK)], seq=2))
+    await call_a.write(encode_touched([(0, CHUNK)], seq=2))
     n = await _notice(call_a)
     assert (n.touch_seq, n.major, n.minor, n.evicted) == (2, CHUNK, 0, [(8192, CHUNK)])
     assert n.delay_us == round(CHUNK * 1e-3 * 1e6 + CHUNK * 1e-4 * 1e6)
@@ -141,11 +142,11 @@ async def test_the_oom_killer_ends_the_largest_guest_aborted_with_its_reason(
     b = await _negotiate(stub, "b")
     call_a = stub.Reporting(metadata=((codec.SESSION_KEY, a.session),))
     call_b = stub.Reporting(metadata=((codec.SESSION_KEY, b.session),))
-    await call_a.write(codec.encode_touched([(0, 16384)], seq=1))
+    await call_a.write(encode_touched([(0, 16384)], seq=1))
     await _notice(call_a)
     # b's 60 MiB: 16 MiB of a's go to swap, which is then full; a scores 64 MiB (48
     # resident, 16 swapped) against b's 60: a is killed
-    await call_b.write(codec.encode_touched([(0, 15360)], seq=1))
+    await call_b.write(encode_touched([(0, 15360)], seq=1))
     n = await _notice(call_b)
     assert n.touch_seq == 1 and n.minor == 15360
     with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -194,12 +195,12 @@ async def test_an_older_guest_is_counted_never_swapped_and_sent_no_notice(
     new = await _negotiate(stub, "new")
     call_old = stub.Reporting(metadata=((codec.SESSION_KEY, old.session),))
     call_new = stub.Reporting(metadata=((codec.SESSION_KEY, new.session),))
-    await call_old.write(codec.encode_touched([(0, 16384)]))  # oldest faults, unswappable
-    await call_new.write(codec.encode_touched([(0, 16384)], seq=1))
+    await call_old.write(encode_touched([(0, 16384)]))  # oldest faults, unswappable
+    await call_new.write(encode_touched([(0, 16384)], seq=1))
     n = await _notice(call_new)
     # 4 MiB of overhead + 128 MiB on 96: new's own oldest 36 MiB go
     assert n.evicted == [(0, 9216)]
-    await call_old.write(codec.encode_chain(1, [(0, 9)]))
+    await call_old.write(encode_chain(1, [(0, 9)]))
     used = codec.decode_used(
         cast(codec.Used, await call_old.read())
     )  # the chain's answer, no Notice first

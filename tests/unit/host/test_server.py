@@ -12,6 +12,7 @@ import pytest
 
 from host.server import HostServer
 from pagehint.config import HostConfig
+from tests.wire import encode_chain, encode_touched
 from virtqueue import codec
 from virtqueue import features as F
 
@@ -52,8 +53,8 @@ async def test_a_chain_is_discarded_answered_and_counted(
     assert acc.session and acc.backend == "sim" and F.has(acc.features, F.REPORTING)
     call = stub.Reporting(metadata=((codec.SESSION_KEY, acc.session),))
     # The guest's pages are resident once touched; the chain gives two 2 MiB blocks back.
-    await call.write(codec.encode_touched([(0, 2048)]))
-    await call.write(codec.encode_chain(1, [(0, 9), (512, 9)]))
+    await call.write(encode_touched([(0, 2048)]))
+    await call.write(encode_chain(1, [(0, 9), (512, 9)]))
     used = codec.decode_used(await call.read())  # type: ignore[arg-type]
     assert used.id == 1 and used.status == codec.DONE and used.discarded_pages == 1024
     assert used.resident_bytes == 4 * MIB
@@ -85,7 +86,7 @@ async def test_an_empty_message_is_counted_and_the_stream_goes_on(
     acc = codec.decode_accepted(await stub.Negotiate(_negotiation(), timeout=5))
     call = stub.Reporting(metadata=((codec.SESSION_KEY, acc.session),))
     await call.write(codec.GuestMessage())
-    await call.write(codec.encode_chain(7, [(0, 9)]))
+    await call.write(encode_chain(7, [(0, 9)]))
     used = codec.decode_used(await call.read())  # type: ignore[arg-type]
     assert used.id == 7 and used.status == codec.DONE
     assert server.device.metrics.refusals["malformed"] == 1

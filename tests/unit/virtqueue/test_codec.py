@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from tests.wire import encode_chain, encode_touched
 from virtqueue import codec
 from virtqueue import features as F
 
 
 def test_chain_roundtrip_uses_packed_parallel_arrays() -> None:
     ranges = [(512, 9), (1024, 10), (7, 0)]
-    msg = codec.encode_chain(42, ranges)
+    msg = encode_chain(42, ranges)
     decoded = codec.decode_guest_message(msg)
     assert isinstance(decoded, codec.ChainMsg)
     assert decoded.id == 42
@@ -16,7 +17,7 @@ def test_chain_roundtrip_uses_packed_parallel_arrays() -> None:
 
 
 def test_touched_and_used_roundtrip() -> None:
-    decoded = codec.decode_guest_message(codec.encode_touched([(0, 512), (4096, 1)]))
+    decoded = codec.decode_guest_message(encode_touched([(0, 512), (4096, 1)]))
     assert isinstance(decoded, codec.TouchedMsg)
     assert list(decoded.pfns) == [0, 4096] and list(decoded.counts) == [512, 1]
     used = codec.UsedMsg(7, 1024, codec.DISCARD_FAILED, "discard_failed", "EIO", 5, 4096)
@@ -54,7 +55,7 @@ def test_feature_bits_follow_virtio_numbering() -> None:
         5,
     )
     assert F.describe(F.mask(F.REPORTING, F.PAGE_POISON)) == "PAGE_POISON,REPORTING"
-    assert codec.decode_guest_message(codec.encode_chain(1, [])) is not None
+    assert codec.decode_guest_message(encode_chain(1, [])) is not None
 
 
 # ---- issue 23: the host's memory model on the wire ------------------------------------
@@ -75,7 +76,7 @@ def test_touched_carries_its_batch_number() -> None:
     decoded = codec.decode_guest_message(codec.encode_touched_msg(t))
     assert isinstance(decoded, codec.TouchedMsg)
     assert (list(decoded.pfns), list(decoded.counts), decoded.seq) == ([0, 4096], [512, 1], 7)
-    old_style = codec.decode_guest_message(codec.encode_touched([(3, 1)]))
+    old_style = codec.decode_guest_message(encode_touched([(3, 1)]))
     assert isinstance(old_style, codec.TouchedMsg) and old_style.seq == 0
     assert codec.TouchedMsg([1], [1]).seq == 0
 

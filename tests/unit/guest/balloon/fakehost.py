@@ -134,10 +134,9 @@ class FakeHost:
             raise TransportError("UNAVAILABLE: host down")
         self.negotiations.append(n)
         try:
-            s, fence = self.device.table.negotiate(n)
+            acc = self.device.open_session(n)
         except NegotiationError as e:
             raise NegotiationRefused(f"INVALID_ARGUMENT: {e}") from None
-        acc = self.device.accepted(s, fence)
         return dataclasses.replace(
             acc,
             host_memory=self.host_memory and n.host_memory,

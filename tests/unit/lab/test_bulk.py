@@ -1,4 +1,4 @@
-"""guest.mm.bulk builds exactly the state page-by-page allocation reaches."""
+"""lab.bulk builds exactly the state page-by-page allocation reaches."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guest.mm import AllocatorError, BuddyAllocator
-from guest.mm.bulk import (
+from guest.mm.check import check_invariants
+from guest.mm.procfs import buddyinfo
+from lab.bulk import (
     allocated_pfns,
     compact_occupancy,
     random_occupancy,
     with_allocated_pages,
 )
-from guest.mm.check import check_invariants
-from guest.mm.procfs import buddyinfo
 
 RAM = 64 << 20
 

@@ -1,0 +1,164 @@
+"""A guest and a host in one process: the guest's Transport over a real host
+device, with no network between them (as httpx ships ``MockTransport``).
+
+``LoopbackTransport(device)`` is what ``BalloonDriver(..., transport=...)``
+takes instead of gRPC. Everything past the wire is the host's own code: a
+negotiation is ``BalloonDevice.open_session`` (the table's checks, fencing,
+quotas, the host's memory model), a Reporting stream is the host's
+``ReportingQueue`` fed the same protobuf messages gRPC would carry (checked,
+discarded, answered in order; with the memory model, Notices of evictions), and
+the answers are decoded as the gRPC transport decodes them. Refusals come back
+as the gRPC transport raises them (NegotiationRefused when final, else
+TransportError, both "STATUS: detail"). What it leaves out is the network:
+no serialization cost on a socket, no deadlines, no TLS, no tokens.
+
+Tests, benches and anyone who wants guest and host in one process use it::
+
+    device = BalloonDevice(SimBackend())
+    driver = BalloonDriver(cfg, mm, log, transport=LoopbackTransport(device))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from guest.balloon.transport import REFUSALS, NegotiationRefused, Stream, TransportError
+from host.device import BalloonDevice
+from host.figures import guest_figures, own_figures
+from host.queue import ReportingQueue
+from host.service import status_of
+from host.sessions import NegotiationError, Session, SessionError, SessionKilled
+from virtqueue import codec
+from virtqueue.codec import (
+    Accepted,
+    ChainMsg,
+    HostFigures,
+    Negotiation,
+    NoticeMsg,
+    TouchedMsg,
+    UsedMsg,
+)
+
+
+class LoopbackStream:
+    """One Reporting stream: the guest's messages go through the host's queue as
+    protobuf messages, and its answers come back decoded."""
+
+    def __init__(self, queue: ReportingQueue, session: Session) -> None:
+        self._to_host: asyncio.Queue[codec.GuestMessage | None] = asyncio.Queue()
+        self._to_guest: asyncio.Queue[UsedMsg | NoticeMsg | BaseException | None] = asyncio.Queue()
+        self._session = session
+        self._closed = False
+        session.streams += 1
+        self._task = asyncio.get_running_loop().create_task(
+            self._serve(queue, session), name=f"loopback-{session.guest_id}"
+        )
+        session.stream_tasks.add(self._task)
+
+    async def _requests(self) -> AsyncIterator[codec.GuestMessage | codec.Malformed]:
+        while (msg := await self._to_host.get()) is not None:
+            yield msg
+
+    async def _serve(self, queue: ReportingQueue, session: Session) -> None:
+        """The host's side, as host/service.py's Reporting handler ends a stream."""
+        end: BaseException | None = None
+        try:
+            answers = (
+                queue.with_notices(session, self._requests())
+                if session.host_memory
+                else queue.answers(session, self._requests())
+            )
+            async for used in answers:
+                self._to_guest.put_nowait(codec.decode_used(used))
+        except asyncio.CancelledError:
+            if not session.ended:
+                raise
+        except codec.Undecodable as e:
+            end = TransportError(f"INVALID_ARGUMENT: {e}")
+        finally:
+            session.streams -= 1
+            session.stream_tasks.discard(self._task)
+            if session.killed:
+                end = TransportError(f"ABORTED: {session.killed}")
+            elif session.ended and end is None:
+                end = TransportError("UNAUTHENTICATED: session ended; negotiate again")
+            self._to_guest.put_nowait(end)
+
+    async def write(self, msg: ChainMsg | TouchedMsg) -> None:
+        if self._closed or self._task.done():
+            raise TransportError("UNAVAILABLE: the stream is closed")
+        if isinstance(msg, ChainMsg):
+            self._to_host.put_nowait(codec.encode_chain_msg(msg))
+        else:
+            self._to_host.put_nowait(codec.encode_touched_msg(msg))
+        await asyncio.sleep(0)  # the host's turn, as a write to a socket would give it
+
+    async def read(self) -> UsedMsg | NoticeMsg | None:
+        item = await self._to_guest.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        """The guest is done with the stream: the host sees it end."""
+        if not self._closed:
+            self._closed = True
+            self._to_host.put_nowait(None)
+            self._to_guest.put_nowait(None)
+
+
+class LoopbackTransport:
+    """The guest's Transport to ``device`` in the same process (see the module's doc)."""
+
+    def __init__(
+        self, device: BalloonDevice, identity: str | None = None, latency: float = 0.0
+    ) -> None:
+        self.device = device
+        self.queue = ReportingQueue(device, latency)
+        # Who the guest proved to be (a certificate's name), if the host checks it.
+        self.identity = identity
+        self.streams: list[LoopbackStream] = []
+
+    async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
+        await asyncio.sleep(0)
+        try:
+            return self.device.open_session(n, self.identity, peer="loopback")
+        except NegotiationError as e:
+            code = status_of(e)
+            error = NegotiationRefused if code in REFUSALS else TransportError
+            raise error(f"{code.name}: {e}") from None
+        except SessionKilled as e:
+            raise TransportError(f"ABORTED: {e}") from None
+
+    def open_stream(self, session: str) -> Stream:
+        try:
+            s = self.device.table.session(session)
+        except SessionError as e:
+            raise TransportError(f"UNAUTHENTICATED: {e}") from None
+        stream = LoopbackStream(self.queue, s)
+        self.streams.append(stream)
+        return stream
+
+    async def stats(self, session: str, timeout: float) -> HostFigures:
+        await asyncio.sleep(0)
+        try:
+            s = self.device.table.session(session)
+        except SessionError as e:
+            raise TransportError(f"UNAUTHENTICATED: {e}") from None
+        # Its own figures only, as the gRPC transport asks.
+        return own_figures(self.device, guest_figures(s))
+
+    async def close_session(self, session: str, timeout: float) -> None:
+        await asyncio.sleep(0)
+        if session in self.device.table.sessions:
+            self.device.table.end(session, "closed by the guest")
+
+    async def aclose(self) -> None:
+        for stream in self.streams:
+            stream.cancel()
+        for stream in self.streams:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await stream._task
+        self.streams.clear()
