@@ -70,7 +70,7 @@ async def measure(addr: str) -> dict[str, Any]:
         hinting=HintingConfig(policy="reporting", delay=0.0, order=9),
     )
     mm = BuddyAllocator(RAM)
-    driver = BalloonDriver(cfg, mm, lambda _m: None)
+    driver = BalloonDriver(cfg, mm)
     await driver.start()
     assert driver.accepted is not None and driver.accepted.backend == "shm"
     fd = os.open(driver.accepted.shm_path, os.O_RDWR)

@@ -98,7 +98,7 @@ async def _pagehint_clients(
             guest_id=f"bench{n}-{i}",
             hinting=HintingConfig(capacity=RANGES),
         )
-        d = BalloonDriver(cfg, BuddyAllocator(cfg.ram_bytes), lambda _m: None)
+        d = BalloonDriver(cfg, BuddyAllocator(cfg.ram_bytes))
         await d.start()
         drivers.append(d)
 

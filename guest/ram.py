@@ -31,6 +31,7 @@ guest's own RAM folder (docs/architecture.md, "Who trusts what").
 from __future__ import annotations
 
 import fcntl
+import logging
 import mmap
 import os
 import re
@@ -44,6 +45,8 @@ from typing import NamedTuple, Protocol
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from pagehint.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 STAMP = struct.Struct("<QIIQ")  # pfn, generation, guest tag, magic
 MAGIC = 0x5041474548494E54  # "PAGEHINT"
@@ -242,7 +245,6 @@ class SharedRam:
         mm: BuddyAllocator,
         guest_id: str,
         poison: int | None,
-        log: Callable[[str], None],
         *,
         folder: str,
     ) -> None:
@@ -252,7 +254,6 @@ class SharedRam:
         self.size = mm.ram_bytes
         self.tag = zlib.crc32(guest_id.encode())
         self.poison = poison
-        self.log = log
         self.generation = 0
         self.gen_of: dict[int, int] = {}  # allocated block head -> generation
         self.poisoned = bytearray(mm.nr_pages)  # 1: page was filled with poison when freed
@@ -353,7 +354,7 @@ class SharedRam:
                 if m[off : off + PAGE_SIZE] != self._poison_page:
                     self.poison_errors += 1
                     if self.poison_errors <= LOG_FIRST:
-                        self.log(
+                        log.info(
                             f"poison broken on free frame {p:#x}: its contents changed while free"
                         )
             pack(m, off, p, gen, tag, MAGIC)
@@ -385,7 +386,7 @@ class SharedRam:
             if unpack(m, off) != (p, gen, self.tag, MAGIC):
                 self.data_loss_pages += 1
                 if self.data_loss_pages <= LOG_FIRST:
-                    self.log(f"DATA LOSS: frame {p:#x} lost its contents while allocated")
+                    log.info(f"DATA LOSS: frame {p:#x} lost its contents while allocated")
 
     def fault_in_all(self, mm: BuddyAllocator) -> int:
         """Before check_all with a gate: touch every allocated block the host does not
@@ -403,7 +404,7 @@ class SharedRam:
             # The host never settled them (gone, or it killed us): its holes would
             # read as losses that are not the guest's to count.
             self.final_check_skipped = len(self._deferred)
-            self.log(
+            log.info(
                 f"final page check skipped: {len(self._deferred)} accesses still wait "
                 "for the host to bring their frames back"
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +32,8 @@ from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
 from pagehint.schema import Event, GuestSummary, TimelineRow, encode
 from pagehint.stats import percentiles
+
+log = logging.getLogger(__name__)
 
 TIMELINE_PERIOD = 0.1  # seconds between periodic timeline rows (besides event rows)
 # Acknowledgement rows: at most one per this many seconds (100/s). Acks closer
@@ -97,19 +100,17 @@ class GuestRuntime:
         cfg: GuestConfig,
         device: ReportingDevice | None = None,
         scenario: Scenario | None = None,
-        log: Callable[[str], None] | None = None,
         mm: BuddyAllocator | None = None,
     ) -> None:
         self.cfg = cfg
         self.mm = mm if mm is not None else BuddyAllocator(cfg.ram_bytes)
         self.memory = GuestMemory(self.mm)
-        self.log = log or (lambda _msg: None)
         if scenario is None and cfg.scenario is not None:
             scenario = load_scenario(cfg.scenario)
         self.scenario = scenario
         self._out: IO[str] | None = None
         self.ctx = WorkloadContext(self.memory, seed=cfg.seed, on_mark=self._on_mark)
-        self.policy: Policy = make_policy(cfg.hinting, self.mm, device, log=self.log)
+        self.policy: Policy = make_policy(cfg.hinting, self.mm, device)
         self.started = time.monotonic()
         # What the run reads of its host (the service gives one: guest/service.py).
         self.host: HostReadings = NoHost()
@@ -131,7 +132,7 @@ class GuestRuntime:
     def _on_mark(self, label: str) -> None:
         # A row of its own, at once: marks closer than a sampling period all show.
         self._emit(self.sample(mark=label, event="mark"))
-        self.log(f"mark {label} at {self.ctx.now():.2f}s")
+        log.info(f"mark {label} at {self.ctx.now():.2f}s")
 
     def _on_ack(self) -> None:
         # A row at every acknowledgement, with the host's figure right after it:
@@ -168,7 +169,7 @@ class GuestRuntime:
             self._out.flush()
         except OSError as e:
             # The run matters more than its timeline: say so once, stop writing.
-            self.log(f"--timeline: cannot write ({e.strerror}); no more timeline rows")
+            log.info(f"--timeline: cannot write ({e.strerror}); no more timeline rows")
             self.timeline_error = e.strerror or str(e)
             out, self._out = self._out, None
             with contextlib.suppress(OSError):
@@ -281,7 +282,7 @@ class GuestRuntime:
         limit = SETTLE_LIMIT if left is None else left
         if self.policy.idle() or self.ctx.stop.is_set() or limit <= 0:
             return
-        self.log(
+        log.info(
             f"the trace ended at {self.ctx.now():.2f}s; waiting (at most {limit:.1f}s) "
             f"for policy {self.cfg.hinting.policy} to report what it freed"
         )
@@ -290,7 +291,7 @@ class GuestRuntime:
             if not await self.ctx.sleep(min(SETTLE_POLL, deadline - time.monotonic())):
                 return
         waited = "idle" if self.policy.idle() else "still busy: stopping it"
-        self.log(f"policy {self.cfg.hinting.policy} {waited} at {self.ctx.now():.2f}s")
+        log.info(f"policy {self.cfg.hinting.policy} {waited} at {self.ctx.now():.2f}s")
 
     def summary(self) -> GuestSummary:
         st = self.policy.stats

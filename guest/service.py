@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import IO, Any
 
 from guest.balloon import BalloonDriver
@@ -27,31 +28,27 @@ from guest.runtime import GuestRuntime, HostFaults, add_host_faults
 from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
-from pagehint.logging import make_logger
+from pagehint.logging import log_as
 from pagehint.schema import GuestSummary
 from virtqueue.codec import Accepted
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
-async def serve_guest(
-    cfg: GuestConfig,
-    quiet: bool = False,
-    signals: StopSignals | None = None,
-    verbose: bool = False,
-) -> GuestSummary:
+async def serve_guest(cfg: GuestConfig, signals: StopSignals | None = None) -> GuestSummary:
     """Run one guest to its end; ``signals`` is shared by the guests of a group
-    (a lone guest installs its own)."""
+    (a lone guest installs its own). Its lines say whose they are (log_as: this
+    task and the ones it starts)."""
     if signals is None:
         signals = StopSignals()
         signals.install()
-    log = make_logger(f"guest[{cfg.guest_id}]", quiet, verbose, guest=cfg.guest_id)
+    log_as(f"guest[{cfg.guest_id}]", guest=cfg.guest_id)
     await signals.before_boot(cfg.start_delay)
     mm = BuddyAllocator(cfg.ram_bytes)
-    shm = _RamFollower(cfg, mm, log)
-    device, driver = await _device(cfg, mm, shm, signals, log)
+    shm = _RamFollower(cfg, mm)
+    device, driver = await _device(cfg, mm, shm, signals)
     try:
-        rt = GuestRuntime(cfg, device=device, log=log, mm=mm)
+        rt = GuestRuntime(cfg, device=device, mm=mm)
     except UsageError:  # e.g. the host's chains are too small for the policy
         if driver is not None:
             await driver.stop()
@@ -68,21 +65,21 @@ async def serve_guest(
         driver.view.report_log = reports
     signals.add(rt)
     try:
-        metrics = _start_metrics(cfg, rt, driver, log)
+        metrics = _start_metrics(cfg, rt, driver)
     except UsageError:
         signals.remove(rt)
         if driver is not None:
             await driver.stop()  # close the session we opened: nothing left behind
         raise
     where = "no host (loopback)" if cfg.host is None else f"host {cfg.host}"
-    log(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, {where}")
+    log.info(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, {where}")
     summary = await _run_then_close(rt, driver, signals, (metrics, reports), shm.ram)
-    _finish(cfg, rt, driver, shm.ram, summary, log)
+    _finish(cfg, rt, driver, shm.ram, summary)
     if driver is not None and driver.fatal is not None:
         # Its id taken, a RAM file refused, or killed by the host's OOM killer (exit
         # 3, with the summary: pagehint/cli/guest.py), mid-run: a failure, in one line.
         raise _with_summary(driver.fatal, summary)
-    log(
+    log.info(
         f"done: reported {summary['reported_bytes'] >> 20} MiB in {summary['chains']} chains, "
         f"host holds {(summary['host_resident_bytes'] or 0) >> 20} MiB"
     )
@@ -90,13 +87,13 @@ async def serve_guest(
 
 
 async def _device(
-    cfg: GuestConfig, mm: BuddyAllocator, shm: _RamFollower, signals: StopSignals, log: Log
+    cfg: GuestConfig, mm: BuddyAllocator, shm: _RamFollower, signals: StopSignals
 ) -> tuple[ReportingDevice, BalloonDriver | None]:
     """The reporting device: the balloon driver, connected, with --host; else a
     loopback device in the process."""
     if cfg.host is None:
         return LoopbackDevice(capacity=cfg.hinting.effective_capacity()), None
-    driver = BalloonDriver(cfg, mm, log)
+    driver = BalloonDriver(cfg, mm)
     shm.driver = driver
     driver.on_session.append(shm)
     try:
@@ -117,8 +114,8 @@ class _RamFollower:
     """The guest's real RAM (shm backend), following the host's sessions: mapped at
     the first one, moved to the new file when a later session names one."""
 
-    def __init__(self, cfg: GuestConfig, mm: BuddyAllocator, log: Log) -> None:
-        self.cfg, self.mm, self.log = cfg, mm, log
+    def __init__(self, cfg: GuestConfig, mm: BuddyAllocator) -> None:
+        self.cfg, self.mm = cfg, mm
         self.ram: SharedRam | None = None
         self.driver: BalloonDriver | None = None
 
@@ -132,13 +129,12 @@ class _RamFollower:
                     self.mm,
                     self.cfg.guest_id,
                     self.cfg.poison,
-                    self.log,
                     folder=self.cfg.shm_dir,
                 )
-                self.log(f"mapped guest RAM from {acc.shm_path}")
+                log.info(f"mapped guest RAM from {acc.shm_path}")
             else:
                 self.ram.move_to(acc.shm_path)
-                self.log(f"moved guest RAM to {acc.shm_path}")
+                log.info(f"moved guest RAM to {acc.shm_path}")
             self._gate(self.ram, acc)
         except RamFileRefused as e:
             # A host that names such a file is broken or hostile: the connection
@@ -269,7 +265,6 @@ def _finish(
     driver: BalloonDriver | None,
     ram: SharedRam | None,
     summary: GuestSummary,
-    log: Callable[[str], None],
 ) -> None:
     """After the run: the ack log, the host's figures, the final check of real RAM."""
     if cfg.ack_log:
@@ -278,7 +273,7 @@ def _finish(
                 f.writelines(f"{x:.4f}\n" for x in rt.policy.stats.ack_latency_ms)
         except OSError as e:
             # The run's results matter more than the log: say so, keep the summary.
-            log(f"--ack-log {cfg.ack_log}: cannot write: {e.strerror}")
+            log.info(f"--ack-log {cfg.ack_log}: cannot write: {e.strerror}")
             summary["ack_log_error"] = e.strerror
     summary["backend"] = "loopback" if driver is None else _host_figures(driver, summary)
     add_host_faults(rt, summary)
@@ -286,7 +281,7 @@ def _finish(
         if rt.oom_killed:
             # The host took the guest's memory with its session: nothing is left
             # of the guest's to check (a killed VM's RAM is gone too).
-            log("final page check skipped: the host's OOM killer took the guest's memory")
+            log.info("final page check skipped: the host's OOM killer took the guest's memory")
         else:
             ram.check_all(rt.mm)
         summary["data_loss_pages"] = ram.data_loss_pages
@@ -346,7 +341,7 @@ class StopSignals:
     def stop(self) -> None:
         self.requested.set()
         for rt in self.running:
-            rt.log("stopping on signal")
+            log.info("stopping on signal")
             self.stop_one(rt)
 
     @staticmethod
@@ -390,7 +385,7 @@ class StopSignals:
 
 
 def _start_metrics(
-    cfg: GuestConfig, rt: GuestRuntime, driver: BalloonDriver | None, log: Log
+    cfg: GuestConfig, rt: GuestRuntime, driver: BalloonDriver | None
 ) -> object | None:
     if cfg.metrics_port is None:
         return None
@@ -398,9 +393,9 @@ def _start_metrics(
     from pagehint.metrics import serve
 
     server, port = serve(lambda: guest_metrics(rt, driver), cfg.metrics_port, cfg.metrics_addr)
-    log(f"metrics on http://{cfg.metrics_addr}:{port}/metrics")
+    log.info(f"metrics on http://{cfg.metrics_addr}:{port}/metrics")
     return server
 
 
-def run_guest(cfg: GuestConfig, quiet: bool = False, verbose: bool = False) -> GuestSummary:
-    return event_loop.run(serve_guest(cfg, quiet, verbose=verbose), cfg.loop)
+def run_guest(cfg: GuestConfig) -> GuestSummary:
+    return event_loop.run(serve_guest(cfg), cfg.loop)

@@ -21,11 +21,12 @@ reach it on its own stream (the session table's ``wake_evicted``).
 from __future__ import annotations
 
 import errno as errno_names
+import logging
 import operator
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from host.chains import ChainRefused, check_chain
@@ -33,11 +34,12 @@ from host.device_metrics import DeviceMetrics
 from host.memory.base import MemoryBackend
 from host.memory.hostmem import TouchOutcome
 from host.sessions import Session, SessionTable
-from pagehint.logging import debug_of
 from pagehint.ratelog import RateLimitedLog
 from virtqueue import codec
 from virtqueue.codec import Fence, NoticeMsg, UsedMsg
 from virtqueue.contract import PAGE_SIZE
+
+log = logging.getLogger(__name__)
 
 _second = operator.itemgetter(1)
 
@@ -73,7 +75,6 @@ class BalloonDevice:
         queue_size: int = 64,
         max_chain_ranges: int = 512,
         session_timeout: float = 30.0,
-        log: Callable[[str], None] | None = None,
         min_order: int = 0,
         faults: Faults | None = None,
         max_sessions: int = 1024,
@@ -84,10 +85,8 @@ class BalloonDevice:
         self.faults = faults if faults is not None and faults.active else None
         self.instance = secrets.token_hex(8)
         self.metrics = DeviceMetrics()
-        self.log = log or (lambda _m: None)
-        self._debug = debug_of(log)  # -v: a line per chain
         # One line per reason per interval, however many chains are refused.
-        self.problems = RateLimitedLog(self.log)
+        self.problems = RateLimitedLog(log)
         self.table = SessionTable(
             backend,
             self.metrics,
@@ -96,7 +95,6 @@ class BalloonDevice:
             session_timeout=session_timeout,
             max_sessions=max_sessions,
             max_sessions_per_peer=max_sessions_per_peer,
-            log=self.log,
         )
 
     def open_session(
@@ -131,9 +129,9 @@ class BalloonDevice:
         """Check and discard one chain; its answer, or None if its session has ended
         (a fence cancelled it: nothing was discarded, and nobody is listening)."""
         used = self._handle_report(s, chain_id, pfns, orders)
-        if self._debug is not None and used is not None:
+        if used is not None and log.isEnabledFor(logging.DEBUG):  # -v: a line per chain
             why = f" ({used.reason})" if used.reason else ""
-            self._debug(
+            log.debug(
                 f"guest {s.guest_id} chain {chain_id}: {len(pfns)} ranges, "
                 f"{codec.STATUS_NAMES.get(used.status, used.status)}{why}, "
                 f"{used.discarded_pages} pages discarded, resident {used.resident_bytes >> 20} MiB"

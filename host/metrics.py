@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -11,6 +12,8 @@ from host.limits import ConnectionWatch
 from host.sessions import Session
 from pagehint.metrics import counter, gauge, histogram
 from virtqueue.contract import PAGE_SIZE
+
+log = logging.getLogger(__name__)
 
 
 def host_metrics(device: BalloonDevice, watch: ConnectionWatch | None = None) -> Iterator[Metric]:
@@ -132,12 +135,10 @@ def start_host_metrics(
     device: BalloonDevice,
     addr: str,
     port: int,
-    log: object,
     watch: ConnectionWatch | None = None,
 ) -> object:
     from pagehint.metrics import serve
 
     server, bound = serve(lambda: host_metrics(device, watch), port, addr)
-    if callable(log):
-        log(f"metrics on http://{addr}:{bound}/metrics")
+    log.info(f"metrics on http://{addr}:{bound}/metrics")
     return server

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import IO
@@ -18,6 +19,8 @@ from typing import IO
 from host.device import BalloonDevice
 from host.sessions import Session
 from virtqueue import codec
+
+log = logging.getLogger(__name__)
 
 
 class ReportingQueue:
@@ -180,5 +183,5 @@ class ReportingQueue:
             self.chain_log.write(json.dumps(record) + "\n")
         except OSError as e:
             # A record, not the service: keep serving, say so once, stop writing.
-            self.device.log(f"--chain-log: cannot write ({e.strerror}); no more chain lines")
+            log.info(f"--chain-log: cannot write ({e.strerror}); no more chain lines")
             self.chain_log = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -26,6 +26,8 @@ from pagehint.errors import UsageError
 from pagehint.units import format_size
 from virtqueue import codec
 from virtqueue.contract import PAGE_SIZE
+
+log = logging.getLogger(__name__)
 
 # A chain of 512 ranges packs to about 6 KiB: anything far bigger is refused by gRPC
 # itself (RESOURCE_EXHAUSTED) before it is parsed.
@@ -96,16 +98,14 @@ def make_backend(cfg: HostConfig) -> MemoryBackend:
 
 
 class HostServer:
-    def __init__(self, cfg: HostConfig, log: Callable[[str], None]) -> None:
+    def __init__(self, cfg: HostConfig) -> None:
         self.cfg = cfg
-        self.log = log
         self.backend = make_backend(cfg)
         self.device = BalloonDevice(
             self.backend,
             queue_size=cfg.queue_size,
             max_chain_ranges=cfg.max_chain_ranges,
             session_timeout=cfg.session_timeout,
-            log=log,
             min_order=cfg.min_order,
             faults=Faults(cfg.inject_refuse, cfg.inject_discard_error, cfg.fault_seed),
             max_sessions=cfg.max_sessions,
@@ -211,11 +211,11 @@ class HostServer:
         self.server = None
 
 
-async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | None = None) -> int:
+async def serve(cfg: HostConfig, ready_file: str | None = None) -> int:
     """Run until SIGTERM/SIGINT. Everything that can fail — the backend, the port, the
     metrics port, the ready file — is set up before the host says it is ready; a
     failure is one line (UsageError) and leaves nothing behind."""
-    host = HostServer(cfg, log)
+    host = HostServer(cfg)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, host.stopping.set)
@@ -228,7 +228,7 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
             from host.metrics import start_host_metrics
 
             metrics = start_host_metrics(
-                host.device, cfg.metrics_addr, cfg.metrics_port, log, host.watch
+                host.device, cfg.metrics_addr, cfg.metrics_port, host.watch
             )
         await host.serving()
         if ready_file:
@@ -240,12 +240,12 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         host.backend.close()
         raise
     for path in host.backend.orphans_removed:
-        log(f"removed {path}, left behind by a host that was killed")
-    log(_listening_line(cfg, addr))
+        log.info(f"removed {path}, left behind by a host that was killed")
+    log.info(_listening_line(cfg, addr))
     janitor = asyncio.create_task(host.janitor())
     try:
         await host.stopping.wait()
-        log("stopping: draining in-flight chains")
+        log.info("stopping: draining in-flight chains")
     finally:
         janitor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -259,7 +259,7 @@ async def serve(cfg: HostConfig, log: Callable[[str], None], ready_file: str | N
         if host.service.queue.chain_log is not None:
             with contextlib.suppress(OSError):
                 host.service.queue.chain_log.close()
-    log("stopped")
+    log.info("stopped")
     return 0
 
 

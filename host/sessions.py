@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +32,8 @@ from pagehint.ratelog import RateLimitedLog
 from virtqueue import features as F
 from virtqueue.codec import Fence, Negotiation
 from virtqueue.contract import PAGE_SIZE, guest_id_problem, ram_size_problem
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from host.device_metrics import DeviceMetrics
@@ -199,7 +201,6 @@ class SessionTable:
         session_timeout: float = 30.0,
         max_sessions: int = 1024,
         max_sessions_per_peer: int | None = None,
-        log: Callable[[str], None] | None = None,
     ) -> None:
         self.backend = backend
         self.metrics = metrics
@@ -224,9 +225,8 @@ class SessionTable:
         self.resumed_by: OrderedDict[str, Session] = OrderedDict()
         # Sessions held per client address (the per-peer quota).
         self.per_peer: Counter[str] = Counter()
-        self.log = log or (lambda _m: None)
         # One line per reason per interval, however many negotiations are refused.
-        self.problems = RateLimitedLog(self.log)
+        self.problems = RateLimitedLog(log)
         if backend.model is not None:
             backend.model.on_kill = self._oom_killed
 
@@ -292,7 +292,7 @@ class SessionTable:
             _remember(self.resumed_by, previous_session, s)
         model = ", host memory model" if s.host_memory else ""
         features = F.describe(s.features)
-        self.log(
+        log.info(
             f"guest {s.guest_id} negotiated: {s.ram_bytes >> 20} MiB, features {features}{model}"
         )
         self.wake_evicted()  # its VMM's overhead may have pushed others' frames out
@@ -377,7 +377,7 @@ class SessionTable:
         while len(self.ended) > ENDED_SESSIONS_KEPT:
             self.ended.popitem(last=False)
         s.ram.release()
-        self.log(f"session of guest {s.guest_id} ended ({why})")
+        log.info(f"session of guest {s.guest_id} ended ({why})")
 
     def expire(self, now: float | None = None) -> list[str]:
         """End sessions with no call for longer than the timeout, stream open or not.
@@ -417,7 +417,7 @@ class SessionTable:
                     self.killed.popitem(last=False)
                 self.end(token, reason)
                 return
-        self.log(f"guest {kill.guest.guest_id} starting: {reason}")
+        log.info(f"guest {kill.guest.guest_id} starting: {reason}")
 
 
 def check_fits(t: SessionTable, ram_bytes: int) -> None:
@@ -506,7 +506,7 @@ def end_replaced(
     old = t.by_guest.get(guest_id)
     if old is None:
         return
-    t.log(f"guest {guest_id} negotiated again: ending its previous session")
+    log.info(f"guest {guest_id} negotiated again: ending its previous session")
     t.end(old, "replaced")
     if old == previous_session:
         return

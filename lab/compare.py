@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -13,6 +13,8 @@ from lab.procs import ProcessGroup
 from lab.table import render_table
 from pagehint.schema import Drop, GuestSummary, TimelineRow
 from pagehint.units import format_size
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class CompareReport(TypedDict):
     files: dict[str, str]
 
 
-def run_compare(cfg: CompareConfig, log: Callable[[str], None]) -> CompareReport:
+def run_compare(cfg: CompareConfig) -> CompareReport:
     cfg.out.mkdir(parents=True, exist_ok=True)
     group = ProcessGroup(cfg.out)
     results: dict[str, GuestSummary] = {}
@@ -57,9 +59,9 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None]) -> CompareReport
         addr = cfg.host
         if addr is None:
             addr, _ = group.start_host(["--backend", cfg.backend, *cfg.host_args])
-            log(f"started a host on {addr} (backend {cfg.backend} {' '.join(cfg.host_args)})")
+            log.info(f"started a host on {addr} (backend {cfg.backend} {' '.join(cfg.host_args)})")
         for policy in cfg.policies:
-            log(f"running policy {policy}")
+            log.info(f"running policy {policy}")
             results[policy], timelines[policy] = _run_policy(cfg, group, addr, policy)
     finally:
         group.close()

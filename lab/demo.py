@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -17,6 +17,8 @@ from lab.procs import ProcessGroup, read_timeline
 from lab.table import render_table
 from pagehint.schema import GuestSummary
 from pagehint.units import format_size
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,13 @@ class DemoReport(TypedDict):
     files: dict[str, str]
 
 
-def run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> DemoReport:
+def run_demo(cfg: DemoConfig) -> DemoReport:
     cfg.out.mkdir(parents=True, exist_ok=True)
     names = [f"guest-{i + 1}" for i in range(cfg.guests)]
     policy_of = {n: cfg.policies[i % len(cfg.policies)] for i, n in enumerate(names)}
     timelines = {n: cfg.out / f"{n}.timeline.jsonl" for n in names}
     t0 = time.monotonic()
-    summaries = _run_guests(cfg, log, policy_of, timelines, t0)
+    summaries = _run_guests(cfg, policy_of, timelines, t0)
     rows = {n: read_timeline(timelines[n]) for n in names}
     files = publish_timelines(
         cfg.out,
@@ -80,7 +82,6 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None]) -> DemoReport:
 
 def _run_guests(
     cfg: DemoConfig,
-    log: Callable[[str], None],
     policy_of: dict[str, str],
     timelines: dict[str, Path],
     t0: float,
@@ -89,7 +90,7 @@ def _run_guests(
     group = ProcessGroup(cfg.out)
     try:
         addr, _host = group.start_host(["--backend", cfg.backend])
-        log(f"host on {addr}, backend {cfg.backend}; starting {cfg.guests} guests")
+        log.info(f"host on {addr}, backend {cfg.backend}; starting {cfg.guests} guests")
         procs = {}
         for i, n in enumerate(policy_of):
             args = ["--host", addr, "--id", n, "--ram", cfg.ram, "--policy", policy_of[n]]

@@ -17,6 +17,7 @@ with fakes and no processes; ``run_density`` plugs real ones in.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import time
@@ -34,6 +35,8 @@ from pagehint.errors import UsageError
 from pagehint.schema import GuestSummary, decode
 from pagehint.units import format_size
 from virtqueue import codec
+
+log = logging.getLogger(__name__)
 
 # Seconds between samples of the host's figures: each is a Stats call, and guests
 # settle over seconds.
@@ -144,7 +147,6 @@ def launch_guests(
     launch: Callable[[int], Launched],
     host: HostSource,
     sleep: Callable[[float], None] = time.sleep,
-    log: Callable[[str], None] = lambda _m: None,
     out: Outcome | None = None,
 ) -> Outcome:
     """Launch guests one after another until the plan says stop (see the module).
@@ -157,13 +159,13 @@ def launch_guests(
         guest = launch(i)
         rec = Launch(guest.name, s.t, s.swap_used_bytes, s.resident_bytes)
         out.launches.append(rec)
-        log(
+        log.info(
             f"[{s.t:6.1f}s] launched {guest.name} ({i + 1}/{plan.guests_max}); host holds "
             f"{format_size(s.resident_bytes)}, swap used {format_size(s.swap_used_bytes)}"
         )
         _follow(plan, guest, rec, host, out, sleep)
         rec.touch_s = guest.touch_seconds()
-        log(_ended_line(rec))
+        log.info(_ended_line(rec))
         if out.oom_kills:
             out.stop_reason = "oom"
             return out
@@ -472,7 +474,7 @@ class PolicyRun:
     elapsed: float = 0.0
 
 
-def run_policy(cfg: DensityConfig, policy: str, log: Callable[[str], None]) -> PolicyRun:
+def run_policy(cfg: DensityConfig, policy: str) -> PolicyRun:
     """One policy against a fresh host: launch, watch, stop, collect."""
     work = cfg.out / folder_name(policy)
     work.mkdir(parents=True, exist_ok=True)
@@ -492,7 +494,7 @@ def run_policy(cfg: DensityConfig, policy: str, log: Callable[[str], None]) -> P
         with grpc.insecure_channel(addr) as ch:
             source = StatsSource(codec.stub(ch), t0)
             try:
-                launch_guests(cfg.plan, launch, source, log=log, out=run.outcome)
+                launch_guests(cfg.plan, launch, source, out=run.outcome)
             except grpc.RpcError as e:
                 run.outcome.stop_reason = "error"
                 run.errors.append(f"host stats: {e.code().name}")

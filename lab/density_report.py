@@ -16,8 +16,9 @@ The figures (lab/density.py gathers them):
 from __future__ import annotations
 
 import csv
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypedDict
 
@@ -35,6 +36,8 @@ from lab.pipeline import write_report
 from lab.plot import plots_available
 from lab.table import render_table
 from pagehint.units import format_size
+
+log = logging.getLogger(__name__)
 
 GIB = float(1 << 30)
 CSV_FIELDS = (
@@ -77,14 +80,14 @@ class DensityReport(TypedDict):
     files: dict[str, str]
 
 
-def run_density(cfg: DensityConfig, log: Callable[[str], None]) -> DensityReport:
+def run_density(cfg: DensityConfig) -> DensityReport:
     """Every policy in turn, each against a fresh host; then the files."""
     t0 = time.monotonic()
     (cfg.out / SCENARIO).write_text(scenario_text(cfg.touch_bytes), encoding="utf-8")
     runs: list[PolicyRun] = []
     for policy in cfg.policies:
-        log(f"policy {policy}: a fresh host, guests one after another")
-        runs.append(run_policy(cfg, policy, log))
+        log.info(f"policy {policy}: a fresh host, guests one after another")
+        runs.append(run_policy(cfg, policy))
     vmm = next((r.host.vmm_overhead_bytes for r in runs if r.host is not None), None)
     report: DensityReport = {
         "mode": cfg.mode,

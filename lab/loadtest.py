@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NotRequired, TypedDict
@@ -21,6 +21,8 @@ from pagehint.schema import GuestSummary, Percentiles, ResidentPoint
 from pagehint.stats import percentiles
 from pagehint.units import format_size
 from virtqueue import codec
+
+log = logging.getLogger(__name__)
 
 # The workloads a load test gives its guests in turn (pagehint.config.WORKLOADS
 # names every built-in one).
@@ -117,7 +119,7 @@ class _Observed:
     elapsed: float = 0.0
 
 
-def run_loadtest(cfg: LoadtestConfig, log: Callable[[str], None]) -> LoadtestReport:
+def run_loadtest(cfg: LoadtestConfig) -> LoadtestReport:
     cfg.out.mkdir(parents=True, exist_ok=True)
     group = ProcessGroup(cfg.out)
     names = [f"lt-{i + 1:03d}" for i in range(cfg.guests)]
@@ -142,11 +144,11 @@ def run_loadtest(cfg: LoadtestConfig, log: Callable[[str], None]) -> LoadtestRep
             for k in range(0, len(flags), per)
         }
         what = "host memory" if cfg.host_memory_args else "capacity"
-        log(
+        log.info(
             f"host on {addr} ({what} {format_size(cfg.capacity_bytes)}); "
             f"{cfg.guests} guests started in {len(procs)} process(es)"
         )
-        _watch_host(addr, procs, seen, log, t0)
+        _watch_host(addr, procs, seen, t0)
         for n, p in procs.items():
             done, failed = group.group_summaries(p, n, timeout=60)
             seen.summaries.update(done)
@@ -190,7 +192,6 @@ def _watch_host(
     addr: str,
     procs: dict[str, subprocess.Popen[str]],
     seen: _Observed,
-    log: Callable[[str], None],
     t0: float,
 ) -> None:
     """Sample the host's figures every POLL seconds until every guest process ends."""
@@ -223,7 +224,7 @@ def _watch_host(
             if time.monotonic() - last_print > 5 and seen.host_rows:
                 last_print = time.monotonic()
                 r = seen.host_rows[-1]
-                log(
+                log.info(
                     f"[{r['t']:5.1f}s] {r['guests']} guests connected, host holds "
                     f"{format_size(r['host_resident_bytes'] or 0)}, {r['chains']} chains"
                 )

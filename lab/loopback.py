@@ -15,7 +15,7 @@ no serialization cost on a socket, no deadlines, no TLS, no tokens.
 Tests, benches and anyone who wants guest and host in one process use it::
 
     device = BalloonDevice(SimBackend())
-    driver = BalloonDriver(cfg, mm, log, transport=LoopbackTransport(device))
+    driver = BalloonDriver(cfg, mm, transport=LoopbackTransport(device))
 """
 
 from __future__ import annotations

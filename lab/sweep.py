@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import logging
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from lab.procs import ProcessGroup
 from pagehint.config import BUILTIN_POLICIES
 from pagehint.errors import UsageError
 from pagehint.schema import GuestSummary, ResidentPoint, TimelineRow
+
+log = logging.getLogger(__name__)
 
 GIB = 1 << 30
 # Knobs of the workload itself: the baseline runs with them too, so that a
@@ -274,9 +277,7 @@ def _no_runs(label: str, knobs: dict[str, str], failed: int) -> SweepRow:
     }
 
 
-def run_sweep(
-    cfg: SweepConfig, log: Callable[[str], None], progress: Callable[[str], None]
-) -> SweepReport:
+def run_sweep(cfg: SweepConfig, progress: Callable[[str], None]) -> SweepReport:
     """Run the grid; on KeyboardInterrupt stop every process and keep what finished."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     combos = combinations(cfg.grid)
@@ -288,9 +289,11 @@ def run_sweep(
     group = ProcessGroup(cfg.out)
     try:
         addr, _ = group.start_host(["--backend", cfg.backend])
-        log(f"host on {addr} (backend {cfg.backend}); {len(todo)} runs, {cfg.parallel} at a time")
+        log.info(
+            f"host on {addr} (backend {cfg.backend}); {len(todo)} runs, {cfg.parallel} at a time"
+        )
         for line in not_applied(cfg.grid):
-            log(line)
+            log.info(line)
         for start in range(0, len(todo), cfg.parallel):
             batch = todo[start : start + cfg.parallel]
             procs = []
@@ -312,7 +315,7 @@ def run_sweep(
                 progress(f"[{len(done)}/{len(todo)}] {run.label} seed={run.seed}: {what}")
     except KeyboardInterrupt:
         interrupted = True
-        log(f"interrupted: stopping every process; keeping {len(done)} finished runs")
+        log.info(f"interrupted: stopping every process; keeping {len(done)} finished runs")
     finally:
         group.close()
     return _report(cfg, done, len(todo), interrupted)

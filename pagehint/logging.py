@@ -1,21 +1,31 @@
 """One line per notable event, on stderr, with time and source.
 
-Through the standard logging module: every source logs to ``pagehint.<kind>``
-(``pagehint.guest``, ``pagehint.host``, ...) with its fields on the record
-(``source``, and ``guest=`` / ``session=`` where known), at INFO; ``--quiet``
-raises a source's level to WARNING, and ``-v`` lowers it to DEBUG: a line per
-chain, sent and answered, on both sides. Tests read the records (pytest's caplog);
-the line on stderr stays ``HH:MM:SS source: message``.
+Every module logs to its own logger, ``logging.getLogger(__name__)``: events at
+INFO, the detail ``-v`` asks for (a line per chain, on both sides) at DEBUG.
+A process's entry point (the CLI) calls ``setup`` once: one stderr handler on
+our packages' loggers, at INFO, WARNING with ``--quiet`` (nothing of ours is
+logged above INFO: quiet is silent), DEBUG with ``-v``. Whose line it is comes
+from ``log_as``: a guest's task calls ``log_as("guest[g1]", guest="g1")`` and
+every line logged in that task, and in the tasks it starts, carries
+``source="guest[g1]"`` and ``guest="g1"`` on its record (a contextvar, so the
+guests of a group in one process keep theirs apart); where nothing was said,
+the source is the logger's package ("host", "lab"). Tests read the records
+(pytest's caplog); the line on stderr stays ``HH:MM:SS source: message``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
-from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
-ROOT = "pagehint"
+PACKAGES = ("guest", "host", "lab", "pagehint", "virtqueue")
+
+# (source, fields): whose lines these are, in this context.
+_CONTEXT: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "pagehint_log_context", default=()
+)
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -30,54 +40,42 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def _root() -> logging.Logger:
-    root = logging.getLogger(ROOT)
-    if not any(isinstance(h, _Stderr) for h in root.handlers):
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(source)s: %(message)s", "%H:%M:%S"))
-        root.addHandler(handler)
-    if root.level == logging.NOTSET:  # unset (or reset by a test): ours decides
-        root.setLevel(logging.DEBUG)
-    return root
+_base_factory = logging.getLogRecordFactory()
 
 
-class EventLog:
-    """One source's lines: call it for an event (INFO, silenced by ``quiet``);
-    ``debug`` for the detail ``-v`` asks for (a line per chain)."""
-
-    def __init__(
-        self, adapter: logging.LoggerAdapter[logging.Logger], quiet: bool, verbose: bool
-    ) -> None:
-        self._adapter = adapter
-        self.level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-
-    @property
-    def verbose(self) -> bool:
-        return self.level <= logging.DEBUG
-
-    def __call__(self, msg: str) -> None:
-        if self.level <= logging.INFO:
-            self._adapter.info(msg)
-
-    def debug(self, msg: str) -> None:
-        if self.level <= logging.DEBUG:
-            self._adapter.debug(msg)
+def _record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Every record made in this process carries its context's source and fields."""
+    record = _base_factory(*args, **kwargs)
+    record.source = record.name.split(".", 1)[0]
+    for key, value in _CONTEXT.get():
+        setattr(record, key, value)
+    return record
 
 
-def make_logger(source: str, quiet: bool = False, verbose: bool = False, **fields: str) -> EventLog:
-    """Lines from ``source`` at INFO (nothing when ``quiet``; DEBUG too when ``verbose``).
+def _install() -> None:
+    if logging.getLogRecordFactory() is not _record:
+        logging.setLogRecordFactory(_record)
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _Stderr) for h in logger.handlers):
+            handler = _Stderr()
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(source)s: %(message)s", "%H:%M:%S")
+            )
+            logger.addHandler(handler)
 
-    ``source`` is what the line shows ("guest[g1]", "host"); its kind before any
-    "[" names the logger. ``fields`` go on every record (e.g. guest="g1").
-    """
-    _root()
-    logger = logging.getLogger(f"{ROOT}.{source.split('[', 1)[0] or 'main'}")
-    return EventLog(logging.LoggerAdapter(logger, {"source": source, **fields}), quiet, verbose)
+
+def setup(quiet: bool = False, verbose: bool = False) -> None:
+    """This process's lines: on stderr, at INFO (WARNING when ``quiet``, DEBUG when
+    ``verbose``). Called by the entry point, once per command."""
+    _install()
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    for name in PACKAGES:
+        logging.getLogger(name).setLevel(level)
 
 
-def debug_of(log: Callable[[str], None] | None) -> Callable[[str], None] | None:
-    """``log``'s debug lines if it is a verbose EventLog, else None: callers on a
-    hot path test for None once, not a level per chain."""
-    if isinstance(log, EventLog) and log.verbose:
-        return log.debug
-    return None
+def log_as(source: str, **fields: str) -> None:
+    """Lines logged from here on in this context (this task, and the tasks it
+    starts) show ``source`` ("guest[g1]") and carry ``fields`` (guest="g1")."""
+    _install()
+    _CONTEXT.set((("source", source), *fields.items()))

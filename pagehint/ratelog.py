@@ -9,13 +9,15 @@ elsewhere stay exact; only the log is thinned.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 
 
 class RateLimitedLog:
-    def __init__(self, log: Callable[[str], None], interval: float = 10.0) -> None:
-        self.log = log
+    """Lines to ``logger`` at INFO, thinned (see the module's doc)."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.log = logger.info
         self.interval = interval
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}

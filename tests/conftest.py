@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 import uvloop
 
 from pagehint.config import HostConfig
+from tests import logs
 
 
 def pytest_asyncio_loop_factories(
@@ -73,3 +74,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def default_port_held(request: pytest.FixtureRequest) -> bool:
     """Whether this run holds the default port (False: it was taken before the run)."""
     return request.config.stash.get(_HELD, False)
+
+
+@pytest.fixture(autouse=True)
+def _our_loggers_reset() -> Iterator[None]:
+    """Levels a command set (``setup``: --quiet, -v) and captures (tests/logs.py)
+    end with the test that made them: the next test starts from unset."""
+    yield
+    logs.reset()

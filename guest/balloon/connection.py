@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from pagehint.schema import GuestSummary
 from virtqueue import features as F
 from virtqueue.codec import Accepted, Negotiation, NoticeMsg
 from virtqueue.contract import OOM_KILLED
+
+log = logging.getLogger(__name__)
 
 NEGOTIATE_TIMEOUT = 5.0
 # host/device.py STALE_AFTER: a session with no stream and no call for this long
@@ -107,7 +110,6 @@ class Connection:
         *,
         negotiation: Callable[[str], Negotiation],
         accept: Callable[[Accepted], None],
-        log: Callable[[str], None],
         address: str,
         backoff: Backoff,
     ) -> None:
@@ -117,7 +119,6 @@ class Connection:
         self.window = window
         self._negotiation = negotiation
         self._accept = accept  # checks the session (may raise SessionUnusable) and adopts it
-        self.log = log
         self.address = address
         self.backoff = backoff
         self.accepted: Accepted | None = None
@@ -158,7 +159,7 @@ class Connection:
             self.fences += 1
             if settled:
                 known = acc.fence is not None and acc.fence.known
-                self.log(
+                log.info(
                     f"fenced the previous session: {settled} stranded chain(s) settled "
                     f"({'host kept its record' if known else 'host has no record of it'})"
                 )
@@ -180,7 +181,7 @@ class Connection:
         self.connects += 1
         self.backoff.reset()
         self.connected.set()
-        self.log(
+        log.info(
             f"connected to host {self.address}: session {acc.session[:8]}…, backend {acc.backend}, "
             f"features {F.describe(acc.features)}, queue {acc.queue_size}, "
             f"chain capacity {acc.max_chain_ranges}"
@@ -200,7 +201,7 @@ class Connection:
         stream.cancel()
         if not self.closing:
             stranded = len(self.window.unanswered_sessions())
-            self.log(
+            log.info(
                 f"host connection lost: {why}"
                 + ("; chains in flight stay isolated until the host is fenced" if stranded else "")
             )
@@ -312,7 +313,7 @@ class Connection:
         now = time.monotonic()
         if self._held_said is None or now - self._held_said >= ID_HELD_EVERY:
             self._held_said = now
-            self.log(line)
+            log.info(line)
 
     def note_id_held_at_start(self, why: str, limit: float) -> None:
         """The first negotiation was refused with the id in use: say why the guest

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -49,7 +50,6 @@ from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
-from pagehint.logging import debug_of
 from pagehint.tls import unreachable_hint
 from virtqueue import codec
 from virtqueue import features as F
@@ -59,6 +59,8 @@ from virtqueue.codec import (
     Negotiation,
     UsedMsg,
 )
+
+log = logging.getLogger(__name__)
 
 STOP_RPC_SECONDS = 0.5  # each last call to the host when stopping (touches, stats, close)
 
@@ -74,14 +76,11 @@ class BalloonDriver:
         self,
         cfg: GuestConfig,
         mm: BuddyAllocator,
-        log: Callable[[str], None],
         transport: Transport | None = None,
     ) -> None:
         assert cfg.host is not None or transport is not None
         self.cfg = cfg
         self.mm = mm
-        self.log = log
-        self._debug = debug_of(log)  # -v: a line per chain
         self.address = cfg.host or "(injected transport)"
         # What the policy needs; the host's answer may raise the order.
         self.min_order = cfg.hinting.order
@@ -94,7 +93,6 @@ class BalloonDriver:
             self.window,
             negotiation=self._negotiation,
             accept=self._adopt,
-            log=log,
             address=self.address,
             backoff=Backoff(cfg.reconnect_min, cfg.reconnect_max, random.Random()),
         )
@@ -102,7 +100,7 @@ class BalloonDriver:
         self._stopped = False
         # Called with each new session's acceptance (the shm RAM moves to a new file).
         self.on_session: list[Callable[[Accepted], None]] = []
-        self.view = HostView(self.conn, self.window, cfg, log)
+        self.view = HostView(self.conn, self.window, cfg)
         self.link = TouchLink(
             self.conn, mm, batch=cfg.touch_batch, flush_seconds=cfg.touch_flush_seconds
         )
@@ -157,7 +155,7 @@ class BalloonDriver:
             finally:
                 self.window.close(chain)
         self.view.chain_answered(chain, used)
-        if self._debug is not None:
+        if log.isEnabledFor(logging.DEBUG):  # -v: a line per chain
             self._debug_chain(chain, used)
         if used.status != codec.DONE:
             name = codec.STATUS_NAMES.get(used.status, str(used.status))
@@ -168,10 +166,9 @@ class BalloonDriver:
             self.link.touches.discarded(batch)
 
     def _debug_chain(self, chain: Outstanding, used: UsedMsg) -> None:
-        assert self._debug is not None
         ms = (time.monotonic() - chain.sent_at) * 1000
         why = f" ({used.reason})" if used.reason else ""
-        self._debug(
+        log.debug(
             f"chain {chain.id}: {len(chain.batch)} ranges, {chain.pages} pages, "
             f"{codec.STATUS_NAMES.get(used.status, str(used.status))}{why} in {ms:.2f} ms"
         )

@@ -8,8 +8,8 @@ tells it what each chain came to."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
 from typing import IO
 
 from guest.balloon.connection import Connection, oom_killed
@@ -21,6 +21,8 @@ from pagehint.schema import ReportRecord, encode
 from virtqueue import codec
 from virtqueue.codec import Accepted, GuestFigures, UsedMsg
 
+log = logging.getLogger(__name__)
+
 # Seconds between host-stats polls. host_resident_bytes between acknowledgements
 # (touches raise it) matters to a timeline and to metrics; without either, a
 # slow poll keeps hundreds of guests from costing the host a thousand calls a second.
@@ -30,13 +32,10 @@ WATCH_PERIOD = 0.5  # seconds between looks at the oldest outstanding chain
 
 
 class HostView:
-    def __init__(
-        self, conn: Connection, window: ChainWindow, cfg: GuestConfig, log: Callable[[str], None]
-    ) -> None:
+    def __init__(self, conn: Connection, window: ChainWindow, cfg: GuestConfig) -> None:
         self.conn = conn
         self.window = window
         self.cfg = cfg
-        self.log = log
         self.host_figures: GuestFigures | None = None
         self.host_resident_bytes: int | None = None
         self.host_instance = ""
@@ -92,7 +91,7 @@ class HostView:
         except OSError as e:
             # The log is a by-product: losing it must not lose the report (its
             # blocks still have to go back). Say so once and stop writing it.
-            self.log(f"--reports: cannot write ({e.strerror}); no more report lines")
+            log.info(f"--reports: cannot write ({e.strerror}); no more report lines")
             self.report_log = None
 
     async def poll_stats(self) -> None:
@@ -145,7 +144,7 @@ class HostView:
                 if not chain.warned and age >= self.cfg.stall_warning:
                     chain.warned = True
                     self.stalls += 1
-                    self.log(
+                    log.info(
                         f"report {chain.id} unanswered for {age:.1f}s (host slow or stalled): "
                         f"its {chain.pages * PAGE_SIZE >> 20} MiB stay isolated until the host "
                         "answers or is fenced"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from pagehint.config import HintingConfig
 from pagehint.ratelog import RateLimitedLog
 from pagehint.stats import LatencyHistogram
 
-Log = Callable[[str], None]
 ACK_SAMPLES = 1_000_000  # keep at most this many ack latencies (oldest dropped)
 
 
@@ -75,7 +75,6 @@ class Policy(abc.ABC):
         cfg: HintingConfig,
         mm: BuddyAllocator,
         device: ReportingDevice | None,
-        log: Log | None = None,
     ) -> None:
         self.cfg = cfg
         self.mm = mm
@@ -90,9 +89,10 @@ class Policy(abc.ABC):
                 f"--capacity {device.capacity} (or the host with a larger --max-chain-ranges)"
             )
         self.stats = HintingStats()
-        self.log: Log = log or (lambda _m: None)
+        # A line to the guest's log (docs/policies.md), on the policy's own logger.
+        self.log = logging.getLogger(type(self).__module__).info
         # Failed reports: one line per reason per 10 s (the counters stay exact).
-        self.problems = RateLimitedLog(self.log)
+        self.problems = RateLimitedLog(logging.getLogger(type(self).__module__))
         self._consecutive_failures = 0
         # Blocks currently out with the device (tests check allocations against it).
         self.in_flight: list[Block] = []

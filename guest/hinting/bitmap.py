@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import time
 
-from guest.hinting.base import Log, Policy
+from guest.hinting.base import Policy
 from guest.hinting.device import Block, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import FREE, ORDER_MASK, STATE_MASK
@@ -55,9 +55,8 @@ class BitmapPolicy(Policy):
         cfg: HintingConfig,
         mm: BuddyAllocator,
         device: ReportingDevice | None,
-        log: Log | None = None,
     ) -> None:
-        super().__init__(cfg, mm, device, log)
+        super().__init__(cfg, mm, device)
         self.threshold = cfg.effective_threshold()
         self.flush_after = cfg.bitmap_flush_after
         self.bitmaps: list[bytearray] = [

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from guest.hinting.base import Log, Policy, PolicyRuleError, check_isolated
+from guest.hinting.base import Policy, PolicyRuleError, check_isolated
 from guest.hinting.device import Block, ReportingDevice
 from guest.hinting.watchdog import LoopWatchdog
 from guest.mm.buddy import BuddyAllocator
@@ -120,9 +120,8 @@ class GuardedPolicy(Policy):
         cfg: HintingConfig,
         mm: BuddyAllocator,
         device: ReportingDevice | None,
-        log: Log | None = None,
     ) -> None:
-        super().__init__(cfg, mm, device, log)
+        super().__init__(cfg, mm, device)
         self.name = cfg.policy
         self.errors = self.rule_errors  # one list: the inner's report_batch adds to it
         self._tasks: set[asyncio.Task[object]] = set()
@@ -133,7 +132,7 @@ class GuardedPolicy(Policy):
             # itself: a policy cannot skip the check by overriding it or by
             # calling the device directly.
             checked = None if device is None else CheckedDevice(device, mm, self.rule_errors)
-            self.inner: Policy | None = inner(cfg, mm, checked, log)
+            self.inner: Policy | None = inner(cfg, mm, checked)
         except (Exception, SystemExit, asyncio.CancelledError) as e:
             self.inner = None
             self._broke(f"__init__ raised {_said(e)}")

@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import time
 
-from guest.hinting.base import Log, Policy
+from guest.hinting.base import Policy
 from guest.hinting.device import Block, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import FREE, MAX_ORDER, REPORTED
@@ -65,9 +65,8 @@ class ReportingPolicy(Policy):
         cfg: HintingConfig,
         mm: BuddyAllocator,
         device: ReportingDevice | None,
-        log: Log | None = None,
     ) -> None:
-        super().__init__(cfg, mm, device, log)
+        super().__init__(cfg, mm, device)
         self.page_reporting_order = self.order
         self.delay = cfg.delay
         self.budget_divisor = cfg.budget_divisor

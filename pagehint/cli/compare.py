@@ -30,7 +30,7 @@ from pagehint.cli.support import (
 )
 from pagehint.config import BACKENDS, WORKLOADS
 from pagehint.errors import UsageError
-from pagehint.logging import make_logger
+from pagehint.logging import log_as, setup
 from pagehint.tls import load_tls
 from pagehint.units import parse_seconds
 
@@ -130,8 +130,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         host_args=host_args,
         out=run_folder(a.out, "compare-"),  # made last, once every flag is checked
     )
-    log = make_logger("compare", quiet=bool(a.json))
-    report = run_compare(cfg, log)
+    setup(quiet=bool(a.json))
+    log_as("compare")
+    report = run_compare(cfg)
     if a.json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:

@@ -20,7 +20,7 @@ from pagehint.cli.support import (
     positive_int,
 )
 from pagehint.errors import UsageError
-from pagehint.logging import make_logger
+from pagehint.logging import log_as, setup
 from pagehint.units import parse_seconds
 
 
@@ -80,8 +80,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         out=run_folder(a.out, ""),  # made last, once every flag is checked
         json=bool(a.json),
     )
-    log = make_logger("demo", quiet=cfg.json)
-    report = run_demo(cfg, log)
+    setup(quiet=cfg.json)
+    log_as("demo")
+    report = run_demo(cfg)
     if cfg.json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:

@@ -35,7 +35,7 @@ from pagehint.config import (
     BootConfig,
 )
 from pagehint.errors import UsageError
-from pagehint.logging import make_logger
+from pagehint.logging import log_as, setup
 from pagehint.units import format_size, parse_seconds, parse_size
 
 if TYPE_CHECKING:  # lab.density loads gRPC: only when a run starts
@@ -202,8 +202,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     from lab.plot import files_line
 
     cfg = config_from_args(a)
-    log = make_logger("density", quiet=bool(a.json))
-    report = run_density(cfg, log)
+    setup(quiet=bool(a.json))
+    log_as("density")
+    report = run_density(cfg)
     if a.json:
         doc = {
             **report,

@@ -34,6 +34,7 @@ from pagehint.config import (
     TraceConfig,
 )
 from pagehint.errors import UsageError
+from pagehint.logging import setup
 from pagehint.tls import TlsConfig, load_tls
 from pagehint.units import exact_size, parse_seconds, parse_size
 
@@ -433,9 +434,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     from guest.balloon.connection import OomKilled
     from guest.service import run_guest
 
-    quiet, verbose = verbosity(a)
+    setup(*verbosity(a))
     try:
-        summary = run_guest(cfg, quiet=quiet, verbose=verbose)
+        summary = run_guest(cfg)
     except OomKilled as e:
         # The host's OOM killer ended this guest: its summary, then one line, exit 3.
         if e.summary is None:

@@ -23,6 +23,7 @@ from pagehint.cli.support import RaisingParser, Subparsers, add_switch, add_verb
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
 from pagehint.files import read_small_text
+from pagehint.logging import setup
 from pagehint.schema import GuestSummary
 
 MAX_GUESTS = 1024
@@ -135,7 +136,7 @@ def _parse_line(
 
 
 async def run_group(
-    configs: list[GuestConfig], quiet: bool, verbose: bool = False
+    configs: list[GuestConfig],
 ) -> list[GuestSummary | BaseException]:
     from guest.service import StopSignals, serve_guest
     from guest.workloads import share
@@ -149,7 +150,7 @@ async def run_group(
     signals.install()
     try:
         results = await asyncio.gather(
-            *(serve_guest(cfg, quiet, signals, verbose) for cfg in configs),
+            *(serve_guest(cfg, signals) for cfg in configs),
             return_exceptions=True,
         )
     finally:
@@ -166,7 +167,8 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise UsageError(
             f"{a.file}: guests ask for different --loop values; one process has one loop"
         )
-    results = event_loop.run(run_group(configs, *verbosity(a)), loops.pop())
+    setup(*verbosity(a))
+    results = event_loop.run(run_group(configs), loops.pop())
     from guest.balloon.connection import OomKilled
 
     failed = killed = 0

@@ -28,7 +28,7 @@ from pagehint.cli.support import (
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
 from pagehint.files import read_small_text
-from pagehint.logging import make_logger
+from pagehint.logging import log_as, setup
 from pagehint.tls import load_tls
 from pagehint.units import exact_size, parse_seconds, parse_size
 
@@ -395,5 +395,6 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     warn_old_names(a, "pagehint host")
     from host.server import serve
 
-    log = make_logger("host", *verbosity(a))
-    return event_loop.run(serve(cfg, log, a.ready_file), cfg.loop)
+    setup(*verbosity(a))
+    log_as("host")
+    return event_loop.run(serve(cfg, a.ready_file), cfg.loop)

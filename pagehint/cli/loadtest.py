@@ -32,7 +32,7 @@ from pagehint.cli.support import (
 )
 from pagehint.config import BACKENDS
 from pagehint.errors import UsageError
-from pagehint.logging import make_logger
+from pagehint.logging import log_as, setup
 from pagehint.units import format_size, parse_seconds, parse_size
 
 
@@ -163,8 +163,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         host_memory_args=host_memory,
     )
     warn_old_names(a, "pagehint loadtest")
-    log = make_logger("loadtest", quiet=bool(a.json))
-    report = run_loadtest(cfg, log)
+    setup(quiet=bool(a.json))
+    log_as("loadtest")
+    report = run_loadtest(cfg)
     if a.json:
         sys.stdout.write(
             json.dumps({k: v for k, v in report.items() if k != "host_timeline"}) + "\n"

@@ -35,7 +35,7 @@ from pagehint.cli.support import (
 )
 from pagehint.config import BACKENDS, WORKLOADS, GuestConfig
 from pagehint.errors import UsageError
-from pagehint.logging import make_logger
+from pagehint.logging import log_as, setup
 from pagehint.units import parse_seconds
 
 MAX_RUNS = 1000
@@ -182,13 +182,14 @@ def guest_args(
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     cfg = config_from_args(a)
-    log = make_logger("sweep", quiet=bool(a.json))
+    setup(quiet=bool(a.json))
+    log_as("sweep")
 
     def progress(line: str) -> None:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
-    report = run_sweep(cfg, log, progress)
+    report = run_sweep(cfg, progress)
     if a.json:
         sys.stdout.write(json.dumps(as_json(report)) + "\n")
     else:

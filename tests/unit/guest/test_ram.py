@@ -6,6 +6,7 @@ from pathlib import Path
 from guest.mm import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from guest.ram import SharedRam
+from tests.logs import log_lines
 
 
 def make(tmp_path: Path, poison: int | None = None) -> tuple[BuddyAllocator, SharedRam, list[str]]:
@@ -14,8 +15,8 @@ def make(tmp_path: Path, poison: int | None = None) -> tuple[BuddyAllocator, Sha
     with path.open("wb") as f:
         f.truncate(mm.ram_bytes)
     path.chmod(0o600)  # a host's files are its user's alone
-    logs: list[str] = []
-    return mm, SharedRam(str(path), mm, "g", poison, logs.append, folder=str(tmp_path)), logs
+    logs = log_lines()
+    return mm, SharedRam(str(path), mm, "g", poison, folder=str(tmp_path)), logs
 
 
 def test_stamps_detect_a_page_lost_while_allocated(tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ def test_one_file_named_to_two_guests_is_refused_by_the_second(tmp_path: Path) -
 def test_moving_to_a_refused_file_keeps_the_old_one(tmp_path: Path) -> None:
     mm = BuddyAllocator(RAM)
     first = _sparse(tmp_path / "g-00000001.ram")
-    ram = SharedRam(str(first), mm, "g", None, lambda _m: None, folder=str(tmp_path))
+    ram = SharedRam(str(first), mm, "g", None, folder=str(tmp_path))
     a = mm.alloc(3)
     ram.on_alloc(a, 3)
     victim = tmp_path / "victim"

@@ -16,6 +16,7 @@ from guest.workloads.scenario import parse_scenario
 from pagehint.config import GuestConfig, HintingConfig
 from pagehint.errors import UsageError
 from pagehint.schema import TimelineRow, read_lines
+from tests.logs import log_lines
 from tests.waiting import wait_for
 
 ALLOC_FREE = (
@@ -70,11 +71,10 @@ async def test_stop_ends_the_run_before_its_duration() -> None:
 
 
 async def test_a_timeline_that_cannot_be_written_does_not_stop_the_run() -> None:
-    lines: list[str] = []
+    lines = log_lines()
     rt = GuestRuntime(
         _cfg(Path("/dev/full"), duration=0.3),
         scenario=parse_scenario(ALLOC_FREE),
-        log=lines.append,
     )
     s = await rt.run()
     assert s["timeline_error"] == "No space left on device"

@@ -38,7 +38,7 @@ async def test_without_a_host_reports_go_to_the_loopback_device(tmp_path: Path) 
         '[[steps]]\nop = "alloc"\nsize = "32MiB"\nname = "a"\n[[steps]]\nop = "free"\nname = "a"\n'
     )
     cfg = _cfg(workload=None, scenario=str(scenario), duration=0.5)
-    s = await serve_guest(cfg, quiet=True, signals=StopSignals())
+    s = await serve_guest(cfg, signals=StopSignals())
     assert s["backend"] == "loopback" and s["reported_bytes"] > 0
     assert s["data_loss_checked"] is False and "host_chains" not in s
 
@@ -46,7 +46,7 @@ async def test_without_a_host_reports_go_to_the_loopback_device(tmp_path: Path) 
 async def test_an_unreachable_host_is_one_line_after_the_connect_timeout() -> None:
     cfg = _cfg(host=f"127.0.0.1:{_closed_port()}", connect_timeout=0.5)
     with pytest.raises(UsageError) as e:
-        await asyncio.wait_for(serve_guest(cfg, quiet=True, signals=StopSignals()), 20)
+        await asyncio.wait_for(serve_guest(cfg, signals=StopSignals()), 20)
     assert "\n" not in str(e.value) and "127.0.0.1" in str(e.value)
 
 
@@ -54,13 +54,13 @@ async def test_a_stop_before_boot_starts_nothing() -> None:
     signals = StopSignals()
     signals.stop()
     with pytest.raises(UsageError, match="before it started"):
-        await serve_guest(_cfg(start_delay=5.0), quiet=True, signals=signals)
+        await serve_guest(_cfg(start_delay=5.0), signals=signals)
 
 
 async def test_a_stop_while_connecting_gives_up_the_connection() -> None:
     signals = StopSignals()
     cfg = _cfg(host=f"127.0.0.1:{_closed_port()}", connect_timeout=30.0)
-    run = asyncio.create_task(serve_guest(cfg, quiet=True, signals=signals))
+    run = asyncio.create_task(serve_guest(cfg, signals=signals))
 
     def connecting() -> bool:  # the driver's start is running under unless_stopped
         return any(
@@ -76,7 +76,7 @@ async def test_a_stop_while_connecting_gives_up_the_connection() -> None:
 
 async def test_a_stop_while_running_ends_the_run_with_its_summary() -> None:
     signals = StopSignals()
-    run = asyncio.create_task(serve_guest(_cfg(duration=60), quiet=True, signals=signals))
+    run = asyncio.create_task(serve_guest(_cfg(duration=60), signals=signals))
     await wait_for(lambda: bool(signals.running), 10, "the guest to run")
     signals.stop()
     s = await asyncio.wait_for(run, 10)

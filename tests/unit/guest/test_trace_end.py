@@ -11,6 +11,7 @@ from guest.hinting.device import LoopbackDevice
 from guest.runtime import GuestRuntime
 from pagehint.config import GuestConfig, HintingConfig, TraceConfig
 from pagehint.schema import GuestSummary
+from tests.logs import log_lines
 
 BLOCK = 1 << 21  # an order-9 block
 BLOCKS = 64  # 128 MiB: above the watermark plus a report (32 blocks) the policy keeps
@@ -41,8 +42,11 @@ def config(trace: Path, duration: float | None, policy: str = "reporting") -> Gu
 
 
 async def run(cfg: GuestConfig) -> tuple[float, GuestSummary, list[str]]:
-    lines: list[str] = []
-    rt = GuestRuntime(cfg, device=LoopbackDevice(), log=lines.append)
+    lines = log_lines()
+    rt = GuestRuntime(
+        cfg,
+        device=LoopbackDevice(),
+    )
     t0 = time.monotonic()
     s = await rt.run()
     return time.monotonic() - t0, s, lines

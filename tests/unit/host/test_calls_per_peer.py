@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from host.server import HostServer
 from pagehint.config import HostConfig
+from tests.logs import log_lines
 from tests.waiting import wait_for
 
 LIMIT = 4
@@ -22,9 +23,9 @@ LIMIT = 4
 
 @pytest.fixture
 async def host() -> AsyncIterator[tuple[HostServer, list[str]]]:
-    lines: list[str] = []
+    lines = log_lines()
     cfg = HostConfig(listen="127.0.0.1:0", drain_seconds=1.0, max_calls_per_peer=LIMIT)
-    server = HostServer(cfg, lines.append)
+    server = HostServer(cfg)
     await server.start()
     await server.serving()
     try:

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2
 from host.limits import ConnectionWatch, _address, connections_by_peer
 from host.server import HostServer
 from pagehint.config import HostConfig
+from tests.logs import log_lines
 from tests.waiting import wait_for
 
 # What an HTTP/2 client sends first: the preface and an empty SETTINGS frame.
@@ -54,7 +55,7 @@ def connect(port: int, n: int, held: list[socket.socket], preface: bool = False)
 
 
 async def started(cfg: HostConfig, lines: list[str]) -> HostServer:
-    server = HostServer(cfg, lines.append)
+    server = HostServer(cfg)
     await server.start()
     await server.serving()
     return server
@@ -62,7 +63,7 @@ async def started(cfg: HostConfig, lines: list[str]) -> HostServer:
 
 @pytest.fixture
 async def host() -> AsyncIterator[tuple[HostServer, list[str]]]:
-    lines: list[str] = []
+    lines = log_lines()
     server = await started(HostConfig(listen="127.0.0.1:0", drain_seconds=1.0), lines)
     try:
         yield server, lines
@@ -107,7 +108,7 @@ async def test_idle_http2_connections_are_closed_at_the_idle_timeout(
 async def test_connections_past_the_cap_are_turned_away_and_said(
     sockets: list[socket.socket],
 ) -> None:
-    lines: list[str] = []
+    lines = log_lines()
     cfg = HostConfig(listen="127.0.0.1:0", drain_seconds=1.0, max_connections=8)
     server = await started(cfg, lines)
     try:

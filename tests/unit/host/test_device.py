@@ -16,6 +16,7 @@ from host.sessions import (
     SessionError,
     SessionInUse,
 )
+from tests.logs import log_lines
 from virtqueue import codec
 from virtqueue import features as F
 
@@ -243,8 +244,8 @@ def test_totals_follow_a_guests_line_of_sessions_not_its_id() -> None:
 
 
 def test_bad_touched_batches_are_counted_not_fatal() -> None:
-    lines: list[str] = []
-    d = device(log=lines.append)
+    lines = log_lines()
+    d = device()
     s = session(d)
     assert not d.handle_touched(s, [0], [0])
     d.problems.flush(force=True)
@@ -256,8 +257,8 @@ def test_bad_touched_batches_are_counted_not_fatal() -> None:
 
 
 def test_refusal_logs_are_rate_limited_counts_exact() -> None:
-    lines: list[str] = []
-    d = device(log=lines.append)
+    lines = log_lines()
+    d = device()
     s = session(d)
     lines.clear()
     for i in range(1000):

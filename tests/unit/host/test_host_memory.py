@@ -17,6 +17,7 @@ from host.metrics import host_metrics
 from host.server import HostServer, _listening_line
 from pagehint.config import ConfigError, HostConfig
 from pagehint.metrics import FnCollector
+from tests.logs import log_lines
 from tests.wire import encode_chain, encode_touched
 from virtqueue import codec
 from virtqueue import features as F
@@ -45,8 +46,8 @@ async def make_host() -> AsyncIterator[MakeHost]:
     made: list[tuple[HostServer, grpc.aio.Channel]] = []
 
     async def make(**kw: object) -> Host:
-        lines: list[str] = []
-        server = HostServer(_cfg(**kw), lines.append)
+        lines = log_lines()
+        server = HostServer(_cfg(**kw))
         addr = await server.start()
         await server.serving()
         channel = grpc.aio.insecure_channel(addr)
@@ -248,5 +249,5 @@ def test_bad_host_memory_settings_are_one_line(kw: dict[str, object], message: s
 def test_off_by_default() -> None:
     cfg = HostConfig()
     assert cfg.host_memory_bytes is None and cfg.swap_bytes == 0
-    server = HostServer(cfg, lambda _m: None)
+    server = HostServer(cfg)
     assert server.backend.model is None

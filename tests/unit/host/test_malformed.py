@@ -21,6 +21,7 @@ from host.metrics import host_metrics
 from host.server import HostServer
 from pagehint.config import HostConfig
 from pagehint.metrics import FnCollector
+from tests.logs import log_lines
 from virtqueue import codec
 from virtqueue import features as F
 
@@ -70,8 +71,8 @@ def negotiation(page_size: int = 4096, poison_val: int = 0, guest_id: str = "g1"
 
 @pytest.fixture
 async def host() -> AsyncIterator[tuple[HostServer, grpc.aio.Channel, list[str]]]:
-    lines: list[str] = []
-    server = HostServer(HostConfig(listen="127.0.0.1:0", drain_seconds=1.0), lines.append)
+    lines = log_lines()
+    server = HostServer(HostConfig(listen="127.0.0.1:0", drain_seconds=1.0))
     addr = await server.start()
     await server.serving()
     channel = grpc.aio.insecure_channel(addr)
@@ -211,9 +212,8 @@ async def test_negotiation_numbers_are_read_at_full_width(
 
 
 async def test_a_slow_host_refuses_garbage_the_same_way() -> None:
-    lines: list[str] = []
     cfg = HostConfig(listen="127.0.0.1:0", drain_seconds=1.0, latency=0.01)
-    server = HostServer(cfg, lines.append)
+    server = HostServer(cfg)
     addr = await server.start()
     await server.serving()
     try:

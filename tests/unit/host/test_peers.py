@@ -89,11 +89,10 @@ def test_one_address_holds_at_most_its_quota_of_sessions() -> None:
 
 @pytest.fixture
 async def token_host() -> AsyncIterator[tuple[HostServer, codec.AioBalloonStub]]:
-    lines: list[str] = []
     cfg = HostConfig(
         listen="127.0.0.1:0", drain_seconds=1.0, tokens=dict(TOKENS), auth_penalty_max=1.0
     )
-    server = HostServer(cfg, lines.append)
+    server = HostServer(cfg)
     await server.start()
     await server.serving()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
@@ -187,7 +186,9 @@ async def test_guesses_at_the_admin_token_are_slowed_not_final(
 
 async def test_one_client_cannot_take_every_session_by_default() -> None:
     # HostConfig's defaults: 1024 sessions, 256 of them for one address.
-    server = HostServer(HostConfig(listen="127.0.0.1:0", drain_seconds=1.0), lambda _l: None)
+    server = HostServer(
+        HostConfig(listen="127.0.0.1:0", drain_seconds=1.0),
+    )
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

@@ -14,6 +14,7 @@ from host.server import HostServer
 from pagehint.certs import make_certs
 from pagehint.config import HostConfig
 from pagehint.tls import load_tls
+from tests.logs import log_lines
 from virtqueue import codec
 from virtqueue import features as F
 
@@ -35,7 +36,7 @@ def negotiation(guest_id: str) -> codec.NegotiateRequest:
 
 
 async def started(cfg: HostConfig, lines: list[str]) -> tuple[HostServer, str]:
-    server = HostServer(cfg, lines.append)
+    server = HostServer(cfg)
     addr = await server.start()
     await server.serving()
     return server, addr
@@ -46,7 +47,7 @@ async def tls_host(certs: Path) -> AsyncIterator[tuple[HostServer, str, list[str
     tls = load_tls(
         str(certs / "host.crt"), str(certs / "host.key"), str(certs / "ca.crt"), role="server"
     )
-    lines: list[str] = []
+    lines = log_lines()
     server, addr = await started(HostConfig(listen="127.0.0.1:0", tls=tls), lines)
     try:
         yield server, addr, lines
@@ -85,7 +86,7 @@ async def test_the_admin_certificate_may_not_negotiate(
 
 
 async def test_the_admin_token_may_not_negotiate() -> None:
-    lines: list[str] = []
+    lines = log_lines()
     cfg = HostConfig(listen="127.0.0.1:0", tokens={"g1": GUEST_TOKEN, "admin": ADMIN_TOKEN})
     server, addr = await started(cfg, lines)
     try:

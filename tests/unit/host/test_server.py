@@ -21,8 +21,7 @@ MIB = 1 << 20
 
 @pytest.fixture
 async def host() -> AsyncIterator[tuple[HostServer, codec.AioBalloonStub]]:
-    lines: list[str] = []
-    server = HostServer(HostConfig(listen="127.0.0.1:0", drain_seconds=1.0), lines.append)
+    server = HostServer(HostConfig(listen="127.0.0.1:0", drain_seconds=1.0))
     addr = await server.start()
     await server.serving()
     channel = grpc.aio.insecure_channel(addr)

@@ -43,7 +43,7 @@ def isolated_block(mm: BuddyAllocator) -> tuple[int, int]:
 async def test_a_report_is_checked_discarded_and_answered_by_the_real_device() -> None:
     device = BalloonDevice(SimBackend())
     mm = BuddyAllocator(RAM)
-    driver = BalloonDriver(config(), mm, lambda _m: None, transport=LoopbackTransport(device))
+    driver = BalloonDriver(config(), mm, transport=LoopbackTransport(device))
     await driver.start()
     try:
         await driver.report([isolated_block(mm)])
@@ -62,7 +62,7 @@ async def test_a_whole_guest_runs_over_it_and_the_host_counts_what_the_guest_rep
     # (RAM above the merged design's zone watermark: free > low + capacity << order)
     cfg = config(workload="memhog", duration=1.5, seed=1, ram_bytes=256 << 20)
     mm = BuddyAllocator(cfg.ram_bytes)
-    driver = BalloonDriver(cfg, mm, lambda _m: None, transport=LoopbackTransport(device))
+    driver = BalloonDriver(cfg, mm, transport=LoopbackTransport(device))
     await driver.start()
     rt = GuestRuntime(cfg, device=driver, mm=mm)
     try:
@@ -98,7 +98,7 @@ async def test_refusals_come_back_as_the_grpc_transport_raises_them() -> None:
 async def test_a_session_the_host_ends_breaks_the_stream_and_the_driver_comes_back() -> None:
     device = BalloonDevice(SimBackend())
     mm = BuddyAllocator(RAM)
-    driver = BalloonDriver(config(), mm, lambda _m: None, transport=LoopbackTransport(device))
+    driver = BalloonDriver(config(), mm, transport=LoopbackTransport(device))
     await driver.start()
     try:
         first = driver.conn.session

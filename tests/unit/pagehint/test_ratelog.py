@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import logging
+
 from pagehint.ratelog import RateLimitedLog
+from tests.logs import log_lines
 
 
 def test_one_line_per_kind_per_interval_then_a_count() -> None:
-    lines: list[str] = []
-    log = RateLimitedLog(lines.append, interval=10.0)
+    lines = log_lines()
+    log = RateLimitedLog(logging.getLogger("host.sessions"), interval=10.0)
     for i in range(100):
         log.note("a", f"a {i}", now=float(i) / 100)
     log.note("b", "b 0", now=0.5)

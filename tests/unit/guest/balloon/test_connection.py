@@ -13,6 +13,7 @@ import pytest
 from guest.balloon.connection import Backoff, Connection, SessionUnusable
 from guest.balloon.transport import NegotiationRefused
 from guest.balloon.window import ChainWindow
+from tests.logs import log_lines
 from tests.unit.guest.balloon.fakehost import FakeHost
 from tests.waiting import wait_for
 from virtqueue import features as F
@@ -26,13 +27,12 @@ def _negotiation(previous: str) -> Negotiation:
 
 
 def _connection(host: FakeHost, accept: object = None) -> tuple[Connection, list[str]]:
-    lines: list[str] = []
+    lines = log_lines()
     conn = Connection(
         host,
         ChainWindow(),
         negotiation=_negotiation,
         accept=accept if accept is not None else (lambda _acc: None),  # type: ignore[arg-type]
-        log=lines.append,
         address="fake:1",
         backoff=Backoff(0.01, 0.05, random.Random(1)),
     )

@@ -14,6 +14,7 @@ from guest.hinting.registry import make_policy
 from guest.mm import MAX_ORDER, BuddyAllocator
 from pagehint.config import GuestConfig, HintingConfig
 from pagehint.errors import UsageError
+from tests.logs import log_lines
 from tests.unit.guest.balloon.fakehost import FakeHost
 from tests.waiting import wait_for
 
@@ -38,8 +39,8 @@ def config(**kw: object) -> GuestConfig:
 async def setup() -> AsyncIterator[tuple[FakeHost, BalloonDriver, BuddyAllocator, list[str]]]:
     host = FakeHost()
     mm = BuddyAllocator(RAM)
-    lines: list[str] = []
-    driver = BalloonDriver(config(stall_warning=0.2), mm, lines.append, transport=host)
+    lines = log_lines()
+    driver = BalloonDriver(config(stall_warning=0.2), mm, transport=host)
     await driver.start()
     try:
         yield host, driver, mm, lines
@@ -151,7 +152,7 @@ async def test_a_host_with_too_small_chains_is_refused_once_when_the_policy_regi
     host = FakeHost(max_chain_ranges=8)
     mm = BuddyAllocator(RAM)
     cfg = config()
-    driver = BalloonDriver(cfg, mm, lambda _m: None, transport=host)
+    driver = BalloonDriver(cfg, mm, transport=host)
     await driver.start()
     try:
         assert driver.capacity == 8
@@ -167,7 +168,7 @@ async def test_a_smaller_capacity_fits_a_host_with_small_chains() -> None:
     host = FakeHost(max_chain_ranges=8)
     mm = BuddyAllocator(RAM)
     cfg = config(capacity=8)
-    driver = BalloonDriver(cfg, mm, lambda _m: None, transport=host)
+    driver = BalloonDriver(cfg, mm, transport=host)
     await driver.start()
     try:
         assert make_policy(cfg.hinting, mm, driver).capacity == 8
@@ -178,7 +179,7 @@ async def test_a_smaller_capacity_fits_a_host_with_small_chains() -> None:
 
 async def test_a_later_session_may_not_shrink_the_chain_capacity() -> None:
     host = FakeHost(max_chain_ranges=32)
-    driver = BalloonDriver(config(), BuddyAllocator(RAM), lambda _m: None, transport=host)
+    driver = BalloonDriver(config(), BuddyAllocator(RAM), transport=host)
     await driver.start()
     try:
         host.device.table.max_chain_ranges = 8
@@ -191,7 +192,7 @@ async def test_a_later_session_may_not_shrink_the_chain_capacity() -> None:
 
 async def test_the_device_minimum_order_raises_the_policy_order() -> None:
     host = FakeHost(min_order=10)
-    driver = BalloonDriver(config(), BuddyAllocator(RAM), lambda _m: None, transport=host)
+    driver = BalloonDriver(config(), BuddyAllocator(RAM), transport=host)
     await driver.start()
     try:
         assert driver.min_order == 10
@@ -202,7 +203,7 @@ async def test_the_device_minimum_order_raises_the_policy_order() -> None:
 async def test_touches_made_while_a_batch_is_being_written_are_not_lost() -> None:
     host = FakeHost()
     mm = BuddyAllocator(RAM)
-    driver = BalloonDriver(config(touch_batch=1), mm, lambda _m: None, transport=host)
+    driver = BalloonDriver(config(touch_batch=1), mm, transport=host)
     await driver.start()
     try:
         stream = host.streams[-1]

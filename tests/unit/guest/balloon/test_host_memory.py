@@ -35,7 +35,7 @@ async def wait_for(cond: Callable[[], bool], timeout: float) -> None:
 async def started(host: FakeHost, **kw: object) -> tuple[BalloonDriver, BuddyAllocator]:
     mm = BuddyAllocator(RAM)
     # A flush timer far longer than any test: only the prompt flush can send touches.
-    driver = BalloonDriver(config(touch_flush_seconds=60.0, **kw), mm, lambda _m: None, host)
+    driver = BalloonDriver(config(touch_flush_seconds=60.0, **kw), mm, host)
     await driver.start()
     return driver, mm
 
@@ -178,7 +178,7 @@ def shared(tmp_path: Path, mm: BuddyAllocator) -> SharedRam:
     with path.open("wb") as f:
         f.truncate(mm.ram_bytes)
     path.chmod(0o600)
-    return SharedRam(str(path), mm, "g", None, lambda _m: None, folder=str(tmp_path))
+    return SharedRam(str(path), mm, "g", None, folder=str(tmp_path))
 
 
 async def test_shm_reads_a_swapped_block_only_after_the_host_brought_it_back(
