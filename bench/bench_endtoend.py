@@ -30,7 +30,7 @@ import uvloop
 
 from bench.common import Machine, goal_line, median
 from guest.balloon import BalloonDriver
-from guest.hinting.base import make_policy
+from guest.hinting.registry import make_policy
 from guest.mm import BuddyAllocator
 from host.memory.punch import allocated_bytes, punch_hole
 from lab.procs import ProcessGroup
