@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 from collections.abc import Coroutine
@@ -332,6 +333,9 @@ class StopSignals:
     def __init__(self) -> None:
         self.requested = asyncio.Event()
         self.running: list[GuestRuntime] = []
+        # Each guest's context (log_as: whose lines): a signal's handler runs in the
+        # context it was installed from, and would log without the guest's id.
+        self._contexts: dict[int, contextvars.Context] = {}
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -341,7 +345,7 @@ class StopSignals:
     def stop(self) -> None:
         self.requested.set()
         for rt in self.running:
-            log.info("stopping on signal")
+            self._contexts[id(rt)].run(log.info, "stopping on signal")
             self.stop_one(rt)
 
     @staticmethod
@@ -350,12 +354,15 @@ class StopSignals:
         rt.stopped_by_signal = True
 
     def add(self, rt: GuestRuntime) -> None:
+        """Called from the guest's own task (its context names it)."""
         self.running.append(rt)
+        self._contexts[id(rt)] = contextvars.copy_context()
         if self.requested.is_set():
             self.stop_one(rt)
 
     def remove(self, rt: GuestRuntime) -> None:
         self.running = [r for r in self.running if r is not rt]
+        self._contexts.pop(id(rt), None)
 
     async def before_boot(self, seconds: float) -> None:
         """Wait ``seconds`` (a start delay) unless a signal comes first."""

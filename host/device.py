@@ -34,6 +34,7 @@ from host.device_metrics import DeviceMetrics
 from host.memory.base import MemoryBackend
 from host.memory.hostmem import TouchOutcome
 from host.sessions import Session, SessionTable
+from pagehint.config import HostConfig
 from pagehint.ratelog import RateLimitedLog
 from virtqueue import codec
 from virtqueue.codec import Fence, NoticeMsg, UsedMsg
@@ -72,12 +73,13 @@ class BalloonDevice:
     def __init__(
         self,
         backend: MemoryBackend,
-        queue_size: int = 64,
-        max_chain_ranges: int = 512,
-        session_timeout: float = 30.0,
-        min_order: int = 0,
+        # Defaults are the host's (HostConfig), written there once.
+        queue_size: int = HostConfig.queue_size,
+        max_chain_ranges: int = HostConfig.max_chain_ranges,
+        session_timeout: float = HostConfig.session_timeout,
+        min_order: int = HostConfig.min_order,
         faults: Faults | None = None,
-        max_sessions: int = 1024,
+        max_sessions: int = HostConfig.max_sessions,
         max_sessions_per_peer: int | None = None,
     ) -> None:
         self.backend = backend

@@ -16,6 +16,7 @@ import grpc
 
 from host.device import BalloonDevice
 from host.peers import AuthThrottle, peer_address
+from pagehint.config import HostConfig
 from pagehint.tls import peer_identity
 from virtqueue import codec
 
@@ -49,7 +50,7 @@ class Gatekeeper:
         device: BalloonDevice,
         tls: bool = False,
         tokens: Mapping[str, str] | None = None,
-        auth_penalty_max: float = 10.0,
+        auth_penalty_max: float = HostConfig.auth_penalty_max,
     ) -> None:
         self.device = device
         self.tls = tls

@@ -27,6 +27,7 @@ from host.sessions import (
     SessionKilled,
     TooBig,
 )
+from pagehint.config import HostConfig
 from virtqueue import codec
 
 Context = codec.Context
@@ -55,7 +56,7 @@ class BalloonService:
         latency: float = 0.0,
         tls: bool = False,
         tokens: Mapping[str, str] | None = None,
-        auth_penalty_max: float = 10.0,
+        auth_penalty_max: float = HostConfig.auth_penalty_max,
     ) -> None:
         self.device = device
         self.gate = Gatekeeper(device, tls, tokens, auth_penalty_max)
@@ -115,11 +116,9 @@ class BalloonService:
             session = self.device.table.session(token)
         except SessionError as e:
             self.device.refuse("unknown_session")
-            await abort(context, _session_status(e), str(e))
-        session.streams += 1
+            await abort(context, session_status(e), str(e))
         task = asyncio.current_task()
-        if task is not None:
-            session.stream_tasks.add(task)
+        session.stream_opened(task)
         try:
             answers = (
                 self.queue.with_notices(session, request_iterator)
@@ -144,9 +143,7 @@ class BalloonService:
             self.device.problems.note("internal", "internal error:\n" + traceback.format_exc())
             await abort(context, grpc.StatusCode.INTERNAL, "internal error in the host")
         finally:
-            session.streams -= 1
-            if task is not None:
-                session.stream_tasks.discard(task)
+            session.stream_closed(task)
         if session.killed:
             # The host's OOM killer ended it: the guest ends too (it does not reconnect).
             await abort(context, grpc.StatusCode.ABORTED, session.killed)
@@ -167,7 +164,7 @@ class BalloonService:
             try:
                 s = self.device.table.session(token)
             except SessionError as e:
-                await abort(context, _session_status(e), str(e))
+                await abort(context, session_status(e), str(e))
             self_guest = guest_figures(s)
             if self_only:
                 return codec.encode_host_stats(own_figures(self.device, self_guest))
@@ -197,7 +194,7 @@ class BalloonService:
         return codec.close_reply()
 
 
-def _session_status(e: SessionError) -> grpc.StatusCode:
+def session_status(e: SessionError) -> grpc.StatusCode:
     """ABORTED for a session the OOM killer ended (the guest stops, exit 3), else
     UNAUTHENTICATED (the guest negotiates again)."""
     return (

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from host.memory.base import GuestRam, MemoryBackend
 from host.memory.hostmem import Kill
+from pagehint.config import HostConfig
 from pagehint.ratelog import RateLimitedLog
 from virtqueue import features as F
 from virtqueue.codec import Fence, Negotiation
@@ -117,7 +118,7 @@ class Session:
     capacity: int
     ram: GuestRam
     totals: GuestTotals
-    queue_size: int = 64
+    queue_size: int = HostConfig.queue_size
     last_seen: float = field(default_factory=time.monotonic)
     peak_resident_pages: int = 0
     streams: int = 0
@@ -125,6 +126,18 @@ class Session:
     # Reporting handlers of this session: ending the session cancels them, so an
     # expired or fenced session's idle stream does not linger.
     stream_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def stream_opened(self, task: asyncio.Task[Any] | None) -> None:
+        """A Reporting stream of this session began (any transport's)."""
+        self.streams += 1
+        if task is not None:
+            self.stream_tasks.add(task)
+
+    def stream_closed(self, task: asyncio.Task[Any] | None) -> None:
+        self.streams -= 1
+        if task is not None:
+            self.stream_tasks.discard(task)
+
     # Outcomes of the most recent chains (id, DONE?): what a fence reports.
     recent: deque[tuple[int, bool]] = field(default_factory=deque)
     # The client's address (per-peer quota; "" for in-process callers: none).
@@ -196,10 +209,10 @@ class SessionTable:
         self,
         backend: MemoryBackend,
         metrics: DeviceMetrics,
-        queue_size: int = 64,
-        max_chain_ranges: int = 512,
-        session_timeout: float = 30.0,
-        max_sessions: int = 1024,
+        queue_size: int = HostConfig.queue_size,
+        max_chain_ranges: int = HostConfig.max_chain_ranges,
+        session_timeout: float = HostConfig.session_timeout,
+        max_sessions: int = HostConfig.max_sessions,
         max_sessions_per_peer: int | None = None,
     ) -> None:
         self.backend = backend

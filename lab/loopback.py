@@ -16,20 +16,25 @@ Tests, benches and anyone who wants guest and host in one process use it::
 
     device = BalloonDevice(SimBackend())
     driver = BalloonDriver(cfg, mm, transport=LoopbackTransport(device))
+    await driver.start()  # first: the policy registers against the host's answer
+    runtime = GuestRuntime(cfg, device=driver, mm=mm)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import contextvars
+import traceback
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from guest.balloon.transport import REFUSALS, NegotiationRefused, Stream, TransportError
 from host.device import BalloonDevice
 from host.figures import guest_figures, own_figures
 from host.queue import ReportingQueue
-from host.service import status_of
-from host.sessions import NegotiationError, Session, SessionError, SessionKilled
+from host.service import session_status, status_of
+from host.sessions import NegotiationError, SessionError, SessionKilled
 from virtqueue import codec
 from virtqueue.codec import (
     Accepted,
@@ -41,28 +46,45 @@ from virtqueue.codec import (
     UsedMsg,
 )
 
+T = TypeVar("T")
+
+
+def _as_host(fn: Callable[..., T], *args: object) -> T:
+    """Run host code in a context of its own: its lines are the host's."""
+    return contextvars.Context().run(fn, *args)
+
 
 class LoopbackStream:
     """One Reporting stream: the guest's messages go through the host's queue as
-    protobuf messages, and its answers come back decoded."""
+    protobuf messages, and its answers come back decoded. Like a gRPC call, a
+    stream to a session the host does not know opens, then ends at its first read."""
 
-    def __init__(self, queue: ReportingQueue, session: Session) -> None:
+    def __init__(self, queue: ReportingQueue, token: str) -> None:
         self._to_host: asyncio.Queue[codec.GuestMessage | None] = asyncio.Queue()
         self._to_guest: asyncio.Queue[UsedMsg | NoticeMsg | BaseException | None] = asyncio.Queue()
-        self._session = session
         self._closed = False
-        session.streams += 1
+        # In a context of its own: the host's lines are the host's, not the guest's
+        # whose task opened the stream (log_as).
         self._task = asyncio.get_running_loop().create_task(
-            self._serve(queue, session), name=f"loopback-{session.guest_id}"
+            self._serve(queue, token), name="loopback-stream", context=contextvars.Context()
         )
-        session.stream_tasks.add(self._task)
 
     async def _requests(self) -> AsyncIterator[codec.GuestMessage | codec.Malformed]:
         while (msg := await self._to_host.get()) is not None:
             yield msg
 
-    async def _serve(self, queue: ReportingQueue, session: Session) -> None:
-        """The host's side, as host/service.py's Reporting handler ends a stream."""
+    async def _serve(self, queue: ReportingQueue, token: str) -> None:
+        """The host's side, as host/service.py's Reporting handler: the same
+        session bookkeeping, the same ends."""
+        device = queue.device
+        try:
+            session = device.table.session(token)
+        except SessionError as e:
+            device.refuse("unknown_session")
+            self._to_guest.put_nowait(TransportError(f"{session_status(e).name}: {e}"))
+            return
+        task = asyncio.current_task()
+        session.stream_opened(task)
         end: BaseException | None = None
         try:
             answers = (
@@ -76,10 +98,13 @@ class LoopbackStream:
             if not session.ended:
                 raise
         except codec.Undecodable as e:
+            device.refuse("malformed")
             end = TransportError(f"INVALID_ARGUMENT: {e}")
+        except Exception:
+            device.problems.note("internal", "internal error:\n" + traceback.format_exc())
+            end = TransportError("INTERNAL: internal error in the host")
         finally:
-            session.streams -= 1
-            session.stream_tasks.discard(self._task)
+            session.stream_closed(task)
             if session.killed:
                 end = TransportError(f"ABORTED: {session.killed}")
             elif session.ended and end is None:
@@ -97,6 +122,8 @@ class LoopbackStream:
 
     async def read(self) -> UsedMsg | NoticeMsg | None:
         item = await self._to_guest.get()
+        if item is None or isinstance(item, BaseException):
+            self._to_guest.put_nowait(item)  # an ended stream stays ended, as a call does
         if isinstance(item, BaseException):
             raise item
         return item
@@ -107,6 +134,12 @@ class LoopbackStream:
             self._closed = True
             self._to_host.put_nowait(None)
             self._to_guest.put_nowait(None)
+
+    async def ended(self) -> None:
+        """Wait for the host's side to finish (it has already, or will soon, after
+        ``cancel``); an error there was already told to the guest's reader."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({self._task})
 
 
 class LoopbackTransport:
@@ -124,7 +157,7 @@ class LoopbackTransport:
     async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
         await asyncio.sleep(0)
         try:
-            return self.device.open_session(n, self.identity, peer="loopback")
+            return _as_host(self.device.open_session, n, self.identity, "loopback")
         except NegotiationError as e:
             code = status_of(e)
             error = NegotiationRefused if code in REFUSALS else TransportError
@@ -133,11 +166,7 @@ class LoopbackTransport:
             raise TransportError(f"ABORTED: {e}") from None
 
     def open_stream(self, session: str) -> Stream:
-        try:
-            s = self.device.table.session(session)
-        except SessionError as e:
-            raise TransportError(f"UNAUTHENTICATED: {e}") from None
-        stream = LoopbackStream(self.queue, s)
+        stream = LoopbackStream(self.queue, session)
         self.streams.append(stream)
         return stream
 
@@ -146,19 +175,19 @@ class LoopbackTransport:
         try:
             s = self.device.table.session(session)
         except SessionError as e:
-            raise TransportError(f"UNAUTHENTICATED: {e}") from None
+            raise TransportError(f"{session_status(e).name}: {e}") from None
         # Its own figures only, as the gRPC transport asks.
         return own_figures(self.device, guest_figures(s))
 
     async def close_session(self, session: str, timeout: float) -> None:
         await asyncio.sleep(0)
-        if session in self.device.table.sessions:
-            self.device.table.end(session, "closed by the guest")
+        if session not in self.device.table.sessions:
+            raise TransportError("UNAUTHENTICATED: unknown or expired session")
+        _as_host(self.device.table.end, session, "closed by the guest")
 
     async def aclose(self) -> None:
         for stream in self.streams:
             stream.cancel()
         for stream in self.streams:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await stream._task
+            await stream.ended()
         self.streams.clear()

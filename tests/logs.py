@@ -44,4 +44,4 @@ def reset() -> None:
     _installed.clear()
     # Whose lines they were (log_as) ends with the test too: a test without an
     # event loop of its own shares one context with the next.
-    ours._CONTEXT.set(())  # noqa: SLF001
+    ours._CONTEXT.set(())

@@ -201,10 +201,13 @@ class BalloonDriver:
         """Check a new session against what the policy needs, then take it on."""
         if not F.has(acc.features, F.REPORTING):
             raise SessionUnusable("the host did not accept VIRTIO_BALLOON_F_REPORTING")
-        if self.conn.connects and acc.max_chain_ranges < self.capacity:
+        reports = 0 if self.cfg.hinting.policy == "none" else self.cfg.hinting.effective_capacity()
+        if self.conn.connects and acc.max_chain_ranges < reports:
+            # The running policy registered against the first host; a later one
+            # must take its reports (the first answer's check is the policy's own).
             raise SessionUnusable(
-                f"the host's chain capacity fell from {self.capacity} to "
-                f"{acc.max_chain_ranges} ranges under the running policy"
+                f"the host takes at most {acc.max_chain_ranges} ranges per chain but the "
+                f"running {self.cfg.hinting.policy} policy reports {reports}"
             )
         order = max(self.cfg.hinting.order, acc.min_order)
         if self.conn.connects and order != self.min_order:
@@ -220,7 +223,7 @@ class BalloonDriver:
             # The ring's size is fixed by the first session: stranded chains of a
             # later one still hold their slots until their fence settles them.
             self.window.resize(acc.queue_size)
-            self.capacity = acc.max_chain_ranges
+        self.capacity = acc.max_chain_ranges
         self.link.adopt(acc)
 
     async def start(self) -> None:

@@ -17,6 +17,7 @@ from pagehint.config import HintingConfig
 from pagehint.ratelog import RateLimitedLog
 from pagehint.stats import LatencyHistogram
 
+POLICY_LOG = logging.getLogger("guest.hinting.policy")
 ACK_SAMPLES = 1_000_000  # keep at most this many ack latencies (oldest dropped)
 
 
@@ -89,10 +90,12 @@ class Policy(abc.ABC):
                 f"--capacity {device.capacity} (or the host with a larger --max-chain-ranges)"
             )
         self.stats = HintingStats()
-        # A line to the guest's log (docs/policies.md), on the policy's own logger.
-        self.log = logging.getLogger(type(self).__module__).info
+        # A line to the guest's log (docs/policies.md). One logger for every policy,
+        # under the guest's: a policy of one's own lives in a module of its own
+        # (FILE.py:CLASS, MODULE:CLASS) whose logger no handler would hear.
+        self.log = POLICY_LOG.info
         # Failed reports: one line per reason per 10 s (the counters stay exact).
-        self.problems = RateLimitedLog(logging.getLogger(type(self).__module__))
+        self.problems = RateLimitedLog(POLICY_LOG)
         self._consecutive_failures = 0
         # Blocks currently out with the device (tests check allocations against it).
         self.in_flight: list[Block] = []

@@ -172,9 +172,7 @@ class BitmapPolicy(Policy):
             # Stopped mid-walk: blocks isolated but not yet sent go back unreported
             # (v10's page_hinting_disable waits for the walk instead; a stop here
             # must not leave them off the free lists).
-            for pfn, order in batch:
-                if not self.cfg.unsafe_skip_isolation:
-                    self.mm.putback(pfn, order, to_tail=False)
+            self.drain(batch, reported=False, to_tail=False)
             batch.clear()
 
     async def _walk_zones(self, due: list[Zone], batch: list[Block], cross: bool) -> bool:

@@ -338,7 +338,7 @@ def _workload_config(
     elif trace is not None:
         ram = _trace_ram(trace)
     else:
-        ram = 1 << 30
+        ram = GuestConfig.ram_bytes
     workload = None if a.workload is None else str(a.workload)
     scenario = None
     if a.scenario is not None:
@@ -407,13 +407,18 @@ def _trace_config(a: argparse.Namespace) -> TraceConfig | None:
         lenient=bool(a.trace_lenient),
         untouched=str(a.trace_untouched),
     )
-    plan = load_plan(cfg)  # fail now, naming the file and line
-    if speed is not None and not plan.trace.seconds_clock:
+    check_trace_speed(cfg)  # loads it: fails now, naming the file and line
+    return cfg
+
+
+def check_trace_speed(cfg: TraceConfig) -> None:
+    """A trace replayed at a speed needs a clock in seconds to scale."""
+    plan = load_plan(cfg)
+    if cfg.speed is not None and not plan.trace.seconds_clock:
         raise UsageError(
             f"--trace {cfg.path}: its timestamps are not seconds (a counter or TSC trace "
             f"clock): give --speed max"
         )
-    return cfg
 
 
 def _trace_ram(trace: TraceConfig) -> int:

@@ -65,7 +65,8 @@ def _serving(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         old=("--capacity",),
         default=None,
         dest="memory_limit",
-        help="host memory for all guests (e.g. 8GiB); lazily freed memory is reclaimed first",
+        help="host memory for all guests (e.g. 8GiB); lazily freed memory is reclaimed first; "
+        "its variable is PAGEHINT_MEMORY_LIMIT (PAGEHINT_CAPACITY is the guest's --capacity)",
     )
     add_flag(
         p,

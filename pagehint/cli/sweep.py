@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from lab.sweep import (
     format_sweep,
     run_sweep,
 )
+from pagehint.cli.guest import check_trace_speed
 from pagehint.cli.options import out_help, run_folder, scenario_help, workload_help
 from pagehint.cli.support import (
     Subparsers,
@@ -138,45 +139,58 @@ def with_knob(cfg: GuestConfig, knob: str, text: str) -> GuestConfig:
     inner: Any = getattr(cfg, outer)
     if inner is None:  # --speed without --trace
         raise UsageError(f"{k.flag} is for --{outer}: give --{outer} FILE too")
-    return dataclasses.replace(cfg, **{outer: dataclasses.replace(inner, **{name: value})})
+    changed = dataclasses.replace(cfg, **{outer: dataclasses.replace(inner, **{name: value})})
+    if changed.trace is not None and knob == "speed":
+        check_trace_speed(changed.trace)
+    return changed
 
 
-def knob_args(cfg: GuestConfig, knobs: Iterable[str]) -> list[str]:
-    """The guest flags that give ``cfg``'s values of ``knobs``."""
-    args: list[str] = []
-    for knob in knobs:
-        k = KNOB_FIELDS[knob]
-        value: object = cfg
-        for name in k.field:
-            value = getattr(value, name)
-        text = "max" if value is None else f"{value:g}" if isinstance(value, float) else value
-        args += [k.flag, str(text)]
-    return args
+def _knob_value(cfg: GuestConfig, knob: str) -> object:
+    value: object = cfg
+    for name in KNOB_FIELDS[knob].field:
+        value = getattr(value, name)
+    return value
+
+
+def check_grid(base: GuestConfig, grid: dict[str, tuple[str, ...]]) -> None:
+    """Every value of every knob, checked by the config on its own (a knob one of
+    the grid's policies does not read is still checked), and no two values of a
+    knob the same once read (8 and 08, 1 and 1s)."""
+    for knob, texts in grid.items():
+        seen: dict[object, str] = {}
+        for text in texts:
+            value = _knob_value(with_knob(base, knob, text), knob)
+            if value in seen:
+                raise UsageError(f"{knob}={seen[value]},{text}: the same value twice")
+            seen[value] = text
 
 
 def guest_args(
     grid: dict[str, tuple[str, ...]], base_args: list[str]
 ) -> dict[str, tuple[str, ...]]:
     """Each run's guest flags, by combination: the common flags parsed once by the
-    guest's own parser into a GuestConfig, each combination's knobs set on it with
-    dataclasses.replace (checked there), and the knobs turned back into flags."""
+    guest's own parser into a GuestConfig, every value checked by setting it on
+    that config with dataclasses.replace, and each combination's knobs given as
+    the user wrote them (what was checked is what the guest reads)."""
     from pagehint.cli import guest as guest_command
     from pagehint.cli.support import RaisingParser
 
     # The guest's own flags and checks, without the whole CLI above the lab.
     parser = RaisingParser(prog="pagehint")
     guest_command.add_parser(parser.add_subparsers(parser_class=RaisingParser), {})
-    base = guest_command.config_from_args(parser.parse_args(["guest", *base_args]))
+    # (--speed max for the common flags when the grid sets the speed: each value
+    # is checked against the trace's clock on its own, by with_knob.)
+    speed = ["--speed", "max"] if "speed" in grid and "--trace" in base_args else []
+    base = guest_command.config_from_args(parser.parse_args(["guest", *base_args, *speed]))
+    try:
+        check_grid(base, grid)
+    except UsageError as e:
+        raise UsageError(f"--set: {e}") from None
     out: dict[str, tuple[str, ...]] = {}
     combos = combinations(grid)
     for combo in baselines(combos) + combos:
-        cfg = base
-        try:
-            for knob, text in combo.items():
-                cfg = with_knob(cfg, knob, text)
-        except UsageError as e:
-            raise UsageError(f"--set: {e}") from None
-        out[combo_label(combo)] = (*base_args, *knob_args(cfg, combo))
+        flags = [x for knob, text in combo.items() for x in (KNOB_FIELDS[knob].flag, text)]
+        out[combo_label(combo)] = (*base_args, *flags)
     return out
 
 

@@ -81,3 +81,25 @@ async def test_a_stop_while_running_ends_the_run_with_its_summary() -> None:
     signals.stop()
     s = await asyncio.wait_for(run, 10)
     assert s["stopped_by_signal"] and s["duration_s"] < 30
+
+
+async def test_a_stop_is_logged_as_each_guests_own_line(caplog: pytest.LogCaptureFixture) -> None:
+    # The signal's handler runs in the context it was installed from: each guest's
+    # "stopping" line must still carry its own source.
+    from pagehint.logging import setup
+
+    setup()
+    signals = StopSignals()
+    runs = [
+        asyncio.create_task(serve_guest(_cfg(duration=60, guest_id=g), signals=signals))
+        for g in ("ga", "gb")
+    ]
+    await wait_for(lambda: len(signals.running) == 2, 10, "both guests to run")
+    signals.stop()
+    await asyncio.wait_for(asyncio.gather(*runs), 10)
+    sources = sorted(
+        r.source  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "stopping on signal"
+    )
+    assert sources == ["guest[ga]", "guest[gb]"]

@@ -3,6 +3,8 @@ in one process, through the host's own negotiation and reporting queue."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from guest.balloon import BalloonDriver
@@ -108,3 +110,54 @@ async def test_a_session_the_host_ends_breaks_the_stream_and_the_driver_comes_ba
         assert device.metrics.chains == 1
     finally:
         await driver.stop()
+
+
+async def test_a_stream_to_an_unknown_session_ends_at_its_first_read_as_grpc_would() -> None:
+    device = BalloonDevice(SimBackend())
+    t = LoopbackTransport(device)
+    stream = t.open_stream("f" * 32)
+    with pytest.raises(TransportError, match=r"^UNAUTHENTICATED: "):
+        await stream.read()
+    assert device.metrics.refusals["unknown_session"] == 1
+    with pytest.raises(TransportError, match=r"^UNAUTHENTICATED: "):
+        await t.close_session("f" * 32, 1.0)
+    await t.aclose()
+
+
+async def test_a_host_error_ends_the_stream_internal_and_is_noted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    device = BalloonDevice(SimBackend())
+    t = LoopbackTransport(device)
+    acc = await t.negotiate(Negotiation("g", RAM, 4096, F.mask(F.REPORTING), 0), 1.0)
+
+    def broken(*_a: object) -> None:
+        raise RuntimeError("a bug in the host")
+
+    monkeypatch.setattr(t.queue, "_one_message", broken)
+    stream = t.open_stream(acc.session)
+    await stream.write(ChainMsg(1, [0], [9]))
+    with pytest.raises(TransportError, match=r"^INTERNAL: "):
+        await stream.read()
+    await t.aclose()
+
+
+async def test_an_ended_stream_stays_ended_and_the_hosts_lines_are_the_hosts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pagehint.logging import log_as, setup
+
+    setup()
+    log_as("guest[g]", guest="g")
+    device = BalloonDevice(SimBackend())
+    t = LoopbackTransport(device)
+    acc = await t.negotiate(Negotiation("g", RAM, 4096, F.mask(F.REPORTING), 0), 1.0)
+    stream = t.open_stream(acc.session)
+    await asyncio.sleep(0)
+    device.table.end(acc.session, "expired")
+    for _ in range(2):  # a second read does not hang: it raises again
+        with pytest.raises(TransportError, match=r"^UNAUTHENTICATED: "):
+            await asyncio.wait_for(stream.read(), 2.0)
+    (negotiated,) = [r for r in caplog.records if "negotiated" in r.getMessage()]
+    assert negotiated.source == "host"  # type: ignore[attr-defined]
+    await t.aclose()

@@ -177,15 +177,17 @@ async def test_a_smaller_capacity_fits_a_host_with_small_chains() -> None:
         await driver.stop()
 
 
-async def test_a_later_session_may_not_shrink_the_chain_capacity() -> None:
-    host = FakeHost(max_chain_ranges=32)
-    driver = BalloonDriver(config(), BuddyAllocator(RAM), transport=host)
+async def test_a_later_session_must_take_the_running_policys_reports() -> None:
+    host = FakeHost(max_chain_ranges=512)
+    driver = BalloonDriver(config(), BuddyAllocator(RAM), transport=host)  # reporting: 32
     await driver.start()
     try:
+        host.device.table.max_chain_ranges = 64  # smaller, but the policy's 32 fit
+        await driver.conn.connect()
+        assert driver.capacity == 64
         host.device.table.max_chain_ranges = 8
-        with pytest.raises(NegotiationRefused, match="fell from 32 to 8"):
+        with pytest.raises(NegotiationRefused, match="at most 8 ranges per chain but the running"):
             await driver.conn.connect()
-        assert driver.capacity == 32
     finally:
         await driver.stop()
 

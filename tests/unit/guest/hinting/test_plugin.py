@@ -231,3 +231,20 @@ def test_abstract_and_missing_classes_are_refused_up_front(tmp_path: Path) -> No
     with pytest.raises(UsageError) as e:
         check_policy_name(f"{long}:X")
     assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_a_policy_of_ones_own_logs_to_the_guests_log() -> None:
+    # Its module is its own (FILE.py:CLASS), whose logger no handler hears: a
+    # policy's lines go to one logger under the guest's.
+    from guest.hinting.base import NonePolicy
+    from guest.mm import BuddyAllocator
+    from pagehint.config import HintingConfig
+    from tests.logs import log_lines
+
+    class Mine(NonePolicy):
+        pass
+
+    Mine.__module__ = "pagehint_policy_0123abcd"
+    lines = log_lines()
+    Mine(HintingConfig(policy="none"), BuddyAllocator(64 << 20), None).log("hello from mine")
+    assert "hello from mine" in lines

@@ -11,6 +11,12 @@ from typing import Any
 
 import pytest
 
+from host.limits import (
+    default_calls_per_peer,
+    default_max_connections,
+    default_max_sessions,
+    default_sessions_per_peer,
+)
 from pagehint.cli import build_parser
 from pagehint.cli.guest import config_from_args as guest_config
 from pagehint.cli.host import config_from_args as host_config
@@ -41,7 +47,31 @@ def test_every_guest_flag_left_unset_gives_its_config_default() -> None:
 
 def test_every_host_flag_left_unset_gives_its_config_default() -> None:
     cfg = host_config(build_parser({}).parse_args(["host"]))
-    assert _differences(cfg, HostConfig(), "HostConfig") == []
+    # Four are this machine's: what its descriptor limit leaves room for
+    # (host/limits.py), at most the config's; the rest are the config's own.
+    sessions = default_max_sessions()
+    per_peer = default_sessions_per_peer(sessions)
+    machine = {
+        "max_sessions": sessions,
+        "max_sessions_per_peer": per_peer,
+        "max_calls_per_peer": default_calls_per_peer(per_peer),
+        "max_connections": default_max_connections(sessions, HostConfig.backend),
+    }
+    assert _differences(cfg, dataclasses.replace(HostConfig(), **machine), "HostConfig") == []
+    assert all(v <= getattr(HostConfig, k) for k, v in machine.items())
+
+
+def test_the_machine_derived_host_defaults_follow_the_descriptor_limit() -> None:
+    # (the comparison above held only with a high soft limit before it named these)
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        cfg = host_config(build_parser({}).parse_args(["host"]))
+        assert cfg.max_sessions == default_max_sessions() < HostConfig.max_sessions
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.parametrize("module", ["guest.py", "host.py"])
