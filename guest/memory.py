@@ -25,6 +25,9 @@ class GuestMemory:
         self.mm = mm
         self.on_alloc: list[PageListener] = []
         self.on_free: list[PageListener] = []
+        # Asked when an allocation fails, each returning pages it freed (the balloon's
+        # deflate-on-oom, as Linux's OOM notifier chain): one retry if any were.
+        self.on_oom: list[Callable[[], int]] = []
         self.alloc_latency_ns: list[int] = []
         self._tick = 0
 
@@ -38,6 +41,8 @@ class GuestMemory:
             if len(self.alloc_latency_ns) > 200_000:
                 del self.alloc_latency_ns[:100_000]
         else:
+            pfn = self.mm.alloc(order)
+        if pfn < 0 and self.on_oom and sum(notify() for notify in self.on_oom):
             pfn = self.mm.alloc(order)
         if pfn >= 0:
             for listener in self.on_alloc:

@@ -211,6 +211,7 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         # The driver cannot go on (guest id taken, RAM file refused): end the run.
         connected.conn.on_fatal.append(lambda _e: rt.ctx.stop.set())
         rt.memory.on_alloc.append(connected.link.on_alloc)
+        rt.memory.on_oom.append(connected.balloon.on_oom)
         # The host's memory model: its Notices' delays are the workload's to wait.
         connected.link.on_fault_delay.append(rt.ctx.add_fault_debt)
         connected.conn.on_fatal.append(
@@ -316,6 +317,12 @@ def _host_figures(driver: BalloonDriver, summary: GuestSummary) -> str:
     summary["fenced_cancelled_chains"] = driver.window.stats.fenced_not_done
     summary["stalled_reports"] = driver.view.stalls
     summary["touched_bytes_sent"] = driver.link.touches.pages_sent * PAGE_SIZE
+    b = driver.balloon
+    summary["balloon_target_bytes"] = b.target * PAGE_SIZE
+    summary["balloon_inflated_bytes"] = b.inflated_pages * PAGE_SIZE
+    summary["balloon_oom_deflated_bytes"] = b.oom_deflated_pages * PAGE_SIZE
+    summary["balloon_oom_deflations"] = b.oom_deflations
+    summary["balloon_inflate_shortfalls"] = b.inflate_failures
     assert driver.accepted is not None
     return driver.accepted.backend
 

@@ -81,11 +81,14 @@ class BalloonDevice:
         faults: Faults | None = None,
         max_sessions: int = HostConfig.max_sessions,
         max_sessions_per_peer: int | None = None,
+        stats_interval: float = HostConfig.stats_interval,
+        deflate_on_oom: bool = HostConfig.deflate_on_oom,
     ) -> None:
         self.backend = backend
         self.min_order = min_order
         self.faults = faults if faults is not None and faults.active else None
         self.instance = secrets.token_hex(8)
+        self.stats_interval = stats_interval
         self.metrics = DeviceMetrics()
         # One line per reason per interval, however many chains are refused.
         self.problems = RateLimitedLog(log)
@@ -98,6 +101,7 @@ class BalloonDevice:
             max_sessions=max_sessions,
             max_sessions_per_peer=max_sessions_per_peer,
         )
+        self.table.deflate_on_oom = deflate_on_oom
 
     def open_session(
         self, offer: codec.Negotiation, identity: str | None = None, peer: str = ""
@@ -123,6 +127,8 @@ class BalloonDevice:
             instance=self.instance,
             session_timeout_ms=min(int(self.table.session_timeout * 1000), 2**32 - 1),
             host_memory=s.host_memory,
+            balloon=s.balloon is not None,
+            stats_interval_ms=round(self.stats_interval * 1000) if s.balloon is not None else 0,
         )
 
     def handle_report(

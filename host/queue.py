@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import IO
 
+from host.balloon import handle_pages, take_stats
 from host.device import BalloonDevice
 from host.sessions import Session
 from virtqueue import codec
@@ -90,6 +91,11 @@ class ReportingQueue:
                 evicted, evict_id = session.ram.take_evicted()
                 if evicted:
                     yield codec.encode_notice(codec.NoticeMsg(evicted, 0, 0, 0, 0, evict_id))
+                b = session.balloon
+                if b is not None and b.told_pages != b.target_pages:
+                    # The target changed (or was never told): virtio's config change.
+                    b.told_pages = b.target_pages
+                    yield codec.encode_config(codec.ConfigMsg(b.target_pages))
                 if session.ended:
                     return
                 await wake.wait()
@@ -137,6 +143,11 @@ class ReportingQueue:
         if decoded is None:
             # No chain id to answer: count it and go on (the stream survives).
             self.device.refuse("malformed", f"guest {session.guest_id}: empty message")
+            return None
+        if isinstance(decoded, codec.PagesMsg):
+            return codec.encode_used(handle_pages(session, decoded))
+        if isinstance(decoded, codec.StatsMsg):
+            take_stats(session, decoded)
             return None
         if isinstance(decoded, codec.TouchedMsg):
             notice = self.device.answer_touched(

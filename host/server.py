@@ -110,6 +110,8 @@ class HostServer:
             faults=Faults(cfg.inject_refuse, cfg.inject_discard_error, cfg.fault_seed),
             max_sessions=cfg.max_sessions,
             max_sessions_per_peer=cfg.max_sessions_per_peer,
+            stats_interval=cfg.stats_interval,
+            deflate_on_oom=cfg.deflate_on_oom,
         )
         self.service = BalloonService(
             self.device,

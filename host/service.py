@@ -7,12 +7,14 @@ never a host path, never an exception's text.
 from __future__ import annotations
 
 import asyncio
+import logging
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import NoReturn, TypeVar
 
 import grpc
 
+from host.balloon import state as balloon_state
 from host.device import BalloonDevice
 from host.figures import guest_figures, host_figures, own_figures
 from host.gatekeeper import Gatekeeper, abort
@@ -32,6 +34,9 @@ from virtqueue import codec
 
 Context = codec.Context
 R = TypeVar("R")
+
+
+log = logging.getLogger(__name__)
 
 
 def status_of(e: NegotiationError) -> grpc.StatusCode:
@@ -122,7 +127,7 @@ class BalloonService:
         try:
             answers = (
                 self.queue.with_notices(session, request_iterator)
-                if session.host_memory
+                if session.host_memory or session.balloon is not None
                 else self.queue.answers(session, request_iterator)
             )
             async for used in answers:
@@ -192,6 +197,31 @@ class BalloonService:
             await abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or expired session")
         self.device.table.end(token, "closed by the guest")
         return codec.close_reply()
+
+    async def Balloon(
+        self, request: codec.BalloonRequest | codec.Malformed, context: Context
+    ) -> codec.BalloonStatus:
+        return await self._guarded(context, lambda: self._balloon(request, context), "Balloon")
+
+    async def _balloon(
+        self, request: codec.BalloonRequest | codec.Malformed, context: Context
+    ) -> codec.BalloonStatus:
+        """Set a guest's target and read its balloon (admin only where identities are
+        checked: a guest must not shrink its neighbours)."""
+        guest_id, target = codec.decode_balloon_request(request)
+        if not await self.gate.may_read_all(context):
+            await abort(
+                context, grpc.StatusCode.PERMISSION_DENIED, "the balloon needs an admin identity"
+            )
+        table = self.device.table
+        if target is not None:
+            s = table.set_target(guest_id, target)
+            log.info(f"guest {guest_id}: balloon target {target >> 20} MiB")
+        else:
+            s = table.sessions.get(table.by_guest.get(guest_id, ""))
+        if s is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no session of guest {guest_id!r}")
+        return codec.encode_balloon_status(balloon_state(s))
 
 
 def session_status(e: SessionError) -> grpc.StatusCode:

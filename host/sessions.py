@@ -26,13 +26,14 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from host.balloon_state import HostBalloon
 from host.memory.base import GuestRam, MemoryBackend
 from host.memory.hostmem import Kill
 from pagehint.config import HostConfig
 from pagehint.ratelog import RateLimitedLog
 from virtqueue import features as F
 from virtqueue.codec import Fence, Negotiation
-from virtqueue.contract import PAGE_SIZE, guest_id_problem, ram_size_problem
+from virtqueue.contract import MAX_GUEST_RAM, PAGE_SIZE, guest_id_problem, ram_size_problem
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 SUPPORTED = F.mask(F.REPORTING, F.PAGE_POISON)
+# With the rest of the balloon (a guest that offered it): the stats queue, and
+# deflate-on-oom where the host allows it (--deflate-on-oom). Never MUST_TELL_HOST:
+# a deflate undoes nothing on the host (host/balloon.py).
+BALLOON_FEATURES = F.mask(F.STATS_VQ)
 # Ended sessions whose chain outcomes and totals are kept for a late fence:
 # bounded, oldest dropped.
 ENDED_SESSIONS_KEPT = 1024
@@ -153,6 +158,8 @@ class Session:
     # Its Reporting streams' wake-ups: set when the host has something to tell it
     # that answers no message of its own (evictions caused by other guests).
     wakes: set[asyncio.Event] = field(default_factory=set)
+    # The rest of the balloon (host/balloon.py), when the guest offered it.
+    balloon: HostBalloon | None = None
 
     def wake(self) -> None:
         for w in self.wakes:
@@ -238,6 +245,10 @@ class SessionTable:
         self.resumed_by: OrderedDict[str, Session] = OrderedDict()
         # Sessions held per client address (the per-peer quota).
         self.per_peer: Counter[str] = Counter()
+        # Balloon targets by guest id, kept across its sessions (pages).
+        self.targets: dict[str, int] = {}
+        # --deflate-on-oom: offered to guests with the balloon.
+        self.deflate_on_oom = False
         # One line per reason per interval, however many negotiations are refused.
         self.problems = RateLimitedLog(log)
         if backend.model is not None:
@@ -277,7 +288,12 @@ class SessionTable:
             if fence.known:
                 totals = self.ended[previous_session][2]
         end_replaced(self, guest_id, previous_session, identity)
-        accepted = offer.features & SUPPORTED
+        supported = SUPPORTED
+        if offer.balloon:
+            supported |= BALLOON_FEATURES
+            if self.deflate_on_oom:
+                supported |= F.mask(F.DEFLATE_ON_OOM)
+        accepted = offer.features & supported
         totals.sessions += 1
         s = Session(
             token=secrets.token_hex(16),
@@ -291,6 +307,7 @@ class SessionTable:
             queue_size=self.queue_size,
             peer=peer,
             host_memory=follows,
+            balloon=HostBalloon(self.targets.get(guest_id, 0)) if offer.balloon else None,
         )
         self._open(s, previous_session)
         return s, fence
@@ -341,6 +358,17 @@ class SessionTable:
             self.metrics.turned_away["no_room"] += 1
             raise LimitReached("the host's OOM killer took this guest as it started")
         return ram
+
+    def set_target(self, guest_id: str, target_bytes: int) -> Session | None:
+        """A guest's balloon target (kept for its later sessions too); its live
+        session, told at once on its stream, or None."""
+        pages = min(target_bytes, MAX_GUEST_RAM) // PAGE_SIZE
+        self.targets[guest_id] = pages
+        s = self.sessions.get(self.by_guest.get(guest_id, ""))
+        if s is not None and s.balloon is not None:
+            s.balloon.target_pages = min(pages, s.nr_pages)
+            s.wake()
+        return s
 
     def fence(self, guest_id: str, token: str) -> Fence:
         """End ``token`` (if still open) so none of its chains can be discarded any more,

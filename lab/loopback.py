@@ -38,15 +38,16 @@ from host.sessions import NegotiationError, SessionError, SessionKilled
 from virtqueue import codec
 from virtqueue.codec import (
     Accepted,
-    ChainMsg,
+    ConfigMsg,
+    GuestMsg,
     HostFigures,
     Negotiation,
     NoticeMsg,
-    TouchedMsg,
     UsedMsg,
 )
 
 T = TypeVar("T")
+Answer = UsedMsg | NoticeMsg | ConfigMsg
 
 
 def _as_host(fn: Callable[..., T], *args: object) -> T:
@@ -61,7 +62,7 @@ class LoopbackStream:
 
     def __init__(self, queue: ReportingQueue, token: str) -> None:
         self._to_host: asyncio.Queue[codec.GuestMessage | None] = asyncio.Queue()
-        self._to_guest: asyncio.Queue[UsedMsg | NoticeMsg | BaseException | None] = asyncio.Queue()
+        self._to_guest: asyncio.Queue[Answer | BaseException | None] = asyncio.Queue()
         self._closed = False
         # In a context of its own: the host's lines are the host's, not the guest's
         # whose task opened the stream (log_as).
@@ -89,7 +90,7 @@ class LoopbackStream:
         try:
             answers = (
                 queue.with_notices(session, self._requests())
-                if session.host_memory
+                if session.host_memory or session.balloon is not None
                 else queue.answers(session, self._requests())
             )
             async for used in answers:
@@ -111,16 +112,13 @@ class LoopbackStream:
                 end = TransportError("UNAUTHENTICATED: session ended; negotiate again")
             self._to_guest.put_nowait(end)
 
-    async def write(self, msg: ChainMsg | TouchedMsg) -> None:
+    async def write(self, msg: GuestMsg) -> None:
         if self._closed or self._task.done():
             raise TransportError("UNAVAILABLE: the stream is closed")
-        if isinstance(msg, ChainMsg):
-            self._to_host.put_nowait(codec.encode_chain_msg(msg))
-        else:
-            self._to_host.put_nowait(codec.encode_touched_msg(msg))
+        self._to_host.put_nowait(codec.encode_guest_msg(msg))
         await asyncio.sleep(0)  # the host's turn, as a write to a socket would give it
 
-    async def read(self) -> UsedMsg | NoticeMsg | None:
+    async def read(self) -> UsedMsg | NoticeMsg | ConfigMsg | None:
         item = await self._to_guest.get()
         if item is None or isinstance(item, BaseException):
             self._to_guest.put_nowait(item)  # an ended stream stays ended, as a call does

@@ -464,6 +464,14 @@ class HostConfig:
     # shares the address and retries (RESOURCE_EXHAUSTED) is back within its connect
     # timeout once the guessing stops. 0: no throttle.
     auth_penalty_max: float = 10.0
+    # The rest of the balloon (issue 24). How often a guest sends its stats
+    # (seconds; 0: never): Firecracker's stats_polling_interval_s and QEMU's
+    # guest-stats-polling-interval are the user's to set, off by default; 1 s is
+    # the finest Firecracker takes (whole seconds), and what a controller needs.
+    stats_interval: float = 1.0
+    # Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM: off by default, as QEMU's
+    # deflate-on-oom property and Firecracker's deflate_on_oom are.
+    deflate_on_oom: bool = False
     # The host's own record: one JSON line per chain (wall time, guest, chain id,
     # status, the guest's resident bytes right after it).
     chain_log: str | None = None
@@ -520,6 +528,7 @@ class HostConfig:
                 ("handshake_timeout", "--handshake-timeout", between(0.001, 86400)),
                 ("idle_connection_timeout", "--idle-connection-timeout", between(0.001, 86400)),
                 ("auth_penalty_max", "--auth-penalty-max", between(0, 3600)),
+                ("stats_interval", "--stats-interval", between(0, 3600)),
                 ("host_memory_bytes", "--host-memory", optional(at_least(1, whole=True))),
                 ("swap_bytes", "--swap", at_least(0, whole=True)),
                 ("swap_in_cost", "--swap-in-cost", between(0, 1)),

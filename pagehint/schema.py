@@ -156,6 +156,14 @@ class GuestSummary(TypedDict):
     fault_wait_seconds: NotRequired[float]  # what the workload really waited for them
     swapped_bytes: NotRequired[int | None]  # of this guest in the host's swap, last heard
     oom_killed: NotRequired[bool]  # the host's OOM killer ended the guest (exit status 3)
+    # The rest of the balloon (issue 24; absent from older files, 0 without a host
+    # that has it): the host's last target, pages inflated over the run, and what
+    # deflate-on-oom took back for failed allocations.
+    balloon_target_bytes: NotRequired[int]
+    balloon_inflated_bytes: NotRequired[int]
+    balloon_oom_deflated_bytes: NotRequired[int]
+    balloon_oom_deflations: NotRequired[int]
+    balloon_inflate_shortfalls: NotRequired[int]  # fills cut short ("out of puff")
     # Added by the lab commands (demo, compare, sweep) from the guest's timeline
     # (lab/pipeline.py):
     host_resident_peak_bytes: NotRequired[int | None]

@@ -35,6 +35,8 @@ class Negotiation:
     previous_session: str = ""
     # The guest follows the host's memory model (Notices): see the proto.
     host_memory: bool = False
+    # The guest runs the rest of the balloon (inflate/deflate, stats): see the proto.
+    balloon: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Accepted:
     session_timeout_ms: int = 0
     # The host has --host-memory and the guest offered it: Notices will come.
     host_memory: bool = False
+    # The guest offered the balloon and the host has it: targets will come.
+    balloon: bool = False
+    stats_interval_ms: int = 0
 
 
 # How the host finished a chain (the wire's UsedStatus).
@@ -215,6 +220,8 @@ def decode_accepted(m: pb.NegotiateReply) -> Accepted:
         instance=m.instance,
         session_timeout_ms=m.session_timeout_ms,
         host_memory=m.host_memory,
+        balloon=m.balloon,
+        stats_interval_ms=m.stats_interval_ms,
     )
 
 
@@ -247,8 +254,48 @@ class TouchedMsg(NamedTuple):
     evict_ack: int = 0
 
 
-def decode_guest_message(m: pb.GuestMessage | Malformed) -> ChainMsg | TouchedMsg | None:
-    """A chain or a touch batch; None for an empty message; Undecodable for Malformed."""
+class PagesMsg(NamedTuple):
+    """Order-0 frames into (``inflate``) or out of the balloon (Pages)."""
+
+    inflate: bool
+    id: int
+    pfns: Sequence[int]
+    actual_pages: int
+
+
+class StatsMsg(NamedTuple):
+    """The stats queue's buffer: VIRTIO_BALLOON_S_* tags and their values."""
+
+    tags: Sequence[int]
+    values: Sequence[int]
+
+
+def encode_pages_msg(p: PagesMsg) -> pb.GuestMessage:
+    pages = pb.Pages(id=p.id, pfn=p.pfns, actual_pages=p.actual_pages)
+    return pb.GuestMessage(inflate=pages) if p.inflate else pb.GuestMessage(deflate=pages)
+
+
+def encode_stats_msg(s: StatsMsg) -> pb.GuestMessage:
+    return pb.GuestMessage(stats=pb.BalloonStats(tag=s.tags, value=s.values))
+
+
+GuestMsg = ChainMsg | TouchedMsg | PagesMsg | StatsMsg
+
+
+def encode_guest_msg(msg: GuestMsg) -> pb.GuestMessage:
+    """Any guest message on the Reporting stream (chains first: the hot path)."""
+    if isinstance(msg, ChainMsg):
+        return encode_chain_msg(msg)
+    if isinstance(msg, TouchedMsg):
+        return encode_touched_msg(msg)
+    if isinstance(msg, PagesMsg):
+        return encode_pages_msg(msg)
+    return encode_stats_msg(msg)
+
+
+def decode_guest_message(m: pb.GuestMessage | Malformed) -> GuestMsg | None:
+    """A chain, a touch batch, balloon pages or stats; None for an empty message;
+    Undecodable for Malformed."""
     if isinstance(m, Malformed):
         raise Undecodable(f"a message that does not decode as {m.what}")
     kind = m.WhichOneof("kind")
@@ -257,6 +304,11 @@ def decode_guest_message(m: pb.GuestMessage | Malformed) -> ChainMsg | TouchedMs
     if kind == "touched":
         t = m.touched
         return TouchedMsg(t.pfn, t.count, t.seq, t.evict_ack)
+    if kind in ("inflate", "deflate"):
+        p = m.inflate if kind == "inflate" else m.deflate
+        return PagesMsg(kind == "inflate", p.id, p.pfn, p.actual_pages)
+    if kind == "stats":
+        return StatsMsg(m.stats.tag, m.stats.value)
     return None
 
 
@@ -302,8 +354,22 @@ def encode_notice(n: NoticeMsg) -> pb.Used:
     )
 
 
-def decode_used(m: pb.Used) -> UsedMsg | NoticeMsg:
-    """A chain's answer, or a Notice (``notice`` set: it answers no chain)."""
+class ConfigMsg(NamedTuple):
+    """The host's balloon target changed (virtio's config change): a Used with
+    ``config`` set, answering nothing."""
+
+    num_pages: int
+
+
+def encode_config(c: ConfigMsg) -> pb.Used:
+    return pb.Used(config=pb.BalloonConfig(num_pages=c.num_pages))
+
+
+def decode_used(m: pb.Used) -> UsedMsg | NoticeMsg | ConfigMsg:
+    """A chain's (or pages') answer, a Notice (``notice`` set) or a new target
+    (``config`` set); the last two answer nothing."""
+    if m.HasField("config"):
+        return ConfigMsg(m.config.num_pages)
     if m.HasField("notice"):
         n = m.notice
         return NoticeMsg(
@@ -402,6 +468,52 @@ def close_reply() -> pb.CloseReply:
     return pb.CloseReply()
 
 
+# ---- Balloon (the target from outside) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class BalloonState:
+    """One guest's balloon as the host knows it (BalloonStatus)."""
+
+    guest_id: str
+    balloon: bool
+    target_bytes: int
+    actual_bytes: int
+    stats: dict[str, int]
+    stats_age_ms: int
+    inflated_pages: int
+    deflated_pages: int
+
+
+def encode_balloon_request(guest_id: str, target_bytes: int | None) -> pb.BalloonRequest:
+    return pb.BalloonRequest(
+        guest_id=guest_id, set_target=target_bytes is not None, target_bytes=target_bytes or 0
+    )
+
+
+def decode_balloon_request(m: pb.BalloonRequest | Malformed) -> tuple[str, int | None]:
+    """(guest id, the target to set, or None to only read)."""
+    m = _decoded(m)
+    return str(m.guest_id), int(m.target_bytes) if m.set_target else None
+
+
+def encode_balloon_status(b: BalloonState) -> pb.BalloonStatus:
+    return pb.BalloonStatus(**asdict(b))
+
+
+def decode_balloon_status(m: pb.BalloonStatus) -> BalloonState:
+    return BalloonState(
+        guest_id=m.guest_id,
+        balloon=m.balloon,
+        target_bytes=m.target_bytes,
+        actual_bytes=m.actual_bytes,
+        stats=dict(m.stats),
+        stats_age_ms=m.stats_age_ms,
+        inflated_pages=m.inflated_pages,
+        deflated_pages=m.deflated_pages,
+    )
+
+
 # ---- service plumbing -------------------------------------------------------------
 # The generated *_pb2_grpc module has no type stubs; these Protocols give its
 # stub and servicer surface the message types above, so callers are checked.
@@ -415,6 +527,8 @@ StatsRequest = pb.StatsRequest
 HostStats = pb.HostStats
 CloseRequest = pb.CloseRequest
 CloseReply = pb.CloseReply
+BalloonRequest = pb.BalloonRequest
+BalloonStatus = pb.BalloonStatus
 
 
 class BalloonStub(Protocol):
@@ -424,6 +538,7 @@ class BalloonStub(Protocol):
     Reporting: grpc.StreamStreamMultiCallable[pb.GuestMessage, pb.Used]
     Stats: grpc.UnaryUnaryMultiCallable[pb.StatsRequest, pb.HostStats]
     Close: grpc.UnaryUnaryMultiCallable[pb.CloseRequest, pb.CloseReply]
+    Balloon: grpc.UnaryUnaryMultiCallable[pb.BalloonRequest, pb.BalloonStatus]
 
 
 class AioBalloonStub(Protocol):
@@ -433,6 +548,7 @@ class AioBalloonStub(Protocol):
     Reporting: grpc.aio.StreamStreamMultiCallable[pb.GuestMessage, pb.Used]
     Stats: grpc.aio.UnaryUnaryMultiCallable[pb.StatsRequest, pb.HostStats]
     Close: grpc.aio.UnaryUnaryMultiCallable[pb.CloseRequest, pb.CloseReply]
+    Balloon: grpc.aio.UnaryUnaryMultiCallable[pb.BalloonRequest, pb.BalloonStatus]
 
 
 # What a servicer method is handed: the asyncio server's per-call context.
@@ -468,6 +584,10 @@ class BalloonServicer(Protocol):
         self, request: pb.CloseRequest | Malformed, context: Context
     ) -> pb.CloseReply: ...
 
+    async def Balloon(
+        self, request: pb.BalloonRequest | Malformed, context: Context
+    ) -> pb.BalloonStatus: ...
+
 
 def add_servicer(servicer: BalloonServicer, server: grpc.aio.Server) -> None:
     """The generated add_BalloonServicer_to_server, with lenient request deserializers."""
@@ -491,6 +611,11 @@ def add_servicer(servicer: BalloonServicer, server: grpc.aio.Server) -> None:
             servicer.Close,
             request_deserializer=lenient(pb.CloseRequest),
             response_serializer=pb.CloseReply.SerializeToString,
+        ),
+        "Balloon": grpc.unary_unary_rpc_method_handler(
+            servicer.Balloon,
+            request_deserializer=lenient(pb.BalloonRequest),
+            response_serializer=pb.BalloonStatus.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

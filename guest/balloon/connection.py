@@ -34,7 +34,7 @@ from pagehint.errors import UsageError
 from pagehint.ratelog import RateLimitedLog
 from pagehint.schema import GuestSummary
 from virtqueue import features as F
-from virtqueue.codec import Accepted, Negotiation, NoticeMsg
+from virtqueue.codec import Accepted, ConfigMsg, Negotiation, NoticeMsg
 from virtqueue.contract import OOM_KILLED
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ class Connection:
         self.on_fatal: list[Callable[[UsageError], None]] = []
         # The host's Notices (only with host_memory negotiated): the driver's.
         self.on_notice: Callable[[NoticeMsg], None] = lambda _n: None
+        # The host's balloon target (only with balloon negotiated): the driver's.
+        self.on_config: Callable[[ConfigMsg], None] = lambda _c: None
 
     @property
     def session(self) -> str:
@@ -215,6 +217,8 @@ class Connection:
                     break
                 if isinstance(used, NoticeMsg):
                     self.on_notice(used)
+                elif isinstance(used, ConfigMsg):
+                    self.on_config(used)
                 else:
                     self.window.answer(used)
         except TransportError as e:

@@ -37,6 +37,7 @@ from guest.balloon.connection import (
     id_in_use,
 )
 from guest.balloon.host_view import HostView
+from guest.balloon.inflation import GuestBalloon
 from guest.balloon.touch_link import TouchLink
 from guest.balloon.transport import (
     GrpcTransport,
@@ -105,6 +106,9 @@ class BalloonDriver:
             self.conn, mm, batch=cfg.touch_batch, flush_seconds=cfg.touch_flush_seconds
         )
         self.conn.on_notice = self.link.on_notice
+        # The rest of the balloon: inflate/deflate to the host's target, stats.
+        self.balloon = GuestBalloon(self.conn, self.window, self.link, mm)
+        self.conn.on_config = self.balloon.on_config
         self.conn.on_fatal.append(self.link.release_waiters)
 
     # ---- state for others ---------------------------------------------------------------
@@ -180,7 +184,7 @@ class BalloonDriver:
     # ---- connection -----------------------------------------------------------------
 
     def _negotiation(self, previous_session: str) -> Negotiation:
-        offered = F.mask(F.REPORTING)
+        offered = F.mask(F.REPORTING, F.STATS_VQ, F.DEFLATE_ON_OOM)
         poison = 0
         if self.cfg.poison is not None:
             offered |= F.mask(F.PAGE_POISON)
@@ -195,6 +199,7 @@ class BalloonDriver:
             # Always offered: a host without --host-memory answers false (or, older,
             # does not know the field), and nothing changes.
             host_memory=True,
+            balloon=True,  # likewise: an older host answers false
         )
 
     def _adopt(self, acc: Accepted) -> None:
@@ -225,6 +230,7 @@ class BalloonDriver:
             self.window.resize(acc.queue_size)
         self.capacity = acc.max_chain_ranges
         self.link.adopt(acc)
+        self.balloon.adopt(acc)
 
     async def start(self) -> None:
         """Connect (trying with backoff for up to connect_timeout; a clear UsageError if
@@ -265,6 +271,8 @@ class BalloonDriver:
         self._spawn(self.view.poll_stats(), "balloon-stats")
         self._spawn(self.link.flusher(), "balloon-touches")
         self._spawn(self.view.watch_stalls(), "balloon-stall-watch")
+        self._spawn(self.balloon.run(), "balloon-inflation")
+        self._spawn(self.balloon.send_stats(), "balloon-stats-queue")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """A background task that stop() cancels and that is forgotten once done."""
@@ -281,6 +289,7 @@ class BalloonDriver:
         if self._stopped:
             return
         self._stopped = True
+        self.balloon.release_all()  # remove_common: the balloon's pages come back
         self.link.release_waiters()  # no waiter outlives the driver
         if self.conn.connected.is_set():
             # Bounded: a stalled host must not hold the guest's exit for long.

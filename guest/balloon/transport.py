@@ -18,11 +18,11 @@ from pagehint.tls import TlsConfig
 from virtqueue import codec
 from virtqueue.codec import (
     Accepted,
-    ChainMsg,
+    ConfigMsg,
+    GuestMsg,
     HostFigures,
     Negotiation,
     NoticeMsg,
-    TouchedMsg,
     UsedMsg,
 )
 
@@ -38,9 +38,9 @@ class NegotiationRefused(TransportError):
 class Stream(Protocol):
     """One open reporting stream: chains and touch batches out, used answers in."""
 
-    async def write(self, msg: ChainMsg | TouchedMsg) -> None: ...
+    async def write(self, msg: GuestMsg) -> None: ...
 
-    async def read(self) -> UsedMsg | NoticeMsg | None:
+    async def read(self) -> UsedMsg | NoticeMsg | ConfigMsg | None:
         """The next answer (or a Notice: host_memory); None when the host ended the
         stream cleanly."""
         ...
@@ -82,11 +82,8 @@ class GrpcStream:
     def __init__(self, call: grpc.aio.StreamStreamCall[codec.GuestMessage, codec.Used]) -> None:
         self._call = call
 
-    async def write(self, msg: ChainMsg | TouchedMsg) -> None:
-        if isinstance(msg, ChainMsg):
-            wire = codec.encode_chain_msg(msg)
-        else:
-            wire = codec.encode_touched_msg(msg)
+    async def write(self, msg: GuestMsg) -> None:
+        wire = codec.encode_guest_msg(msg)
         try:
             await self._call.write(wire)
         except (
@@ -97,7 +94,7 @@ class GrpcStream:
         ) as e:
             raise TransportError(why(e)) from None
 
-    async def read(self) -> UsedMsg | NoticeMsg | None:
+    async def read(self) -> UsedMsg | NoticeMsg | ConfigMsg | None:
         try:
             msg = await self._call.read()
         except grpc.aio.AioRpcError as e:

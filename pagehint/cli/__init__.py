@@ -22,6 +22,7 @@ from pagehint.errors import UsageError
 
 
 def build_parser(env: Mapping[str, str]) -> Parser:
+    from pagehint.cli import balloon as balloon_command
     from pagehint.cli import certs as certs_command
     from pagehint.cli import compare as compare_command
     from pagehint.cli import demo as demo_command
@@ -54,6 +55,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
         loadtest_command,
         sweep_command,
         density_command,
+        balloon_command,
         health_command,
         certs_command,
     ):

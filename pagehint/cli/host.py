@@ -17,6 +17,7 @@ from pagehint import loop as event_loop
 from pagehint.cli.support import (
     Subparsers,
     add_flag,
+    add_switch,
     add_verbosity,
     check_writable,
     convert,
@@ -98,6 +99,7 @@ def _serving(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         "at most 1024)",
     )
     _client_limits(p, e)
+    _balloon_flags(p, e)
 
 
 def _host_memory(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
@@ -202,6 +204,24 @@ def _client_limits(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         default=default_of(HostConfig, "auth_penalty_max"),
         help="--tokens: a wrong token keeps its client address from having another checked "
         "for 0.1 s, doubling per failure up to this (default %(default)s s; 0: off)",
+    )
+
+
+def _balloon_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
+    """Flags: the rest of the balloon (inflate/deflate, stats, deflate-on-oom)."""
+    add_flag(
+        p,
+        e,
+        "--stats-interval",
+        default=default_of(HostConfig, "stats_interval"),
+        help="balloon: how often each guest sends its stats (default %(default)s s; 0: never)",
+    )
+    add_switch(
+        p,
+        e,
+        "--deflate-on-oom",
+        help="balloon: offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM (a guest out of memory takes "
+        "pages back from its balloon first; off by default, as in QEMU and Firecracker)",
     )
 
 
@@ -333,6 +353,8 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
             a.idle_connection_timeout, parse_seconds, "--idle-connection-timeout"
         ),
         auth_penalty_max=convert(a.auth_penalty_max, parse_seconds, "--auth-penalty-max"),
+        stats_interval=convert(a.stats_interval, parse_seconds, "--stats-interval"),
+        deflate_on_oom=bool(a.deflate_on_oom),
         chain_log=None if a.chain_log is None else str(a.chain_log),
     )
 

@@ -56,6 +56,11 @@ class LyingHost:
     async def Close(self, request: codec.CloseRequest, context: codec.Context) -> codec.CloseReply:
         return codec.close_reply()
 
+    async def Balloon(
+        self, request: codec.BalloonRequest, context: codec.Context
+    ) -> codec.BalloonStatus:
+        return codec.BalloonStatus()
+
 
 async def main(path_file: Path, ready: Path) -> None:
     server = grpc.aio.server()

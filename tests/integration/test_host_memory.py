@@ -87,7 +87,7 @@ def test_a_guest_past_host_memory_waits_for_the_writeback_it_forced(procs: Procs
     assert s["minor_faults"] == 65536 and s["major_faults"] == 0 and not s["oom_killed"]
     assert 14336 * 20e-6 - 0.01 <= s["fault_wait_seconds"] < 1.0, s
     text = procs.group.log_text("host-0")
-    assert "guest guest negotiated: 512 MiB, features REPORTING, host memory model" in text
+    assert "guest guest negotiated: 512 MiB, features STATS_VQ,REPORTING, host memory model" in text
 
 
 async def _killed_by_its_own_touch(addr: str) -> tuple[grpc.aio.AioRpcError, grpc.aio.AioRpcError]:

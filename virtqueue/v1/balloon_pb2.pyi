@@ -32,7 +32,7 @@ REFUSED: UsedStatus
 DISCARD_FAILED: UsedStatus
 
 class NegotiateRequest(_message.Message):
-    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session", "host_memory")
+    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session", "host_memory", "balloon")
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class NegotiateRequest(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_SESSION_FIELD_NUMBER: _ClassVar[int]
     HOST_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    BALLOON_FIELD_NUMBER: _ClassVar[int]
     guest_id: str
     ram_bytes: int
     page_size: int
@@ -49,7 +50,8 @@ class NegotiateRequest(_message.Message):
     capacity: int
     previous_session: str
     host_memory: bool
-    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ..., previous_session: _Optional[str] = ..., host_memory: _Optional[bool] = ...) -> None: ...
+    balloon: bool
+    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ..., previous_session: _Optional[str] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ...) -> None: ...
 
 class Fence(_message.Message):
     __slots__ = ("known", "done_ids")
@@ -60,7 +62,7 @@ class Fence(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., done_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NegotiateReply(_message.Message):
-    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance", "session_timeout_ms", "host_memory")
+    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance", "session_timeout_ms", "host_memory", "balloon", "stats_interval_ms")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHAIN_RANGES_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +75,8 @@ class NegotiateReply(_message.Message):
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     SESSION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     HOST_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    BALLOON_FIELD_NUMBER: _ClassVar[int]
+    STATS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     features: int
     queue_size: int
     max_chain_ranges: int
@@ -85,7 +89,9 @@ class NegotiateReply(_message.Message):
     instance: str
     session_timeout_ms: int
     host_memory: bool
-    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ..., host_memory: _Optional[bool] = ...) -> None: ...
+    balloon: bool
+    stats_interval_ms: int
+    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ..., stats_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Chain(_message.Message):
     __slots__ = ("id", "pfn", "order")
@@ -109,16 +115,40 @@ class Touched(_message.Message):
     evict_ack: int
     def __init__(self, pfn: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ..., seq: _Optional[int] = ..., evict_ack: _Optional[int] = ...) -> None: ...
 
+class Pages(_message.Message):
+    __slots__ = ("id", "pfn", "actual_pages")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PFN_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_PAGES_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    pfn: _containers.RepeatedScalarFieldContainer[int]
+    actual_pages: int
+    def __init__(self, id: _Optional[int] = ..., pfn: _Optional[_Iterable[int]] = ..., actual_pages: _Optional[int] = ...) -> None: ...
+
+class BalloonStats(_message.Message):
+    __slots__ = ("tag", "value")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    tag: _containers.RepeatedScalarFieldContainer[int]
+    value: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, tag: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class GuestMessage(_message.Message):
-    __slots__ = ("chain", "touched")
+    __slots__ = ("chain", "touched", "inflate", "deflate", "stats")
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     TOUCHED_FIELD_NUMBER: _ClassVar[int]
+    INFLATE_FIELD_NUMBER: _ClassVar[int]
+    DEFLATE_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     chain: Chain
     touched: Touched
-    def __init__(self, chain: _Optional[_Union[Chain, _Mapping]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ...) -> None: ...
+    inflate: Pages
+    deflate: Pages
+    stats: BalloonStats
+    def __init__(self, chain: _Optional[_Union[Chain, _Mapping]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ..., inflate: _Optional[_Union[Pages, _Mapping]] = ..., deflate: _Optional[_Union[Pages, _Mapping]] = ..., stats: _Optional[_Union[BalloonStats, _Mapping]] = ...) -> None: ...
 
 class Used(_message.Message):
-    __slots__ = ("id", "discarded_pages", "status", "reason", "detail", "errno", "resident_bytes", "notice")
+    __slots__ = ("id", "discarded_pages", "status", "reason", "detail", "errno", "resident_bytes", "notice", "config")
     ID_FIELD_NUMBER: _ClassVar[int]
     DISCARDED_PAGES_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +157,7 @@ class Used(_message.Message):
     ERRNO_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     id: int
     discarded_pages: int
     status: UsedStatus
@@ -135,7 +166,14 @@ class Used(_message.Message):
     errno: int
     resident_bytes: int
     notice: Notice
-    def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ..., status: _Optional[_Union[UsedStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., errno: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+    config: BalloonConfig
+    def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ..., status: _Optional[_Union[UsedStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., errno: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., config: _Optional[_Union[BalloonConfig, _Mapping]] = ...) -> None: ...
+
+class BalloonConfig(_message.Message):
+    __slots__ = ("num_pages",)
+    NUM_PAGES_FIELD_NUMBER: _ClassVar[int]
+    num_pages: int
+    def __init__(self, num_pages: _Optional[int] = ...) -> None: ...
 
 class Notice(_message.Message):
     __slots__ = ("evicted_pfn", "evicted_count", "touch_seq", "delay_us", "major_faults", "minor_faults", "evict_id")
@@ -258,6 +296,43 @@ class HostStats(_message.Message):
     oom_kills: int
     vmm_overhead_bytes: int
     def __init__(self_, guests: _Optional[_Iterable[_Union[GuestStats, _Mapping]]] = ..., capacity_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., peak_resident_bytes: _Optional[int] = ..., reclaimed_bytes: _Optional[int] = ..., chains: _Optional[int] = ..., refused_chains: _Optional[int] = ..., refusals: _Optional[_Mapping[str, int]] = ..., backend: _Optional[str] = ..., self: _Optional[_Union[GuestStats, _Mapping]] = ..., failed_chains: _Optional[int] = ..., discard_errors: _Optional[_Mapping[str, int]] = ..., instance: _Optional[str] = ..., host_memory_bytes: _Optional[int] = ..., swap_bytes: _Optional[int] = ..., swap_used_bytes: _Optional[int] = ..., swap_ins: _Optional[int] = ..., swap_outs: _Optional[int] = ..., oom_kills: _Optional[int] = ..., vmm_overhead_bytes: _Optional[int] = ...) -> None: ...
+
+class BalloonRequest(_message.Message):
+    __slots__ = ("guest_id", "set_target", "target_bytes")
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SET_TARGET_FIELD_NUMBER: _ClassVar[int]
+    TARGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    set_target: bool
+    target_bytes: int
+    def __init__(self, guest_id: _Optional[str] = ..., set_target: _Optional[bool] = ..., target_bytes: _Optional[int] = ...) -> None: ...
+
+class BalloonStatus(_message.Message):
+    __slots__ = ("guest_id", "balloon", "target_bytes", "actual_bytes", "stats", "stats_age_ms", "inflated_pages", "deflated_pages")
+    class StatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BALLOON_FIELD_NUMBER: _ClassVar[int]
+    TARGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    STATS_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    INFLATED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    DEFLATED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    balloon: bool
+    target_bytes: int
+    actual_bytes: int
+    stats: _containers.ScalarMap[str, int]
+    stats_age_ms: int
+    inflated_pages: int
+    deflated_pages: int
+    def __init__(self, guest_id: _Optional[str] = ..., balloon: _Optional[bool] = ..., target_bytes: _Optional[int] = ..., actual_bytes: _Optional[int] = ..., stats: _Optional[_Mapping[str, int]] = ..., stats_age_ms: _Optional[int] = ..., inflated_pages: _Optional[int] = ..., deflated_pages: _Optional[int] = ...) -> None: ...
 
 class CloseRequest(_message.Message):
     __slots__ = ("session",)

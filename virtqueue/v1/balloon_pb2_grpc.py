@@ -54,6 +54,11 @@ class BalloonStub:
                 request_serializer=virtqueue_dot_v1_dot_balloon__pb2.CloseRequest.SerializeToString,
                 response_deserializer=virtqueue_dot_v1_dot_balloon__pb2.CloseReply.FromString,
                 _registered_method=True)
+        self.Balloon = channel.unary_unary(
+                '/pagehint.v1.Balloon/Balloon',
+                request_serializer=virtqueue_dot_v1_dot_balloon__pb2.BalloonRequest.SerializeToString,
+                response_deserializer=virtqueue_dot_v1_dot_balloon__pb2.BalloonStatus.FromString,
+                _registered_method=True)
 
 
 class BalloonServicer:
@@ -89,6 +94,15 @@ class BalloonServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Balloon(self, request, context):
+        """A guest's balloon from outside (issue 24), as Firecracker's PATCH /balloon
+        and GET /balloon/statistics: set its target, read target, actual and stats.
+        Needs the host's admin identity when the host checks identities.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BalloonServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_BalloonServicer_to_server(servicer, server):
                     servicer.Close,
                     request_deserializer=virtqueue_dot_v1_dot_balloon__pb2.CloseRequest.FromString,
                     response_serializer=virtqueue_dot_v1_dot_balloon__pb2.CloseReply.SerializeToString,
+            ),
+            'Balloon': grpc.unary_unary_rpc_method_handler(
+                    servicer.Balloon,
+                    request_deserializer=virtqueue_dot_v1_dot_balloon__pb2.BalloonRequest.FromString,
+                    response_serializer=virtqueue_dot_v1_dot_balloon__pb2.BalloonStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +240,33 @@ class Balloon:
             '/pagehint.v1.Balloon/Close',
             virtqueue_dot_v1_dot_balloon__pb2.CloseRequest.SerializeToString,
             virtqueue_dot_v1_dot_balloon__pb2.CloseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Balloon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pagehint.v1.Balloon/Balloon',
+            virtqueue_dot_v1_dot_balloon__pb2.BalloonRequest.SerializeToString,
+            virtqueue_dot_v1_dot_balloon__pb2.BalloonStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,9 @@ class OomHost:
     async def Close(self, request: Any, context: Any) -> Any:
         return codec.close_reply()
 
+    async def Balloon(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError  # never called here
+
 
 async def test_an_oom_killed_guest_says_so_in_one_line_and_exits_3() -> None:
     server = grpc.aio.server()

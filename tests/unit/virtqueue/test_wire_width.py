@@ -76,6 +76,7 @@ class _Servicer:
     def Reporting(self, request_iterator: Any, context: Any) -> Any: ...
     async def Stats(self, request: Any, context: Any) -> Any: ...
     async def Close(self, request: Any, context: Any) -> Any: ...
+    async def Balloon(self, request: Any, context: Any) -> Any: ...
 
 
 class _Server:
@@ -140,19 +141,36 @@ ADDED = {
 }
 
 
-def pre_host_memory_classes() -> dict[str, Any]:
-    """The message classes of the wire before issue 23 (in a pool of their own)."""
+# What issue 24 added (the rest of the balloon): fields, and the messages only they use.
+BALLOON_ADDED = {
+    "NegotiateRequest": ("balloon",),
+    "NegotiateReply": ("balloon", "stats_interval_ms"),
+    "GuestMessage": ("inflate", "deflate", "stats"),
+    "Used": ("config",),
+}
+BALLOON_MESSAGES = ("Pages", "BalloonStats", "BalloonConfig", "BalloonRequest", "BalloonStatus")
+
+
+def pre_host_memory_classes(
+    added: dict[str, tuple[str, ...]] = ADDED, messages: tuple[str, ...] = ("Notice",)
+) -> dict[str, Any]:
+    """The message classes of the wire before issue 23 (or another issue's ``added``
+    fields and ``messages``), in a pool of their own."""
     proto = descriptor_pb2.FileDescriptorProto()
     pb.DESCRIPTOR.CopyToProto(proto)
     for message in proto.message_type:
-        gone = ADDED.get(message.name, ())
+        gone = added.get(message.name, ())
         keep = [f for f in message.field if f.name not in gone]
         assert len(message.field) - len(keep) == len(gone), message.name
         del message.field[:]
         message.field.extend(keep)
-    keep_msgs = [m for m in proto.message_type if m.name != "Notice"]
+    keep_msgs = [m for m in proto.message_type if m.name not in messages]
     del proto.message_type[:]
     proto.message_type.extend(keep_msgs)
+    for service in proto.service:
+        methods = [m for m in service.method if m.input_type.rsplit(".", 1)[-1] not in messages]
+        del service.method[:]
+        service.method.extend(methods)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     names = ("NegotiateRequest", "NegotiateReply", "GuestMessage", "Used", "HostStats")
@@ -208,3 +226,22 @@ def test_older_peers_read_the_stats_of_a_host_with_memory() -> None:
     old_h = old["HostStats"](resident_bytes=2, backend="sim", guests=[{"guest_id": "g"}])
     new = codec.decode_host_stats(pb.HostStats.FromString(old_h.SerializeToString()))
     assert (new.host_memory_bytes, new.swap_used_bytes, new.guests[0].major_faults) == (0, 0, 0)
+
+
+def test_older_peers_interoperate_with_the_balloon_fields() -> None:
+    old = pre_host_memory_classes(BALLOON_ADDED, BALLOON_MESSAGES)
+    # an old guest's negotiation: read as not offering the balloon
+    req = old["NegotiateRequest"](guest_id="g", ram_bytes=1 << 30, page_size=4096)
+    assert codec.decode_negotiate(pb.NegotiateRequest.FromString(req.SerializeToString())) == (
+        codec.Negotiation("g", 1 << 30, 4096, 0, 0)
+    )
+    # a new guest's offer to an old host: the old host reads the rest as before
+    offer = codec.encode_negotiate(codec.Negotiation("g", 1 << 30, 4096, 32, 0, balloon=True))
+    assert old["NegotiateRequest"].FromString(offer.SerializeToString()).guest_id == "g"
+    # an old host's reply: no balloon, no stats (the guest never inflates)
+    reply = old["NegotiateReply"](session="s", backend="sim", queue_size=64)
+    accepted = codec.decode_accepted(pb.NegotiateReply.FromString(reply.SerializeToString()))
+    assert (accepted.balloon, accepted.stats_interval_ms) == (False, 0)
+    # with the balloon off a new host's reply is the old bytes
+    off = codec.encode_accepted(codec.Accepted(0, 64, 0, "s", "sim", "", ""))
+    assert off.SerializeToString() == reply.SerializeToString()

@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 
 from guest.balloon.transport import NegotiationRefused, TransportError
+from host.balloon import handle_pages, take_stats
 from host.device import BalloonDevice
 from host.figures import guest_figures, host_figures
 from host.memory.sim import SimBackend
@@ -26,9 +27,12 @@ from host.sessions import NegotiationError, Session
 from virtqueue.codec import (
     Accepted,
     ChainMsg,
+    GuestMsg,
     HostFigures,
     Negotiation,
     NoticeMsg,
+    PagesMsg,
+    StatsMsg,
     TouchedMsg,
     UsedMsg,
 )
@@ -42,11 +46,19 @@ class FakeStream:
         self.dead = False
         self.write_gate: asyncio.Event | None = None
 
-    async def write(self, msg: ChainMsg | TouchedMsg) -> None:
+    async def write(self, msg: GuestMsg) -> None:
         if self.write_gate is not None:
             await self.write_gate.wait()
         if self.dead:
             raise TransportError("UNAVAILABLE: stream broken")
+        if isinstance(msg, StatsMsg):
+            take_stats(self.session, msg)
+            return
+        if isinstance(msg, PagesMsg):
+            used = handle_pages(self.session, msg)
+            if not self.dead and not self.host.lose_answers:
+                self.inbox.put_nowait(used)
+            return
         if isinstance(msg, TouchedMsg):
             self.host.device.handle_touched(self.session, msg.pfns, msg.counts)
             self.host.touched.append(msg)

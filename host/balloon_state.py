@@ -1,0 +1,44 @@
+"""One session's balloon as the host keeps it (host/balloon.py acts on it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Most frames in one Pages message: the Linux driver's VIRTIO_BALLOON_ARRAY_PFNS_MAX
+# (drivers/virtio/virtio_balloon.c), the size of its pfns array.
+ARRAY_PFNS_MAX = 256
+
+# The stats queue's tags, include/uapi/linux/virtio_balloon.h (VIRTIO_BALLOON_S_*),
+# by the names Linux's driver gives them (virtio_balloon_stat_names).
+STAT_NAMES = {
+    0: "swap-in",
+    1: "swap-out",
+    2: "major-faults",
+    3: "minor-faults",
+    4: "free-memory",
+    5: "total-memory",
+    6: "available-memory",
+    7: "disk-caches",
+    8: "hugetlb-allocations",
+    9: "hugetlb-failures",
+    10: "oom-kills",
+    11: "alloc-stalls",
+    12: "async-scans",
+    13: "direct-scans",
+    14: "async-reclaims",
+    15: "direct-reclaims",
+}
+
+
+@dataclass
+class HostBalloon:
+    """One session's balloon, as the host sees it."""
+
+    target_pages: int = 0
+    told_pages: int = -1  # the target last sent to the guest (-1: none yet)
+    actual_pages: int = 0  # what the guest last said (Pages.actual_pages)
+    pages: set[int] = field(default_factory=set)  # frames in the balloon
+    inflated: int = 0  # pages taken on the inflate queue, ever
+    deflated: int = 0  # pages told on the deflate queue, ever
+    stats: dict[str, int] = field(default_factory=dict)
+    stats_at: float = 0.0  # monotonic time they came (0: none yet)
