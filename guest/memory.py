@@ -17,6 +17,9 @@ from guest.mm.exact import alloc_at, containing_block, reshape_allocated
 
 PageListener = Callable[[int, int], None]
 
+# The kernel calls the OOM notifiers (out_of_memory) only for allocations of this
+# order or less (mm/page_alloc.c __alloc_pages_may_oom: costly orders fail instead).
+PAGE_ALLOC_COSTLY_ORDER = 3
 LATENCY_SAMPLE_EVERY = 16  # time one allocation in 16: cheap, and plenty for a p99
 
 
@@ -42,7 +45,12 @@ class GuestMemory:
                 del self.alloc_latency_ns[:100_000]
         else:
             pfn = self.mm.alloc(order)
-        if pfn < 0 and self.on_oom and sum(notify() for notify in self.on_oom):
+        if (
+            pfn < 0
+            and order <= PAGE_ALLOC_COSTLY_ORDER
+            and self.on_oom
+            and sum(notify() for notify in self.on_oom)
+        ):
             pfn = self.mm.alloc(order)
         if pfn >= 0:
             for listener in self.on_alloc:

@@ -20,10 +20,10 @@ import time
 from collections.abc import Sequence
 
 from host.balloon_state import ARRAY_PFNS_MAX, STAT_NAMES, HostBalloon
-from host.sessions import Session
+from host.sessions import Session, SessionTable, remember
 from virtqueue import codec
 from virtqueue.codec import UsedMsg
-from virtqueue.contract import PAGE_SIZE
+from virtqueue.contract import MAX_GUEST_RAM, PAGE_SIZE
 
 
 def pages_problem(b: HostBalloon, nr_pages: int, inflate: bool, pfns: Sequence[int]) -> str:
@@ -79,23 +79,35 @@ def handle_pages(s: Session, msg: codec.PagesMsg) -> UsedMsg:
     else:
         b.pages.difference_update(msg.pfns)
         b.deflated += len(msg.pfns)
-    b.actual_pages = min(msg.actual_pages, nr_pages)
+    # The host's own count, not the guest's word (Pages.actual_pages): what it
+    # holds in the balloon is what it discarded and was not told back.
+    b.actual_pages = len(b.pages)
     s.last_seen = time.monotonic()
     return UsedMsg(
         msg.id, discarded_pages=discarded, resident_bytes=s.ram.resident_pages() * PAGE_SIZE
     )
 
 
-def take_stats(s: Session, msg: codec.StatsMsg) -> None:
-    """The guest's stats buffer: kept by tag name (an unknown tag by its number)."""
+# Most (tag, value) pairs kept from one stats buffer: the 16 tags Linux defines,
+# with room for more (an unknown tag is kept by its number).
+MAX_STATS = 64
+
+
+def take_stats(s: Session, msg: codec.StatsMsg) -> str:
+    """The guest's stats buffer, kept by tag name; "" or why it was refused."""
     if s.balloon is None:
-        return
+        return "no_balloon"
+    if len(msg.tags) != len(msg.values):
+        return "malformed"
+    if len(msg.tags) > MAX_STATS:
+        return "too_many_stats"
     s.balloon.stats = {
         STAT_NAMES.get(tag, f"tag-{tag}"): int(value)
         for tag, value in zip(msg.tags, msg.values, strict=False)
     }
     s.balloon.stats_at = time.monotonic()
     s.last_seen = s.balloon.stats_at
+    return ""
 
 
 def state(s: Session) -> codec.BalloonState:
@@ -111,3 +123,18 @@ def state(s: Session) -> codec.BalloonState:
         inflated_pages=b.inflated,
         deflated_pages=b.deflated,
     )
+
+
+def set_target(t: SessionTable, guest_id: str, target_bytes: int) -> Session | None:
+    """A live guest's balloon target, at most its RAM (kept for its later sessions
+    on this host too), told at once on its stream; its session, or None when it
+    has none with the balloon (nothing is kept then)."""
+    s = t.sessions.get(t.by_guest.get(guest_id, ""))
+    if s is None or s.balloon is None:
+        return None
+    pages = min(target_bytes, MAX_GUEST_RAM) // PAGE_SIZE
+    s.balloon.target_pages = min(pages, s.nr_pages)
+    s.balloon.told_pages = -1  # told again even if unchanged, as QEMU notifies
+    remember(t.targets, guest_id, s.balloon.target_pages)
+    s.wake()
+    return s

@@ -147,7 +147,9 @@ class ReportingQueue:
         if isinstance(decoded, codec.PagesMsg):
             return codec.encode_used(handle_pages(session, decoded))
         if isinstance(decoded, codec.StatsMsg):
-            take_stats(session, decoded)
+            problem = take_stats(session, decoded)
+            if problem:
+                self.device.refuse(problem, f"guest {session.guest_id}: stats refused")
             return None
         if isinstance(decoded, codec.TouchedMsg):
             notice = self.device.answer_touched(

@@ -14,6 +14,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
+from host.balloon import set_target
 from host.balloon import state as balloon_state
 from host.device import BalloonDevice
 from host.figures import guest_figures, host_figures, own_figures
@@ -30,7 +31,9 @@ from host.sessions import (
     TooBig,
 )
 from pagehint.config import HostConfig
+from pagehint.units import format_size
 from virtqueue import codec
+from virtqueue.contract import PAGE_SIZE, guest_id_problem
 
 Context = codec.Context
 R = TypeVar("R")
@@ -213,14 +216,22 @@ class BalloonService:
             await abort(
                 context, grpc.StatusCode.PERMISSION_DENIED, "the balloon needs an admin identity"
             )
+        if guest_id_problem(guest_id) is not None:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "guest_id: not a guest id")
         table = self.device.table
-        if target is not None:
-            s = table.set_target(guest_id, target)
-            log.info(f"guest {guest_id}: balloon target {target >> 20} MiB")
-        else:
-            s = table.sessions.get(table.by_guest.get(guest_id, ""))
+        s = table.sessions.get(table.by_guest.get(guest_id, ""))
         if s is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no session of guest {guest_id!r}")
+        if target is not None:
+            if set_target(table, guest_id, target) is None:
+                await abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"guest {guest_id!r} has no balloon (an older guest)",
+                )
+            assert s.balloon is not None
+            told = s.balloon.target_pages * PAGE_SIZE
+            log.info(f"guest {guest_id}: balloon target {format_size(told)}")
         return codec.encode_balloon_status(balloon_state(s))
 
 

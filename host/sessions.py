@@ -33,7 +33,7 @@ from pagehint.config import HostConfig
 from pagehint.ratelog import RateLimitedLog
 from virtqueue import features as F
 from virtqueue.codec import Fence, Negotiation
-from virtqueue.contract import MAX_GUEST_RAM, PAGE_SIZE, guest_id_problem, ram_size_problem
+from virtqueue.contract import PAGE_SIZE, guest_id_problem, ram_size_problem
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Session:
         return frozenset(i for i, done in self.recent if done)
 
 
-def _remember(table: OrderedDict[str, T], key: str, value: T) -> None:
+def remember(table: OrderedDict[str, T], key: str, value: T) -> None:
     """Add to a record of ended sessions, bounded like ``ended`` (oldest dropped)."""
     table[key] = value
     table.move_to_end(key)
@@ -245,8 +245,8 @@ class SessionTable:
         self.resumed_by: OrderedDict[str, Session] = OrderedDict()
         # Sessions held per client address (the per-peer quota).
         self.per_peer: Counter[str] = Counter()
-        # Balloon targets by guest id, kept across its sessions (pages).
-        self.targets: dict[str, int] = {}
+        # Balloon targets by guest id, kept across its sessions (pages; host/balloon.py).
+        self.targets: OrderedDict[str, int] = OrderedDict()
         # --deflate-on-oom: offered to guests with the balloon.
         self.deflate_on_oom = False
         # One line per reason per interval, however many negotiations are refused.
@@ -319,7 +319,7 @@ class SessionTable:
         if s.peer:
             self.per_peer[s.peer] += 1
         if previous_session:
-            _remember(self.resumed_by, previous_session, s)
+            remember(self.resumed_by, previous_session, s)
         model = ", host memory model" if s.host_memory else ""
         features = F.describe(s.features)
         log.info(
@@ -358,17 +358,6 @@ class SessionTable:
             self.metrics.turned_away["no_room"] += 1
             raise LimitReached("the host's OOM killer took this guest as it started")
         return ram
-
-    def set_target(self, guest_id: str, target_bytes: int) -> Session | None:
-        """A guest's balloon target (kept for its later sessions too); its live
-        session, told at once on its stream, or None."""
-        pages = min(target_bytes, MAX_GUEST_RAM) // PAGE_SIZE
-        self.targets[guest_id] = pages
-        s = self.sessions.get(self.by_guest.get(guest_id, ""))
-        if s is not None and s.balloon is not None:
-            s.balloon.target_pages = min(pages, s.nr_pages)
-            s.wake()
-        return s
 
     def fence(self, guest_id: str, token: str) -> Fence:
         """End ``token`` (if still open) so none of its chains can be discarded any more,
@@ -558,4 +547,4 @@ def end_replaced(
         how = "with the same identity"
     else:
         how = f"after this one was silent for {STALE_AFTER:g} s (the host checks no identity)"
-    _remember(t.taken_over, old, how)
+    remember(t.taken_over, old, how)

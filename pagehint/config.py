@@ -538,6 +538,10 @@ class HostConfig:
         )
         require(not (self.tls and self.tokens), "give mutual TLS (--tls-*) or --tokens, not both")
         self._check_host_memory()
+        require(
+            self.stats_interval == 0 or self.stats_interval >= 0.01,
+            f"--stats-interval {self.stats_interval:g}: 0 (no stats) or at least 0.01 s",
+        )
 
     def _check_host_memory(self) -> None:
         mem = self.host_memory_bytes

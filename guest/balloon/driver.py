@@ -289,7 +289,14 @@ class BalloonDriver:
         if self._stopped:
             return
         self._stopped = True
-        self.balloon.release_all()  # remove_common: the balloon's pages come back
+        # As virtballoon_remove: the balloon's work stopped first, then every page back
+        # (remove_common); an inflate still out frees its own pages as it ends.
+        for task in [t for t in self._tasks if t.get_name() == "balloon-inflation"]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.balloon.release_all()
+        self.balloon.problems.flush(force=True)
         self.link.release_waiters()  # no waiter outlives the driver
         if self.conn.connected.is_set():
             # Bounded: a stalled host must not hold the guest's exit for long.

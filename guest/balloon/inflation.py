@@ -68,6 +68,11 @@ class GuestBalloon:
         self.target = 0  # pages the host asks for
         self.pages: list[int] = []  # in the balloon: the host answered their inflate
         self.changed = asyncio.Event()
+        # Move towards the target: set by the host's word (a target, a session),
+        # cleared once there — not by deflate-on-oom, which (as Linux's
+        # virtio_balloon_oom_notify) leaves the balloon below its target until the
+        # host speaks again, and stops a fill under way.
+        self.refill = False
         self.negotiated = False
         self.features = 0
         self.stats_interval = 0.0
@@ -88,10 +93,12 @@ class GuestBalloon:
         self.features = acc.features
         self.stats_interval = acc.stats_interval_ms / 1000
         self._resend = bool(self.pages)
+        self.refill = True
         self.changed.set()
 
     def on_config(self, msg: ConfigMsg) -> None:
         self.target = min(msg.num_pages, self.mm.nr_pages)
+        self.refill = True
         self.changed.set()
 
     @property
@@ -101,7 +108,8 @@ class GuestBalloon:
     # ---- update_balloon_size_func ------------------------------------------------------
 
     async def run(self) -> None:
-        """Move towards the target whenever it changes (or a fill fell short)."""
+        """Tell the host of pages deflate-on-oom took, and move towards the target
+        when it changed (or a fill fell short and waits to try again)."""
         while True:
             await self.changed.wait()
             self.changed.clear()
@@ -116,19 +124,30 @@ class GuestBalloon:
         if self._resend:
             await self._resend_all()
         await self._tell_oom_deflated()
-        while self.actual < self.target:
+        while self.refill and self.actual < self.target:
+            if self._resend or self._oom_told:
+                self.changed.set()  # a new session or an OOM deflate first
+                return
             got = await self.fill(min(ARRAY_PFNS_MAX, self.target - self.actual))
+            if got < 0:
+                self.refill = False  # the host refused: wait for its next target
+                return
             if got == 0:
                 # Out of puff: try again in 200 ms (or at the next target).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), OUT_OF_PUFF_WAIT)
                 self.changed.set()
                 return
-        while self.actual > self.target:
+        while self.refill and self.actual > self.target:
+            if self._resend:
+                self.changed.set()
+                return
             await self.leak(min(ARRAY_PFNS_MAX, self.actual - self.target))
+        self.refill = False
 
     async def fill(self, want: int) -> int:
-        """fill_balloon: up to ``want`` order-0 pages into the balloon; how many."""
+        """fill_balloon: up to ``want`` order-0 pages into the balloon; how many
+        (0: none to be had; -1: the host refused them)."""
         pfns: list[int] = []
         for _ in range(want):
             pfn = self.mm.alloc(0)
@@ -142,11 +161,20 @@ class GuestBalloon:
             )
         if not pfns:
             return 0
-        used = await self._send(True, pfns, self.actual + len(pfns))
+        try:
+            used = await self._send(True, pfns, self.actual + len(pfns))
+        except BaseException:
+            # Not sent, or its answer never to come (the stream broke, the driver
+            # stops): the pages go back (the host may have dropped them).
+            self._free(pfns, discarded=True)
+            raise
         if used.status != codec.DONE:
             # Refused, or stranded and not known done: give them back (the host may
             # have discarded them: the touch tracker hears so, to be safe).
             self._free(pfns, discarded=True)
+            if used.reason != "cancelled":
+                self.problems.note("refused", f"balloon: inflate refused ({used.reason})")
+                return -1
             return 0
         self.pages.extend(pfns)
         self.inflated_pages += len(pfns)
@@ -165,7 +193,14 @@ class GuestBalloon:
         held, self.pages = self.pages, []
         for i in range(0, len(held), ARRAY_PFNS_MAX):
             part = held[i : i + ARRAY_PFNS_MAX]
-            used = await self._send(True, part, len(self.pages) + len(part))
+            try:
+                used = await self._send(True, part, len(self.pages) + len(part))
+            except BaseException:
+                # The stream broke again: the rest stays in the balloon, to be told
+                # to the next session.
+                self.pages.extend(held[i:])
+                self._resend = True
+                raise
             if used.status == codec.DONE:
                 self.pages.extend(part)
             else:
@@ -181,12 +216,13 @@ class GuestBalloon:
         pfns = self._take(OOM_NR_PAGES)
         self._free(pfns, discarded=True)
         self._oom_told.extend(pfns)
+        self.refill = False
         self.oom_deflated_pages += len(pfns)
         self.oom_deflations += 1
         self.problems.note(
             "oom", f"balloon: deflated {len(pfns)} pages on OOM ({self.oom_deflated_pages} in all)"
         )
-        self.changed.set()  # tell the host (no MUST_TELL_HOST: after the fact)
+        self.changed.set()  # tell the host (no MUST_TELL_HOST: after the fact), no refill
         return len(pfns)
 
     async def _tell_oom_deflated(self) -> None:

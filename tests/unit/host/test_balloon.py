@@ -9,7 +9,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from host.balloon import handle_pages, pages_problem, take_stats
+from host.balloon import handle_pages, pages_problem, set_target, take_stats
 from host.balloon_state import HostBalloon
 from host.device import BalloonDevice
 from host.memory.sim import SimBackend
@@ -113,5 +113,28 @@ async def test_only_the_admin_sets_a_target_and_an_unknown_guest_is_not_found(
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Balloon(codec.encode_balloon_request("nobody", None), metadata=_as("admin"))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as e:  # a line break would forge a log line
+        await stub.Balloon(codec.encode_balloon_request("x\ny", 1), metadata=_as("admin"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # kept for the guest id: its next session starts with it
     assert server.device.table.targets["g1"] == (32 << 20) // 4096
+
+
+def test_the_host_counts_actual_itself_and_refuses_odd_stats() -> None:
+    d = BalloonDevice(SimBackend())
+    s, _ = d.table.negotiate(Negotiation("g", RAM, 4096, F.mask(F.REPORTING), 0, balloon=True))
+    handle_pages(s, PagesMsg(True, 1, [0, 1, 2], 2**64 - 1))  # a guest's word, not taken
+    assert s.balloon is not None and s.balloon.actual_pages == 3
+    assert take_stats(s, StatsMsg([4, 5], [1])) == "malformed"
+    assert take_stats(s, StatsMsg(list(range(65)), [0] * 65)) == "too_many_stats"
+    assert s.balloon.stats == {}
+
+
+def test_a_target_needs_a_live_guest_with_a_balloon_and_nothing_is_kept_otherwise() -> None:
+    d = BalloonDevice(SimBackend())
+    assert set_target(d.table, "late", 1 << 20) is None and "late" not in d.table.targets
+    d.table.negotiate(Negotiation("old", RAM, 4096, F.mask(F.REPORTING), 0))  # no balloon
+    assert set_target(d.table, "old", 1 << 20) is None and "old" not in d.table.targets
+    s, _ = d.table.negotiate(Negotiation("g", RAM, 4096, F.mask(F.REPORTING), 0, balloon=True))
+    assert set_target(d.table, "g", 1 << 40) is s and s.balloon is not None
+    assert s.balloon.target_pages == RAM // 4096  # at most its RAM
