@@ -75,6 +75,9 @@ class HostReadings(Protocol):
     def faults(self) -> HostFaults | None:
         """The host's memory model's figures (None: the host has none)."""
 
+    def balloon(self) -> tuple[int, int] | None:
+        """The balloon's (target, actual) in bytes (None: no balloon negotiated)."""
+
 
 class NoHost:
     """The in-process loopback device: there is no host to read."""
@@ -91,6 +94,9 @@ class NoHost:
         return None
 
     def faults(self) -> HostFaults | None:
+        return None
+
+    def balloon(self) -> tuple[int, int] | None:
         return None
 
 
@@ -189,6 +195,9 @@ class GuestRuntime:
         }
         if mark is not None:
             row["mark"] = mark
+        balloon = self.host.balloon()
+        if balloon is not None:
+            row["balloon_target_bytes"], row["balloon_bytes"] = balloon
         faults = self.host.faults()
         if faults is not None:
             row["major_faults"] = faults.major_faults

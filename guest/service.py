@@ -248,6 +248,10 @@ class DriverReadings:
     def faults(self) -> HostFaults | None:
         return _host_faults(self.driver)
 
+    def balloon(self) -> tuple[int, int] | None:
+        b = self.driver.balloon
+        return (b.target * PAGE_SIZE, b.actual * PAGE_SIZE) if b.negotiated else None
+
 
 def _host_faults(driver: BalloonDriver) -> HostFaults | None:
     """The fault figures once any session had the host's memory model (else None)."""

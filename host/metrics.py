@@ -56,11 +56,39 @@ def host_metrics(device: BalloonDevice, watch: ConnectionWatch | None = None) ->
     yield counter("pagehint_host_chains_all", "Chains used, all guests.", device.metrics.chains)
     yield from _turned_away(device, watch)
     yield from _host_memory(device, sessions)
+    yield from _balloons(sessions)
     yield histogram(
         "pagehint_host_chain_seconds",
         "Time to check and discard one chain.",
         device.metrics.chain_histogram,
     )
+
+
+def _balloons(sessions: list[Session]) -> Iterator[Metric]:
+    """The rest of the balloon, per guest with one: target, actual, and its last
+    stats by Linux's tag names (issue 24)."""
+    target = GaugeMetricFamily(
+        "pagehint_balloon_target_bytes", "The host's balloon target, per guest.", labels=["guest"]
+    )
+    actual = GaugeMetricFamily(
+        "pagehint_balloon_actual_bytes", "Pages in each guest's balloon.", labels=["guest"]
+    )
+    stats = GaugeMetricFamily(
+        "pagehint_balloon_guest_stat",
+        "Each guest's last balloon stats (VIRTIO_BALLOON_S_*), by Linux's name.",
+        labels=["guest", "stat"],
+    )
+    for s in sessions:
+        b = s.balloon
+        if b is None:
+            continue
+        target.add_metric([s.guest_id], b.target_pages * PAGE_SIZE)
+        actual.add_metric([s.guest_id], b.actual_pages * PAGE_SIZE)
+        for name, value in sorted(b.stats.items()):
+            stats.add_metric([s.guest_id, name], value)
+    yield target
+    yield actual
+    yield stats
 
 
 def _host_memory(device: BalloonDevice, sessions: list[Session]) -> Iterator[Metric]:

@@ -202,6 +202,9 @@ class TimelineRow(TypedDict):
     fault_wait_seconds: NotRequired[float]
     swapped_bytes: NotRequired[int | None]
     oom_killed: NotRequired[bool]
+    # The rest of the balloon (issue 24): in every row once the host negotiated it.
+    balloon_target_bytes: NotRequired[int]
+    balloon_bytes: NotRequired[int]  # in the balloon now (its actual)
 
 
 class ReportRecord(TypedDict):

@@ -41,3 +41,22 @@ def test_per_guest_figures_refusals_and_the_chain_histogram() -> None:
 def test_a_scrape_with_no_guests() -> None:
     got = samples(scrape(BalloonDevice(SimBackend())))
     assert got["pagehint_host_guests"] == 0 and got["pagehint_host_resident_total_bytes"] == 0
+
+
+def test_each_guests_balloon_and_its_stats_by_linux_names() -> None:
+    from host.balloon import handle_pages, set_target, take_stats
+    from virtqueue.codec import PagesMsg, StatsMsg
+
+    d = BalloonDevice(SimBackend())
+    s, _ = d.table.negotiate(
+        Negotiation("g1", 64 << 20, 4096, F.mask(F.REPORTING), 0, balloon=True)
+    )
+    d.table.negotiate(Negotiation("old", 64 << 20, 4096, F.mask(F.REPORTING), 0))  # none
+    set_target(d.table, "g1", 8 << 20)
+    handle_pages(s, PagesMsg(True, 1, [0, 1], 2))
+    take_stats(s, StatsMsg([4], [123]))
+    got = samples(scrape(d))
+    assert got['pagehint_balloon_target_bytes{guest="g1"}'] == 8 << 20
+    assert got['pagehint_balloon_actual_bytes{guest="g1"}'] == 2 * 4096
+    assert got['pagehint_balloon_guest_stat{guest="g1",stat="free-memory"}'] == 123
+    assert 'pagehint_balloon_target_bytes{guest="old"}' not in got

@@ -33,7 +33,9 @@ def test_optional_fields_are_optional() -> None:
     # NotRequired survives only evaluated annotations: this is what decode relies on.
     required, optional = _keys(TimelineRow)
     host_memory = {"major_faults", "minor_faults", "fault_wait_seconds", "swapped_bytes"}
-    assert optional == {"mark", "chain", "oom_killed"} | host_memory and "t" in required
+    balloon = {"balloon_target_bytes", "balloon_bytes"}
+    assert optional == {"mark", "chain", "oom_killed"} | host_memory | balloon
+    assert "t" in required
     required, optional = _keys(GuestSummary)
     assert {"backend", "host_chains", "drops"} <= optional and "guest_id" in required
 

@@ -183,3 +183,18 @@ async def test_a_guest_stopping_mid_fill_gives_every_page_back() -> None:
     await wait_for(lambda: driver.balloon.actual > 0, 3.0, "the fill under way")
     await driver.stop()
     assert mm.nr_free_pages == PAGES and not driver.balloon.pages
+
+
+async def test_timeline_rows_carry_the_balloon_once_negotiated(
+    guest: tuple[BalloonDevice, BalloonDriver, BuddyAllocator],
+) -> None:
+    from guest.runtime import GuestRuntime
+    from guest.service import DriverReadings
+
+    device, driver, mm = guest
+    rt = GuestRuntime(config(), device=driver, mm=mm)
+    rt.host = DriverReadings(driver, None)
+    set_target(device.table, "g", 1000 * 4096)
+    await wait_for(lambda: driver.balloon.actual == 1000, 3.0, "inflated")
+    row = rt.sample()
+    assert (row["balloon_target_bytes"], row["balloon_bytes"]) == (1000 * 4096, 1000 * 4096)
