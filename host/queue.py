@@ -144,28 +144,28 @@ class ReportingQueue:
             # No chain id to answer: count it and go on (the stream survives).
             self.device.refuse("malformed", f"guest {session.guest_id}: empty message")
             return None
-        if isinstance(decoded, codec.PagesMsg):
-            return codec.encode_used(handle_pages(session, decoded))
-        if isinstance(decoded, codec.StatsMsg):
-            problem = take_stats(session, decoded)
-            if problem:
-                self.device.refuse(problem, f"guest {session.guest_id}: stats refused")
-            return None
+        if isinstance(decoded, codec.ChainMsg):  # the hot path first
+            used = self.device.handle_report(session, decoded.id, decoded.pfns, decoded.orders)
+            if used is None:
+                # A fence ended the session while this chain waited: it was cancelled
+                # before any discard, and its guest has moved on.
+                return None
+            session.last_seen = time.monotonic()
+            if self.chain_log is not None:
+                self._log_chain(session.guest_id, used)
+            return codec.encode_used(used)
         if isinstance(decoded, codec.TouchedMsg):
             notice = self.device.answer_touched(
                 session, decoded.pfns, decoded.counts, decoded.seq, decoded.evict_ack
             )
             session.last_seen = time.monotonic()
             return None if notice is None else codec.encode_notice(notice)
-        used = self.device.handle_report(session, decoded.id, decoded.pfns, decoded.orders)
-        if used is None:
-            # A fence ended the session while this chain waited: it was cancelled
-            # before any discard, and its guest has moved on.
-            return None
-        session.last_seen = time.monotonic()
-        if self.chain_log is not None:
-            self._log_chain(session.guest_id, used)
-        return codec.encode_used(used)
+        if isinstance(decoded, codec.PagesMsg):
+            return codec.encode_used(handle_pages(session, decoded))
+        problem = take_stats(session, decoded)
+        if problem:
+            self.device.refuse(problem, f"guest {session.guest_id}: stats refused")
+        return None
 
     async def _delayed_message(
         self, session: Session, msg: codec.GuestMessage | codec.Malformed

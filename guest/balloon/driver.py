@@ -98,6 +98,7 @@ class BalloonDriver:
             backoff=Backoff(cfg.reconnect_min, cfg.reconnect_max, random.Random()),
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        self._inflation: asyncio.Task[None] | None = None  # the balloon's work
         self._stopped = False
         # Called with each new session's acceptance (the shm RAM moves to a new file).
         self.on_session: list[Callable[[Accepted], None]] = []
@@ -138,26 +139,16 @@ class BalloonDriver:
     async def report(self, batch: Sequence[Block]) -> None:
         if not self.conn.connected.is_set():
             raise ReportError(f"host {self.address} unavailable", reason="unavailable")
-        async with self.window.slots:
-            stream, session = self.conn.stream, self.conn.session
-            if stream is None or not self.conn.connected.is_set():
-                raise ReportError(f"host {self.address} unavailable", reason="unavailable")
-            # Ascending pfn order: the host's check takes one pass over such a chain
-            # (and the chain's record, the --reports line, shows what was sent).
-            sent = sorted(batch)
-            pfns, orders = _columns(sent)
-            chain = self.window.open(sent, orders, session)
-            try:
-                try:
-                    async with self.link.write_lock:
-                        await self.link.before_chain(stream)
-                        await stream.write(ChainMsg(chain.id, pfns, orders))
-                except TransportError as e:
-                    # It may or may not have reached the host: only a fence can tell.
-                    self.conn.lost(stream, str(e))
-                used = await chain.future
-            finally:
-                self.window.close(chain)
+        # Ascending pfn order: the host's check takes one pass over such a chain
+        # (and the chain's record, the --reports line, shows what was sent).
+        sent = sorted(batch)
+        pfns, orders = _columns(sent)
+        try:
+            chain, used = await self.link.send_answered(
+                self.window, sent, orders, lambda chain_id: ChainMsg(chain_id, pfns, orders)
+            )
+        except TransportError:
+            raise ReportError(f"host {self.address} unavailable", reason="unavailable") from None
         self.view.chain_answered(chain, used)
         if log.isEnabledFor(logging.DEBUG):  # -v: a line per chain
             self._debug_chain(chain, used)
@@ -271,14 +262,15 @@ class BalloonDriver:
         self._spawn(self.view.poll_stats(), "balloon-stats")
         self._spawn(self.link.flusher(), "balloon-touches")
         self._spawn(self.view.watch_stalls(), "balloon-stall-watch")
-        self._spawn(self.balloon.run(), "balloon-inflation")
+        self._inflation = self._spawn(self.balloon.run(), "balloon-inflation")
         self._spawn(self.balloon.send_stats(), "balloon-stats-queue")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background task that stop() cancels and that is forgotten once done."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.append(task)
         task.add_done_callback(self._forget)
+        return task
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         with contextlib.suppress(ValueError):
@@ -291,10 +283,10 @@ class BalloonDriver:
         self._stopped = True
         # As virtballoon_remove: the balloon's work stopped first, then every page back
         # (remove_common); an inflate still out frees its own pages as it ends.
-        for task in [t for t in self._tasks if t.get_name() == "balloon-inflation"]:
-            task.cancel()
+        if self._inflation is not None:
+            self._inflation.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await self._inflation
         self.balloon.release_all()
         self.balloon.problems.flush(force=True)
         self.link.release_waiters()  # no waiter outlives the driver

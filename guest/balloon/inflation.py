@@ -166,12 +166,12 @@ class GuestBalloon:
         except BaseException:
             # Not sent, or its answer never to come (the stream broke, the driver
             # stops): the pages go back (the host may have dropped them).
-            self._free(pfns, discarded=True)
+            self._free(pfns)
             raise
         if used.status != codec.DONE:
             # Refused, or stranded and not known done: give them back (the host may
             # have discarded them: the touch tracker hears so, to be safe).
-            self._free(pfns, discarded=True)
+            self._free(pfns)
             if used.reason != "cancelled":
                 self.problems.note("refused", f"balloon: inflate refused ({used.reason})")
                 return -1
@@ -183,7 +183,7 @@ class GuestBalloon:
     async def leak(self, want: int) -> int:
         """leak_balloon: pages out of the balloon, freed, then the host told."""
         pfns = self._take(want)
-        self._free(pfns, discarded=True)
+        self._free(pfns)
         await self._send(False, pfns, self.actual)
         return len(pfns)
 
@@ -204,7 +204,7 @@ class GuestBalloon:
             if used.status == codec.DONE:
                 self.pages.extend(part)
             else:
-                self._free(part, discarded=True)
+                self._free(part)
 
     # ---- deflate-on-oom ------------------------------------------------------------------
 
@@ -214,7 +214,7 @@ class GuestBalloon:
         if not (self.negotiated and F.has(self.features, F.DEFLATE_ON_OOM)) or not self.pages:
             return 0
         pfns = self._take(OOM_NR_PAGES)
-        self._free(pfns, discarded=True)
+        self._free(pfns)
         self._oom_told.extend(pfns)
         self.refill = False
         self.oom_deflated_pages += len(pfns)
@@ -260,35 +260,24 @@ class GuestBalloon:
         del self.pages[len(self.pages) - len(taken) :]
         return taken
 
-    def _free(self, pfns: Sequence[int], discarded: bool) -> None:
-        if discarded:
-            # The host may have dropped their frames: a later touch must be told.
-            self.link.touches.discarded([(p, 0) for p in pfns])
+    def _free(self, pfns: Sequence[int]) -> None:
+        """Pages back to the allocator; the host may have dropped their frames, so a
+        later touch of them must be told (the touch tracker hears they are discarded)."""
+        self.link.touches.discarded([(p, 0) for p in pfns])
         for p in pfns:
             self.mm.free(p, 0)
 
     async def _send(self, inflate: bool, pfns: Sequence[int], actual: int) -> UsedMsg:
         """One message on the inflate or deflate queue, answered (or settled by a
         fence) like a chain: it shares the chains' ids and window."""
-        async with self.window.slots:
-            stream, session = self.conn.stream, self.conn.session
-            if stream is None or not self.conn.connected.is_set():
-                raise TransportError("not connected")
-            ranges = [(p, 0) for p in pfns]
-            out = self.window.open(ranges, [0] * len(ranges), session)
-            try:
-                try:
-                    async with self.link.write_lock:
-                        await self.link.before_chain(stream)
-                        await stream.write(PagesMsg(inflate, out.id, list(pfns), actual))
-                except TransportError as e:
-                    self.conn.lost(stream, str(e))
-                return await out.future
-            finally:
-                self.window.close(out)
+        ranges = [(p, 0) for p in pfns]
+        _, used = await self.link.send_answered(
+            self.window, ranges, [0] * len(ranges), lambda i: PagesMsg(inflate, i, pfns, actual)
+        )
+        return used
 
     def release_all(self) -> int:
         """remove_common: every page back to the allocator (the run is over)."""
         pfns, self.pages = self.pages, []
-        self._free(pfns, discarded=True)
+        self._free(pfns)
         return len(pfns)

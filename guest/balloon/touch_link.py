@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from guest.balloon.connection import Connection
 from guest.balloon.touches import TouchTracker
 from guest.balloon.transport import Stream, TransportError
+from guest.balloon.window import ChainWindow, Outstanding
+from guest.hinting.device import Block
 from guest.mm.buddy import BuddyAllocator
-from virtqueue.codec import Accepted, NoticeMsg, TouchedMsg
+from virtqueue.codec import Accepted, GuestMsg, NoticeMsg, TouchedMsg, UsedMsg
 
 
 class TouchLink:
@@ -68,6 +70,33 @@ class TouchLink:
         task = asyncio.get_running_loop().create_task(self.flush_touches(), name="touch-flush")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def send_answered(
+        self,
+        window: ChainWindow,
+        batch: Sequence[Block],
+        orders: Sequence[int],
+        make: Callable[[int], GuestMsg],
+    ) -> tuple[Outstanding, UsedMsg]:
+        """One message the host answers by id (a chain, balloon pages): a slot in the
+        ring, written after the touches queued before it, outstanding until answered
+        or fenced. TransportError only when not connected (a write that fails may or
+        may not have reached the host: only a fence can tell)."""
+        async with window.slots:
+            stream, session = self.conn.stream, self.conn.session
+            if stream is None or not self.conn.connected.is_set():
+                raise TransportError("not connected")
+            out = window.open(batch, orders, session)
+            try:
+                try:
+                    async with self.write_lock:
+                        await self.before_chain(stream)
+                        await stream.write(make(out.id))
+                except TransportError as e:
+                    self.conn.lost(stream, str(e))
+                return out, await out.future
+            finally:
+                window.close(out)
 
     async def before_chain(self, stream: Stream) -> None:
         """Under ``write_lock``, before a chain is written: every touch queued goes

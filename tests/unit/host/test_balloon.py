@@ -3,8 +3,6 @@ stats by Linux's names, and the Balloon call from outside (who may, what it says
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import grpc.aio
 import pytest
@@ -14,13 +12,12 @@ from host.balloon_state import HostBalloon
 from host.device import BalloonDevice
 from host.memory.sim import SimBackend
 from host.server import HostServer
-from pagehint.config import HostConfig
+from tests.unit.host.conftest import TOKENS
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.codec import Negotiation, PagesMsg, StatsMsg
 
 RAM = 64 << 20
-TOKENS = {"g1": "0123456789abcdef0123", "admin": "fedcba9876543210fedc"}
 
 
 @pytest.mark.parametrize(
@@ -76,22 +73,6 @@ def test_stats_are_kept_by_the_names_linux_gives_them() -> None:
         "alloc-stalls": 3,
         "tag-99": 4,
     }
-
-
-@pytest.fixture
-async def token_host() -> AsyncIterator[tuple[HostServer, codec.AioBalloonStub]]:
-    cfg = HostConfig(
-        listen="127.0.0.1:0", drain_seconds=1.0, tokens=dict(TOKENS), auth_penalty_max=0.0
-    )
-    server = HostServer(cfg)
-    await server.start()
-    await server.serving()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    try:
-        yield server, codec.aio_stub(channel)
-    finally:
-        await channel.close()
-        await server.stop()
 
 
 def _as(who: str) -> tuple[tuple[str, str], ...]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
@@ -17,13 +16,13 @@ from host.peers import FORGET_AFTER, PENALTY_FIRST, AuthThrottle, peer_address
 from host.server import HostServer
 from host.sessions import LimitReached, PeerLimitReached
 from pagehint.config import HostConfig
+from tests.unit.host.conftest import TOKENS
 from tests.waiting import wait_for
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.codec import TOKEN_KEY
 
 MIB = 1 << 20
-TOKENS = {"g1": "0123456789abcdef0123", "admin": "fedcba9876543210fedc"}
 
 
 @pytest.mark.parametrize(
@@ -85,22 +84,6 @@ def test_one_address_holds_at_most_its_quota_of_sessions() -> None:
     negotiate(d, "a3", "10.0.0.1")  # a slot of the address freed up
     assert d.table.per_peer["10.0.0.1"] == 3 and d.metrics.turned_away["peer_limit"] == 1
     assert d.metrics.turned_away["session_limit"] == 1
-
-
-@pytest.fixture
-async def token_host() -> AsyncIterator[tuple[HostServer, codec.AioBalloonStub]]:
-    cfg = HostConfig(
-        listen="127.0.0.1:0", drain_seconds=1.0, tokens=dict(TOKENS), auth_penalty_max=1.0
-    )
-    server = HostServer(cfg)
-    await server.start()
-    await server.serving()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    try:
-        yield server, codec.aio_stub(channel)
-    finally:
-        await channel.close()
-        await server.stop()
 
 
 def offer(guest_id: str = "g1") -> codec.NegotiateRequest:
