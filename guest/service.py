@@ -327,6 +327,7 @@ def _host_figures(driver: BalloonDriver, summary: GuestSummary) -> str:
     summary["balloon_oom_deflated_bytes"] = b.oom_deflated_pages * PAGE_SIZE
     summary["balloon_oom_deflations"] = b.oom_deflations
     summary["balloon_inflate_shortfalls"] = b.inflate_failures
+    summary["balloon_alloc_stalls"] = b.alloc_stalls
     assert driver.accepted is not None
     return driver.accepted.backend
 

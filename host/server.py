@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from host.calls import CallsPerPeer
+from host.control.runner import ControllerRunner, make_controller
 from host.device import BalloonDevice, Faults
 from host.limits import ConnectionWatch
 from host.memory.base import MemoryBackend
@@ -119,6 +120,13 @@ class HostServer:
             tls=cfg.tls is not None,
             tokens=cfg.tokens,
             auth_penalty_max=cfg.auth_penalty_max,
+        )
+        self.controller = (
+            None
+            if cfg.controller is None
+            else ControllerRunner(
+                self.device, make_controller(cfg.controller), cfg.balloon_min_bytes, cfg.controller
+            )
         )
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -244,14 +252,18 @@ async def serve(cfg: HostConfig, ready_file: str | None = None) -> int:
     for path in host.backend.orphans_removed:
         log.info(f"removed {path}, left behind by a host that was killed")
     log.info(_listening_line(cfg, addr))
-    janitor = asyncio.create_task(host.janitor())
+    tasks = [asyncio.create_task(host.janitor())]
+    if host.controller is not None:
+        tasks.append(asyncio.create_task(host.controller.run()))
     try:
         await host.stopping.wait()
         log.info("stopping: draining in-flight chains")
     finally:
-        janitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await janitor
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await host.stop()
         if metrics is not None:
             metrics.shutdown()  # type: ignore[attr-defined]
@@ -283,6 +295,8 @@ def _listening_line(cfg: HostConfig, addr: str) -> str:
             f"host memory {format_size(cfg.host_memory_bytes)}, swap "
             f"{format_size(cfg.swap_bytes)}, VMM overhead {format_size(cfg.vmm_overhead_bytes)}"
         )
+        if cfg.controller is not None:
+            memory += f", balloon controller {cfg.controller}"
     return (
         f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
         f"queue {cfg.queue_size}, {memory}, {who}, "

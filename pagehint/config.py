@@ -472,6 +472,15 @@ class HostConfig:
     # Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM: off by default, as QEMU's
     # deflate-on-oom property and Firecracker's deflate_on_oom are.
     deflate_on_oom: bool = False
+    # A balloon controller on the host (host/control/): "mom", "proxmox",
+    # "pressure", or MODULE:CLASS / FILE.py:CLASS of your own (None: none; targets
+    # come only from `pagehint balloon`). Needs --host-memory: it reads the host's.
+    controller: str | None = None
+    # The least memory a controller should leave each guest (0: none set), given to
+    # it as each source takes it: oVirt's guaranteed memory (libvirt's
+    # <min_guarantee>, 0 when not set), Proxmox's "minimum memory" (not set: the
+    # guest is not auto-ballooned), senpai's --min-size floor.
+    balloon_min_bytes: int = 0
     # The host's own record: one JSON line per chain (wall time, guest, chain id,
     # status, the guest's resident bytes right after it).
     chain_log: str | None = None
@@ -529,6 +538,7 @@ class HostConfig:
                 ("idle_connection_timeout", "--idle-connection-timeout", between(0.001, 86400)),
                 ("auth_penalty_max", "--auth-penalty-max", between(0, 3600)),
                 ("stats_interval", "--stats-interval", between(0, 3600)),
+                ("balloon_min_bytes", "--balloon-min", at_least(0, whole=True)),
                 ("host_memory_bytes", "--host-memory", optional(at_least(1, whole=True))),
                 ("swap_bytes", "--swap", at_least(0, whole=True)),
                 ("swap_in_cost", "--swap-in-cost", between(0, 1)),
@@ -538,6 +548,10 @@ class HostConfig:
         )
         require(not (self.tls and self.tokens), "give mutual TLS (--tls-*) or --tokens, not both")
         self._check_host_memory()
+        require(
+            self.controller is None or self.host_memory_bytes is not None,
+            "--controller needs --host-memory (a controller reads the host's memory)",
+        )
         require(
             self.stats_interval == 0 or self.stats_interval >= 0.01,
             f"--stats-interval {self.stats_interval:g}: 0 (no stats) or at least 0.01 s",

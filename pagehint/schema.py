@@ -164,6 +164,9 @@ class GuestSummary(TypedDict):
     balloon_oom_deflated_bytes: NotRequired[int]
     balloon_oom_deflations: NotRequired[int]
     balloon_inflate_shortfalls: NotRequired[int]  # fills cut short ("out of puff")
+    # Allocations that failed at first and asked the OOM notifiers (the stats'
+    # alloc-stalls; retried once if the balloon gave pages back).
+    balloon_alloc_stalls: NotRequired[int]
     # Added by the lab commands (demo, compare, sweep) from the guest's timeline
     # (lab/pipeline.py):
     host_resident_peak_bytes: NotRequired[int | None]

@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
-import importlib.util
-import inspect
 import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import cast
 
 from guest.hinting.base import Policy, PolicyRuleError, check_isolated
 from guest.hinting.device import Block, ReportingDevice
@@ -40,62 +36,14 @@ from guest.mm.constants import ISOLATED, ORDER_MASK, STATE_MASK
 from guest.mm.zone import Zone
 from pagehint.config import BUILTIN_POLICIES, HintingConfig
 from pagehint.errors import UsageError
-
-
-def is_plugin(name: str) -> bool:
-    return ":" in name
-
-
-def _said(e: BaseException) -> str:
-    """An exception in one short line (a module's message may be long or multi-line)."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    text = text if len(text) <= 200 else text[:200] + "…"
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+from pagehint.plugins import is_plugin, load_class, said
 
 
 @functools.lru_cache(maxsize=32)
 def load_policy_class(spec: str) -> type[Policy]:
     """The Policy subclass ``spec`` names; UsageError (one line) if it cannot be had.
     Loaded once per process (a module's import-time code runs once)."""
-    where, _, cls_name = spec.rpartition(":")
-    if not where or not cls_name.isidentifier():
-        raise UsageError(f"--policy {spec}: give MODULE:CLASS or FILE.py:CLASS")
-    try:
-        if where.endswith(".py"):
-            path = Path(where)
-            if not path.is_file():
-                raise UsageError(f"--policy {spec}: no file {where}")
-            name = f"pagehint_policy_{abs(hash(str(path.resolve())))}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            if module_spec is None or module_spec.loader is None:
-                raise UsageError(f"--policy {spec}: cannot load {where}")
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(where)
-    except UsageError:
-        raise
-    except ModuleNotFoundError as e:
-        if e.name is None or not where.startswith(e.name):
-            raise UsageError(f"--policy {spec}: importing it failed: no module {e.name}") from None
-        raise UsageError(
-            f"--policy {spec}: no module {e.name} (give a FILE.py:CLASS, or put its folder "
-            f"on PYTHONPATH)"
-        ) from None
-    except KeyboardInterrupt:
-        raise
-    except BaseException as e:  # the module's own code failed (or exited) while importing
-        raise UsageError(f"--policy {spec}: importing it failed: {_said(e)}") from None
-    cls = getattr(module, cls_name, None)
-    if cls is None:
-        raise UsageError(f"--policy {spec}: no class {cls_name} in {where}")
-    if not (isinstance(cls, type) and issubclass(cls, Policy)):
-        raise UsageError(f"--policy {spec}: {cls_name} is not a guest.hinting.base.Policy")
-    if inspect.isabstract(cls):
-        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
-        raise UsageError(f"--policy {spec}: {cls_name} is abstract (implement {missing})")
-    return cls
+    return cast(type[Policy], load_class(spec, "--policy", Policy, "guest.hinting.base.Policy"))
 
 
 def check_policy_name(name: str, flag: str = "--policy") -> str:
@@ -135,7 +83,7 @@ class GuardedPolicy(Policy):
             self.inner: Policy | None = inner(cfg, mm, checked)
         except (Exception, SystemExit, asyncio.CancelledError) as e:
             self.inner = None
-            self._broke(f"__init__ raised {_said(e)}")
+            self._broke(f"__init__ raised {said(e)}")
             self._disarm()
             return
         # One set of counters: what the summary and metrics read is the inner's.
@@ -155,7 +103,7 @@ class GuardedPolicy(Policy):
         try:
             self.inner.start()
         except (Exception, SystemExit, asyncio.CancelledError) as e:
-            self._broke(f"start() raised {_said(e)}")
+            self._broke(f"start() raised {said(e)}")
             self.mm.set_hook(None)
             return
         finally:
@@ -167,7 +115,7 @@ class GuardedPolicy(Policy):
                 try:
                     hook(zone, order)
                 except (Exception, SystemExit, asyncio.CancelledError) as e:
-                    self._broke(f"its hook raised {_said(e)}; hook off")
+                    self._broke(f"its hook raised {said(e)}; hook off")
                     self.mm.set_hook(None)
 
             self.mm.set_hook(guarded, order)
@@ -179,7 +127,7 @@ class GuardedPolicy(Policy):
             except TimeoutError:
                 self._broke("stop() did not return within the stop grace")
             except (Exception, SystemExit, asyncio.CancelledError) as e:
-                self._broke(f"stop() raised {_said(e)}")
+                self._broke(f"stop() raised {said(e)}")
             await self._end_tasks()
             self.abandoned = list(self.inner.abandoned)
             # A report still out: the device may be discarding its blocks now.
@@ -211,7 +159,7 @@ class GuardedPolicy(Policy):
             except TimeoutError:
                 self._broke("a task of its own ignored cancellation")
             except (Exception, SystemExit) as e:
-                self._broke(f"a task of its own raised {_said(e)}")
+                self._broke(f"a task of its own raised {said(e)}")
 
     def idle(self) -> bool:
         if self.inner is None:
@@ -219,7 +167,7 @@ class GuardedPolicy(Policy):
         try:
             return bool(self.inner.idle())
         except (Exception, SystemExit, asyncio.CancelledError) as e:
-            self._broke(f"idle() raised {_said(e)}")
+            self._broke(f"idle() raised {said(e)}")
             return True
 
     def _return_isolated(self) -> None:

@@ -58,6 +58,10 @@ class GuestRam(abc.ABC):
         """(major, minor) faults so far (the host memory model only)."""
         return 0, 0
 
+    def stall_seconds(self) -> float:
+        """Seconds the guest's touches waited on the host's swap (the model only)."""
+        return 0.0
+
     @abc.abstractmethod
     def resident_pages(self) -> int: ...
 

@@ -185,6 +185,9 @@ class GuestMemory:
         self.swapped = 0
         self.major_faults = 0
         self.minor_faults = 0
+        # Seconds its touches waited on swap I/O: what the host's PSI would count as
+        # this VM's memory stall (a vCPU blocked in a fault on its guest RAM).
+        self.stall_seconds = 0.0
         self.released = False
         self.killed: Kill | None = None
         # Evicted runs (whole chunks) the guest has not been told of yet.
@@ -254,6 +257,7 @@ class GuestMemory:
         model.swap_ins += major
         out = model.make_room()
         delay = major * model.swap_in_cost + out * model.swap_out_cost
+        self.stall_seconds += delay
         return TouchOutcome(brought, minor, major, out, delay, killed=self.killed is not None)
 
     def discard(self, ranges: Sequence[tuple[int, int]], lazily: bool = False) -> int:

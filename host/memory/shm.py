@@ -615,6 +615,9 @@ class ShmRam(GuestRam):
         m = self.memory
         return (0, 0) if m is None else (m.major_faults, m.minor_faults)
 
+    def stall_seconds(self) -> float:
+        return 0.0 if self.memory is None else self.memory.stall_seconds
+
     def resident_pages(self) -> int:
         if self.released:
             return 0

@@ -285,6 +285,9 @@ class ModelRam(GuestRam):
     def faults(self) -> tuple[int, int]:
         return self.memory.major_faults, self.memory.minor_faults
 
+    def stall_seconds(self) -> float:
+        return self.memory.stall_seconds
+
     def resident_pages(self) -> int:
         return self.memory.resident
 

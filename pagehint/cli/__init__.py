@@ -25,6 +25,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
     from pagehint.cli import balloon as balloon_command
     from pagehint.cli import certs as certs_command
     from pagehint.cli import compare as compare_command
+    from pagehint.cli import controllers as controllers_command
     from pagehint.cli import demo as demo_command
     from pagehint.cli import density as density_command
     from pagehint.cli import guest as guest_command
@@ -55,6 +56,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
         loadtest_command,
         sweep_command,
         density_command,
+        controllers_command,
         balloon_command,
         health_command,
         certs_command,

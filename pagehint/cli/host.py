@@ -223,6 +223,23 @@ def _balloon_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         help="balloon: offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM (a guest out of memory takes "
         "pages back from its balloon first; off by default, as in QEMU and Firecracker)",
     )
+    add_flag(
+        p,
+        e,
+        "--controller",
+        default=None,
+        help="balloon: set every guest's target from the host's memory: mom (oVirt MOM's "
+        "rules), proxmox (Proxmox VE's auto-ballooning), pressure (senpai's PSI rule), or "
+        "MODULE:CLASS / FILE.py:CLASS of your own (needs --host-memory; default: none)",
+    )
+    add_flag(
+        p,
+        e,
+        "--balloon-min",
+        default="0",
+        help="balloon: the least memory a controller should leave each guest (oVirt's "
+        "guaranteed memory, Proxmox's minimum memory; default 0: not set)",
+    )
 
 
 def _identity_and_outputs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
@@ -355,6 +372,8 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         auth_penalty_max=convert(a.auth_penalty_max, parse_seconds, "--auth-penalty-max"),
         stats_interval=convert(a.stats_interval, parse_seconds, "--stats-interval"),
         deflate_on_oom=bool(a.deflate_on_oom),
+        controller=_controller(a.controller),
+        balloon_min_bytes=convert(a.balloon_min, _size, "--balloon-min"),
         chain_log=None if a.chain_log is None else str(a.chain_log),
     )
 
@@ -372,6 +391,17 @@ def _host_memory_fields(a: argparse.Namespace) -> dict[str, Any]:
         "vmm_overhead_bytes": convert(a.vmm_overhead, _size, "--vmm-overhead"),
         "swap_dir": a.swap_dir,
     }
+
+
+def _controller(spec: object) -> str | None:
+    """The --controller value, its class loaded (a plug-in that does not load is one
+    line here, before the host starts)."""
+    if spec is None:
+        return None
+    from host.control.runner import controller_class
+
+    controller_class(str(spec))
+    return str(spec)
 
 
 def _size(text: str) -> int:
