@@ -17,11 +17,11 @@ from host.control.proxmox import (
 )
 
 
-def MB(n: int) -> int:  # noqa: N802 (the test's own names)
+def MB(n: int) -> int:
     return n * 1000 * 1000
 
 
-def GB(n: int) -> int:  # noqa: N802
+def GB(n: int) -> int:
     return n * 1000 * 1000 * 1000
 
 
