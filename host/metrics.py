@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from host.control.runner import ControllerRunner
 from host.device import BalloonDevice
 from host.limits import ConnectionWatch
 from host.sessions import Session
@@ -16,7 +17,11 @@ from virtqueue.contract import PAGE_SIZE
 log = logging.getLogger(__name__)
 
 
-def host_metrics(device: BalloonDevice, watch: ConnectionWatch | None = None) -> Iterator[Metric]:
+def host_metrics(
+    device: BalloonDevice,
+    watch: ConnectionWatch | None = None,
+    controller: ControllerRunner | None = None,
+) -> Iterator[Metric]:
     sessions = list(device.table.sessions.values())
     resident = GaugeMetricFamily(
         "pagehint_host_resident_bytes", "Memory the host holds for each guest.", labels=["guest"]
@@ -57,6 +62,8 @@ def host_metrics(device: BalloonDevice, watch: ConnectionWatch | None = None) ->
     yield from _turned_away(device, watch)
     yield from _host_memory(device, sessions)
     yield from _balloons(sessions)
+    if controller is not None:
+        yield from _controller(controller)
     yield histogram(
         "pagehint_host_chain_seconds",
         "Time to check and discard one chain.",
@@ -89,6 +96,28 @@ def _balloons(sessions: list[Session]) -> Iterator[Metric]:
     yield target
     yield actual
     yield stats
+
+
+def _controller(c: ControllerRunner) -> Iterator[Metric]:
+    """The balloon controller (--controller): what it decided, what was refused."""
+    r = c.record
+    yield counter("pagehint_controller_decisions", "Calls of the controller answered.", r.decisions)
+    yield counter(
+        "pagehint_controller_targets_set", "Balloon targets the controller changed.", r.targets_set
+    )
+    refused = CounterMetricFamily(
+        "pagehint_controller_refused_entries",
+        "Entries of the controller's answers refused, by reason.",
+        labels=["reason"],
+    )
+    for reason, n in sorted(r.refused.items()):
+        refused.add_metric([reason], n)
+    yield refused
+    yield gauge(
+        "pagehint_controller_running",
+        "1 while the controller runs, 0 once switched off.",
+        0 if r.broken else 1,
+    )
 
 
 def _host_memory(device: BalloonDevice, sessions: list[Session]) -> Iterator[Metric]:
@@ -164,9 +193,10 @@ def start_host_metrics(
     addr: str,
     port: int,
     watch: ConnectionWatch | None = None,
+    controller: ControllerRunner | None = None,
 ) -> object:
     from pagehint.metrics import serve
 
-    server, bound = serve(lambda: host_metrics(device, watch), port, addr)
+    server, bound = serve(lambda: host_metrics(device, watch, controller), port, addr)
     log.info(f"metrics on http://{addr}:{bound}/metrics")
     return server

@@ -238,7 +238,7 @@ async def serve(cfg: HostConfig, ready_file: str | None = None) -> int:
             from host.metrics import start_host_metrics
 
             metrics = start_host_metrics(
-                host.device, cfg.metrics_addr, cfg.metrics_port, host.watch
+                host.device, cfg.metrics_addr, cfg.metrics_port, host.watch, host.controller
             )
         await host.serving()
         if ready_file:

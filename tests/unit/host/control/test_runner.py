@@ -168,3 +168,21 @@ def test_builtin_names_and_plugins_load_and_bad_ones_are_one_line(tmp_path: Path
         make_controller(f"{f}:Mine")
     with pytest.raises(UsageError, match="building it failed: OSError: no"):
         make_controller(f"{f}:Breaks")
+
+
+async def test_the_controllers_work_is_in_the_hosts_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from host.metrics import host_metrics
+    from pagehint.metrics import FnCollector
+
+    d = _device()
+    r = ControllerRunner(d, Fixed({"g0": 48 * MiB, "ghost": MiB}), 0, "test")
+    await r.step()
+    registry = CollectorRegistry()
+    registry.register(FnCollector(lambda: host_metrics(d, None, r)))
+    text = generate_latest(registry).decode()
+    assert "pagehint_controller_decisions_total 1.0" in text
+    assert "pagehint_controller_targets_set_total 1.0" in text
+    assert 'pagehint_controller_refused_entries_total{reason="unknown_guest"} 1.0' in text
+    assert "pagehint_controller_running 1.0" in text
