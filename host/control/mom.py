@@ -27,9 +27,16 @@ Mapped: balloon_cur is the guest's memory now (RAM − balloon), balloon_max its
 RAM, balloon_min --balloon-min (libvirt's <min_guarantee>; MOM's libvirt
 interface reads 0 when it is not set), mem_unused its stats' free-memory.
 mem_free here is the host's free memory: the model has no page cache, and its
-lazily freed frames are LazyFree, not Cached, in /proc/meminfo. A guest MOM has
-no stats for yet is left alone (MOM's guest monitor is not ready until it has
-them).
+lazily freed frames are anonymous pages (AnonPages, Inactive(file) once
+lazily freed), not Cached. Departures, named: MOM's guest monitor is ready only
+once it has all six of its fields (available, unused, major and minor faults,
+swap in and out); the guest sends no swap figures (no guest swap is modelled),
+so a guest counts as ready once it has sent free-memory, and one without it is
+left alone. MOM works in whole KiB (StatAvg's integer division, ``int(target)``
+in KiB), this in bytes: under 1 KiB apart. With a minimum set, MOM's libvirt
+interface hands the rules ``<min_guarantee>`` as a string, which Python 2's
+``max`` then prefers to any number (shrinking never fires, growing jumps to
+balloon_max): this follows the rules' numeric intent instead.
 """
 
 from __future__ import annotations

@@ -1,26 +1,28 @@
 """Proxmox VE's auto-ballooning, transcribed.
 
 Source: proxmox/pve-manager, PVE/AutoBalloon.pm (``compute_alg1``) as
-PVE/Service/pvestatd.pm calls it (``auto_balloning``, every ``$updatetime`` =
-10 s): the host tries to keep its memory use at ``ballooning-target`` (80% by
-default) of MemTotal, where use is MemTotal − MemAvailable (proxmox/pve-common
+PVE/Service/pvestatd.pm calls it (``auto_ballooning``, ``auto_balloning``
+before pve-manager 7d68e160; every ``$updatetime`` = 10 s): the host tries
+to keep its memory use at ``ballooning-target`` (80% by default) of MemTotal, where use is MemTotal − MemAvailable (proxmox/pve-common
 src/PVE/ProcFSTools.pm ``read_meminfo``); the goal is
 ``int(memtotal × 80 / 100 − memused)`` bytes, and each guest moves at most
-``$maxchange`` = 100 MiB a cycle. Within ±10 MiB of the goal nothing is done.
+``$maxchange`` = 100 MiB a cycle. When |goal| is at most 10 MiB nothing is done.
 
 compute_alg1 splits the goal over the guests by ``shares`` (1000 each unless
 set): each is given ``balloon_min + int(alloc_new / shares_total × shares)``,
 clamped to [balloon_min, maxmem], moved at most maxchange from where it is,
 repeated until the goal is spent or nothing moves. Growing serves guests under
-memory pressure first (free memory at most a quarter of their minimum, or below
-it), then all; shrinking takes from guests with free memory first, then all.
-A guest is left out without a running balloon driver, without a minimum set
-(``balloon_min``: here --balloon-min; 0, Proxmox's default, means "not set", so
-nothing is ballooned), or with shares 0. The unit tests run the source's own
+memory pressure first (free memory at most a quarter of their minimum, below
+it, or no stats), then all; shrinking takes from guests with free memory first,
+then all. A guest is left out without a running balloon driver, without a
+minimum set (``balloon_min``: here --balloon-min; unset, Proxmox's default, is
+0 here, and such a guest is not auto-ballooned), with shares 0, or locked for
+migration (not transcribed: nothing here migrates). The unit tests run the source's own
 test (pve-manager test/balloontest.pl) and expect its numbers.
 
 Mapped: ``balloon`` (QMP query-balloon's actual) is the guest's memory now,
-``maxmem`` its RAM, ``freemem`` its stats' free-memory.
+``maxmem`` its RAM, ``freemem`` its stats' free-memory (qemu-server's vmstatus
+takes it only when total-memory came too: the guest always sends both).
 """
 
 from __future__ import annotations

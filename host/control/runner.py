@@ -11,9 +11,10 @@ does). A controller of your own is held to its contract as a policy plug-in is
   controller off: said once, counted, the host goes on serving with the
   targets as they are. It never runs on the host's event loop, so one that
   never returns keeps a daemon thread, never the host.
-- an entry for a guest it was not shown, or a size that is not a whole number
-  of bytes within [0, the guest's RAM], is refused (counted, said
-  rate-limited); the rest of the answer is applied.
+- an entry for a guest it was not shown, or a size that is not a whole,
+  positive number of bytes, is refused (counted, said rate-limited); a size
+  over the guest's RAM is taken as its RAM (as QEMU's balloon command); the
+  rest of the answer is applied.
 """
 
 from __future__ import annotations
@@ -136,7 +137,10 @@ class ControllerRecord:
 
 
 def check_answer(answer: object, view: HostView) -> tuple[dict[str, int], Counter[str], str]:
-    """(the entries to apply, refusals by reason, one example line) for an answer."""
+    """(the entries to apply, refusals by reason, one example line) for an answer.
+
+    As QEMU's balloon command (system/balloon.c qmp_balloon, virtio_balloon_to_target):
+    a size of 0 or less is refused, one over the guest's RAM is taken as its RAM."""
     if not isinstance(answer, Mapping):
         raise TypeError(f"decide() answered a {type(answer).__name__}, not a mapping")
     by_id = {g.guest_id: g for g in view.guests}
@@ -150,7 +154,8 @@ def check_answer(answer: object, view: HostView) -> tuple[dict[str, int], Counte
             refused[why] += 1
             example = example or f"{str(gid)[:64]!r}: {str(mem)[:32]} ({why})"
             continue
-        ok[gid] = int(mem)
+        assert g is not None
+        ok[gid] = min(int(mem), g.ram_bytes)
     return ok, refused, example
 
 
@@ -159,7 +164,7 @@ def _entry_problem(g: GuestView | None, mem: object) -> str:
         return "unknown_guest"
     if isinstance(mem, bool) or not isinstance(mem, int):
         return "not_whole_bytes"
-    if not 0 <= mem <= g.ram_bytes:
+    if mem <= 0:
         return "out_of_range"
     return ""
 
