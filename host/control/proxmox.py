@@ -3,8 +3,9 @@
 Source: proxmox/pve-manager, PVE/AutoBalloon.pm (``compute_alg1``) as
 PVE/Service/pvestatd.pm calls it (``auto_ballooning``, ``auto_balloning``
 before pve-manager 7d68e160; every ``$updatetime`` = 10 s): the host tries
-to keep its memory use at ``ballooning-target`` (80% by default) of MemTotal, where use is MemTotal − MemAvailable (proxmox/pve-common
-src/PVE/ProcFSTools.pm ``read_meminfo``); the goal is
+to keep its memory use at ``ballooning-target`` (80% by default) of MemTotal,
+where use is MemTotal − MemAvailable (proxmox/pve-common src/PVE/ProcFSTools.pm
+``read_meminfo``); the goal is
 ``int(memtotal × 80 / 100 − memused)`` bytes, and each guest moves at most
 ``$maxchange`` = 100 MiB a cycle. When |goal| is at most 10 MiB nothing is done.
 
