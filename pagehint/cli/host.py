@@ -236,7 +236,7 @@ def _balloon_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p,
         e,
         "--balloon-min",
-        default="0",
+        default=default_of(HostConfig, "balloon_min_bytes", exact_size),
         help="balloon: the least memory a controller should leave each guest (oVirt's "
         "guaranteed memory, Proxmox's minimum memory; default 0: not set)",
     )
@@ -370,10 +370,7 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
             a.idle_connection_timeout, parse_seconds, "--idle-connection-timeout"
         ),
         auth_penalty_max=convert(a.auth_penalty_max, parse_seconds, "--auth-penalty-max"),
-        stats_interval=convert(a.stats_interval, parse_seconds, "--stats-interval"),
-        deflate_on_oom=bool(a.deflate_on_oom),
-        controller=_controller(a.controller),
-        balloon_min_bytes=convert(a.balloon_min, _size, "--balloon-min"),
+        **_balloon_fields(a),
         chain_log=None if a.chain_log is None else str(a.chain_log),
     )
 
@@ -390,6 +387,16 @@ def _host_memory_fields(a: argparse.Namespace) -> dict[str, Any]:
         "swap_out_cost": convert(a.swap_out_cost, _cost, "--swap-out-cost"),
         "vmm_overhead_bytes": convert(a.vmm_overhead, _size, "--vmm-overhead"),
         "swap_dir": a.swap_dir,
+    }
+
+
+def _balloon_fields(a: argparse.Namespace) -> dict[str, Any]:
+    """HostConfig's balloon fields from the flags (issue 24)."""
+    return {
+        "stats_interval": convert(a.stats_interval, parse_seconds, "--stats-interval"),
+        "deflate_on_oom": bool(a.deflate_on_oom),
+        "controller": _controller(a.controller),
+        "balloon_min_bytes": convert(a.balloon_min, _size, "--balloon-min"),
     }
 
 
