@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from guest.balloon import BalloonDriver
 from guest.balloon.connection import OomKilled
+from guest.balloon.free_page_hint import HINT_BLOCK_ORDER
 from guest.hinting.device import LoopbackDevice, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
@@ -211,7 +212,7 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         # The driver cannot go on (guest id taken, RAM file refused): end the run.
         connected.conn.on_fatal.append(lambda _e: rt.ctx.stop.set())
         rt.memory.on_alloc.append(connected.link.on_alloc)
-        rt.memory.on_oom.append(connected.balloon.on_oom)
+        rt.memory.on_oom.append(connected.on_oom)
         # The host's memory model: its Notices' delays are the workload's to wait.
         connected.link.on_fault_delay.append(rt.ctx.add_fault_debt)
         connected.conn.on_fatal.append(
@@ -328,6 +329,10 @@ def _host_figures(driver: BalloonDriver, summary: GuestSummary) -> str:
     summary["balloon_oom_deflations"] = b.oom_deflations
     summary["balloon_inflate_shortfalls"] = b.inflate_failures
     summary["balloon_alloc_stalls"] = b.alloc_stalls
+    h = driver.hints
+    summary["free_page_hint_runs"] = h.runs
+    summary["free_page_hinted_bytes"] = (h.hinted_blocks << HINT_BLOCK_ORDER) * PAGE_SIZE
+    summary["free_page_hint_shrunk_bytes"] = (h.shrunk_blocks << HINT_BLOCK_ORDER) * PAGE_SIZE
     assert driver.accepted is not None
     return driver.accepted.backend
 

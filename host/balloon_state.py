@@ -42,3 +42,25 @@ class HostBalloon:
     deflated: int = 0  # pages told on the deflate queue, ever
     stats: dict[str, int] = field(default_factory=dict)
     stats_at: float = 0.0  # monotonic time they came (0: none yet)
+    hint: HintRuns = field(default_factory=lambda: HintRuns())
+
+
+# free_page_hint_cmd_id's reserved values (include/uapi/linux/virtio_balloon.h).
+CMD_ID_STOP = 0
+CMD_ID_DONE = 1
+
+
+@dataclass
+class HintRuns:
+    """One session's free page hinting (FREE_PAGE_HINT), as Firecracker's
+    HintingState keeps it."""
+
+    host_cmd: int = CMD_ID_STOP  # the command id the host last set
+    told_cmd: int = CMD_ID_STOP  # the one last told to the guest
+    last_cmd_id: int = CMD_ID_STOP  # the last run's id (the next is one more)
+    guest_cmd: int | None = None  # the command id the guest last sent
+    acknowledge_on_stop: bool = True
+    hinted_pages: int = 0  # pages hinted under the current run's id
+    blocks: set[int] = field(default_factory=set)  # their first frames
+    runs: int = 0
+    ignored: int = 0  # blocks that came for no run, or for an old one

@@ -83,6 +83,7 @@ class BalloonDevice:
         max_sessions_per_peer: int | None = None,
         stats_interval: float = HostConfig.stats_interval,
         deflate_on_oom: bool = HostConfig.deflate_on_oom,
+        free_page_hint: bool = HostConfig.free_page_hint,
     ) -> None:
         self.backend = backend
         self.min_order = min_order
@@ -102,6 +103,7 @@ class BalloonDevice:
             max_sessions_per_peer=max_sessions_per_peer,
         )
         self.table.deflate_on_oom = deflate_on_oom
+        self.table.free_page_hint = free_page_hint
 
     def open_session(
         self, offer: codec.Negotiation, identity: str | None = None, peer: str = ""

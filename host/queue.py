@@ -18,6 +18,7 @@ from typing import IO
 
 from host.balloon import handle_pages, take_stats
 from host.device import BalloonDevice
+from host.hints import handle_hint
 from host.sessions import Session
 from virtqueue import codec
 
@@ -92,10 +93,13 @@ class ReportingQueue:
                 if evicted:
                     yield codec.encode_notice(codec.NoticeMsg(evicted, 0, 0, 0, 0, evict_id))
                 b = session.balloon
-                if b is not None and b.told_pages != b.target_pages:
-                    # The target changed (or was never told): virtio's config change.
-                    b.told_pages = b.target_pages
-                    yield codec.encode_config(codec.ConfigMsg(b.target_pages))
+                if b is not None and (
+                    b.told_pages != b.target_pages or b.hint.told_cmd != b.hint.host_cmd
+                ):
+                    # The target or the hint command changed (or the target was never
+                    # told): virtio's config change, the whole config space.
+                    b.told_pages, b.hint.told_cmd = b.target_pages, b.hint.host_cmd
+                    yield codec.encode_config(codec.ConfigMsg(b.target_pages, b.hint.host_cmd))
                 if session.ended:
                     return
                 await wake.wait()
@@ -162,6 +166,17 @@ class ReportingQueue:
             return None if notice is None else codec.encode_notice(notice)
         if isinstance(decoded, codec.PagesMsg):
             return codec.encode_used(handle_pages(session, decoded))
+        if isinstance(decoded, codec.HintMsg):
+            try:
+                problem = handle_hint(session, decoded)
+            except OSError as e:  # the discard failed: counted, never fatal
+                problem = "discard_failed"
+                self.device.refuse(problem, f"guest {session.guest_id}: hint discard: {e}")
+                return None
+            if problem:
+                self.device.refuse(problem, f"guest {session.guest_id}: free page hint refused")
+            session.last_seen = time.monotonic()
+            return None
         problem = take_stats(session, decoded)
         if problem:
             self.device.refuse(problem, f"guest {session.guest_id}: stats refused")

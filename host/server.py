@@ -113,6 +113,7 @@ class HostServer:
             max_sessions_per_peer=cfg.max_sessions_per_peer,
             stats_interval=cfg.stats_interval,
             deflate_on_oom=cfg.deflate_on_oom,
+            free_page_hint=cfg.free_page_hint,
         )
         self.service = BalloonService(
             self.device,

@@ -14,6 +14,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
+from host import hints
 from host.balloon import set_target
 from host.balloon import state as balloon_state
 from host.device import BalloonDevice
@@ -233,6 +234,41 @@ class BalloonService:
             told = s.balloon.target_pages * PAGE_SIZE
             log.info(f"guest {guest_id}: balloon target {format_size(told)}")
         return codec.encode_balloon_status(balloon_state(s))
+
+    async def Hint(
+        self, request: codec.HintRequest | codec.Malformed, context: Context
+    ) -> codec.HintStatus:
+        return await self._guarded(context, lambda: self._hint(request, context), "Hint")
+
+    async def _hint(
+        self, request: codec.HintRequest | codec.Malformed, context: Context
+    ) -> codec.HintStatus:
+        """Start, stop or read a guest's free page hinting (admin only where
+        identities are checked), as Firecracker's /balloon/hinting API."""
+        guest_id, action, ack = codec.decode_hint_request(request)
+        if not await self.gate.may_read_all(context):
+            await abort(
+                context, grpc.StatusCode.PERMISSION_DENIED, "hinting needs an admin identity"
+            )
+        if guest_id_problem(guest_id) is not None:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "guest_id: not a guest id")
+        s = hints.live(self.device.table, guest_id)
+        if s is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no session of guest {guest_id!r}")
+        if not hints.hinting(s):
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"guest {guest_id!r} has no free page hinting (host without --free-page-hint, "
+                "or an older guest)",
+            )
+        if action == codec.HINT_START:
+            hints.start(s, ack)
+            log.info(f"guest {guest_id}: free page hinting run {hints.state(s).host_cmd}")
+        elif action == codec.HINT_STOP:
+            hints.stop(s)
+            log.info(f"guest {guest_id}: free page hinting done")
+        return codec.encode_hint_status(hints.state(s))
 
 
 def session_status(e: SessionError) -> grpc.StatusCode:

@@ -249,6 +249,7 @@ class SessionTable:
         self.targets: OrderedDict[str, int] = OrderedDict()
         # --deflate-on-oom: offered to guests with the balloon.
         self.deflate_on_oom = False
+        self.free_page_hint = False
         # One line per reason per interval, however many negotiations are refused.
         self.problems = RateLimitedLog(log)
         if backend.model is not None:
@@ -293,6 +294,8 @@ class SessionTable:
             supported |= BALLOON_FEATURES
             if self.deflate_on_oom:
                 supported |= F.mask(F.DEFLATE_ON_OOM)
+            if self.free_page_hint:
+                supported |= F.mask(F.FREE_PAGE_HINT)
         accepted = offer.features & supported
         totals.sessions += 1
         s = Session(

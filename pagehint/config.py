@@ -472,6 +472,10 @@ class HostConfig:
     # Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM: off by default, as QEMU's
     # deflate-on-oom property and Firecracker's deflate_on_oom are.
     deflate_on_oom: bool = False
+    # Offer VIRTIO_BALLOON_F_FREE_PAGE_HINT (issue 25): off by default, as QEMU's
+    # free-page-hint property and Firecracker's free_page_hinting are. Hinted
+    # blocks are discarded at once, as Firecracker's device does.
+    free_page_hint: bool = False
     # A balloon controller on the host (host/control/): "mom", "proxmox",
     # "pressure", or MODULE:CLASS / FILE.py:CLASS of your own (None: none; targets
     # come only from `pagehint balloon`). Needs --host-memory: it reads the host's.

@@ -167,6 +167,11 @@ class GuestSummary(TypedDict):
     # Allocations that failed at first and asked the OOM notifiers (the stats'
     # alloc-stalls; retried once if the balloon gave pages back).
     balloon_alloc_stalls: NotRequired[int]
+    # Free page hinting (issue 25; absent from older files): runs answered, the
+    # blocks sent over the run, and those the shrinker took back under pressure.
+    free_page_hint_runs: NotRequired[int]
+    free_page_hinted_bytes: NotRequired[int]
+    free_page_hint_shrunk_bytes: NotRequired[int]
     # Added by the lab commands (demo, compare, sweep) from the guest's timeline
     # (lab/pipeline.py):
     host_resident_peak_bytes: NotRequired[int | None]

@@ -270,6 +270,22 @@ class StatsMsg(NamedTuple):
     values: Sequence[int]
 
 
+class HintMsg(NamedTuple):
+    """The free page hint queue (FreePageHint): a command id (``cmd``) or blocks
+    of 2**order pages."""
+
+    cmd: bool
+    cmd_id: int
+    pfns: Sequence[int] = ()
+    order: int = 0
+
+
+def encode_hint_msg(h: HintMsg) -> pb.GuestMessage:
+    return pb.GuestMessage(
+        hint=pb.FreePageHint(cmd=h.cmd, cmd_id=h.cmd_id, pfn=h.pfns, order=h.order)
+    )
+
+
 def encode_pages_msg(p: PagesMsg) -> pb.GuestMessage:
     pages = pb.Pages(id=p.id, pfn=p.pfns, actual_pages=p.actual_pages)
     return pb.GuestMessage(inflate=pages) if p.inflate else pb.GuestMessage(deflate=pages)
@@ -279,7 +295,7 @@ def encode_stats_msg(s: StatsMsg) -> pb.GuestMessage:
     return pb.GuestMessage(stats=pb.BalloonStats(tag=s.tags, value=s.values))
 
 
-GuestMsg = ChainMsg | TouchedMsg | PagesMsg | StatsMsg
+GuestMsg = ChainMsg | TouchedMsg | PagesMsg | StatsMsg | HintMsg
 
 
 def encode_guest_msg(msg: GuestMsg) -> pb.GuestMessage:
@@ -290,6 +306,8 @@ def encode_guest_msg(msg: GuestMsg) -> pb.GuestMessage:
         return encode_touched_msg(msg)
     if isinstance(msg, PagesMsg):
         return encode_pages_msg(msg)
+    if isinstance(msg, HintMsg):
+        return encode_hint_msg(msg)
     return encode_stats_msg(msg)
 
 
@@ -309,6 +327,9 @@ def decode_guest_message(m: pb.GuestMessage | Malformed) -> GuestMsg | None:
         return PagesMsg(kind == "inflate", p.id, p.pfn, p.actual_pages)
     if kind == "stats":
         return StatsMsg(m.stats.tag, m.stats.value)
+    if kind == "hint":
+        h = m.hint
+        return HintMsg(h.cmd, h.cmd_id, h.pfn, h.order)
     return None
 
 
@@ -355,21 +376,27 @@ def encode_notice(n: NoticeMsg) -> pb.Used:
 
 
 class ConfigMsg(NamedTuple):
-    """The host's balloon target changed (virtio's config change): a Used with
-    ``config`` set, answering nothing."""
+    """The host's balloon config changed (virtio's config change): a Used with
+    ``config`` set, answering nothing. The whole config space each time: the
+    target, and the free page hint command id (0, STOP, from an older host)."""
 
     num_pages: int
+    free_page_hint_cmd_id: int = 0
 
 
 def encode_config(c: ConfigMsg) -> pb.Used:
-    return pb.Used(config=pb.BalloonConfig(num_pages=c.num_pages))
+    return pb.Used(
+        config=pb.BalloonConfig(
+            num_pages=c.num_pages, free_page_hint_cmd_id=c.free_page_hint_cmd_id
+        )
+    )
 
 
 def decode_used(m: pb.Used) -> UsedMsg | NoticeMsg | ConfigMsg:
     """A chain's (or pages') answer, a Notice (``notice`` set) or a new target
     (``config`` set); the last two answer nothing."""
     if m.HasField("config"):
-        return ConfigMsg(m.config.num_pages)
+        return ConfigMsg(m.config.num_pages, m.config.free_page_hint_cmd_id)
     if m.HasField("notice"):
         n = m.notice
         return NoticeMsg(
@@ -514,6 +541,57 @@ def decode_balloon_status(m: pb.BalloonStatus) -> BalloonState:
     )
 
 
+# ---- Hint (free page hinting from outside) -----------------------------------------
+
+HINT_STATUS, HINT_START, HINT_STOP = 0, 1, 2
+HINT_ACTIONS = {"status": HINT_STATUS, "start": HINT_START, "stop": HINT_STOP}
+
+
+@dataclass(frozen=True)
+class HintState:
+    """One guest's free page hinting as the host knows it (HintStatus)."""
+
+    guest_id: str
+    hinting: bool
+    host_cmd: int
+    has_guest_cmd: bool
+    guest_cmd: int
+    hinted_pages: int
+    runs: int
+
+
+def encode_hint_request(guest_id: str, action: int, acknowledge_on_stop: bool) -> pb.HintRequest:
+    return pb.HintRequest(
+        guest_id=guest_id,
+        action=cast("pb.HintAction", action),
+        acknowledge_on_stop=acknowledge_on_stop,
+    )
+
+
+def decode_hint_request(m: pb.HintRequest | Malformed) -> tuple[str, int, bool]:
+    """(guest id, action, acknowledge_on_stop); an unknown action is Undecodable."""
+    m = _decoded(m)
+    if int(m.action) not in HINT_ACTIONS.values():
+        raise Undecodable(f"unknown hint action {int(m.action)}")
+    return str(m.guest_id), int(m.action), bool(m.acknowledge_on_stop)
+
+
+def encode_hint_status(h: HintState) -> pb.HintStatus:
+    return pb.HintStatus(**asdict(h))
+
+
+def decode_hint_status(m: pb.HintStatus) -> HintState:
+    return HintState(
+        guest_id=m.guest_id,
+        hinting=m.hinting,
+        host_cmd=m.host_cmd,
+        has_guest_cmd=m.has_guest_cmd,
+        guest_cmd=m.guest_cmd,
+        hinted_pages=m.hinted_pages,
+        runs=m.runs,
+    )
+
+
 # ---- service plumbing -------------------------------------------------------------
 # The generated *_pb2_grpc module has no type stubs; these Protocols give its
 # stub and servicer surface the message types above, so callers are checked.
@@ -529,6 +607,8 @@ CloseRequest = pb.CloseRequest
 CloseReply = pb.CloseReply
 BalloonRequest = pb.BalloonRequest
 BalloonStatus = pb.BalloonStatus
+HintRequest = pb.HintRequest
+HintStatus = pb.HintStatus
 
 
 class BalloonStub(Protocol):
@@ -539,6 +619,7 @@ class BalloonStub(Protocol):
     Stats: grpc.UnaryUnaryMultiCallable[pb.StatsRequest, pb.HostStats]
     Close: grpc.UnaryUnaryMultiCallable[pb.CloseRequest, pb.CloseReply]
     Balloon: grpc.UnaryUnaryMultiCallable[pb.BalloonRequest, pb.BalloonStatus]
+    Hint: grpc.UnaryUnaryMultiCallable[pb.HintRequest, pb.HintStatus]
 
 
 class AioBalloonStub(Protocol):
@@ -549,6 +630,7 @@ class AioBalloonStub(Protocol):
     Stats: grpc.aio.UnaryUnaryMultiCallable[pb.StatsRequest, pb.HostStats]
     Close: grpc.aio.UnaryUnaryMultiCallable[pb.CloseRequest, pb.CloseReply]
     Balloon: grpc.aio.UnaryUnaryMultiCallable[pb.BalloonRequest, pb.BalloonStatus]
+    Hint: grpc.aio.UnaryUnaryMultiCallable[pb.HintRequest, pb.HintStatus]
 
 
 # What a servicer method is handed: the asyncio server's per-call context.
@@ -588,6 +670,10 @@ class BalloonServicer(Protocol):
         self, request: pb.BalloonRequest | Malformed, context: Context
     ) -> pb.BalloonStatus: ...
 
+    async def Hint(
+        self, request: pb.HintRequest | Malformed, context: Context
+    ) -> pb.HintStatus: ...
+
 
 def add_servicer(servicer: BalloonServicer, server: grpc.aio.Server) -> None:
     """The generated add_BalloonServicer_to_server, with lenient request deserializers."""
@@ -616,6 +702,11 @@ def add_servicer(servicer: BalloonServicer, server: grpc.aio.Server) -> None:
             servicer.Balloon,
             request_deserializer=lenient(pb.BalloonRequest),
             response_serializer=pb.BalloonStatus.SerializeToString,
+        ),
+        "Hint": grpc.unary_unary_rpc_method_handler(
+            servicer.Hint,
+            request_deserializer=lenient(pb.HintRequest),
+            response_serializer=pb.HintStatus.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -36,6 +36,7 @@ from guest.balloon.connection import (
     SessionUnusable,
     id_in_use,
 )
+from guest.balloon.free_page_hint import FreePageHinting
 from guest.balloon.host_view import HostView
 from guest.balloon.inflation import GuestBalloon
 from guest.balloon.touch_link import TouchLink
@@ -57,6 +58,7 @@ from virtqueue import features as F
 from virtqueue.codec import (
     Accepted,
     ChainMsg,
+    ConfigMsg,
     Negotiation,
     UsedMsg,
 )
@@ -99,6 +101,7 @@ class BalloonDriver:
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self._inflation: asyncio.Task[None] | None = None  # the balloon's work
+        self._hinting: asyncio.Task[None] | None = None  # free page hint runs
         self._stopped = False
         # Called with each new session's acceptance (the shm RAM moves to a new file).
         self.on_session: list[Callable[[Accepted], None]] = []
@@ -109,7 +112,9 @@ class BalloonDriver:
         self.conn.on_notice = self.link.on_notice
         # The rest of the balloon: inflate/deflate to the host's target, stats.
         self.balloon = GuestBalloon(self.conn, self.window, self.link, mm)
-        self.conn.on_config = self.balloon.on_config
+        # Free page hinting (issue 25): the config space carries its command id too.
+        self.hints = FreePageHinting(self.conn, self.link, mm)
+        self.conn.on_config = self._on_config
         self.conn.on_fatal.append(self.link.release_waiters)
 
     # ---- state for others ---------------------------------------------------------------
@@ -175,7 +180,7 @@ class BalloonDriver:
     # ---- connection -----------------------------------------------------------------
 
     def _negotiation(self, previous_session: str) -> Negotiation:
-        offered = F.mask(F.REPORTING, F.STATS_VQ, F.DEFLATE_ON_OOM)
+        offered = F.mask(F.REPORTING, F.STATS_VQ, F.DEFLATE_ON_OOM, F.FREE_PAGE_HINT)
         poison = 0
         if self.cfg.poison is not None:
             offered |= F.mask(F.PAGE_POISON)
@@ -222,6 +227,22 @@ class BalloonDriver:
         self.capacity = acc.max_chain_ranges
         self.link.adopt(acc)
         self.balloon.adopt(acc)
+        self.hints.adopt(acc)
+
+    def _on_config(self, msg: ConfigMsg) -> None:
+        """virtballoon_changed: the whole config space (the target, the hint id)."""
+        self.balloon.on_config(msg)
+        self.hints.on_config(msg)
+
+    def on_oom(self) -> int:
+        """An allocation failed: with DEFLATE_ON_OOM, hinted blocks go back first
+        (virtio_balloon_shrinker_scan), then balloon pages (virtio_balloon_oom_notify)."""
+        if self.balloon.negotiated and F.has(self.balloon.features, F.DEFLATE_ON_OOM):
+            freed = self.hints.on_oom()
+            if freed:
+                self.balloon.alloc_stalls += 1
+                return freed
+        return self.balloon.on_oom()
 
     async def start(self) -> None:
         """Connect (trying with backoff for up to connect_timeout; a clear UsageError if
@@ -263,6 +284,7 @@ class BalloonDriver:
         self._spawn(self.link.flusher(), "balloon-touches")
         self._spawn(self.view.watch_stalls(), "balloon-stall-watch")
         self._inflation = self._spawn(self.balloon.run(), "balloon-inflation")
+        self._hinting = self._spawn(self.hints.run(), "balloon-free-page-hint")
         self._spawn(self.balloon.send_stats(), "balloon-stats-queue")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -283,11 +305,13 @@ class BalloonDriver:
         self._stopped = True
         # As virtballoon_remove: the balloon's work stopped first, then every page back
         # (remove_common); an inflate still out frees its own pages as it ends.
-        if self._inflation is not None:
-            self._inflation.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._inflation
+        for task in (self._inflation, self._hinting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self.balloon.release_all()
+        self.hints.give_back(len(self.hints.blocks))
         self.balloon.problems.flush(force=True)
         self.link.release_waiters()  # no waiter outlives the driver
         if self.conn.connected.is_set():

@@ -31,6 +31,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
     from pagehint.cli import guest as guest_command
     from pagehint.cli import guest_group as group_command
     from pagehint.cli import health as health_command
+    from pagehint.cli import hint as hint_command
     from pagehint.cli import host as host_command
     from pagehint.cli import loadtest as loadtest_command
     from pagehint.cli import sweep as sweep_command
@@ -58,6 +59,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
         density_command,
         controllers_command,
         balloon_command,
+        hint_command,
         health_command,
         certs_command,
     ):

@@ -8,10 +8,10 @@ import json
 import sys
 from collections.abc import Mapping
 
-from pagehint.cli.support import Subparsers, add_flag, convert, parse_address, positive_float
+from pagehint.cli.admin import add_host_flags, call_host
+from pagehint.cli.support import Subparsers, add_flag, convert
 from pagehint.errors import UsageError
-from pagehint.tls import load_tls, unreachable_hint
-from pagehint.units import format_size, parse_seconds, parse_size
+from pagehint.units import format_size, parse_size
 
 
 def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
@@ -22,48 +22,26 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         "balloon to that size (the guest's pages go to the host); without, shows the "
         "guest's balloon. Needs the host's admin identity where it checks identities.",
     )
-    add_flag(p, env, "--host", default="127.0.0.1:50051", help="HOST:PORT of the host")
-    add_flag(p, env, "--guest", default=None, help="the guest's id (required)")
+    add_host_flags(p, env)
     add_flag(p, env, "--target", default=None, help="balloon size to reach (e.g. 512MiB, 0)")
-    add_flag(p, env, "--timeout", default="5", help="seconds")
-    add_flag(p, env, "--token", default=None, help="the host's admin token (--tokens)")
-    add_flag(p, env, "--tls-cert", default=None, help="mutual TLS: a client certificate (PEM)")
-    add_flag(p, env, "--tls-key", default=None, help="mutual TLS: its private key (PEM)")
-    add_flag(p, env, "--tls-ca", default=None, help="mutual TLS: the CA that signs the host")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
 
 def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
-    import grpc
-
     from virtqueue import codec
 
     if not a.guest:
         raise UsageError("give --guest ID")
     target = None if a.target is None else convert(a.target, parse_size, "--target")
-    timeout = convert(a.timeout, lambda s: positive_float(str(parse_seconds(s))), "--timeout")
-    address = parse_address(str(a.host), "--host")
-    tls = load_tls(a.tls_cert, a.tls_key, a.tls_ca)
-    metadata = ((codec.TOKEN_KEY, str(a.token)),) if a.token else ()
-    channel = (
-        grpc.secure_channel(address, tls.channel_credentials())
-        if tls is not None
-        else grpc.insecure_channel(address)
+    reply = call_host(
+        a,
+        lambda stub, timeout, metadata: stub.Balloon(
+            codec.encode_balloon_request(str(a.guest), target),
+            timeout=timeout,
+            metadata=metadata,
+        ),
     )
-    with channel as ch:
-        try:
-            reply = codec.stub(ch).Balloon(
-                codec.encode_balloon_request(str(a.guest), target),
-                timeout=timeout,
-                metadata=metadata,
-            )
-        except grpc.RpcError as e:
-            code = e.code()
-            why = f"{code.name}: {e.details()}" if e.details() else code.name
-            if code == grpc.StatusCode.UNAVAILABLE:
-                why += f" ({unreachable_hint(address, tls is not None, min(timeout, 1.0))})"
-            raise UsageError(f"host {a.host}: {why}") from None
     b = codec.decode_balloon_status(reply)
     if a.json:
         out = {

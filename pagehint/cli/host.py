@@ -223,6 +223,14 @@ def _balloon_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         help="balloon: offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM (a guest out of memory takes "
         "pages back from its balloon first; off by default, as in QEMU and Firecracker)",
     )
+    add_switch(
+        p,
+        e,
+        "--free-page-hint",
+        help="balloon: offer VIRTIO_BALLOON_F_FREE_PAGE_HINT (`pagehint hint` starts a run; "
+        "hinted blocks are discarded, as Firecracker does; off by default, as in QEMU and "
+        "Firecracker)",
+    )
     add_flag(
         p,
         e,
@@ -395,6 +403,7 @@ def _balloon_fields(a: argparse.Namespace) -> dict[str, Any]:
     return {
         "stats_interval": convert(a.stats_interval, parse_seconds, "--stats-interval"),
         "deflate_on_oom": bool(a.deflate_on_oom),
+        "free_page_hint": bool(a.free_page_hint),
         "controller": _controller(a.controller),
         "balloon_min_bytes": convert(a.balloon_min, _size, "--balloon-min"),
     }

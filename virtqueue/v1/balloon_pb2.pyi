@@ -21,6 +21,12 @@ class UsedStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DONE: _ClassVar[UsedStatus]
     REFUSED: _ClassVar[UsedStatus]
     DISCARD_FAILED: _ClassVar[UsedStatus]
+
+class HintAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HINT_STATUS: _ClassVar[HintAction]
+    HINT_START: _ClassVar[HintAction]
+    HINT_STOP: _ClassVar[HintAction]
 FEATURE_UNSPECIFIED: Feature
 STATS_VQ: Feature
 DEFLATE_ON_OOM: Feature
@@ -30,6 +36,9 @@ REPORTING: Feature
 DONE: UsedStatus
 REFUSED: UsedStatus
 DISCARD_FAILED: UsedStatus
+HINT_STATUS: HintAction
+HINT_START: HintAction
+HINT_STOP: HintAction
 
 class NegotiateRequest(_message.Message):
     __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session", "host_memory", "balloon")
@@ -134,18 +143,32 @@ class BalloonStats(_message.Message):
     def __init__(self, tag: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GuestMessage(_message.Message):
-    __slots__ = ("chain", "touched", "inflate", "deflate", "stats")
+    __slots__ = ("chain", "touched", "inflate", "deflate", "stats", "hint")
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     TOUCHED_FIELD_NUMBER: _ClassVar[int]
     INFLATE_FIELD_NUMBER: _ClassVar[int]
     DEFLATE_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
     chain: Chain
     touched: Touched
     inflate: Pages
     deflate: Pages
     stats: BalloonStats
-    def __init__(self, chain: _Optional[_Union[Chain, _Mapping]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ..., inflate: _Optional[_Union[Pages, _Mapping]] = ..., deflate: _Optional[_Union[Pages, _Mapping]] = ..., stats: _Optional[_Union[BalloonStats, _Mapping]] = ...) -> None: ...
+    hint: FreePageHint
+    def __init__(self, chain: _Optional[_Union[Chain, _Mapping]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ..., inflate: _Optional[_Union[Pages, _Mapping]] = ..., deflate: _Optional[_Union[Pages, _Mapping]] = ..., stats: _Optional[_Union[BalloonStats, _Mapping]] = ..., hint: _Optional[_Union[FreePageHint, _Mapping]] = ...) -> None: ...
+
+class FreePageHint(_message.Message):
+    __slots__ = ("cmd", "cmd_id", "pfn", "order")
+    CMD_FIELD_NUMBER: _ClassVar[int]
+    CMD_ID_FIELD_NUMBER: _ClassVar[int]
+    PFN_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    cmd: bool
+    cmd_id: int
+    pfn: _containers.RepeatedScalarFieldContainer[int]
+    order: int
+    def __init__(self, cmd: _Optional[bool] = ..., cmd_id: _Optional[int] = ..., pfn: _Optional[_Iterable[int]] = ..., order: _Optional[int] = ...) -> None: ...
 
 class Used(_message.Message):
     __slots__ = ("id", "discarded_pages", "status", "reason", "detail", "errno", "resident_bytes", "notice", "config")
@@ -170,10 +193,12 @@ class Used(_message.Message):
     def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ..., status: _Optional[_Union[UsedStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., errno: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., config: _Optional[_Union[BalloonConfig, _Mapping]] = ...) -> None: ...
 
 class BalloonConfig(_message.Message):
-    __slots__ = ("num_pages",)
+    __slots__ = ("num_pages", "free_page_hint_cmd_id")
     NUM_PAGES_FIELD_NUMBER: _ClassVar[int]
+    FREE_PAGE_HINT_CMD_ID_FIELD_NUMBER: _ClassVar[int]
     num_pages: int
-    def __init__(self, num_pages: _Optional[int] = ...) -> None: ...
+    free_page_hint_cmd_id: int
+    def __init__(self, num_pages: _Optional[int] = ..., free_page_hint_cmd_id: _Optional[int] = ...) -> None: ...
 
 class Notice(_message.Message):
     __slots__ = ("evicted_pfn", "evicted_count", "touch_seq", "delay_us", "major_faults", "minor_faults", "evict_id")
@@ -333,6 +358,34 @@ class BalloonStatus(_message.Message):
     inflated_pages: int
     deflated_pages: int
     def __init__(self, guest_id: _Optional[str] = ..., balloon: _Optional[bool] = ..., target_bytes: _Optional[int] = ..., actual_bytes: _Optional[int] = ..., stats: _Optional[_Mapping[str, int]] = ..., stats_age_ms: _Optional[int] = ..., inflated_pages: _Optional[int] = ..., deflated_pages: _Optional[int] = ...) -> None: ...
+
+class HintRequest(_message.Message):
+    __slots__ = ("guest_id", "action", "acknowledge_on_stop")
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGE_ON_STOP_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    action: HintAction
+    acknowledge_on_stop: bool
+    def __init__(self, guest_id: _Optional[str] = ..., action: _Optional[_Union[HintAction, str]] = ..., acknowledge_on_stop: _Optional[bool] = ...) -> None: ...
+
+class HintStatus(_message.Message):
+    __slots__ = ("guest_id", "hinting", "host_cmd", "has_guest_cmd", "guest_cmd", "hinted_pages", "runs")
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HINTING_FIELD_NUMBER: _ClassVar[int]
+    HOST_CMD_FIELD_NUMBER: _ClassVar[int]
+    HAS_GUEST_CMD_FIELD_NUMBER: _ClassVar[int]
+    GUEST_CMD_FIELD_NUMBER: _ClassVar[int]
+    HINTED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    hinting: bool
+    host_cmd: int
+    has_guest_cmd: bool
+    guest_cmd: int
+    hinted_pages: int
+    runs: int
+    def __init__(self, guest_id: _Optional[str] = ..., hinting: _Optional[bool] = ..., host_cmd: _Optional[int] = ..., has_guest_cmd: _Optional[bool] = ..., guest_cmd: _Optional[int] = ..., hinted_pages: _Optional[int] = ..., runs: _Optional[int] = ...) -> None: ...
 
 class CloseRequest(_message.Message):
     __slots__ = ("session",)

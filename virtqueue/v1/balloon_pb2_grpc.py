@@ -59,6 +59,11 @@ class BalloonStub:
                 request_serializer=virtqueue_dot_v1_dot_balloon__pb2.BalloonRequest.SerializeToString,
                 response_deserializer=virtqueue_dot_v1_dot_balloon__pb2.BalloonStatus.FromString,
                 _registered_method=True)
+        self.Hint = channel.unary_unary(
+                '/pagehint.v1.Balloon/Hint',
+                request_serializer=virtqueue_dot_v1_dot_balloon__pb2.HintRequest.SerializeToString,
+                response_deserializer=virtqueue_dot_v1_dot_balloon__pb2.HintStatus.FromString,
+                _registered_method=True)
 
 
 class BalloonServicer:
@@ -103,6 +108,15 @@ class BalloonServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Hint(self, request, context):
+        """Free page hinting from outside (issue 25), as Firecracker's
+        /balloon/hinting/{start,stop,status}: start a run, stop it (DONE), read
+        host_cmd and guest_cmd. Needs the host's admin identity like Balloon.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BalloonServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +144,11 @@ def add_BalloonServicer_to_server(servicer, server):
                     servicer.Balloon,
                     request_deserializer=virtqueue_dot_v1_dot_balloon__pb2.BalloonRequest.FromString,
                     response_serializer=virtqueue_dot_v1_dot_balloon__pb2.BalloonStatus.SerializeToString,
+            ),
+            'Hint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hint,
+                    request_deserializer=virtqueue_dot_v1_dot_balloon__pb2.HintRequest.FromString,
+                    response_serializer=virtqueue_dot_v1_dot_balloon__pb2.HintStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +286,33 @@ class Balloon:
             '/pagehint.v1.Balloon/Balloon',
             virtqueue_dot_v1_dot_balloon__pb2.BalloonRequest.SerializeToString,
             virtqueue_dot_v1_dot_balloon__pb2.BalloonStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pagehint.v1.Balloon/Hint',
+            virtqueue_dot_v1_dot_balloon__pb2.HintRequest.SerializeToString,
+            virtqueue_dot_v1_dot_balloon__pb2.HintStatus.FromString,
             options,
             channel_credentials,
             insecure,

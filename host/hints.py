@@ -1,0 +1,127 @@
+"""Free page hinting on the host (issue 25): VIRTIO_BALLOON_F_FREE_PAGE_HINT.
+
+As Firecracker's balloon device (src/vmm/src/devices/virtio/balloon/device.rs)
+runs it, for a session that negotiated the bit:
+
+- ``start``: a new command id (the last one plus one, never 0 or 1), told to
+  the guest as a config change; the guest answers with that id, then free
+  blocks, then STOP (0). ``acknowledge_on_stop`` (Firecracker's default): when
+  the guest sends STOP, the host sets DONE (1) at once, and the guest may use
+  its hinted blocks again.
+- ``stop``: DONE, whatever the guest is doing (Firecracker's stop_hinting).
+- blocks are taken only while a run is on (not after STOP or DONE), and only
+  under the guest's current id, which must be the host's: blocks of an old run
+  are ignored (counted), as Firecracker's "Received chain from previous
+  command" is. A taken block is discarded, as Firecracker's ``discard_range``
+  does: the guest holds it allocated until DONE, so nothing of it is in use.
+- ``status``: host_cmd and guest_cmd, as GET /balloon/hinting/status.
+
+The host checks each block as it checks a chain: inside the guest's RAM,
+aligned to its order, an order the driver uses (at most MAX_ORDER), no block
+twice in a run; a message that breaks a rule is refused whole (counted).
+"""
+
+from __future__ import annotations
+
+from host.balloon_state import CMD_ID_DONE, CMD_ID_STOP, HintRuns
+from host.sessions import Session, SessionTable
+from virtqueue import codec
+from virtqueue import features as F
+from virtqueue.contract import MAX_ORDER, PAGE_SIZE
+
+# Most blocks in one message: the driver sends one block a buffer; a batch of
+# blocks is this emulation's, bounded like a chain's ranges.
+MAX_HINT_BLOCKS = 512
+
+
+def hinting(s: Session) -> bool:
+    return s.balloon is not None and F.has(s.features, F.FREE_PAGE_HINT)
+
+
+def live(t: SessionTable, guest_id: str) -> Session | None:
+    return t.sessions.get(t.by_guest.get(guest_id, ""))
+
+
+def _set(s: Session, cmd: int) -> None:
+    assert s.balloon is not None
+    s.balloon.hint.host_cmd = cmd
+    s.wake()  # told on the guest's stream as a config change
+
+
+def start(s: Session, acknowledge_on_stop: bool) -> None:
+    """A new run (Firecracker's start_hinting)."""
+    assert s.balloon is not None
+    h = s.balloon.hint
+    cmd = (h.last_cmd_id + 1) & 0xFFFFFFFF
+    if cmd <= CMD_ID_DONE:
+        cmd = 2  # 0 and 1 are reserved
+    h.last_cmd_id = cmd
+    h.acknowledge_on_stop = acknowledge_on_stop
+    h.hinted_pages = 0
+    h.blocks.clear()
+    h.runs += 1
+    _set(s, cmd)
+
+
+def stop(s: Session) -> None:
+    """DONE: the guest may use what it hinted (Firecracker's stop_hinting)."""
+    _set(s, CMD_ID_DONE)
+
+
+def block_problem(h: HintRuns, nr_pages: int, msg: codec.HintMsg) -> str:
+    """What is wrong with a message of blocks ("" when nothing)."""
+    if not msg.pfns:
+        return "empty"
+    if len(msg.pfns) > MAX_HINT_BLOCKS:
+        return "too_many_blocks"
+    if not 0 <= msg.order <= MAX_ORDER:
+        return "bad_order"
+    size = 1 << msg.order
+    if any(p % size or p < 0 or p + size > nr_pages for p in msg.pfns):
+        return "out_of_range"
+    if len(set(msg.pfns)) != len(msg.pfns) or any(p in h.blocks for p in msg.pfns):
+        return "duplicate"
+    return ""
+
+
+def handle_hint(s: Session, msg: codec.HintMsg) -> str:
+    """One message of the free page hint queue; "" or why it was refused."""
+    if not hinting(s):
+        return "no_hinting"
+    assert s.balloon is not None
+    h = s.balloon.hint
+    if msg.cmd:
+        h.guest_cmd = msg.cmd_id
+        # The run is over (DONE from a guest is taken as a stop, as Firecracker).
+        over = msg.cmd_id in (CMD_ID_STOP, CMD_ID_DONE)
+        if over and h.acknowledge_on_stop and h.host_cmd not in (CMD_ID_STOP, CMD_ID_DONE):
+            _set(s, CMD_ID_DONE)
+        return ""
+    if h.host_cmd in (CMD_ID_STOP, CMD_ID_DONE) or h.guest_cmd != h.host_cmd:
+        h.ignored += len(msg.pfns)  # no run, or an old run's blocks
+        return ""
+    problem = block_problem(h, s.nr_pages, msg)
+    if problem:
+        return problem
+    size = 1 << msg.order
+    s.ram.discard([(p, size) for p in sorted(msg.pfns)])
+    h.blocks.update(msg.pfns)
+    h.hinted_pages += size * len(msg.pfns)
+    return ""
+
+
+def state(s: Session) -> codec.HintState:
+    h = s.balloon.hint if s.balloon is not None else HintRuns()
+    return codec.HintState(
+        guest_id=s.guest_id,
+        hinting=hinting(s),
+        host_cmd=h.host_cmd,
+        has_guest_cmd=h.guest_cmd is not None,
+        guest_cmd=h.guest_cmd or 0,
+        hinted_pages=h.hinted_pages,
+        runs=h.runs,
+    )
+
+
+def hinted_bytes(s: Session) -> int:
+    return 0 if s.balloon is None else s.balloon.hint.hinted_pages * PAGE_SIZE
