@@ -56,6 +56,7 @@ LOG_FIRST = 20  # log the first losses one by one, then only count
 # and its pid for its own folder). The guest cannot import the host; a test holds
 # the two to each other.
 RAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}\.ram")
+IMAGE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}-[0-9a-f]{8}\.img")  # host/migration.py
 HOST_FOLDER = re.compile(r"pagehint-host-[0-9]{1,10}")
 
 
@@ -157,9 +158,44 @@ def _lock(fd: int, refuse: Callable[[str], RamFileRefused]) -> None:
         raise refuse(f"cannot be locked: {e.strerror}") from None
 
 
-def _place(named: str, folder: str) -> tuple[str, str | None, str]:
+def open_image_file(named: str, folder: str, size: int) -> int:
+    """Open a snapshot image the host named, read-only, under the RAM file's rules
+    (its folder, no link followed, a regular private file of this guest's RAM
+    size); RamFileRefused otherwise. Nothing is ever written to it."""
+    root, sub, name = _place(named, folder, IMAGE_NAME, "snapshot image", "NAME-8HEX.img")
+
+    def refuse(rule: str) -> RamFileRefused:
+        return RamFileRefused(f"named snapshot image {shown(named)}: {rule}; not reading it")
+
+    dirs: list[int] = []
+    try:
+        dirs.append(_open_dir(root, None, refuse))
+        if sub is not None:
+            dirs.append(_open_dir(sub, dirs[0], refuse))
+        fd = _open_file(name, dirs[-1], refuse, os.O_RDONLY)
+    finally:
+        for d in dirs:
+            os.close(d)
+    try:
+        st = os.fstat(fd)
+        _check_private(st, "it", refuse)
+        if st.st_size != size or st.st_nlink != 1:
+            raise refuse(f"is {st.st_size} bytes with {st.st_nlink} links, not this guest's RAM")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _place(
+    named: str,
+    folder: str,
+    pattern: re.Pattern[str] = RAM_NAME,
+    what: str = "RAM file",
+    form: str = "NAME-8HEX.ram",
+) -> tuple[str, str | None, str]:
     """(the guest's folder as named, the host's folder in it or None, the file's name)."""
-    where = f"named RAM file {shown(named)}"
+    where = f"named {what} {shown(named)}"
     if "\0" in named or not os.path.isabs(named) or os.path.normpath(named) != named:
         raise RamFileRefused(f"{where}: not a plain absolute path; not mapping it")
     parent, name = os.path.split(named)
@@ -176,8 +212,8 @@ def _place(named: str, folder: str) -> tuple[str, str | None, str]:
             f"{where}: not in this guest's RAM folder {folder} (--shm-dir) or a host's "
             "pagehint-host-PID folder directly in it; not mapping it"
         )
-    if not RAM_NAME.fullmatch(name):
-        raise RamFileRefused(f"{where}: not a RAM file's name (NAME-8HEX.ram); not mapping it")
+    if not pattern.fullmatch(name):
+        raise RamFileRefused(f"{where}: not a {what}'s name ({form}); not opening it")
     return root, host_folder, name
 
 
@@ -200,7 +236,9 @@ def _open_dir(name: str, at: int | None, refuse: Callable[[str], RamFileRefused]
         raise refuse(f"cannot open its folder {name}: {e.strerror}") from None
 
 
-def _open_file(name: str, at: int, refuse: Callable[[str], RamFileRefused]) -> int:
+def _open_file(
+    name: str, at: int, refuse: Callable[[str], RamFileRefused], mode: int = os.O_RDWR
+) -> int:
     # Not even opened unless it is a regular file (a FIFO, a device: opening one
     # can block or act); checked again on what was opened.
     try:
@@ -213,7 +251,7 @@ def _open_file(name: str, at: int, refuse: Callable[[str], RamFileRefused]) -> i
         raise refuse("is not a regular file")
     try:
         return os.open(
-            name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=at
+            name, mode | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=at
         )
     except OSError as e:
         raise refuse(f"cannot open: {e.strerror}") from None
@@ -412,6 +450,32 @@ class SharedRam:
         for b in mm.blocks():
             if b.state == "allocated":
                 self.check(b.pfn, b.order)
+
+    def check_image(self, named: str) -> tuple[int, int]:
+        """(pages checked, pages lost) of a snapshot image: every page of every block
+        this guest holds allocated must read back with its own stamp (the image is
+        what a guest restored from it would hold)."""
+        fd = open_image_file(named, self.folder, self.size)
+        try:
+            image = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        checked = lost = 0
+        unpack, tag = STAMP.unpack_from, self.tag
+        try:
+            for b in self.mm.blocks():
+                gen = self.gen_of.get(b.pfn)
+                if b.state != "allocated" or gen is None:
+                    continue  # free, or the balloon's or hinting's (never written)
+                for p in range(b.pfn, b.pfn + (1 << b.order)):
+                    checked += 1
+                    if unpack(image, p * PAGE_SIZE) != (p, gen, tag, MAGIC):
+                        lost += 1
+                        if lost <= LOG_FIRST:
+                            log.info(f"SNAPSHOT LOSS: frame {p:#x} differs in the image")
+        finally:
+            image.close()
+        return checked, lost
 
     # ---- a new session: a new file ----------------------------------------------------
 

@@ -150,6 +150,7 @@ class _RamFollower:
         if driver is None:
             return
         ram.follow(driver.link, gated=acc.host_memory)
+        driver.migration.ram = ram  # a snapshot's image is checked against it
 
 
 async def _before_summary(driver: BalloonDriver, ram: SharedRam | None) -> None:
@@ -213,6 +214,10 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         connected.conn.on_fatal.append(lambda _e: rt.ctx.stop.set())
         rt.memory.on_alloc.append(connected.link.on_alloc)
         rt.memory.on_oom.append(connected.on_oom)
+        # Snapshots: writes go into the dirty log; the host's pause stops the workload.
+        rt.memory.on_alloc.append(connected.migration.on_write)
+        rt.memory.on_free.append(connected.migration.on_write)
+        connected.migration.on_pause.append(rt.ctx.set_paused)
         # The host's memory model: its Notices' delays are the workload's to wait.
         connected.link.on_fault_delay.append(rt.ctx.add_fault_debt)
         connected.conn.on_fatal.append(
@@ -331,6 +336,7 @@ def _host_figures(driver: BalloonDriver, summary: GuestSummary) -> str:
     summary["balloon_alloc_stalls"] = b.alloc_stalls
     h = driver.hints
     summary["free_page_hint_runs"] = h.runs
+    summary["snapshots"] = driver.migration.snapshots
     summary["free_page_hinted_bytes"] = (h.hinted_blocks << HINT_BLOCK_ORDER) * PAGE_SIZE
     summary["free_page_hint_shrunk_bytes"] = (h.shrunk_blocks << HINT_BLOCK_ORDER) * PAGE_SIZE
     assert driver.accepted is not None

@@ -43,6 +43,16 @@ class HostBalloon:
     stats: dict[str, int] = field(default_factory=dict)
     stats_at: float = 0.0  # monotonic time they came (0: none yet)
     hint: HintRuns = field(default_factory=lambda: HintRuns())
+    # Snapshots (issue 25): set when the guest negotiated migration.
+    snap: SnapLink | None = None
+    told_config: tuple[int, int, int, bool, str] | None = None  # the last config sent
+
+    def config(self) -> tuple[int, int, int, bool, str]:
+        """The config space as the guest should see it now (BalloonConfig)."""
+        s = self.snap
+        if s is None:
+            return (self.target_pages, self.hint.host_cmd, 0, False, "")
+        return (self.target_pages, self.hint.host_cmd, s.dirty_round, s.pause, s.check_image)
 
 
 # free_page_hint_cmd_id's reserved values (include/uapi/linux/virtio_balloon.h).
@@ -51,12 +61,26 @@ CMD_ID_DONE = 1
 
 
 @dataclass
+class SnapLink:
+    """What a snapshot asks of its guest (the config) and what the guest answered."""
+
+    dirty_round: int = 0
+    pause: bool = False
+    check_image: str = ""
+    # Dirty logs by round: (pfn, count) runs, and whether the round's log is whole.
+    logs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    complete: set[int] = field(default_factory=set)
+    paused_in: int = 0  # the round whose log the guest sent paused
+    checked: tuple[str, int, int, str] | None = None  # (image, checked, lost, error)
+    busy: bool = False  # a snapshot runs
+
+
+@dataclass
 class HintRuns:
     """One session's free page hinting (FREE_PAGE_HINT), as Firecracker's
     HintingState keeps it."""
 
     host_cmd: int = CMD_ID_STOP  # the command id the host last set
-    told_cmd: int = CMD_ID_STOP  # the one last told to the guest
     last_cmd_id: int = CMD_ID_STOP  # the last run's id (the next is one more)
     guest_cmd: int | None = None  # the command id the guest last sent
     acknowledge_on_stop: bool = True

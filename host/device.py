@@ -131,6 +131,7 @@ class BalloonDevice:
             host_memory=s.host_memory,
             balloon=s.balloon is not None,
             stats_interval_ms=round(self.stats_interval * 1000) if s.balloon is not None else 0,
+            migration=s.balloon is not None and s.balloon.snap is not None,
         )
 
     def handle_report(

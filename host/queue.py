@@ -19,6 +19,7 @@ from typing import IO
 from host.balloon import handle_pages, take_stats
 from host.device import BalloonDevice
 from host.hints import handle_hint
+from host.migration import take_snapshot_answer
 from host.sessions import Session
 from virtqueue import codec
 
@@ -94,12 +95,12 @@ class ReportingQueue:
                     yield codec.encode_notice(codec.NoticeMsg(evicted, 0, 0, 0, 0, evict_id))
                 b = session.balloon
                 if b is not None and (
-                    b.told_pages != b.target_pages or b.hint.told_cmd != b.hint.host_cmd
+                    b.told_pages != b.target_pages or b.told_config != b.config()
                 ):
-                    # The target or the hint command changed (or the target was never
+                    # Something in the config space changed (or the target was never
                     # told): virtio's config change, the whole config space.
-                    b.told_pages, b.hint.told_cmd = b.target_pages, b.hint.host_cmd
-                    yield codec.encode_config(codec.ConfigMsg(b.target_pages, b.hint.host_cmd))
+                    b.told_pages, b.told_config = b.target_pages, b.config()
+                    yield codec.encode_config(codec.ConfigMsg(*b.told_config))
                 if session.ended:
                     return
                 await wake.wait()
@@ -175,6 +176,12 @@ class ReportingQueue:
                 return None
             if problem:
                 self.device.refuse(problem, f"guest {session.guest_id}: free page hint refused")
+            session.last_seen = time.monotonic()
+            return None
+        if isinstance(decoded, codec.DirtyMsg | codec.ImageCheckedMsg):
+            problem = take_snapshot_answer(session, decoded)
+            if problem:
+                self.device.refuse(problem, f"guest {session.guest_id}: snapshot answer refused")
             session.last_seen = time.monotonic()
             return None
         problem = take_stats(session, decoded)

@@ -14,9 +14,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from host import hints
-from host.balloon import set_target
-from host.balloon import state as balloon_state
+from host.admin import AdminCalls
 from host.device import BalloonDevice
 from host.figures import guest_figures, host_figures, own_figures
 from host.gatekeeper import Gatekeeper, abort
@@ -32,9 +30,7 @@ from host.sessions import (
     TooBig,
 )
 from pagehint.config import HostConfig
-from pagehint.units import format_size
 from virtqueue import codec
-from virtqueue.contract import PAGE_SIZE, guest_id_problem
 
 Context = codec.Context
 R = TypeVar("R")
@@ -70,6 +66,7 @@ class BalloonService:
         self.device = device
         self.gate = Gatekeeper(device, tls, tokens, auth_penalty_max)
         self.queue = ReportingQueue(device, latency)
+        self.admin = AdminCalls(device, self.gate)
 
     async def _malformed(self, context: Context, rpc: str, e: codec.Undecodable) -> NoReturn:
         """A request that does not decode: the client's fault, not a host bug. Counted,
@@ -205,70 +202,19 @@ class BalloonService:
     async def Balloon(
         self, request: codec.BalloonRequest | codec.Malformed, context: Context
     ) -> codec.BalloonStatus:
-        return await self._guarded(context, lambda: self._balloon(request, context), "Balloon")
-
-    async def _balloon(
-        self, request: codec.BalloonRequest | codec.Malformed, context: Context
-    ) -> codec.BalloonStatus:
-        """Set a guest's target and read its balloon (admin only where identities are
-        checked: a guest must not shrink its neighbours)."""
-        guest_id, target = codec.decode_balloon_request(request)
-        if not await self.gate.may_read_all(context):
-            await abort(
-                context, grpc.StatusCode.PERMISSION_DENIED, "the balloon needs an admin identity"
-            )
-        if guest_id_problem(guest_id) is not None:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "guest_id: not a guest id")
-        table = self.device.table
-        s = table.sessions.get(table.by_guest.get(guest_id, ""))
-        if s is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no session of guest {guest_id!r}")
-        if target is not None:
-            if set_target(table, guest_id, target) is None:
-                await abort(
-                    context,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"guest {guest_id!r} has no balloon (an older guest)",
-                )
-            assert s.balloon is not None
-            told = s.balloon.target_pages * PAGE_SIZE
-            log.info(f"guest {guest_id}: balloon target {format_size(told)}")
-        return codec.encode_balloon_status(balloon_state(s))
+        return await self._guarded(context, lambda: self.admin.balloon(request, context), "Balloon")
 
     async def Hint(
         self, request: codec.HintRequest | codec.Malformed, context: Context
     ) -> codec.HintStatus:
-        return await self._guarded(context, lambda: self._hint(request, context), "Hint")
+        return await self._guarded(context, lambda: self.admin.hint(request, context), "Hint")
 
-    async def _hint(
-        self, request: codec.HintRequest | codec.Malformed, context: Context
-    ) -> codec.HintStatus:
-        """Start, stop or read a guest's free page hinting (admin only where
-        identities are checked), as Firecracker's /balloon/hinting API."""
-        guest_id, action, ack = codec.decode_hint_request(request)
-        if not await self.gate.may_read_all(context):
-            await abort(
-                context, grpc.StatusCode.PERMISSION_DENIED, "hinting needs an admin identity"
-            )
-        if guest_id_problem(guest_id) is not None:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "guest_id: not a guest id")
-        s = hints.live(self.device.table, guest_id)
-        if s is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"no session of guest {guest_id!r}")
-        if not hints.hinting(s):
-            await abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"guest {guest_id!r} has no free page hinting (host without --free-page-hint, "
-                "or an older guest)",
-            )
-        if action == codec.HINT_START:
-            hints.start(s, ack)
-            log.info(f"guest {guest_id}: free page hinting run {hints.state(s).host_cmd}")
-        elif action == codec.HINT_STOP:
-            hints.stop(s)
-            log.info(f"guest {guest_id}: free page hinting done")
-        return codec.encode_hint_status(hints.state(s))
+    async def Snapshot(
+        self, request: codec.SnapshotRequest | codec.Malformed, context: Context
+    ) -> codec.SnapshotReport:
+        return await self._guarded(
+            context, lambda: self.admin.snapshot(request, context), "Snapshot"
+        )
 
 
 def session_status(e: SessionError) -> grpc.StatusCode:

@@ -26,7 +26,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from host.balloon_state import HostBalloon
+from host.balloon_state import HostBalloon, SnapLink
 from host.memory.base import GuestRam, MemoryBackend
 from host.memory.hostmem import Kill
 from pagehint.config import HostConfig
@@ -310,10 +310,16 @@ class SessionTable:
             queue_size=self.queue_size,
             peer=peer,
             host_memory=follows,
-            balloon=HostBalloon(self.targets.get(guest_id, 0)) if offer.balloon else None,
+            balloon=self._balloon(offer) if offer.balloon else None,
         )
         self._open(s, previous_session)
         return s, fence
+
+    def _balloon(self, offer: Negotiation) -> HostBalloon:
+        """A new session's balloon: its target kept from an earlier session, and
+        snapshots (issue 25) where the guest offered them and its RAM is a file."""
+        snap = SnapLink() if offer.migration and self.backend.name == "shm" else None
+        return HostBalloon(self.targets.get(offer.guest_id, 0), snap=snap)
 
     def _open(self, s: Session, previous_session: str) -> None:
         """Book a new session (its negotiation passed) and say so."""

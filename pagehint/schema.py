@@ -172,6 +172,7 @@ class GuestSummary(TypedDict):
     free_page_hint_runs: NotRequired[int]
     free_page_hinted_bytes: NotRequired[int]
     free_page_hint_shrunk_bytes: NotRequired[int]
+    snapshots: NotRequired[int]  # snapshots the host took of this guest (issue 25)
     # Added by the lab commands (demo, compare, sweep) from the guest's timeline
     # (lab/pipeline.py):
     host_resident_peak_bytes: NotRequired[int | None]

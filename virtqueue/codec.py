@@ -37,6 +37,8 @@ class Negotiation:
     host_memory: bool = False
     # The guest runs the rest of the balloon (inflate/deflate, stats): see the proto.
     balloon: bool = False
+    # The guest takes part in snapshots (dirty log, pause, image check): issue 25.
+    migration: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Accepted:
     # The guest offered the balloon and the host has it: targets will come.
     balloon: bool = False
     stats_interval_ms: int = 0
+    # The guest offered migration and the host can snapshot it (shm).
+    migration: bool = False
 
 
 # How the host finished a chain (the wire's UsedStatus).
@@ -222,6 +226,7 @@ def decode_accepted(m: pb.NegotiateReply) -> Accepted:
         host_memory=m.host_memory,
         balloon=m.balloon,
         stats_interval_ms=m.stats_interval_ms,
+        migration=m.migration,
     )
 
 
@@ -270,6 +275,42 @@ class StatsMsg(NamedTuple):
     values: Sequence[int]
 
 
+class DirtyMsg(NamedTuple):
+    """The guest's dirty log for one round (DirtyLog): (pfn, count) runs."""
+
+    round: int
+    runs: Sequence[tuple[int, int]]
+    paused: bool = False
+    more: bool = False
+
+
+class ImageCheckedMsg(NamedTuple):
+    image: str
+    pages_checked: int
+    pages_lost: int
+    error: str = ""
+
+
+def encode_dirty_msg(d: DirtyMsg) -> pb.GuestMessage:
+    return pb.GuestMessage(
+        dirty=pb.DirtyLog(
+            round=d.round,
+            pfn=[p for p, _ in d.runs],
+            count=[c for _, c in d.runs],
+            paused=d.paused,
+            more=d.more,
+        )
+    )
+
+
+def encode_image_msg(i: ImageCheckedMsg) -> pb.GuestMessage:
+    return pb.GuestMessage(
+        image=pb.ImageChecked(
+            image=i.image, pages_checked=i.pages_checked, pages_lost=i.pages_lost, error=i.error
+        )
+    )
+
+
 class HintMsg(NamedTuple):
     """The free page hint queue (FreePageHint): a command id (``cmd``) or blocks
     of 2**order pages."""
@@ -295,7 +336,7 @@ def encode_stats_msg(s: StatsMsg) -> pb.GuestMessage:
     return pb.GuestMessage(stats=pb.BalloonStats(tag=s.tags, value=s.values))
 
 
-GuestMsg = ChainMsg | TouchedMsg | PagesMsg | StatsMsg | HintMsg
+GuestMsg = ChainMsg | TouchedMsg | PagesMsg | StatsMsg | HintMsg | DirtyMsg | ImageCheckedMsg
 
 
 def encode_guest_msg(msg: GuestMsg) -> pb.GuestMessage:
@@ -308,6 +349,10 @@ def encode_guest_msg(msg: GuestMsg) -> pb.GuestMessage:
         return encode_pages_msg(msg)
     if isinstance(msg, HintMsg):
         return encode_hint_msg(msg)
+    if isinstance(msg, DirtyMsg):
+        return encode_dirty_msg(msg)
+    if isinstance(msg, ImageCheckedMsg):
+        return encode_image_msg(msg)
     return encode_stats_msg(msg)
 
 
@@ -330,6 +375,14 @@ def decode_guest_message(m: pb.GuestMessage | Malformed) -> GuestMsg | None:
     if kind == "hint":
         h = m.hint
         return HintMsg(h.cmd, h.cmd_id, h.pfn, h.order)
+    if kind == "dirty":
+        d = m.dirty
+        if len(d.pfn) != len(d.count):
+            raise Undecodable("a dirty log whose arrays differ in length")
+        return DirtyMsg(d.round, list(zip(d.pfn, d.count, strict=True)), d.paused, d.more)
+    if kind == "image":
+        i = m.image
+        return ImageCheckedMsg(i.image, i.pages_checked, i.pages_lost, i.error)
     return None
 
 
@@ -382,21 +435,23 @@ class ConfigMsg(NamedTuple):
 
     num_pages: int
     free_page_hint_cmd_id: int = 0
+    dirty_round: int = 0  # snapshots (issue 25): see BalloonConfig
+    pause: bool = False
+    check_image: str = ""
 
 
 def encode_config(c: ConfigMsg) -> pb.Used:
-    return pb.Used(
-        config=pb.BalloonConfig(
-            num_pages=c.num_pages, free_page_hint_cmd_id=c.free_page_hint_cmd_id
-        )
-    )
+    return pb.Used(config=pb.BalloonConfig(**c._asdict()))
 
 
 def decode_used(m: pb.Used) -> UsedMsg | NoticeMsg | ConfigMsg:
     """A chain's (or pages') answer, a Notice (``notice`` set) or a new target
     (``config`` set); the last two answer nothing."""
     if m.HasField("config"):
-        return ConfigMsg(m.config.num_pages, m.config.free_page_hint_cmd_id)
+        c = m.config
+        return ConfigMsg(
+            c.num_pages, c.free_page_hint_cmd_id, c.dirty_round, c.pause, c.check_image
+        )
     if m.HasField("notice"):
         n = m.notice
         return NoticeMsg(
@@ -592,6 +647,48 @@ def decode_hint_status(m: pb.HintStatus) -> HintState:
     )
 
 
+# ---- Snapshot ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    guest_id: str
+    use_hints: bool
+    unsafe_trust_hints: bool = False
+    max_rounds: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    guest_id: str
+    pages_copied: int
+    pages_skipped: int
+    zero_pages: int
+    rounds: int
+    downtime_us: int
+    total_us: int
+    pages_checked: int
+    pages_lost: int
+    hinted_pages: int
+    image: str
+
+
+def encode_snapshot_request(o: SnapshotOptions) -> pb.SnapshotRequest:
+    return pb.SnapshotRequest(**asdict(o))
+
+
+def decode_snapshot_request(m: pb.SnapshotRequest | Malformed) -> SnapshotOptions:
+    return _from_message(SnapshotOptions, _decoded(m))
+
+
+def encode_snapshot_report(r: SnapshotResult) -> pb.SnapshotReport:
+    return pb.SnapshotReport(**asdict(r))
+
+
+def decode_snapshot_report(m: pb.SnapshotReport) -> SnapshotResult:
+    return _from_message(SnapshotResult, m)
+
+
 # ---- service plumbing -------------------------------------------------------------
 # The generated *_pb2_grpc module has no type stubs; these Protocols give its
 # stub and servicer surface the message types above, so callers are checked.
@@ -609,6 +706,8 @@ BalloonRequest = pb.BalloonRequest
 BalloonStatus = pb.BalloonStatus
 HintRequest = pb.HintRequest
 HintStatus = pb.HintStatus
+SnapshotRequest = pb.SnapshotRequest
+SnapshotReport = pb.SnapshotReport
 
 
 class BalloonStub(Protocol):
@@ -620,6 +719,7 @@ class BalloonStub(Protocol):
     Close: grpc.UnaryUnaryMultiCallable[pb.CloseRequest, pb.CloseReply]
     Balloon: grpc.UnaryUnaryMultiCallable[pb.BalloonRequest, pb.BalloonStatus]
     Hint: grpc.UnaryUnaryMultiCallable[pb.HintRequest, pb.HintStatus]
+    Snapshot: grpc.UnaryUnaryMultiCallable[pb.SnapshotRequest, pb.SnapshotReport]
 
 
 class AioBalloonStub(Protocol):
@@ -631,6 +731,7 @@ class AioBalloonStub(Protocol):
     Close: grpc.aio.UnaryUnaryMultiCallable[pb.CloseRequest, pb.CloseReply]
     Balloon: grpc.aio.UnaryUnaryMultiCallable[pb.BalloonRequest, pb.BalloonStatus]
     Hint: grpc.aio.UnaryUnaryMultiCallable[pb.HintRequest, pb.HintStatus]
+    Snapshot: grpc.aio.UnaryUnaryMultiCallable[pb.SnapshotRequest, pb.SnapshotReport]
 
 
 # What a servicer method is handed: the asyncio server's per-call context.
@@ -674,6 +775,10 @@ class BalloonServicer(Protocol):
         self, request: pb.HintRequest | Malformed, context: Context
     ) -> pb.HintStatus: ...
 
+    async def Snapshot(
+        self, request: pb.SnapshotRequest | Malformed, context: Context
+    ) -> pb.SnapshotReport: ...
+
 
 def add_servicer(servicer: BalloonServicer, server: grpc.aio.Server) -> None:
     """The generated add_BalloonServicer_to_server, with lenient request deserializers."""
@@ -707,6 +812,11 @@ def add_servicer(servicer: BalloonServicer, server: grpc.aio.Server) -> None:
             servicer.Hint,
             request_deserializer=lenient(pb.HintRequest),
             response_serializer=pb.HintStatus.SerializeToString,
+        ),
+        "Snapshot": grpc.unary_unary_rpc_method_handler(
+            servicer.Snapshot,
+            request_deserializer=lenient(pb.SnapshotRequest),
+            response_serializer=pb.SnapshotReport.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -36,9 +36,10 @@ from guest.balloon.connection import (
     SessionUnusable,
     id_in_use,
 )
-from guest.balloon.free_page_hint import FreePageHinting
+from guest.balloon.free_page_hint import FreePageHinting, shrink
 from guest.balloon.host_view import HostView
 from guest.balloon.inflation import GuestBalloon
+from guest.balloon.migration import MigrationAgent
 from guest.balloon.touch_link import TouchLink
 from guest.balloon.transport import (
     GrpcTransport,
@@ -100,8 +101,8 @@ class BalloonDriver:
             backoff=Backoff(cfg.reconnect_min, cfg.reconnect_max, random.Random()),
         )
         self._tasks: list[asyncio.Task[Any]] = []
-        self._inflation: asyncio.Task[None] | None = None  # the balloon's work
-        self._hinting: asyncio.Task[None] | None = None  # free page hint runs
+        # The balloon's page work (inflation, hint runs): stopped before pages go back.
+        self._page_work: list[asyncio.Task[None]] = []
         self._stopped = False
         # Called with each new session's acceptance (the shm RAM moves to a new file).
         self.on_session: list[Callable[[Accepted], None]] = []
@@ -114,6 +115,8 @@ class BalloonDriver:
         self.balloon = GuestBalloon(self.conn, self.window, self.link, mm)
         # Free page hinting (issue 25): the config space carries its command id too.
         self.hints = FreePageHinting(self.conn, self.link, mm)
+        # Snapshots (issue 25): the dirty log, the pause, the image check.
+        self.migration = MigrationAgent(self.conn, self.link, mm.nr_pages)
         self.conn.on_config = self._on_config
         self.conn.on_fatal.append(self.link.release_waiters)
 
@@ -156,7 +159,7 @@ class BalloonDriver:
             raise ReportError(f"host {self.address} unavailable", reason="unavailable") from None
         self.view.chain_answered(chain, used)
         if log.isEnabledFor(logging.DEBUG):  # -v: a line per chain
-            self._debug_chain(chain, used)
+            _debug_chain(chain, used)
         if used.status != codec.DONE:
             name = codec.STATUS_NAMES.get(used.status, str(used.status))
             why = f"{used.reason}: {used.detail}" if used.detail else used.reason
@@ -164,18 +167,6 @@ class BalloonDriver:
         self.view.chain_done(chain, used)
         if used.discarded_pages:
             self.link.touches.discarded(batch)
-
-    def _debug_chain(self, chain: Outstanding, used: UsedMsg) -> None:
-        ms = (time.monotonic() - chain.sent_at) * 1000
-        why = f" ({used.reason})" if used.reason else ""
-        log.debug(
-            f"chain {chain.id}: {len(chain.batch)} ranges, {chain.pages} pages, "
-            f"{codec.STATUS_NAMES.get(used.status, str(used.status))}{why} in {ms:.2f} ms"
-        )
-
-    # ---- touches --------------------------------------------------------------------
-
-    # ---- the host's memory model (host_memory) ----------------------------------------
 
     # ---- connection -----------------------------------------------------------------
 
@@ -196,6 +187,7 @@ class BalloonDriver:
             # does not know the field), and nothing changes.
             host_memory=True,
             balloon=True,  # likewise: an older host answers false
+            migration=True,  # likewise
         )
 
     def _adopt(self, acc: Accepted) -> None:
@@ -228,21 +220,16 @@ class BalloonDriver:
         self.link.adopt(acc)
         self.balloon.adopt(acc)
         self.hints.adopt(acc)
+        self.migration.adopt(acc)
 
     def _on_config(self, msg: ConfigMsg) -> None:
-        """virtballoon_changed: the whole config space (the target, the hint id)."""
-        self.balloon.on_config(msg)
-        self.hints.on_config(msg)
+        """virtballoon_changed: the whole config space, to each of its readers."""
+        for part in (self.balloon, self.hints, self.migration):
+            part.on_config(msg)
 
     def on_oom(self) -> int:
-        """An allocation failed: with DEFLATE_ON_OOM, hinted blocks go back first
-        (virtio_balloon_shrinker_scan), then balloon pages (virtio_balloon_oom_notify)."""
-        if self.balloon.negotiated and F.has(self.balloon.features, F.DEFLATE_ON_OOM):
-            freed = self.hints.on_oom()
-            if freed:
-                self.balloon.alloc_stalls += 1
-                return freed
-        return self.balloon.on_oom()
+        """An allocation failed (free_page_hint.py ``shrink``)."""
+        return shrink(self.balloon, self.hints)
 
     async def start(self) -> None:
         """Connect (trying with backoff for up to connect_timeout; a clear UsageError if
@@ -283,8 +270,11 @@ class BalloonDriver:
         self._spawn(self.view.poll_stats(), "balloon-stats")
         self._spawn(self.link.flusher(), "balloon-touches")
         self._spawn(self.view.watch_stalls(), "balloon-stall-watch")
-        self._inflation = self._spawn(self.balloon.run(), "balloon-inflation")
-        self._hinting = self._spawn(self.hints.run(), "balloon-free-page-hint")
+        self._page_work = [
+            self._spawn(self.balloon.run(), "balloon-inflation"),
+            self._spawn(self.hints.run(), "balloon-free-page-hint"),
+        ]
+        self._spawn(self.migration.run(), "balloon-migration")
         self._spawn(self.balloon.send_stats(), "balloon-stats-queue")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -305,11 +295,10 @@ class BalloonDriver:
         self._stopped = True
         # As virtballoon_remove: the balloon's work stopped first, then every page back
         # (remove_common); an inflate still out frees its own pages as it ends.
-        for task in (self._inflation, self._hinting):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        for task in self._page_work:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         self.balloon.release_all()
         self.hints.give_back(len(self.hints.blocks))
         self.balloon.problems.flush(force=True)
@@ -329,3 +318,12 @@ class BalloonDriver:
                 await t
         self._tasks.clear()
         await self.conn.close()
+
+
+def _debug_chain(chain: Outstanding, used: UsedMsg) -> None:
+    ms = (time.monotonic() - chain.sent_at) * 1000
+    why = f" ({used.reason})" if used.reason else ""
+    log.debug(
+        f"chain {chain.id}: {len(chain.batch)} ranges, {chain.pages} pages, "
+        f"{codec.STATUS_NAMES.get(used.status, str(used.status))}{why} in {ms:.2f} ms"
+    )

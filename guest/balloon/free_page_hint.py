@@ -41,6 +41,7 @@ from virtqueue.codec import Accepted, ConfigMsg, HintMsg
 
 if TYPE_CHECKING:
     from guest.balloon.connection import Connection
+    from guest.balloon.inflation import GuestBalloon
     from guest.balloon.touch_link import TouchLink
 
 log = logging.getLogger(__name__)
@@ -142,3 +143,15 @@ class FreePageHinting:
             return 0
         self.shrunk_blocks += 1
         return self.give_back(1)
+
+
+def shrink(balloon: GuestBalloon, hints: FreePageHinting) -> int:
+    """An allocation failed: with DEFLATE_ON_OOM, hinted blocks go back first
+    (virtio_balloon_shrinker_scan), then balloon pages (virtio_balloon_oom_notify);
+    pages freed. Either way it counts as one allocation stall."""
+    if balloon.negotiated and F.has(balloon.features, F.DEFLATE_ON_OOM):
+        freed = hints.on_oom()
+        if freed:
+            balloon.alloc_stalls += 1
+            return freed
+    return balloon.on_oom()

@@ -51,6 +51,26 @@ class WorkloadContext:
         # took it, so the workload really waits before its next operation.
         self.fault_debt = 0.0
         self.fault_wait_seconds = 0.0
+        # A snapshot's last round stops the vCPUs (guest/balloon/migration.py): the
+        # workload parks before its next operation until this is set again.
+        self.running = asyncio.Event()
+        self.running.set()
+
+    def set_paused(self, paused: bool) -> None:
+        if paused:
+            self.running.clear()
+        else:
+            self.running.set()
+
+    async def _park(self) -> None:
+        """Wait out a pause (or a stop: a stopping guest is not held)."""
+        stop = asyncio.ensure_future(self.stop.wait())
+        run = asyncio.ensure_future(self.running.wait())
+        try:
+            await asyncio.wait({stop, run}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            run.cancel()
 
     def add_fault_debt(self, seconds: float) -> None:
         """The host says the workload's touches cost ``seconds`` (a Notice)."""
@@ -90,6 +110,8 @@ class WorkloadContext:
             spent = min(time.perf_counter() - self._resumed, loop_share.window)
             await loop_share.pass_turn(spent)
             self._resumed = time.perf_counter()
+        if not self.running.is_set():
+            await self._park()
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep, waking early on stop; returns False if stopped."""
@@ -97,7 +119,10 @@ class WorkloadContext:
             if self.fault_debt:
                 # A fault's wait comes first: a workload's pause does not absorb it.
                 await self._pay_fault_debt()
-            return await self._sleep(seconds)
+            awake = await self._sleep(seconds)
+            if awake and not self.running.is_set():
+                await self._park()
+            return awake and not self.stop.is_set()
         finally:
             # Time asleep is not work: the loop share charges only what runs.
             self._resumed = time.perf_counter()

@@ -76,6 +76,10 @@ class GuestRam(abc.ABC):
     def shm_path(self) -> str:
         return ""
 
+    def file_fd(self) -> int:
+        """The descriptor of the file holding the guest's RAM (-1: none, sim)."""
+        return -1
+
     def release(self) -> None:  # noqa: B027 (optional hook, default: nothing to do)
         """The session ended: give everything back."""
 

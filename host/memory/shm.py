@@ -543,6 +543,9 @@ class ShmRam(GuestRam):
     def shm_path(self) -> str:
         return str(self.path)
 
+    def file_fd(self) -> int:
+        return self.fd
+
     @property
     def measured_by_kernel(self) -> bool:
         return True

@@ -34,6 +34,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
     from pagehint.cli import hint as hint_command
     from pagehint.cli import host as host_command
     from pagehint.cli import loadtest as loadtest_command
+    from pagehint.cli import migrate as migrate_command
     from pagehint.cli import sweep as sweep_command
 
     parser = Parser(
@@ -60,6 +61,7 @@ def build_parser(env: Mapping[str, str]) -> Parser:
         controllers_command,
         balloon_command,
         hint_command,
+        migrate_command,
         health_command,
         certs_command,
     ):

@@ -61,6 +61,14 @@ class LyingHost:
     ) -> codec.BalloonStatus:
         return codec.BalloonStatus()
 
+    async def Hint(self, request: codec.HintRequest, context: codec.Context) -> codec.HintStatus:
+        return codec.HintStatus()
+
+    async def Snapshot(
+        self, request: codec.SnapshotRequest, context: codec.Context
+    ) -> codec.SnapshotReport:
+        return codec.SnapshotReport()
+
 
 async def main(path_file: Path, ready: Path) -> None:
     server = grpc.aio.server()

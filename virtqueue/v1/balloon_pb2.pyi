@@ -41,7 +41,7 @@ HINT_START: HintAction
 HINT_STOP: HintAction
 
 class NegotiateRequest(_message.Message):
-    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session", "host_memory", "balloon")
+    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session", "host_memory", "balloon", "migration")
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class NegotiateRequest(_message.Message):
     PREVIOUS_SESSION_FIELD_NUMBER: _ClassVar[int]
     HOST_MEMORY_FIELD_NUMBER: _ClassVar[int]
     BALLOON_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_FIELD_NUMBER: _ClassVar[int]
     guest_id: str
     ram_bytes: int
     page_size: int
@@ -60,7 +61,8 @@ class NegotiateRequest(_message.Message):
     previous_session: str
     host_memory: bool
     balloon: bool
-    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ..., previous_session: _Optional[str] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ...) -> None: ...
+    migration: bool
+    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ..., previous_session: _Optional[str] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ..., migration: _Optional[bool] = ...) -> None: ...
 
 class Fence(_message.Message):
     __slots__ = ("known", "done_ids")
@@ -71,7 +73,7 @@ class Fence(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., done_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NegotiateReply(_message.Message):
-    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance", "session_timeout_ms", "host_memory", "balloon", "stats_interval_ms")
+    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance", "session_timeout_ms", "host_memory", "balloon", "stats_interval_ms", "migration")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHAIN_RANGES_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +88,7 @@ class NegotiateReply(_message.Message):
     HOST_MEMORY_FIELD_NUMBER: _ClassVar[int]
     BALLOON_FIELD_NUMBER: _ClassVar[int]
     STATS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_FIELD_NUMBER: _ClassVar[int]
     features: int
     queue_size: int
     max_chain_ranges: int
@@ -100,7 +103,8 @@ class NegotiateReply(_message.Message):
     host_memory: bool
     balloon: bool
     stats_interval_ms: int
-    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ..., stats_interval_ms: _Optional[int] = ...) -> None: ...
+    migration: bool
+    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ..., stats_interval_ms: _Optional[int] = ..., migration: _Optional[bool] = ...) -> None: ...
 
 class Chain(_message.Message):
     __slots__ = ("id", "pfn", "order")
@@ -143,20 +147,50 @@ class BalloonStats(_message.Message):
     def __init__(self, tag: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GuestMessage(_message.Message):
-    __slots__ = ("chain", "touched", "inflate", "deflate", "stats", "hint")
+    __slots__ = ("chain", "touched", "inflate", "deflate", "stats", "hint", "dirty", "image")
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     TOUCHED_FIELD_NUMBER: _ClassVar[int]
     INFLATE_FIELD_NUMBER: _ClassVar[int]
     DEFLATE_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     HINT_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     chain: Chain
     touched: Touched
     inflate: Pages
     deflate: Pages
     stats: BalloonStats
     hint: FreePageHint
-    def __init__(self, chain: _Optional[_Union[Chain, _Mapping]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ..., inflate: _Optional[_Union[Pages, _Mapping]] = ..., deflate: _Optional[_Union[Pages, _Mapping]] = ..., stats: _Optional[_Union[BalloonStats, _Mapping]] = ..., hint: _Optional[_Union[FreePageHint, _Mapping]] = ...) -> None: ...
+    dirty: DirtyLog
+    image: ImageChecked
+    def __init__(self, chain: _Optional[_Union[Chain, _Mapping]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ..., inflate: _Optional[_Union[Pages, _Mapping]] = ..., deflate: _Optional[_Union[Pages, _Mapping]] = ..., stats: _Optional[_Union[BalloonStats, _Mapping]] = ..., hint: _Optional[_Union[FreePageHint, _Mapping]] = ..., dirty: _Optional[_Union[DirtyLog, _Mapping]] = ..., image: _Optional[_Union[ImageChecked, _Mapping]] = ...) -> None: ...
+
+class DirtyLog(_message.Message):
+    __slots__ = ("round", "pfn", "count", "paused", "more")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PFN_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    pfn: _containers.RepeatedScalarFieldContainer[int]
+    count: _containers.RepeatedScalarFieldContainer[int]
+    paused: bool
+    more: bool
+    def __init__(self, round: _Optional[int] = ..., pfn: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ..., paused: _Optional[bool] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class ImageChecked(_message.Message):
+    __slots__ = ("image", "pages_checked", "pages_lost", "error")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PAGES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    PAGES_LOST_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    pages_checked: int
+    pages_lost: int
+    error: str
+    def __init__(self, image: _Optional[str] = ..., pages_checked: _Optional[int] = ..., pages_lost: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class FreePageHint(_message.Message):
     __slots__ = ("cmd", "cmd_id", "pfn", "order")
@@ -193,12 +227,18 @@ class Used(_message.Message):
     def __init__(self, id: _Optional[int] = ..., discarded_pages: _Optional[int] = ..., status: _Optional[_Union[UsedStatus, str]] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., errno: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., config: _Optional[_Union[BalloonConfig, _Mapping]] = ...) -> None: ...
 
 class BalloonConfig(_message.Message):
-    __slots__ = ("num_pages", "free_page_hint_cmd_id")
+    __slots__ = ("num_pages", "free_page_hint_cmd_id", "dirty_round", "pause", "check_image")
     NUM_PAGES_FIELD_NUMBER: _ClassVar[int]
     FREE_PAGE_HINT_CMD_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_ROUND_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_FIELD_NUMBER: _ClassVar[int]
+    CHECK_IMAGE_FIELD_NUMBER: _ClassVar[int]
     num_pages: int
     free_page_hint_cmd_id: int
-    def __init__(self, num_pages: _Optional[int] = ..., free_page_hint_cmd_id: _Optional[int] = ...) -> None: ...
+    dirty_round: int
+    pause: bool
+    check_image: str
+    def __init__(self, num_pages: _Optional[int] = ..., free_page_hint_cmd_id: _Optional[int] = ..., dirty_round: _Optional[int] = ..., pause: _Optional[bool] = ..., check_image: _Optional[str] = ...) -> None: ...
 
 class Notice(_message.Message):
     __slots__ = ("evicted_pfn", "evicted_count", "touch_seq", "delay_us", "major_faults", "minor_faults", "evict_id")
@@ -386,6 +426,44 @@ class HintStatus(_message.Message):
     hinted_pages: int
     runs: int
     def __init__(self, guest_id: _Optional[str] = ..., hinting: _Optional[bool] = ..., host_cmd: _Optional[int] = ..., has_guest_cmd: _Optional[bool] = ..., guest_cmd: _Optional[int] = ..., hinted_pages: _Optional[int] = ..., runs: _Optional[int] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("guest_id", "use_hints", "unsafe_trust_hints", "max_rounds")
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USE_HINTS_FIELD_NUMBER: _ClassVar[int]
+    UNSAFE_TRUST_HINTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    use_hints: bool
+    unsafe_trust_hints: bool
+    max_rounds: int
+    def __init__(self, guest_id: _Optional[str] = ..., use_hints: _Optional[bool] = ..., unsafe_trust_hints: _Optional[bool] = ..., max_rounds: _Optional[int] = ...) -> None: ...
+
+class SnapshotReport(_message.Message):
+    __slots__ = ("guest_id", "pages_copied", "pages_skipped", "zero_pages", "rounds", "downtime_us", "total_us", "pages_checked", "pages_lost", "hinted_pages", "image")
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGES_COPIED_FIELD_NUMBER: _ClassVar[int]
+    PAGES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ZERO_PAGES_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_US_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_US_FIELD_NUMBER: _ClassVar[int]
+    PAGES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    PAGES_LOST_FIELD_NUMBER: _ClassVar[int]
+    HINTED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    pages_copied: int
+    pages_skipped: int
+    zero_pages: int
+    rounds: int
+    downtime_us: int
+    total_us: int
+    pages_checked: int
+    pages_lost: int
+    hinted_pages: int
+    image: str
+    def __init__(self, guest_id: _Optional[str] = ..., pages_copied: _Optional[int] = ..., pages_skipped: _Optional[int] = ..., zero_pages: _Optional[int] = ..., rounds: _Optional[int] = ..., downtime_us: _Optional[int] = ..., total_us: _Optional[int] = ..., pages_checked: _Optional[int] = ..., pages_lost: _Optional[int] = ..., hinted_pages: _Optional[int] = ..., image: _Optional[str] = ...) -> None: ...
 
 class CloseRequest(_message.Message):
     __slots__ = ("session",)

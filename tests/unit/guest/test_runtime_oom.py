@@ -55,6 +55,12 @@ class OomHost:
     async def Balloon(self, request: Any, context: Any) -> Any:
         raise NotImplementedError  # never called here
 
+    async def Hint(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError  # never called here
+
+    async def Snapshot(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError  # never called here
+
 
 async def test_an_oom_killed_guest_says_so_in_one_line_and_exits_3() -> None:
     server = grpc.aio.server()
