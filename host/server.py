@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # itself (RESOURCE_EXHAUSTED) before it is parsed.
 MAX_MESSAGE_BYTES = 64 * 1024
 PEAK_PERIOD = 0.25  # seconds between samples of the host-wide resident peak
+STOP_TASKS_SECONDS = 2.0  # the janitor and the controller, at stop
 
 
 def connection_options(cfg: HostConfig) -> list[tuple[str, int]]:
@@ -122,13 +123,12 @@ class HostServer:
             tokens=cfg.tokens,
             auth_penalty_max=cfg.auth_penalty_max,
         )
-        self.controller = (
-            None
-            if cfg.controller is None
-            else ControllerRunner(
-                self.device, make_controller(cfg.controller), cfg.balloon_min_bytes, cfg.controller
+        self.controller: ControllerRunner | None = None
+        if cfg.controller is not None:
+            controller, period = make_controller(cfg.controller)
+            self.controller = ControllerRunner(
+                self.device, controller, cfg.balloon_min_bytes, cfg.controller, period=period
             )
-        )
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -253,18 +253,25 @@ async def serve(cfg: HostConfig, ready_file: str | None = None) -> int:
     for path in host.backend.orphans_removed:
         log.info(f"removed {path}, left behind by a host that was killed")
     log.info(_listening_line(cfg, addr))
-    tasks = [asyncio.create_task(host.janitor())]
+    tasks = [asyncio.create_task(host.janitor(), name="janitor")]
     if host.controller is not None:
-        tasks.append(asyncio.create_task(host.controller.run()))
+        tasks.append(asyncio.create_task(host.controller.run(), name="controller"))
     try:
         await host.stopping.wait()
         log.info("stopping: draining in-flight chains")
     finally:
+        if host.controller is not None:
+            host.controller.stop()
         for task in tasks:
             task.cancel()
+        # Bounded: a task that swallowed its cancellation (Python 3.11's wait_for can)
+        # must not hold the host's exit; its exception, if any, is the log's.
+        _, late = await asyncio.wait(tasks, timeout=STOP_TASKS_SECONDS)
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning(f"{task.get_name()}: {task.exception()!r}")
+        for task in late:
+            log.warning(f"{task.get_name()}: did not stop within {STOP_TASKS_SECONDS:g} s")
         await host.stop()
         if metrics is not None:
             metrics.shutdown()  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ import grpc
 from guest.workloads.boot import format_orders
 from lab.density import StatsSource
 from lab.procs import ProcessGroup, cpu_seconds
-from pagehint.config import BootConfig
+from pagehint.config import VMM_OVERHEAD, BootConfig
 from pagehint.errors import UsageError
 from pagehint.schema import GuestSummary
 from pagehint.units import format_size
@@ -63,6 +64,7 @@ WORK_SHARE = 0.8
 # The same letter's host: 15 GB of memory with 4 GB of swap.
 SWAP_SHARE = 4 / 15
 POLL = 0.5  # seconds between the lab's Stats calls (each run's)
+STOP_SECONDS = 30.0  # at most, per run, to stop its processes when interrupted
 PHASES = 4
 
 
@@ -137,6 +139,13 @@ class ControllersConfig:
         return self.boot.size_bytes
 
     def check(self) -> None:
+        vmm = VMM_OVERHEAD if self.vmm_overhead_bytes is None else self.vmm_overhead_bytes
+        if self.guest_ram_bytes + vmm > self.host_memory_bytes + self.swap_bytes:
+            raise UsageError(
+                f"--guest-ram {format_size(self.guest_ram_bytes)} with a VMM of "
+                f"{format_size(vmm)}: one guest is more than the host's memory and swap "
+                f"({format_size(self.host_memory_bytes)} + {format_size(self.swap_bytes)})"
+            )
         need = self.boot.span_bytes() + self.work_bytes
         if need > self.guest_ram_bytes:
             raise UsageError(
@@ -253,7 +262,7 @@ class MarkReader:
         return out
 
 
-def run_one(cfg: ControllersConfig, run: Run) -> RunResult:
+def run_one(cfg: ControllersConfig, run: Run, stop: threading.Event | None = None) -> RunResult:
     """One run against its own host: start, sample until the guests end, collect
     (times from the run's own start)."""
     t0 = time.monotonic()
@@ -274,7 +283,7 @@ def run_one(cfg: ControllersConfig, run: Run) -> RunResult:
         limit = PHASES * cfg.phase_s * 3 + 120  # a run far past its length has hung
         with grpc.insecure_channel(addr) as ch:
             source = StatsSource(codec.stub(ch), t0)
-            while guests.poll() is None:
+            while guests.poll() is None and not (stop is not None and stop.is_set()):
                 try:
                     s = source.sample()
                 except grpc.RpcError as e:
@@ -301,27 +310,51 @@ def run_one(cfg: ControllersConfig, run: Run) -> RunResult:
     return res
 
 
+def _stop_runs(stop: threading.Event, threads: Sequence[threading.Thread]) -> None:
+    """Ctrl-C or SIGTERM: every run told to stop, and waited for while each stops
+    its host and guests (their own sessions: no signal of ours reaches them). A
+    second signal meanwhile must not leave them running: it is ignored."""
+    stop.set()
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for th in threads:
+            if th.is_alive():
+                th.join(STOP_SECONDS)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def run_all(cfg: ControllersConfig) -> list[RunResult]:
     """Every run at once, each in a thread of its own (they mostly wait)."""
     results: dict[Run, RunResult] = {}
     failed: list[BaseException] = []
 
+    stop = threading.Event()
+
     def one(run: Run) -> None:
+        if stop.is_set():
+            results[run] = RunResult(run, errors=["not started: interrupted"])
+            return
         try:
-            results[run] = run_one(cfg, run)
+            results[run] = run_one(cfg, run, stop)
         except BaseException as e:  # said below, after every run has ended
             failed.append(e)
             results[run] = RunResult(run, errors=[f"{type(e).__name__}: {e}"])
 
     threads = [threading.Thread(target=one, args=(r,), name=r.name) for r in cfg.runs]
-    for i, th in enumerate(threads):
-        if i:
-            # Staggered: every run's busy guests allocate at the same offsets into
-            # the run, and at once they would share 2 cores with all the others'.
-            time.sleep(cfg.phase_s / 2 / len(threads))
-        th.start()
-    for th in threads:
-        th.join()
+    try:
+        for i, th in enumerate(threads):
+            if i:
+                # Staggered: every run's busy guests allocate at the same offsets into
+                # the run, and at once they would share 2 cores with all the others'.
+                time.sleep(cfg.phase_s / 2 / len(threads))
+            th.start()
+        for th in threads:
+            th.join()
+    except KeyboardInterrupt:
+        _stop_runs(stop, threads)
+        raise
     for e in failed:
         if isinstance(e, UsageError | KeyboardInterrupt):
             raise e

@@ -557,6 +557,10 @@ class HostConfig:
             "--controller needs --host-memory (a controller reads the host's memory)",
         )
         require(
+            self.balloon_min_bytes == 0 or self.controller is not None,
+            "--balloon-min needs --controller (it is the controllers' floor)",
+        )
+        require(
             self.stats_interval == 0 or self.stats_interval >= 0.01,
             f"--stats-interval {self.stats_interval:g}: 0 (no stats) or at least 0.01 s",
         )

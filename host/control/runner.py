@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from host.balloon import set_target
 from host.control.base import Controller, GuestView, HostView
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from host.device import BalloonDevice
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUILTIN_CONTROLLERS: dict[str, type[Controller]] = {
     "mom": MomBalloon,
@@ -52,6 +54,10 @@ BUILTIN_CONTROLLERS: dict[str, type[Controller]] = {
     "pressure": SenpaiPressure,
 }
 MIN_DECIDE_TIMEOUT = 10.0  # seconds a decide() may take at least
+# A controller's period: no faster than a tenth of a second (the stats it reads
+# come every second by default, and each call is a thread of its own), at most
+# an hour.
+MIN_PERIOD, MAX_PERIOD = 0.1, 3600.0
 
 
 @functools.lru_cache(maxsize=8)
@@ -71,19 +77,26 @@ def controller_class(spec: str) -> type[Controller]:
     return cls
 
 
-def make_controller(spec: str) -> Controller:
-    """The controller, built; its own failure to build is one line."""
+def make_controller(spec: str) -> tuple[Controller, float]:
+    """The controller, built, and its period (read once: a decide() that changes it
+    later changes nothing); its own failure to build is one line."""
     cls = controller_class(spec)
     try:
         c = cls()
-    except Exception as e:  # its own __init__
+        period = getattr(c, "period", None)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # its own __init__ (or period) failed, or exited
         raise UsageError(f"--controller {spec}: building it failed: {said(e)}") from None
-    period = getattr(c, "period", None)
-    if not (isinstance(period, int | float) and not isinstance(period, bool) and period > 0):
-        raise UsageError(f"--controller {spec}: its period must be a positive number of seconds")
-    if not period <= 3600:
-        raise UsageError(f"--controller {spec}: its period must be at most 3600 s")
-    return c
+    if inspect.iscoroutinefunction(getattr(c, "decide", None)):
+        raise UsageError(f"--controller {spec}: decide() must be a plain function, not async")
+    if not (isinstance(period, int | float) and not isinstance(period, bool)):
+        raise UsageError(f"--controller {spec}: its period must be a number of seconds")
+    if not MIN_PERIOD <= period <= MAX_PERIOD:
+        raise UsageError(
+            f"--controller {spec}: its period must be {MIN_PERIOD:g} to {MAX_PERIOD:g} s"
+        )
+    return c, float(period)
 
 
 def host_view(device: BalloonDevice, t: float, min_bytes: int) -> HostView | None:
@@ -136,6 +149,16 @@ class ControllerRecord:
     broken: str = ""  # why it was switched off ("": it runs)
 
 
+def decide_checked(
+    decide: Callable[[HostView], object], view: HostView
+) -> tuple[dict[str, int], Counter[str], str]:
+    """decide(view) and its answer checked, both in the worker thread: the answer
+    may be a controller's own objects (a mapping subclass, an int subclass), whose
+    code must not run on the host's loop. Only plain ints and our own guest ids
+    come back."""
+    return check_answer(decide(view), view)
+
+
 def check_answer(answer: object, view: HostView) -> tuple[dict[str, int], Counter[str], str]:
     """(the entries to apply, refusals by reason, one example line) for an answer.
 
@@ -148,14 +171,14 @@ def check_answer(answer: object, view: HostView) -> tuple[dict[str, int], Counte
     refused: Counter[str] = Counter()
     example = ""
     for gid, mem in answer.items():
-        g = by_id.get(gid) if isinstance(gid, str) else None
+        g = by_id.get(str(gid)) if isinstance(gid, str) else None
         why = _entry_problem(g, mem)
         if why:
             refused[why] += 1
             example = example or f"{str(gid)[:64]!r}: {str(mem)[:32]} ({why})"
             continue
         assert g is not None
-        ok[gid] = min(int(mem), g.ram_bytes)
+        ok[g.guest_id] = min(int(mem), g.ram_bytes)
     return ok, refused, example
 
 
@@ -179,9 +202,12 @@ class ControllerRunner:
         min_bytes: int,
         spec: str,
         clock: Callable[[], float] = time.monotonic,
+        period: float | None = None,
     ) -> None:
         self.device = device
         self.controller = controller
+        self.period = float(controller.period) if period is None else period
+        self.stopping = False
         self.min_bytes = min_bytes
         self.spec = spec
         self.clock = clock
@@ -194,20 +220,29 @@ class ControllerRunner:
         return self.device.table
 
     async def run(self) -> None:
-        period = float(self.controller.period)
-        while not self.record.broken:
-            await asyncio.sleep(period)
-            await self.step()
+        while not self.record.broken and not self.stopping:
+            await asyncio.sleep(self.period)
+            try:
+                await self.step()
+            except Exception as e:  # the runner's own failure: said, never silent
+                self._broke(f"the runner failed: {said(e)}")
+
+    def stop(self) -> None:
+        """No further step (the host stops): set before the task is cancelled, so a
+        cancellation that Python 3.11's wait_for drops still ends the loop."""
+        self.stopping = True
 
     async def step(self) -> None:
         """One call of decide() and what it answered applied."""
         view = host_view(self.device, round(self.clock() - self.t0, 3), self.min_bytes)
         if view is None or self.record.broken:
             return
-        timeout = max(MIN_DECIDE_TIMEOUT, float(self.controller.period))
+        timeout = max(MIN_DECIDE_TIMEOUT, self.period)
+        decide = self.controller.decide
         try:
-            answer = await _in_thread(self.controller.decide, view, timeout)
-            ok, refused, example = check_answer(answer, view)
+            ok, refused, example = await _in_thread(
+                lambda v: decide_checked(decide, v), view, timeout
+            )
         except TimeoutError:
             self._broke(f"decide() did not answer within {timeout:g} s")
             return
@@ -233,20 +268,20 @@ class ControllerRunner:
         log.warning(f"controller {self.spec} switched off: {why}; targets stay as they are")
 
 
-async def _in_thread(fn: Callable[[HostView], object], view: HostView, timeout: float) -> object:
+async def _in_thread(fn: Callable[[HostView], T], view: HostView, timeout: float) -> T:
     """fn(view) in a daemon thread: one that never returns keeps the thread, not
     the loop, and does not hold up the host's exit (asyncio.to_thread's executor
     is waited for at the loop's close)."""
     loop = asyncio.get_running_loop()
-    fut: asyncio.Future[object] = loop.create_future()
+    fut: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: object, error: BaseException | None) -> None:
+    def settle(result: T | None, error: BaseException | None) -> None:
         if fut.done():
             return
         if error is not None:
             fut.set_exception(error)
         else:
-            fut.set_result(result)
+            fut.set_result(cast(T, result))
 
     def work() -> None:
         try:

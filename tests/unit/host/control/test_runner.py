@@ -158,7 +158,7 @@ async def test_a_controller_that_never_answers_is_switched_off_and_the_loop_goes
 
 def test_builtin_names_and_plugins_load_and_bad_ones_are_one_line(tmp_path: Path) -> None:
     assert controller_class("mom").name == "mom"
-    assert make_controller("pressure").period == 1.0
+    assert make_controller("pressure")[1] == 1.0
     for bad, said in [
         ("nope", "unknown value 'nope'"),
         ("x.py:C", "no file x.py"),
@@ -173,11 +173,47 @@ def test_builtin_names_and_plugins_load_and_bad_ones_are_one_line(tmp_path: Path
         "class Mine(Controller):\n    period = 0\n    def decide(self, host):\n        return {}\n"
         "class Breaks(Controller):\n    def __init__(self):\n        raise OSError('no')\n"
         "    def decide(self, host):\n        return {}\n"
+        "class Exits(Controller):\n    def __init__(self):\n        raise SystemExit(0)\n"
+        "    def decide(self, host):\n        return {}\n"
+        "class Async(Controller):\n    async def decide(self, host):\n        return {}\n"
+        "class BadPeriod(Controller):\n    @property\n    def period(self):\n"
+        "        raise ValueError('nope')\n    def decide(self, host):\n        return {}\n"
     )
-    with pytest.raises(UsageError, match="period must be a positive number"):
+    with pytest.raises(UsageError, match="building it failed: SystemExit"):
+        make_controller(f"{f}:Exits")
+    with pytest.raises(UsageError, match="not async"):
+        make_controller(f"{f}:Async")
+    with pytest.raises(UsageError, match="building it failed: ValueError: nope"):
+        make_controller(f"{f}:BadPeriod")
+    with pytest.raises(UsageError, match=r"period must be 0\.1 to 3600 s"):
         make_controller(f"{f}:Mine")
     with pytest.raises(UsageError, match="building it failed: OSError: no"):
         make_controller(f"{f}:Breaks")
+
+
+class SlowMapping(dict[str, int]):
+    """A controller's own mapping whose iteration blocks: checked in the thread."""
+
+    def items(self):  # type: ignore[no-untyped-def, override]
+        threading.Event().wait(30)
+        return super().items()
+
+
+async def test_a_slow_answer_is_checked_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_mod, "MIN_DECIDE_TIMEOUT", 0.2)
+    r = ControllerRunner(_device(), Fixed(SlowMapping(g0=MiB)), 0, "test")
+    ticks = 0
+
+    async def beat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    b = asyncio.create_task(beat())
+    await asyncio.wait_for(r.run(), 5)
+    b.cancel()
+    assert "did not answer" in r.record.broken and ticks >= 10
 
 
 async def test_the_controllers_work_is_in_the_hosts_metrics() -> None:
