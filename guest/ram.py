@@ -172,6 +172,7 @@ def open_image_file(named: str, folder: str, size: int) -> int:
         dirs.append(_open_dir(root, None, refuse))
         if sub is not None:
             dirs.append(_open_dir(sub, dirs[0], refuse))
+            _check_private(os.fstat(dirs[-1]), f"its folder {sub}", refuse)
         fd = _open_file(name, dirs[-1], refuse, os.O_RDONLY)
     finally:
         for d in dirs:

@@ -12,13 +12,22 @@ runs it, for a session that negotiated the bit:
 - blocks are taken only while a run is on (not after STOP or DONE), and only
   under the guest's current id, which must be the host's: blocks of an old run
   are ignored (counted), as Firecracker's "Received chain from previous
-  command" is. A taken block is discarded, as Firecracker's ``discard_range``
-  does: the guest holds it allocated until DONE, so nothing of it is in use.
+  command" is. A taken block is recorded, for a snapshot to skip
+  (host/migration.py), and not discarded. Departure from Firecracker, which
+  discards hinted ranges (``discard_range``) and warns in docs/ballooning.md
+  that "the guest is able to reclaim memory before Firecracker even receives
+  the range to free": Linux's shrinker gives hinted blocks back whenever memory
+  is short ("We're allowed to reuse any free pages, even if they are still to
+  be processed by the host", virtballoon_probe), so a discard could wipe pages
+  in use. QEMU, too, only skips hinted pages when it migrates; giving free
+  memory back is free page reporting's job.
 - ``status``: host_cmd and guest_cmd, as GET /balloon/hinting/status.
 
 The host checks each block as it checks a chain: inside the guest's RAM,
-aligned to its order, an order the driver uses (at most MAX_ORDER), no block
-twice in a run; a message that breaks a rule is refused whole (counted).
+aligned, of the order the driver uses (VIRTIO_BALLOON_HINT_BLOCK_ORDER =
+MAX_ORDER), not twice in one message (a block may come again in a later one: the
+shrinker gave it back and a run took it again); a message that breaks a rule is
+refused whole (counted).
 """
 
 from __future__ import annotations
@@ -74,12 +83,12 @@ def block_problem(h: HintRuns, nr_pages: int, msg: codec.HintMsg) -> str:
         return "empty"
     if len(msg.pfns) > MAX_HINT_BLOCKS:
         return "too_many_blocks"
-    if not 0 <= msg.order <= MAX_ORDER:
+    if msg.order != MAX_ORDER:
         return "bad_order"
     size = 1 << msg.order
     if any(p % size or p < 0 or p + size > nr_pages for p in msg.pfns):
         return "out_of_range"
-    if len(set(msg.pfns)) != len(msg.pfns) or any(p in h.blocks for p in msg.pfns):
+    if len(set(msg.pfns)) != len(msg.pfns):
         return "duplicate"
     return ""
 
@@ -103,10 +112,9 @@ def handle_hint(s: Session, msg: codec.HintMsg) -> str:
     problem = block_problem(h, s.nr_pages, msg)
     if problem:
         return problem
-    size = 1 << msg.order
-    s.ram.discard([(p, size) for p in sorted(msg.pfns)])
-    h.blocks.update(msg.pfns)
-    h.hinted_pages += size * len(msg.pfns)
+    new = set(msg.pfns) - h.blocks
+    h.blocks.update(new)
+    h.hinted_pages += len(new) << msg.order
     return ""
 
 

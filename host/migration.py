@@ -4,7 +4,7 @@ What QEMU's RAM migration does (migration/ram.c), on the shm backend's RAM file,
 into an image file beside it:
 
 - A bitmap of pages to send, all set at the start (ram_list_init_bitmaps: the
-  bulk stage sends everything).
+  first pass sends everything).
 - Round 1 copies every set page while the guest runs, 4 MiB at a time at
   QEMU's default max-bandwidth (128 MiB/s), letting the guest's messages in
   between. With hints, a free page hinting run is
@@ -27,9 +27,22 @@ into an image file beside it:
 
 Departures, named: QEMU sends zero pages as a flag (counted here, still copied);
 KVM keeps the dirty log, here the guest's RAM layer does (it is the only writer
-of its RAM file); the link is a pace (sleeps between chunks), not a network.
-``max_rounds`` (default 30) is pagehint's own bound: QEMU has none, and a guest
-that dirties faster than the copy never converges without auto-converge.
+of its RAM file: so a guest under the host memory model, whose frames the host
+swaps, is refused); the link is a pace (sleeps between chunks), not a network,
+and the threshold's bandwidth is that pace (or this machine's copy rate, if
+slower), not QEMU's windowed measure. The hinting run is Firecracker's: started
+once, beside the first pass, its STOP answered with DONE at once, so the guest
+uses its hinted blocks again during the later rounds (the dirty log re-sends
+what it writes); QEMU's notifier stops hinting before each sync, starts it again
+after, and says DONE only at the end. ``max_rounds`` (default 30) is pagehint's
+own bound: QEMU has none, and a guest that dirties faster than the copy never
+converges without auto-converge.
+
+``unsafe_trust_hints`` is not the race the guest's shrinker makes (a hinted
+block reused before the host saw it: harmless here, as nothing is discarded);
+it is a snapshot that takes hints as final and ignores the dirty log for hinted
+pages: what Firecracker users hit when a snapshot trusts hints the guest has
+since reused.
 """
 
 from __future__ import annotations
@@ -206,6 +219,13 @@ def _check(s: Session, opts: codec.SnapshotOptions) -> SnapLink:
         raise SnapshotError(f"guest {s.guest_id}: a snapshot of it is already running")
     if s.ram.file_fd() < 0:
         raise SnapshotError("snapshots need the shm backend")
+    if s.host_memory:
+        # The host itself moves this guest's frames (swap) and its accesses wait on
+        # them: neither is in the guest's dirty log (see the module).
+        raise SnapshotError(
+            f"guest {s.guest_id}: snapshots of a guest under the host memory model "
+            "(--host-memory) are not supported"
+        )
     return b.snap
 
 
@@ -225,7 +245,7 @@ async def _precopy(s: Session, snap: SnapLink, copier: Copier, opts: codec.Snaps
     while rounds < (opts.max_rounds or MAX_ROUNDS):
         await _sync(s, snap, copier)
         rounds += 1
-        if copier.pending() <= copier.bandwidth() * DOWNTIME_LIMIT:
+        if copier.pending() < copier.bandwidth() * DOWNTIME_LIMIT:
             break
         await copier.copy_all()
     return rounds

@@ -168,12 +168,7 @@ class ReportingQueue:
         if isinstance(decoded, codec.PagesMsg):
             return codec.encode_used(handle_pages(session, decoded))
         if isinstance(decoded, codec.HintMsg):
-            try:
-                problem = handle_hint(session, decoded)
-            except OSError as e:  # the discard failed: counted, never fatal
-                problem = "discard_failed"
-                self.device.refuse(problem, f"guest {session.guest_id}: hint discard: {e}")
-                return None
+            problem = handle_hint(session, decoded)
             if problem:
                 self.device.refuse(problem, f"guest {session.guest_id}: free page hint refused")
             session.last_seen = time.monotonic()

@@ -211,9 +211,9 @@ class RunResult:
 def host_args(cfg: ControllersConfig, run: Run) -> list[str]:
     args = ["--backend", cfg.backend, "--host-memory", str(cfg.host_memory_bytes)]
     args += ["--swap", str(cfg.swap_bytes), "--deflate-on-oom", "--quiet"]
-    args += ["--stats-interval", "1", "--balloon-min", str(cfg.balloon_min_bytes)]
+    args += ["--stats-interval", "1"]
     if run.controller is not None:
-        args += ["--controller", run.controller]
+        args += ["--controller", run.controller, "--balloon-min", str(cfg.balloon_min_bytes)]
     if cfg.vmm_overhead_bytes is not None:
         args += ["--vmm-overhead", str(cfg.vmm_overhead_bytes)]
     return args

@@ -474,7 +474,8 @@ class HostConfig:
     deflate_on_oom: bool = False
     # Offer VIRTIO_BALLOON_F_FREE_PAGE_HINT (issue 25): off by default, as QEMU's
     # free-page-hint property and Firecracker's free_page_hinting are. Hinted
-    # blocks are discarded at once, as Firecracker's device does.
+    # blocks are recorded for snapshots to skip (host/hints.py says why they
+    # are not discarded).
     free_page_hint: bool = False
     # A balloon controller on the host (host/control/): "mom", "proxmox",
     # "pressure", or MODULE:CLASS / FILE.py:CLASS of your own (None: none; targets

@@ -13,14 +13,18 @@ Linux's drivers/virtio/virtio_balloon.c does it.
   driver's free_page_list, until DONE: nothing reuses a hinted page while the
   host may be skipping or discarding it. Allocating them writes nothing into
   them (Linux's alloc_pages with __GFP_NORETRY; BuddyAllocator.alloc here).
-* The shrinker (registered with DEFLATE_ON_OOM, ``virtio_balloon_shrinker_scan``):
-  under memory pressure hinted blocks go back first, a whole block at a time
-  (``shrink_free_pages``), before balloon pages.
-* A block going back may have been discarded by the host (Firecracker discards
-  hinted ranges): the touch tracker hears so, and the next touch is told.
-* A new session knows nothing of the old one's runs: blocks still held go back
-  (Firecracker's reset to DONE). At the end every block goes back
-  (``remove_common``).
+* The shrinker (``virtio_balloon_shrinker_scan``, registered with
+  FREE_PAGE_HINT as current Linux does; v5.2–5.7 registered it with
+  DEFLATE_ON_OOM): under memory pressure hinted blocks go back, a whole block at
+  a time (``shrink_free_pages``), before the balloon deflates (with
+  DEFLATE_ON_OOM). Linux may reuse a block the host has not processed yet; a
+  block still waiting in this driver's batch is taken out of it, so it is never
+  sent. The host records hints and never discards them (host/hints.py).
+  Departure: Linux's shrinkers run during reclaim for any order; here on an
+  allocation failure of order 3 or less (guest/memory.py's OOM path).
+* A new session knows nothing of the old one's runs: a run under way ends, and
+  blocks still held go back (as after Firecracker's ``kick``, which sets DONE
+  once a VM is restored). At the end every block goes back (``remove_common``).
 
 Departure: the driver sends one block a buffer; here up to BATCH blocks go in
 one message, sent as soon as the batch is full or the run ends.
@@ -59,6 +63,7 @@ class FreePageHinting:
         self.received = CMD_ID_STOP  # cmd_id_received_cache
         self.active = CMD_ID_STOP  # cmd_id_active
         self.blocks: list[int] = []  # free_page_list: first frames of held blocks
+        self.batch: list[int] = []  # of those, not sent yet
         self.changed = asyncio.Event()
         self.runs = 0
         self.hinted_blocks = 0  # sent over the run
@@ -70,7 +75,8 @@ class FreePageHinting:
         """A new session: hinting only if both sides have it; blocks still held
         from the last one go back (it will never say DONE for them)."""
         self.negotiated = acc.balloon and F.has(acc.features, F.FREE_PAGE_HINT)
-        self.received = self.active = CMD_ID_STOP
+        self.received = CMD_ID_STOP
+        self.active = -1  # a run still under way ends (its ids are the old session's)
         self.give_back(len(self.blocks))
 
     def on_config(self, msg: ConfigMsg) -> None:
@@ -98,23 +104,24 @@ class FreePageHinting:
         self.active = cmd
         self.runs += 1
         await self._send(HintMsg(True, cmd))
-        batch: list[int] = []
         while self.active == self.received:  # a new id or STOP ends the run
             pfn = self.mm.alloc(HINT_BLOCK_ORDER)
             if pfn < 0:
                 break  # every free block of that order taken: -EINTR
             self.blocks.append(pfn)
-            batch.append(pfn)
-            if len(batch) >= BATCH:
-                await self._send(HintMsg(False, 0, batch, HINT_BLOCK_ORDER))
-                self.hinted_blocks += len(batch)
-                batch = []
+            self.batch.append(pfn)
+            if len(self.batch) >= BATCH:
+                await self._flush()
             else:
                 await asyncio.sleep(0)  # the workload runs between blocks
+        await self._flush()
+        await self._send(HintMsg(True, CMD_ID_STOP))
+
+    async def _flush(self) -> None:
+        batch, self.batch = self.batch, []
         if batch:
             await self._send(HintMsg(False, 0, batch, HINT_BLOCK_ORDER))
             self.hinted_blocks += len(batch)
-        await self._send(HintMsg(True, CMD_ID_STOP))
 
     async def _send(self, msg: HintMsg) -> None:
         stream = self.conn.stream
@@ -131,8 +138,9 @@ class FreePageHinting:
         if not n:
             return 0
         out, self.blocks = self.blocks[-n:], self.blocks[:-n]
-        # The host may have discarded them: their next touch must be told.
-        self.link.touches.discarded([(p, HINT_BLOCK_ORDER) for p in out])
+        if self.batch:
+            gone = set(out)
+            self.batch = [p for p in self.batch if p not in gone]  # never sent now
         for p in out:
             self.mm.free(p, HINT_BLOCK_ORDER)
         return n << HINT_BLOCK_ORDER
@@ -146,12 +154,11 @@ class FreePageHinting:
 
 
 def shrink(balloon: GuestBalloon, hints: FreePageHinting) -> int:
-    """An allocation failed: with DEFLATE_ON_OOM, hinted blocks go back first
-    (virtio_balloon_shrinker_scan), then balloon pages (virtio_balloon_oom_notify);
-    pages freed. Either way it counts as one allocation stall."""
-    if balloon.negotiated and F.has(balloon.features, F.DEFLATE_ON_OOM):
-        freed = hints.on_oom()
-        if freed:
-            balloon.alloc_stalls += 1
-            return freed
+    """An allocation failed: hinted blocks go back first (the shrinker, with
+    FREE_PAGE_HINT), then balloon pages (virtio_balloon_oom_notify, with
+    DEFLATE_ON_OOM); pages freed. Either way it counts as one allocation stall."""
+    freed = hints.on_oom() if hints.negotiated else 0
+    if freed:
+        balloon.alloc_stalls += 1
+        return freed
     return balloon.on_oom()

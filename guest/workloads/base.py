@@ -62,6 +62,11 @@ class WorkloadContext:
         else:
             self.running.set()
 
+    async def unpaused(self) -> None:
+        """Before an operation that writes memory: wait out a snapshot's pause."""
+        if not self.running.is_set():
+            await self._park()
+
     async def _park(self) -> None:
         """Wait out a pause (or a stop: a stopping guest is not held)."""
         stop = asyncio.ensure_future(self.stop.wait())
@@ -153,6 +158,7 @@ class WorkloadContext:
         for _ in range(count):
             if self.stop.is_set():
                 break
+            await self.unpaused()
             got += self.alloc_into(group, order)
             await self.tick()
         return got
@@ -174,6 +180,7 @@ class WorkloadContext:
         freed = 0
         for i, (pfn, order) in enumerate(group):
             if i >= offset and (i - offset) % stride == 0:
+                await self.unpaused()
                 self.memory.free(pfn, order)
                 self.stats.free_ops += 1
                 freed += 1

@@ -68,6 +68,7 @@ async def churn_for(
         for _ in range(per_tick):
             if ctx.stop.is_set():  # a long slice (a high --rate) still stops at once
                 break
+            await ctx.unpaused()
             # Drift toward the target: allocate more often when below it.
             p_alloc = 0.5 + 0.5 * (target_pages - held_pages) / max(1, target_pages)
             if held and rng.random() >= p_alloc:

@@ -375,6 +375,7 @@ async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext) -> None:
         await asyncio.sleep(0)
         if ctx.stop.is_set():
             return
+        await ctx.unpaused()
         if isinstance(step, Alloc):
             await ctx.alloc_bytes(step.name, step.size, step.order)
         elif isinstance(step, Free):

@@ -228,8 +228,7 @@ def _balloon_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         e,
         "--free-page-hint",
         help="balloon: offer VIRTIO_BALLOON_F_FREE_PAGE_HINT (`pagehint hint` starts a run; "
-        "hinted blocks are discarded, as Firecracker does; off by default, as in QEMU and "
-        "Firecracker)",
+        "snapshots skip hinted pages; off by default, as in QEMU and Firecracker)",
     )
     add_flag(
         p,

@@ -36,8 +36,7 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
     p.add_argument(
         "--churn",
         action="store_true",
-        help="during the snapshots the guest takes back half of what it freed, 8 MiB every "
-        "0.2 s, and frees it all again, over and over",
+        help="during the snapshots the guest takes back what it freed, 4 MiB a second",
     )
     p.add_argument("--unsafe", action="store_true", help="add the hints-unsafe mode (the race)")
     add_flag(p, env, "--max-rounds", default="0", help="pre-copy rounds at most (0: the host's 30)")

@@ -49,6 +49,7 @@ def test_a_controller_takes_back_what_a_guest_freed_and_the_host_still_holds(
         "--host", addr, "--id", "g1", "--ram", "1GiB", "--policy", "none",
         "--scenario", str(scenario), "--json", "--duration", "30",
     )  # fmt: skip
+    wait_until(lambda: _try_target(addr, None), 30, "the guest's session")
     wait_until(lambda: int(_balloon(addr)["actual_bytes"]) >= 8 * MIB, 30, "the balloon to fill")
     status = _balloon(addr)
     assert int(status["target_bytes"]) <= 1024 * MIB - 256 * MIB  # never under the minimum
@@ -110,8 +111,10 @@ def test_a_guest_inflated_to_80_percent_allocates_half_its_ram_by_deflating(
     assert "deflated 256 pages on OOM" in s["_stderr"]
 
 
-def _try_target(addr: str, size: str) -> bool:
-    r = run_cli(["balloon", "--host", addr, "--guest", "g1", "--target", size])
+def _try_target(addr: str, size: str | None) -> bool:
+    """A balloon call that may fail (the guest not connected yet): whether it worked."""
+    more = [] if size is None else ["--target", size]
+    r = run_cli(["balloon", "--host", addr, "--guest", "g1", *more])
     return r.returncode == 0
 
 

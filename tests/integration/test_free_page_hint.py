@@ -30,7 +30,7 @@ def test_reporting_and_hinting_side_by_side_lose_nothing_on_real_memory(
     addr, _ = procs.host("--backend", "shm", "--shm-dir", str(shm), "--free-page-hint")
     guest = procs.guest(
         "--host", addr, "--shm-dir", str(shm), "--id", "g1", "--ram", "512MiB",
-        "--policy", "reporting", "--workload", "churn", "--duration", "12", "--check",
+        "--policy", "reporting", "--workload", "churn", "--duration", "120", "--check",
     )  # fmt: skip
     wait_until(lambda: _ready(addr), 20, "the guest's session")
     runs = 0
@@ -41,6 +41,7 @@ def test_reporting_and_hinting_side_by_side_lose_nothing_on_real_memory(
         wait_until(lambda: _hint(addr, "status")["guest_cmd"] == 0, 10, "the guest's STOP")
         assert _hint(addr, "status")["hinted_bytes"] > 0
         assert _hint(addr, "stop")["host_cmd"] == 1  # DONE
+    guest.terminate()  # ends cleanly: its summary, its final page check
     s = procs.finish(guest)
     assert s["data_loss_checked"] and s["data_loss_pages"] == 0
     assert s["free_page_hint_runs"] == runs and s["free_page_hinted_bytes"] > 0
