@@ -82,7 +82,9 @@ class AdminCalls:
             )
         if action == codec.HINT_START:
             hints.start(s, ack)
-            log.info(f"guest {guest_id}: free page hinting run {hints.state(s).host_cmd}")
+            self.device.problems.note(
+                "hint_start", f"guest {guest_id}: free page hinting run {hints.state(s).host_cmd}"
+            )
         elif action == codec.HINT_STOP:
             hints.stop(s)
             log.info(f"guest {guest_id}: free page hinting done")

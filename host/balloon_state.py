@@ -69,6 +69,7 @@ class SnapLink:
     check_image: str = ""
     # Dirty logs by round: (pfn, count) runs, and whether the round's log is whole.
     logs: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    log_pages: dict[int, int] = field(default_factory=dict)  # pages in each round's log
     complete: set[int] = field(default_factory=set)
     paused_in: int = 0  # the round whose log the guest sent paused
     checked: tuple[str, int, int, str] | None = None  # (image, checked, lost, error)
@@ -83,6 +84,7 @@ class HintRuns:
     host_cmd: int = CMD_ID_STOP  # the command id the host last set
     last_cmd_id: int = CMD_ID_STOP  # the last run's id (the next is one more)
     guest_cmd: int | None = None  # the command id the guest last sent
+    guest_run: int = CMD_ID_STOP  # the last run id it sent (its STOP ends that run)
     acknowledge_on_stop: bool = True
     hinted_pages: int = 0  # pages hinted under the current run's id
     blocks: set[int] = field(default_factory=set)  # their first frames

@@ -101,9 +101,13 @@ def handle_hint(s: Session, msg: codec.HintMsg) -> str:
     h = s.balloon.hint
     if msg.cmd:
         h.guest_cmd = msg.cmd_id
-        # The run is over (DONE from a guest is taken as a stop, as Firecracker).
-        over = msg.cmd_id in (CMD_ID_STOP, CMD_ID_DONE)
-        if over and h.acknowledge_on_stop and h.host_cmd not in (CMD_ID_STOP, CMD_ID_DONE):
+        if msg.cmd_id > CMD_ID_DONE:
+            h.guest_run = msg.cmd_id
+            return ""
+        # A run is over (DONE from a guest is taken as a stop, as Firecracker). Only
+        # the host's current run is answered with DONE: the STOP of a run the host
+        # already replaced must not end the new one before it starts.
+        if h.acknowledge_on_stop and h.guest_run == h.host_cmd:
             _set(s, CMD_ID_DONE)
         return ""
     if h.host_cmd in (CMD_ID_STOP, CMD_ID_DONE) or h.guest_cmd != h.host_cmd:

@@ -95,6 +95,12 @@ def take_snapshot_answer(s: Session, msg: codec.DirtyMsg | codec.ImageCheckedMsg
         return "out_of_range"
     if len(runs) + len(msg.runs) > MAX_LOG_RUNS:
         return "too_many_runs"
+    # The runs of one round are disjoint pages of this guest: more than its RAM in
+    # all is a lie, and would make the host's marking work without bound.
+    pages = snap.log_pages.get(msg.round, 0) + sum(c for _, c in msg.runs)
+    if pages > s.nr_pages:
+        return "dirty_log_too_big"
+    snap.log_pages[msg.round] = pages
     runs.extend(msg.runs)
     if not msg.more:
         snap.complete.add(msg.round)
@@ -116,12 +122,16 @@ class Copier:
     zero: int = 0
     copy_seconds: float = 0.0
 
-    async def copy_all(self, before: Callable[[], None] | None = None) -> None:
+    async def copy_all(
+        self, before: Callable[[], None] | None = None, alive: Callable[[], bool] | None = None
+    ) -> None:
         """Send every page still set, a chunk at a time at most BANDWIDTH, the
         guest's messages let in between chunks (``before`` runs ahead of each:
         hints may clear pages not sent yet)."""
         n = len(self.to_send)
         for base in range(0, n, COPY_CHUNK_PAGES):
+            if alive is not None and not alive():
+                raise SnapshotError("the guest's session ended during the snapshot")
             if before is not None:
                 before()
             sent = self.copied
@@ -211,6 +221,8 @@ def _check(s: Session, opts: codec.SnapshotOptions) -> SnapLink:
         raise SnapshotError(
             f"guest {s.guest_id}: its session cannot be snapshot (an older guest, or not shm)"
         )
+    if opts.unsafe_trust_hints and not opts.use_hints:
+        raise SnapshotError("unsafe_trust_hints needs use_hints")
     if opts.use_hints and not hints.hinting(s):
         raise SnapshotError(
             f"guest {s.guest_id}: no free page hinting (host without --free-page-hint)"
@@ -240,14 +252,14 @@ async def _precopy(s: Session, snap: SnapLink, copier: Copier, opts: codec.Snaps
         hints.start(s, acknowledge_on_stop=True)
         # Hints and the copy race as in QEMU: each chunk takes the hints come so far.
         before = lambda: _take_hints(s, copier, seen, opts.unsafe_trust_hints)  # noqa: E731
-    await copier.copy_all(before)
+    await copier.copy_all(before, alive=lambda: not s.ended)
     rounds = 1
     while rounds < (opts.max_rounds or MAX_ROUNDS):
         await _sync(s, snap, copier)
         rounds += 1
         if copier.pending() < copier.bandwidth() * DOWNTIME_LIMIT:
             break
-        await copier.copy_all()
+        await copier.copy_all(alive=lambda: not s.ended)
     return rounds
 
 
@@ -260,7 +272,9 @@ async def _checked(s: Session, snap: SnapLink, image: Path) -> tuple[int, int]:
     assert snap.checked is not None
     _, checked, lost, error = snap.checked
     if error:
-        raise SnapshotError(f"guest {s.guest_id}: could not check the image: {error}")
+        # The guest's words: one escaped line, bounded (they reach the admin).
+        said = error[:200].encode("unicode_escape", "backslashreplace").decode("ascii")
+        raise SnapshotError(f"guest {s.guest_id}: could not check the image: {said}")
     return checked, lost
 
 
@@ -271,17 +285,20 @@ async def run_snapshot(
     snap = _check(s, opts)
     image = folder / f"{_SAFE.sub('_', s.guest_id)[:64]}-{secrets.token_hex(4)}.img"
     image_fd = os.open(image, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    # Its own descriptor of the RAM file: if the session ends and closes its own,
+    # the number is never another guest's file to this copy.
+    ram_fd = os.dup(s.ram.file_fd())
     snap.busy = True
     t0 = time.monotonic()
     try:
         n = s.nr_pages
         os.ftruncate(image_fd, n * PAGE_SIZE)
-        copier = Copier(s.ram.file_fd(), image_fd, bytearray(n), bytearray(n), bytearray(n))
+        copier = Copier(ram_fd, image_fd, bytearray(n), bytearray(n), bytearray(n))
         rounds = await _precopy(s, snap, copier, opts)
         # The last round: the guest paused, its last log, the rest.
         t_pause = time.monotonic()
         await _sync(s, snap, copier, pause=True)
-        await copier.copy_all()
+        await copier.copy_all(alive=lambda: not s.ended)
         downtime = time.monotonic() - t_pause  # the guest's pause: the copy, not the disk
         os.fsync(image_fd)
         checked, lost = await _checked(s, snap, image)
@@ -301,6 +318,7 @@ async def run_snapshot(
         )
     finally:
         os.close(image_fd)
+        os.close(ram_fd)
         with contextlib.suppress(OSError):
             image.unlink()  # the check is done: the image is not kept
         snap.busy = snap.pause = False

@@ -72,14 +72,12 @@ def scenario_text(cfg: MigrateConfig) -> str:
     pages would never touch the hinted ones (given back at DONE, they are the
     last freed only until the guest frees something else)."""
     keep = cfg.ram_bytes - cfg.free_bytes - SLACK
-    steps = [
-        ("alloc", f'name = "keep"\nsize = "{keep}B"'),
-        ("alloc", f'name = "tmp"\nsize = "{cfg.free_bytes}B"'),
-        ("free", 'name = "tmp"'),
-        ("mark", 'label = "ready"'),
-    ]
+    steps = [("alloc", f'name = "keep"\nsize = "{keep}B"')]
+    if cfg.free_bytes:
+        steps += [("alloc", f'name = "tmp"\nsize = "{cfg.free_bytes}B"'), ("free", 'name = "tmp"')]
+    steps.append(("mark", 'label = "ready"'))
     if cfg.churn:
-        for i in range(max(1, cfg.free_bytes // GROW_STEP - 1)):
+        for i in range(max(0, cfg.free_bytes // GROW_STEP - 1)):
             steps.append(("alloc", f'name = "g{i}"\nsize = "{GROW_STEP}B"'))
             steps.append(("sleep", f"seconds = {GROW_PAUSE}"))
     steps.append(("sleep", "seconds = 3600"))

@@ -65,7 +65,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         max_rounds=convert(a.max_rounds, int_in(0, 1000), "--max-rounds"),
     )
     check(cfg)
-    cfg = dataclasses.replace(cfg, out=run_folder(a.out, "migrate-"))
+    # Absolute: the host names the guest's RAM file by it, and a guest believes
+    # only plain absolute paths.
+    cfg = dataclasses.replace(cfg, out=run_folder(a.out, "migrate-").resolve())
     setup(quiet=bool(a.json))
     log_as("migrate")
     result = run_migrate(cfg)

@@ -109,3 +109,15 @@ def test_a_block_may_come_again_in_a_run_after_the_shrinker_gave_it_back() -> No
     assert hints.handle_hint(s, HintMsg(False, 0, [0], ORDER)) == ""
     assert hints.handle_hint(s, HintMsg(False, 0, [0], ORDER)) == ""
     assert hints.state(s).hinted_pages == 1 << ORDER  # counted once
+
+
+def test_the_stop_of_a_replaced_run_does_not_end_the_new_one() -> None:
+    s = _session()
+    hints.start(s, True)
+    hints.handle_hint(s, HintMsg(True, 2))
+    hints.start(s, True)  # run 3, before the guest's STOP of run 2 came in
+    hints.handle_hint(s, HintMsg(True, CMD_ID_STOP))
+    assert hints.state(s).host_cmd == 3  # not DONE: run 3 goes on
+    hints.handle_hint(s, HintMsg(True, 3))
+    hints.handle_hint(s, HintMsg(True, CMD_ID_STOP))
+    assert hints.state(s).host_cmd == CMD_ID_DONE
