@@ -260,18 +260,7 @@ async def serve(cfg: HostConfig, ready_file: str | None = None) -> int:
         await host.stopping.wait()
         log.info("stopping: draining in-flight chains")
     finally:
-        if host.controller is not None:
-            host.controller.stop()
-        for task in tasks:
-            task.cancel()
-        # Bounded: a task that swallowed its cancellation (Python 3.11's wait_for can)
-        # must not hold the host's exit; its exception, if any, is the log's.
-        _, late = await asyncio.wait(tasks, timeout=STOP_TASKS_SECONDS)
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.warning(f"{task.get_name()}: {task.exception()!r}")
-        for task in late:
-            log.warning(f"{task.get_name()}: did not stop within {STOP_TASKS_SECONDS:g} s")
+        await _stop_tasks(host, tasks)
         await host.stop()
         if metrics is not None:
             metrics.shutdown()  # type: ignore[attr-defined]
@@ -283,6 +272,22 @@ async def serve(cfg: HostConfig, ready_file: str | None = None) -> int:
                 host.service.queue.chain_log.close()
     log.info("stopped")
     return 0
+
+
+async def _stop_tasks(host: HostServer, tasks: list[asyncio.Task[None]]) -> None:
+    """The janitor and the controller, cancelled and waited for (bounded: a task
+    that swallowed its cancellation, as Python 3.11's wait_for can, must not hold
+    the host's exit; an exception of one is the log's)."""
+    if host.controller is not None:
+        host.controller.stop()
+    for task in tasks:
+        task.cancel()
+    _, late = await asyncio.wait(tasks, timeout=STOP_TASKS_SECONDS)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning(f"{task.get_name()}: {task.exception()!r}")
+    for task in late:
+        log.warning(f"{task.get_name()}: did not stop within {STOP_TASKS_SECONDS:g} s")
 
 
 def _open_chain_log(path: str) -> TextIO:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import grpc
+
 from tests.integration.procs import Procs, run_cli, wait_until
+from virtqueue import codec
 
 MIB = 1 << 20
 
@@ -17,6 +20,12 @@ def _hint(addr: str, action: str, *more: str) -> dict[str, object]:
     assert r.returncode == 0, r.stderr
     out: dict[str, object] = json.loads(r.stdout)
     return out
+
+
+def _reported(addr: str) -> int:
+    with grpc.insecure_channel(addr) as ch:
+        h = codec.decode_host_stats(codec.stub(ch).Stats(codec.encode_stats_request(), timeout=5))
+    return sum(g.reported_bytes for g in h.guests)
 
 
 def _ready(addr: str) -> bool:
@@ -33,6 +42,8 @@ def test_reporting_and_hinting_side_by_side_lose_nothing_on_real_memory(
         "--policy", "reporting", "--workload", "churn", "--duration", "120", "--check",
     )  # fmt: skip
     wait_until(lambda: _ready(addr), 20, "the guest's session")
+    # Reporting's first pass first (its delay is 2 s): then hint runs beside it.
+    wait_until(lambda: _reported(addr) > 0, 30, "the guest's first report")
     runs = 0
     for _ in range(3):  # runs while the guest churns and reports
         status = _hint(addr, "start", "--no-ack-on-stop")
