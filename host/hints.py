@@ -36,7 +36,7 @@ from host.balloon_state import CMD_ID_DONE, CMD_ID_STOP, HintRuns
 from host.sessions import Session, SessionTable
 from virtqueue import codec
 from virtqueue import features as F
-from virtqueue.contract import MAX_ORDER, PAGE_SIZE
+from virtqueue.contract import MAX_ORDER
 
 # Most blocks in one message: the driver sends one block a buffer; a batch of
 # blocks is this emulation's, bounded like a chain's ranges.
@@ -133,7 +133,3 @@ def state(s: Session) -> codec.HintState:
         hinted_pages=h.hinted_pages,
         runs=h.runs,
     )
-
-
-def hinted_bytes(s: Session) -> int:
-    return 0 if s.balloon is None else s.balloon.hint.hinted_pages * PAGE_SIZE
