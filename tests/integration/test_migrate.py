@@ -32,7 +32,9 @@ def test_hints_halve_what_a_snapshot_copies_and_the_image_loses_nothing(tmp_path
         assert mode["rounds"] >= 2 and mode["downtime_ms"] > 0
 
 
-@pytest.mark.slow  # about a minute: three snapshots of a guest writing as they run
+# Half a minute of three snapshots of a guest writing as they run, a GiB copied
+# each: run alone (the serial step), not beside the fault tests' timing.
+@pytest.mark.serial
 def test_hints_taken_as_final_lose_what_the_guest_writes_again(tmp_path: Path) -> None:
     m = _migrate(tmp_path, "--ram", "1GiB", "--free", "600MiB", "--churn", "--unsafe")
     assert m["no-hints"]["data_loss_pages"] == 0
