@@ -17,6 +17,7 @@ from host.device import BalloonDevice
 from host.gatekeeper import Gatekeeper, abort
 from host.migration import MAX_ROUNDS_ASKED as MAX_SNAPSHOT_ROUNDS
 from host.migration import SnapshotError, run_snapshot
+from host.sessions import of_guest
 from pagehint.units import format_size
 from virtqueue import codec
 from virtqueue.contract import PAGE_SIZE, guest_id_problem
@@ -43,7 +44,7 @@ class AdminCalls:
         if guest_id_problem(guest_id) is not None:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "guest_id: not a guest id")
         table = self.device.table
-        s = table.sessions.get(table.by_guest.get(guest_id, ""))
+        s = of_guest(table, guest_id)
         if s is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no session of guest {guest_id!r}")
         if target is not None:
@@ -70,7 +71,7 @@ class AdminCalls:
             )
         if guest_id_problem(guest_id) is not None:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "guest_id: not a guest id")
-        s = hints.live(self.device.table, guest_id)
+        s = of_guest(self.device.table, guest_id)
         if s is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no session of guest {guest_id!r}")
         if not hints.hinting(s):
@@ -108,7 +109,7 @@ class AdminCalls:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"max_rounds: at most {MAX_SNAPSHOT_ROUNDS}",
             )
-        s = hints.live(self.device.table, opts.guest_id)
+        s = of_guest(self.device.table, opts.guest_id)
         if s is None:
             await abort(
                 context, grpc.StatusCode.NOT_FOUND, f"no session of guest {opts.guest_id!r}"

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 
 from host.balloon_state import ARRAY_PFNS_MAX, STAT_NAMES, HostBalloon
-from host.sessions import Session, SessionTable, remember
+from host.sessions import Session, SessionTable, of_guest, remember
 from virtqueue import codec
 from virtqueue.codec import UsedMsg
 from virtqueue.contract import MAX_GUEST_RAM, PAGE_SIZE
@@ -129,7 +129,7 @@ def set_target(t: SessionTable, guest_id: str, target_bytes: int) -> Session | N
     """A live guest's balloon target, at most its RAM (kept for its later sessions
     on this host too), told at once on its stream; its session, or None when it
     has none with the balloon (nothing is kept then)."""
-    s = t.sessions.get(t.by_guest.get(guest_id, ""))
+    s = of_guest(t, guest_id)
     if s is None or s.balloon is None:
         return None
     pages = min(target_bytes, MAX_GUEST_RAM) // PAGE_SIZE

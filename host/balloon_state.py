@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 # Most frames in one Pages message: the Linux driver's VIRTIO_BALLOON_ARRAY_PFNS_MAX
@@ -74,6 +75,7 @@ class SnapLink:
     paused_in: int = 0  # the round whose log the guest sent paused
     checked: tuple[str, int, int, str] | None = None  # (image, checked, lost, error)
     busy: bool = False  # a snapshot runs
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # the guest said more
 
 
 @dataclass

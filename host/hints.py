@@ -33,7 +33,7 @@ refused whole (counted).
 from __future__ import annotations
 
 from host.balloon_state import CMD_ID_DONE, CMD_ID_STOP, HintRuns
-from host.sessions import Session, SessionTable
+from host.sessions import Session
 from virtqueue import codec
 from virtqueue import features as F
 from virtqueue.contract import MAX_ORDER
@@ -45,10 +45,6 @@ MAX_HINT_BLOCKS = 512
 
 def hinting(s: Session) -> bool:
     return s.balloon is not None and F.has(s.features, F.FREE_PAGE_HINT)
-
-
-def live(t: SessionTable, guest_id: str) -> Session | None:
-    return t.sessions.get(t.by_guest.get(guest_id, ""))
 
 
 def _set(s: Session, cmd: int) -> None:

@@ -71,6 +71,7 @@ MAX_ROUNDS = 30  # pagehint's own bound (see the module)
 MAX_ROUNDS_ASKED = 1000  # the most a caller may ask for
 COPY_CHUNK_PAGES = 1024  # 4 MiB between looks at the guest's messages
 ANSWER_TIMEOUT = 30.0  # seconds a guest has to send a round's log or its check
+SESSION_CHECK = 0.5  # seconds between looks at whether the guest's session ended
 MAX_LOG_RUNS = 1 << 20  # runs kept per round: a guest cannot grow the host's books
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")  # as the RAM file's name (host/memory/shm.py)
 
@@ -86,7 +87,7 @@ def take_snapshot_answer(s: Session, msg: codec.DirtyMsg | codec.ImageCheckedMsg
         return "no_snapshot"
     if isinstance(msg, codec.ImageCheckedMsg):
         snap.checked = (msg.image, msg.pages_checked, msg.pages_lost, msg.error)
-        s.wake()
+        snap.answered.set()
         return ""
     if msg.round != snap.dirty_round or msg.round in snap.complete:
         return "dirty_round"
@@ -106,6 +107,7 @@ def take_snapshot_answer(s: Session, msg: codec.DirtyMsg | codec.ImageCheckedMsg
         snap.complete.add(msg.round)
         if msg.paused:
             snap.paused_in = msg.round
+        snap.answered.set()
     return ""
 
 
@@ -179,15 +181,19 @@ class Copier:
         return min(BANDWIDTH / PAGE_SIZE, measured)
 
 
-async def _answer(s: Session, ready: object, what: str) -> None:
-    """Wait (bounded) until ``ready()`` holds; the guest's messages wake us."""
+async def _answer(s: Session, snap: SnapLink, ready: Callable[[], bool], what: str) -> None:
+    """Wait (bounded) until ``ready()`` holds; each answer of the guest wakes us."""
     deadline = time.monotonic() + ANSWER_TIMEOUT
-    while not ready():  # type: ignore[operator]
+    while not ready():
         if s.ended:
             raise SnapshotError(f"guest {s.guest_id}: its session ended during the snapshot")
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise SnapshotError(f"guest {s.guest_id}: no {what} within {ANSWER_TIMEOUT:g} s")
-        await asyncio.sleep(0.005)
+        snap.answered.clear()
+        # Bounded by SESSION_CHECK too: a session that ends wakes nothing here.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(snap.answered.wait(), min(left, SESSION_CHECK))
 
 
 async def _sync(s: Session, snap: SnapLink, copier: Copier, pause: bool = False) -> None:
@@ -196,7 +202,9 @@ async def _sync(s: Session, snap: SnapLink, copier: Copier, pause: bool = False)
     snap.pause = pause or snap.pause
     r = snap.dirty_round
     s.wake()
-    await _answer(s, lambda: r in snap.complete and (not pause or snap.paused_in == r), "dirty log")
+    await _answer(
+        s, snap, lambda: r in snap.complete and (not pause or snap.paused_in == r), "dirty log"
+    )
     copier.mark_dirty(snap.logs.pop(r, []))
 
 
@@ -268,7 +276,7 @@ async def _checked(s: Session, snap: SnapLink, image: Path) -> tuple[int, int]:
     snap.checked = None
     snap.check_image = str(image)
     s.wake()
-    await _answer(s, lambda: snap.checked is not None, "image check")
+    await _answer(s, snap, lambda: snap.checked is not None, "image check")
     assert snap.checked is not None
     _, checked, lost, error = snap.checked
     if error:

@@ -186,6 +186,11 @@ class Session:
         return frozenset(i for i, done in self.recent if done)
 
 
+def of_guest(t: SessionTable, guest_id: str) -> Session | None:
+    """The guest's live session, if it has one."""
+    return t.sessions.get(t.by_guest.get(guest_id, ""))
+
+
 def remember(table: OrderedDict[str, T], key: str, value: T) -> None:
     """Add to a record of ended sessions, bounded like ``ended`` (oldest dropped)."""
     table[key] = value

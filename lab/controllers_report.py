@@ -17,7 +17,7 @@ from lab.controllers import (
 )
 from lab.density import summary_number
 from lab.pipeline import write_report
-from lab.plot import PLOTS_MISSING, plots_available
+from lab.plot import plot_files, plots_available
 from lab.table import render_table
 from pagehint.units import format_size
 
@@ -197,12 +197,7 @@ def format_report(r: ControllersReport) -> str:
 
 
 def write_files(out: Path, report: ControllersReport) -> dict[str, str]:
-    files = {"summary": str(out / "summary.json")}
-    plot = plot_runs(report, out / "controllers.png")
-    if plot is not None:
-        files["plot"] = str(plot)
-    else:
-        files["plot_skipped"] = PLOTS_MISSING
+    files = plot_files(out, None, plot_runs(report, out / "controllers.png"))
     write_report(out, {**report, "files": files})
     return files
 

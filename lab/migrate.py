@@ -13,7 +13,6 @@ skipped, rounds, downtime, and the pages the image lost.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TypedDict
 
 import grpc
 
+from lab.pipeline import write_report
 from lab.procs import ProcessGroup
 from pagehint.errors import UsageError
 from pagehint.schema import GuestSummary
@@ -157,7 +157,5 @@ def run_migrate(cfg: MigrateConfig) -> MigrateResult:
             result.errors.append(f"host exited with {host.returncode}")
     finally:
         group.close()
-    (cfg.out / "summary.json").write_text(
-        json.dumps({"modes": result.rows, "errors": result.errors}, indent=2)
-    )
+    write_report(cfg.out, {"modes": result.rows, "errors": result.errors})
     return result

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,24 @@ async def test_a_bad_entry_is_refused_and_the_rest_applied(
     assert not r.record.broken
 
 
+async def _beats_while(work: Coroutine[Any, Any, None]) -> int:
+    """How many 10 ms heartbeats the loop ran while ``work`` ran (bounded: 5 s)."""
+    ticks = 0
+
+    async def beat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    b = asyncio.create_task(beat())
+    try:
+        await asyncio.wait_for(work, 5)
+    finally:
+        b.cancel()
+    return ticks
+
+
 class Raises(Fixed):
     def decide(self, host: HostView) -> Mapping[str, int]:
         raise ValueError("boom\nsecond line")
@@ -140,17 +159,7 @@ async def test_a_controller_that_never_answers_is_switched_off_and_the_loop_goes
     monkeypatch.setattr(runner_mod, "MIN_DECIDE_TIMEOUT", 0.2)
     c = Hangs()
     r = ControllerRunner(_device(), c, 0, "test")
-    ticks = 0
-
-    async def beat() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    b = asyncio.create_task(beat())
-    await asyncio.wait_for(r.run(), 5)
-    b.cancel()
+    ticks = await _beats_while(r.run())
     c.release.set()
     assert "did not answer within 0.2 s" in r.record.broken
     assert ticks >= 10  # the loop ran while decide() hung
@@ -202,17 +211,7 @@ class SlowMapping(dict[str, int]):
 async def test_a_slow_answer_is_checked_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner_mod, "MIN_DECIDE_TIMEOUT", 0.2)
     r = ControllerRunner(_device(), Fixed(SlowMapping(g0=MiB)), 0, "test")
-    ticks = 0
-
-    async def beat() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    b = asyncio.create_task(beat())
-    await asyncio.wait_for(r.run(), 5)
-    b.cancel()
+    ticks = await _beats_while(r.run())
     assert "did not answer" in r.record.broken and ticks >= 10
 
 
