@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 
 from guest.mm.buddy import BuddyAllocator
-from guest.mm.constants import ORDER_MASK
+from guest.mm.constants import MIGRATE_MOVABLE, ORDER_MASK, PAGE_ALLOC_COSTLY_ORDER
 from guest.mm.exact import alloc_at, containing_block, reshape_allocated
 
 PageListener = Callable[[int, int], None]
 
-# The kernel calls the OOM notifiers (out_of_memory) only for allocations of this
-# order or less (mm/page_alloc.c __alloc_pages_may_oom: costly orders fail instead).
-PAGE_ALLOC_COSTLY_ORDER = 3
+# The kernel calls the OOM notifiers (out_of_memory) only for allocations of
+# PAGE_ALLOC_COSTLY_ORDER or less (mm/page_alloc.c __alloc_pages_may_oom: costly
+# orders fail instead).
 LATENCY_SAMPLE_EVERY = 16  # time one allocation in 16: cheap, and plenty for a p99
 
 
@@ -34,24 +34,25 @@ class GuestMemory:
         self.alloc_latency_ns: list[int] = []
         self._tick = 0
 
-    def alloc(self, order: int = 0) -> int:
-        """Allocate and touch a block; -1 when memory is exhausted."""
+    def alloc(self, order: int = 0, migratetype: int = MIGRATE_MOVABLE) -> int:
+        """Allocate and touch a block (a workload's pages are movable unless said
+        otherwise); -1 when memory is exhausted."""
         self._tick += 1
         if self._tick % LATENCY_SAMPLE_EVERY == 0:
             t0 = time.perf_counter_ns()
-            pfn = self.mm.alloc(order)
+            pfn = self.mm.alloc(order, migratetype)
             self.alloc_latency_ns.append(time.perf_counter_ns() - t0)
             if len(self.alloc_latency_ns) > 200_000:
                 del self.alloc_latency_ns[:100_000]
         else:
-            pfn = self.mm.alloc(order)
+            pfn = self.mm.alloc(order, migratetype)
         if (
             pfn < 0
             and order <= PAGE_ALLOC_COSTLY_ORDER
             and self.on_oom
             and sum(notify() for notify in self.on_oom)
         ):
-            pfn = self.mm.alloc(order)
+            pfn = self.mm.alloc(order, migratetype)
         if pfn >= 0:
             for listener in self.on_alloc:
                 listener(pfn, order)

@@ -6,6 +6,8 @@ builds the end-of-run summary. Everything else is in the pieces.
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import contextlib
 import logging
@@ -100,6 +102,19 @@ class NoHost:
         return None
 
 
+def make_allocator(cfg: GuestConfig) -> BuddyAllocator:
+    """The guest's allocator, with the kernel rules its config names. A trace
+    brings its own machine's layout (its pfns are that machine's, and the pages
+    it never names are --trace-untouched's), so a replay lays out nothing."""
+    model = cfg.memory
+    if cfg.trace is not None and model.layout != "none":
+        model = dataclasses.replace(model, layout="none")
+    try:
+        return BuddyAllocator(cfg.ram_bytes, model=model)
+    except ValueError as e:  # a layout that does not fit this RAM
+        raise UsageError(f"--boot-layout {cfg.memory.layout}: {e}") from None
+
+
 class GuestRuntime:
     def __init__(
         self,
@@ -109,7 +124,7 @@ class GuestRuntime:
         mm: BuddyAllocator | None = None,
     ) -> None:
         self.cfg = cfg
-        self.mm = mm if mm is not None else BuddyAllocator(cfg.ram_bytes)
+        self.mm = mm if mm is not None else make_allocator(cfg)
         self.memory = GuestMemory(self.mm)
         if scenario is None and cfg.scenario is not None:
             scenario = load_scenario(cfg.scenario)

@@ -26,7 +26,7 @@ from guest.hinting.device import LoopbackDevice, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from guest.ram import RamFileRefused, SharedRam
-from guest.runtime import GuestRuntime, HostFaults, add_host_faults
+from guest.runtime import GuestRuntime, HostFaults, add_host_faults, make_allocator
 from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
@@ -46,7 +46,7 @@ async def serve_guest(cfg: GuestConfig, signals: StopSignals | None = None) -> G
         signals.install()
     log_as(f"guest[{cfg.guest_id}]", guest=cfg.guest_id)
     await signals.before_boot(cfg.start_delay)
-    mm = BuddyAllocator(cfg.ram_bytes)
+    mm = make_allocator(cfg)
     shm = _RamFollower(cfg, mm)
     device, driver = await _device(cfg, mm, shm, signals)
     try:

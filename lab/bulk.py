@@ -17,15 +17,17 @@ import random
 import re
 
 from guest.mm.buddy import AllocatorError, BuddyAllocator
-from guest.mm.constants import ALLOCATED, FREE, MAX_ORDER, TAIL
+from guest.mm.constants import ALLOCATED, FREE, MAX_ORDER, MIGRATE_MOVABLE, TAIL
+from pagehint.config import BARE_MEMORY
 
 
 def with_allocated_pages(
     ram_bytes: int, allocated: bytes | bytearray, min_free_kbytes: int | None = None
 ) -> BuddyAllocator:
     """An allocator in which page i is allocated (order 0) where ``allocated[i]`` is
-    non-zero, and every other page is free, merged as far as its buddies allow."""
-    mm = BuddyAllocator(ram_bytes, min_free_kbytes)
+    non-zero, and every other page is free, merged as far as its buddies allow.
+    The plain buddy (BARE_MEMORY): no boot layout, no per-CPU lists."""
+    mm = BuddyAllocator(ram_bytes, min_free_kbytes, model=BARE_MEMORY)
     n = mm.nr_pages
     if len(allocated) != n:
         raise AllocatorError(f"{len(allocated)} page states given for {n} pages")
@@ -54,10 +56,12 @@ def with_allocated_pages(
     heads = [re.compile(re.escape(bytes([FREE | order]))) for order in range(MAX_ORDER + 1)]
     for zone in mm.zones:
         for head, area in zip(heads, zone.free_area, strict=True):
-            area.head = {}
-            area.tail = dict.fromkeys(
+            fl = area.free_list[MIGRATE_MOVABLE]
+            fl.head = {}
+            fl.tail = dict.fromkeys(
                 m.start() for m in head.finditer(pg, zone.start_pfn, zone.end_pfn)
             )
+        zone.nr_free_pages = sum(len(a) << a.order for a in zone.free_area)
     return mm
 
 

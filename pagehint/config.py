@@ -187,6 +187,62 @@ class HintingConfig:
         return 32 if self.policy == "reporting" else 16
 
 
+MEMORY_LAYOUTS = ("auto", "linux", "none")
+# /proc/sys/vm/min_free_kbytes takes any value from 0; below 128 the kernel's own
+# floor (calculate_min_free_kbytes) is the sensible least, 1 GiB a generous most.
+_min_free_kbytes = between(128, 1 << 20, whole=True)
+MAX_CPUS = 8192  # CONFIG_NR_CPUS of Debian's kernel
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The guest kernel's page allocator (guest/mm/): which of Linux's rules run.
+
+    Every default is the reference guest's (bench/reference/linux/: Debian 12's
+    6.1 kernel, 2 GiB, 2 vCPUs under QEMU); each ``off`` is a named departure
+    for comparison (README, "Departures")."""
+
+    # Per-CPU page lists (guest/mm/pcp.py). Off: every free reaches the buddy and
+    # the reporting hook at once.
+    pcp: bool = True
+    # Transparent huge pages on (Debian's CONFIG_TRANSPARENT_HUGEPAGE_ALWAYS=y):
+    # khugepaged raises min_free_kbytes (set_recommended_min_free_kbytes).
+    thp: bool = True
+    # vCPUs: the zone's low watermark is split over them to size the per-CPU lists
+    # (zone_highsize). The reference guest has 2.
+    cpus: int = 2
+    # Boot layout (guest/mm/layout.py): linux (reserved ranges and early boot's
+    # allocations, measured) | none (all RAM free from pfn 0) | auto (linux from
+    # 128 MiB of RAM, where Debian's kernel image fits).
+    layout: str = "auto"
+    # Allocations check the zone watermarks with lowmem_reserve
+    # (get_page_from_freelist). Off: zones drain to empty.
+    watermarks: bool = True
+    # None: the kernel's (calculate_min_free_kbytes, raised for THP); else as set
+    # in /proc/sys/vm/min_free_kbytes.
+    min_free_kbytes: int | None = None
+
+    def __post_init__(self) -> None:
+        validate(
+            self,
+            (
+                ("cpus", "--cpus", between(1, MAX_CPUS, whole=True)),
+                ("layout", "--boot-layout", one_of(MEMORY_LAYOUTS)),
+                (
+                    "min_free_kbytes",
+                    "--min-free-kbytes",
+                    optional(between(128, 262144 * 4, whole=True)),
+                ),
+            ),
+        )
+
+
+# The allocator before it followed the kernel this far: no per-CPU lists, no
+# layout, no THP raise, no allocation watermarks. Unit tests of the buddy's own
+# rules use it; `pagehint guest` names each part with its flag.
+BARE_MEMORY = MemoryConfig(pcp=False, thp=False, layout="none", watermarks=False)
+
+
 @dataclass(frozen=True)
 class TraceConfig:
     """Replay a kernel page allocator trace (guest/trace/) as the workload."""
@@ -328,6 +384,8 @@ class GuestConfig:
     trace: TraceConfig | None = None
     # Held from boot to the end (off by default: see BootConfig above).
     boot: BootConfig = field(default_factory=BootConfig)
+    # The guest kernel's page allocator: which of Linux's rules run.
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self) -> None:
         require(

@@ -60,7 +60,7 @@ class BitmapPolicy(Policy):
         self.threshold = cfg.effective_threshold()
         self.flush_after = cfg.bitmap_flush_after
         self.bitmaps: list[bytearray] = [
-            bytearray(-(-zone.managed_pages // (1 << self.order))) for zone in mm.zones
+            bytearray(-(-zone.spanned_pages // (1 << self.order))) for zone in mm.zones
         ]
         # Per zone: set bits not yet taken by a walk (v10's bm_zone[].free_pages).
         self.new_bits = [0] * len(mm.zones)
@@ -78,10 +78,9 @@ class BitmapPolicy(Policy):
     # ---- the hook: runs inside free(), must be cheap ------------------------------
 
     def notify_free(self, zone: Zone, order: int) -> None:
-        # Only the head pfn is known here: the allocator calls us right after merging
-        # with the final block in zone.free_area[order]'s head position.
-        area = zone.free_area[order]
-        pfn = next(reversed(area.head))
+        # The allocator names the merged block's head in last_freed (v10's hook was
+        # given the page; the merged kernel's hook only the order).
+        pfn = self.mm.last_freed
         i = zone.index
         bit = (pfn - zone.start_pfn) >> self.order
         bitmap = self.bitmaps[i]

@@ -10,14 +10,15 @@ Behaviour reproduced, with the kernel's names:
 * A pass (page_reporting_process) walks every zone (``process_zone``), which is
   skipped unless its free pages exceed the low watermark plus
   ``capacity << page_reporting_order``. For each order from the reporting order
-  up it runs a ``cycle`` over the free list: reported blocks are skipped,
-  unreported ones isolated into a batch of ``capacity`` shared across the zone's
+  up, and each migratetype's list of it, it runs a ``cycle`` over that list:
+  reported blocks are skipped, unreported ones isolated into a batch of ``capacity`` shared across the zone's
   lists; when the batch is full the list is rotated so the walk resumes at the
   next block, the batch is reported and ``drain``-ed back (to the tail of its
   list, no hook, marked reported if still free at its order).
-* A budget of ``ceil(nr_free / (capacity * 16))`` reports per list per pass (a
-  sixteenth of the list, plus one); running out sets REQUESTED and stops that
-  list, so another pass follows after the delay.
+* A budget of ``ceil(nr_free / (capacity * 16))`` reports per list per pass,
+  ``nr_free`` being the order's blocks over all its migratetypes' lists;
+  running out sets REQUESTED and stops that list, so another pass follows
+  after the delay.
 * Isolation obeys the zone's min watermark (``__isolate_free_page``): while the
   zone holds ``wmark_min + 2**order`` free pages or fewer, a block is left
   alone, and that list's cycle ends there (rotated to it), as in the kernel.
@@ -46,7 +47,7 @@ import time
 from guest.hinting.base import Policy
 from guest.hinting.device import Block, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
-from guest.mm.constants import FREE, MAX_ORDER, REPORTED
+from guest.mm.constants import FREE, MAX_ORDER, MIGRATE_MOVABLE, MIGRATE_PCPTYPES, REPORTED
 from guest.mm.zone import Zone
 from pagehint.config import HintingConfig
 
@@ -153,18 +154,20 @@ class ReportingPolicy(Policy):
             self.zones_skipped += 1
             return True
         for o in range(order, MAX_ORDER + 1):
-            if not await self.cycle(zone, o):
-                return False
+            for mt in range(MIGRATE_PCPTYPES):
+                if not await self.cycle(zone, o, mt):
+                    return False
         if self._batch:
             return await self._report()
         return True
 
-    async def cycle(self, zone: Zone, order: int) -> bool:
+    async def cycle(self, zone: Zone, order: int, mt: int = MIGRATE_MOVABLE) -> bool:
         """page_reporting_cycle() over one free list; False if a report failed."""
-        area = zone.free_area[order]
+        nr_free = zone.free_area[order].nr_free
+        area = zone.free_area[order].free_list[mt]
         if not area.nr_free:
             return True
-        budget = -(-area.nr_free // (self.capacity * self.budget_divisor))
+        budget = -(-nr_free // (self.capacity * self.budget_divisor))
         pg = self.mm.pg
         free_flag = FREE | order
         reported_flag = FREE | REPORTED | order

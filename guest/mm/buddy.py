@@ -1,10 +1,21 @@
-"""The buddy allocator.
+"""The buddy allocator, as Linux 6.1's mm/page_alloc.c.
 
-Kernel names are kept so the code can be held against mm/page_alloc.c:
-``alloc`` splits the smallest larger block (``expand``), ``free`` merges with
-the buddy ``pfn ^ (1 << order)`` as far as it can and then calls the hook
-``notify_free(zone, order)`` with the final order, unless the free is a
-put-back of isolated pages (the kernel's FPI_SKIP_REPORT_NOTIFY).
+Kernel names are kept so the code can be held against it:
+
+- ``alloc(order, migratetype)`` is get_page_from_freelist: zone by zone from
+  the highest, a zone is used only while its free pages stay above the low
+  watermark plus its lowmem_reserve (zone_watermark_fast); then rmqueue: the
+  per-CPU list for the orders it keeps (guest/mm/pcp.py), else the smallest
+  free block of the migratetype's lists split down (``expand``), else a
+  fallback to another type's lists (guest/mm/fallback.py). When no zone passes
+  at the low mark the slow path retries at the min mark, then drains the
+  per-CPU lists (drain_all_pages, as direct reclaim does) and tries once more.
+- ``free(pfn, order)`` is free_the_page: the per-CPU orders go onto the list
+  (free_unref_page) and reach the buddy when a drain takes them; others go to
+  ``__free_one_page``: merge with the buddy ``pfn ^ (1 << order)`` as far as it
+  can, add to the tail when buddy_merge_likely() else the head, then call the
+  hook ``notify_free(zone, order)`` with the final order — unless the free is a
+  put-back of isolated pages (FPI_SKIP_REPORT_NOTIFY).
 
 Every page is exactly one of allocated, free or isolated. The per-page flag
 byte array ``pg`` records it at each block's head page (see constants.py).
@@ -18,22 +29,29 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from guest.mm import fallback
 from guest.mm.constants import (
     ALLOCATED,
     FREE,
     ISOLATED,
     MAX_BLOCK_PAGES,
     MAX_ORDER,
+    MIGRATE_MOVABLE,
     NR_ORDERS,
     ORDER_MASK,
     PAGE_SHIFT,
     PAGE_SIZE,
+    PAGEBLOCK_ORDER,
+    PCP,
     REPORTED,
     STATE_MASK,
     TAIL,
 )
+from guest.mm.layout import boot_layout, free_ranges
+from guest.mm.pcp import THP_PINDEX, order_to_pindex
 from guest.mm.watermarks import set_watermarks
 from guest.mm.zone import Zone, make_zones
+from pagehint.config import MemoryConfig
 from virtqueue.contract import ram_size_problem
 
 NotifyFree = Callable[[Zone, int], None]
@@ -50,7 +68,7 @@ class AllocatorError(Exception):
 class BlockInfo:
     pfn: int
     order: int
-    state: str  # "allocated" | "free" | "isolated"
+    state: str  # "allocated" | "free" | "isolated" | "pcp"
     reported: bool
 
 
@@ -62,6 +80,8 @@ def _state_name(flag: int) -> str:
         return "isolated"
     if s == FREE:
         return "free"
+    if s == PCP:
+        return "pcp"
     return "tail"
 
 
@@ -85,13 +105,26 @@ def _misuse(op: str, pfn: int, order: int, flag: int, want: int) -> AllocatorErr
 
 
 class BuddyAllocator:
-    """A buddy allocator over ``ram_bytes`` of guest RAM split into DMA/DMA32/Normal."""
+    """A buddy allocator over ``ram_bytes`` of guest RAM split into DMA/DMA32/Normal.
 
-    def __init__(self, ram_bytes: int, min_free_kbytes: int | None = None) -> None:
+    ``model`` says which of the kernel's rules run (pagehint.config.MemoryConfig;
+    BARE_MEMORY for the plain buddy); ``min_free_kbytes`` overrides its figure.
+    """
+
+    def __init__(
+        self,
+        ram_bytes: int,
+        min_free_kbytes: int | None = None,
+        model: MemoryConfig | None = None,
+    ) -> None:
         check_ram_size(ram_bytes)
+        model = model if model is not None else MemoryConfig()
+        self.model = model
         self.ram_bytes = ram_bytes
         self.nr_pages = ram_bytes >> PAGE_SHIFT
         self.pg = bytearray(self.nr_pages)
+        # get_pageblock_migratetype(): every pageblock starts movable (memmap_init).
+        self.pageblock_mt = bytearray([MIGRATE_MOVABLE]) * (self.nr_pages >> PAGEBLOCK_ORDER)
         self.zones = make_zones(ram_bytes)
         # Zone of each top-order block: zone boundaries are top-order aligned, so a
         # block (and its buddies) never straddles two zones.
@@ -99,25 +132,59 @@ class BuddyAllocator:
         for zone in self.zones:
             zone_of_block.extend([zone] * ((zone.end_pfn - zone.start_pfn) // MAX_BLOCK_PAGES))
         self._zone_of_block = zone_of_block
-        # Allocation falls back from the highest zone down, like the kernel's zonelist.
+        # Allocation falls back from the highest zone down, like the kernel's zonelist;
+        # user allocations may use every zone (highest_zoneidx: the last one).
         self.zonelist = list(reversed(self.zones))
-        self.min_free_kbytes = set_watermarks(self.zones, min_free_kbytes)
+        self._highest = len(self.zones) - 1
         # notify_free hook: called after merging when the final order >= notify_order.
         # The order test is inline here, as the kernel's page_reporting_notify_free()
         # is a static inline that returns early below page_reporting_order.
         self._hook: NotifyFree | None = None
         self._notify_order = _NEVER
+        # The head of the block the hook is called for (the kernel's hook gets only
+        # the order; v10's bitmap hook needs the page, which its hook was given).
+        self.last_freed = -1
         # Only failures are counted here (off the hot path); the workload layer
         # counts operations, as metrics read the core from outside.
         self.alloc_failures = 0
-        # Populate from top-order blocks: 16 M single-page frees would take a minute.
-        top = MAX_ORDER | FREE
+        self.kswapd_wakeups = 0  # allocations that missed the low watermark
+        self.fallbacks = 0  # allocations served from another migratetype's lists
+        self._pcp = model.pcp
+        self._watermarks = model.watermarks
+        layout = boot_layout(model.layout, self.nr_pages)
+        self.reserved = layout.reserved
+        self._populate(layout.reserved)
+        self.min_free_kbytes = set_watermarks(
+            self.zones, min_free_kbytes or model.min_free_kbytes, model.thp, model.cpus
+        )
         for zone in self.zones:
-            area = zone.free_area[MAX_ORDER]
-            pg = self.pg
-            for pfn in range(zone.start_pfn, zone.end_pfn, MAX_BLOCK_PAGES):
-                pg[pfn] = top
-                area.tail[pfn] = None
+            zone.pcp.enabled = model.pcp
+        self.boot_held = [
+            (self.alloc(0, mt), mt) for mt, pages in layout.allocated for _ in range(pages)
+        ]
+
+    def _populate(self, reserved: tuple[tuple[int, int], ...]) -> None:
+        """memblock_free_all(): RAM outside the reservations goes to the buddy in the
+        largest aligned blocks (__free_pages_memory), at the tail; reserved pages
+        stay allocated (PageReserved) for good."""
+        pg = self.pg
+        for start, end in reserved:
+            pg[start:end] = bytes([ALLOCATED]) * (end - start)
+        for start, end in free_ranges(self.nr_pages, reserved):
+            pfn = start
+            while pfn < end:
+                order = min(MAX_ORDER, (pfn & -pfn).bit_length() - 1 if pfn else MAX_ORDER)
+                while pfn + (1 << order) > end:
+                    order -= 1
+                zone = self._zone_of_block[pfn >> MAX_ORDER]
+                pg[pfn] = FREE | order
+                zone.free_area[order].free_list[MIGRATE_MOVABLE].tail[pfn] = None
+                zone.nr_free_pages += 1 << order
+                pfn += 1 << order
+        for zone in self.zones:
+            zone.managed_pages = zone.spanned_pages - sum(
+                max(0, min(e, zone.end_pfn) - max(s, zone.start_pfn)) for s, e in reserved
+            )
 
     # ---- hook -------------------------------------------------------------------
 
@@ -158,37 +225,78 @@ class BuddyAllocator:
 
     # ---- allocation -----------------------------------------------------------------
 
-    def alloc(self, order: int = 0) -> int:
-        """Allocate a block of 2**order pages; returns its pfn, or -1 when none is free."""
+    def alloc(self, order: int = 0, migratetype: int = MIGRATE_MOVABLE) -> int:
+        """Allocate a block of 2**order pages; returns its pfn, or -1 when none can be."""
         if not 0 <= order <= MAX_ORDER:
             raise AllocatorError(f"bad order {order}: must be 0..{MAX_ORDER}")
-        pg = self.pg
+        pfn = self._get_page_from_freelist(order, migratetype, True)
+        if pfn < 0:
+            pfn = self._alloc_slowpath(order, migratetype)
+        if pfn >= 0:
+            self.pg[pfn] = ALLOCATED | order
+        return pfn
+
+    def _get_page_from_freelist(self, order: int, mt: int, low: bool) -> int:
+        size = 1 << order
         for zone in self.zonelist:
-            areas = zone.free_area
-            o = order
-            while o <= MAX_ORDER:
-                area = areas[o]
-                head = area.head
-                if head:
-                    pfn = head.popitem()[0]
-                elif area.tail:
-                    pfn = area.pop_head()
-                else:
-                    o += 1
+            if self._watermarks:
+                mark = zone.wmark_low if low else zone.wmark_min
+                # zone_watermark_fast(): free pages less the request's, above the mark
+                # and what the zone keeps back from allocations that may go higher.
+                if zone.nr_free_pages - size + 1 <= mark + zone.lowmem_reserve[self._highest]:
                     continue
-                # expand(): hand the upper halves back, largest first.
-                while o > order:
-                    o -= 1
-                    upper = pfn + (1 << o)
-                    pg[upper] = FREE | o
-                    areas[o].head[upper] = None
-                pg[pfn] = ALLOCATED | order
+            if self._pcp and (order <= 3 or order == PAGEBLOCK_ORDER):
+                pfn = self._rmqueue_pcplist(zone, order, mt)
+            else:
+                pfn = fallback.rmqueue(self, zone, order, mt)
+                if pfn >= 0:
+                    zone.nr_free_pages -= size
+            if pfn >= 0:
                 return pfn
-        self.alloc_failures += 1
         return -1
 
+    def _alloc_slowpath(self, order: int, mt: int) -> int:
+        """__alloc_pages_slowpath(), simplified: kswapd is woken (counted: the model
+        has no page cache to reclaim), the min watermark tried, then the per-CPU
+        lists drained as a failed direct reclaim does, and the min mark once more.
+        No compaction and no OOM kill here: GuestMemory's OOM notifiers come next."""
+        self.kswapd_wakeups += 1
+        pfn = self._get_page_from_freelist(order, mt, False)
+        if pfn < 0 and self.drain_all_pages():
+            pfn = self._get_page_from_freelist(order, mt, False)
+        if pfn < 0:
+            self.alloc_failures += 1
+        return pfn
+
+    def _rmqueue_pcplist(self, zone: Zone, order: int, mt: int) -> int:
+        """rmqueue_pcplist(): the list's first page, refilled from the buddy when empty."""
+        pcp = zone.pcp
+        pcp.free_factor >>= 1
+        lst = pcp.lists[order_to_pindex(mt, order)]
+        if not lst:
+            batch = pcp.batch
+            if batch > 1:
+                batch = max(batch >> order, 2)
+            # rmqueue_bulk(): blocks taken one by one, added at the tail.
+            pg = self.pg
+            flag = PCP | order
+            for _ in range(batch):
+                pfn = fallback.rmqueue(self, zone, order, mt)
+                if pfn < 0:
+                    break
+                pg[pfn] = flag
+                lst.append(pfn)
+            added = len(lst) << order
+            zone.nr_free_pages -= added
+            pcp.count += added
+            if not lst:
+                return -1
+        pcp.count -= 1 << order
+        return lst.popleft()
+
     def free(self, pfn: int, order: int = 0) -> None:
-        """Free an allocated block, merge it with free buddies, then notify the hook."""
+        """Free an allocated block: onto the per-CPU list for the orders it keeps,
+        else merged into the buddy at once (then the hook)."""
         pg = self.pg
         try:
             flag = pg[pfn]
@@ -197,16 +305,34 @@ class BuddyAllocator:
         if flag != ALLOCATED | order or pfn < 0:
             raise _misuse("free", pfn, order, flag if pfn >= 0 else -1, ALLOCATED)
         zone = self._zone_of_block[pfn >> MAX_ORDER]
+        mt = self.pageblock_mt[pfn >> PAGEBLOCK_ORDER]
+        if self._pcp and (order <= 3 or order == PAGEBLOCK_ORDER):
+            # free_unref_page_commit()
+            pcp = zone.pcp
+            pindex = THP_PINDEX if order > 3 else 3 * order + mt
+            pcp.lists[pindex].appendleft(pfn)
+            pg[pfn] = PCP | order
+            pcp.count += 1 << order
+            free_high = pcp.free_factor and 0 < order <= 3
+            high = 0 if free_high else pcp.high
+            if pcp.count >= high:
+                self.free_pcppages_bulk(zone, pcp.nr_pcp_free(high, bool(free_high)), pindex)
+            return
+        self._free_one_page(zone, pfn, order, mt)
+
+    def _free_one_page(self, zone: Zone, pfn: int, order: int, mt: int) -> None:
+        """__free_one_page() with FPI_NONE: merge, head or tail, then the hook."""
+        pg = self.pg
         areas = zone.free_area
-        # __free_one_page(), inlined: this is the hot path (put-backs take
-        # _merge_and_add_tail, which differs only in where the block goes).
+        pbmt = self.pageblock_mt
+        zone.nr_free_pages += 1 << order
         while order < MAX_ORDER:
             buddy = pfn ^ (1 << order)
             if pg[buddy] | REPORTED != _FREE_OR_REPORTED | order:
                 break
-            area = areas[order]
-            if area.head.pop(buddy, 1) is not None:
-                del area.tail[buddy]
+            fl = areas[order].list_of(buddy, pbmt[buddy >> PAGEBLOCK_ORDER])
+            if fl.head.pop(buddy, 1) is not None:
+                del fl.tail[buddy]
             if buddy < pfn:
                 pg[pfn] = TAIL
                 pfn = buddy
@@ -214,23 +340,75 @@ class BuddyAllocator:
                 pg[buddy] = TAIL
             order += 1
         pg[pfn] = FREE | order
-        areas[order].head[pfn] = None
+        fl = areas[order].free_list[mt]
+        # buddy_merge_likely(): not near the top order, and the block this one would
+        # form with its buddy has its own buddy free: likely to merge soon, so keep
+        # it at the tail, away from allocations.
+        higher = pfn & ~(1 << order)
+        if order < MAX_ORDER - 1 and pg[higher ^ (2 << order)] | REPORTED == _FREE_OR_REPORTED | (
+            order + 1
+        ):
+            fl.tail[pfn] = None
+        else:
+            fl.head[pfn] = None
         if order >= self._notify_order:
+            self.last_freed = pfn
             self._hook(zone, order)  # type: ignore[misc]
+
+    def free_pcppages_bulk(self, zone: Zone, count: int, pindex: int) -> None:
+        """free_pcppages_bulk(): ``count`` pages from the lists, round-robin from the
+        list after ``pindex`` (the one just freed to goes first), oldest first."""
+        pcp = zone.pcp
+        count = min(pcp.count, count)
+        lists = pcp.lists
+        n = len(lists)
+        pbmt = self.pageblock_mt
+        pindex -= 1
+        empty = 0
+        while count > 0 and empty < n:
+            pindex = (pindex + 1) % n
+            lst = lists[pindex]
+            if not lst:
+                empty += 1
+                continue
+            empty = 0
+            order = PAGEBLOCK_ORDER if pindex == THP_PINDEX else pindex // 3
+            size = 1 << order
+            while count > 0 and lst:
+                pfn = lst.pop()
+                count -= size
+                pcp.count -= size
+                self.pg[pfn] = ALLOCATED | order  # what __free_one_page takes
+                mt = pbmt[pfn >> PAGEBLOCK_ORDER] if pindex == THP_PINDEX else pindex % 3
+                self._free_one_page(zone, pfn, order, mt)
+
+    def drain_all_pages(self) -> int:
+        """drain_all_pages(): every per-CPU page back to the buddy; returns how many."""
+        total = 0
+        for zone in self.zones:
+            n = zone.pcp.count
+            if n:
+                self.free_pcppages_bulk(zone, n, 0)
+                total += n
+        return total
 
     def _merge_and_add_tail(self, zone: Zone, pfn: int, order: int) -> int:
         """__free_one_page() for a put-back: merge, add at the tail, no hook
-        (FPI_SKIP_REPORT_NOTIFY | FPI_TO_TAIL). Returns the merged block's head."""
+        (FPI_SKIP_REPORT_NOTIFY | FPI_TO_TAIL), onto the pageblock's migratetype's
+        list (__putback_isolated_page). Returns the merged block's head."""
         pg = self.pg
         areas = zone.free_area
+        pbmt = self.pageblock_mt
+        mt = pbmt[pfn >> PAGEBLOCK_ORDER]
+        zone.nr_free_pages += 1 << order
         while order < MAX_ORDER:
             buddy = pfn ^ (1 << order)
             # The buddy is free (reported or not) at exactly this order.
             if pg[buddy] | REPORTED != _FREE_OR_REPORTED | order:
                 break
-            area = areas[order]
-            if area.head.pop(buddy, 1) is not None:
-                del area.tail[buddy]
+            fl = areas[order].list_of(buddy, pbmt[buddy >> PAGEBLOCK_ORDER])
+            if fl.head.pop(buddy, 1) is not None:
+                del fl.tail[buddy]
             if buddy < pfn:
                 pg[pfn] = TAIL
                 pfn = buddy
@@ -240,7 +418,7 @@ class BuddyAllocator:
         # A merged block starts unreported (the kernel clears PageReported when a
         # page leaves the free list).
         pg[pfn] = FREE | order
-        areas[order].tail[pfn] = None
+        areas[order].free_list[mt].tail[pfn] = None
         return pfn
 
     # ---- isolation (page_reporting / page hinting) ---------------------------------
@@ -251,9 +429,19 @@ class BuddyAllocator:
         if flag | REPORTED != _FREE_OR_REPORTED | order:
             raise _misuse("isolate", pfn, order, flag, FREE)
         zone = self._zone_of_block[pfn >> MAX_ORDER]
-        zone.free_area[order].remove(pfn)
+        pbmt = self.pageblock_mt
+        fl = zone.free_area[order].list_of(pfn, pbmt[pfn >> PAGEBLOCK_ORDER])
+        fl.remove(pfn)
         self.pg[pfn] = ISOLATED | order
+        zone.nr_free_pages -= 1 << order
         zone.nr_isolated_pages += 1 << order
+        # A block of at least half a pageblock makes its pageblocks movable
+        # (__isolate_free_page): it is all free, so any type may have it.
+        if order >= PAGEBLOCK_ORDER - 1:
+            for block in range(
+                pfn >> PAGEBLOCK_ORDER, (pfn + (1 << order) - 1 >> PAGEBLOCK_ORDER) + 1
+            ):
+                pbmt[block] = MIGRATE_MOVABLE
 
     def isolate_free(self, pfn: int, order: int) -> bool:
         """__isolate_free_page(): isolate unless that would breach the zone's min watermark.
@@ -282,9 +470,11 @@ class BuddyAllocator:
         head = self._merge_and_add_tail(zone, pfn, order)
         if to_tail:
             return head
-        area = zone.free_area[self.pg[head] & ORDER_MASK]
-        area.remove(head)
-        area.add_head(head)
+        fl = zone.free_area[self.pg[head] & ORDER_MASK].list_of(
+            head, self.pageblock_mt[head >> PAGEBLOCK_ORDER]
+        )
+        fl.remove(head)
+        fl.add_head(head)
         return head
 
     def mark_reported(self, pfn: int, order: int) -> bool:
@@ -313,8 +503,13 @@ class BuddyAllocator:
         return self.nr_isolated_pages * PAGE_SIZE
 
     @property
+    def nr_pcp_pages(self) -> int:
+        """Free pages waiting on per-CPU lists (not in the buddy)."""
+        return sum(z.pcp.count for z in self.zones)
+
+    @property
     def allocated_pages(self) -> int:
-        return self.nr_pages - self.nr_free_pages - self.nr_isolated_pages
+        return self.nr_pages - self.nr_free_pages - self.nr_isolated_pages - self.nr_pcp_pages
 
     def free_pages_at_or_above(self, order: int) -> int:
         """Free pages sitting in blocks of order >= ``order`` (what hinting can report)."""

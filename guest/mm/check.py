@@ -9,10 +9,12 @@ from guest.mm.constants import (
     ISOLATED,
     MAX_ORDER,
     ORDER_MASK,
+    PCP,
     REPORTED,
     STATE_MASK,
     TAIL,
 )
+from guest.mm.pcp import pindex_to_order
 
 
 class InvariantError(AssertionError):
@@ -29,8 +31,10 @@ def check_invariants(mm: BuddyAllocator) -> None:
     merged); counters match; pages are conserved.
     """
     listed = _listed_blocks(mm)
+    on_pcp = _pcp_blocks(mm)
     free_pages = [0] * len(mm.zones)
     isolated_pages = [0] * len(mm.zones)
+    pcp_pages = [0] * len(mm.zones)
     total = 0
     pfn = 0
     while pfn < mm.nr_pages:
@@ -39,17 +43,28 @@ def check_invariants(mm: BuddyAllocator) -> None:
             free_pages[zone] += size
         elif state == ISOLATED:
             isolated_pages[zone] += size
+        elif state == PCP:
+            if on_pcp.pop(pfn, None) != (zone, size.bit_length() - 1):
+                raise InvariantError(f"per-CPU block {pfn:#x} is not on its zone's list")
+            pcp_pages[zone] += size
         total += size
         pfn += size
     if listed:
         bad = next(iter(listed))
         raise InvariantError(f"free list holds {bad:#x}, which does not head a free block")
+    if on_pcp:
+        bad = next(iter(on_pcp))
+        raise InvariantError(f"per-CPU list holds {bad:#x}, which is not a per-CPU block")
     if total != mm.nr_pages:
         raise InvariantError(f"pages not conserved: {total} counted, {mm.nr_pages} in RAM")
     for z in mm.zones:
         if z.nr_free_pages != free_pages[z.index]:
             raise InvariantError(
                 f"{z.name}: nr_free_pages {z.nr_free_pages} but {free_pages[z.index]} free"
+            )
+        if z.pcp.count != pcp_pages[z.index]:
+            raise InvariantError(
+                f"{z.name}: per-CPU count {z.pcp.count} but {pcp_pages[z.index]} on the lists"
             )
         if z.nr_isolated_pages != isolated_pages[z.index]:
             raise InvariantError(
@@ -67,16 +82,30 @@ def _listed_blocks(mm: BuddyAllocator) -> dict[int, tuple[int, int]]:
                 raise InvariantError(
                     f"{zone.name} free_area[{order}] thinks it is order {area.order}"
                 )
-            overlap = area.head.keys() & area.tail.keys()
-            if overlap:
-                raise InvariantError(
-                    f"{zone.name} order {order}: {sorted(overlap)[:3]} in both halves"
-                )
+            for fl in area.free_list:
+                overlap = fl.head.keys() & fl.tail.keys()
+                if overlap:
+                    raise InvariantError(
+                        f"{zone.name} order {order}: {sorted(overlap)[:3]} in both halves"
+                    )
             for pfn in area:
                 if pfn in listed:
                     raise InvariantError(f"pfn {pfn:#x} on two free lists")
                 listed[pfn] = (zone.index, order)
     return listed
+
+
+def _pcp_blocks(mm: BuddyAllocator) -> dict[int, tuple[int, int]]:
+    """Every block on a per-CPU list: pfn -> (zone index, order)."""
+    out: dict[int, tuple[int, int]] = {}
+    for zone in mm.zones:
+        for pindex, lst in enumerate(zone.pcp.lists):
+            order = pindex_to_order(pindex)
+            for pfn in lst:
+                if pfn in out:
+                    raise InvariantError(f"pfn {pfn:#x} on two per-CPU lists")
+                out[pfn] = (zone.index, order)
+    return out
 
 
 def _check_block(
@@ -89,7 +118,7 @@ def _check_block(
         raise InvariantError(f"pfn {pfn:#x} is a tail page where a block should start")
     state = flag & STATE_MASK
     order = flag & ORDER_MASK
-    if order > MAX_ORDER or state not in (FREE, ISOLATED, ALLOCATED):
+    if order > MAX_ORDER or state not in (FREE, ISOLATED, ALLOCATED, PCP):
         raise InvariantError(f"pfn {pfn:#x} has a bad flag {flag:#x}")
     if flag & REPORTED and state != FREE:
         raise InvariantError(f"pfn {pfn:#x} is reported but not free")
@@ -116,7 +145,6 @@ def _check_block(
                     f"free buddies {pfn:#x} and {buddy:#x} of order {order} did not merge"
                 )
     elif where is not None:
-        raise InvariantError(
-            f"{'isolated' if state == ISOLATED else 'allocated'} block {pfn:#x} is on a free list"
-        )
+        kind = {ISOLATED: "isolated", PCP: "per-CPU"}.get(state, "allocated")
+        raise InvariantError(f"{kind} block {pfn:#x} is on a free list")
     return zone.index, state, size

@@ -14,6 +14,8 @@ from guest.mm.constants import (
     ISOLATED,
     MAX_ORDER,
     ORDER_MASK,
+    PAGEBLOCK_ORDER,
+    PCP,
     STATE_MASK,
     TAIL,
 )
@@ -46,6 +48,11 @@ def alloc_at(mm: BuddyAllocator, pfn: int, order: int) -> str | None:
     if pfn < 0 or pfn + (1 << order) > mm.nr_pages:
         return "outside"
     head, flag = containing_block(mm, pfn)
+    if flag & STATE_MASK == PCP and head + (1 << (flag & ORDER_MASK)) > pfn:
+        # On our per-CPU list: the traced kernel had it on one of its own (or in its
+        # buddy). Back to the buddy without the hook, then taken from there.
+        take_from_pcp(mm, head, flag & ORDER_MASK)
+        head, flag = containing_block(mm, pfn)
     k = flag & ORDER_MASK
     state = flag & STATE_MASK
     if k < order or head + (1 << k) <= pfn:
@@ -58,7 +65,9 @@ def alloc_at(mm: BuddyAllocator, pfn: int, order: int) -> str | None:
         return "not_free"
     zone = mm.zone_of(head)
     areas = zone.free_area
-    areas[k].remove(head)
+    mt = mm.pageblock_mt[head >> PAGEBLOCK_ORDER]
+    areas[k].list_of(head, mt).remove(head)
+    zone.nr_free_pages -= 1 << order
     pg = mm.pg
     # expand() around pfn: the half without it goes back free (unreported).
     while k > order:
@@ -66,13 +75,27 @@ def alloc_at(mm: BuddyAllocator, pfn: int, order: int) -> str | None:
         half = head + (1 << k)
         if pfn >= half:
             pg[head] = FREE | k
-            areas[k].add_head(head)
+            areas[k].free_list[mt].add_head(head)
             head = half
         else:
             pg[half] = FREE | k
-            areas[k].add_head(half)
+            areas[k].free_list[mt].add_head(half)
     pg[pfn] = ALLOCATED | order
     return None
+
+
+def take_from_pcp(mm: BuddyAllocator, pfn: int, order: int) -> None:
+    """A block on the per-CPU list back into the buddy (merged, no hook)."""
+    zone = mm.zone_of(pfn)
+    pcp = zone.pcp
+    i = pcp.find(pfn)
+    if i < 0:
+        raise AllocatorError(f"pfn {pfn:#x} is marked per-CPU but on no list")
+    pcp.lists[i].remove(pfn)
+    pcp.count -= 1 << order
+    mm.pg[pfn] = ISOLATED | order
+    zone.nr_isolated_pages += 1 << order
+    mm.putback(pfn, order)
 
 
 def _any_isolated(mm: BuddyAllocator, pfn: int, order: int) -> bool:

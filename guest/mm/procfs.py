@@ -5,7 +5,7 @@ own paths never need them."""
 from __future__ import annotations
 
 from guest.mm.buddy import BuddyAllocator
-from guest.mm.constants import NR_ORDERS, REPORTED
+from guest.mm.constants import MIGRATETYPE_NAMES, NR_ORDERS, PAGEBLOCK_ORDER, REPORTED
 
 
 def reported_pages(mm: BuddyAllocator) -> int:
@@ -31,3 +31,23 @@ def buddyinfo_text(mm: BuddyAllocator) -> str:
     for name, counts in buddyinfo(mm).items():
         lines.append(f"Node 0, zone {name:>8} " + " ".join(f"{c:6d}" for c in counts))
     return "\n".join(lines)
+
+
+def pagetypeinfo(mm: BuddyAllocator) -> dict[str, dict[str, list[int]]]:
+    """Per zone and migratetype, nr_free for each order, like /proc/pagetypeinfo."""
+    return {
+        z.name: {
+            name: [a.free_list[mt].nr_free for a in z.free_area]
+            for mt, name in enumerate(MIGRATETYPE_NAMES)
+        }
+        for z in mm.zones
+    }
+
+
+def pageblock_counts(mm: BuddyAllocator) -> dict[str, dict[str, int]]:
+    """Per zone, how many pageblocks each migratetype has (pagetypeinfo's second table)."""
+    out = {}
+    for z in mm.zones:
+        blocks = mm.pageblock_mt[z.start_pfn >> PAGEBLOCK_ORDER : z.end_pfn >> PAGEBLOCK_ORDER]
+        out[z.name] = {name: blocks.count(mt) for mt, name in enumerate(MIGRATETYPE_NAMES)}
+    return out

@@ -19,6 +19,7 @@ from pagehint.cli.support import (
     add_switch,
     add_verbosity,
     check_writable,
+    choice,
     convert,
     default_of,
     parse_address,
@@ -31,6 +32,7 @@ from pagehint.config import (
     BootConfig,
     GuestConfig,
     HintingConfig,
+    MemoryConfig,
     TraceConfig,
 )
 from pagehint.errors import UsageError
@@ -127,6 +129,53 @@ def _what_to_run(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p, e, "--seed", default=default_of(GuestConfig, "seed"), help="random seed for workloads"
     )
     _boot_flags(p, e)
+    _memory_flags(p, e)
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _memory_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
+    """Flags: which of the kernel allocator's rules run (defaults: MemoryConfig)."""
+    for flag, field_name, text in (
+        ("--pcp", "pcp", "per-CPU page lists: frees reach the buddy, and the hinting hook, "
+         "when a list drains (off: at once, a departure)"),
+        ("--thp", "thp", "transparent huge pages: khugepaged raises min_free_kbytes"),
+        ("--alloc-watermarks", "watermarks", "allocations keep zones above their watermarks "
+         "(off: zones drain to empty, a departure)"),
+    ):  # fmt: skip
+        add_flag(p, e, flag, default=default_of(MemoryConfig, field_name, _on_off),
+                 help=f"on | off: {text}")  # fmt: skip
+    add_flag(
+        p, e, "--cpus", default=default_of(MemoryConfig, "cpus"),
+        help="vCPUs: the zones' low watermark is split over them to size the per-CPU lists",
+    )  # fmt: skip
+    add_flag(
+        p, e, "--boot-layout", default=default_of(MemoryConfig, "layout"),
+        help="linux (reserved ranges and early boot's allocations, measured on a 6.1 "
+        "guest) | none (all RAM free from pfn 0) | auto (linux from 128MiB)",
+    )  # fmt: skip
+    add_flag(
+        p, e, "--min-free-kbytes", default=None,
+        help="as /proc/sys/vm/min_free_kbytes (default: the kernel's, raised for THP)",
+    )  # fmt: skip
+
+
+def _memory_config(a: argparse.Namespace) -> MemoryConfig:
+    def on_off(value: object, flag: str) -> bool:
+        return choice(str(value), ("on", "off"), flag) == "on"
+
+    return MemoryConfig(
+        pcp=on_off(a.pcp, "--pcp"),
+        thp=on_off(a.thp, "--thp"),
+        watermarks=on_off(a.alloc_watermarks, "--alloc-watermarks"),
+        cpus=convert(a.cpus, int, "--cpus"),
+        layout=str(a.boot_layout),
+        min_free_kbytes=None
+        if a.min_free_kbytes is None
+        else convert(a.min_free_kbytes, int, "--min-free-kbytes"),
+    )
 
 
 def _boot_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
@@ -314,6 +363,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         hinting=hinting,
         trace=trace,
         boot=_boot_config(a),
+        memory=_memory_config(a),
     )
 
 

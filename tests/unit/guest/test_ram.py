@@ -6,11 +6,12 @@ from pathlib import Path
 from guest.mm import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from guest.ram import SharedRam
+from pagehint.config import BARE_MEMORY
 from tests.logs import log_lines
 
 
 def make(tmp_path: Path, poison: int | None = None) -> tuple[BuddyAllocator, SharedRam, list[str]]:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     path = tmp_path / "g-00000001.ram"  # as a host names it (host/memory/shm.py)
     with path.open("wb") as f:
         f.truncate(mm.ram_bytes)

@@ -12,7 +12,7 @@ from guest.ram import RamFileRefused, SharedRam, open_ram_file
 from host.memory.shm import ShmBackend
 from pagehint.cli import build_parser, main
 from pagehint.cli.guest import config_from_args
-from pagehint.config import ConfigError, GuestConfig
+from pagehint.config import BARE_MEMORY, ConfigError, GuestConfig
 
 RAM = 64 << 20
 PAGES = RAM // 4096
@@ -135,7 +135,7 @@ def test_one_file_named_to_two_guests_is_refused_by_the_second(tmp_path: Path) -
 
 
 def test_moving_to_a_refused_file_keeps_the_old_one(tmp_path: Path) -> None:
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     first = _sparse(tmp_path / "g-00000001.ram")
     ram = SharedRam(str(first), mm, "g", None, folder=str(tmp_path))
     a = mm.alloc(3)

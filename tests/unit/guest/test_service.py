@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from guest.service import StopSignals, serve_guest
-from pagehint.config import GuestConfig, HintingConfig
+from pagehint.config import GuestConfig, HintingConfig, MemoryConfig
 from pagehint.errors import UsageError
 from tests.waiting import wait_for
 
@@ -21,6 +21,8 @@ def _cfg(**kw: object) -> GuestConfig:
         "duration": 0.3,
         "workload": "memhog",
         "hinting": HintingConfig(policy="reporting", delay=0.0),
+        # No boot layout: a 128 MiB Linux guest's zone never passes reporting's gate.
+        "memory": MemoryConfig(layout="none"),
     }
     base.update(kw)
     return GuestConfig(**base)  # type: ignore[arg-type]

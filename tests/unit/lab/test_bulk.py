@@ -15,12 +15,13 @@ from lab.bulk import (
     random_occupancy,
     with_allocated_pages,
 )
+from pagehint.config import BARE_MEMORY
 
 RAM = 64 << 20
 
 
 def page_by_page(occupancy: bytes) -> BuddyAllocator:
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     pages = [mm.alloc(0) for _ in range(mm.nr_pages)]
     for p in pages:
         if not occupancy[p]:

@@ -14,7 +14,7 @@ from guest.runtime import GuestRuntime
 from host.device import BalloonDevice
 from host.memory.sim import SimBackend
 from lab.loopback import LoopbackTransport
-from pagehint.config import GuestConfig, HintingConfig
+from pagehint.config import BARE_MEMORY, GuestConfig, HintingConfig
 from tests.waiting import wait_for
 from virtqueue import features as F
 from virtqueue.codec import ChainMsg, Negotiation
@@ -44,7 +44,7 @@ def isolated_block(mm: BuddyAllocator) -> tuple[int, int]:
 
 async def test_a_report_is_checked_discarded_and_answered_by_the_real_device() -> None:
     device = BalloonDevice(SimBackend())
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     driver = BalloonDriver(config(), mm, transport=LoopbackTransport(device))
     await driver.start()
     try:
@@ -63,7 +63,7 @@ async def test_a_whole_guest_runs_over_it_and_the_host_counts_what_the_guest_rep
     device = BalloonDevice(SimBackend())
     # (RAM above the merged design's zone watermark: free > low + capacity << order)
     cfg = config(workload="memhog", duration=1.5, seed=1, ram_bytes=256 << 20)
-    mm = BuddyAllocator(cfg.ram_bytes)
+    mm = BuddyAllocator(cfg.ram_bytes, model=BARE_MEMORY)
     driver = BalloonDriver(cfg, mm, transport=LoopbackTransport(device))
     await driver.start()
     rt = GuestRuntime(cfg, device=driver, mm=mm)
@@ -99,7 +99,7 @@ async def test_refusals_come_back_as_the_grpc_transport_raises_them() -> None:
 
 async def test_a_session_the_host_ends_breaks_the_stream_and_the_driver_comes_back() -> None:
     device = BalloonDevice(SimBackend())
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     driver = BalloonDriver(config(), mm, transport=LoopbackTransport(device))
     await driver.start()
     try:

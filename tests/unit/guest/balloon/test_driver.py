@@ -12,7 +12,7 @@ from guest.balloon.connection import NegotiationRefused
 from guest.hinting.device import ReportError
 from guest.hinting.registry import make_policy
 from guest.mm import MAX_ORDER, BuddyAllocator
-from pagehint.config import GuestConfig, HintingConfig
+from pagehint.config import BARE_MEMORY, GuestConfig, HintingConfig
 from pagehint.errors import UsageError
 from tests.logs import log_lines
 from tests.unit.guest.balloon.fakehost import FakeHost
@@ -38,7 +38,7 @@ def config(**kw: object) -> GuestConfig:
 @pytest.fixture
 async def setup() -> AsyncIterator[tuple[FakeHost, BalloonDriver, BuddyAllocator, list[str]]]:
     host = FakeHost()
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     lines = log_lines()
     driver = BalloonDriver(config(stall_warning=0.2), mm, transport=host)
     await driver.start()
@@ -150,7 +150,7 @@ async def test_a_host_with_too_small_chains_is_refused_once_when_the_policy_regi
     # The capacity flows one way: the host's answer sets the driver's; the policy's
     # own --capacity is checked against it once, as page_reporting_register's -ENOSPC.
     host = FakeHost(max_chain_ranges=8)
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     cfg = config()
     driver = BalloonDriver(cfg, mm, transport=host)
     await driver.start()
@@ -166,7 +166,7 @@ async def test_a_host_with_too_small_chains_is_refused_once_when_the_policy_regi
 
 async def test_a_smaller_capacity_fits_a_host_with_small_chains() -> None:
     host = FakeHost(max_chain_ranges=8)
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     cfg = config(capacity=8)
     driver = BalloonDriver(cfg, mm, transport=host)
     await driver.start()
@@ -179,7 +179,9 @@ async def test_a_smaller_capacity_fits_a_host_with_small_chains() -> None:
 
 async def test_a_later_session_must_take_the_running_policys_reports() -> None:
     host = FakeHost(max_chain_ranges=512)
-    driver = BalloonDriver(config(), BuddyAllocator(RAM), transport=host)  # reporting: 32
+    driver = BalloonDriver(
+        config(), BuddyAllocator(RAM, model=BARE_MEMORY), transport=host
+    )  # reporting: 32
     await driver.start()
     try:
         host.device.table.max_chain_ranges = 64  # smaller, but the policy's 32 fit
@@ -194,7 +196,7 @@ async def test_a_later_session_must_take_the_running_policys_reports() -> None:
 
 async def test_the_device_minimum_order_raises_the_policy_order() -> None:
     host = FakeHost(min_order=10)
-    driver = BalloonDriver(config(), BuddyAllocator(RAM), transport=host)
+    driver = BalloonDriver(config(), BuddyAllocator(RAM, model=BARE_MEMORY), transport=host)
     await driver.start()
     try:
         assert driver.min_order == 10
@@ -204,7 +206,7 @@ async def test_the_device_minimum_order_raises_the_policy_order() -> None:
 
 async def test_touches_made_while_a_batch_is_being_written_are_not_lost() -> None:
     host = FakeHost()
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     driver = BalloonDriver(config(touch_batch=1), mm, transport=host)
     await driver.start()
     try:

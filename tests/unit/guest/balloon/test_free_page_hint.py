@@ -18,7 +18,7 @@ from host.device import BalloonDevice
 from host.memory.sim import SimBackend
 from host.sessions import Session
 from lab.loopback import LoopbackTransport
-from pagehint.config import GuestConfig, HintingConfig
+from pagehint.config import BARE_MEMORY, GuestConfig, HintingConfig
 from tests.waiting import wait_for
 
 RAM = 64 << 20
@@ -43,7 +43,7 @@ async def guest(
 ) -> AsyncIterator[tuple[BalloonDevice, BalloonDriver, BuddyAllocator]]:
     policy, oom = getattr(request, "param", ("none", False))
     device = BalloonDevice(SimBackend(), free_page_hint=True, deflate_on_oom=oom)
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     driver = BalloonDriver(config(policy), mm, transport=LoopbackTransport(device))
     await driver.start()
     try:

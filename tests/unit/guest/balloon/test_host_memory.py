@@ -19,6 +19,7 @@ from guest.mm import MAX_ORDER, BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from guest.ram import SharedRam
 from guest.workloads.base import WorkloadContext
+from pagehint.config import BARE_MEMORY
 from tests.unit.guest.balloon.fakehost import FakeHost
 from tests.unit.guest.balloon.test_driver import RAM, block, config
 from tests.waiting import wait_for as _wait_for
@@ -33,7 +34,7 @@ async def wait_for(cond: Callable[[], bool], timeout: float) -> None:
 
 
 async def started(host: FakeHost, **kw: object) -> tuple[BalloonDriver, BuddyAllocator]:
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     # A flush timer far longer than any test: only the prompt flush can send touches.
     driver = BalloonDriver(config(touch_flush_seconds=60.0, **kw), mm, host)
     await driver.start()

@@ -16,7 +16,7 @@ from host.balloon import set_target
 from host.device import BalloonDevice
 from host.memory.sim import SimBackend
 from lab.loopback import LoopbackTransport
-from pagehint.config import GuestConfig, HintingConfig
+from pagehint.config import BARE_MEMORY, GuestConfig, HintingConfig
 from tests.waiting import wait_for
 
 RAM = 64 << 20
@@ -40,7 +40,7 @@ async def guest(
 ) -> AsyncIterator[tuple[BalloonDevice, BalloonDriver, BuddyAllocator]]:
     oom = getattr(request, "param", False)
     device = BalloonDevice(SimBackend(), stats_interval=0.05, deflate_on_oom=oom)
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     driver = BalloonDriver(config(), mm, transport=LoopbackTransport(device))
     await driver.start()
     try:
@@ -175,7 +175,7 @@ async def test_a_guest_stopping_mid_fill_gives_every_page_back() -> None:
     # The fill under way when the guest stops: its pages were left allocated and
     # unstamped (the final check counted them lost).
     device = BalloonDevice(SimBackend(), stats_interval=0.05)
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     t = LoopbackTransport(device, latency=0.05)  # each message answered late
     driver = BalloonDriver(config(), mm, transport=t)
     await driver.start()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from guest.balloon.touches import TouchTracker
 from guest.mm import BuddyAllocator
+from pagehint.config import BARE_MEMORY
 
 
 def test_runs_merge_and_each_frame_is_told_once() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     t = TouchTracker(batch=2)
     t.reset(mm, enabled=True)  # nothing allocated: nothing queued
     assert t.runs == []
@@ -21,7 +22,7 @@ def test_runs_merge_and_each_frame_is_told_once() -> None:
 
 
 def test_a_discard_makes_the_next_touch_count_again() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     t = TouchTracker(batch=8)
     t.reset(mm, enabled=True)
     t.on_alloc(0, 1)
@@ -33,7 +34,7 @@ def test_a_discard_makes_the_next_touch_count_again() -> None:
 
 
 def test_a_new_session_queues_what_is_allocated_and_off_means_nothing() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     p = mm.alloc(3)
     t = TouchTracker(batch=8)
     t.reset(mm, enabled=True)

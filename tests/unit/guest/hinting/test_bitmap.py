@@ -14,7 +14,7 @@ from guest.mm import MAX_ORDER, BuddyAllocator
 from guest.mm.check import check_invariants
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import churn_for
-from pagehint.config import HintingConfig
+from pagehint.config import BARE_MEMORY, HintingConfig
 from tests.waiting import wait_for
 
 RAM = 64 << 20
@@ -28,7 +28,7 @@ PROTECTED_PAGES_BY_5 = 1 << MAX_ORDER
 def make(
     device: LoopbackDevice, flush_after: float = 0.0, **kw: object
 ) -> tuple[BuddyAllocator, BitmapPolicy]:
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     cfg = HintingConfig(policy="bitmap", bitmap_flush_after=flush_after, **kw)  # type: ignore[arg-type]
     return mm, BitmapPolicy(cfg, mm, device)
 
@@ -395,7 +395,7 @@ async def test_churn_never_gets_an_isolated_page_during_slow_reports(seed: int) 
 async def test_stop_mid_walk_puts_unsent_isolated_blocks_back() -> None:
     # A big walk yields every 256 bits with a partly filled batch of isolated blocks:
     # a stop there must not leave them off the free lists.
-    mm = BuddyAllocator(4 << 30)
+    mm = BuddyAllocator(4 << 30, model=BARE_MEMORY)
     dev = LoopbackDevice(capacity=100)
     cfg = HintingConfig(policy="bitmap", capacity=100, threshold=4)
     pol = BitmapPolicy(cfg, mm, dev)

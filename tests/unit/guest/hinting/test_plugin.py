@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from guest.hinting.plugin import check_policy_name, load_policy_class
+from pagehint.config import BARE_MEMORY
 from pagehint.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -95,7 +96,18 @@ def broken_run(source: str, spec: str, tmp_path: Path, *args: str) -> dict:  # t
 
 def guest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pagehint", "guest", "--ram", "128MiB", *args],
+        # the layout none: memhog's half of RAM fits beside these policies' own pages
+        [
+            sys.executable,
+            "-m",
+            "pagehint",
+            "guest",
+            "--ram",
+            "128MiB",
+            "--boot-layout",
+            "none",
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -246,5 +258,7 @@ def test_a_policy_of_ones_own_logs_to_the_guests_log() -> None:
 
     Mine.__module__ = "pagehint_policy_0123abcd"
     lines = log_lines()
-    Mine(HintingConfig(policy="none"), BuddyAllocator(64 << 20), None).log("hello from mine")
+    Mine(HintingConfig(policy="none"), BuddyAllocator(64 << 20, model=BARE_MEMORY), None).log(
+        "hello from mine"
+    )
     assert "hello from mine" in lines

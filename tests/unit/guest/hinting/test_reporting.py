@@ -13,7 +13,7 @@ from guest.hinting.reporting import (
 from guest.mm import MAX_ORDER, BuddyAllocator
 from guest.mm.check import check_invariants
 from guest.mm.procfs import reported_pages
-from pagehint.config import HintingConfig
+from pagehint.config import BARE_MEMORY, HintingConfig
 from tests.waiting import wait_for
 
 
@@ -24,7 +24,7 @@ def make(
     order: int = 9,
     dev: LoopbackDevice | None = None,
 ) -> tuple[BuddyAllocator, ReportingPolicy, LoopbackDevice]:
-    mm = BuddyAllocator(ram)
+    mm = BuddyAllocator(ram, model=BARE_MEMORY)
     dev = dev or LoopbackDevice(capacity=capacity)
     cfg = HintingConfig(policy="reporting", capacity=capacity, delay=delay, order=order)
     return mm, ReportingPolicy(cfg, mm, dev), dev

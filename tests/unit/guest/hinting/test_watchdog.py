@@ -18,7 +18,7 @@ from guest.hinting.plugin import GuardedPolicy
 from guest.hinting.registry import make_policy
 from guest.hinting.watchdog import LoopWatchdog
 from guest.mm import BuddyAllocator
-from pagehint.config import HintingConfig
+from pagehint.config import BARE_MEMORY, HintingConfig
 
 SPIN = '''
 import asyncio
@@ -150,7 +150,7 @@ def test_the_thread_ends_with_its_loop_or_when_disarmed() -> None:
 
 
 async def test_only_policies_from_outside_are_watched(tmp_path: Path) -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     device = LoopbackDevice()
     for name in ("bitmap", "reporting"):
         builtin = make_policy(HintingConfig(policy=name), mm, device)

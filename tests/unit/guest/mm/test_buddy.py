@@ -5,32 +5,33 @@ import pytest
 from guest.mm import MAX_ORDER, AllocatorError, BuddyAllocator
 from guest.mm.check import check_invariants
 from guest.mm.procfs import buddyinfo, buddyinfo_text, reported_pages
+from pagehint.config import BARE_MEMORY
 
 
 def test_ram_size_limits() -> None:
     for bad in (32 << 20, (64 << 30) + (4 << 20), (64 << 20) + 4096, 100 << 30):
         with pytest.raises(AllocatorError):
-            BuddyAllocator(bad)
-    BuddyAllocator(64 << 20)
-    BuddyAllocator(68 << 20)
+            BuddyAllocator(bad, model=BARE_MEMORY)
+    BuddyAllocator(64 << 20, model=BARE_MEMORY)
+    BuddyAllocator(68 << 20, model=BARE_MEMORY)
 
 
 def test_zones_follow_x86_64_layout() -> None:
-    mm = BuddyAllocator(6 << 30)
+    mm = BuddyAllocator(6 << 30, model=BARE_MEMORY)
     names = [(z.name, z.start_pfn, z.end_pfn) for z in mm.zones]
     assert names == [
         ("DMA", 0, 4096),
         ("DMA32", 4096, 1 << 20),
         ("Normal", 1 << 20, (6 << 30) >> 12),
     ]
-    small = BuddyAllocator(64 << 20)
+    small = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     assert [z.name for z in small.zones] == ["DMA", "DMA32"]
     assert buddyinfo(small)["DMA"][MAX_ORDER] == 4
     check_invariants(mm)
 
 
 def test_alloc_splits_smallest_larger_block_and_free_merges_back() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     pfn = mm.alloc(0)
     info = buddyinfo(mm)["DMA32"]
     # one order-10 block was split: one free block at each order 0..9
@@ -42,7 +43,7 @@ def test_alloc_splits_smallest_larger_block_and_free_merges_back() -> None:
 
 
 def test_alloc_prefers_highest_zone_then_falls_back() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     blocks = [mm.alloc(MAX_ORDER) for _ in range(12)]
     assert all(mm.zone_of(p).name == "DMA32" for p in blocks)
     fallback = mm.alloc(MAX_ORDER)
@@ -50,7 +51,7 @@ def test_alloc_prefers_highest_zone_then_falls_back() -> None:
 
 
 def test_exhaustion_returns_minus_one() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     for _ in range(16):
         assert mm.alloc(MAX_ORDER) >= 0
     assert mm.alloc(0) == -1
@@ -59,7 +60,7 @@ def test_exhaustion_returns_minus_one() -> None:
 
 
 def test_bad_frees_are_clear_errors_and_change_nothing() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     a = mm.alloc(1)
     before = bytes(mm.pg), buddyinfo(mm)
     with pytest.raises(AllocatorError, match="order"):
@@ -78,7 +79,7 @@ def test_bad_frees_are_clear_errors_and_change_nothing() -> None:
 
 
 def test_isolated_block_is_never_allocated_and_putback_skips_hook() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     calls: list[int] = []
     mm.set_hook(lambda zone, order: calls.append(order), 0)
     # isolate every free block of the machine; allocation must then fail
@@ -99,7 +100,7 @@ def test_isolated_block_is_never_allocated_and_putback_skips_hook() -> None:
 
 
 def test_hook_gets_final_merged_order_and_respects_min_order() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     seen: list[tuple[str, int]] = []
     a = mm.alloc(0)
     b = mm.alloc(0)
@@ -117,7 +118,7 @@ def test_hook_gets_final_merged_order_and_respects_min_order() -> None:
 
 
 def test_putback_to_tail_goes_to_tail_and_merges() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     area = mm.zones[1].free_area[MAX_ORDER]
     first = area.first()
     assert first is not None
@@ -131,7 +132,7 @@ def test_putback_to_tail_goes_to_tail_and_merges() -> None:
 
 
 def test_isolate_refuses_non_free_or_wrong_order() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     a = mm.alloc(0)
     with pytest.raises(AllocatorError, match="allocated"):
         mm.isolate(a, 0)
@@ -142,7 +143,7 @@ def test_isolate_refuses_non_free_or_wrong_order() -> None:
 
 
 def test_reported_mark_cleared_by_alloc_and_merge() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     a = mm.alloc(0)  # splits a top block: free buddies at orders 0..9
     b = a ^ 1
     assert mm.mark_reported(b, 0)
@@ -160,7 +161,7 @@ def test_reported_mark_cleared_by_alloc_and_merge() -> None:
 
 
 def test_watermarks_like_the_kernel() -> None:
-    mm = BuddyAllocator(4 << 30)
+    mm = BuddyAllocator(4 << 30, model=BARE_MEMORY)
     # min_free_kbytes = sqrt(4 GiB in KiB * 16) = 8192
     assert mm.min_free_kbytes == 8192
     dma32 = mm.zones[1]
@@ -170,13 +171,13 @@ def test_watermarks_like_the_kernel() -> None:
 
 
 def test_buddyinfo_text_looks_like_proc() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     text = buddyinfo_text(mm)
     assert text.splitlines()[0].startswith("Node 0, zone      DMA")
     assert len(text.splitlines()[1].split()) == 4 + 11
 
 
 def test_64gib_guest_initialises() -> None:
-    mm = BuddyAllocator(64 << 30)
+    mm = BuddyAllocator(64 << 30, model=BARE_MEMORY)
     assert mm.nr_free_pages == 16 << 20
     assert mm.alloc(0) >= 1 << 20  # from Normal

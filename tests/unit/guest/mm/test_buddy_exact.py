@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from guest.mm import MAX_ORDER, BuddyAllocator
 from guest.mm.check import check_invariants
 from guest.mm.exact import alloc_at, reshape_allocated
+from pagehint.config import BARE_MEMORY
 
 RAM = 64 << 20  # 16384 pages
 PAGES = RAM >> 12
@@ -30,7 +31,7 @@ def _overlaps(a: int, ao: int, b: int, bo: int) -> bool:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPS)
 def test_any_exact_sequence_keeps_the_invariants(ops: list[tuple[str, int, int]]) -> None:
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     allocated: dict[int, int] = {}  # head -> order, as the model holds them
     isolated: dict[int, int] = {}
     for op, order, pick in ops:
@@ -93,7 +94,7 @@ def test_any_exact_sequence_keeps_the_invariants(ops: list[tuple[str, int, int]]
 
 
 def test_alloc_at_splits_around_the_block() -> None:
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     before = mm.nr_free_pages
     assert alloc_at(mm, 5, 0) is None
     assert mm.block_at(5).state == "allocated"
@@ -109,7 +110,7 @@ def test_alloc_at_splits_around_the_block() -> None:
 
 
 def test_alloc_at_an_isolated_block_says_so() -> None:
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     mm.isolate(1024, MAX_ORDER)
     assert alloc_at(mm, 1024 + 8, 2) == "isolated"
     mm.putback(1024, MAX_ORDER)
@@ -118,7 +119,7 @@ def test_alloc_at_an_isolated_block_says_so() -> None:
 
 
 def test_reshape_splits_a_high_order_allocation_like_split_page() -> None:
-    mm = BuddyAllocator(RAM)
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
     assert alloc_at(mm, 64, 3) is None
     # the kernel frees a split high-order block page by page
     assert reshape_allocated(mm, 66, 0) is None

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from guest.mm import MAX_ORDER, AllocatorError, BuddyAllocator
 from guest.mm.check import check_invariants
 from guest.mm.procfs import buddyinfo
+from pagehint.config import BARE_MEMORY
 
 OPS = st.lists(
     st.tuples(
@@ -23,7 +24,7 @@ OPS = st.lists(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPS)
 def test_random_sequences_keep_invariants(ops: list[tuple[str, int, int]]) -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     allocated: dict[int, int] = {}
     isolated: dict[int, int] = {}
     for op, order, pick in ops:

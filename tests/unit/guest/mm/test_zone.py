@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guest.mm.zone import FreeArea
+from guest.mm.zone import FreeList as FreeArea
 
 
 def test_list_order_head_and_tail() -> None:

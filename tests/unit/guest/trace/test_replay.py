@@ -12,6 +12,7 @@ from guest.mm.check import check_invariants
 from guest.trace.parse import parse_trace
 from guest.trace.replay import ReplayError, ReplayStats, plan_replay, prepare, replay, summary
 from guest.workloads.base import WorkloadContext
+from pagehint.config import BARE_MEMORY
 
 
 def line(t: float, event: str, pfn: int, order: int) -> str:
@@ -30,7 +31,7 @@ def trace_file(tmp_path: Path, events: list[tuple[str, int, int]]) -> str:
 
 async def run(path: str, ram: int | None = None, mapping: str = "identity", speed=None):  # type: ignore[no-untyped-def]
     plan = plan_replay(parse_trace(path), mapping)
-    mm = BuddyAllocator(ram or plan.ram_bytes)
+    mm = BuddyAllocator(ram or plan.ram_bytes, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm))
     stats = ReplayStats()
     prepare(plan, ctx, stats)
@@ -106,7 +107,7 @@ async def test_compact_mapping_keeps_buddies_and_shrinks_ram(tmp_path: Path) -> 
 async def test_an_allocation_of_a_block_under_report_takes_another(tmp_path: Path) -> None:
     path = trace_file(tmp_path, [("mm_page_alloc", 0x800, 0), ("mm_page_free", 0x800, 0)])
     plan = plan_replay(parse_trace(path))
-    mm = BuddyAllocator(plan.ram_bytes)
+    mm = BuddyAllocator(plan.ram_bytes, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm))
     mm.isolate(0x800, 10)  # the hinting worker holds it, as page_reporting_cycle would
     stats = ReplayStats()
@@ -121,7 +122,7 @@ async def test_an_allocation_of_a_block_under_report_takes_another(tmp_path: Pat
 async def test_untouched_pages_can_start_allocated(tmp_path: Path) -> None:
     path = trace_file(tmp_path, [("mm_page_alloc", 0x805, 0), ("mm_page_free", 0x805, 0)])
     plan = plan_replay(parse_trace(path))
-    mm = BuddyAllocator(plan.ram_bytes)
+    mm = BuddyAllocator(plan.ram_bytes, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm))
     stats = ReplayStats()
     prepare(plan, ctx, stats, untouched="allocated")
@@ -135,7 +136,7 @@ async def test_speed_follows_the_trace_clock(tmp_path: Path) -> None:
     p = tmp_path / "slow.trace"
     p.write_text(line(1.0, "mm_page_alloc", 0x10, 0) + line(1.2, "mm_page_free", 0x10, 0))
     plan = plan_replay(parse_trace(str(p)))
-    ctx = WorkloadContext(GuestMemory(BuddyAllocator(plan.ram_bytes)))
+    ctx = WorkloadContext(GuestMemory(BuddyAllocator(plan.ram_bytes, model=BARE_MEMORY)))
     stats = ReplayStats()
     await replay(plan, ctx, 2.0, stats)  # 0.2 s of trace at twice the speed
     assert 0.09 <= stats.seconds < 1.0

@@ -12,7 +12,7 @@ from guest.mm.check import check_invariants
 from guest.mm.constants import PAGE_SIZE, PAGEBLOCK_ORDER
 from guest.workloads.base import WorkloadContext
 from guest.workloads.boot import GROUP, boot, parse_orders
-from pagehint.config import BootConfig, ConfigError, GuestConfig, TraceConfig
+from pagehint.config import BARE_MEMORY, BootConfig, ConfigError, GuestConfig, TraceConfig
 from pagehint.errors import UsageError
 
 MIB = 1 << 20
@@ -20,7 +20,7 @@ CHUNK = 1 << PAGEBLOCK_ORDER  # pages in a 2 MiB chunk: the hinting order
 
 
 def _ctx(ram: int = 512 * MIB) -> tuple[BuddyAllocator, WorkloadContext]:
-    mm = BuddyAllocator(ram)
+    mm = BuddyAllocator(ram, model=BARE_MEMORY)
     return mm, WorkloadContext(GuestMemory(mm))
 
 

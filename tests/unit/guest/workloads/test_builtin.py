@@ -8,6 +8,7 @@ from guest.mm.check import check_invariants
 from guest.mm.procfs import buddyinfo
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import WorkloadParams, churn, fragment, memhog
+from pagehint.config import BARE_MEMORY
 
 
 async def _run_for(coro_fn, ctx: WorkloadContext, seconds: float) -> None:  # type: ignore[no-untyped-def]
@@ -18,7 +19,7 @@ async def _run_for(coro_fn, ctx: WorkloadContext, seconds: float) -> None:  # ty
 
 
 async def test_memhog_allocates_then_frees() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm))
     p = WorkloadParams(hog_fraction=0.25, hold_seconds=0.2, idle_seconds=10)
     task = asyncio.create_task(memhog(ctx, p))
@@ -38,7 +39,7 @@ async def test_memhog_allocates_then_frees() -> None:
 
 
 async def test_churn_hovers_around_occupancy() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm), seed=3)
     p = WorkloadParams(occupancy=0.3, ops_per_second=200_000)
     await _run_for(churn(ctx, p), ctx, 0.6)
@@ -49,7 +50,7 @@ async def test_churn_hovers_around_occupancy() -> None:
 
 
 async def test_fragment_leaves_only_order0_holes() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm))
     # everything allocated page by page, every other page freed: nothing merges
     await _run_for(fragment(ctx, WorkloadParams(hog_fraction=1.0)), ctx, 0.5)

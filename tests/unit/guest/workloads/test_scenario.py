@@ -16,6 +16,7 @@ from guest.workloads.scenario import (
     parse_scenario,
     run_scenario,
 )
+from pagehint.config import BARE_MEMORY
 from pagehint.errors import UsageError
 
 GOOD = """
@@ -80,7 +81,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 async def test_run_scenario_allocates_and_frees_with_stride() -> None:
-    mm = BuddyAllocator(64 << 20)
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm))
     sc = parse_scenario(GOOD, "t.toml")
     await run_scenario(sc, ctx)

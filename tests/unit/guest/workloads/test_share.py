@@ -8,6 +8,7 @@ from guest.memory import GuestMemory
 from guest.mm import BuddyAllocator
 from guest.workloads import share
 from guest.workloads.base import YIELD_EVERY, WorkloadContext
+from pagehint.config import BARE_MEMORY
 
 
 def _ops(contexts: list[WorkloadContext]) -> int:
@@ -26,7 +27,8 @@ async def _probe_wait(burners: int, loop_share: share.LoopShare | None) -> int:
     share.shared = loop_share
     stop = asyncio.Event()
     contexts = [
-        WorkloadContext(GuestMemory(BuddyAllocator(64 << 20)), seed=i) for i in range(burners)
+        WorkloadContext(GuestMemory(BuddyAllocator(64 << 20, model=BARE_MEMORY)), seed=i)
+        for i in range(burners)
     ]
 
     async def burn(ctx: WorkloadContext) -> None:
@@ -62,7 +64,7 @@ async def test_a_shared_loop_stays_responsive_under_busy_workloads() -> None:
 async def test_workloads_still_progress_under_the_share() -> None:
     share.shared = share.LoopShare(window=0.01, share=0.5)
     try:
-        ctx = WorkloadContext(GuestMemory(BuddyAllocator(64 << 20)))
+        ctx = WorkloadContext(GuestMemory(BuddyAllocator(64 << 20, model=BARE_MEMORY)))
         got = await asyncio.wait_for(ctx.alloc_bytes("x", 8 << 20, 0), 10)
     finally:
         share.shared = None

@@ -1,0 +1,23 @@
+#!/bin/busybox sh
+# PID 1 of the reference guest (record.py): load virtio-balloon, say what the
+# kernel's memory looks like after boot, run the workload, power off.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon; do
+    insmod /lib/$m.ko || echo "PAGEHINT-ERROR insmod $m"
+done
+sleep 1
+mode=$(sed -n 's/.*pagehint.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+region=$(sed -n 's/.*pagehint.region=\([0-9]*\).*/\1/p' /proc/cmdline)
+for f in zoneinfo pagetypeinfo buddyinfo meminfo iomem; do
+    echo "PAGEHINT-BEGIN $f"; cat /proc/$f; echo "PAGEHINT-END $f"
+done
+echo "PAGEHINT-BEGIN thp"; cat /sys/kernel/mm/transparent_hugepage/enabled; echo "PAGEHINT-END thp"
+echo "PAGEHINT-BEGIN min_free_kbytes"; cat /proc/sys/vm/min_free_kbytes; echo "PAGEHINT-END min_free_kbytes"
+echo "PAGEHINT-BEGIN reporting_order"; cat /sys/module/page_reporting/parameters/page_reporting_order; echo "PAGEHINT-END reporting_order"
+/workload "$mode" "$region" 4 25
+echo "PAGEHINT-BEGIN buddyinfo-after"; cat /proc/buddyinfo; echo "PAGEHINT-END buddyinfo-after"
+echo "PAGEHINT-BEGIN vmstat-after"; grep -E "pgfree|pgalloc|thp" /proc/vmstat; echo "PAGEHINT-END vmstat-after"
+echo PAGEHINT-POWEROFF
+poweroff -f

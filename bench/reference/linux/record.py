@@ -1,0 +1,182 @@
+"""Record the real kernel's free page reporting: a Linux 6.1 guest under QEMU.
+
+The figures pagehint's reporting policy is held to (tests/integration/
+test_kernel_fidelity.py) come from here, not from memory: a 2 GiB, 2-vCPU guest
+booting Debian 12's own kernel (linux-image-amd64, 6.1) with a
+``virtio-balloon-pci,free-page-reporting=on`` device, running ``workload.c``
+(touch a region, hold it, unmap it, idle), while this script samples QEMU's
+resident memory every 10 ms. QEMU discards each reported range with
+MADV_DONTNEED at once, so the drops of its RSS are the kernel's reports.
+
+Needs (Debian 12): qemu-system-x86 linux-image-amd64 busybox-static gcc cpio.
+Run as root, on an idle machine:
+
+    python -m bench.reference.linux.record --mode thp --out bench/reference/linux/thp.json
+    python -m bench.reference.linux.record --mode small --order 0 --out .../order0.json
+
+TCG by default (--accel kvm where nested KVM runs): a slower guest CPU, the same
+kernel rules and the same wall-clock timers (the 2 s reporting delay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODULES = [
+    "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
+    "virtio_pci", "virtio_balloon",
+]  # fmt: skip
+SAMPLE_S = 0.01
+
+
+def kernel() -> tuple[str, str]:
+    images = sorted(glob.glob("/boot/vmlinuz-*"))
+    if not images:
+        sys.exit("record: no /boot/vmlinuz-*: apt-get install linux-image-amd64")
+    image = images[-1]
+    return image, image.removeprefix("/boot/vmlinuz-")
+
+
+def initramfs(release: str, work: Path) -> Path:
+    root = work / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "lib").mkdir()
+    for d in ("proc", "sys", "dev"):
+        (root / d).mkdir()
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    shutil.copy(HERE / "init.sh", root / "init")
+    subprocess.run(
+        ["gcc", "-O2", "-static", "-o", str(root / "workload"), str(HERE / "workload.c")],
+        check=True,
+    )
+    for m in MODULES:
+        found = glob.glob(f"/lib/modules/{release}/kernel/drivers/virtio/{m}.ko*")
+        if not found:
+            sys.exit(f"record: module {m} not found for {release}")
+        shutil.copy(found[0], root / "lib" / f"{m}.ko")
+    out = work / "initrd.cpio"
+    files = subprocess.run(
+        ["find", "."], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+    with out.open("wb") as f:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files.encode(),
+            stdout=f, check=True,
+        )  # fmt: skip
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run(
+    mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, accel: str
+) -> dict:
+    image, release = kernel()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        initrd = initramfs(release, work)
+        serial = work / "serial.log"
+        append = f"console=ttyS0 quiet pagehint.mode={mode} pagehint.region={region_mib}"
+        if order is not None:
+            append += f" page_reporting.page_reporting_order={order}"
+        kvm = accel == "kvm"
+        cmd = [
+            "qemu-system-x86_64", "-accel", "kvm" if kvm else "tcg", "-cpu", "host,-arch-capabilities" if kvm else "max",
+            "-m", str(ram_mib), "-smp", str(cpus), "-kernel", image, "-initrd", str(initrd),
+            "-append", append, "-display", "none", "-serial", f"file:{serial}",
+            "-device", "virtio-balloon-pci,free-page-reporting=on", "-no-reboot",
+        ]  # fmt: skip
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        samples: list[tuple[float, int]] = []
+        marks: dict[str, float] = {}
+        seen = 0
+        while proc.poll() is None:
+            t = time.monotonic() - t0
+            try:
+                samples.append((round(t, 4), rss_bytes(proc.pid)))
+            except OSError:
+                break
+            text = serial.read_text(errors="replace") if serial.exists() else ""
+            if len(text) > seen:
+                for line in text[seen:].splitlines():
+                    if line.startswith("PAGEHINT-MARK "):
+                        marks.setdefault(line.split()[1], t)
+                seen = len(text)
+            if time.monotonic() - t0 > 600:
+                proc.kill()
+                sys.exit("record: the guest ran for 10 minutes; killed")
+            time.sleep(SAMPLE_S)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.wait() != 0:
+            sys.exit(f"record: qemu exited {proc.returncode}: {err.strip()[:300]}")
+        text = serial.read_text(errors="replace")
+    return {
+        "kernel": release,
+        "qemu": subprocess.run(
+            ["qemu-system-x86_64", "--version"], capture_output=True, text=True
+        ).stdout.splitlines()[0],
+        "accel": "kvm" if kvm else "tcg",
+        "ram_mib": ram_mib,
+        "cpus": cpus,
+        "mode": mode,
+        "region_mib": region_mib,
+        "reporting_order": order if order is not None else 9,
+        "recorded": time.strftime("%Y-%m-%d"),
+        "marks": marks,
+        "samples": samples,
+        "proc": sections(text),
+    }
+
+
+def sections(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    name = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("PAGEHINT-BEGIN "):
+            name, lines = line.split()[1], []
+        elif line.startswith("PAGEHINT-END ") and name:
+            out[name] = "\n".join(lines)
+            name = None
+        elif name:
+            lines.append(line)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=["thp", "small"], default="thp")
+    ap.add_argument("--region", type=int, default=256, help="MiB touched and freed")
+    ap.add_argument("--order", type=int, default=None, help="page_reporting_order")
+    ap.add_argument("--ram", type=int, default=2048, help="guest MiB")
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument(
+        "--accel", choices=["kvm", "tcg"], default="tcg",
+        help="tcg by default: on this project's machine /dev/kvm opens but a guest never runs",
+    )  # fmt: skip
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    rec = run(a.mode, a.region, a.order, a.ram, a.cpus, a.accel)
+    Path(a.out).write_text(json.dumps(rec) + "\n")
+    print(f"record: {len(rec['samples'])} samples, marks {rec['marks']} -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+/* The workload the real-kernel reference runs inside the QEMU guest (record.sh):
+ * map REGION_MIB of anonymous memory, touch every page, hold it, unmap it, then
+ * idle while free page reporting hands it back. "thp" asks for transparent huge
+ * pages (order-9 folios, freed whole onto the per-CPU THP list in 6.1); "small"
+ * forbids them (order-0 pages, freed through the per-CPU order-0 lists).
+ * Each step prints one line the host's sampler reads from the serial console. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) {
+        fprintf(stderr, "usage: workload thp|small REGION_MIB HOLD_S IDLE_S\n");
+        return 2;
+    }
+    int thp = strcmp(argv[1], "thp") == 0;
+    size_t len = (size_t)atol(argv[2]) << 20;
+    int hold = atoi(argv[3]), idle = atoi(argv[4]);
+    /* 2 MiB-aligned, so every THP of the region is a whole pmd */
+    size_t pad = 2 << 20;
+    char *raw = mmap(NULL, len + pad, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) { perror("mmap"); return 1; }
+    char *p = (char *)(((unsigned long)raw + pad - 1) & ~(pad - 1));
+    if (madvise(p, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE)) { perror("madvise"); return 1; }
+    for (size_t i = 0; i < len; i += 4096) p[i] = 1;
+    printf("PAGEHINT-MARK touched %.3f\n", now()); fflush(stdout);
+    sleep(hold);
+    printf("PAGEHINT-MARK freeing %.3f\n", now()); fflush(stdout);
+    munmap(raw, len + pad);
+    printf("PAGEHINT-MARK freed %.3f\n", now()); fflush(stdout);
+    sleep(idle);
+    printf("PAGEHINT-MARK done %.3f\n", now()); fflush(stdout);
+    return 0;
+}
