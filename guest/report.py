@@ -142,6 +142,9 @@ def _trace_notes(t: TraceSummary) -> list[tuple[str, str]]:
             "untouched",
             f"{t['untouched_allocated_pages']:,} pages the trace never names allocated at the start"
             if t["untouched_allocated_pages"]
+            else f"{t.get('untouched_reported_pages', 0):,} pages the trace never names "
+            "reported at the start (as on a guest that has been up)"
+            if t.get("untouched_reported_pages")
             else "",
         ),
         (

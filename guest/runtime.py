@@ -144,7 +144,7 @@ class GuestRuntime:
         self.replay_plan: ReplayPlan | None = None
         self.replay_stats = ReplayStats()
         self.replay_speed: float | None = None
-        self.replay_untouched = "free"
+        self.replay_untouched = "reported"
         if cfg.trace is not None:
             self.replay_untouched = cfg.trace.untouched
             self.replay_plan = load_plan(cfg.trace)

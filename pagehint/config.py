@@ -31,7 +31,9 @@ LOOPS = ("auto", "uvloop", "asyncio")
 BACKENDS = ("sim", "shm")
 DISCARDS = ("free", "dontneed")
 TRACE_MAPPINGS = ("identity", "compact")  # where a trace's pfns land: guest/trace/replay.py
-TRACE_UNTOUCHED = ("free", "allocated")  # pages a trace never names, at the start
+# Pages a trace never names, at the start: reported (as on a guest that has been
+# up), free (as just after boot, not yet reported) or allocated.
+TRACE_UNTOUCHED = ("reported", "free", "allocated")
 BUILTIN_POLICIES = ("bitmap", "reporting", "none")  # else MODULE:CLASS or FILE.py:CLASS
 WORKLOADS = ("churn", "fragment", "memhog")  # guest/workloads/builtin.py
 MAX_CAPACITY = 512  # blocks per report
@@ -254,8 +256,8 @@ class TraceConfig:
     mapping: str = "identity"
     # Count malformed lines instead of stopping at the first.
     lenient: bool = False
-    # free | allocated: the pages the trace never names, at the start.
-    untouched: str = "free"
+    # reported | free | allocated: the pages the trace never names, at the start.
+    untouched: str = "reported"
 
     def __post_init__(self) -> None:
         validate(

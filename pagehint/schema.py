@@ -66,6 +66,7 @@ class TraceSummary(TypedDict):
     inconsistencies: dict[str, int]  # events the allocator could not apply, by kind
     substituted: int  # allocations of blocks under report that took another block
     untouched_allocated_pages: int  # pages the trace never names, held allocated
+    untouched_reported_pages: NotRequired[int]  # ...or free and marked reported
     seconds_clock: bool  # the trace's clock is seconds (not a counter)
     batched_only: bool  # frees known only from mm_page_free_batched
     lost_markers: int

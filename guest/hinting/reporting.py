@@ -32,10 +32,10 @@ Behaviour reproduced, with the kernel's names:
   the larger of ``--reporting-order`` and the device's minimum.
 * Registering the device requests an initial pass, as page_reporting_register does.
 
-One departure, for cost: the kernel restarts its walk at the list head after
-each report; we walk a snapshot of the list taken when the cycle began, which
-visits the same blocks in the same order except those freed onto the head
-during a report — their frees requested another pass, which reports them.
+The walk: the kernel walks the live list and, after each report, starts
+again at its head (the lock was dropped: blocks freed meanwhile sit there).
+We walk a copy of the list, taken when the cycle begins and again after each
+report, which visits the same blocks in the same order.
 """
 
 from __future__ import annotations
@@ -209,6 +209,11 @@ class ReportingPolicy(Policy):
             in_batch.clear()
             if not ok:
                 return False
+            # The list changed while the report was out (frees at the head, the
+            # batch drained to the tail): walk it again from its head, as the
+            # kernel resets ``next`` to list_first_entry.
+            snapshot = list(area)
+            i = 0
         return True
 
     async def _yield(self) -> None:

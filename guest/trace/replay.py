@@ -74,6 +74,7 @@ class ReplayStats:
     substituted: int = 0  # allocations of a block under report, given another block
     initial_pages: int = 0  # allocated before the first event (inside RAM)
     untouched_allocated_pages: int = 0  # --trace-untouched allocated
+    untouched_reported_pages: int = 0  # --trace-untouched reported
     seconds: float = 0.0  # wall time of the replay loop
     behind_s: float = 0.0  # at --speed: how far the replay fell behind the trace's clock
 
@@ -122,11 +123,13 @@ def _initial(trace: Trace, pfns: array[int]) -> list[tuple[int, int]]:
 
 
 def prepare(
-    plan: ReplayPlan, ctx: WorkloadContext, stats: ReplayStats, untouched: str = "free"
+    plan: ReplayPlan, ctx: WorkloadContext, stats: ReplayStats, untouched: str = "reported"
 ) -> None:
-    """Allocate what was allocated before the first event; with ``untouched``
-    "allocated", also every page the trace never names (the traced machine's
-    other memory: only what the trace frees can then be reported)."""
+    """Allocate what was allocated before the first event. The pages the trace
+    never names (the traced machine's other memory): ``reported`` marks them
+    reported, as on a guest that has been up (only what the trace frees is then
+    reported); ``allocated`` holds them (nothing else can be); ``free`` leaves
+    them free and unreported, as just after boot."""
     alloc_at = ctx.memory.alloc_at
     for pfn, order in plan.initial:
         if pfn & ((1 << order) - 1):
@@ -138,15 +141,41 @@ def prepare(
             stats.count(f"initial_{why}")
     if untouched == "allocated":
         stats.untouched_allocated_pages = _allocate_untouched(plan, ctx)
+    elif untouched == "reported":
+        stats.untouched_reported_pages = _report_untouched(plan, ctx)
+
+
+def _touched(plan: ReplayPlan, nr_pages: int) -> bytearray:
+    """A byte per guest page: 1 where some event of the trace names it."""
+    touched = bytearray(nr_pages)
+    for pfn, order in zip(plan.pfns, plan.trace.orders, strict=True):
+        end = min(pfn + (1 << order), nr_pages)
+        if pfn < end:
+            touched[pfn:end] = b"\x01" * (end - pfn)
+    return touched
+
+
+def _report_untouched(plan: ReplayPlan, ctx: WorkloadContext) -> int:
+    """Mark reported (PageReported) every block free at the start: on a guest that
+    has been up, free page reporting handed its free memory back long ago and the
+    host holds none of it — the pages the trace never names, and those it has yet
+    to allocate. (A later allocation splits such a block; its other halves are
+    unreported again and get reported again, as in the kernel: expand() gives
+    them no PageReported.) Returns the pages marked."""
+    mm = ctx.memory.mm
+    pages = 0
+    for zone in mm.zones:
+        for area in zone.free_area:
+            for pfn in list(area):
+                if mm.mark_reported(pfn, area.order):
+                    pages += 1 << area.order
+    del plan
+    return pages
 
 
 def _allocate_untouched(plan: ReplayPlan, ctx: WorkloadContext) -> int:
     mm = ctx.memory.mm
-    touched = bytearray(mm.nr_pages)
-    for pfn, order in zip(plan.pfns, plan.trace.orders, strict=True):
-        end = min(pfn + (1 << order), mm.nr_pages)
-        if pfn < end:
-            touched[pfn:end] = b"\x01" * (end - pfn)
+    touched = _touched(plan, mm.nr_pages)
     alloc_at = ctx.memory.alloc_at
     pages = 0
     for block in range(0, mm.nr_pages, _MAX_BLOCK):
@@ -279,6 +308,7 @@ def summary(plan: ReplayPlan, stats: ReplayStats, speed: float | None) -> TraceS
         "inconsistencies": dict(sorted(stats.inconsistencies.items())),
         "substituted": stats.substituted,
         "untouched_allocated_pages": stats.untouched_allocated_pages,
+        "untouched_reported_pages": stats.untouched_reported_pages,
         "seconds_clock": t.seconds_clock,
         "batched_only": t.batched_only,
         "lost_markers": t.lost_markers,

@@ -121,7 +121,8 @@ def _what_to_run(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         e,
         "--trace-untouched",
         default=default_of(TraceConfig, "untouched"),
-        help="--trace: the pages the trace never names start free (default) | allocated",
+        help="--trace: the pages the trace never names start reported (as on a guest that "
+        "has been up) | free (not yet reported, as just after boot) | allocated",
     )
     add_switch(p, e, "--trace-lenient", help="--trace: count malformed lines instead of stopping")
     add_flag(p, e, "--duration", default=None, help=DURATION_HELP)
@@ -444,7 +445,7 @@ def _trace_config(a: argparse.Namespace) -> TraceConfig | None:
         for flag, value, default in (
             ("--speed", a.speed, "1"),
             ("--trace-map", a.trace_map, "identity"),
-            ("--trace-untouched", a.trace_untouched, "free"),
+            ("--trace-untouched", a.trace_untouched, "reported"),
         ):
             if str(value) != default:
                 raise UsageError(f"{flag} is for --trace: give --trace FILE too")

@@ -7,6 +7,7 @@ mount -t sysfs sys /sys
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon; do
     insmod /lib/$m.ko || echo "PAGEHINT-ERROR insmod $m"
 done
+echo "PAGEHINT-MARK registered"
 sleep 1
 mode=$(sed -n 's/.*pagehint.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 region=$(sed -n 's/.*pagehint.region=\([0-9]*\).*/\1/p' /proc/cmdline)
@@ -16,6 +17,7 @@ done
 echo "PAGEHINT-BEGIN thp"; cat /sys/kernel/mm/transparent_hugepage/enabled; echo "PAGEHINT-END thp"
 echo "PAGEHINT-BEGIN min_free_kbytes"; cat /proc/sys/vm/min_free_kbytes; echo "PAGEHINT-END min_free_kbytes"
 echo "PAGEHINT-BEGIN reporting_order"; cat /sys/module/page_reporting/parameters/page_reporting_order; echo "PAGEHINT-END reporting_order"
+echo "PAGEHINT-MARK start"
 /workload "$mode" "$region" 4 25
 echo "PAGEHINT-BEGIN buddyinfo-after"; cat /proc/buddyinfo; echo "PAGEHINT-END buddyinfo-after"
 echo "PAGEHINT-BEGIN vmstat-after"; grep -E "pgfree|pgalloc|thp" /proc/vmstat; echo "PAGEHINT-END vmstat-after"

@@ -132,6 +132,36 @@ async def test_untouched_pages_can_start_allocated(tmp_path: Path) -> None:
     check_invariants(mm)
 
 
+async def test_untouched_pages_start_reported_as_on_a_guest_that_has_been_up(
+    tmp_path: Path,
+) -> None:
+    from guest.mm.exact import containing_block
+    from guest.mm.procfs import reported_pages
+
+    # A block allocated before the trace (first seen freed) and one page allocated
+    # and freed by it: everything else has been free (so reported) for long.
+    path = trace_file(
+        tmp_path,
+        [("mm_page_free", 0x1200, 9), ("mm_page_alloc", 0x805, 0), ("mm_page_free", 0x805, 0)],
+    )
+    plan = plan_replay(parse_trace(path))
+    for untouched, reported_at_start in (("reported", True), ("free", False)):
+        mm = BuddyAllocator(plan.ram_bytes, model=BARE_MEMORY)
+        ctx = WorkloadContext(GuestMemory(mm))
+        stats = ReplayStats()
+        prepare(plan, ctx, stats, untouched=untouched)
+        free = mm.nr_free_pages
+        assert reported_pages(mm) == (free if reported_at_start else 0)
+        assert stats.untouched_reported_pages == (free if reported_at_start else 0)
+        await replay(plan, ctx, None, stats)
+        # What the trace freed (the order-9 block, merged) is unreported: a policy
+        # reports it, and (with "reported") little else.
+        head, _ = containing_block(mm, 0x1200)
+        block = mm.block_at(head)
+        assert block.state == "free" and not block.reported and block.order >= 9
+        check_invariants(mm)
+
+
 async def test_speed_follows_the_trace_clock(tmp_path: Path) -> None:
     p = tmp_path / "slow.trace"
     p.write_text(line(1.0, "mm_page_alloc", 0x10, 0) + line(1.2, "mm_page_free", 0x10, 0))

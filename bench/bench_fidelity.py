@@ -1,0 +1,108 @@
+"""pagehint's reporting policy against the real kernel's, figure by figure.
+
+For each mode (``thp``: 256 MiB of THPs at reporting order 9; ``small``: 256 MiB
+of order-0 pages at reporting order 0) and each recording of the real kernel in
+bench/reference/linux/ (Debian 12's 6.1 under QEMU, recorded on this machine),
+runs the same history through a real pagehint host and guest on each backend,
+paired with that recording's pause between the balloon's registration and the
+workload, and prints the four figures side by side: min–max over the runs, and
+the verdict of the 5% goal (pagehint's range against the kernel's, widened by
+5% of the kernel's median).
+
+    .venv/bin/python -m bench.bench_fidelity [--backends sim,shm] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+
+from bench.fidelity import (
+    MODES,
+    Figures,
+    kernel_run,
+    pagehint_run,
+    pause_before_workload,
+    reference_files,
+)
+
+GOAL = 0.05
+FIELDS = ("returned_mib", "first_return_s", "t90_s", "mib_per_pass")
+
+
+def span(values: Sequence[float | None]) -> tuple[float, float] | None:
+    xs = [v for v in values if v is not None]
+    return (min(xs), max(xs)) if xs else None
+
+
+def verdict(kernel: Sequence[float | None], ours: Sequence[float | None]) -> str:
+    """Within the goal when every run of ours lies in the kernel's range, widened
+    by 5% of the kernel's median on each side."""
+    k = [v for v in kernel if v is not None]
+    o = [v for v in ours if v is not None]
+    if not k or not o:
+        return "n/a"
+    slack = GOAL * statistics.median(k)
+    lo, hi = min(k) - slack, max(k) + slack
+    return "within 5%" if all(lo <= v <= hi for v in o) else "outside 5%"
+
+
+def run(backends: Sequence[str]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for mode in MODES:
+        kernel: list[Figures] = []
+        ours: dict[str, list[Figures]] = {b: [] for b in backends}
+        for path in reference_files(mode):
+            fig, rec = kernel_run(path)
+            kernel.append(fig)
+            for backend in backends:
+                ours[backend].append(pagehint_run(mode, backend, pause_before_workload(rec)))
+        row: dict[str, object] = {"runs": len(kernel)}
+        for field in FIELDS:
+            kv = [getattr(f, field) for f in kernel]
+            row[f"kernel_{field}"] = span(kv)
+            for backend in backends:
+                ov = [getattr(f, field) for f in ours[backend]]
+                row[f"{backend}_{field}"] = span(ov)
+                row[f"{backend}_{field}_verdict"] = verdict(kv, ov)
+        out[mode] = row
+    return out
+
+
+def show(results: dict[str, dict[str, object]], backends: Sequence[str]) -> str:
+    def fmt(v: object) -> str:
+        if not isinstance(v, tuple):
+            return "-"
+        lo, hi = v
+        return f"{lo:.2f}" if lo == hi else f"{lo:.2f}–{hi:.2f}"
+
+    lines = []
+    for mode, row in results.items():
+        lines.append(f"{mode} ({row['runs']} recordings of the kernel; one pagehint run each)")
+        for field in FIELDS:
+            parts = [f"  {field:15s} kernel {fmt(row[f'kernel_{field}']):>13s}"]
+            for b in backends:
+                parts.append(
+                    f"{b} {fmt(row[f'{b}_{field}']):>13s} ({row[f'{b}_{field}_verdict']})"
+                )
+            lines.append("   ".join(parts))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default="sim,shm")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    a = ap.parse_args()
+    backends = [b for b in a.backends.split(",") if b]
+    results = run(backends)
+    print(show(results, backends))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""pagehint's reporting policy held to the real kernel's: the same workload, the
+same four figures.
+
+The kernel's side is recorded by bench/reference/linux/record.py (Debian 12's
+6.1 kernel in a 2 GiB, 2-vCPU QEMU guest with free page reporting; the
+recordings are committed beside it). pagehint's side runs the same history —
+the balloon registered, the workload started after the same pause, 256 MiB
+touched (as THPs, order 9, or as order-0 pages), held 4 s, freed, then idle —
+as a real host and guest process pair, and reads the host's residency from the
+guest's timeline. From each side's residency over time after the free:
+
+- returned: MiB the host stopped holding (resident at the free minus the least
+  in the window);
+- first return: seconds from the free to the first drop;
+- to 90%: seconds from the free until 90% of ``returned`` was back;
+- per pass: drops closer than 0.5 s to each other are one reporting pass; the
+  mean MiB of a pass, and the seconds between pass starts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference" / "linux"
+MODES = ("thp", "small")  # order-9 THPs at reporting order 9; order-0 pages at order 0
+WINDOW_S = 10.0  # after the free: the kernel's guest idles 25 s, its reports end in 4
+PASS_GAP_S = 0.5  # drops further apart than this are separate passes (the delay is 2 s)
+DROP_BYTES = 256 << 10  # a residency fall smaller than this is noise, not a report
+HOLD_S = 4  # the workload holds its region this long (workload.c's HOLD_S in record.py)
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Figures:
+    returned_mib: float
+    first_return_s: float | None
+    t90_s: float | None
+    passes: tuple[tuple[float, float], ...]  # (start s after the free, MiB)
+
+    @property
+    def mib_per_pass(self) -> float:
+        return statistics.fmean(m for _, m in self.passes) if self.passes else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "returned_mib": round(self.returned_mib, 1),
+            "first_return_s": self.first_return_s,
+            "t90_s": self.t90_s,
+            "mib_per_pass": round(self.mib_per_pass, 1),
+            "passes": len(self.passes),
+        }
+
+
+def figures(
+    samples: Sequence[tuple[float, int]], freed: float, window: float = WINDOW_S
+) -> Figures:
+    """The four figures from (seconds, resident bytes) samples around a free at ``freed``."""
+    before = [b for t, b in samples if t <= freed]
+    if not before:
+        raise ValueError("no residency sample before the free")
+    base = before[-1]
+    after = [(t - freed, b) for t, b in samples if freed < t <= freed + window]
+    if not after:
+        raise ValueError("no residency sample after the free")
+    low = min(b for _, b in after)
+    returned = max(0, base - low)
+    drops: list[tuple[float, int]] = []
+    prev = base
+    t90 = None
+    for t, b in after:
+        if b < prev - DROP_BYTES:
+            drops.append((t, prev - b))
+        if t90 is None and returned and base - b >= 0.9 * returned:
+            t90 = round(t, 2)
+        prev = min(prev, b) if b < prev - DROP_BYTES else prev
+    passes: list[list[float]] = []
+    for t, d in drops:
+        if passes and t - passes[-1][1] < PASS_GAP_S:
+            passes[-1][1] = t
+            passes[-1][2] += d / MIB
+        else:
+            passes.append([t, t, d / MIB])
+    return Figures(
+        returned / MIB,
+        round(drops[0][0], 2) if drops else None,
+        t90,
+        tuple((round(p[0], 2), round(p[2], 1)) for p in passes),
+    )
+
+
+def reference_files(mode: str) -> list[Path]:
+    return sorted(REFERENCE_DIR.glob(f"{mode}-*.json"))
+
+
+def kernel_run(path: Path) -> tuple[Figures, dict[str, Any]]:
+    """The figures of one recording, and the recording (less its samples)."""
+    rec = json.loads(path.read_text())
+    marks = rec["marks"]
+    end = marks.get("done", marks["freed"] + WINDOW_S)
+    fig = figures(rec["samples"], marks["freed"], min(WINDOW_S, end - marks["freed"]))
+    rec.pop("samples")
+    return fig, rec
+
+
+def scenario(mode: str, pause_s: float, region_mib: int = 256) -> str:
+    """The recorded guest's history as a pagehint scenario."""
+    order = 9 if mode == "thp" else 0
+    return f"""name = "kernel-fidelity-{mode}"
+[[steps]]
+op = "sleep"
+seconds = {pause_s:.3f}
+[[steps]]
+op = "alloc"
+name = "region"
+size = "{region_mib}MiB"
+order = {order}
+[[steps]]
+op = "mark"
+label = "touched"
+[[steps]]
+op = "sleep"
+seconds = {HOLD_S}
+[[steps]]
+op = "mark"
+label = "freeing"
+[[steps]]
+op = "free"
+name = "region"
+[[steps]]
+op = "mark"
+label = "freed"
+[[steps]]
+op = "sleep"
+seconds = {WINDOW_S + 1}
+"""
+
+
+def pause_before_workload(rec: dict[str, Any]) -> float:
+    """Seconds from the balloon's registration until the recorded workload had
+    touched its region: pagehint's guest, whose allocations take a fraction of
+    the (TCG) guest's page faults, waits this long and then allocates, so the
+    free falls at the same point of the 2 s reporting cycle (the first passes,
+    of boot's free memory, run from the registration on, in both)."""
+    marks = rec["marks"]
+    return float(marks["touched"] - marks["registered"])
+
+
+def pagehint_run(mode: str, backend: str, pause_s: float, workdir: Path | None = None) -> Figures:
+    """Run the history on a real host and guest process pair; its figures."""
+    from lab.procs import ProcessGroup
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = workdir or Path(tmp)
+        group = ProcessGroup(work)
+        try:
+            addr, _ = group.start_host(["--backend", backend])
+            scen = work / f"{mode}.toml"
+            scen.write_text(scenario(mode, pause_s))
+            tl = work / f"{mode}-{backend}.jsonl"
+            args = [
+                "--host", addr, "--ram", "2GiB", "--cpus", "2", "--policy", "reporting",
+                "--scenario", str(scen), "--timeline", str(tl), "--quiet",
+            ]  # fmt: skip
+            if mode == "small":
+                args += ["--reporting-order", "0"]
+            guest = group.start_guest(args, name=f"guest-{mode}-{backend}")
+            guest.communicate(timeout=120)
+            if guest.returncode != 0:
+                log = group.log_text(f"guest-{mode}-{backend}").strip().splitlines()
+                raise RuntimeError(f"guest exited {guest.returncode}: {log[-1:] or ''}")
+            rows = [json.loads(x) for x in tl.read_text().splitlines() if x.strip()]
+        finally:
+            group.close()
+    freed = next(r["t"] for r in rows if r.get("mark") == "freed")
+    samples = [
+        (r["t"], r["host_resident_bytes"]) for r in rows if r["host_resident_bytes"] is not None
+    ]
+    return figures(samples, freed)
