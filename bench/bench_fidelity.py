@@ -84,9 +84,7 @@ def show(results: dict[str, dict[str, object]], backends: Sequence[str]) -> str:
         for field in FIELDS:
             parts = [f"  {field:15s} kernel {fmt(row[f'kernel_{field}']):>13s}"]
             for b in backends:
-                parts.append(
-                    f"{b} {fmt(row[f'{b}_{field}']):>13s} ({row[f'{b}_{field}_verdict']})"
-                )
+                parts.append(f"{b} {fmt(row[f'{b}_{field}']):>13s} ({row[f'{b}_{field}_verdict']})")
             lines.append("   ".join(parts))
     return "\n".join(lines)
 

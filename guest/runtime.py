@@ -6,10 +6,9 @@ builds the end-of-run summary. Everything else is in the pieces.
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable

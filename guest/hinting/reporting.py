@@ -11,10 +11,11 @@ Behaviour reproduced, with the kernel's names:
   skipped unless its free pages exceed the low watermark plus
   ``capacity << page_reporting_order``. For each order from the reporting order
   up, and each migratetype's list of it, it runs a ``cycle`` over that list:
-  reported blocks are skipped, unreported ones isolated into a batch of ``capacity`` shared across the zone's
-  lists; when the batch is full the list is rotated so the walk resumes at the
-  next block, the batch is reported and ``drain``-ed back (to the tail of its
-  list, no hook, marked reported if still free at its order).
+  reported blocks are skipped, unreported ones isolated into a batch of
+  ``capacity`` shared across the zone's lists; when the batch is full the
+  list is rotated so the walk resumes at the next block, the batch is
+  reported and ``drain``-ed back (to the tail of its list, no hook, marked
+  reported if still free at its order).
 * A budget of ``ceil(nr_free / (capacity * 16))`` reports per list per pass,
   ``nr_free`` being the order's blocks over all its migratetypes' lists;
   running out sets REQUESTED and stops that list, so another pass follows

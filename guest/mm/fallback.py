@@ -33,7 +33,7 @@ from guest.mm.constants import (
 )
 
 if TYPE_CHECKING:
-    from guest.mm.buddy import BuddyAllocator
+    from guest.mm.lists import BuddyLists as BuddyAllocator
     from guest.mm.zone import FreeArea, Zone
 
 # fallbacks[] of mm/page_alloc.c.

@@ -10,7 +10,7 @@ from pathlib import Path
 from guest.hinting.device import LoopbackDevice
 from guest.mm import PAGE_SIZE, BuddyAllocator
 from guest.runtime import GuestRuntime
-from pagehint.config import GuestConfig, MemoryConfig, HintingConfig, TraceConfig
+from pagehint.config import GuestConfig, HintingConfig, MemoryConfig, TraceConfig
 from pagehint.schema import GuestSummary
 from tests.logs import log_lines
 
