@@ -201,7 +201,7 @@ class GuestRuntime:
         row: TimelineRow = {
             "t": round(time.monotonic() - self.started, 4),
             "event": event,
-            "free_bytes": self.mm.free_bytes,
+            "free_bytes": (self.mm.nr_free_pages + self.mm.nr_pcp_pages) * PAGE_SIZE,
             "isolated_bytes": self.mm.isolated_bytes,
             "allocated_bytes": self.mm.allocated_pages * PAGE_SIZE,
             "reported_bytes": st.reported_bytes,
@@ -336,7 +336,7 @@ class GuestRuntime:
             "walks": st.walks,
             "isolated_peak_bytes": st.isolated_peak_pages * PAGE_SIZE,
             "worker_seconds": round(st.worker_seconds, 4),
-            "free_bytes": self.mm.free_bytes,
+            "free_bytes": (self.mm.nr_free_pages + self.mm.nr_pcp_pages) * PAGE_SIZE,
             # The policy's order: a host's --min-order may have raised the flag's.
             "reportable_free_bytes": self.mm.free_pages_at_or_above(self.policy.order) * PAGE_SIZE,
             "host_resident_bytes": self.host.resident_bytes(),

@@ -225,6 +225,13 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         )
         connected.view.epoch = rt.started
         rt.host = DriverReadings(connected, ram)
+    # What the guest's kernel allocated before any listener was there (the boot
+    # layout: reserved ranges, boot's slab and tables): written, as a booted
+    # guest's are, so the host holds them and the page checker knows them.
+    for block in rt.mm.blocks() if rt.memory.on_alloc else ():
+        if block.state == "allocated":
+            for listener in rt.memory.on_alloc:
+                listener(block.pfn, block.order)
 
 
 class DriverReadings:

@@ -215,7 +215,7 @@ class MemoryConfig:
     cpus: int = 2
     # Boot layout (guest/mm/layout.py): linux (reserved ranges and early boot's
     # allocations, measured) | none (all RAM free from pfn 0) | auto (linux from
-    # 128 MiB of RAM, where Debian's kernel image fits).
+    # 1 GiB of RAM, none below: guest/mm/layout.py says why).
     layout: str = "auto"
     # Allocations check the zone watermarks with lowmem_reserve
     # (get_page_from_freelist). Off: zones drain to empty.

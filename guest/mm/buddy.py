@@ -276,6 +276,12 @@ class BuddyAllocator(BuddyLists):
         return self.nr_isolated_pages * PAGE_SIZE
 
     @property
+    def boot_pages(self) -> int:
+        """Pages the guest's kernel holds from boot (the layout's reservations and
+        boot's allocations): not the workload's."""
+        return sum(e - s for s, e in self.reserved) + len(self.boot_held)
+
+    @property
     def nr_pcp_pages(self) -> int:
         """Free pages waiting on per-CPU lists (not in the buddy)."""
         return sum(z.pcp.count for z in self.zones)

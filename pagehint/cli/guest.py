@@ -155,7 +155,7 @@ def _memory_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     add_flag(
         p, e, "--boot-layout", default=default_of(MemoryConfig, "layout"),
         help="linux (reserved ranges and early boot's allocations, measured on a 6.1 "
-        "guest) | none (all RAM free from pfn 0) | auto (linux from 128MiB)",
+        "guest) | none (all RAM free from pfn 0) | auto (linux from 1GiB)",
     )  # fmt: skip
     add_flag(
         p, e, "--min-free-kbytes", default=None,

@@ -271,3 +271,11 @@ def test_check_invariants_finds_a_page_on_no_list(model: MemoryConfig) -> None:
     mm.zones[-1].pcp.lists[order_to_pindex(MIGRATE_MOVABLE, 0)].remove(pfn)
     with pytest.raises(InvariantError):
         check_invariants(mm)
+
+
+def test_the_allocators_own_defaults_are_the_guests() -> None:
+    # guest/mm/model.py restates MemoryConfig's defaults (the allocator imports
+    # nothing above it): the two must not drift apart.
+    from guest.mm.model import AllocatorModel
+
+    assert dataclasses.asdict(AllocatorModel()) == dataclasses.asdict(MemoryConfig())
