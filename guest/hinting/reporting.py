@@ -36,7 +36,10 @@ Behaviour reproduced, with the kernel's names:
 The walk: the kernel walks the live list and, after each report, starts
 again at its head (the lock was dropped: blocks freed meanwhile sit there).
 We walk a copy of the list, taken when the cycle begins and again after each
-report, which visits the same blocks in the same order.
+report, which visits the same blocks in the same order. One departure: the
+kernel holds the zone lock for the walk; we yield to the workload every 1,024
+entries of a long list, so blocks may leave it (skipped by their flag) and the
+zone's free count may move between two isolations.
 """
 
 from __future__ import annotations

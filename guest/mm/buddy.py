@@ -208,6 +208,10 @@ class BuddyAllocator(BuddyLists):
                 # and what the zone keeps back from allocations that may go higher.
                 if zone.nr_free_pages - size + 1 <= mark + zone.lowmem_reserve[self._highest]:
                     continue
+                # __zone_watermark_ok: a high-order request also needs a buddy block
+                # of that order or larger (the per-CPU lists do not count).
+                if order and not any(zone.free_area[o].nr_free for o in range(order, NR_ORDERS)):
+                    continue
             if self._pcp and (order <= 3 or order == PAGEBLOCK_ORDER):
                 pfn = self._rmqueue_pcplist(zone, order, mt)
             else:

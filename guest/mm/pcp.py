@@ -13,6 +13,11 @@ One list per (order, migratetype) for the low orders, one for THP
 allocation side takes ``list_first_entry`` (``popleft``), a drain takes
 ``list_last_entry`` (``pop``), and ``rmqueue_bulk`` adds at the tail.
 
+A low-order list's index says the migratetype its pages go back to; the THP
+list is shared, and a drained THP goes to its pageblock's type at the drain
+(the kernel records the type at the free, get_pcppage_migratetype: they differ
+only if a fallback or an isolation retyped the pageblock meanwhile).
+
 The guest's work runs on one CPU, so each zone keeps the lists of that CPU; the
 other CPUs only divide the zone's low watermark when ``high`` is sized
 (zone_highsize), as they do in the kernel.

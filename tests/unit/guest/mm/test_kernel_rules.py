@@ -279,3 +279,24 @@ def test_the_allocators_own_defaults_are_the_guests() -> None:
     from guest.mm.model import AllocatorModel
 
     assert dataclasses.asdict(AllocatorModel()) == dataclasses.asdict(MemoryConfig())
+
+
+def test_zone_watermark_ok_wants_a_buddy_block_of_a_high_order_request() -> None:
+    # __zone_watermark_ok: past the order-0 test, an order > 0 request needs a free
+    # block of that order or larger in the zone's buddy lists; the per-CPU lists
+    # do not count. Here THPs wait on the per-CPU list while no buddy block is
+    # that large: the fast path refuses, the slow path drains and then succeeds.
+    mm = BuddyAllocator(256 << 20, model=dataclasses.replace(PCP_ONLY, watermarks=True))
+    mm.free(mm.alloc(PAGEBLOCK_ORDER), PAGEBLOCK_ORDER)  # THPs now on the list
+    for zone in mm.zones:  # split every buddy block of order >= 9 down to order 8
+        for order in range(10, PAGEBLOCK_ORDER - 1, -1):
+            fl = zone.free_area[order].free_list[MIGRATE_MOVABLE]
+            for pfn in list(fl):
+                fl.remove(pfn)
+                for half in (pfn, pfn + (1 << (order - 1))):
+                    mm.pg[half] = 0x20 | (order - 1)  # FREE | order
+                    zone.free_area[order - 1].free_list[MIGRATE_MOVABLE].add_tail(half)
+    # (unmerged on purpose: the checker would say so)
+    assert mm.nr_pcp_pages >= 512 and mm.kswapd_wakeups == 0
+    assert mm.alloc(PAGEBLOCK_ORDER) >= 0
+    assert mm.kswapd_wakeups == 1  # not from the list: the fast path said no
