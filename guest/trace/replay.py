@@ -142,7 +142,7 @@ def prepare(
     if untouched == "allocated":
         stats.untouched_allocated_pages = _allocate_untouched(plan, ctx)
     elif untouched == "reported":
-        stats.untouched_reported_pages = _report_untouched(plan, ctx)
+        stats.untouched_reported_pages = _report_untouched(ctx)
 
 
 def _touched(plan: ReplayPlan, nr_pages: int) -> bytearray:
@@ -155,7 +155,7 @@ def _touched(plan: ReplayPlan, nr_pages: int) -> bytearray:
     return touched
 
 
-def _report_untouched(plan: ReplayPlan, ctx: WorkloadContext) -> int:
+def _report_untouched(ctx: WorkloadContext) -> int:
     """Mark reported (PageReported) every block free at the start: on a guest that
     has been up, free page reporting handed its free memory back long ago and the
     host holds none of it — the pages the trace never names, and those it has yet
@@ -169,7 +169,6 @@ def _report_untouched(plan: ReplayPlan, ctx: WorkloadContext) -> int:
             for pfn in list(area):
                 if mm.mark_reported(pfn, area.order):
                     pages += 1 << area.order
-    del plan
     return pages
 
 
