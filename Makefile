@@ -65,8 +65,10 @@ compose-test: $(STAMP)
 readme-samples: $(STAMP)
 	$(PY) -m scripts.readme_samples $(if $(ONLY),--only $(ONLY))
 
+# Every benchmark, each goal with min–max and a verdict; rewrites bench/results.json,
+# bench/README.md's tables and the README's. ONLY=wire,roundtrip runs some.
 bench: $(STAMP)
-	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all $(if $(ONLY),--only $(ONLY))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache runs

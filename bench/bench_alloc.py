@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from bench.common import Machine, goal_line, interleave, median
+from bench.common import Machine, interleave, median
+from bench.goals import Goal, spread
 from bench.reference.plain_buddy import PlainBuddy
 from guest.mm import BuddyAllocator
 from guest.mm.zone import Zone
@@ -152,30 +153,58 @@ def _paired(runs: dict[str, Callable[[], tuple[float, float]]]) -> dict[str, Any
         }
         for side, s in samples.items()
     }
-    row["ratio"] = round(
-        median([a[0] / b[0] for a, b in zip(samples["pagehint"], samples["plain"], strict=True)]), 3
-    )
+    row["ratios"] = [
+        round(a[0] / b[0], 3) for a, b in zip(samples["pagehint"], samples["plain"], strict=True)
+    ]
+    row["ratio"] = round(median(row["ratios"]), 3)
     return row
 
 
-def verdicts(r: dict[str, Any]) -> list[str]:
-    lines = [
-        goal_line(f"allocator, {name}, vs plain buddy (CPU)", r[name]["ratio"], 1.0)
-        for name in ("compact@1GiB", "random@1GiB", "compact@64GiB", "random@64GiB", "cascade@1GiB")
+STATES = ("compact@1GiB", "random@1GiB", "compact@64GiB", "random@64GiB", "cascade@1GiB")
+
+
+def goals(r: dict[str, Any]) -> list[Goal]:
+    out = [
+        Goal(
+            f"allocator, {name}, order-0 pairs vs plain buddy (CPU)", tuple(r[name]["ratios"]), 1.0
+        )
+        for name in STATES
     ]
     for kind, ratio in r["flat_64_vs_1"].items():
-        lines.append(
-            goal_line(
+        out.append(
+            Goal(
                 f"allocator flat with size, {kind} 64 GiB / 1 GiB",
-                ratio,
+                (ratio,),
                 0.9,
-                f"plain buddy: {r['plain_flat_64_vs_1'][kind]}",
+                note=f"plain buddy: {r['plain_flat_64_vs_1'][kind]}",
             )
         )
-    return lines
+    return out
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [
+        "| state | pagehint pairs / CPU s | plain buddy | ratio, median (min–max) |",
+        "|---|---|---|---|",
+    ]
+    for name in STATES:
+        row = r[name]
+        rows.append(
+            f"| {name} | {row['pagehint']['cpu']:,} | {row['plain']['cpu']:,} "
+            f"| {spread(row['ratios'])} |"
+        )
+    hook = r["hook_cost"]
+    return (
+        "\n".join(rows)
+        + f"\n\n{r['pairs']:,} alloc/free pairs a round, {r['rounds']} rounds. Hook cost on "
+        f"random 1 GiB: a no-op hook at order 9 {hook['cost_pct@9']}%, on every free "
+        f"{hook['cost_pct@0']}%. Building the states: "
+        + ", ".join(f"{k} {v} s" for k, v in r["build_s"].items())
+        + ".\n"
+    )
 
 
 if __name__ == "__main__":
     result = main()
     print(json.dumps(result, indent=2))
-    print("\n".join(verdicts(result)))
+    print("\n".join(g.line() for g in goals(result)))

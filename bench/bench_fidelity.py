@@ -27,6 +27,7 @@ from bench.fidelity import (
     pause_before_workload,
     reference_files,
 )
+from bench.goals import Goal
 
 GOAL = 0.05
 FIELDS = ("returned_mib", "first_return_s", "t90_s", "mib_per_pass")
@@ -63,9 +64,11 @@ def run(backends: Sequence[str]) -> dict[str, dict[str, object]]:
         for field in FIELDS:
             kv = [getattr(f, field) for f in kernel]
             row[f"kernel_{field}"] = span(kv)
+            row[f"kernel_{field}_runs"] = kv
             for backend in backends:
                 ov = [getattr(f, field) for f in ours[backend]]
                 row[f"{backend}_{field}"] = span(ov)
+                row[f"{backend}_{field}_runs"] = ov
                 row[f"{backend}_{field}_verdict"] = verdict(kv, ov)
         out[mode] = row
     return out
@@ -73,7 +76,7 @@ def run(backends: Sequence[str]) -> dict[str, dict[str, object]]:
 
 def show(results: dict[str, dict[str, object]], backends: Sequence[str]) -> str:
     def fmt(v: object) -> str:
-        if not isinstance(v, tuple):
+        if not isinstance(v, (tuple, list)):  # a span; a list once read back from JSON
             return "-"
         lo, hi = v
         return f"{lo:.2f}" if lo == hi else f"{lo:.2f}–{hi:.2f}"
@@ -89,7 +92,44 @@ def show(results: dict[str, dict[str, object]], backends: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+BACKENDS = ("sim", "shm")
+
+
+def main() -> dict[str, dict[str, object]]:
+    """``make bench``: every recording, both backends."""
+    return run(BACKENDS)
+
+
+def goals(r: dict[str, dict[str, object]]) -> list[Goal]:
+    """Each figure of each run over the kernel's median for the same mode."""
+    out = []
+    for mode, row in r.items():
+        for field in FIELDS:
+            kv = [v for v in row[f"kernel_{field}_runs"] if v is not None]  # type: ignore[attr-defined]
+            if not kv:
+                continue
+            k = statistics.median(kv)
+            for b in BACKENDS:
+                ov = row[f"{b}_{field}_runs"]
+                ratios = tuple(round(v / k, 3) for v in ov if v is not None)  # type: ignore[attr-defined]
+                spread_k = f"kernel {min(kv):.2f}–{max(kv):.2f}"
+                out.append(
+                    Goal(
+                        f"fidelity, {mode}, {field}, {b}, vs kernel",
+                        ratios,
+                        GOAL,
+                        band=True,
+                        note=spread_k,
+                    )
+                )
+    return out
+
+
+def table(r: dict[str, dict[str, object]]) -> str:
+    return "```\n" + show(r, BACKENDS) + "\n```\n"
+
+
+def cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="sim,shm")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -103,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -20,10 +20,12 @@ import asyncio
 import json
 import random
 import time
+from typing import Any
 
 import uvloop
 
 from bench.common import interleave, median
+from bench.goals import Goal
 from guest.hinting.device import LoopbackDevice
 from guest.hinting.registry import make_policy
 from guest.mm import BuddyAllocator
@@ -82,7 +84,7 @@ def run(policy_name: str, hog: bool, reported: dict[str, int]) -> float:
     return rate
 
 
-def main() -> dict[str, object]:
+def main() -> dict[str, Any]:
     reported: dict[str, int] = {}
     samples = interleave(
         {
@@ -101,8 +103,24 @@ def main() -> dict[str, object]:
             100 * (1 - med["bitmap/churn+hog"] / med["none/churn+hog"]), 2
         ),
         "reported_pages_last_round": reported,
+        "cost_pct": {
+            w: [
+                round(100 * (1 - b / n), 2)
+                for n, b in zip(samples[f"none/{w}"], samples[f"bitmap/{w}"], strict=True)
+            ]
+            for w in ("churn", "churn+hog")
+        },
     }
 
 
+def goals(r: dict[str, Any]) -> list[Goal]:
+    return [
+        Goal(f"bitmap hinting's cost on {w}, wall clock", tuple(v), 5.0, unit="%", at_most=True)
+        for w, v in r["cost_pct"].items()
+    ]
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))
+    result = main()
+    print(json.dumps(result, indent=2))
+    print("\n".join(g.line() for g in goals(result)))

@@ -17,6 +17,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from bench.goals import Goal
 
 OPS = 40_000
 
@@ -52,7 +55,7 @@ def instructions(policy: str, ops: int) -> int:
         return int(m.group(1))
 
 
-def main() -> dict[str, object]:
+def main() -> dict[str, Any]:
     base = instructions("none", 0)
     none = instructions("none", OPS) - base
     bitmap = instructions("bitmap", OPS) - base
@@ -65,5 +68,20 @@ def main() -> dict[str, object]:
     }
 
 
+def goals(r: dict[str, Any]) -> list[Goal]:
+    return [
+        Goal(
+            "bitmap hinting's cost on churn+hog, instructions",
+            (r["bitmap_cost_pct"],),
+            5.0,
+            unit="%",
+            at_most=True,
+            note="callgrind: one exact count",
+        )
+    ]
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))
+    result = main()
+    print(json.dumps(result, indent=2))
+    print("\n".join(g.line() for g in goals(result)))

@@ -32,7 +32,8 @@ from typing import Any
 
 import uvloop
 
-from bench.common import Machine, goal_line, median, proc_cpu_seconds
+from bench.common import Machine, median, proc_cpu_seconds
+from bench.goals import Goal
 from bench.reference.bare_grpc import BareClient
 from guest.balloon import BalloonDriver
 from guest.mm import BuddyAllocator
@@ -127,54 +128,95 @@ async def _bare_clients(addr: str, n: int) -> tuple[list[Report], Callable[[], A
     return [make(c) for c in clients], stop
 
 
-async def measure(ph_addr: str, ph_pid: int, bare_addr: str, bare_pid: int) -> dict[str, Any]:
+class ClientProcess:
+    """One side's clients (``streams`` of them) in a process of their own, driven
+    over a pipe: each ``run`` line is one measurement. Kept alive across rounds,
+    so sessions are set up once, as the pagehint guest's are."""
+
+    def __init__(self, side: str, addr: str, streams: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_wire", "client", side, addr, str(streams)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "GRPC_VERBOSITY": "NONE"},
+        )
+        if self._line() != "ready":
+            raise RuntimeError(f"{side} client with {streams} streams did not start")
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def run(self, per_stream: int, window: int, host_pid: int) -> dict[str, float]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{per_stream} {window} {host_pid}\n")
+        self.proc.stdin.flush()
+        row: dict[str, float] = json.loads(self._line())
+        return row
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+async def _client_main(side: str, addr: str, streams: int) -> None:
+    make = _pagehint_clients if side == "pagehint" else _bare_clients
+    reports, stop = await make(addr, streams)
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        per, window, host_pid = map(int, line.split())
+        print(json.dumps(await _run(reports, per, window, host_pid)), flush=True)
+    await stop()
+
+
+CASES: list[tuple[str, int, int, int]] = [  # name, streams, window, chains per stream
+    ("window1", 1, 1, CHAINS),
+    ("window8", 1, 8, CHAINS),
+    *(
+        (f"guests{g}", g, 1, MULTI_CHAINS * 16 // g if g < 16 else MULTI_CHAINS)
+        for g in GUEST_COUNTS
+    ),
+]
+
+
+def measure(sides: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """Paired rounds: each case runs on both sides back to back, order alternating."""
     machine = Machine.start()
-    sides: dict[str, tuple[str, int, Any]] = {
-        "pagehint": (ph_addr, ph_pid, _pagehint_clients),
-        "bare": (bare_addr, bare_pid, _bare_clients),
-    }
-    cases: list[tuple[str, int, int, int]] = [  # name, streams, window, chains per stream
-        ("window1", 1, 1, CHAINS),
-        ("window8", 1, 8, CHAINS),
-        *(
-            (f"guests{g}", g, 1, MULTI_CHAINS * 16 // g if g < 16 else MULTI_CHAINS)
-            for g in GUEST_COUNTS
-        ),
-    ]
     samples: dict[str, dict[str, list[dict[str, float]]]] = {
-        c[0]: {"pagehint": [], "bare": []} for c in cases
+        c[0]: {"pagehint": [], "bare": []} for c in CASES
     }
-    clients: dict[tuple[str, int], tuple[list[Report], Callable[[], Awaitable[None]]]] = {}
-    for side, (addr, _pid, make) in sides.items():
-        for g in sorted({c[1] for c in cases}):
-            clients[(side, g)] = await make(addr, g)
-    for side, (_addr, pid, _m) in sides.items():  # warm-up
-        await _run(clients[(side, 1)][0], 200, 1, pid)
-    for r in range(ROUNDS):
-        for name, streams, window, per in cases:
-            order = ["pagehint", "bare"] if r % 2 == 0 else ["bare", "pagehint"]
-            for side in order:
-                reports = clients[(side, streams)][0]
-                row = await _run(reports, per, window, sides[side][1])
-                samples[name][side].append(row)
-                print(f"round {r} {name} {side}: {row['chains_per_s']:.0f}/s", file=sys.stderr)
-    for _reports, stop in clients.values():
-        await stop()
+    clients = {
+        (side, g): ClientProcess(side, addr, g)
+        for side, (addr, _pid) in sides.items()
+        for g in sorted({c[1] for c in CASES})
+    }
+    try:
+        for side, (_addr, pid) in sides.items():  # warm-up
+            clients[(side, 1)].run(200, 1, pid)
+        for r in range(ROUNDS):
+            for name, streams, window, per in CASES:
+                order = ["pagehint", "bare"] if r % 2 == 0 else ["bare", "pagehint"]
+                for side in order:
+                    row = clients[(side, streams)].run(per, window, sides[side][1])
+                    samples[name][side].append(row)
+                    print(f"round {r} {name} {side}: {row['chains_per_s']:.0f}/s", file=sys.stderr)
+    finally:
+        for c in clients.values():
+            c.close()
     out: dict[str, Any] = {"rounds": ROUNDS, "machine": machine.report()}
     for name, by_side in samples.items():
         row: dict[str, Any] = {}
         for side, rows in by_side.items():
             row[side] = {k: round(median([x[k] for x in rows]), 3) for k in rows[0]}
         # Ratio per round (paired), then the median of the ratios.
-        row["ratio"] = round(
-            median(
-                [
-                    p["chains_per_s"] / b["chains_per_s"]
-                    for p, b in zip(by_side["pagehint"], by_side["bare"], strict=True)
-                ]
-            ),
-            3,
-        )
+        row["ratios"] = [
+            round(p["chains_per_s"] / b["chains_per_s"], 3)
+            for p, b in zip(by_side["pagehint"], by_side["bare"], strict=True)
+        ]
+        row["ratio"] = round(median(row["ratios"]), 3)
         out[name] = row
     return out
 
@@ -199,30 +241,57 @@ def main() -> dict[str, Any]:
             deadline = time.monotonic() + 30
             while not ready.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            return uvloop.run(measure(ph_addr, ph.pid, ready.read_text().strip(), bare.pid))
+            return measure(
+                {"pagehint": (ph_addr, ph.pid), "bare": (ready.read_text().strip(), bare.pid)}
+            )
         finally:
             bare.terminate()
             bare.wait(10)
             group.close()
 
 
-def verdicts(r: dict[str, Any]) -> list[str]:
-    lines = [
-        goal_line("wire, window 1, chains/s vs bare grpc.aio", r["window1"]["ratio"], 0.9),
-        goal_line("wire, window 8, chains/s vs bare grpc.aio", r["window8"]["ratio"], 0.9),
-    ]
+def goals(r: dict[str, Any]) -> list[Goal]:
     g = [r[f"guests{n}"]["pagehint"]["host_cpu_us"] for n in GUEST_COUNTS]
     b = [r[f"guests{n}"]["bare"]["host_cpu_us"] for n in GUEST_COUNTS]
-    lines.append(
-        f"{'host CPU/chain at ' + '/'.join(map(str, GUEST_COUNTS)) + ' guests':<46} "
-        f"pagehint {' / '.join(f'{x:.0f}' for x in g)} µs, "
-        f"bare {' / '.join(f'{x:.0f}' for x in b)} µs"
-        f"  goal: falls as guests are added — {'met' if g[-1] < g[0] else 'NOT met'}"
+    return [
+        Goal("wire, window 1, chains/s vs bare grpc.aio", tuple(r["window1"]["ratios"]), 0.9),
+        Goal("wire, window 8, chains/s vs bare grpc.aio", tuple(r["window8"]["ratios"]), 0.9),
+        Goal(
+            f"wire, host CPU per chain, {GUEST_COUNTS[-1]} guests over 1",
+            (round(g[-1] / g[0], 3),),
+            1.0,
+            at_most=True,
+            note=f"bare grpc.aio: {b[-1] / b[0]:.2f}",
+        ),
+    ]
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [
+        "| case | pagehint chains/s | bare chains/s | ratio, median (min–max) "
+        "| p50 ms pagehint / bare | CPU µs per chain, guest / host: pagehint | bare |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, *_ in CASES:
+        row = r[name]
+        p, b = row["pagehint"], row["bare"]
+        rows.append(
+            f"| {name} | {p['chains_per_s']:,.0f} | {b['chains_per_s']:,.0f} "
+            f"| {row['ratio']:.2f} ({min(row['ratios']):.2f}–{max(row['ratios']):.2f}) "
+            f"| {p['p50_ms']:.3f} / {b['p50_ms']:.3f} "
+            f"| {p['guest_cpu_us']:.0f} / {p['host_cpu_us']:.0f} "
+            f"| {b['guest_cpu_us']:.0f} / {b['host_cpu_us']:.0f} |"
+        )
+    return (
+        "\n".join(rows)
+        + f"\n\n{r['rounds']} rounds; each side's clients in a process of their own.\n"
     )
-    return lines
 
 
 if __name__ == "__main__":
-    result = main()
-    print(json.dumps(result, indent=2))
-    print("\n".join(verdicts(result)))
+    if sys.argv[1:2] == ["client"]:
+        uvloop.run(_client_main(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    else:
+        result = main()
+        print(json.dumps(result, indent=2))
+        print("\n".join(g.line() for g in goals(result)))

@@ -1,29 +1,69 @@
-"""Run every benchmark in bench/ and print its results (``make bench``)."""
+"""Run the benchmarks, print every goal with min–max and a verdict, and rewrite
+the figures in bench/README.md and the README from this run (``make bench``).
+
+    .venv/bin/python -m bench.run_all [--only wire,loadtest] [--no-write]
+
+``--only`` runs some benches (names without ``bench_``); the others keep their
+last recorded run in bench/results.json, each table saying when and at which
+commit it was measured.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import pkgutil
+import sys
 
 import bench
+from bench import report
+from bench.goals import Goal
 
 
-def main() -> None:
-    verdicts: list[str] = []
-    for mod in sorted(m.name for m in pkgutil.iter_modules(bench.__path__)):
-        if not mod.startswith("bench_"):
-            continue
-        module = importlib.import_module(f"bench.{mod}")
-        print(f"== {mod}")
+def available() -> list[str]:
+    return sorted(
+        m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_")
+    )
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__)
+    p.add_argument("--only", default="", help="comma-separated benches, e.g. wire,replay")
+    p.add_argument("--no-write", action="store_true", help="print only; touch no file")
+    a = p.parse_args(argv)
+    names = available()
+    if a.only:
+        wanted = [f"bench_{x.strip().removeprefix('bench_')}" for x in a.only.split(",")]
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            short = ", ".join(n.removeprefix("bench_") for n in names)
+            p.exit(2, f"error: no bench {', '.join(unknown)} (there are: {short})\n")
+        names = wanted
+    a.names = names
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = _args(argv)
+    goals: list[Goal] = []
+    for name in a.names:
+        module = importlib.import_module(f"bench.{name}")
+        print(f"== {name}", flush=True)
+        stamp = report.provenance()  # the commit measured, taken before the run
         result = module.main()
         print(json.dumps(result, indent=2), flush=True)
-        if hasattr(module, "verdicts"):
-            verdicts.extend(module.verdicts(result))
-    # Each ratio next to its goal, at the end where it is read.
-    print("\n== goals (ratios measured in this run)")
-    print("\n".join(verdicts))
+        mine: list[Goal] = module.goals(result) if hasattr(module, "goals") else []
+        goals.extend(mine)
+        if not a.no_write:
+            report.save(name, result, mine, stamp)
+    # Each goal beside its figure, at the end where it is read.
+    print("\n== goals (this run: median, min–max over its rounds)")
+    print("\n".join(g.line() for g in goals))
+    if not a.no_write:
+        for path in report.render():
+            print(f"rewrote {path.relative_to(report.ROOT)}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
