@@ -27,6 +27,7 @@ from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import PAGE_SIZE
 from guest.ram import RamFileRefused, SharedRam
 from guest.runtime import GuestRuntime, HostFaults, add_host_faults, make_allocator
+from pagehint import heap
 from pagehint import loop as event_loop
 from pagehint.config import GuestConfig
 from pagehint.errors import UsageError
@@ -56,6 +57,7 @@ async def serve_guest(cfg: GuestConfig, signals: StopSignals | None = None) -> G
             await driver.stop()
         raise
     _wire(rt, driver, shm.ram)
+    heap.settle()  # boot's state is built: out of the collector's full walks
     reports = None
     if driver is not None and cfg.reports is not None:
         try:

@@ -1,4 +1,5 @@
-"""LoopShare: busy workloads on a shared loop leave every window's rest to the others."""
+"""LoopShare: busy workloads on a shared loop leave every window's rest to the others,
+and what becomes ready between their slices runs after at most one of them."""
 
 from __future__ import annotations
 
@@ -69,3 +70,61 @@ async def test_workloads_still_progress_under_the_share() -> None:
     finally:
         share.shared = None
     assert got == 2048
+
+
+async def _ops_before_a_ready_callback(burners: int, loop_share: share.LoopShare | None) -> int:
+    """Most workload operations that ran between a callback becoming ready (a
+    future resolved, as the stream reader resolves a chain's) and it running."""
+    share.shared = loop_share
+    stop = asyncio.Event()
+    contexts = [
+        WorkloadContext(GuestMemory(BuddyAllocator(64 << 20, model=BARE_MEMORY)), seed=i)
+        for i in range(burners)
+    ]
+
+    async def burn(ctx: WorkloadContext) -> None:
+        while not stop.is_set():
+            await ctx.alloc_bytes("x", 4 << 20, 0)
+            await ctx.free_group("x")
+
+    tasks = [asyncio.create_task(burn(c)) for c in contexts]
+    loop = asyncio.get_running_loop()
+    worst = 0
+    try:
+        await asyncio.sleep(0.02)
+        for _ in range(30):
+            await asyncio.sleep(0.002)
+            before = _ops(contexts)
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.call_soon(ready.set_result, None)
+            await ready
+            worst = max(worst, _ops(contexts) - before)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        share.shared = None
+    return worst
+
+
+async def test_a_ready_callback_waits_for_at_most_one_slice() -> None:
+    # Before, every capped workload woke at a window's start and they ran back to
+    # back until the budget was spent: a resolved future waited behind all of them.
+    # Now workloads take turns, one slice each, with the ready queue in between.
+    s = share.LoopShare(window=0.01, share=0.5, slice_ops=64)
+    worst = await _ops_before_a_ready_callback(60, s)
+    assert worst <= 2 * s.slice_ops, worst
+
+
+async def test_every_workload_gets_turns() -> None:
+    share.shared = share.LoopShare(window=0.01, share=0.5)
+    try:
+        contexts = [
+            WorkloadContext(GuestMemory(BuddyAllocator(64 << 20, model=BARE_MEMORY)), seed=i)
+            for i in range(8)
+        ]
+        got = await asyncio.wait_for(
+            asyncio.gather(*(c.alloc_bytes("x", 2 << 20, 0) for c in contexts)), 20
+        )
+    finally:
+        share.shared = None
+    assert got == [512] * 8
