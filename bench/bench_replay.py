@@ -32,6 +32,7 @@ from guest.hinting.registry import make_policy
 from guest.memory import GuestMemory
 from guest.mm import BuddyAllocator
 from guest.mm.constants import ALLOCATED
+from guest.mm.exact import alloc_at, reshape_allocated
 from guest.trace.parse import FREE, parse_trace
 from guest.trace.replay import ReplayStats, plan_replay, prepare, replay
 from guest.workloads.base import WorkloadContext
@@ -68,14 +69,14 @@ def _allocator() -> float:
     ctx = WorkloadContext(GuestMemory(mm))
     prepare(PLAN, ctx, ReplayStats())
     kinds, pfns, orders = PLAN.trace.kinds, PLAN.pfns, PLAN.trace.orders
-    alloc_at, free, reshape, pg = mm.alloc_at, mm.free, mm.reshape_allocated, mm.pg
+    free, pg = mm.free, mm.pg
     c0 = time.process_time()
     for kind, pfn, order in zip(kinds, pfns, orders, strict=True):
         if kind == FREE:
-            if pg[pfn] == ALLOCATED | order or reshape(pfn, order) is None:
+            if pg[pfn] == ALLOCATED | order or reshape_allocated(mm, pfn, order) is None:
                 free(pfn, order)
         else:
-            alloc_at(pfn, order)
+            alloc_at(mm, pfn, order)
     return len(kinds) / (time.process_time() - c0)
 
 

@@ -47,11 +47,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     a = _args(argv)
     goals: list[Goal] = []
+    failed: list[str] = []
     for name in a.names:
         module = importlib.import_module(f"bench.{name}")
         print(f"== {name}", flush=True)
         stamp = report.provenance()  # the commit measured, taken before the run
-        result = module.main()
+        try:
+            result = module.main()
+        except Exception as e:  # one broken bench must not cost the others' figures
+            failed.append(f"{name}: {type(e).__name__}: {e}")
+            print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            continue
         print(json.dumps(result, indent=2), flush=True)
         mine: list[Goal] = module.goals(result) if hasattr(module, "goals") else []
         goals.extend(mine)
@@ -63,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     if not a.no_write:
         for path in report.render():
             print(f"rewrote {path.relative_to(report.ROOT)}")
+    if failed:
+        print("\n== failed (their last recorded figures kept)\n" + "\n".join(failed))
+        sys.exit(1)
 
 
 if __name__ == "__main__":
