@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import IO
 
@@ -95,6 +96,11 @@ class HostView:
             self.report_log = None
 
     async def poll_stats(self) -> None:
+        await self.refresh_stats()
+        # The first wait is a random part of the period: guests that booted in the
+        # same instant (a group, a load test) do not all poll in the same one, on
+        # top of their reporting passes, whose 2 s delays end together.
+        await asyncio.sleep(self.stats_period() * random.random())
         while True:
             await self.refresh_stats()
             await asyncio.sleep(self.stats_period())

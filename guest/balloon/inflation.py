@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -241,10 +242,17 @@ class GuestBalloon:
 
     async def send_stats(self) -> None:
         """Every stats_interval the host named (STATS_VQ), the guest's stats."""
+        first = True
         while True:
             interval = self.stats_interval
             if not (self.negotiated and interval > 0 and F.has(self.features, F.STATS_VQ)):
                 await asyncio.sleep(0.5)
+                continue
+            if first:
+                # A random phase: a host's guests that booted together do not all
+                # send in the same instant (each VM's stats timer runs on its own).
+                first = False
+                await asyncio.sleep(interval * random.random())
                 continue
             stream = self.conn.stream
             if stream is not None and self.conn.connected.is_set():
