@@ -60,6 +60,16 @@ def save(bench: str, result: dict[str, Any], goals: list[Goal], stamp: dict[str,
     RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
+def goals_of(bench: str, entry: dict[str, Any]) -> list[Goal]:
+    """A recorded run's goals, judged by the bench's goals() as it is now (a goal
+    refined after the run is applied to the same figures), else as recorded."""
+    module = importlib.import_module(f"bench.{bench}")
+    if hasattr(module, "goals"):
+        goals: list[Goal] = module.goals(entry["result"])
+        return goals
+    return [Goal.from_json(x) for x in entry["goals"]]
+
+
 def goals_table(data: dict[str, Any]) -> str:
     rows = [
         "| goal | this machine: median (min–max, rounds) | target | verdict | run |",
@@ -67,7 +77,7 @@ def goals_table(data: dict[str, Any]) -> str:
     ]
     for bench in sorted(data):
         entry = data[bench]
-        for g in (Goal.from_json(x) for x in entry["goals"]):
+        for g in goals_of(bench, entry):
             rule = ", every round" if g.every_round and g.target is not None else ""
             verdict = g.verdict()
             shown = f"**{verdict}**" if verdict.startswith("NOT") else verdict
