@@ -47,10 +47,22 @@ def provenance() -> dict[str, str]:
     }
 
 
+class ResultsError(Exception):
+    """bench/results.json cannot be used; the message says why, in one line."""
+
+
 def load() -> dict[str, Any]:
     if not RESULTS.exists():
         return {}
-    data: dict[str, Any] = json.loads(RESULTS.read_text())
+    try:
+        data = json.loads(RESULTS.read_text())
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{RESULTS}: cannot read: {e}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(v, dict) and {"date", "commit", "python", "result", "goals"} <= v.keys()
+        for v in data.values()
+    ):
+        raise ResultsError(f"{RESULTS}: not a record of bench runs (remove it to start afresh)")
     return data
 
 
@@ -127,5 +139,8 @@ def render(data: dict[str, Any] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in render():
-        print(f"rewrote {path.relative_to(ROOT)}")
+    try:
+        for path in render():
+            print(f"rewrote {path.relative_to(ROOT)}")
+    except ResultsError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -46,6 +46,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     a = _args(argv)
+    if not a.no_write:
+        try:
+            report.load()  # a results file we could not add to: say so before an hour's run
+        except report.ResultsError as e:
+            raise SystemExit(f"error: {e}") from None
     goals: list[Goal] = []
     failed: list[str] = []
     for name in a.names:

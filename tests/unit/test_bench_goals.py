@@ -92,3 +92,18 @@ def test_an_unknown_bench_is_one_line(capsys: pytest.CaptureFixture[str]) -> Non
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and "no bench bench_nonesuch" in err[0]
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"bench_x": [1, 2]}', "[]"])
+def test_a_bad_results_file_is_one_line_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str
+) -> None:
+    bad = tmp_path / "results.json"
+    bad.write_text(content)
+    monkeypatch.setattr(report, "RESULTS", bad)
+    ran: list[str] = []
+    monkeypatch.setattr(run_all.importlib, "import_module", lambda name: ran.append(name))
+    with pytest.raises(SystemExit) as e:
+        run_all.main(["--only", "discard"])
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert ran == [] and bad.read_text() == content  # nothing run, nothing lost
