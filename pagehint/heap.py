@@ -14,6 +14,11 @@ for long-lived state built before a server's work starts). The collector still
 runs and still frees every cycle made afterwards; it no longer re-walks boot's
 state. Objects made later (blocks, chains, messages) are collected as before.
 ``gc.freeze`` splices lists; it costs nothing to call once per guest.
+
+The price: a frozen object in a reference cycle is never collected, so a
+guest's state that becomes cyclic garbage when it ends stays until the process
+exits. Only the processes whose guests live as long as they do call this
+(``pagehint guest`` and ``guest-group``, through guest/service.py).
 """
 
 from __future__ import annotations
