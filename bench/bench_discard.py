@@ -5,7 +5,7 @@ rounds alternating:
 
   host  the balloon device's path for chains of 32 order-9 ranges (64 MiB a
         chain): every check a chain goes through, then ShmRam.discard
-        (coalesced fallocate(PUNCH_HOLE|KEEP_SIZE) calls)
+        (coalesced madvise(MADV_REMOVE) calls on the host's mapping of the file)
   raw   fallocate(PUNCH_HOLE|KEEP_SIZE) on the same file size in 2 MiB calls
 
 Re-filling the file between rounds is not timed.

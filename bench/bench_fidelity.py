@@ -109,8 +109,11 @@ def goals(r: dict[str, dict[str, object]]) -> list[Goal]:
             kv: list[float | None] = row[f"kernel_{field}_runs"]  # type: ignore[assignment]
             for b in BACKENDS:
                 ov: list[float | None] = row[f"{b}_{field}_runs"]  # type: ignore[assignment]
+                # A run that never returned (None) fails the band: inf, not skipped.
                 ratios = tuple(
-                    round(o / k, 3) for o, k in zip(ov, kv, strict=True) if o is not None and k
+                    float("inf") if o is None else round(o / k, 3)
+                    for o, k in zip(ov, kv, strict=True)
+                    if k
                 )
                 out.append(
                     Goal(

@@ -10,8 +10,9 @@ A real ``pagehint host --backend shm`` process; in this process the guest's
 balloon driver (what ``pagehint guest`` uses) with the RAM file mapped. Each
 round writes every page (resident on the host), then sends ``CHAINS`` chains
 of 32 scattered order-0 pages, one outstanding, and takes the p50 and p99 of
-their round trips. ``punch 32``: the same 32 hole punches of 4 KiB in a bare
-loop, the discard's own floor.
+their round trips. ``punch 32``: the same 32 holes of 4 KiB punched in a bare
+loop the way the host does (madvise(MADV_REMOVE) on a mapping of the file),
+the discard's own floor.
 
     .venv/bin/python -m bench.bench_roundtrip
 """
@@ -32,7 +33,7 @@ from bench.common import Machine
 from bench.goals import Goal, spread
 from guest.balloon import BalloonDriver
 from guest.mm import BuddyAllocator
-from host.memory.punch import punch_hole
+from host.memory.punch import madv_remove
 from lab.procs import ProcessGroup
 from pagehint.config import GuestConfig, HintingConfig
 from pagehint.stats import percentiles
@@ -82,7 +83,7 @@ async def measure(addr: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         for chain in chains:
             for pfn, _order in chain:
-                punch_hole(fd, pfn * PAGE, PAGE)
+                madv_remove(m, pfn * PAGE, PAGE)  # as the host discards
         floor.append(round((time.perf_counter() - t0) * 1000 / len(chains), 4))
     await driver.stop()
     m.close()

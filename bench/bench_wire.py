@@ -20,8 +20,10 @@ time, not as cost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -144,9 +146,15 @@ class ClientProcess:
         if self._line() != "ready":
             raise RuntimeError(f"{side} client with {streams} streams did not start")
 
-    def _line(self) -> str:
+    def _line(self, timeout: float = 300.0) -> str:
+        """The child's next line; a child that dies or hangs is an error, not a hang."""
         assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.proc.kill()
+            raise RuntimeError(f"a bench client process ended or hung (exit {self.proc.wait()})")
+        return line.strip()
 
     def run(self, per_stream: int, window: int, host_pid: int) -> dict[str, float]:
         assert self.proc.stdin is not None
@@ -157,8 +165,13 @@ class ClientProcess:
 
     def close(self) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(30)
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 async def _client_main(side: str, addr: str, streams: int) -> None:
@@ -188,12 +201,11 @@ def measure(sides: dict[str, tuple[str, int]]) -> dict[str, Any]:
     samples: dict[str, dict[str, list[dict[str, float]]]] = {
         c[0]: {"pagehint": [], "bare": []} for c in CASES
     }
-    clients = {
-        (side, g): ClientProcess(side, addr, g)
-        for side, (addr, _pid) in sides.items()
-        for g in sorted({c[1] for c in CASES})
-    }
+    clients: dict[tuple[str, int], ClientProcess] = {}
     try:
+        for side, (addr, _pid) in sides.items():
+            for g in sorted({c[1] for c in CASES}):
+                clients[(side, g)] = ClientProcess(side, addr, g)
         for side, (_addr, pid) in sides.items():  # warm-up
             clients[(side, 1)].run(200, 1, pid)
         for r in range(ROUNDS):

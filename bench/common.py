@@ -73,10 +73,3 @@ class Machine:
             "wall_s": round(time.monotonic() - self.wall0, 1),
             "cpus": float(os.cpu_count() or 1),
         }
-
-
-def goal_line(name: str, ratio: float, goal: float, note: str = "") -> str:
-    """One line of ``make bench``'s verdicts: the ratio beside its goal."""
-    verdict = "met" if ratio >= goal else "NOT met"
-    extra = f"  ({note})" if note else ""
-    return f"{name:<46} {ratio:6.3f}  goal >= {goal:<4}  {verdict}{extra}"

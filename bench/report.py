@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import os
 import platform
 import re
 import subprocess
@@ -38,7 +39,9 @@ def provenance() -> dict[str, str]:
         return r.stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
+    # The files a run itself rewrites do not make the code measured dirty.
+    mine = (":!bench/results.json", ":!bench/README.md", ":!README.md")
+    if git("status", "--porcelain", "--untracked-files=no", "--", ".", *mine):
         commit += "+dirty"
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -69,17 +72,21 @@ def load() -> dict[str, Any]:
 def save(bench: str, result: dict[str, Any], goals: list[Goal], stamp: dict[str, str]) -> None:
     data = load()
     data[bench] = {**stamp, "result": result, "goals": [g.as_json() for g in goals]}
-    RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, RESULTS)  # an interrupted write leaves the old record whole
 
 
 def goals_of(bench: str, entry: dict[str, Any]) -> list[Goal]:
     """A recorded run's goals, judged by the bench's goals() as it is now (a goal
     refined after the run is applied to the same figures), else as recorded."""
-    module = importlib.import_module(f"bench.{bench}")
-    if hasattr(module, "goals"):
+    try:
+        module = importlib.import_module(f"bench.{bench}")
         goals: list[Goal] = module.goals(entry["result"])
         return goals
-    return [Goal.from_json(x) for x in entry["goals"]]
+    except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+        # A bench since removed, or a record older than its goals(): as recorded.
+        return [Goal.from_json(x) for x in entry["goals"]]
 
 
 def goals_table(data: dict[str, Any]) -> str:
@@ -102,11 +109,17 @@ def goals_table(data: dict[str, Any]) -> str:
 
 
 def bench_table(bench: str, entry: dict[str, Any]) -> str | None:
-    module = importlib.import_module(f"bench.{bench}")
+    try:
+        module = importlib.import_module(f"bench.{bench}")
+    except ImportError:
+        return None
     table = getattr(module, "table", None)
     if table is None:
         return None
-    body: str = table(entry["result"])
+    try:
+        body: str = table(entry["result"])
+    except (KeyError, TypeError, ValueError):
+        return None  # a record older than its table: the block keeps what it had
     m = entry["result"].get("machine", {})
     steal = f", steal {m['steal_pct']}%" if "steal_pct" in m else ""
     stamp = f"*{entry['date']}, commit {entry['commit']}, Python {entry['python']}{steal}.*\n"

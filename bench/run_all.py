@@ -54,20 +54,20 @@ def main(argv: list[str] | None = None) -> None:
     goals: list[Goal] = []
     failed: list[str] = []
     for name in a.names:
-        module = importlib.import_module(f"bench.{name}")
         print(f"== {name}", flush=True)
         stamp = report.provenance()  # the commit measured, taken before the run
         try:
+            module = importlib.import_module(f"bench.{name}")
             result = module.main()
+            print(json.dumps(result, indent=2), flush=True)
+            mine: list[Goal] = module.goals(result) if hasattr(module, "goals") else []
+            if not a.no_write:
+                report.save(name, result, mine, stamp)
         except Exception as e:  # one broken bench must not cost the others' figures
             failed.append(f"{name}: {type(e).__name__}: {e}")
             print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             continue
-        print(json.dumps(result, indent=2), flush=True)
-        mine: list[Goal] = module.goals(result) if hasattr(module, "goals") else []
         goals.extend(mine)
-        if not a.no_write:
-            report.save(name, result, mine, stamp)
     # Each goal beside its figure, at the end where it is read.
     print("\n== goals (this run: median, min–max over its rounds)")
     print("\n".join(g.line() for g in goals))

@@ -437,4 +437,5 @@ def _start_metrics(
 
 
 def run_guest(cfg: GuestConfig) -> GuestSummary:
-    return event_loop.run(serve_guest(cfg), cfg.loop)
+    with heap.settling():
+        return event_loop.run(serve_guest(cfg), cfg.loop)

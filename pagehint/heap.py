@@ -9,23 +9,43 @@ With a load test's 128 guests in one process, that was 50 full collections in
 an acknowledgement that arrived during one waited that long.
 
 ``settle()`` after a guest has booted moves everything alive at that moment into
-the permanent generation (``gc.freeze``, which CPython's documentation suggests
-for long-lived state built before a server's work starts). The collector still
+the permanent generation (``gc.freeze``; CPython documents it for state built
+before a fork, and it serves any state that is built once and kept). The collector still
 runs and still frees every cycle made afterwards; it no longer re-walks boot's
 state. Objects made later (blocks, chains, messages) are collected as before.
 ``gc.freeze`` splices lists; it costs nothing to call once per guest.
 
-The price: a frozen object in a reference cycle is never collected, so a
-guest's state that becomes cyclic garbage when it ends stays until the process
-exits. Only the processes whose guests live as long as they do call this
-(``pagehint guest`` and ``guest-group``, through guest/service.py).
+The price: a frozen object in a reference cycle is never collected while it is
+frozen. So freezing is armed only around a process's own run of its guests
+(``settling()``: ``pagehint guest`` and ``guest-group``), and undone when the
+run ends; a library caller of ``serve_guest`` (a test, a lab) freezes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
+
+_armed = False
+
+
+@contextlib.contextmanager
+def settling() -> Iterator[None]:
+    """Around a process's run of its guests: ``settle()`` freezes within it, and
+    everything is unfrozen (collectable again) when it ends."""
+    global _armed
+    _armed = True
+    try:
+        yield
+    finally:
+        _armed = False
+        gc.unfreeze()
 
 
 def settle() -> None:
-    """Take everything alive now out of the collector's walks (see the module)."""
-    gc.freeze()
+    """Take everything alive now out of the collector's walks (see the module);
+    nothing outside ``settling()``."""
+    if _armed:
+        gc.collect(1)  # the young garbage first: it would be frozen with the rest
+        gc.freeze()

@@ -577,9 +577,10 @@ class ShmRam(GuestRam):
             try:
                 madv_remove(self._mapping(), offset, length)
                 return
-            except OSError as e:
-                if punch_supported(e) and e.errno != errno.EINVAL:
-                    raise
+            except (OSError, ValueError):
+                # No mapping to be had (address space, map count) or one that
+                # refuses the advice: fallocate frees the same blocks without it,
+                # and a real error (of the file itself) shows there.
                 self.backend.punch_only = True
         punch_hole(self.fd, offset, length)
 

@@ -120,8 +120,9 @@ async def test_a_booted_guest_is_out_of_the_collectors_full_walks(
     frozen: list[int] = []
     real = heap.settle
     monkeypatch.setattr(heap, "settle", lambda: (real(), frozen.append(gc.get_freeze_count())))
-    try:
+    with heap.settling():  # as `pagehint guest` and `guest-group` run their guests
         await serve_guest(_cfg(duration=0.1), signals=StopSignals())
-    finally:
-        gc.unfreeze()
     assert len(frozen) == 1 and frozen[0] > 0
+    assert gc.get_freeze_count() == 0  # collectable again once the run is over
+    await serve_guest(_cfg(duration=0.1), signals=StopSignals())
+    assert len(frozen) == 2 and frozen[1] == 0  # a library caller freezes nothing

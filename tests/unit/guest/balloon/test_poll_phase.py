@@ -47,7 +47,6 @@ async def test_the_first_host_poll_waits_a_random_part_of_the_period(
         assert 0 <= waits[0] < 2.0 and waits[1] == 2.0
         firsts.append(waits[0])
     assert len(set(firsts)) > 10  # spread, not one shared instant
-    monkeypatch.setattr(host_view.asyncio, "sleep", asyncio.sleep)
 
 
 async def test_the_stats_queue_starts_at_a_random_phase(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,3 +179,26 @@ def test_a_mapping_that_refuses_madv_remove_is_punched_with_fallocate(
     os.close(fd)
     ram.release()
     b.close()
+
+
+def test_no_mapping_to_be_had_still_punches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from host.memory.shm import ShmRam
+
+    def no_map(self: ShmRam) -> mmap.mmap:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(ShmRam, "_mapping", no_map)
+    b = ShmBackend(str(tmp_path))
+    ram = b.attach("g/1", 4096, 4096)
+    fd = os.open(ram.shm_path, os.O_RDWR)
+    m = mmap.mmap(fd, 16 * MIB, mmap.MAP_SHARED)
+    m[: 4 * MIB] = b"\x07" * (4 * MIB)
+    assert ram.discard([(0, 512)]) == 512 and ram.resident_pages() == 512
+    m.close()
+    os.close(fd)
+    ram.release()
+    b.close()
