@@ -57,7 +57,6 @@ async def serve_guest(cfg: GuestConfig, signals: StopSignals | None = None) -> G
             await driver.stop()
         raise
     _wire(rt, driver, shm.ram)
-    heap.settle()  # boot's state is built: out of the collector's full walks
     reports = None
     if driver is not None and cfg.reports is not None:
         try:
@@ -75,6 +74,9 @@ async def serve_guest(cfg: GuestConfig, signals: StopSignals | None = None) -> G
         if driver is not None:
             await driver.stop()  # close the session we opened: nothing left behind
         raise
+    # Boot's state is built: out of the collector's full walks. After signals.add:
+    # a stop from here on finds this guest running and gets its summary.
+    heap.settle()
     where = "no host (loopback)" if cfg.host is None else f"host {cfg.host}"
     log.info(f"started: {cfg.ram_bytes >> 20} MiB RAM, policy {cfg.hinting.policy}, {where}")
     summary = await _run_then_close(rt, driver, signals, (metrics, reports), shm.ram)
