@@ -29,18 +29,14 @@ import os
 import random
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import uvloop
-
-from bench.common import Machine, median
+from bench.common import Machine, median, on_shm_host
 from bench.goals import Goal, spread
 from guest.balloon import BalloonDriver
 from guest.hinting.registry import make_policy
 from guest.mm import BuddyAllocator
 from host.memory.punch import allocated_bytes, punch_hole
-from lab.procs import ProcessGroup
 from pagehint.config import GuestConfig, HintingConfig
 
 RAM = 1 << 30
@@ -149,13 +145,7 @@ async def measure(addr: str) -> dict[str, Any]:
 
 
 def main() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        group = ProcessGroup(Path(tmp))
-        try:
-            addr, _host = group.start_host(["--quiet", "--backend", "shm"])
-            return uvloop.run(measure(addr))
-        finally:
-            group.close()
+    return on_shm_host(measure)
 
 
 def goals(r: dict[str, Any]) -> list[Goal]:

@@ -22,19 +22,14 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import uvloop
-
-from bench.common import Machine
+from bench.common import Machine, on_shm_host
 from bench.goals import Goal, spread
 from guest.balloon import BalloonDriver
 from guest.mm import BuddyAllocator
 from host.memory.punch import madv_remove
-from lab.procs import ProcessGroup
 from pagehint.config import GuestConfig, HintingConfig
 from pagehint.stats import percentiles
 
@@ -99,13 +94,7 @@ async def measure(addr: str) -> dict[str, Any]:
 
 
 def main() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        group = ProcessGroup(Path(tmp))
-        try:
-            addr, _host = group.start_host(["--quiet", "--backend", "shm"])
-            return uvloop.run(measure(addr))
-        finally:
-            group.close()
+    return on_shm_host(measure)
 
 
 def goals(r: dict[str, Any]) -> list[Goal]:

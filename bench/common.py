@@ -7,9 +7,9 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lab.procs import cpu_seconds
 
@@ -73,3 +73,22 @@ class Machine:
             "wall_s": round(time.monotonic() - self.wall0, 1),
             "cpus": float(os.cpu_count() or 1),
         }
+
+
+def on_shm_host(measure: Callable[[str], Coroutine[Any, Any, T]]) -> T:
+    """Run ``measure(address)`` on uvloop against a real ``pagehint host --backend
+    shm`` started for it (and stopped after)."""
+    import tempfile
+    from pathlib import Path
+
+    import uvloop
+
+    from lab.procs import ProcessGroup
+
+    with tempfile.TemporaryDirectory() as tmp:
+        group = ProcessGroup(Path(tmp))
+        try:
+            addr, _host = group.start_host(["--quiet", "--backend", "shm"])
+            return uvloop.run(measure(addr))
+        finally:
+            group.close()

@@ -4,6 +4,8 @@ and what becomes ready between their slices runs after at most one of them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from guest.memory import GuestMemory
 from guest.mm import BuddyAllocator
@@ -16,15 +18,12 @@ def _ops(contexts: list[WorkloadContext]) -> int:
     return sum(c.stats.alloc_ops + c.stats.free_ops for c in contexts)
 
 
-async def _probe_wait(burners: int, loop_share: share.LoopShare | None) -> int:
-    """Most workload operations run while a 1 ms timer waited, with ``burners``
-    workloads allocating flat out.
-
-    Counted in operations, not seconds: without a share the loop's FIFO order
-    alone makes a waiter sit behind every burner's slice, a count no load on
-    the machine changes; with one, what runs meanwhile is bounded by the
-    window's budget of time, which a slower (busier) machine only shrinks.
-    """
+@contextlib.asynccontextmanager
+async def _burning(
+    burners: int, loop_share: share.LoopShare | None
+) -> AsyncIterator[list[WorkloadContext]]:
+    """``burners`` workloads allocating and freeing flat out on this loop, under
+    ``loop_share`` (None: a lone guest's yields), until the block ends."""
     share.shared = loop_share
     stop = asyncio.Event()
     contexts = [
@@ -38,17 +37,30 @@ async def _probe_wait(burners: int, loop_share: share.LoopShare | None) -> int:
             await ctx.free_group("x")
 
     tasks = [asyncio.create_task(burn(c)) for c in contexts]
-    worst = 0
     try:
+        yield contexts
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        share.shared = None
+
+
+async def _probe_wait(burners: int, loop_share: share.LoopShare | None) -> int:
+    """Most workload operations run while a 1 ms timer waited, with ``burners``
+    workloads allocating flat out.
+
+    Counted in operations, not seconds: without a share the loop's FIFO order
+    alone makes a waiter sit behind every burner's slice, a count no load on
+    the machine changes; with one, what runs meanwhile is bounded by the
+    window's budget of time, which a slower (busier) machine only shrinks.
+    """
+    worst = 0
+    async with _burning(burners, loop_share) as contexts:
         await asyncio.sleep(0)
         for _ in range(20):
             before = _ops(contexts)
             await asyncio.sleep(0.001)
             worst = max(worst, _ops(contexts) - before)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-        share.shared = None
     return worst
 
 
@@ -75,22 +87,9 @@ async def test_workloads_still_progress_under_the_share() -> None:
 async def _ops_before_a_ready_callback(burners: int, loop_share: share.LoopShare | None) -> int:
     """Most workload operations that ran between a callback becoming ready (a
     future resolved, as the stream reader resolves a chain's) and it running."""
-    share.shared = loop_share
-    stop = asyncio.Event()
-    contexts = [
-        WorkloadContext(GuestMemory(BuddyAllocator(64 << 20, model=BARE_MEMORY)), seed=i)
-        for i in range(burners)
-    ]
-
-    async def burn(ctx: WorkloadContext) -> None:
-        while not stop.is_set():
-            await ctx.alloc_bytes("x", 4 << 20, 0)
-            await ctx.free_group("x")
-
-    tasks = [asyncio.create_task(burn(c)) for c in contexts]
     loop = asyncio.get_running_loop()
     worst = 0
-    try:
+    async with _burning(burners, loop_share) as contexts:
         await asyncio.sleep(0.02)
         for _ in range(30):
             await asyncio.sleep(0.002)
@@ -99,10 +98,6 @@ async def _ops_before_a_ready_callback(burners: int, loop_share: share.LoopShare
             loop.call_soon(ready.set_result, None)
             await ready
             worst = max(worst, _ops(contexts) - before)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-        share.shared = None
     return worst
 
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from host.memory.shm import ShmBackend
+from host.memory.shm import ShmBackend, ShmRam
 from pagehint.errors import UsageError
 
 MIB = 1 << 20
@@ -153,6 +155,23 @@ def test_a_planted_pid_file_does_not_get_other_users_files_removed(tmp_path: Pat
     assert other.exists()
 
 
+@contextlib.contextmanager
+def _written_ram(folder: Path, written: int) -> Iterator[ShmRam]:
+    """A 16 MiB guest RAM file whose first ``written`` bytes a guest wrote."""
+    b = ShmBackend(str(folder))
+    ram = b.attach("g/1", 4096, 4096)
+    fd = os.open(ram.shm_path, os.O_RDWR)
+    m = mmap.mmap(fd, 16 * MIB, mmap.MAP_SHARED)
+    m[:written] = b"\x07" * written
+    try:
+        yield ram
+    finally:
+        m.close()
+        os.close(fd)
+        ram.release()
+        b.close()
+
+
 def test_a_mapping_that_refuses_madv_remove_is_punched_with_fallocate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,18 +186,10 @@ def test_a_mapping_that_refuses_madv_remove_is_punched_with_fallocate(
         raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(shm, "madv_remove", refuse)
-    b = ShmBackend(str(tmp_path))
-    ram = b.attach("g/1", 4096, 4096)
-    fd = os.open(ram.shm_path, os.O_RDWR)
-    m = mmap.mmap(fd, 16 * MIB, mmap.MAP_SHARED)
-    m[: 8 * MIB] = b"\x07" * (8 * MIB)
-    assert ram.discard([(0, 512)]) == 512 and ram.discard([(1024, 512)]) == 512
-    assert ram.resident_pages() == 1024  # both holes punched all the same
-    assert tried == [0]  # asked once; the backend then punches with fallocate
-    m.close()
-    os.close(fd)
-    ram.release()
-    b.close()
+    with _written_ram(tmp_path, 8 * MIB) as ram:
+        assert ram.discard([(0, 512)]) == 512 and ram.discard([(1024, 512)]) == 512
+        assert ram.resident_pages() == 1024  # both holes punched all the same
+        assert tried == [0]  # asked once; the backend then punches with fallocate
 
 
 def test_no_mapping_to_be_had_still_punches(
@@ -186,19 +197,9 @@ def test_no_mapping_to_be_had_still_punches(
 ) -> None:
     import errno
 
-    from host.memory.shm import ShmRam
-
     def no_map(self: ShmRam) -> mmap.mmap:
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
     monkeypatch.setattr(ShmRam, "_mapping", no_map)
-    b = ShmBackend(str(tmp_path))
-    ram = b.attach("g/1", 4096, 4096)
-    fd = os.open(ram.shm_path, os.O_RDWR)
-    m = mmap.mmap(fd, 16 * MIB, mmap.MAP_SHARED)
-    m[: 4 * MIB] = b"\x07" * (4 * MIB)
-    assert ram.discard([(0, 512)]) == 512 and ram.resident_pages() == 512
-    m.close()
-    os.close(fd)
-    ram.release()
-    b.close()
+    with _written_ram(tmp_path, 4 * MIB) as ram:
+        assert ram.discard([(0, 512)]) == 512 and ram.resident_pages() == 512
