@@ -4,8 +4,9 @@ same four figures.
 The kernel's side is recorded by bench/reference/linux/record.py (Debian 12's
 6.1 kernel in a 2 GiB, 2-vCPU QEMU guest with free page reporting; the
 recordings are committed beside it). pagehint's side runs the same history —
-the balloon registered, the workload started after the same pause, 256 MiB
-touched (as THPs, order 9, or as order-0 pages), held 4 s, freed, then idle —
+the balloon registered, 256 MiB touched (as THPs, order 9, or as order-0
+pages), held, freed at the same time after the registration, then idle, at the
+order the kernel reported at —
 as a real host and guest process pair, and reads the host's residency from the
 guest's timeline. From each side's residency over time after the free:
 
@@ -28,11 +29,14 @@ from pathlib import Path
 from typing import Any
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference" / "linux"
-MODES = ("thp", "small")  # order-9 THPs at reporting order 9; order-0 pages at order 0
+# The recorded histories, by the pages the workload touched and freed: "thp",
+# order-9 THPs, and "small", order-0 pages, both reported at the kernel's default
+# order (9); "order0", order-0 pages reported at order 0 (set after registration).
+MODES = ("thp", "small", "order0")
+WORKLOAD_ORDER = {"thp": 9, "small": 0, "order0": 0}
 WINDOW_S = 10.0  # after the free: the kernel's guest idles 25 s, its reports end in 4
 PASS_GAP_S = 0.5  # drops further apart than this are separate passes (the delay is 2 s)
 DROP_BYTES = 256 << 10  # a residency fall smaller than this is noise, not a report
-HOLD_S = 4  # the workload holds its region this long (workload.c's HOLD_S in record.py)
 MIB = 1 << 20
 
 
@@ -108,13 +112,43 @@ def kernel_run(path: Path) -> tuple[Figures, dict[str, Any]]:
     return fig, rec
 
 
-def scenario(mode: str, pause_s: float, region_mib: int = 256) -> str:
+def reporting_order(rec: dict[str, Any]) -> int:
+    """The order the recorded kernel reported at: what its sysfs said after the
+    driver registered (``proc.reporting_order``). Linux 6.1's
+    page_reporting_register() sets the order to pageblock_order whatever the
+    command line asked, so the first "order 0" recordings ran at 9; the
+    recording's own field said what was asked until record.py read it back."""
+    said = rec.get("proc", {}).get("reporting_order")
+    return int(str(said).strip()) if said is not None else int(rec["reporting_order"])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the recorded workload started and began to free, in seconds after the
+    balloon registered."""
+
+    start_s: float
+    freeing_s: float
+
+
+def schedule(rec: dict[str, Any]) -> Schedule:
+    """The recording's schedule. pagehint's guest keeps the same one after its own
+    registration (the scenario starts there): its allocations take a fraction of
+    the TCG guest's page faults, so it waits until the recorded free instead of
+    holding for as long after it finished allocating — the free falls at the same
+    point of the 2 s reporting cycle, which runs from the registration in both."""
+    marks = rec["marks"]
+    reg = marks["registered"]
+    return Schedule(float(marks["start"] - reg), float(marks["freeing"] - reg))
+
+
+def scenario(mode: str, when: Schedule, region_mib: int = 256) -> str:
     """The recorded guest's history as a pagehint scenario."""
-    order = 9 if mode == "thp" else 0
+    order = WORKLOAD_ORDER[mode]
     return f"""name = "kernel-fidelity-{mode}"
 [[steps]]
 op = "sleep"
-seconds = {pause_s:.3f}
+until = {when.start_s:.3f}
 [[steps]]
 op = "alloc"
 name = "region"
@@ -125,7 +159,7 @@ op = "mark"
 label = "touched"
 [[steps]]
 op = "sleep"
-seconds = {HOLD_S}
+until = {when.freeing_s:.3f}
 [[steps]]
 op = "mark"
 label = "freeing"
@@ -141,18 +175,11 @@ seconds = {WINDOW_S + 1}
 """
 
 
-def pause_before_workload(rec: dict[str, Any]) -> float:
-    """Seconds from the balloon's registration until the recorded workload had
-    touched its region: pagehint's guest, whose allocations take a fraction of
-    the (TCG) guest's page faults, waits this long and then allocates, so the
-    free falls at the same point of the 2 s reporting cycle (the first passes,
-    of boot's free memory, run from the registration on, in both)."""
-    marks = rec["marks"]
-    return float(marks["touched"] - marks["registered"])
-
-
-def pagehint_run(mode: str, backend: str, pause_s: float, workdir: Path | None = None) -> Figures:
-    """Run the history on a real host and guest process pair; its figures."""
+def pagehint_run(
+    mode: str, backend: str, rec: dict[str, Any], workdir: Path | None = None
+) -> Figures:
+    """Run the recording's history on a real host and guest process pair, at the
+    order the recorded kernel reported at; its figures."""
     from lab.procs import ProcessGroup
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,14 +188,13 @@ def pagehint_run(mode: str, backend: str, pause_s: float, workdir: Path | None =
         try:
             addr, _ = group.start_host(["--backend", backend])
             scen = work / f"{mode}.toml"
-            scen.write_text(scenario(mode, pause_s))
+            scen.write_text(scenario(mode, schedule(rec)))
             tl = work / f"{mode}-{backend}.jsonl"
             args = [
                 "--host", addr, "--ram", "2GiB", "--cpus", "2", "--policy", "reporting",
+                "--reporting-order", str(reporting_order(rec)),
                 "--scenario", str(scen), "--timeline", str(tl), "--quiet",
             ]  # fmt: skip
-            if mode == "small":
-                args += ["--reporting-order", "0"]
             guest = group.start_guest(args, name=f"guest-{mode}-{backend}")
             guest.communicate(timeout=120)
             if guest.returncode != 0:

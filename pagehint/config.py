@@ -142,6 +142,11 @@ class HintingConfig:
     threshold: int | None = None
     # Merged design: delay before a requested pass runs (2 s, as page_reporting_delay).
     delay: float = 2.0
+    # Merged design: the pass is delayed work, so it runs when the kernel's timer
+    # wheel fires: jiffies at this HZ, the expiry rounded up to the wheel level's
+    # granularity (guest/hinting/timer_wheel.py). 250 = Debian 12's CONFIG_HZ
+    # (/boot/config-6.1.0-57-amd64); 0 = an exact timer.
+    timer_hz: int = 250
     # Merged design: a pass reports at most nr_free / (capacity * divisor) + 1 per list.
     budget_divisor: int = 16
     # Stopping, a report in flight is waited for this long; one still unanswered
@@ -172,6 +177,7 @@ class HintingConfig:
                 ("capacity", "--capacity", optional(between(1, MAX_CAPACITY, whole=True))),
                 ("threshold", "--threshold", optional(between(1, MAX_COUNT, whole=True))),
                 ("delay", "--delay", at_least(0)),
+                ("timer_hz", "--timer-hz", between(0, 10_000, whole=True)),
                 ("budget_divisor", "budget divisor", between(1, MAX_COUNT, whole=True)),
                 ("stop_grace", "--stop-grace", at_least(0)),
                 ("bitmap_flush_after", "--flush-after", at_least(0)),

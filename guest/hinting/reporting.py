@@ -5,8 +5,10 @@ Behaviour reproduced, with the kernel's names:
 * ``notify_free`` (page_reporting_notify_free): a free that forms a block of
   order >= ``page_reporting_order`` requests a pass. The request is a small
   state machine, IDLE -> REQUESTED -> ACTIVE: a request while IDLE schedules a
-  pass after ``delay`` (2 s, "to allow a sizable queue to build"); a request
-  while ACTIVE leaves REQUESTED behind so another pass follows, after the delay.
+  pass after ``delay`` (2 s, "to allow a sizable queue to build"), as delayed
+  work: it runs when the timer wheel fires, 1–8 jiffies (4–32 ms at HZ=250)
+  after the 2 s (``--timer-hz``; timer_wheel.py); a request while ACTIVE leaves
+  REQUESTED behind so another pass follows, after the delay.
 * A pass (page_reporting_process) walks every zone (``process_zone``), which is
   skipped unless its free pages exceed the low watermark plus
   ``capacity << page_reporting_order``. For each order from the reporting order
@@ -50,6 +52,7 @@ import time
 
 from guest.hinting.base import Policy
 from guest.hinting.device import Block, ReportingDevice
+from guest.hinting.timer_wheel import fire_time
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import FREE, MAX_ORDER, MIGRATE_MOVABLE, MIGRATE_PCPTYPES, REPORTED
 from guest.mm.zone import Zone
@@ -100,8 +103,11 @@ class ReportingPolicy(Policy):
         self._schedule()
 
     def _schedule(self) -> None:
+        # schedule_delayed_work(): the pass runs when the timer wheel fires, a few
+        # jiffies after the delay (timer_wheel.py), not at the delay exactly.
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.delay, self._start_pass)
+        when = fire_time(loop.time(), self.delay, self.cfg.timer_hz)
+        self._timer = loop.call_at(when, self._start_pass)
 
     def _start_pass(self) -> None:
         self._timer = None

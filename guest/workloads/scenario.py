@@ -7,7 +7,8 @@ Steps (``op`` names the kind)::
     [[steps]]
     op = "free"       # name, stride (default 1), offset (default 0)
     [[steps]]
-    op = "sleep"      # seconds
+    op = "sleep"      # seconds; or until: seconds after the scenario began (the
+                      # balloon's registration), to keep a recorded schedule
     [[steps]]
     op = "mark"       # label: shows on timelines and plots
     [[steps]]
@@ -61,6 +62,10 @@ class Free:
 @dataclass(frozen=True)
 class Sleep:
     seconds: float
+    # Instead: sleep until this many seconds after the scenario began (no sleep
+    # if that time has passed). A recorded history keeps its schedule with it
+    # however long this guest's own steps take (bench/fidelity.py).
+    until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ _FIELDS: dict[str, tuple[set[str], set[str]]] = {
     # op: (required, optional)
     "alloc": ({"name", "size"}, {"order"}),
     "free": ({"name"}, {"stride", "offset"}),
-    "sleep": ({"seconds"}, set()),
+    "sleep": (set(), {"seconds", "until"}),
     "mark": ({"label"}, set()),
     "churn": ({"seconds"}, {"occupancy", "rate", "name"}),
     "repeat": ({"count", "steps"}, set()),
@@ -157,6 +162,10 @@ class _Parser:
             offset = self.integer(raw.get("offset", 0), where, "offset", 0, 1 << 30)
             return Free(name, stride, offset)
         if op == "sleep":
+            if ("seconds" in raw) == ("until" in raw):
+                raise self.fail(where, "give seconds or until, one of them")
+            if "until" in raw:
+                return Sleep(0.0, self.number(raw["until"], where, "until", 0.0, 86400.0))
             return Sleep(self.number(raw["seconds"], where, "seconds", 0.0, 86400.0))
         if op == "mark":
             return Mark(self.string(raw["label"], where, "label"))
@@ -365,10 +374,10 @@ def check_fits(scenario: Scenario, ram_bytes: int) -> None:
 
 
 async def run_scenario(scenario: Scenario, ctx: WorkloadContext) -> None:
-    await _run_steps(scenario.steps, ctx)
+    await _run_steps(scenario.steps, ctx, ctx.now())
 
 
-async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext) -> None:
+async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext, began: float) -> None:
     # Every step yields to the event loop, whatever it is (a mark, a zero sleep):
     # a scenario of a million marks still lets --duration and SIGTERM stop it.
     for step in steps:
@@ -381,7 +390,10 @@ async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext) -> None:
         elif isinstance(step, Free):
             await ctx.free_group(step.name, step.stride, step.offset)
         elif isinstance(step, Sleep):
-            await ctx.sleep(step.seconds)
+            if step.until is None:
+                await ctx.sleep(step.seconds)
+            else:
+                await ctx.sleep(began + step.until - ctx.now())
         elif isinstance(step, Mark):
             ctx.mark(step.label)
         elif isinstance(step, Churn):
@@ -390,4 +402,4 @@ async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext) -> None:
             for _ in range(step.count):
                 if ctx.stop.is_set():
                     return
-                await _run_steps(step.steps, ctx)
+                await _run_steps(step.steps, ctx, began)

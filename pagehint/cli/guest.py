@@ -260,6 +260,14 @@ def _hinting_knobs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     add_flag(
         p,
         e,
+        "--timer-hz",
+        default=default_of(HintingConfig, "timer_hz"),
+        help="reporting: the guest kernel's HZ; the pass runs when its timer wheel fires, "
+        "1-8 jiffies after --delay at 250 (Debian's 6.1); 0: exactly at --delay",
+    )
+    add_flag(
+        p,
+        e,
         "--flush-after",
         default=default_of(HintingConfig, "bitmap_flush_after"),
         help="bitmap departure: walk a zone whose bits waited this long below --threshold "
@@ -406,6 +414,7 @@ def _hinting_config(a: argparse.Namespace, policy: str) -> HintingConfig:
         capacity=None if a.capacity is None else convert(a.capacity, int, "--capacity"),
         threshold=None if a.threshold is None else convert(a.threshold, int, "--threshold"),
         delay=convert(a.delay, parse_seconds, "--delay"),
+        timer_hz=convert(a.timer_hz, int, "--timer-hz"),
         stop_grace=convert(a.stop_grace, parse_seconds, "--stop-grace"),
         bitmap_flush_after=convert(a.flush_after, parse_seconds, "--flush-after"),
         bitmap_retry=bool(a.retry_failed),

@@ -7,6 +7,16 @@ mount -t sysfs sys /sys
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon; do
     insmod /lib/$m.ko || echo "PAGEHINT-ERROR insmod $m"
 done
+# Linux 6.1's page_reporting_register() sets page_reporting_order to the
+# driver's order or pageblock_order, whatever the command line said; the
+# parameter written after registration is what the cycles use (the later fix,
+# "mm/page_reporting: Add checks for page_reporting_order param", keeps a set
+# value). The value read back below is recorded as the order that ran.
+order=$(sed -n 's/.*pagehint.order=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$order" ]; then
+    echo "$order" > /sys/module/page_reporting/parameters/page_reporting_order \
+        || echo "PAGEHINT-ERROR page_reporting_order $order"
+fi
 echo "PAGEHINT-MARK registered"
 sleep 1
 mode=$(sed -n 's/.*pagehint.mode=\([a-z]*\).*/\1/p' /proc/cmdline)

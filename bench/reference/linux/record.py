@@ -12,7 +12,7 @@ Needs (Debian 12): qemu-system-x86 linux-image-amd64 busybox-static gcc cpio.
 Run as root, on an idle machine:
 
     python -m bench.reference.linux.record --mode thp --out bench/reference/linux/thp.json
-    python -m bench.reference.linux.record --mode small --order 0 --out .../order0.json
+    python -m bench.reference.linux.record --mode small --order 0 --out .../order0-1.json
 
 TCG by default (--accel kvm where nested KVM runs): a slower guest CPU, the same
 kernel rules and the same wall-clock timers (the 2 s reporting delay).
@@ -91,7 +91,8 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
         serial = work / "serial.log"
         append = f"console=ttyS0 quiet pagehint.mode={mode} pagehint.region={region_mib}"
         if order is not None:
-            append += f" page_reporting.page_reporting_order={order}"
+            # init.sh writes it after the driver registered (6.1 resets it there).
+            append += f" pagehint.order={order}"
         kvm = accel == "kvm"
         cmd = [
             "qemu-system-x86_64", "-accel", "kvm" if kvm else "tcg",
@@ -126,6 +127,9 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
         if proc.wait() != 0:
             sys.exit(f"record: qemu exited {proc.returncode}: {err.strip()[:300]}")
         text = serial.read_text(errors="replace")
+    proc_text = sections(text)
+    if "PAGEHINT-ERROR" in text:
+        sys.exit("record: the guest said " + text[text.index("PAGEHINT-ERROR") :].splitlines()[0])
     return {
         "kernel": release,
         "qemu": subprocess.run(
@@ -136,11 +140,13 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
         "cpus": cpus,
         "mode": mode,
         "region_mib": region_mib,
-        "reporting_order": order if order is not None else 9,
+        # What the kernel ran with (sysfs, read after registration), not what was asked.
+        "reporting_order": int(proc_text["reporting_order"].strip()),
+        "requested_order": order,
         "recorded": time.strftime("%Y-%m-%d"),
         "marks": marks,
         "samples": samples,
-        "proc": sections(text),
+        "proc": proc_text,
     }
 
 

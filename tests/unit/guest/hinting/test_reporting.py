@@ -10,6 +10,7 @@ from guest.hinting.reporting import (
     PAGE_REPORTING_REQUESTED,
     ReportingPolicy,
 )
+from guest.hinting.timer_wheel import fire_time
 from guest.mm import MAX_ORDER, BuddyAllocator
 from guest.mm.check import check_invariants
 from guest.mm.procfs import reported_pages
@@ -172,3 +173,24 @@ async def test_isolation_obeys_the_min_watermark_and_ends_that_lists_cycle() -> 
         check_invariants(mm)
     finally:
         await pol.stop()
+
+
+async def test_a_requested_pass_runs_when_the_timer_wheel_fires() -> None:
+    # Delayed work: at HZ=10 a 0.1 s delay is one jiffy, filed in level 0, so the
+    # pass runs at the second tick boundary after the request — later than 0.1 s.
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
+    dev = LoopbackDevice(capacity=4)
+    cfg = HintingConfig(policy="reporting", capacity=4, delay=0.1, order=9, timer_hz=10)
+    pol = ReportingPolicy(cfg, mm, dev)
+    loop = asyncio.get_running_loop()
+    started: list[float] = []
+    dev.on_report = lambda batch: started.append(loop.time())
+    # Start half a jiffy into a tick, so an exact timer would run 50 ms before the wheel.
+    await asyncio.sleep(((0.5 - loop.time() * 10) % 1) / 10)
+    t0 = loop.time()
+    pol.start()
+    due = fire_time(t0, 0.1, 10)
+    assert t0 + 0.13 < due <= t0 + 0.2 + 1e-9
+    await wait_for(lambda: bool(started), 2.0, "the first pass")
+    assert started[0] >= due - 0.002
+    await pol.stop()

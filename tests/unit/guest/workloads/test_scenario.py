@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,10 @@ def test_parse_good_scenario() -> None:
         ('bogus = 1\n[[steps]]\nop = "mark"\nlabel = "a"', "unknown top-level key bogus"),
         (
             '[[steps]]\nop = "repeat"\ncount = 2\nsteps = [ {op = "sleep"} ]',
-            "step[1] (repeat).steps[1] (sleep): missing seconds",
+            "step[1] (repeat).steps[1] (sleep): give seconds or until",
         ),
+        ('[[steps]]\nop = "sleep"\nseconds = 1\nuntil = 2', "give seconds or until, one of"),
+        ('[[steps]]\nop = "sleep"\nuntil = "soon"', "until must be a number"),
     ],
 )
 def test_bad_scenarios_name_file_step_and_problem(text: str, needle: str) -> None:
@@ -91,6 +94,42 @@ async def test_run_scenario_allocates_and_frees_with_stride() -> None:
     assert mm.allocated_pages == 1024
     assert [label for _, label in ctx.stats.marks] == ["x"]
     check_invariants(mm)
+
+
+SCHEDULE = """
+[[steps]]
+op = "sleep"
+seconds = 0.2
+[[steps]]
+op = "mark"
+label = "a"
+[[steps]]
+op = "sleep"
+until = 0.5
+[[steps]]
+op = "mark"
+label = "b"
+[[steps]]
+op = "sleep"
+until = 0.1
+[[steps]]
+op = "mark"
+label = "c"
+"""
+
+
+async def test_sleep_until_keeps_the_schedule_from_the_scenarios_start() -> None:
+    # A recorded history's steps fall at its times after the start, however long
+    # the steps before them took; a time already past is no wait at all.
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
+    ctx = WorkloadContext(GuestMemory(mm))
+    await asyncio.sleep(0.3)  # the scenario begins later than the context
+    began = ctx.now()
+    await run_scenario(parse_scenario(SCHEDULE, "s.toml"), ctx)
+    at = {label: t - began for t, label in ctx.stats.marks}
+    assert 0.2 <= at["a"] < 0.45
+    assert 0.5 <= at["b"] < 0.75
+    assert at["c"] - at["b"] < 0.1
 
 
 def test_shipped_scenarios_parse() -> None:

@@ -1,0 +1,51 @@
+"""When a kernel timer armed for a delay fires: the timer wheel's rounding.
+
+page_reporting's pass is delayed work (``schedule_delayed_work(&work,
+PAGE_REPORTING_DELAY)``, 2 * HZ jiffies), and delayed work is a timer_list
+timer. The timer wheel (kernel/time/timer.c, ``calc_wheel_index`` and
+``calc_index``) files a timer in a level by how far off it is, and rounds its
+expiry up to that level's granularity, strictly after the expiry, so a timer
+never fires early and mostly fires a little late: 2 s at HZ=250 is 500 jiffies,
+level 1, granularity 8 jiffies (32 ms), so it fires 1–8 jiffies after the 2 s,
+~18 ms on average. Over the passes a free waits for, that is what the kernel's
+cycle drifts from an exact 2 s period (bench/reference/linux/: its passes fall
+~10.07 s after registration, the fifth). NOHZ's deferral and the kworker's
+wake-up come on top and are not modelled.
+"""
+
+from __future__ import annotations
+
+import math
+
+LVL_CLK_SHIFT = 3  # kernel/time/timer.c: each level is 8 times coarser
+LVL_BITS = 6  # 64 buckets per level
+LVL_SIZE = 1 << LVL_BITS
+LVL_DEPTH = 9  # HZ > 100
+DEBIAN_HZ = 250  # CONFIG_HZ of Debian 12's 6.1 (/boot/config-6.1.0-57-amd64)
+
+
+def lvl_start(n: int) -> int:
+    """LVL_START(n): the least delta (jiffies) filed in level ``n``."""
+    return (LVL_SIZE - 1) << ((n - 1) * LVL_CLK_SHIFT)
+
+
+def bucket_expiry(expires: int, clk: int) -> int:
+    """The jiffy a timer armed at ``clk`` for ``expires`` fires at
+    (calc_wheel_index, then calc_index's round-up)."""
+    delta = expires - clk
+    if delta < 0:
+        return clk  # already expired: the current bucket
+    lvl = next((n for n in range(LVL_DEPTH) if delta < lvl_start(n + 1)), LVL_DEPTH - 1)
+    shift = lvl * LVL_CLK_SHIFT
+    return ((expires >> shift) + 1) << shift
+
+
+def fire_time(now: float, delay: float, hz: int) -> float:
+    """Seconds (on ``now``'s clock) at which delayed work queued at ``now`` for
+    ``delay`` seconds runs. ``hz`` 0 is an exact timer; a zero delay queues the
+    work at once, as queue_delayed_work() does."""
+    if hz <= 0 or delay <= 0:
+        return now + max(delay, 0.0)
+    jiffies = math.floor(now * hz)
+    ticks = math.ceil(delay * hz - 1e-9)  # msecs_to_jiffies() rounds up
+    return bucket_expiry(jiffies + ticks, jiffies) / hz

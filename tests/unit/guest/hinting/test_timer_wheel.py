@@ -1,0 +1,44 @@
+"""The timer wheel's rounding (kernel/time/timer.c calc_wheel_index/calc_index):
+delayed work fires at the first bucket boundary strictly after its expiry, at
+the granularity of the level its distance files it in."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from guest.hinting.timer_wheel import bucket_expiry, fire_time, lvl_start
+
+
+def test_level_starts_are_the_kernels() -> None:
+    # LVL_START(n) = (LVL_SIZE - 1) << ((n - 1) * LVL_CLK_SHIFT)
+    assert [lvl_start(n) for n in (1, 2, 3)] == [63, 504, 4032]
+
+
+@pytest.mark.parametrize(
+    ("clk", "expires", "fires"),
+    [
+        (0, 10, 11),  # level 0: the next jiffy
+        (0, 62, 63),
+        (0, 63, 64),  # level 1: 8-jiffy buckets
+        (0, 500, 504),  # PAGE_REPORTING_DELAY at HZ=250 from a bucket's start
+        (1000, 1500, 1504),
+        (4, 504, 512),  # a bucket boundary still moves on: strictly after
+        (0, 504, 512),  # level 2: 64-jiffy buckets
+        (10, 5, 10),  # already past: the current bucket
+    ],
+)
+def test_bucket_expiry(clk: int, expires: int, fires: int) -> None:
+    assert bucket_expiry(expires, clk) == fires
+
+
+def test_the_2_s_delay_fires_1_to_8_jiffies_late_at_hz_250() -> None:
+    lates = [fire_time(t / 1000, 2.0, 250) - t / 1000 - 2.0 for t in range(0, 4000, 3)]
+    assert min(lates) > 0 and max(lates) <= 0.032 + 1e-9
+    assert 0.012 < statistics.fmean(lates) < 0.02  # 4.5 jiffies less the tick's phase
+
+
+def test_no_wheel_and_no_delay_are_exact() -> None:
+    assert fire_time(12.345, 2.0, 0) == pytest.approx(14.345)
+    assert fire_time(12.345, 0.0, 250) == pytest.approx(12.345)
