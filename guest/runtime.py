@@ -228,6 +228,9 @@ class GuestRuntime:
             await asyncio.sleep(TIMELINE_PERIOD)
 
     async def _workload(self) -> None:
+        # The balloon registered just now (policy.start): a scenario's `until`
+        # counts from here, whatever a boot footprint takes first.
+        registered = self.ctx.now()
         # A boot footprint (off unless --boot-footprint) is held from here to the end.
         await boot(self.ctx, self.cfg.boot, self.cfg.seed)
         if self.replay_plan is not None:
@@ -236,7 +239,7 @@ class GuestRuntime:
             await replay(self.replay_plan, self.ctx, self.replay_speed, self.replay_stats)
             self.ctx.mark("trace-end")
         elif self.scenario is not None:
-            await run_scenario(self.scenario, self.ctx)
+            await run_scenario(self.scenario, self.ctx, began=registered)
         elif self.cfg.workload is not None:
             await run_builtin(
                 self.cfg.workload, self.ctx, WorkloadParams(ops_per_second=self.cfg.rate)

@@ -100,6 +100,16 @@ def one_of(choices: Sequence[str]) -> Check:
     return check
 
 
+# CONFIG_HZ's choices (kernel/Kconfig.hz), and 0 for an exact timer.
+TIMER_HZ_CHOICES = (0, 100, 250, 300, 1000)
+
+
+def _timer_hz(v: object) -> str | None:
+    if _number(v, True) and v in TIMER_HZ_CHOICES:
+        return None
+    return "must be one of 0, 100, 250, 300, 1000 (a kernel's CONFIG_HZ; 0: an exact timer)"
+
+
 def optional(inner: Check) -> Check:
     return lambda v: None if v is None else inner(v)
 
@@ -177,7 +187,7 @@ class HintingConfig:
                 ("capacity", "--capacity", optional(between(1, MAX_CAPACITY, whole=True))),
                 ("threshold", "--threshold", optional(between(1, MAX_COUNT, whole=True))),
                 ("delay", "--delay", at_least(0)),
-                ("timer_hz", "--timer-hz", between(0, 10_000, whole=True)),
+                ("timer_hz", "--timer-hz", _timer_hz),
                 ("budget_divisor", "budget divisor", between(1, MAX_COUNT, whole=True)),
                 ("stop_grace", "--stop-grace", at_least(0)),
                 ("bitmap_flush_after", "--flush-after", at_least(0)),

@@ -6,9 +6,10 @@ Behaviour reproduced, with the kernel's names:
   order >= ``page_reporting_order`` requests a pass. The request is a small
   state machine, IDLE -> REQUESTED -> ACTIVE: a request while IDLE schedules a
   pass after ``delay`` (2 s, "to allow a sizable queue to build"), as delayed
-  work: it runs when the timer wheel fires, 1–8 jiffies (4–32 ms at HZ=250)
-  after the 2 s (``--timer-hz``; timer_wheel.py); a request while ACTIVE leaves
-  REQUESTED behind so another pass follows, after the delay.
+  work: it runs when the timer wheel fires, at the first 8-jiffy boundary after
+  the 2 s (up to 32 ms late at HZ=250; ``--timer-hz``, timer_wheel.py); a
+  request while ACTIVE leaves REQUESTED behind so another pass follows, after
+  the delay.
 * A pass (page_reporting_process) walks every zone (``process_zone``), which is
   skipped unless its free pages exceed the low watermark plus
   ``capacity << page_reporting_order``. For each order from the reporting order

@@ -6,11 +6,14 @@ timer. The timer wheel (kernel/time/timer.c, ``calc_wheel_index`` and
 ``calc_index``) files a timer in a level by how far off it is, and rounds its
 expiry up to that level's granularity, strictly after the expiry, so a timer
 never fires early and mostly fires a little late: 2 s at HZ=250 is 500 jiffies,
-level 1, granularity 8 jiffies (32 ms), so it fires 1–8 jiffies after the 2 s,
-~18 ms on average. Over the passes a free waits for, that is what the kernel's
-cycle drifts from an exact 2 s period (bench/reference/linux/: its passes fall
-~10.07 s after registration, the fifth). NOHZ's deferral and the kworker's
-wake-up come on top and are not modelled.
+level 1, granularity 8 jiffies (32 ms), so it fires at the first 8-jiffy
+boundary after the 2 s — up to 32 ms late, ~16 ms on average from a request at
+a random instant, 4 jiffies from one made at a tick (a pass that requests the
+next from the timer's own tick: 500 mod 8 = 4). Over the passes a free waits
+for, that is how far the kernel's cycle drifts from an exact 2 s period
+(bench/reference/linux/: chained passes 2.016 s apart). The timer is not
+deferrable (BASE_STD), so an idle CPU wakes for it; only the kworker's wake-up
+comes on top, not modelled.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ import math
 LVL_CLK_SHIFT = 3  # kernel/time/timer.c: each level is 8 times coarser
 LVL_BITS = 6  # 64 buckets per level
 LVL_SIZE = 1 << LVL_BITS
-LVL_DEPTH = 9  # HZ > 100
 DEBIAN_HZ = 250  # CONFIG_HZ of Debian 12's 6.1 (/boot/config-6.1.0-57-amd64)
+
+
+def lvl_depth(hz: int) -> int:
+    """LVL_DEPTH: 9 levels above HZ=100, 8 at or below."""
+    return 9 if hz > 100 else 8
 
 
 def lvl_start(n: int) -> int:
@@ -29,13 +36,20 @@ def lvl_start(n: int) -> int:
     return (LVL_SIZE - 1) << ((n - 1) * LVL_CLK_SHIFT)
 
 
-def bucket_expiry(expires: int, clk: int) -> int:
+def bucket_expiry(expires: int, clk: int, hz: int = DEBIAN_HZ) -> int:
     """The jiffy a timer armed at ``clk`` for ``expires`` fires at
     (calc_wheel_index, then calc_index's round-up)."""
     delta = expires - clk
     if delta < 0:
         return clk  # already expired: the current bucket
-    lvl = next((n for n in range(LVL_DEPTH) if delta < lvl_start(n + 1)), LVL_DEPTH - 1)
+    depth = lvl_depth(hz)
+    cutoff = lvl_start(depth)  # WHEEL_TIMEOUT_CUTOFF
+    if delta >= cutoff:
+        # WHEEL_TIMEOUT_MAX: the farthest the wheel holds; the last level.
+        expires = clk + cutoff - (1 << ((depth - 1) * LVL_CLK_SHIFT))
+        lvl = depth - 1
+    else:
+        lvl = next(n for n in range(depth) if delta < lvl_start(n + 1))
     shift = lvl * LVL_CLK_SHIFT
     return ((expires >> shift) + 1) << shift
 
@@ -47,5 +61,7 @@ def fire_time(now: float, delay: float, hz: int) -> float:
     if hz <= 0 or delay <= 0:
         return now + max(delay, 0.0)
     jiffies = math.floor(now * hz)
-    ticks = math.ceil(delay * hz - 1e-9)  # msecs_to_jiffies() rounds up
-    return bucket_expiry(jiffies + ticks, jiffies) / hz
+    # PAGE_REPORTING_DELAY is 2 * HZ jiffies; another delay is rounded up to whole
+    # jiffies, as msecs_to_jiffies() does.
+    ticks = math.ceil(delay * hz - 1e-9)
+    return bucket_expiry(jiffies + ticks, jiffies, hz) / hz

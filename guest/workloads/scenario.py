@@ -8,7 +8,8 @@ Steps (``op`` names the kind)::
     op = "free"       # name, stride (default 1), offset (default 0)
     [[steps]]
     op = "sleep"      # seconds; or until: seconds after the scenario began (the
-                      # balloon's registration), to keep a recorded schedule
+                      # balloon's registration), to keep a recorded schedule;
+                      # inside a repeat, after that turn began
     [[steps]]
     op = "mark"       # label: shows on timelines and plots
     [[steps]]
@@ -62,9 +63,10 @@ class Free:
 @dataclass(frozen=True)
 class Sleep:
     seconds: float
-    # Instead: sleep until this many seconds after the scenario began (no sleep
-    # if that time has passed). A recorded history keeps its schedule with it
-    # however long this guest's own steps take (bench/fidelity.py).
+    # Instead: sleep until this many seconds after the scenario began, or inside
+    # a repeat after the turn began (no sleep if that time has passed). A
+    # recorded history keeps its schedule with it however long this guest's own
+    # steps take (bench/fidelity.py).
     until: float | None = None
 
 
@@ -373,8 +375,12 @@ def check_fits(scenario: Scenario, ram_bytes: int) -> None:
         )
 
 
-async def run_scenario(scenario: Scenario, ctx: WorkloadContext) -> None:
-    await _run_steps(scenario.steps, ctx, ctx.now())
+async def run_scenario(
+    scenario: Scenario, ctx: WorkloadContext, began: float | None = None
+) -> None:
+    """Run the steps; a `sleep` with `until` counts from ``began`` (ctx.now()
+    seconds; the guest passes its balloon's registration), or from now."""
+    await _run_steps(scenario.steps, ctx, ctx.now() if began is None else began)
 
 
 async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext, began: float) -> None:
@@ -402,4 +408,7 @@ async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext, began: float
             for _ in range(step.count):
                 if ctx.stop.is_set():
                     return
-                await _run_steps(step.steps, ctx, began)
+                # Inside a repeat, `until` counts from the turn's start: a schedule
+                # per turn (from the scenario's start, every later turn would find
+                # its times past and run flat out).
+                await _run_steps(step.steps, ctx, ctx.now())

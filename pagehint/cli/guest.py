@@ -262,8 +262,9 @@ def _hinting_knobs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         e,
         "--timer-hz",
         default=default_of(HintingConfig, "timer_hz"),
-        help="reporting: the guest kernel's HZ; the pass runs when its timer wheel fires, "
-        "1-8 jiffies after --delay at 250 (Debian's 6.1); 0: exactly at --delay",
+        help="reporting: the guest kernel's HZ (100, 250, 300, 1000); the pass runs when "
+        "its timer wheel fires, up to 32 ms after --delay at 250 (Debian's 6.1); "
+        "0: exactly at --delay",
     )
     add_flag(
         p,

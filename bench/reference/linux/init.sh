@@ -4,20 +4,23 @@
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+# Read before the driver loads: the registration mark below must follow insmod
+# at once (the schedule pagehint keeps counts from it).
+order=$(sed -n 's/.*pagehint.order=\([0-9]*\).*/\1/p' /proc/cmdline)
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon; do
     insmod /lib/$m.ko || echo "PAGEHINT-ERROR insmod $m"
 done
+echo "PAGEHINT-MARK registered"
 # Linux 6.1's page_reporting_register() sets page_reporting_order to the
-# driver's order or pageblock_order, whatever the command line said; the
-# parameter written after registration is what the cycles use (the later fix,
-# "mm/page_reporting: Add checks for page_reporting_order param", keeps a set
-# value). The value read back below is recorded as the order that ran.
-order=$(sed -n 's/.*pagehint.order=\([0-9]*\).*/\1/p' /proc/cmdline)
+# driver's order or pageblock_order, whatever the command line said (the fix,
+# "mm/page_reporting: Add checks for page_reporting_order param", is 6.2's);
+# the parameter is read at every free and every pass, so written now it is
+# what the passes use (the first is 2 s away). The value read back below is
+# recorded as the order that ran.
 if [ -n "$order" ]; then
     echo "$order" > /sys/module/page_reporting/parameters/page_reporting_order \
         || echo "PAGEHINT-ERROR page_reporting_order $order"
 fi
-echo "PAGEHINT-MARK registered"
 sleep 1
 mode=$(sed -n 's/.*pagehint.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 region=$(sed -n 's/.*pagehint.region=\([0-9]*\).*/\1/p' /proc/cmdline)

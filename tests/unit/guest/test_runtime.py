@@ -91,3 +91,22 @@ async def test_a_timeline_that_cannot_be_opened_is_one_line(tmp_path: Path) -> N
     rt = GuestRuntime(_cfg(link), scenario=parse_scenario(ALLOC_FREE))
     with pytest.raises(UsageError, match=r"^--timeline .*dangling: cannot write: No such file"):
         await rt.run()
+
+
+async def test_until_counts_from_registration_not_after_the_boot_footprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A boot footprint takes its time before the scenario's first step; `until`
+    # keeps the schedule from the balloon's registration all the same.
+    import guest.runtime
+
+    async def slow_boot(*args: object) -> int:
+        await asyncio.sleep(0.4)
+        return 0
+
+    monkeypatch.setattr(guest.runtime, "boot", slow_boot)
+    until = '[[steps]]\nop = "sleep"\nuntil = 0.6\n[[steps]]\nop = "mark"\nlabel = "at"\n'
+    rt = GuestRuntime(_cfg(None, duration=1.5), scenario=parse_scenario(until))
+    await rt.run()
+    (at,) = [t for t, label in rt.ctx.stats.marks if label == "at"]
+    assert 0.55 <= at < 0.8, at

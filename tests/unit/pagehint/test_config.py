@@ -49,6 +49,8 @@ from pagehint.errors import UsageError
         (lambda: HostConfig(min_order=11), "--min-order 11: must be 0..10"),
         (lambda: HostConfig(max_sessions=0), "--max-sessions 0: must be 1..1000000"),
         (lambda: HintingConfig(policy="spiral"), "--policy spiral: unknown policy"),
+        (lambda: HintingConfig(timer_hz=1), "--timer-hz 1: must be one of 0, 100, 250"),
+        (lambda: HintingConfig(timer_hz=True), "--timer-hz True: must be one of"),
         (lambda: GuestConfig(workload="hog"), "--workload hog: unknown value"),
         (lambda: GuestConfig(guest_id=""), "--id : must be 1..128 printable"),
         (lambda: GuestConfig(guest_id="g" * 129), "--id " + "g" * 129 + ": must be 1..128"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from guest.hinting.device import LoopbackDevice
 from guest.hinting.reporting import (
@@ -176,21 +177,30 @@ async def test_isolation_obeys_the_min_watermark_and_ends_that_lists_cycle() -> 
 
 
 async def test_a_requested_pass_runs_when_the_timer_wheel_fires() -> None:
-    # Delayed work: at HZ=10 a 0.1 s delay is one jiffy, filed in level 0, so the
-    # pass runs at the second tick boundary after the request — later than 0.1 s.
+    # Delayed work: at HZ=100 a 1 s delay is 100 jiffies, filed in level 1 (8-jiffy
+    # buckets). Requested half a jiffy into a jiffy j with j + 100 on a bucket
+    # boundary, the pass runs at j + 108: 75 ms after an exact timer would.
     mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     dev = LoopbackDevice(capacity=4)
-    cfg = HintingConfig(policy="reporting", capacity=4, delay=0.1, order=9, timer_hz=10)
+    cfg = HintingConfig(policy="reporting", capacity=4, delay=1.0, order=9, timer_hz=100)
     pol = ReportingPolicy(cfg, mm, dev)
     loop = asyncio.get_running_loop()
     started: list[float] = []
     dev.on_report = lambda batch: started.append(loop.time())
-    # Start half a jiffy into a tick, so an exact timer would run 50 ms before the wheel.
-    await asyncio.sleep(((0.5 - loop.time() * 10) % 1) / 10)
+    jiffy = 0.01
+    for _ in range(10):  # a loaded loop may wake late: try again at the next one
+        now = loop.time() / jiffy
+        target = math.floor(now) // 8 * 8 + 4  # a j with j % 8 == 4 ...
+        while target + 0.5 <= now:
+            target += 8
+        await asyncio.sleep((target + 0.5 - now) * jiffy)  # ... half a jiffy in
+        if math.floor(loop.time() / jiffy) % 8 == 4:
+            break
     t0 = loop.time()
     pol.start()
-    due = fire_time(t0, 0.1, 10)
-    assert t0 + 0.13 < due <= t0 + 0.2 + 1e-9
-    await wait_for(lambda: bool(started), 2.0, "the first pass")
+    due = fire_time(t0, 1.0, 100)
+    if math.floor(t0 / jiffy) % 8 == 4:
+        assert due - t0 > 1.06
+    await wait_for(lambda: bool(started), 5.0, "the first pass")
     assert started[0] >= due - 0.002
     await pol.stop()

@@ -39,6 +39,15 @@ def test_the_2_s_delay_fires_1_to_8_jiffies_late_at_hz_250() -> None:
     assert 0.012 < statistics.fmean(lates) < 0.02  # 4.5 jiffies less the tick's phase
 
 
+def test_levels_and_the_wheels_reach_follow_hz() -> None:
+    # LVL_DEPTH is 8 at HZ=100, 9 above; past WHEEL_TIMEOUT_CUTOFF the timer is
+    # filed at WHEEL_TIMEOUT_MAX in the last level.
+    assert bucket_expiry(lvl_start(8) - 1, 0, 100) == ((lvl_start(8) - 1) >> 21) + 1 << 21
+    far = 10**12
+    assert bucket_expiry(far, 0, 1000) == ((lvl_start(9) - (1 << 24)) >> 24) + 1 << 24
+    assert bucket_expiry(far, 0, 100) == ((lvl_start(8) - (1 << 21)) >> 21) + 1 << 21
+
+
 def test_no_wheel_and_no_delay_are_exact() -> None:
     assert fire_time(12.345, 2.0, 0) == pytest.approx(14.345)
     assert fire_time(12.345, 0.0, 250) == pytest.approx(12.345)

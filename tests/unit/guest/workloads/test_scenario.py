@@ -105,13 +105,13 @@ op = "mark"
 label = "a"
 [[steps]]
 op = "sleep"
-until = 0.5
+until = 1.0
 [[steps]]
 op = "mark"
 label = "b"
 [[steps]]
 op = "sleep"
-until = 0.1
+until = 0.6
 [[steps]]
 op = "mark"
 label = "c"
@@ -120,16 +120,18 @@ label = "c"
 
 async def test_sleep_until_keeps_the_schedule_from_the_scenarios_start() -> None:
     # A recorded history's steps fall at its times after the start, however long
-    # the steps before them took; a time already past is no wait at all.
+    # the steps before them took; a time already past is no wait at all. (Bounds
+    # far apart: counted from the step before, "b" would come at 1.2 s or later,
+    # and "c" 0.6 s after "b".)
     mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm))
     await asyncio.sleep(0.3)  # the scenario begins later than the context
     began = ctx.now()
     await run_scenario(parse_scenario(SCHEDULE, "s.toml"), ctx)
     at = {label: t - began for t, label in ctx.stats.marks}
-    assert 0.2 <= at["a"] < 0.45
-    assert 0.5 <= at["b"] < 0.75
-    assert at["c"] - at["b"] < 0.1
+    assert 0.2 <= at["a"] < 0.9
+    assert 1.0 <= at["b"] < 1.15
+    assert at["c"] - at["b"] < 0.3
 
 
 def test_shipped_scenarios_parse() -> None:
@@ -332,3 +334,18 @@ def test_twenty_thousand_groups_held_at_once_are_counted_quickly() -> None:
     t0 = time.monotonic()
     check_fits(parse_scenario(text, "t.toml"), 128 << 20)
     assert time.monotonic() - t0 < 5  # a running total, not a sum per step (16 s)
+
+
+async def test_until_inside_a_repeat_counts_from_each_turn() -> None:
+    # From the scenario's start, every turn after the first would find its time
+    # past and run flat out; from the turn's start it keeps a schedule per turn.
+    text = (
+        '[[steps]]\nop = "repeat"\ncount = 3\n'
+        'steps = [ {op = "sleep", until = 0.15}, {op = "mark", label = "t"} ]\n'
+    )
+    ctx = WorkloadContext(GuestMemory(BuddyAllocator(64 << 20, model=BARE_MEMORY)))
+    began = ctx.now()
+    await run_scenario(parse_scenario(text, "r.toml"), ctx)
+    at = [t - began for t, _ in ctx.stats.marks]
+    assert len(at) == 3
+    assert all(0.14 <= b - a < 0.3 for a, b in zip([0.0, *at], at, strict=False)), at
