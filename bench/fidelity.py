@@ -8,12 +8,16 @@ the balloon registered, 256 MiB touched (as THPs, order 9, or as order-0
 pages), held, freed at the same time after the registration, then idle, at the
 order the kernel reported at —
 as a real host and guest process pair, and reads the host's residency from the
-guest's timeline. From each side's residency over time after the free:
+guest's timeline. From each side's residency over time from the start of the
+free (both sides begin it at the same instant after registration; how long the
+free itself takes is each guest's own speed — TCG's munmap of 65,536 pages, or
+pagehint's loop on either backend — and measured from its end, that would pass
+for a difference in reporting):
 
 - returned: MiB the host stopped holding (resident at the free minus the least
   in the window);
-- first return: seconds from the free to the first drop;
-- to 90%: seconds from the free until 90% of ``returned`` was back;
+- first return: seconds from the start of the free to the first drop;
+- to 90%: seconds from the start of the free until 90% of ``returned`` was back;
 - per pass: drops closer than 0.5 s to each other are one reporting pass; the
   mean MiB of a pass, and the seconds between pass starts.
 """
@@ -64,7 +68,8 @@ class Figures:
 def figures(
     samples: Sequence[tuple[float, int]], freed: float, window: float = WINDOW_S
 ) -> Figures:
-    """The four figures from (seconds, resident bytes) samples around a free at ``freed``."""
+    """The four figures from (seconds, resident bytes) samples around a free that
+    began at ``freed``."""
     before = [b for t, b in samples if t <= freed]
     if not before:
         raise ValueError("no residency sample before the free")
@@ -106,8 +111,8 @@ def kernel_run(path: Path) -> tuple[Figures, dict[str, Any]]:
     """The figures of one recording, and the recording (less its samples)."""
     rec = json.loads(path.read_text())
     marks = rec["marks"]
-    end = marks.get("done", marks["freed"] + WINDOW_S)
-    fig = figures(rec["samples"], marks["freed"], min(WINDOW_S, end - marks["freed"]))
+    end = marks.get("done", marks["freeing"] + WINDOW_S)
+    fig = figures(rec["samples"], marks["freeing"], min(WINDOW_S, end - marks["freeing"]))
     rec.pop("samples")
     return fig, rec
 
@@ -203,7 +208,7 @@ def pagehint_run(
             rows = [json.loads(x) for x in tl.read_text().splitlines() if x.strip()]
         finally:
             group.close()
-    freed = next(r["t"] for r in rows if r.get("mark") == "freed")
+    freed = next(r["t"] for r in rows if r.get("mark") == "freeing")
     samples = [
         (r["t"], r["host_resident_bytes"]) for r in rows if r["host_resident_bytes"] is not None
     ]
