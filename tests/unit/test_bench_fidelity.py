@@ -39,3 +39,24 @@ def test_the_scenario_frees_at_the_recorded_time_after_registration(mode: str) -
     assert [s.until for s in sleeps[:2]] == [pytest.approx(1.2), pytest.approx(9.5)]
     (alloc,) = [s for s in steps if isinstance(s, Alloc)]
     assert alloc.order == WORKLOAD_ORDER[mode]
+
+
+def test_figures_count_from_the_start_of_the_free(tmp_path: object) -> None:
+    # Both sides begin the free at the recorded instant; how long it takes is each
+    # guest's own speed, so the clock starts when it begins.
+    from pathlib import Path
+
+    from bench.fidelity import kernel_run
+
+    mib = 1 << 20
+    samples = [(t / 10, 300 * mib) for t in range(0, 110)]  # resident until 11.0 s
+    samples += [(t / 10, 50 * mib) for t in range(110, 200)]
+    rec = {
+        "marks": {"registered": 0.0, "start": 1.0, "freeing": 10.0, "freed": 10.5, "done": 20.0},
+        "samples": samples,
+        "reporting_order": 9,
+    }
+    path = Path(str(tmp_path)) / "thp-9.json"
+    path.write_text(json.dumps(rec))
+    fig, _ = kernel_run(path)
+    assert fig.first_return_s == 1.0 and fig.returned_mib == 250.0
