@@ -6,9 +6,9 @@ reporting order 0) and each recording of the real kernel in
 bench/reference/linux/ (Debian 12's 6.1 under QEMU, recorded on this machine),
 runs the same history through a real pagehint host and guest on each backend,
 on that recording's schedule after the balloon's registration and at the order
-its kernel reported at, and prints the four figures side by side: min–max over the runs, and
-the verdict of the 5% goal (pagehint's range against the kernel's, widened by
-5% of the kernel's median).
+its kernel reported at, and prints the four figures side by side: min–max over
+the runs, and the verdict of the 5% goal (pagehint's range against the
+kernel's, widened by 5% of the kernel's median).
 
     .venv/bin/python -m bench.bench_fidelity [--backends sim,shm] [--json OUT]
 """

@@ -66,15 +66,15 @@ class Figures:
 
 
 def figures(
-    samples: Sequence[tuple[float, int]], freed: float, window: float = WINDOW_S
+    samples: Sequence[tuple[float, int]], freeing: float, window: float = WINDOW_S
 ) -> Figures:
     """The four figures from (seconds, resident bytes) samples around a free that
-    began at ``freed``."""
-    before = [b for t, b in samples if t <= freed]
+    began at ``freeing``."""
+    before = [b for t, b in samples if t <= freeing]
     if not before:
         raise ValueError("no residency sample before the free")
     base = before[-1]
-    after = [(t - freed, b) for t, b in samples if freed < t <= freed + window]
+    after = [(t - freeing, b) for t, b in samples if freeing < t <= freeing + window]
     if not after:
         raise ValueError("no residency sample after the free")
     low = min(b for _, b in after)
@@ -208,8 +208,8 @@ def pagehint_run(
             rows = [json.loads(x) for x in tl.read_text().splitlines() if x.strip()]
         finally:
             group.close()
-    freed = next(r["t"] for r in rows if r.get("mark") == "freeing")
+    freeing = next(r["t"] for r in rows if r.get("mark") == "freeing")
     samples = [
         (r["t"], r["host_resident_bytes"]) for r in rows if r["host_resident_bytes"] is not None
     ]
-    return figures(samples, freed)
+    return figures(samples, freeing)

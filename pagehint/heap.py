@@ -13,7 +13,8 @@ an acknowledgement that arrived during one waited that long.
 the permanent generation (``gc.freeze``; CPython documents it for state built
 before a fork, and it serves any state that is built once and kept). The
 collector still runs and still frees every cycle made afterwards; it no longer
-re-walks boot's state. Objects made later (blocks, chains, messages) are collected as before.
+re-walks boot's state. Objects made later (blocks, chains, messages) are
+collected as before.
 ``gc.freeze`` splices lists; it costs nothing to call once per guest.
 
 The price: a frozen object in a reference cycle is never collected while it is

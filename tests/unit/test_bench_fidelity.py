@@ -4,12 +4,14 @@ order its kernel reported at, and the time of its free after registration."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from bench.fidelity import (
     MODES,
     WORKLOAD_ORDER,
+    kernel_run,
     reference_files,
     reporting_order,
     scenario,
@@ -41,13 +43,9 @@ def test_the_scenario_frees_at_the_recorded_time_after_registration(mode: str) -
     assert alloc.order == WORKLOAD_ORDER[mode]
 
 
-def test_figures_count_from_the_start_of_the_free(tmp_path: object) -> None:
+def test_figures_count_from_the_start_of_the_free(tmp_path: Path) -> None:
     # Both sides begin the free at the recorded instant; how long it takes is each
     # guest's own speed, so the clock starts when it begins.
-    from pathlib import Path
-
-    from bench.fidelity import kernel_run
-
     mib = 1 << 20
     samples = [(t / 10, 300 * mib) for t in range(0, 110)]  # resident until 11.0 s
     samples += [(t / 10, 50 * mib) for t in range(110, 200)]
@@ -56,7 +54,7 @@ def test_figures_count_from_the_start_of_the_free(tmp_path: object) -> None:
         "samples": samples,
         "reporting_order": 9,
     }
-    path = Path(str(tmp_path)) / "thp-9.json"
+    path = tmp_path / "thp-9.json"
     path.write_text(json.dumps(rec))
     fig, _ = kernel_run(path)
     assert fig.first_return_s == 1.0 and fig.returned_mib == 250.0
