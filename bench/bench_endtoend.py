@@ -65,7 +65,7 @@ async def _returned(fd: int, policy_idle: Any, start_bytes: int, t0: float) -> t
             return start_bytes - last, last_t - t0
 
 
-async def measure(addr: str) -> dict[str, Any]:
+async def measure(addr: str, _queue_socket: str) -> dict[str, Any]:
     cfg = GuestConfig(
         ram_bytes=RAM,
         host=addr,

@@ -75,9 +75,11 @@ class Machine:
         }
 
 
-def on_shm_host(measure: Callable[[str], Coroutine[Any, Any, T]]) -> T:
-    """Run ``measure(address)`` on uvloop against a real ``pagehint host --backend
-    shm`` started for it (and stopped after)."""
+def on_shm_host(
+    measure: Callable[[str, str], Coroutine[Any, Any, T]],
+) -> T:
+    """Run ``measure(address, queue_socket)`` on uvloop against a real ``pagehint
+    host --backend shm --queue-socket`` started for it (and stopped after)."""
     import tempfile
     from pathlib import Path
 
@@ -87,8 +89,9 @@ def on_shm_host(measure: Callable[[str], Coroutine[Any, Any, T]]) -> T:
 
     with tempfile.TemporaryDirectory() as tmp:
         group = ProcessGroup(Path(tmp))
+        sock = str(Path(tmp) / "queue.sock")
         try:
-            addr, _host = group.start_host(["--quiet", "--backend", "shm"])
-            return uvloop.run(measure(addr))
+            addr, _host = group.start_host(["--quiet", "--backend", "shm", "--queue-socket", sock])
+            return uvloop.run(measure(addr, sock))
         finally:
             group.close()

@@ -162,7 +162,7 @@ def _turned_away(device: BalloonDevice, watch: ConnectionWatch | None) -> Iterat
     refused = CounterMetricFamily(
         "pagehint_host_refused_negotiations",
         "Calls turned away, by reason (session_limit, peer_limit, calls_per_peer, "
-        "in_use, not_permitted, no_room).",
+        "in_use, not_permitted, no_room, queue_socket_connections).",
         labels=["reason"],
     )
     for reason, n in sorted(device.metrics.turned_away.items()):

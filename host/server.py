@@ -21,6 +21,7 @@ from host.limits import ConnectionWatch
 from host.memory.base import MemoryBackend
 from host.memory.hostmem import HostMemory
 from host.memory.sim import SimBackend
+from host.queue_socket import QueueSocket
 from host.service import BalloonService
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
@@ -135,6 +136,14 @@ class HostServer:
         self.stopping = asyncio.Event()
         self.watch: ConnectionWatch | None = None
         self.calls = CallsPerPeer(cfg.max_calls_per_peer, self._call_refused)
+        self.queue_socket: QueueSocket | None = None
+        if cfg.queue_socket is not None:
+            self.queue_socket = QueueSocket(
+                cfg.queue_socket,
+                self.service.queue,
+                cfg.max_connections,
+                cfg.handshake_timeout,
+            )
 
     async def start(self) -> str:
         server = grpc.aio.server(
@@ -162,6 +171,8 @@ class HostServer:
             )
         await server.start()
         self.server = server
+        if self.queue_socket is not None:
+            await self.queue_socket.start()
         self.watch = ConnectionWatch(
             self.port,
             self.cfg.max_connections,
@@ -215,6 +226,8 @@ class HostServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.service.queue.idle.wait(), self.cfg.drain_seconds)
         # Streams waiting for their next chain hold nothing in flight: cancelling is safe.
+        if self.queue_socket is not None:
+            await self.queue_socket.stop()
         await self.server.stop(grace=1.0)
         for token in list(self.device.table.sessions):
             self.device.table.end(token, "host stopping")
@@ -310,6 +323,8 @@ def _listening_line(cfg: HostConfig, addr: str) -> str:
         )
         if cfg.controller is not None:
             memory += f", balloon controller {cfg.controller}"
+    if cfg.queue_socket is not None:
+        addr += f" and queue socket {cfg.queue_socket}"
     return (
         f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
         f"queue {cfg.queue_size}, {memory}, {who}, "

@@ -29,6 +29,7 @@ from host.sessions import (
     SessionKilled,
     TooBig,
 )
+from host.stream import StreamEnd, reporting, session_status
 from pagehint.config import HostConfig
 from virtqueue import codec
 
@@ -119,42 +120,12 @@ class BalloonService:
         if not isinstance(token, str):  # a binary (-bin) header: no session of ours
             token = ""
         try:
-            session = self.device.table.session(token)
-        except SessionError as e:
-            self.device.refuse("unknown_session")
-            await abort(context, session_status(e), str(e))
-        task = asyncio.current_task()
-        session.stream_opened(task)
-        try:
-            answers = (
-                self.queue.with_notices(session, request_iterator)
-                if session.host_memory or session.balloon is not None
-                else self.queue.answers(session, request_iterator)
-            )
-            async for used in answers:
+            async for used in reporting(
+                self.queue, token, request_iterator, str(context.peer() or ""), context.done
+            ):
                 yield used
-        except asyncio.CancelledError:
-            # Ending the session (fenced, expired, replaced) cancels this task. gRPC
-            # sends no status for a cancelled handler, so the guest would wait on a
-            # silent stream: tell it, and it reconnects.
-            if not session.ended or context.done():
-                raise
-        except (grpc.aio.AbortError, GeneratorExit):
-            raise
-        except codec.Undecodable as e:
-            # The stream's framing held but a message did not decode: end the stream
-            # (INVALID_ARGUMENT). Its chains in flight are the guest's to fence.
-            await self._malformed(context, f"Reporting (guest {session.guest_id})", e)
-        except Exception:
-            self.device.problems.note("internal", "internal error:\n" + traceback.format_exc())
-            await abort(context, grpc.StatusCode.INTERNAL, "internal error in the host")
-        finally:
-            session.stream_closed(task)
-        if session.killed:
-            # The host's OOM killer ended it: the guest ends too (it does not reconnect).
-            await abort(context, grpc.StatusCode.ABORTED, session.killed)
-        if session.ended:
-            await abort(context, grpc.StatusCode.UNAUTHENTICATED, "session ended; negotiate again")
+        except StreamEnd as e:
+            await abort(context, e.code, e.detail)
 
     async def Stats(
         self, request: codec.StatsRequest | codec.Malformed, context: Context
@@ -215,11 +186,3 @@ class BalloonService:
         return await self._guarded(
             context, lambda: self.admin.snapshot(request, context), "Snapshot"
         )
-
-
-def session_status(e: SessionError) -> grpc.StatusCode:
-    """ABORTED for a session the OOM killer ended (the guest stops, exit 3), else
-    UNAUTHENTICATED (the guest negotiates again)."""
-    return (
-        grpc.StatusCode.ABORTED if isinstance(e, SessionKilled) else grpc.StatusCode.UNAUTHENTICATED
-    )

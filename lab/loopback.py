@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import traceback
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -33,8 +32,9 @@ from guest.balloon.transport import REFUSALS, NegotiationRefused, Stream, Transp
 from host.device import BalloonDevice
 from host.figures import guest_figures, own_figures
 from host.queue import ReportingQueue
-from host.service import session_status, status_of
+from host.service import status_of
 from host.sessions import NegotiationError, SessionError, SessionKilled
+from host.stream import StreamEnd, reporting, session_status
 from virtqueue import codec
 from virtqueue.codec import (
     Accepted,
@@ -77,39 +77,13 @@ class LoopbackStream:
     async def _serve(self, queue: ReportingQueue, token: str) -> None:
         """The host's side, as host/service.py's Reporting handler: the same
         session bookkeeping, the same ends."""
-        device = queue.device
-        try:
-            session = device.table.session(token)
-        except SessionError as e:
-            device.refuse("unknown_session")
-            self._to_guest.put_nowait(TransportError(f"{session_status(e).name}: {e}"))
-            return
-        task = asyncio.current_task()
-        session.stream_opened(task)
         end: BaseException | None = None
         try:
-            answers = (
-                queue.with_notices(session, self._requests())
-                if session.host_memory or session.balloon is not None
-                else queue.answers(session, self._requests())
-            )
-            async for used in answers:
+            async for used in reporting(queue, token, self._requests(), "loopback"):
                 self._to_guest.put_nowait(codec.decode_used(used))
-        except asyncio.CancelledError:
-            if not session.ended:
-                raise
-        except codec.Undecodable as e:
-            device.refuse("malformed")
-            end = TransportError(f"INVALID_ARGUMENT: {e}")
-        except Exception:
-            device.problems.note("internal", "internal error:\n" + traceback.format_exc())
-            end = TransportError("INTERNAL: internal error in the host")
+        except StreamEnd as e:
+            end = TransportError(str(e))
         finally:
-            session.stream_closed(task)
-            if session.killed:
-                end = TransportError(f"ABORTED: {session.killed}")
-            elif session.ended and end is None:
-                end = TransportError("UNAUTHENTICATED: session ended; negotiate again")
             self._to_guest.put_nowait(end)
 
     async def write(self, msg: GuestMsg) -> None:

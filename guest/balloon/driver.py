@@ -40,6 +40,7 @@ from guest.balloon.free_page_hint import FreePageHinting, shrink
 from guest.balloon.host_view import HostView
 from guest.balloon.inflation import GuestBalloon
 from guest.balloon.migration import MigrationAgent
+from guest.balloon.queue_socket import QueueSocketTransport
 from guest.balloon.touch_link import TouchLink
 from guest.balloon.transport import (
     GrpcTransport,
@@ -75,6 +76,15 @@ def _columns(batch: Sequence[Block]) -> tuple[Sequence[int], Sequence[int]]:
     return pfns, orders
 
 
+def default_transport(cfg: GuestConfig) -> Transport:
+    """gRPC to --host; with --queue-socket, the streams on that socket."""
+    assert cfg.host is not None
+    grpc_transport = GrpcTransport(cfg.host, cfg.tls, cfg.token)
+    if cfg.queue_socket is None:
+        return grpc_transport
+    return QueueSocketTransport(grpc_transport, cfg.queue_socket)
+
+
 class BalloonDriver:
     def __init__(
         self,
@@ -93,7 +103,7 @@ class BalloonDriver:
         self.capacity = 0
         self.window = ChainWindow()
         self.conn = Connection(
-            transport if transport is not None else GrpcTransport(self.address, cfg.tls, cfg.token),
+            transport if transport is not None else default_transport(cfg),
             self.window,
             negotiation=self._negotiation,
             accept=self._adopt,

@@ -312,6 +312,14 @@ def _host_and_checks(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         help="shm backend: the only folder whose RAM files this guest opens; give the "
         "host's --shm-dir (default /dev/shm, where a host keeps them without one)",
     )
+    add_flag(
+        p,
+        e,
+        "--queue-socket",
+        default=None,
+        help="carry the reporting stream on the host's --queue-socket (a Unix socket on "
+        "this machine) instead of gRPC; negotiation still goes to --host",
+    )
     add_flag(p, e, "--poison", default=None, help="offer PAGE_POISON with this byte value (0-255)")
     add_switch(
         p,
@@ -370,6 +378,7 @@ def config_from_args(a: argparse.Namespace) -> GuestConfig:
         token=None if a.token is None else str(a.token),
         reports=None if a.reports is None else str(a.reports),
         shm_dir=str(a.shm_dir),
+        queue_socket=None if a.queue_socket is None else str(a.queue_socket),
         hinting=hinting,
         trace=trace,
         boot=_boot_config(a),

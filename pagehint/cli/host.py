@@ -276,6 +276,14 @@ def _identity_and_outputs(p: argparse.ArgumentParser, e: Mapping[str, str]) -> N
         help="address the metrics listen on (loopback; 0.0.0.0 exposes them to every address)",
     )
     add_flag(p, e, "--shm-dir", default=None, help="shm backend: where RAM files live")
+    add_flag(
+        p,
+        e,
+        "--queue-socket",
+        default=None,
+        help="also serve reporting streams on this Unix socket, for guests on this machine "
+        "(guest --queue-socket): round trips without gRPC's cost",
+    )
     add_flag(p, e, "--loop", default=default_of(HostConfig, "loop"), help="auto | uvloop | asyncio")
     add_flag(p, e, "--metrics-port", default=None, help="Prometheus metrics port")
     add_flag(p, e, "--ready-file", default=None, help="write the bound address here once serving")
@@ -379,6 +387,7 @@ def config_from_args(a: argparse.Namespace) -> HostConfig:
         auth_penalty_max=convert(a.auth_penalty_max, parse_seconds, "--auth-penalty-max"),
         **_balloon_fields(a),
         chain_log=None if a.chain_log is None else str(a.chain_log),
+        queue_socket=None if a.queue_socket is None else str(a.queue_socket),
     )
 
 

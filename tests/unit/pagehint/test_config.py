@@ -60,6 +60,13 @@ from pagehint.errors import UsageError
         (lambda: HintingConfig(threshold=10**30), "--threshold 1000000000000000000000000000000"),
         (lambda: HostConfig(queue_size=2.0), "--queue-size 2: must be a whole number"),
         (lambda: GuestConfig(ram_bytes="1GiB"), "--ram '1GiB': must be a whole number of bytes"),
+        (lambda: GuestConfig(queue_socket="/run/q"), "--queue-socket carries the stream of a"),
+        (lambda: HostConfig(queue_socket=""), "--queue-socket '': give a path"),
+        (
+            lambda: HostConfig(queue_socket="/" + "d" * 107),
+            "--queue-socket '/" + "d" * 107 + "': longer than a Unix socket's path",
+        ),
+        (lambda: GuestConfig(host="h:1", queue_socket="a\0b"), "--queue-socket 'a\\x00b': give"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_its_flag(build: object, message: str) -> None:

@@ -1,0 +1,134 @@
+"""The guest's side of the host's queue socket (``--queue-socket``; the frames:
+virtqueue/framing.py, the host's side: host/queue_socket.py).
+
+``QueueSocketTransport`` negotiates, polls and closes over gRPC as the gRPC
+transport does, and carries each Reporting stream on the Unix socket: the same
+messages, the same ends ("STATUS: one line"), so the connection above cannot
+tell them apart — a host that is gone is a stream that breaks, and the guest
+fences on its next negotiation as it does over gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from google.protobuf.message import DecodeError
+
+from guest.balloon.transport import GrpcTransport, Stream, TransportError
+from virtqueue import codec, framing
+from virtqueue.codec import (
+    Accepted,
+    ConfigMsg,
+    GuestMsg,
+    HostFigures,
+    Negotiation,
+    NoticeMsg,
+    UsedMsg,
+)
+
+# The most a host's answer may be: gRPC's default receive limit, which the gRPC
+# transport takes too (a Notice of evictions is the biggest answer).
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+
+class SocketStream:
+    """One Reporting stream on the queue socket; connects on first use."""
+
+    def __init__(self, path: str, session: str) -> None:
+        self.path = path
+        self._session = session
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ended: TransportError | None = None
+        self._connected = asyncio.ensure_future(self._connect())
+        # Its failure is raised to whichever of read and write waits first; retrieved
+        # here too, for a stream cancelled before either did.
+        self._connected.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def _connect(self) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                self.path, limit=MAX_ANSWER_BYTES + 16
+            )
+        except OSError as e:
+            raise TransportError(
+                f"UNAVAILABLE: --queue-socket {self.path}: {e.strerror or e}"
+            ) from None
+        writer.write(framing.frame(framing.HELLO, self._session.encode("ascii", "replace")))
+        self._reader, self._writer = reader, writer
+
+    async def _ready(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._ended is not None:
+            raise self._ended
+        await asyncio.shield(self._connected)
+        assert self._reader is not None and self._writer is not None
+        return self._reader, self._writer
+
+    async def write(self, msg: GuestMsg) -> None:
+        _, writer = await self._ready()
+        if writer.is_closing():
+            raise TransportError("UNAVAILABLE: the queue socket is closed")
+        try:
+            writer.write(
+                framing.frame(framing.MESSAGE, codec.encode_guest_msg(msg).SerializeToString())
+            )
+            await writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise TransportError(f"UNAVAILABLE: the queue socket: {e.strerror or e}") from None
+
+    async def read(self) -> UsedMsg | NoticeMsg | ConfigMsg | None:
+        reader, _ = await self._ready()
+        try:
+            got = await framing.read_frame(reader, MAX_ANSWER_BYTES)
+        except framing.FrameError as e:
+            raise self._end(f"INTERNAL: the host broke the queue socket's framing: {e}") from None
+        except OSError as e:
+            raise self._end(f"UNAVAILABLE: the queue socket: {e.strerror or e}") from None
+        if got is None:
+            # Closed without a status: the host went away (a clean end has one).
+            raise self._end("UNAVAILABLE: the host closed the queue socket")
+        kind, payload = got
+        if kind == framing.END:
+            line = payload.decode("utf-8", "replace").splitlines()
+            raise self._end(line[0] if line else "UNKNOWN: the host ended the stream")
+        if kind != framing.USED:
+            raise self._end(f"INTERNAL: a queue-socket frame of kind {kind} from the host")
+        try:
+            used = codec.Used.FromString(payload)
+        except DecodeError:
+            raise self._end("INTERNAL: an answer that does not decode") from None
+        return codec.decode_used(used)
+
+    def _end(self, line: str) -> TransportError:
+        self._ended = TransportError(line)
+        self.cancel()
+        return self._ended
+
+    def cancel(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        elif not self._connected.done():
+            self._connected.cancel()
+
+
+class QueueSocketTransport:
+    """gRPC for the control calls, the queue socket for the streams."""
+
+    def __init__(self, control: GrpcTransport, path: str) -> None:
+        self.control = control
+        self.path = path
+
+    async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
+        return await self.control.negotiate(n, timeout)
+
+    def open_stream(self, session: str) -> Stream:
+        return SocketStream(self.path, session)
+
+    async def stats(self, session: str, timeout: float) -> HostFigures:
+        return await self.control.stats(session, timeout)
+
+    async def close_session(self, session: str, timeout: float) -> None:
+        await self.control.close_session(session, timeout)
+
+    async def aclose(self) -> None:
+        await self.control.aclose()

@@ -1,0 +1,52 @@
+"""--queue-socket end to end: guests whose streams cross the host's Unix socket
+lose nothing when the host is killed mid-report and comes back on the same
+path (the killed host's socket file taken over), fence as over gRPC, and agree
+with the host on what it discarded; a host told a path where a file lies
+refuses in one line and leaves the file alone."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from tests.integration.procs import Procs, free_port, run_cli
+from tests.integration.test_fault_paths import assert_sound
+
+
+def test_host_killed_twice_mid_report_loses_nothing(procs: Procs, tmp_path: Path) -> None:
+    sock = str(tmp_path / "queue.sock")
+    listen = f"127.0.0.1:{free_port()}"
+    host_args = ("--backend", "shm", "--latency", "0.2", "--queue-socket", sock)
+    addr, host = procs.host(*host_args, listen=listen)
+    common = ("--host", addr, "--queue-socket", sock, "--ram", "256MiB", "--check")
+    guests = [
+        procs.guest(*common, "--workload", "memhog", "--policy", "reporting", "--delay", "0.5",
+                    "--id", "merged", "--duration", "14"),
+        procs.guest(*common, "--workload", "memhog", "--policy", "bitmap", "--threshold", "4",
+                    "--id", "seed", "--duration", "14"),
+    ]  # fmt: skip
+    for _ in range(2):
+        time.sleep(3.0)
+        host.send_signal(signal.SIGKILL)  # with --latency 0.2, mostly mid-report
+        host.wait(10)
+        time.sleep(0.3)
+        addr, host = procs.host(*host_args, listen=listen)
+    for g in guests:
+        s = procs.finish(g, timeout=90)
+        assert_sound(s)
+        assert s["isolated_bytes"] == 0
+        assert s["host_connects"] >= 2, s["_stderr"][-3000:]
+        assert s["fences"] == s["host_connects"] - 1
+        assert s["reported_bytes_this_host"] > 0, s["_stderr"][-3000:]
+        assert s["host_reported_bytes"] == s["reported_bytes_this_host"], s
+
+
+def test_a_file_at_the_socket_path_is_refused_and_kept(tmp_path: Path) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    r = run_cli(["host", "--listen", "127.0.0.1:0", "--queue-socket", str(f)], timeout=30)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "exists and is not a socket" in err[0], r.stderr
+    assert f.read_text() == "mine"

@@ -1,0 +1,205 @@
+"""The host's queue socket (--queue-socket), spoken to in raw frames: a stream is
+admitted by its session's token, answers as the gRPC stream does, and ends with
+one status line; what breaks the framing, never says who it is, or comes past the
+connection cap is turned away and the host keeps serving; the path it is given
+is never someone's file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc.aio
+import pytest
+
+from host.queue_socket import claim_path
+from host.server import HostServer
+from pagehint.config import HostConfig
+from pagehint.errors import UsageError
+from tests.wire import encode_chain, encode_touched
+from virtqueue import codec, framing
+from virtqueue import features as F
+
+MIB = 1 << 20
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[tuple[HostServer, codec.AioBalloonStub, str]]:
+    path = str(tmp_path / "q.sock")
+    cfg = HostConfig(
+        listen="127.0.0.1:0",
+        drain_seconds=1.0,
+        queue_socket=path,
+        handshake_timeout=0.3,
+        max_connections=4,
+    )
+    server = HostServer(cfg)
+    addr = await server.start()
+    await server.serving()
+    channel = grpc.aio.insecure_channel(addr)
+    try:
+        yield server, codec.aio_stub(channel), path
+    finally:
+        await channel.close()
+        await server.stop()
+
+
+async def negotiate(stub: codec.AioBalloonStub, guest_id: str = "g1") -> str:
+    n = codec.Negotiation(
+        guest_id=guest_id,
+        ram_bytes=64 * MIB,
+        page_size=4096,
+        features=F.mask(F.REPORTING),
+        poison_val=0,
+    )
+    acc = codec.decode_accepted(await stub.Negotiate(codec.encode_negotiate(n), timeout=5))
+    return acc.session
+
+
+async def connect(path: str, session: str | None) -> Conn:
+    reader, writer = await asyncio.open_unix_connection(path)
+    if session is not None:
+        writer.write(framing.frame(framing.HELLO, session.encode()))
+    return reader, writer
+
+
+def send(conn: Conn, msg: codec.GuestMessage) -> None:
+    conn[1].write(framing.frame(framing.MESSAGE, msg.SerializeToString()))
+
+
+async def answer(conn: Conn) -> tuple[int, bytes] | None:
+    return await asyncio.wait_for(framing.read_frame(conn[0], 1 << 20), 5)
+
+
+async def end_line(conn: Conn) -> str:
+    got = await answer(conn)
+    assert got is not None and got[0] == framing.END, got
+    line = got[1].decode()
+    assert "\n" not in line
+    assert await answer(conn) is None, "nothing after the end"
+    return line
+
+
+async def test_a_chain_is_discarded_answered_and_counted(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    server, stub, path = host
+    session = await negotiate(stub)
+    conn = await connect(path, session)
+    send(conn, encode_touched([(0, 2048)]))
+    send(conn, encode_chain(1, [(0, 9), (512, 9)]))
+    got = await answer(conn)
+    assert got is not None and got[0] == framing.USED
+    used = codec.decode_used(codec.Used.FromString(got[1]))
+    assert used.id == 1 and used.status == codec.DONE and used.discarded_pages == 1024
+    assert used.resident_bytes == 4 * MIB
+    stats = codec.decode_host_stats(
+        await stub.Stats(codec.encode_stats_request(session), timeout=5)
+    )
+    assert stats.self_guest is not None and stats.self_guest.chains == 1
+    # Closing the session over gRPC ends the socket's stream with a status.
+    await stub.Close(codec.encode_close(session), timeout=5)
+    assert (await end_line(conn)).startswith("UNAUTHENTICATED: session ended")
+    assert server.device.table.sessions == {}
+
+
+async def test_a_stream_without_a_session_ends_in_one_line(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    server, _, path = host
+    conn = await connect(path, "no-such-session")
+    assert (await end_line(conn)).startswith("UNAUTHENTICATED: ")
+    assert server.device.metrics.refusals["unknown_session"] == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        framing.frame(framing.MESSAGE, b"\xff\xff\xff"),  # does not decode
+        framing.frame(framing.USED, b""),  # a host's kind, from a guest
+        struct.pack("<I", 10 << 20),  # a frame far over the limit
+        struct.pack("<IB", 1, 99),  # a kind nobody knows
+    ],
+    ids=["undecodable", "wrong-kind", "oversized", "unknown-kind"],
+)
+async def test_a_broken_frame_ends_the_stream_and_the_host_serves_on(
+    host: tuple[HostServer, codec.AioBalloonStub, str], bad: bytes
+) -> None:
+    server, stub, path = host
+    conn = await connect(path, await negotiate(stub))
+    conn[1].write(bad)
+    assert (await end_line(conn)).startswith("INVALID_ARGUMENT: ")
+    assert server.device.metrics.refusals["malformed"] >= 1
+    # Another guest's stream is served as before.
+    other = await connect(path, await negotiate(stub, "g2"))
+    send(other, encode_chain(7, [(0, 9)]))
+    got = await answer(other)
+    assert got is not None and codec.Used.FromString(got[1]).id == 7
+
+
+async def test_a_first_frame_that_is_not_a_hello_is_refused(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    _, _, path = host
+    conn = await connect(path, None)
+    send(conn, encode_chain(1, [(0, 9)]))
+    assert (await end_line(conn)).startswith("INVALID_ARGUMENT: the first frame")
+
+
+async def test_a_silent_connection_is_closed_at_the_handshake_timeout(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    server, _, path = host
+    conn = await connect(path, None)
+    assert await answer(conn) is None  # closed, within 5 s (the timeout is 0.3 s)
+    assert server.queue_socket is not None and not server.queue_socket.connections
+
+
+async def test_connections_past_the_cap_are_closed_at_once(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    server, _, path = host
+    held = [await connect(path, None) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    extra = await connect(path, None)
+    assert await asyncio.wait_for(framing.read_frame(extra[0], 1024), 0.25) is None
+    assert server.device.metrics.turned_away["queue_socket_connections"] == 1
+    for _, w in held:
+        w.close()
+
+
+async def test_the_socket_is_the_hosts_only_and_goes_at_stop(tmp_path: Path) -> None:
+    path = tmp_path / "q.sock"
+    server = HostServer(HostConfig(listen="127.0.0.1:0", queue_socket=str(path)))
+    await server.start()
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    await server.stop()
+    assert not path.exists()
+
+
+def test_a_file_at_the_path_is_never_removed(tmp_path: Path) -> None:
+    f = tmp_path / "precious"
+    f.write_text("keep me")
+    with pytest.raises(UsageError, match="exists and is not a socket"):
+        claim_path(str(f))
+    assert f.read_text() == "keep me"
+
+
+def test_a_killed_hosts_socket_is_taken_over_and_a_live_one_is_not(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sock")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(path)
+    live.listen()
+    with pytest.raises(UsageError, match="another process is listening"):
+        claim_path(path)
+    live.close()  # the file stays, nobody listens: what a SIGKILL leaves
+    assert os.path.exists(path)
+    claim_path(path)
+    assert not os.path.exists(path)
