@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,8 @@ class LoadtestConfig:
     # ("--host-memory", N, "--swap", M): the host's own memory instead of a hard
     # --memory-limit of capacity_bytes (then N); () for the limit.
     host_memory_args: tuple[str, ...] = ()
+    # Streams on the host's --queue-socket instead of gRPC (negotiation stays on gRPC).
+    queue_socket: bool = False
 
 
 def mem_available() -> int:
@@ -98,6 +103,7 @@ class LoadtestReport(TypedDict):
     host_cpu_share: float | None  # of one core, over the run
     errors: list[str]
     backend: str
+    transport: str  # the guests' streams: "grpc", or "queue socket" (--queue-socket)
     ramp_s: float
     per_guest: dict[str, GuestSummary]
     host_timeline: list[HostSample]
@@ -125,8 +131,13 @@ def run_loadtest(cfg: LoadtestConfig) -> LoadtestReport:
     names = [f"lt-{i + 1:03d}" for i in range(cfg.guests)]
     seen = _Observed()
     t0 = time.monotonic()
+    # A folder of its own under the temp dir: --out may be longer than a socket's path.
+    sock_dir = tempfile.mkdtemp(prefix="pagehint-q-") if cfg.queue_socket else None
+    sock = None if sock_dir is None else os.path.join(sock_dir, "queue.sock")
     try:
         host_args = ["--backend", cfg.backend]
+        if sock is not None:
+            host_args += ["--queue-socket", sock]
         host_args += cfg.host_memory_args or ["--memory-limit", str(cfg.capacity_bytes)]
         # Every guest of a load test comes from this one address: the host's
         # per-address quota (a quarter of its sessions by default) must not be what
@@ -136,6 +147,8 @@ def run_loadtest(cfg: LoadtestConfig) -> LoadtestReport:
         # Guests share processes (`pagehint guest-group`): one event loop each, so
         # hundreds of guests are a few processes, not hundreds fighting for cores.
         flags = _guest_flags(cfg, addr, names)
+        if sock is not None:
+            flags = [[*f, "--queue-socket", sock] for f in flags]
         per = cfg.guests_per_process
         procs = {
             f"lt-group-{k // per + 1:03d}": group.start_guest_group(
@@ -159,6 +172,8 @@ def run_loadtest(cfg: LoadtestConfig) -> LoadtestReport:
         seen.elapsed = time.monotonic() - t0
     finally:
         group.close()
+        if sock_dir is not None:
+            shutil.rmtree(sock_dir, ignore_errors=True)
     report = _report(cfg, names, seen)
     cap_rows: list[ResidentPoint] = [
         {"t": r["t"], "host_resident_bytes": cfg.capacity_bytes} for r in seen.host_rows
@@ -326,6 +341,7 @@ def _report(cfg: LoadtestConfig, names: list[str], seen: _Observed) -> LoadtestR
         "host_cpu_share": None if cpu is None else round(cpu / seen.elapsed, 3),
         "errors": seen.errors,
         "backend": cfg.backend,
+        "transport": "queue socket" if cfg.queue_socket else "grpc",
         "ramp_s": cfg.ramp,
         "per_guest": summaries,
         "host_timeline": host_rows,
@@ -415,7 +431,7 @@ def format_loadtest(r: LoadtestReport) -> str:
         (
             "guests",
             f"{r['guests_completed']}/{r['guests']} completed in {r['guest_processes']} "
-            f"process(es) ({r['backend']} backend)" + _killed_note(r),
+            f"process(es) ({r['backend']} backend, streams on {r['transport']})" + _killed_note(r),
         ),
         ("guest RAM total", format_size(r["guest_ram_total_bytes"])),
         (

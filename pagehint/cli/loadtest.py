@@ -93,6 +93,13 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         "--force",
         help="with shm, start even if the guests could exhaust this machine's memory",
     )
+    add_switch(
+        p,
+        e,
+        "--queue-socket",
+        help="carry the guests' reporting streams on a Unix socket of the host's instead "
+        "of gRPC (host and guest --queue-socket)",
+    )
     add_flag(p, e, "--out", default=None, help=out_help("loadtest-"))
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead")
     p.set_defaults(handler=run)
@@ -161,6 +168,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         guests_per_process=min(per_process, guests),
         ramp=ramp,
         host_memory_args=host_memory,
+        queue_socket=bool(a.queue_socket),
     )
     warn_old_names(a, "pagehint loadtest")
     setup(quiet=bool(a.json))
