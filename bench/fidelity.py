@@ -191,12 +191,17 @@ def pagehint_run(
         work = workdir or Path(tmp)
         group = ProcessGroup(work)
         try:
-            addr, _ = group.start_host(["--backend", backend])
+            # The stream on the host's Unix socket: of the transports on one machine,
+            # the one nearest QEMU's (a chain's round trip ~0.2 ms against gRPC's
+            # ~0.45; bench_roundtrip). In ``tmp``: a workdir may be too long a path.
+            sock = str(Path(tmp) / "q.sock")
+            addr, _ = group.start_host(["--backend", backend, "--queue-socket", sock])
             scen = work / f"{mode}.toml"
             scen.write_text(scenario(mode, schedule(rec)))
             tl = work / f"{mode}-{backend}.jsonl"
             args = [
-                "--host", addr, "--ram", "2GiB", "--cpus", "2", "--policy", "reporting",
+                "--host", addr, "--queue-socket", sock,
+                "--ram", "2GiB", "--cpus", "2", "--policy", "reporting",
                 "--reporting-order", str(reporting_order(rec)),
                 "--scenario", str(scen), "--timeline", str(tl), "--quiet",
             ]  # fmt: skip

@@ -7,6 +7,7 @@ import os
 import urllib.request
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.integration.procs import Procs, free_port, run_cli, wait_until
@@ -149,9 +150,12 @@ def test_loadtest_small(tmp_path: Path) -> None:
         im.verify()
 
 
-def test_loadtest_guests_sharing_a_process_keep_their_memory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("streams", ["grpc", "queue socket"])
+def test_loadtest_guests_sharing_a_process_keep_their_memory(tmp_path: Path, streams: str) -> None:
     # Real memory (shm): three guests on one event loop, each with its own RAM
-    # file, allocator and session; every page they wrote is checked.
+    # file, allocator and session; every page they wrote is checked, whichever
+    # transport carried their streams.
+    socket = ["--queue-socket"] if streams == "queue socket" else []
     r = run_cli(
         [
             "loadtest",
@@ -168,11 +172,13 @@ def test_loadtest_guests_sharing_a_process_keep_their_memory(tmp_path: Path) -> 
             "--out",
             str(tmp_path / "lt"),
             "--json",
+            *socket,
         ],
         timeout=120,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)
+    assert s["transport"] == streams
     assert s["guest_processes"] == 1 and s["guests_completed"] == 3 and s["errors"] == []
     assert s["data_loss_checked"] and s["data_loss_pages"] == 0
     assert s["chains"] > 0
