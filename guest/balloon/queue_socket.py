@@ -31,8 +31,18 @@ from virtqueue.codec import (
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def connect(path: str) -> Conn:
+    try:
+        return await asyncio.open_unix_connection(path, limit=MAX_ANSWER_BYTES + 16)
+    except OSError as e:
+        raise TransportError(f"UNAVAILABLE: --queue-socket {path}: {e.strerror or e}") from None
+
+
 class SocketStream:
-    """One Reporting stream on the queue socket; connects on first use."""
+    """One Reporting stream on the queue socket; it connects at once."""
 
     def __init__(self, path: str, session: str) -> None:
         self.path = path
@@ -46,14 +56,7 @@ class SocketStream:
         self._connected.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _connect(self) -> None:
-        try:
-            reader, writer = await asyncio.open_unix_connection(
-                self.path, limit=MAX_ANSWER_BYTES + 16
-            )
-        except OSError as e:
-            raise TransportError(
-                f"UNAVAILABLE: --queue-socket {self.path}: {e.strerror or e}"
-            ) from None
+        reader, writer = await connect(self.path)
         writer.write(framing.frame(framing.HELLO, self._session.encode("ascii", "replace")))
         self._reader, self._writer = reader, writer
 
@@ -119,6 +122,13 @@ class QueueSocketTransport:
         self.path = path
 
     async def negotiate(self, n: Negotiation, timeout: float) -> Accepted:
+        # The socket is tried first: one that is not there fails the negotiation
+        # (the guest retries, and gives up at start after --connect-timeout)
+        # rather than opening a session whose stream breaks at once. Not held
+        # open: a negotiation may wait longer (a host's auth penalty) than the
+        # host waits for a connection to say its session.
+        _, writer = await asyncio.wait_for(connect(self.path), timeout)
+        writer.close()
         return await self.control.negotiate(n, timeout)
 
     def open_stream(self, session: str) -> Stream:

@@ -50,3 +50,17 @@ def test_a_file_at_the_socket_path_is_refused_and_kept(tmp_path: Path) -> None:
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "exists and is not a socket" in err[0], r.stderr
     assert f.read_text() == "mine"
+
+
+def test_a_guest_given_no_socket_gives_up_at_start_naming_it(procs: Procs, tmp_path: Path) -> None:
+    addr, _ = procs.host()
+    missing = str(tmp_path / "none.sock")
+    r = run_cli(
+        ["guest", "--host", addr, "--queue-socket", missing, "--ram", "256MiB",
+         "--workload", "memhog", "--duration", "5", "--connect-timeout", "1"],
+        timeout=60,
+    )  # fmt: skip
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "--queue-socket" in last and "none.sock" in last, r.stderr
+    assert "Traceback" not in r.stderr

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from guest.balloon import BalloonDriver
-from guest.balloon.queue_socket import SocketStream
-from guest.balloon.transport import TransportError
+from guest.balloon.queue_socket import QueueSocketTransport, SocketStream
+from guest.balloon.transport import GrpcTransport, TransportError
 from guest.mm import BuddyAllocator
 from host.server import HostServer
 from pagehint.config import GuestConfig, HintingConfig, HostConfig
@@ -91,6 +91,21 @@ async def test_no_socket_is_unavailable_naming_the_path(tmp_path: Path) -> None:
     with pytest.raises(TransportError, match=r"UNAVAILABLE: --queue-socket .*none\.sock: "):
         await stream.write(codec.ChainMsg(1, [0], [9]))
     stream.cancel()
+
+
+async def test_no_socket_fails_the_negotiation_before_any_session(tmp_path: Path) -> None:
+    # A host that does serve gRPC: the negotiation would succeed over it.
+    host = HostServer(HostConfig(listen="127.0.0.1:0"))
+    addr = await host.start()
+    t = QueueSocketTransport(GrpcTransport(addr), str(tmp_path / "none.sock"))
+    n = codec.Negotiation("g", ram_bytes=64 * MIB, page_size=4096, features=0, poison_val=0)
+    try:
+        with pytest.raises(TransportError, match=r"UNAVAILABLE: --queue-socket .*none\.sock"):
+            await t.negotiate(n, timeout=5)
+        assert host.device.table.sessions == {}
+    finally:
+        await t.aclose()
+        await host.stop()
 
 
 async def test_a_driver_reports_through_a_real_hosts_socket(tmp_path: Path) -> None:
