@@ -191,9 +191,10 @@ def pagehint_run(
         work = workdir or Path(tmp)
         group = ProcessGroup(work)
         try:
-            # The stream on the host's Unix socket: of the transports on one machine,
-            # the one nearest QEMU's (a chain's round trip ~0.2 ms against gRPC's
-            # ~0.45; bench_roundtrip). In ``tmp``: a workdir may be too long a path.
+            # The stream on the host's Unix socket: the faster of pagehint's two
+            # transports (bench_roundtrip), so the device's answer stretches a pass
+            # the least (QEMU's, from a ring in shared memory, is faster still).
+            # In ``tmp``: a workdir may be too long for a socket's path.
             sock = str(Path(tmp) / "q.sock")
             addr, _ = group.start_host(["--backend", backend, "--queue-socket", sock])
             scen = work / f"{mode}.toml"

@@ -23,6 +23,9 @@ class DeviceMetrics:
     discard_errors: Counter[str] = field(default_factory=Counter)
     # Negotiations turned away by reason (limits, quotas, take-overs).
     turned_away: Counter[str] = field(default_factory=Counter)
+    # Connections to the queue socket closed at once: its share of the connection
+    # cap was taken (host/queue_socket.py).
+    queue_socket_refused: int = 0
     # The most the host held for all guests at once, in pages (sampled at touches
     # and whenever figures are asked for: residency only rises on touches).
     peak_resident_pages: int = 0

@@ -162,7 +162,7 @@ def _turned_away(device: BalloonDevice, watch: ConnectionWatch | None) -> Iterat
     refused = CounterMetricFamily(
         "pagehint_host_refused_negotiations",
         "Calls turned away, by reason (session_limit, peer_limit, calls_per_peer, "
-        "in_use, not_permitted, no_room, queue_socket_connections).",
+        "in_use, not_permitted, no_room).",
         labels=["reason"],
     )
     for reason, n in sorted(device.metrics.turned_away.items()):
@@ -172,6 +172,12 @@ def _turned_away(device: BalloonDevice, watch: ConnectionWatch | None) -> Iterat
         "pagehint_host_ledger_bytes",
         "Host memory the backend spends on its own books (sim: the ledgers).",
         device.backend.overhead_bytes(),
+    )
+    yield counter(
+        "pagehint_host_queue_socket_refused_connections",
+        "Connections to the queue socket closed at once: its share of --max-connections "
+        "was taken (0 without --queue-socket).",
+        device.metrics.queue_socket_refused,
     )
     if watch is not None:
         yield gauge(

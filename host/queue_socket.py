@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import secrets
 import socket
 import stat
 from collections.abc import AsyncIterator
@@ -38,32 +40,100 @@ MAX_FRAME_BYTES = 64 * 1024
 # Answers buffered for a guest that does not read, before the host waits for it
 # (asyncio's own high-water mark for a stream writer).
 WRITE_HIGH_WATER = 64 * 1024
+# The listen backlog: guests that connect in one instant (a fleet booting) wait in
+# it; at most what the kernel allows by default (net.core.somaxconn, 4096 since 5.4).
+MAX_BACKLOG = 4096
+# How long the check for a live host at the path waits for an answer.
+PROBE_SECONDS = 1.0
+# How long a stream that has ended waits for its guest to close (see _linger).
+LINGER_SECONDS = 2.0
 _parse = codec.lenient(codec.GuestMessage)
 
 
-def claim_path(path: str) -> None:
-    """Make ``path`` free for a new socket: a socket left by a host that was killed
-    is removed; anything else there, or a live host's socket, is the user's error
-    (never removed: a path named by mistake must not cost the user a file)."""
+def stale(path: str) -> bool:
+    """A socket at ``path`` that nobody listens on: a killed host's. Anything else
+    there, or a live socket, is the user's error (never removed: a path named by
+    mistake must not cost the user a file)."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
-        return
     except OSError as e:
         raise UsageError(f"--queue-socket {path}: cannot use: {e.strerror}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise UsageError(f"--queue-socket {path}: exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(PROBE_SECONDS)  # a listener with a full backlog answers late
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: a killed host's
-        return
+        return True
     except OSError as e:
-        raise UsageError(f"--queue-socket {path}: cannot use: {e.strerror}") from None
+        raise UsageError(f"--queue-socket {path}: cannot use: {e.strerror or e}") from None
     finally:
         probe.close()
     raise UsageError(f"--queue-socket {path}: another process is listening there")
+
+
+def listen_at(path: str, backlog: int) -> tuple[socket.socket, tuple[int, int]]:
+    """A listening socket at ``path``, the host user's only, and its (device,
+    inode). Bound and made 0600 under a name of its own in the same folder before
+    it listens, then linked to ``path``, which fails if anything is there: no
+    instant at which others may connect, and never a file replaced (a killed
+    host's socket is removed first, and only if nobody listens on it)."""
+    folder = os.path.dirname(path) or "."
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = ""
+    try:
+        try:
+            tmp = _bind_beside(sock, folder)
+            os.chmod(tmp, 0o600)
+            sock.listen(backlog)
+            for attempt in (1, 2):
+                try:
+                    os.link(tmp, path)
+                    break
+                except FileExistsError:
+                    if attempt == 2 or not stale(path):
+                        raise UsageError(
+                            f"--queue-socket {path}: another host took it meanwhile"
+                        ) from None
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            st = os.stat(path)
+        finally:
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+    except OSError as e:
+        sock.close()
+        where = e.filename if isinstance(e.filename, str) and e.filename != tmp else path
+        raise UsageError(f"--queue-socket {where}: cannot listen: {e.strerror or e}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock, (st.st_dev, st.st_ino)
+
+
+def _bind_beside(sock: socket.socket, folder: str) -> str:
+    """Bind ``sock`` to a new short name in ``folder`` (no longer than the path
+    the user gave, whatever its name); the name."""
+    for _ in range(8):
+        tmp = os.path.join(folder, f".q{secrets.token_hex(2)}")
+        try:
+            sock.bind(tmp)
+            return tmp
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+    raise UsageError(f"--queue-socket: cannot find a free name in {folder}")
+
+
+def share(max_connections: int) -> tuple[int, int]:
+    """The connection cap split between gRPC and the queue socket (grpc, socket):
+    a guest on the socket holds one connection on each, so half and half, and
+    together never more than --max-connections (the descriptor budget,
+    host/limits.py)."""
+    socket_cap = max(1, max_connections // 2)
+    return max(1, max_connections - socket_cap), socket_cap
 
 
 class QueueSocket:
@@ -80,94 +150,118 @@ class QueueSocket:
         self.hello_timeout = hello_timeout
         self.server: asyncio.AbstractServer | None = None
         self.connections: set[asyncio.Task[None]] = set()
+        self._inode: tuple[int, int] | None = None
 
     async def start(self) -> None:
-        claim_path(self.path)
+        sock, self._inode = listen_at(self.path, min(self.max_connections, MAX_BACKLOG))
         try:
             self.server = await asyncio.start_unix_server(
-                self._serve, self.path, limit=MAX_FRAME_BYTES + 16
+                self._serve, sock=sock, limit=MAX_FRAME_BYTES + 16
             )
-            os.chmod(self.path, 0o600)
         except OSError as e:
-            await self.stop()
+            sock.close()
+            self._unlink_ours()
             raise UsageError(f"--queue-socket {self.path}: cannot listen: {e.strerror}") from None
 
     async def stop(self) -> None:
         """Stop listening and end every connection (their sessions are ended, or are
-        about to be, by the caller); the socket file goes."""
+        about to be, by the caller); the socket file goes if it is still ours."""
         if self.server is not None:
             self.server.close()
             self.server = None
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+            self._unlink_ours()
         for task in list(self.connections):
             task.cancel()
         if self.connections:
             await asyncio.wait(self.connections, timeout=2.0)
+
+    def _unlink_ours(self) -> None:
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         device = self.queue.device
         if len(self.connections) >= self.max_connections:
-            device.metrics.turned_away["queue_socket_connections"] += 1
+            device.metrics.queue_socket_refused += 1
             device.problems.note(
-                "connections",
-                f"--queue-socket: a connection refused: {self.max_connections} open "
-                "(--max-connections)",
+                "queue-socket-connections",
+                f"--queue-socket: connections refused: {self.max_connections} open (its "
+                "share of --max-connections)",
             )
-            writer.close()
+            writer.transport.abort()
             return
         self.connections.add(task)
         try:
-            await self._stream(reader, writer)
+            if await self._stream(reader, writer):
+                await _linger(reader, writer)
         except asyncio.CancelledError:
-            pass  # the host is stopping
+            # The host is stopping: nothing more to say, and nothing left to wait for.
+            writer.transport.abort()
         finally:
             self.connections.discard(task)
             writer.close()
 
-    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Serve one stream; whether the guest was answered (and is owed a lingering
+        close: _linger)."""
+        device = self.queue.device
         try:
             first = await asyncio.wait_for(
                 framing.read_frame(reader, MAX_FRAME_BYTES), self.hello_timeout
             )
         except (TimeoutError, framing.FrameError, OSError):
-            return  # never said who it is: nothing to answer
+            return False  # never said who it is: nothing to answer
         if first is None:
-            return
-        kind, token = first
+            return False
+        kind, payload = first
         if kind != framing.HELLO:
-            self.queue.device.refuse("malformed", "--queue-socket: a stream without a hello")
+            device.refuse("malformed", "--queue-socket: a stream without a hello")
             _end(writer, "INVALID_ARGUMENT: the first frame must say the session")
-            return
+            return True
+        token = payload.decode("ascii", "replace")
+        session = device.table.sessions.get(token)
+        if session is not None and session.streams:
+            # One stream per session on the socket, as a guest opens (a reconnect
+            # negotiates a new session): a token cannot open streams without end.
+            _end(writer, "RESOURCE_EXHAUSTED: the session has a stream open")
+            return True
+
+        async def pause() -> None:
+            # Wait for a guest that does not read, inside the stream (reporting()).
+            if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                await writer.drain()
+
         try:
             async for used in reporting(
-                self.queue,
-                token.decode("ascii", "replace"),
-                self._requests(reader),
-                "the queue socket",
-                writer.is_closing,
-            ):
+                self.queue, token, self._requests(reader), "the queue socket",
+                writer.is_closing, pause,
+            ):  # fmt: skip
                 if writer.is_closing():
-                    return
+                    return False
                 writer.write(framing.frame(framing.USED, used.SerializeToString()))
-                if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                    await writer.drain()
         except StreamEnd as e:
             _end(writer, str(e))
-        except (ConnectionError, OSError):
-            return  # the guest went away mid-answer
+        except OSError:
+            return False  # the guest went away mid-answer
+        return True
 
     async def _requests(
         self, reader: asyncio.StreamReader
     ) -> AsyncIterator[codec.GuestMessage | codec.Malformed]:
-        """The guest's messages; ends when the guest closes its side (or the socket
-        breaks: the guest is gone). A frame that breaks the framing is a message
-        that does not decode: the stream ends INVALID_ARGUMENT."""
+        """The guest's messages; ends when the guest closes its side, or goes away
+        (the socket breaks, or closes inside a frame). A frame that breaks the
+        framing is a message that does not decode: the stream ends INVALID_ARGUMENT."""
         while True:
             try:
                 got = await framing.read_frame(reader, MAX_FRAME_BYTES)
+            except framing.FrameCut:
+                return
             except framing.FrameError as e:
                 yield codec.Malformed(f"a queue-socket frame ({e})")
                 return
@@ -180,6 +274,24 @@ class QueueSocket:
                 yield codec.Malformed(f"a queue-socket frame (kind {kind} from a guest)")
                 return
             yield _parse(payload)
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close as a server that has said its last word does: shut the sending side
+    (the guest reads the END, then EOF), then read what the guest had still sent,
+    unused, until it closes (at most LINGER_SECONDS). Closed at once with that
+    unread, the socket would reset, and a guest's reader raises the reset before
+    it reads the END already in its buffer."""
+    if writer.is_closing() or not writer.can_write_eof():
+        return
+    with contextlib.suppress(OSError):
+        writer.write_eof()
+    try:
+        async with asyncio.timeout(LINGER_SECONDS):
+            while await reader.read(MAX_FRAME_BYTES):
+                pass
+    except (TimeoutError, OSError):
+        pass
 
 
 def _end(writer: asyncio.StreamWriter, line: str) -> None:

@@ -21,7 +21,7 @@ from host.limits import ConnectionWatch
 from host.memory.base import MemoryBackend
 from host.memory.hostmem import HostMemory
 from host.memory.sim import SimBackend
-from host.queue_socket import QueueSocket
+from host.queue_socket import QueueSocket, share
 from host.service import BalloonService
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
@@ -49,10 +49,15 @@ def connection_options(cfg: HostConfig) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         # gRPC keeps one quota per listening socket: a name that resolves to two
         # addresses (localhost: 127.0.0.1 and ::1) listens twice, so each gets its share.
-        ("grpc.max_allowed_incoming_connections", max(1, cfg.max_connections // listeners(cfg))),
+        ("grpc.max_allowed_incoming_connections", max(1, grpc_connections(cfg) // listeners(cfg))),
         ("grpc.server_handshake_timeout_ms", max(1, round(cfg.handshake_timeout * 1000))),
         ("grpc.max_connection_idle_ms", max(1, round(cfg.idle_connection_timeout * 1000))),
     ]
+
+
+def grpc_connections(cfg: HostConfig) -> int:
+    """gRPC's part of --max-connections: all of it, or with --queue-socket its share."""
+    return cfg.max_connections if cfg.queue_socket is None else share(cfg.max_connections)[0]
 
 
 def listeners(cfg: HostConfig) -> int:
@@ -141,7 +146,7 @@ class HostServer:
             self.queue_socket = QueueSocket(
                 cfg.queue_socket,
                 self.service.queue,
-                cfg.max_connections,
+                share(cfg.max_connections)[1],
                 cfg.handshake_timeout,
             )
 
@@ -175,7 +180,7 @@ class HostServer:
             await self.queue_socket.start()
         self.watch = ConnectionWatch(
             self.port,
-            self.cfg.max_connections,
+            grpc_connections(self.cfg),
             self.cfg.handshake_timeout,
             self.cfg.idle_connection_timeout,
         )
@@ -325,11 +330,14 @@ def _listening_line(cfg: HostConfig, addr: str) -> str:
             memory += f", balloon controller {cfg.controller}"
     if cfg.queue_socket is not None:
         addr += f" and queue socket {cfg.queue_socket}"
+    shared = ""
+    if cfg.queue_socket is not None:
+        shared = f", {share(cfg.max_connections)[1]} of them on the queue socket"
     return (
         f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
         f"queue {cfg.queue_size}, {memory}, {who}, "
         f"at most {cfg.max_sessions} sessions, {cfg.max_sessions_per_peer} per client "
-        f"address, {cfg.max_connections} connections)"
+        f"address, {cfg.max_connections} connections{shared})"
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -39,13 +39,17 @@ async def reporting(
     requests: AsyncIterator[codec.GuestMessage | codec.Malformed],
     where: str = "",
     gone: Callable[[], bool] = lambda: False,
+    pause: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[codec.Used]:
     """The answers to a stream of ``token``'s session, in order. Ends quietly when
     the guest ends its side; raises StreamEnd when the host ends it with a status
     (no such session, a message that does not decode, the session ended — fenced,
     expired, replaced, OOM-killed — or a host bug, whose story goes to the log).
     ``where`` names the peer in the log; ``gone()`` says the peer has left (a
-    cancellation then is the transport's, not the session's end)."""
+    cancellation then is the transport's, not the session's end); ``pause()``,
+    awaited after each answer, is where a transport waits for its peer to read
+    (in here, so that a session's end that cancels the wait ends the stream with
+    its status as anywhere else)."""
     device = queue.device
     try:
         session = device.table.session(token)
@@ -62,6 +66,8 @@ async def reporting(
         )
         async for used in answers:
             yield used
+            if pause is not None:
+                await pause()
     except asyncio.CancelledError:
         # Ending the session (fenced, expired, replaced) cancels this task: tell the
         # guest below, and it reconnects (gRPC sends no status for a cancelled

@@ -135,15 +135,7 @@ def run_loadtest(cfg: LoadtestConfig) -> LoadtestReport:
     sock_dir = tempfile.mkdtemp(prefix="pagehint-q-") if cfg.queue_socket else None
     sock = None if sock_dir is None else os.path.join(sock_dir, "queue.sock")
     try:
-        host_args = ["--backend", cfg.backend]
-        if sock is not None:
-            host_args += ["--queue-socket", sock]
-        host_args += cfg.host_memory_args or ["--memory-limit", str(cfg.capacity_bytes)]
-        # Every guest of a load test comes from this one address: the host's
-        # per-address quota (a quarter of its sessions by default) must not be what
-        # refuses them.
-        host_args += ["--max-sessions-per-peer", str(max(1, cfg.guests))]
-        addr, host = group.start_host([*host_args, "--quiet", "--session-timeout", "120"])
+        addr, host = group.start_host(_host_flags(cfg, sock))
         # Guests share processes (`pagehint guest-group`): one event loop each, so
         # hundreds of guests are a few processes, not hundreds fighting for cores.
         flags = _guest_flags(cfg, addr, names)
@@ -187,6 +179,16 @@ def run_loadtest(cfg: LoadtestConfig) -> LoadtestReport:
     report["files"] = plot_files(cfg.out, None, plot)
     write_report(cfg.out, report)
     return report
+
+
+def _host_flags(cfg: LoadtestConfig, sock: str | None) -> list[str]:
+    flags = ["--backend", cfg.backend, "--quiet", "--session-timeout", "120"]
+    if sock is not None:
+        flags += ["--queue-socket", sock]
+    flags += cfg.host_memory_args or ["--memory-limit", str(cfg.capacity_bytes)]
+    # Every guest of a load test comes from this one address: the host's per-address
+    # quota (a quarter of its sessions by default) must not be what refuses them.
+    return [*flags, "--max-sessions-per-peer", str(max(1, cfg.guests))]
 
 
 def _guest_flags(cfg: LoadtestConfig, addr: str, names: list[str]) -> list[list[str]]:
@@ -431,7 +433,8 @@ def format_loadtest(r: LoadtestReport) -> str:
         (
             "guests",
             f"{r['guests_completed']}/{r['guests']} completed in {r['guest_processes']} "
-            f"process(es) ({r['backend']} backend, streams on {r['transport']})" + _killed_note(r),
+            f"process(es) ({r['backend']} backend, streams on "
+            f"{'gRPC' if r['transport'] == 'grpc' else r['transport']})" + _killed_note(r),
         ),
         ("guest RAM total", format_size(r["guest_ram_total_bytes"])),
         (

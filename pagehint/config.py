@@ -643,6 +643,11 @@ class HostConfig:
         self._check_host_memory()
         _check_queue_socket(self.queue_socket)
         require(
+            self.queue_socket is None or self.max_connections >= 2,
+            f"--max-connections {self.max_connections}: at least 2 with --queue-socket "
+            "(gRPC and the socket share it)",
+        )
+        require(
             self.controller is None or self.host_memory_bytes is not None,
             "--controller needs --host-memory (a controller reads the host's memory)",
         )

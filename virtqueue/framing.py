@@ -2,11 +2,11 @@
 
 On one machine the guest may carry its Reporting stream over a Unix stream
 socket the host listens on, beside gRPC (which keeps the negotiation, stats and
-close calls), as vhost-user moves a virtqueue's traffic off the VMM's main
-path. The messages are the gRPC stream's own protobufs; only the framing is
-ours: a 4-byte little-endian length, then one kind byte and the payload (the
-length counts both). The guest's first frame is HELLO with its session token;
-then MESSAGE frames (a ``GuestMessage`` each). The host answers USED frames (a
+close calls): no HTTP/2 and none of gRPC's threads on a chain's path. The
+messages are the gRPC stream's own protobufs; only the framing is ours: a
+4-byte little-endian length, then one kind byte and the payload (the length
+counts both). The guest's first frame is HELLO with its session token; then
+MESSAGE frames (a ``GuestMessage`` each). The host answers USED frames (a
 ``Used`` each) and, when it ends the stream with a status, one END frame: the
 status's name and its one line, as gRPC's ``why`` gives them ("ABORTED: ...").
 """
@@ -34,27 +34,32 @@ class FrameError(Exception):
     """The peer broke the framing (the message says how); the stream cannot go on."""
 
 
+class FrameCut(FrameError):
+    """The peer closed the socket inside a frame: it went away (killed, say), not
+    a frame of the wrong shape."""
+
+
 def frame(kind: int, payload: bytes) -> bytes:
     return _HEADER.pack(len(payload) + 1, kind) + payload
 
 
 async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> tuple[int, bytes] | None:
     """The next (kind, payload); None at a clean end (the peer closed between
-    frames). FrameError for a frame too big, of no kind we know, or cut short;
-    ConnectionError (OSError) as the socket raises it."""
+    frames). FrameError for a frame too big or of no kind we know, FrameCut for
+    one cut short; OSError as the socket raises it."""
     try:
         head = await reader.readexactly(_LENGTH.size)
     except asyncio.IncompleteReadError as e:
         if not e.partial:
             return None
-        raise FrameError("the peer closed the socket inside a frame") from None
+        raise FrameCut("the peer closed the socket inside a frame") from None
     (length,) = _LENGTH.unpack(head)
     if not 1 <= length <= max_bytes + 1:
         raise FrameError(f"a frame of {length:,} bytes (at most {max_bytes + 1:,})")
     try:
         body = await reader.readexactly(length)
     except asyncio.IncompleteReadError:
-        raise FrameError("the peer closed the socket inside a frame") from None
+        raise FrameCut("the peer closed the socket inside a frame") from None
     kind = body[0]
     if kind not in KINDS:
         raise FrameError(f"a frame of unknown kind {kind}")

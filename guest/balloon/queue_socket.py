@@ -63,7 +63,13 @@ class SocketStream:
     async def _ready(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._ended is not None:
             raise self._ended
-        await asyncio.shield(self._connected)
+        try:
+            await asyncio.shield(self._connected)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._ended is None or (task is not None and task.cancelling()):
+                raise  # this task's own cancellation
+            raise self._ended from None  # the stream was cancelled while connecting
         assert self._reader is not None and self._writer is not None
         return self._reader, self._writer
 
@@ -103,11 +109,15 @@ class SocketStream:
         return codec.decode_used(used)
 
     def _end(self, line: str) -> TransportError:
-        self._ended = TransportError(line)
+        """The stream's end (the first one said: after cancel(), CANCELLED)."""
+        if self._ended is None:
+            self._ended = TransportError(line)
         self.cancel()
         return self._ended
 
     def cancel(self) -> None:
+        if self._ended is None:
+            self._ended = TransportError("CANCELLED: the stream was cancelled")
         if self._writer is not None:
             self._writer.close()
         elif not self._connected.done():

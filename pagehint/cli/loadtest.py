@@ -87,6 +87,13 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         default=None,
         help="churn ops/s per guest (default 40000 / guests, at most 20000)",
     )
+    _switches(p, e)
+    add_flag(p, e, "--out", default=None, help=out_help("loadtest-"))
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead")
+    p.set_defaults(handler=run)
+
+
+def _switches(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     add_switch(
         p,
         e,
@@ -100,9 +107,6 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         help="carry the guests' reporting streams on a Unix socket of the host's instead "
         "of gRPC (host and guest --queue-socket)",
     )
-    add_flag(p, e, "--out", default=None, help=out_help("loadtest-"))
-    p.add_argument("--json", action="store_true", help="print the summary as JSON instead")
-    p.set_defaults(handler=run)
 
 
 def _capacity(

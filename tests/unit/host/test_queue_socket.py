@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc.aio
 import pytest
 
-from host.queue_socket import claim_path
+from host.queue_socket import listen_at, share
 from host.server import HostServer
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
@@ -37,7 +37,7 @@ async def host(tmp_path: Path) -> AsyncIterator[tuple[HostServer, codec.AioBallo
         drain_seconds=1.0,
         queue_socket=path,
         handshake_timeout=0.3,
-        max_connections=4,
+        max_connections=8,  # 4 of them the socket's
     )
     server = HostServer(cfg)
     addr = await server.start()
@@ -169,7 +169,7 @@ async def test_connections_past_the_cap_are_closed_at_once(
     await asyncio.sleep(0.05)
     extra = await connect(path, None)
     assert await asyncio.wait_for(framing.read_frame(extra[0], 1024), 0.25) is None
-    assert server.device.metrics.turned_away["queue_socket_connections"] == 1
+    assert server.device.metrics.queue_socket_refused == 1
     for _, w in held:
         w.close()
 
@@ -188,8 +188,9 @@ def test_a_file_at_the_path_is_never_removed(tmp_path: Path) -> None:
     f = tmp_path / "precious"
     f.write_text("keep me")
     with pytest.raises(UsageError, match="exists and is not a socket"):
-        claim_path(str(f))
+        listen_at(str(f), 8)
     assert f.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]  # nothing left beside
 
 
 def test_a_killed_hosts_socket_is_taken_over_and_a_live_one_is_not(tmp_path: Path) -> None:
@@ -198,8 +199,91 @@ def test_a_killed_hosts_socket_is_taken_over_and_a_live_one_is_not(tmp_path: Pat
     live.bind(path)
     live.listen()
     with pytest.raises(UsageError, match="another process is listening"):
-        claim_path(path)
+        listen_at(path, 8)
     live.close()  # the file stays, nobody listens: what a SIGKILL leaves
     assert os.path.exists(path)
-    claim_path(path)
-    assert not os.path.exists(path)
+    sock, _ = listen_at(path, 8)
+    try:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(path)  # the new socket answers at the path
+        probe.close()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        sock.close()
+
+
+async def test_stop_leaves_a_socket_that_is_no_longer_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "q.sock"
+    server = HostServer(HostConfig(listen="127.0.0.1:0", queue_socket=str(path)))
+    await server.start()
+    path.unlink()
+    path.write_text("someone else's now")
+    await server.stop()
+    assert path.read_text() == "someone else's now"
+
+
+def test_the_connection_cap_is_shared_with_grpc() -> None:
+    # A socket guest holds a connection on each: together never over the cap.
+    for cap in (2, 3, 16, 4096):
+        grpc_cap, socket_cap = share(cap)
+        assert grpc_cap + socket_cap == cap and grpc_cap >= 1 and socket_cap >= 1
+    with pytest.raises(UsageError, match="--max-connections 1: at least 2 with --queue-socket"):
+        HostConfig(queue_socket="/tmp/q.sock", max_connections=1)
+
+
+async def test_a_second_stream_of_one_session_is_refused(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    _, stub, path = host
+    session = await negotiate(stub)
+    first = await connect(path, session)
+    send(first, encode_chain(1, [(0, 9)]))
+    assert await answer(first) is not None  # open, and counted
+    second = await connect(path, session)
+    assert (await end_line(second)).startswith("RESOURCE_EXHAUSTED: ")
+
+
+async def test_a_session_ended_while_the_guest_does_not_read_still_says_why(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    # The guest writes chains and reads nothing: the host's answers fill the socket
+    # and it waits for the guest to read. The session's end lands in that wait, and
+    # the stream still ends with its status.
+    server, stub, path = host
+    session = await negotiate(stub)
+    conn = await connect(path, session)
+
+    async def flood() -> None:
+        for i in range(1_000_000):
+            send(conn, encode_chain(i + 1, [(0, 0)]))
+            if i % 1000 == 0:
+                await conn[1].drain()
+
+    writing = asyncio.create_task(flood())
+    s = server.device.table.sessions[session]
+    answered = -1
+    while answered != s.totals.chains:  # until the host stops answering: it waits
+        answered = s.totals.chains
+        await asyncio.sleep(0.3)
+    assert not writing.done() and s.streams == 1
+    writing.cancel()
+    await stub.Close(codec.encode_close(session), timeout=5)
+    last = None
+    while (got := await answer(conn)) is not None:
+        last = got
+    assert last is not None and last[0] == framing.END, last
+    assert last[1].decode().startswith("UNAUTHENTICATED: session ended")
+    assert s.streams == 0
+
+
+async def test_a_guest_gone_inside_a_frame_is_not_counted_malformed(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    server, stub, path = host
+    conn = await connect(path, await negotiate(stub))
+    conn[1].write(framing.frame(framing.MESSAGE, encode_chain(1, [(0, 9)]).SerializeToString())[:7])
+    await conn[1].drain()
+    conn[1].close()
+    await asyncio.sleep(0.3)
+    assert server.device.metrics.refusals["malformed"] == 0
+    assert server.queue_socket is not None and not server.queue_socket.connections

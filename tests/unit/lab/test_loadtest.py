@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,13 @@ def test_what_finished_allocating_means_per_workload() -> None:
     assert done("churn", _guest("a", allocated_bytes=int(RAM * 0.5 * 0.96)))
     assert not done("churn", _guest("a", allocated_bytes=int(RAM * 0.5 * 0.9)))
     assert not done("unknown", _guest("a", allocated_bytes=RAM))
+
+
+def test_the_first_line_names_the_transport_that_carried_the_streams(tmp_path: Path) -> None:
+    summaries = {"lt-001": _guest("lt-001", allocated_bytes=MIB)}
+    for socket, shown in ((False, "streams on gRPC"), (True, "streams on queue socket")):
+        cfg = dataclasses.replace(_cfg(tmp_path, 1), queue_socket=socket)
+        r = loadtest._report(cfg, ["lt-001"], _observed(summaries, [{"lt-001": MIB}]))
+        assert r["transport"] == ("queue socket" if socket else "grpc")
+        first = loadtest.format_loadtest(r).splitlines()[0]
+        assert first.startswith("guests") and f"(sim backend, {shown})" in first, first

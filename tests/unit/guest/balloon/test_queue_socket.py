@@ -86,6 +86,19 @@ async def test_every_end_is_one_status_line_and_stays(
         assert str(e.value).startswith(line) and "\n" not in str(e.value)
 
 
+async def test_a_stream_cancelled_while_connecting_reads_as_cancelled(
+    fake_host: Callable[[Script], Awaitable[str]],
+) -> None:
+    async def idle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(1)
+
+    stream = SocketStream(await fake_host(idle), "tok")
+    stream.cancel()  # before its connection is made
+    for op in (stream.read(), stream.write(codec.ChainMsg(1, [0], [9]))):
+        with pytest.raises(TransportError, match=r"^CANCELLED: "):
+            await op
+
+
 async def test_no_socket_is_unavailable_naming_the_path(tmp_path: Path) -> None:
     stream = SocketStream(str(tmp_path / "none.sock"), "tok")
     with pytest.raises(TransportError, match=r"UNAVAILABLE: --queue-socket .*none\.sock: "):
