@@ -4,7 +4,7 @@ Runs `pagehint loadtest` three times per size, guests sharing one process per CP
 (the default), first all booting at once and then with their starts spread
 over 5 s (--ramp 5), and records ack latency and the host's CPU; then 256
 guests all at once again with their streams on the host's Unix socket
-(--queue-socket) instead of gRPC, the same machine's other transport. Guests run
+(--transport queue-socket) instead of gRPC, the same machine's other transport. Guests run
 workloads memhog, churn and fragment in turn, policies bitmap and reporting
 in turn; churn's rate per guest is 40,000/guests ops/s.
 
@@ -54,7 +54,7 @@ def _run(n: int, ramp: int, socket: bool) -> dict[str, Any]:
                     "--out",
                     tmp,
                     "--json",
-                    *(["--queue-socket"] if socket else []),
+                    *(["--transport", "queue-socket"] if socket else []),
                 ],
                 capture_output=True,
                 text=True,

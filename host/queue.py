@@ -108,6 +108,9 @@ class ReportingQueue:
         finally:
             session.wakes.discard(wake)
             reader.cancel()
+            # Gone before the stream is handed back: its transport may read on (the
+            # queue socket's lingering close), and two readers of one stream raise.
+            await asyncio.wait({reader})
 
     async def _read_into(
         self,

@@ -22,7 +22,6 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import socket
 import stat
 from collections.abc import AsyncIterator
@@ -75,56 +74,31 @@ def stale(path: str) -> bool:
 
 def listen_at(path: str, backlog: int) -> tuple[socket.socket, tuple[int, int]]:
     """A listening socket at ``path``, the host user's only, and its (device,
-    inode). Bound and made 0600 under a name of its own in the same folder before
-    it listens, then linked to ``path``, which fails if anything is there: no
-    instant at which others may connect, and never a file replaced (a killed
-    host's socket is removed first, and only if nobody listens on it)."""
-    folder = os.path.dirname(path) or "."
+    inode). The socket is made 0600 before it is bound (fchmod on a socket sets
+    the mode its file is created with, net/unix/af_unix.c unix_bind), so there is
+    no instant at which others may connect; binding fails if anything is at the
+    path, and a socket there is removed first only if nobody listens on it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tmp = ""
     try:
+        os.fchmod(sock.fileno(), 0o600)
         try:
-            tmp = _bind_beside(sock, folder)
-            os.chmod(tmp, 0o600)
-            sock.listen(backlog)
-            for attempt in (1, 2):
-                try:
-                    os.link(tmp, path)
-                    break
-                except FileExistsError:
-                    if attempt == 2 or not stale(path):
-                        raise UsageError(
-                            f"--queue-socket {path}: another host took it meanwhile"
-                        ) from None
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-            st = os.stat(path)
-        finally:
-            if tmp:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            sock.bind(path)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or not stale(path):
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            log.info(f"--queue-socket {path}: took over a socket nobody listened on")
+            sock.bind(path)  # EADDRINUSE again: another host took it meanwhile
+        sock.listen(backlog)
+        st = os.stat(path)
     except OSError as e:
         sock.close()
-        where = e.filename if isinstance(e.filename, str) and e.filename != tmp else path
-        raise UsageError(f"--queue-socket {where}: cannot listen: {e.strerror or e}") from None
+        raise UsageError(f"--queue-socket {path}: cannot listen: {e.strerror or e}") from None
     except BaseException:
         sock.close()
         raise
     return sock, (st.st_dev, st.st_ino)
-
-
-def _bind_beside(sock: socket.socket, folder: str) -> str:
-    """Bind ``sock`` to a new short name in ``folder`` (no longer than the path
-    the user gave, whatever its name); the name."""
-    for _ in range(8):
-        tmp = os.path.join(folder, f".q{secrets.token_hex(2)}")
-        try:
-            sock.bind(tmp)
-            return tmp
-        except OSError as e:
-            if e.errno != errno.EADDRINUSE:
-                raise
-    raise UsageError(f"--queue-socket: cannot find a free name in {folder}")
 
 
 def share(max_connections: int) -> tuple[int, int]:
@@ -201,8 +175,9 @@ class QueueSocket:
             if await self._stream(reader, writer):
                 await _linger(reader, writer)
         except asyncio.CancelledError:
-            # The host is stopping: nothing more to say, and nothing left to wait for.
-            writer.transport.abort()
+            # The host is stopping: say so (a guest that reads gets it before the
+            # socket closes), and wait for nothing.
+            _end(writer, "UNAVAILABLE: the host is stopping")
         finally:
             self.connections.discard(task)
             writer.close()
@@ -215,7 +190,12 @@ class QueueSocket:
             first = await asyncio.wait_for(
                 framing.read_frame(reader, MAX_FRAME_BYTES), self.hello_timeout
             )
-        except (TimeoutError, framing.FrameError, OSError):
+        except framing.FrameCut:
+            return False  # gone before it said who it is
+        except framing.FrameError as e:
+            device.refuse("malformed", f"--queue-socket: before the hello: {e}")
+            return False
+        except (TimeoutError, OSError):
             return False  # never said who it is: nothing to answer
         if first is None:
             return False
@@ -231,6 +211,8 @@ class QueueSocket:
             # negotiates a new session): a token cannot open streams without end.
             _end(writer, "RESOURCE_EXHAUSTED: the session has a stream open")
             return True
+        if session is not None:
+            writer.write(framing.frame(framing.READY, b""))
 
         async def pause() -> None:
             # Wait for a guest that does not read, inside the stream (reporting()).

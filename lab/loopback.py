@@ -86,6 +86,9 @@ class LoopbackStream:
         finally:
             self._to_guest.put_nowait(end)
 
+    async def opened(self) -> None:
+        return  # as gRPC's: an unknown session ends the stream at its first read
+
     async def write(self, msg: GuestMsg) -> None:
         if self._closed or self._task.done():
             raise TransportError("UNAVAILABLE: the stream is closed")

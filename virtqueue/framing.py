@@ -5,8 +5,10 @@ socket the host listens on, beside gRPC (which keeps the negotiation, stats and
 close calls): no HTTP/2 and none of gRPC's threads on a chain's path. The
 messages are the gRPC stream's own protobufs; only the framing is ours: a
 4-byte little-endian length, then one kind byte and the payload (the length
-counts both). The guest's first frame is HELLO with its session token; then
-MESSAGE frames (a ``GuestMessage`` each). The host answers USED frames (a
+counts both). The guest's first frame is HELLO with its session token; the
+host answers READY when the token names a session of its own (so a wrong
+socket is told from a slow host), and the guest sends MESSAGE frames (a
+``GuestMessage`` each). The host answers USED frames (a
 ``Used`` each) and, when it ends the stream with a status, one END frame: the
 status's name and its one line, as gRPC's ``why`` gives them ("ABORTED: ...").
 """
@@ -20,7 +22,8 @@ HELLO = 1  # guest → host, first: the session token (ASCII)
 MESSAGE = 2  # guest → host: a GuestMessage
 USED = 3  # host → guest: a Used
 END = 4  # host → guest, last: "STATUS: one line"
-KINDS = frozenset({HELLO, MESSAGE, USED, END})
+READY = 5  # host → guest, first: the hello named a live session; answers follow
+KINDS = frozenset({HELLO, MESSAGE, USED, END, READY})
 
 _HEADER = struct.Struct("<IB")
 _LENGTH = struct.Struct("<I")

@@ -102,6 +102,21 @@ class Backoff:
         self.attempt = 0
 
 
+async def open_stream(transport: Transport, session: str) -> Stream:
+    """The session's stream once the host has taken it. One it will not take (a
+    queue socket of another host, or of none) is a failed connect, retried with
+    backoff: its session is closed on the host, so the guest id is free again."""
+    stream = transport.open_stream(session)
+    try:
+        await stream.opened()
+    except TransportError:
+        stream.cancel()
+        with contextlib.suppress(TransportError):
+            await transport.close_session(session, timeout=2.0)
+        raise
+    return stream
+
+
 class Connection:
     def __init__(
         self,
@@ -174,8 +189,10 @@ class Connection:
             # Final (its RAM file refused, say): leave no session of ours open either.
             await self._close_unused(acc.session)
             raise
+        # Named by the next negotiation whatever becomes of its stream (one that did
+        # not open was closed on the host, which keeps the record a fence reads).
         self.accepted = acc
-        self.stream = self.transport.open_stream(acc.session)
+        self.stream = await open_stream(self.transport, acc.session)
         self.broken = asyncio.Event()
         self._reader = asyncio.get_running_loop().create_task(
             self._read_used(self.stream), name="balloon-used"

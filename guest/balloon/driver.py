@@ -267,6 +267,10 @@ class BalloonDriver:
                             f"guest id {self.cfg.guest_id!r} is still in use on host "
                             f"{self.address} after --connect-timeout {limit:g}s ({why})"
                         ) from None
+                    if "--queue-socket" in why:  # the host answered; its socket did not
+                        raise UsageError(
+                            f"cannot open the reporting stream in {limit:g}s: {why}"
+                        ) from None
                     if "UNAVAILABLE" in why:  # a probe tells whether TLS is the mismatch
                         tls = self.cfg.tls is not None
                         hint = await asyncio.to_thread(unreachable_hint, self.address, tls)

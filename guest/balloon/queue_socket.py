@@ -29,6 +29,9 @@ from virtqueue.codec import (
 # The most a host's answer may be: gRPC's default receive limit, which the gRPC
 # transport takes too (a Notice of evictions is the biggest answer).
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
+# How long the host has to answer the hello: as long as a negotiation
+# (connection.py's NEGOTIATE_TIMEOUT), which the host answered just before.
+OPEN_SECONDS = 5.0
 
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -73,6 +76,33 @@ class SocketStream:
         assert self._reader is not None and self._writer is not None
         return self._reader, self._writer
 
+    async def opened(self) -> None:
+        """The host's READY: the hello named a session of its own. Anything else is
+        TransportError naming the socket: an END (no such session: another host's
+        socket?), another frame (not a pagehint host's socket), or silence."""
+        try:
+            kind, _ = await asyncio.wait_for(self._next_frame(), OPEN_SECONDS)
+        except TimeoutError:
+            raise self._end(
+                f"UNAVAILABLE: --queue-socket {self.path}: no answer to the hello in "
+                f"{OPEN_SECONDS:g} s"
+            ) from None
+        except TransportError as e:
+            # Named, so that a guest that gives up at start blames the socket, not
+            # the host that negotiated.
+            if str(e).startswith("UNAUTHENTICATED"):
+                self._ended = TransportError(
+                    f"{e} (--queue-socket {self.path}: the socket of another host?)"
+                )
+            elif "--queue-socket" not in str(e):
+                self._ended = TransportError(f"{e} (--queue-socket {self.path})")
+            raise (self._ended or e) from None
+        if kind != framing.READY:
+            raise self._end(
+                f"INTERNAL: --queue-socket {self.path}: not a pagehint host's socket (it "
+                f"answered the hello with a frame of kind {kind})"
+            )
+
     async def write(self, msg: GuestMsg) -> None:
         _, writer = await self._ready()
         if writer.is_closing():
@@ -86,6 +116,19 @@ class SocketStream:
             raise TransportError(f"UNAVAILABLE: the queue socket: {e.strerror or e}") from None
 
     async def read(self) -> UsedMsg | NoticeMsg | ConfigMsg | None:
+        kind, payload = await self._next_frame()
+        while kind == framing.READY:  # when opened() was not waited for
+            kind, payload = await self._next_frame()
+        if kind != framing.USED:
+            raise self._end(f"INTERNAL: a queue-socket frame of kind {kind} from the host")
+        try:
+            used = codec.Used.FromString(payload)
+        except DecodeError:
+            raise self._end("INTERNAL: an answer that does not decode") from None
+        return codec.decode_used(used)
+
+    async def _next_frame(self) -> tuple[int, bytes]:
+        """The host's next frame but an END (raised, as the stream's end)."""
         reader, _ = await self._ready()
         try:
             got = await framing.read_frame(reader, MAX_ANSWER_BYTES)
@@ -96,17 +139,10 @@ class SocketStream:
         if got is None:
             # Closed without a status: the host went away (a clean end has one).
             raise self._end("UNAVAILABLE: the host closed the queue socket")
-        kind, payload = got
-        if kind == framing.END:
-            line = payload.decode("utf-8", "replace").splitlines()
+        if got[0] == framing.END:
+            line = got[1].decode("utf-8", "replace").splitlines()
             raise self._end(line[0] if line else "UNKNOWN: the host ended the stream")
-        if kind != framing.USED:
-            raise self._end(f"INTERNAL: a queue-socket frame of kind {kind} from the host")
-        try:
-            used = codec.Used.FromString(payload)
-        except DecodeError:
-            raise self._end("INTERNAL: an answer that does not decode") from None
-        return codec.decode_used(used)
+        return got
 
     def _end(self, line: str) -> TransportError:
         """The stream's end (the first one said: after cancel(), CANCELLED)."""

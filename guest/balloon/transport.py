@@ -38,6 +38,11 @@ class NegotiationRefused(TransportError):
 class Stream(Protocol):
     """One open reporting stream: chains and touch batches out, used answers in."""
 
+    async def opened(self) -> None:
+        """Wait until the host has taken the stream, where the transport can tell
+        (TransportError if it will not); at once where it cannot."""
+        ...
+
     async def write(self, msg: GuestMsg) -> None: ...
 
     async def read(self) -> UsedMsg | NoticeMsg | ConfigMsg | None:
@@ -81,6 +86,11 @@ REFUSALS = {
 class GrpcStream:
     def __init__(self, call: grpc.aio.StreamStreamCall[codec.GuestMessage, codec.Used]) -> None:
         self._call = call
+
+    async def opened(self) -> None:
+        # gRPC says nothing before the first answer: a stream the host will not
+        # take ends at the first read, and the connection reconnects then.
+        return
 
     async def write(self, msg: GuestMsg) -> None:
         wire = codec.encode_guest_msg(msg)

@@ -179,15 +179,16 @@ def _client_limits(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         "--max-connections",
         default=None,
         help="most connections at once, past it new ones are closed at once (default: what "
-        "the descriptor limit leaves room for beside the sessions, at most 4096)",
+        "the descriptor limit leaves room for beside the sessions, at most 4096); with "
+        "--queue-socket, half of them are the socket's",
     )
     add_flag(
         p,
         e,
         "--handshake-timeout",
         default=default_of(HostConfig, "handshake_timeout"),
-        help="close a connection that has not started HTTP/2 (and TLS) this long after "
-        "connecting (default %(default)s s)",
+        help="close a connection that has not started HTTP/2 (and TLS), or on the queue "
+        "socket said its session, this long after connecting (default %(default)s s)",
     )
     add_flag(
         p,

@@ -87,25 +87,26 @@ def add_parser(sub: Subparsers, env: Mapping[str, str]) -> None:
         default=None,
         help="churn ops/s per guest (default 40000 / guests, at most 20000)",
     )
-    _switches(p, e)
+    _run_flags(p, e)
     add_flag(p, e, "--out", default=None, help=out_help("loadtest-"))
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead")
     p.set_defaults(handler=run)
 
 
-def _switches(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
+def _run_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
     add_switch(
         p,
         e,
         "--force",
         help="with shm, start even if the guests could exhaust this machine's memory",
     )
-    add_switch(
+    add_flag(
         p,
         e,
-        "--queue-socket",
-        help="carry the guests' reporting streams on a Unix socket of the host's instead "
-        "of gRPC (host and guest --queue-socket)",
+        "--transport",
+        default="grpc",
+        help="what carries the guests' reporting streams: grpc (default), or queue-socket "
+        "(a Unix socket of the host's: host and guest --queue-socket)",
     )
 
 
@@ -172,7 +173,7 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
         guests_per_process=min(per_process, guests),
         ramp=ramp,
         host_memory_args=host_memory,
-        queue_socket=bool(a.queue_socket),
+        queue_socket=_transport(str(a.transport)) == "queue-socket",
     )
     warn_old_names(a, "pagehint loadtest")
     setup(quiet=bool(a.json))
@@ -185,3 +186,9 @@ def run(a: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         sys.stdout.write(format_loadtest(report) + "\n\n" + files_line(report["files"]) + "\n")
     return 0 if not report["errors"] and report["data_loss_pages"] == 0 else 1
+
+
+def _transport(value: str) -> str:
+    if value not in ("grpc", "queue-socket"):
+        raise UsageError(f"--transport {value}: grpc or queue-socket")
+    return value

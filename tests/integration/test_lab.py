@@ -155,7 +155,7 @@ def test_loadtest_guests_sharing_a_process_keep_their_memory(tmp_path: Path, str
     # Real memory (shm): three guests on one event loop, each with its own RAM
     # file, allocator and session; every page they wrote is checked, whichever
     # transport carried their streams.
-    socket = ["--queue-socket"] if streams == "queue socket" else []
+    socket = ["--transport", "queue-socket"] if streams == "queue socket" else []
     r = run_cli(
         [
             "loadtest",

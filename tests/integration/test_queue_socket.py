@@ -40,6 +40,13 @@ def test_host_killed_twice_mid_report_loses_nothing(procs: Procs, tmp_path: Path
         assert s["fences"] == s["host_connects"] - 1
         assert s["reported_bytes_this_host"] > 0, s["_stderr"][-3000:]
         assert s["host_reported_bytes"] == s["reported_bytes_this_host"], s
+    host.terminate()
+    host.wait(10)
+    logs = sorted(procs.group.workdir.glob("host-*.log"))
+    assert len(logs) == 3
+    for log in logs:
+        text = log.read_text()
+        assert "Traceback" not in text and "Unhandled" not in text, text[-3000:]
 
 
 def test_a_file_at_the_socket_path_is_refused_and_kept(tmp_path: Path) -> None:
@@ -64,3 +71,17 @@ def test_a_guest_given_no_socket_gives_up_at_start_naming_it(procs: Procs, tmp_p
     last = r.stderr.strip().splitlines()[-1]
     assert "--queue-socket" in last and "none.sock" in last, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_guest_given_another_hosts_socket_says_so_at_start(procs: Procs, tmp_path: Path) -> None:
+    other = str(tmp_path / "other.sock")
+    addr, _ = procs.host()
+    procs.host("--queue-socket", other)  # a second host: its socket knows no session of addr's
+    r = run_cli(
+        ["guest", "--host", addr, "--queue-socket", other, "--ram", "256MiB",
+         "--workload", "memhog", "--duration", "5", "--connect-timeout", "2"],
+        timeout=60,
+    )  # fmt: skip
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "the socket of another host?" in last and "Traceback" not in r.stderr, r.stderr

@@ -7,6 +7,7 @@ is never someone's file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import stat
@@ -50,13 +51,14 @@ async def host(tmp_path: Path) -> AsyncIterator[tuple[HostServer, codec.AioBallo
         await server.stop()
 
 
-async def negotiate(stub: codec.AioBalloonStub, guest_id: str = "g1") -> str:
+async def negotiate(stub: codec.AioBalloonStub, guest_id: str = "g1", balloon: bool = False) -> str:
     n = codec.Negotiation(
         guest_id=guest_id,
         ram_bytes=64 * MIB,
         page_size=4096,
         features=F.mask(F.REPORTING),
         poison_val=0,
+        balloon=balloon,
     )
     acc = codec.decode_accepted(await stub.Negotiate(codec.encode_negotiate(n), timeout=5))
     return acc.session
@@ -74,11 +76,16 @@ def send(conn: Conn, msg: codec.GuestMessage) -> None:
 
 
 async def answer(conn: Conn) -> tuple[int, bytes] | None:
-    return await asyncio.wait_for(framing.read_frame(conn[0], 1 << 20), 5)
+    """The host's next frame but READY (which says the session is the host's)."""
+    while True:
+        got = await asyncio.wait_for(framing.read_frame(conn[0], 1 << 20), 5)
+        if got is None or got[0] != framing.READY:
+            return got
 
 
 async def end_line(conn: Conn) -> str:
-    got = await answer(conn)
+    while (got := await answer(conn)) is not None and got[0] == framing.USED:
+        pass  # answers (a config change, say) before the end
     assert got is not None and got[0] == framing.END, got
     line = got[1].decode()
     assert "\n" not in line
@@ -92,6 +99,8 @@ async def test_a_chain_is_discarded_answered_and_counted(
     server, stub, path = host
     session = await negotiate(stub)
     conn = await connect(path, session)
+    # The hello named a session of this host's: READY, before any answer.
+    assert await asyncio.wait_for(framing.read_frame(conn[0], 1024), 5) == (framing.READY, b"")
     send(conn, encode_touched([(0, 2048)]))
     send(conn, encode_chain(1, [(0, 9), (512, 9)]))
     got = await answer(conn)
@@ -107,6 +116,28 @@ async def test_a_chain_is_discarded_answered_and_counted(
     await stub.Close(codec.encode_close(session), timeout=5)
     assert (await end_line(conn)).startswith("UNAUTHENTICATED: session ended")
     assert server.device.table.sessions == {}
+
+
+async def test_a_guest_that_ends_its_stream_leaves_no_error_behind(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    # A guest with the rest of the balloon: its stream is served with a reader task
+    # of its own (host/queue.py with_notices), which must be gone before the host's
+    # lingering close reads the same socket.
+    server, stub, path = host
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    session = await negotiate(stub, balloon=True)
+    conn = await connect(path, session)
+    send(conn, encode_chain(1, [(0, 9)]))
+    await asyncio.sleep(0.2)
+    # As a guest ends its run: the session closed over gRPC, its stream still open.
+    await stub.Close(codec.encode_close(session), timeout=5)
+    assert (await end_line(conn)).startswith("UNAUTHENTICATED: session ended")
+    conn[1].close()  # the guest, told, closes: the host's lingering close ends
+    await asyncio.sleep(0.2)
+    assert errors == []
+    assert server.queue_socket is not None and not server.queue_socket.connections
 
 
 async def test_a_stream_without_a_session_ends_in_one_line(
@@ -287,3 +318,43 @@ async def test_a_guest_gone_inside_a_frame_is_not_counted_malformed(
     await asyncio.sleep(0.3)
     assert server.device.metrics.refusals["malformed"] == 0
     assert server.queue_socket is not None and not server.queue_socket.connections
+
+
+def test_any_path_a_socket_may_have_is_taken(tmp_path: Path) -> None:
+    # 107 bytes, the most sun_path holds, with a one-letter name.
+    folder = Path("/tmp") / ("d" * (107 - len("/tmp/") - len("/s")))
+    folder.mkdir(exist_ok=True)
+    path = str(folder / "s")
+    assert len(path) == 107
+    try:
+        sock, _ = listen_at(path, 8)
+        sock.close()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        folder.rmdir()
+
+
+async def test_bytes_that_are_no_hello_are_counted(
+    host: tuple[HostServer, codec.AioBalloonStub, str],
+) -> None:
+    server, _, path = host
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(struct.pack("<I", 0xFFFFFFFF))
+    assert await asyncio.wait_for(framing.read_frame(reader, 1024), 5) is None
+    assert server.device.metrics.refusals["malformed"] == 1
+
+
+async def test_a_stopping_host_says_so(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sock")
+    server = HostServer(HostConfig(listen="127.0.0.1:0", queue_socket=path, drain_seconds=0.1))
+    addr = await server.start()
+    channel = grpc.aio.insecure_channel(addr)
+    try:
+        conn = await connect(path, await negotiate(codec.aio_stub(channel)))
+        send(conn, encode_chain(1, [(0, 9)]))
+        assert await answer(conn) is not None
+        await server.stop()
+        assert (await end_line(conn)) == "UNAVAILABLE: the host is stopping"
+    finally:
+        await channel.close()

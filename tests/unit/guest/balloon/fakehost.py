@@ -46,6 +46,10 @@ class FakeStream:
         self.dead = False
         self.write_gate: asyncio.Event | None = None
 
+    async def opened(self) -> None:
+        if self.host.refuse_streams:
+            raise TransportError("UNAUTHENTICATED: no such session")
+
     async def write(self, msg: GuestMsg) -> None:
         if self.write_gate is not None:
             await self.write_gate.wait()
@@ -98,6 +102,8 @@ class FakeHost:
         self.hold = False
         self.lose_answers = False
         self.down = False
+        # Streams the host will not take (opened() fails), as another host's socket.
+        self.refuse_streams = False
         self.held: list[tuple[FakeStream, ChainMsg]] = []
         self.streams: list[FakeStream] = []
         self.negotiations: list[Negotiation] = []

@@ -81,6 +81,25 @@ async def test_an_outage_is_retried_until_the_host_is_back(
     assert conn.backoff.attempt == 0  # reset by the success
 
 
+async def test_a_stream_that_does_not_open_is_a_failed_connect_backed_off(
+    kept: tuple[FakeHost, Connection, list[str]],
+) -> None:
+    # The host negotiates but will not take the stream: no loop of sessions opened
+    # as fast as they fail; the backoff grows, and each new negotiation names the
+    # last session, so the host ends it.
+    host, conn, _ = kept
+    host.refuse_streams = True
+    host.break_streams()
+    await wait_for(lambda: conn.backoff.attempt >= 3, 5, "retries backing off")
+    assert not conn.connected.is_set()
+    tried = len(host.negotiations)
+    assert len(host.device.table.sessions) <= 1  # only the last, which the next fences
+    host.refuse_streams = False
+    await wait_for(conn.connected.is_set, 5, "the stream opened")
+    assert conn.backoff.attempt == 0 and len(host.negotiations) > tried
+    assert len(host.device.table.sessions) == 1
+
+
 async def test_an_unusable_session_is_closed_and_refused() -> None:
     host = FakeHost()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from guest.balloon import BalloonDriver
+from guest.balloon import BalloonDriver, queue_socket
 from guest.balloon.queue_socket import QueueSocketTransport, SocketStream
 from guest.balloon.transport import GrpcTransport, TransportError
 from guest.mm import BuddyAllocator
@@ -84,6 +84,42 @@ async def test_every_end_is_one_status_line_and_stays(
         with pytest.raises(TransportError) as e:
             await asyncio.wait_for(stream.read(), 5)
         assert str(e.value).startswith(line) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("reply", "line"),
+    [
+        (framing.frame(framing.END, b"UNAUTHENTICATED: no such session"), "the socket of another"),
+        (framing.frame(framing.HELLO, b"tok"), "not a pagehint host's socket"),
+        (b"", "UNAVAILABLE: --queue-socket"),  # silence
+    ],
+    ids=["other-host", "not-pagehint", "silent"],
+)
+async def test_a_stream_opens_only_on_the_hosts_ready(
+    fake_host: Callable[[Script], Awaitable[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    reply: bytes,
+    line: str,
+) -> None:
+    monkeypatch.setattr(queue_socket, "OPEN_SECONDS", 0.2)
+
+    async def ready(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(framing.frame(framing.READY, b""))
+        await asyncio.sleep(0.5)
+
+    ok = SocketStream(await fake_host(ready), "tok")
+    await ok.opened()
+    ok.cancel()
+
+    async def say(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(reply)
+        await asyncio.sleep(0.5)
+
+    stream = SocketStream(await fake_host(say), "tok")
+    with pytest.raises(TransportError) as e:
+        await stream.opened()
+    assert line in str(e.value) and "\n" not in str(e.value)
+    assert "--queue-socket" in str(e.value)  # what the guest's start-up error names
 
 
 async def test_a_stream_cancelled_while_connecting_reads_as_cancelled(

@@ -102,3 +102,15 @@ def test_a_default_from_the_environment_is_shown_as_such() -> None:
     text = " ".join(sub.choices["guest"].format_help().split())
     assert "random seed for workloads (default: 7, from PAGEHINT_SEED)" in text
     assert "s3cret" not in text  # a flag without a built-in default never shows its value
+
+
+def test_a_flag_name_is_a_switch_everywhere_or_nowhere() -> None:
+    # One PAGEHINT_<FLAG> variable per name: it cannot be a boolean for one command
+    # and a value for another (loadtest's on/off --queue-socket once read the
+    # host's socket path as "not a boolean").
+    kinds: dict[str, set[bool]] = {}
+    for _, _, a in flags():
+        for opt in a.option_strings:
+            kinds.setdefault(opt, set()).add(a.nargs == 0)
+    both = sorted(opt for opt, k in kinds.items() if len(k) > 1)
+    assert not both, f"switches in one command, valued flags in another: {both}"
