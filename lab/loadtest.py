@@ -166,6 +166,8 @@ def run_loadtest(cfg: LoadtestConfig) -> LoadtestReport:
         group.close()
         if sock_dir is not None:
             shutil.rmtree(sock_dir, ignore_errors=True)
+    if "Traceback" in group.log_text("host"):  # a host bug, if it served every guest
+        seen.errors.append(f"the host logged an internal error ({cfg.out / 'host.log'})")
     report = _report(cfg, names, seen)
     cap_rows: list[ResidentPoint] = [
         {"t": r["t"], "host_resident_bytes": cfg.capacity_bytes} for r in seen.host_rows
