@@ -171,13 +171,16 @@ class QueueSocket:
             writer.transport.abort()
             return
         self.connections.add(task)
+        said = False
         try:
-            if await self._stream(reader, writer):
+            said = await self._stream(reader, writer)
+            if said:
                 await _linger(reader, writer)
         except asyncio.CancelledError:
-            # The host is stopping: say so (a guest that reads gets it before the
-            # socket closes), and wait for nothing.
-            _end(writer, "UNAVAILABLE: the host is stopping")
+            # The host is stopping: say so unless the stream has had its last word (a
+            # guest that reads gets it before the socket closes), and wait for nothing.
+            if not said:
+                _end(writer, "UNAVAILABLE: the host is stopping")
         finally:
             self.connections.discard(task)
             writer.close()

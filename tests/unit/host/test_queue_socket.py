@@ -358,3 +358,27 @@ async def test_a_stopping_host_says_so(tmp_path: Path) -> None:
         assert (await end_line(conn)) == "UNAVAILABLE: the host is stopping"
     finally:
         await channel.close()
+
+
+async def test_a_host_stopping_while_a_told_guest_lingers_says_nothing_more(
+    tmp_path: Path,
+) -> None:
+    # The stream has ended with its status and the host waits for the guest to close
+    # (its lingering close); the host stops in that wait: no second word, no error.
+    path = str(tmp_path / "q.sock")
+    server = HostServer(HostConfig(listen="127.0.0.1:0", queue_socket=path, drain_seconds=0.1))
+    addr = await server.start()
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    channel = grpc.aio.insecure_channel(addr)
+    try:
+        stub = codec.aio_stub(channel)
+        session = await negotiate(stub)
+        conn = await connect(path, session)
+        await stub.Close(codec.encode_close(session), timeout=5)
+        assert (await end_line(conn)).startswith("UNAUTHENTICATED: session ended")
+        await server.stop()  # the guest never closed its side
+        await asyncio.sleep(0.1)
+        assert errors == []
+    finally:
+        await channel.close()
