@@ -128,29 +128,20 @@ def main() -> dict[str, Any]:
 
 def goals(r: dict[str, Any]) -> list[Goal]:
     note = f"32 bare 4 KiB punches: {spread(r['punch32_ms'], 3)} ms"
-    out = []
-    if "socket_p50_ms" in r:  # runs before the queue socket measured gRPC alone
-        out.append(
-            Goal(
-                "order-0 chain of 32 ranges on shm, round trip p50 (--queue-socket)",
-                tuple(r["socket_p50_ms"]),
-                GOAL_P50_MS,
-                unit="ms",
-                at_most=True,
-                note=note,
-            )
-        )
-    out.append(
+    # Runs from before the queue socket measured gRPC alone (no socket_p50_ms).
+    which = [("--queue-socket", "socket_p50_ms"), ("gRPC stream", "p50_ms")]
+    return [
         Goal(
-            "order-0 chain of 32 ranges on shm, round trip p50 (gRPC stream)",
-            tuple(r["p50_ms"]),
+            f"order-0 chain of 32 ranges on shm, round trip p50 ({name})",
+            tuple(r[key]),
             GOAL_P50_MS,
             unit="ms",
             at_most=True,
             note=note,
         )
-    )
-    return out
+        for name, key in which
+        if key in r
+    ]
 
 
 def table(r: dict[str, Any]) -> str:

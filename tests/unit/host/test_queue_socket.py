@@ -345,19 +345,28 @@ async def test_bytes_that_are_no_hello_are_counted(
     assert server.device.metrics.refusals["malformed"] == 1
 
 
-async def test_a_stopping_host_says_so(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def stopped_by_the_test(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[HostServer, codec.AioBalloonStub, str]]:
+    """A host the test stops itself (the host fixture stops its own at the end)."""
     path = str(tmp_path / "q.sock")
     server = HostServer(HostConfig(listen="127.0.0.1:0", queue_socket=path, drain_seconds=0.1))
-    addr = await server.start()
-    channel = grpc.aio.insecure_channel(addr)
+    channel = grpc.aio.insecure_channel(await server.start())
     try:
-        conn = await connect(path, await negotiate(codec.aio_stub(channel)))
+        yield server, codec.aio_stub(channel), path
+    finally:
+        await channel.close()
+        await server.stop()
+
+
+async def test_a_stopping_host_says_so(tmp_path: Path) -> None:
+    async with stopped_by_the_test(tmp_path) as (server, stub, path):
+        conn = await connect(path, await negotiate(stub))
         send(conn, encode_chain(1, [(0, 9)]))
         assert await answer(conn) is not None
         await server.stop()
         assert (await end_line(conn)) == "UNAVAILABLE: the host is stopping"
-    finally:
-        await channel.close()
 
 
 async def test_a_host_stopping_while_a_told_guest_lingers_says_nothing_more(
@@ -365,14 +374,9 @@ async def test_a_host_stopping_while_a_told_guest_lingers_says_nothing_more(
 ) -> None:
     # The stream has ended with its status and the host waits for the guest to close
     # (its lingering close); the host stops in that wait: no second word, no error.
-    path = str(tmp_path / "q.sock")
-    server = HostServer(HostConfig(listen="127.0.0.1:0", queue_socket=path, drain_seconds=0.1))
-    addr = await server.start()
     errors: list[dict[str, object]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-    channel = grpc.aio.insecure_channel(addr)
-    try:
-        stub = codec.aio_stub(channel)
+    async with stopped_by_the_test(tmp_path) as (server, stub, path):
         session = await negotiate(stub)
         conn = await connect(path, session)
         await stub.Close(codec.encode_close(session), timeout=5)
@@ -380,5 +384,3 @@ async def test_a_host_stopping_while_a_told_guest_lingers_says_nothing_more(
         await server.stop()  # the guest never closed its side
         await asyncio.sleep(0.1)
         assert errors == []
-    finally:
-        await channel.close()
