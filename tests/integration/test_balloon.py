@@ -67,6 +67,8 @@ def test_inflate_to_a_target_and_back_moves_the_hosts_memory_by_it(
     # freed but not reported (policy none): the host still holds every page
     wait_until(lambda: _resident(addr) >= HELD, 20, "the guest's pages resident")
     before = _resident(addr)
+    # The guest's stats queue starts at a random phase of its 1 s period: wait for it.
+    wait_until(lambda: bool(_balloon(addr)["stats"]), 10, "the guest's first stats")
     status = _balloon(addr, "--target", "256MiB")
     assert status["target_bytes"] == TARGET and status["stats"]
     wait_until(lambda: _balloon(addr)["actual_bytes"] == TARGET, 10, "the balloon full")
