@@ -49,15 +49,19 @@ def connection_options(cfg: HostConfig) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         # gRPC keeps one quota per listening socket: a name that resolves to two
         # addresses (localhost: 127.0.0.1 and ::1) listens twice, so each gets its share.
-        ("grpc.max_allowed_incoming_connections", max(1, grpc_connections(cfg) // listeners(cfg))),
+        (
+            "grpc.max_allowed_incoming_connections",
+            max(1, connection_caps(cfg)[0] // listeners(cfg)),
+        ),
         ("grpc.server_handshake_timeout_ms", max(1, round(cfg.handshake_timeout * 1000))),
         ("grpc.max_connection_idle_ms", max(1, round(cfg.idle_connection_timeout * 1000))),
     ]
 
 
-def grpc_connections(cfg: HostConfig) -> int:
-    """gRPC's part of --max-connections: all of it, or with --queue-socket its share."""
-    return cfg.max_connections if cfg.queue_socket is None else share(cfg.max_connections)[0]
+def connection_caps(cfg: HostConfig) -> tuple[int, int]:
+    """--max-connections as (gRPC's, the queue socket's): all of it gRPC's, or with
+    --queue-socket shared (host/queue_socket.py share)."""
+    return (cfg.max_connections, 0) if cfg.queue_socket is None else share(cfg.max_connections)
 
 
 def listeners(cfg: HostConfig) -> int:
@@ -146,7 +150,7 @@ class HostServer:
             self.queue_socket = QueueSocket(
                 cfg.queue_socket,
                 self.service.queue,
-                share(cfg.max_connections)[1],
+                connection_caps(cfg)[1],
                 cfg.handshake_timeout,
             )
 
@@ -180,7 +184,7 @@ class HostServer:
             await self.queue_socket.start()
         self.watch = ConnectionWatch(
             self.port,
-            grpc_connections(self.cfg),
+            connection_caps(self.cfg)[0],
             self.cfg.handshake_timeout,
             self.cfg.idle_connection_timeout,
         )
@@ -328,11 +332,10 @@ def _listening_line(cfg: HostConfig, addr: str) -> str:
         )
         if cfg.controller is not None:
             memory += f", balloon controller {cfg.controller}"
-    if cfg.queue_socket is not None:
-        addr += f" and queue socket {cfg.queue_socket}"
     shared = ""
     if cfg.queue_socket is not None:
-        shared = f", {share(cfg.max_connections)[1]} of them on the queue socket"
+        addr += f" and queue socket {cfg.queue_socket}"
+        shared = f", {connection_caps(cfg)[1]} of them on the queue socket"
     return (
         f"listening on {addr} (backend {cfg.backend}, discard {cfg.discard}, "
         f"queue {cfg.queue_size}, {memory}, {who}, "

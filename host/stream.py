@@ -74,8 +74,6 @@ async def reporting(
         # handler, so the guest would wait on a silent stream).
         if not session.ended or gone():
             raise
-    except (GeneratorExit, StreamEnd):
-        raise
     except codec.Undecodable as e:
         # The framing held but a message did not decode: end the stream. Its chains
         # in flight are the guest's to fence.

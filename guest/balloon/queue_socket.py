@@ -90,13 +90,13 @@ class SocketStream:
         except TransportError as e:
             # Named, so that a guest that gives up at start blames the socket, not
             # the host that negotiated.
-            if str(e).startswith("UNAUTHENTICATED"):
-                self._ended = TransportError(
-                    f"{e} (--queue-socket {self.path}: the socket of another host?)"
-                )
-            elif "--queue-socket" not in str(e):
-                self._ended = TransportError(f"{e} (--queue-socket {self.path})")
-            raise (self._ended or e) from None
+            line = str(e)
+            if line.startswith("UNAUTHENTICATED"):
+                line += f" (--queue-socket {self.path}: the socket of another host?)"
+            elif "--queue-socket" not in line:
+                line += f" (--queue-socket {self.path})"
+            self._ended = TransportError(line)
+            raise self._ended from None
         if kind != framing.READY:
             raise self._end(
                 f"INTERNAL: --queue-socket {self.path}: not a pagehint host's socket (it "
@@ -112,7 +112,7 @@ class SocketStream:
                 framing.frame(framing.MESSAGE, codec.encode_guest_msg(msg).SerializeToString())
             )
             await writer.drain()
-        except (ConnectionError, OSError) as e:
+        except OSError as e:
             raise TransportError(f"UNAVAILABLE: the queue socket: {e.strerror or e}") from None
 
     async def read(self) -> UsedMsg | NoticeMsg | ConfigMsg | None:

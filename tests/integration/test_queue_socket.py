@@ -59,29 +59,25 @@ def test_a_file_at_the_socket_path_is_refused_and_kept(tmp_path: Path) -> None:
     assert f.read_text() == "mine"
 
 
-def test_a_guest_given_no_socket_gives_up_at_start_naming_it(procs: Procs, tmp_path: Path) -> None:
-    addr, _ = procs.host()
-    missing = str(tmp_path / "none.sock")
+def start_error(addr: str, sock: str) -> str:
+    """A guest started with --queue-socket SOCK must fail: its last line of stderr."""
     r = run_cli(
-        ["guest", "--host", addr, "--queue-socket", missing, "--ram", "256MiB",
-         "--workload", "memhog", "--duration", "5", "--connect-timeout", "1"],
+        ["guest", "--host", addr, "--queue-socket", sock, "--ram", "256MiB",
+         "--workload", "memhog", "--duration", "5", "--connect-timeout", "2"],
         timeout=60,
     )  # fmt: skip
-    assert r.returncode != 0
-    last = r.stderr.strip().splitlines()[-1]
-    assert "--queue-socket" in last and "none.sock" in last, r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    return r.stderr.strip().splitlines()[-1]
+
+
+def test_a_guest_given_no_socket_gives_up_at_start_naming_it(procs: Procs, tmp_path: Path) -> None:
+    addr, _ = procs.host()
+    last = start_error(addr, str(tmp_path / "none.sock"))
+    assert "--queue-socket" in last and "none.sock" in last, last
 
 
 def test_a_guest_given_another_hosts_socket_says_so_at_start(procs: Procs, tmp_path: Path) -> None:
     other = str(tmp_path / "other.sock")
     addr, _ = procs.host()
     procs.host("--queue-socket", other)  # a second host: its socket knows no session of addr's
-    r = run_cli(
-        ["guest", "--host", addr, "--queue-socket", other, "--ram", "256MiB",
-         "--workload", "memhog", "--duration", "5", "--connect-timeout", "2"],
-        timeout=60,
-    )  # fmt: skip
-    assert r.returncode != 0
-    last = r.stderr.strip().splitlines()[-1]
-    assert "the socket of another host?" in last and "Traceback" not in r.stderr, r.stderr
+    assert "the socket of another host?" in start_error(addr, other)

@@ -22,6 +22,7 @@ from host.queue_socket import listen_at, share
 from host.server import HostServer
 from pagehint.config import HostConfig
 from pagehint.errors import UsageError
+from tests.waiting import wait_for
 from tests.wire import encode_chain, encode_touched
 from virtqueue import codec, framing
 from virtqueue import features as F
@@ -130,12 +131,16 @@ async def test_a_guest_that_ends_its_stream_leaves_no_error_behind(
     session = await negotiate(stub, balloon=True)
     conn = await connect(path, session)
     send(conn, encode_chain(1, [(0, 9)]))
-    await asyncio.sleep(0.2)
+    s = server.device.table.sessions[session]
+    await wait_for(lambda: s.totals.chains == 1, 5, "the chain answered")
     # As a guest ends its run: the session closed over gRPC, its stream still open.
     await stub.Close(codec.encode_close(session), timeout=5)
     assert (await end_line(conn)).startswith("UNAUTHENTICATED: session ended")
     conn[1].close()  # the guest, told, closes: the host's lingering close ends
-    await asyncio.sleep(0.2)
+    qs = server.queue_socket
+    assert qs is not None
+    await wait_for(lambda: not qs.connections, 5, "the connection's end")
+    await asyncio.sleep(0)  # its task's end reaches the loop's handler
     assert errors == []
     assert server.queue_socket is not None and not server.queue_socket.connections
 
@@ -197,7 +202,9 @@ async def test_connections_past_the_cap_are_closed_at_once(
 ) -> None:
     server, _, path = host
     held = [await connect(path, None) for _ in range(4)]
-    await asyncio.sleep(0.05)
+    qs = server.queue_socket
+    assert qs is not None
+    await wait_for(lambda: len(qs.connections) == 4, 5, "four connections accepted")
     extra = await connect(path, None)
     assert await asyncio.wait_for(framing.read_frame(extra[0], 1024), 0.25) is None
     assert server.device.metrics.queue_socket_refused == 1
@@ -293,9 +300,11 @@ async def test_a_session_ended_while_the_guest_does_not_read_still_says_why(
     writing = asyncio.create_task(flood())
     s = server.device.table.sessions[session]
     answered = -1
-    while answered != s.totals.chains:  # until the host stops answering: it waits
+    for _ in range(100):  # until the host stops answering (it waits), within 30 s
+        if answered == s.totals.chains:
+            break
         answered = s.totals.chains
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a quiet period is the condition: it takes a period
     assert not writing.done() and s.streams == 1
     writing.cancel()
     await stub.Close(codec.encode_close(session), timeout=5)
@@ -315,7 +324,9 @@ async def test_a_guest_gone_inside_a_frame_is_not_counted_malformed(
     conn[1].write(framing.frame(framing.MESSAGE, encode_chain(1, [(0, 9)]).SerializeToString())[:7])
     await conn[1].drain()
     conn[1].close()
-    await asyncio.sleep(0.3)
+    qs = server.queue_socket
+    assert qs is not None
+    await wait_for(lambda: not qs.connections, 5, "the connection's end")
     assert server.device.metrics.refusals["malformed"] == 0
     assert server.queue_socket is not None and not server.queue_socket.connections
 
@@ -381,6 +392,6 @@ async def test_a_host_stopping_while_a_told_guest_lingers_says_nothing_more(
         conn = await connect(path, session)
         await stub.Close(codec.encode_close(session), timeout=5)
         assert (await end_line(conn)).startswith("UNAUTHENTICATED: session ended")
-        await server.stop()  # the guest never closed its side
-        await asyncio.sleep(0.1)
+        await server.stop()  # the guest never closed its side (stop waits for its task)
+        await asyncio.sleep(0)  # its task's end reaches the loop's handler
         assert errors == []
