@@ -14,7 +14,10 @@ the permanent generation (``gc.freeze``; CPython documents it for state built
 before a fork, and it serves any state that is built once and kept). The
 collector still runs and still frees every cycle made afterwards; it no longer
 re-walks boot's state. Objects made later (blocks, chains, messages) are
-collected as before.
+collected as before; what a workload holds while it runs (tens of thousands of
+blocks a guest) is an array the collector has nothing to walk in
+(``guest/workloads/held.py``: held as lists, they made each full collection of a
+load test's process 40–67 ms long, and its slowest acks waited for them).
 ``gc.freeze`` splices lists; it costs nothing to call once per guest.
 
 The price: a frozen object in a reference cycle is never collected while it is

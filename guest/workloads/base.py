@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from guest.memory import GuestMemory
 from guest.mm.constants import PAGE_SIZE
 from guest.workloads import share
+from guest.workloads.held import HeldBlocks
 
 # Yield to the event loop every this many allocator operations, so the hinting
 # worker and the driver get to run while a workload is busy.
@@ -38,7 +39,7 @@ class WorkloadContext:
         self.memory = memory
         self.rng = random.Random(seed)
         self.stats = WorkloadStats()
-        self.groups: dict[str, list[tuple[int, int]]] = {}
+        self.groups: dict[str, HeldBlocks] = {}
         self.stop = asyncio.Event()
         self._on_mark = on_mark
         self._clock = clock
@@ -153,7 +154,7 @@ class WorkloadContext:
         """Allocate ``size`` bytes as ``order`` blocks into group ``name``; returns blocks got."""
         block = PAGE_SIZE << order
         count = -(-size // block)
-        group = self.groups.setdefault(name, [])
+        group = self.groups.setdefault(name, HeldBlocks())
         got = 0
         for _ in range(count):
             if self.stop.is_set():
@@ -163,20 +164,20 @@ class WorkloadContext:
             await self.tick()
         return got
 
-    def alloc_into(self, group: list[tuple[int, int]], order: int) -> int:
+    def alloc_into(self, group: HeldBlocks, order: int) -> int:
         """One block of ``order`` into ``group``, counted; 1 if got, 0 if it failed."""
         pfn = self.memory.alloc(order)
         self.stats.alloc_ops += 1
         if pfn < 0:
             self.stats.alloc_failures += 1
             return 0
-        group.append((pfn, order))
+        group.append(pfn, order)
         return 1
 
     async def free_group(self, name: str, stride: int = 1, offset: int = 0) -> int:
         """Free every ``stride``-th block of group ``name`` starting at ``offset``."""
-        group = self.groups.get(name, [])
-        keep: list[tuple[int, int]] = []
+        group = self.groups.get(name, HeldBlocks())
+        keep = HeldBlocks()
         freed = 0
         for i, (pfn, order) in enumerate(group):
             if i >= offset and (i - offset) % stride == 0:
@@ -186,7 +187,7 @@ class WorkloadContext:
                 freed += 1
                 await self.tick()
             else:
-                keep.append((pfn, order))
+                keep.append(pfn, order)
         if keep:
             self.groups[name] = keep
         else:

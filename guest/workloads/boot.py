@@ -32,6 +32,7 @@ import random
 
 from guest.mm.constants import MAX_ORDER, PAGE_SIZE
 from guest.workloads.base import WorkloadContext
+from guest.workloads.held import HeldBlocks
 from pagehint.config import BootConfig
 from pagehint.errors import UsageError
 
@@ -87,21 +88,21 @@ async def boot(ctx: WorkloadContext, cfg: BootConfig, seed: int = 0) -> int:
         return 0
     rng = random.Random(f"boot-{seed}")
     ctx.mark("boot")
-    blocks = ctx.groups.setdefault(GROUP, [])
+    blocks = ctx.groups.setdefault(GROUP, HeldBlocks())
     for order in plan(cfg, rng):
         if ctx.stop.is_set():
             break
         ctx.alloc_into(blocks, order)
         await ctx.tick()
     free_share = cfg.holes / (1 + cfg.holes)
-    held: list[tuple[int, int]] = []
+    held = HeldBlocks()
     for pfn, order in blocks:
         if rng.random() < free_share:
             ctx.memory.free(pfn, order)
             ctx.stats.free_ops += 1
             await ctx.tick()
         else:
-            held.append((pfn, order))
+            held.append(pfn, order)
     ctx.groups[GROUP] = held
     ctx.mark("booted")
     return sum(PAGE_SIZE << o for _, o in held)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from guest.workloads.base import WorkloadContext
+from guest.workloads.held import HeldBlocks
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ async def churn_for(
 ) -> None:
     mm = ctx.memory.mm
     target_pages = int(mm.nr_pages * occupancy)
-    held = ctx.groups.setdefault(group, [])
-    held_pages = sum(1 << o for _, o in held)
+    held = ctx.groups.setdefault(group, HeldBlocks())
+    held_pages = held.pages()
     rng = ctx.rng
     tick = 0.01  # do a slice of the work every 10 ms
     per_tick = max(1, int(ops_per_second * tick))
@@ -72,9 +73,7 @@ async def churn_for(
             # Drift toward the target: allocate more often when below it.
             p_alloc = 0.5 + 0.5 * (target_pages - held_pages) / max(1, target_pages)
             if held and rng.random() >= p_alloc:
-                i = rng.randrange(len(held))
-                held[i], held[-1] = held[-1], held[i]
-                pfn, order = held.pop()
+                pfn, order = held.take(rng.randrange(len(held)))
                 ctx.memory.free(pfn, order)
                 ctx.stats.free_ops += 1
                 held_pages -= 1 << order
@@ -85,7 +84,7 @@ async def churn_for(
                 if pfn < 0:
                     ctx.stats.alloc_failures += 1
                 else:
-                    held.append((pfn, order))
+                    held.append(pfn, order)
                     held_pages += 1 << order
             # A slice at a high --rate is long: on a shared loop it takes turns too.
             await ctx.tick()
