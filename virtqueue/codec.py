@@ -478,8 +478,13 @@ def decode_stats_request(m: pb.StatsRequest | Malformed) -> tuple[str, bool]:
     return str(m.session), bool(m.self_only)
 
 
+# Field by field, not dataclasses.asdict: asdict deep-copies each value, and a host
+# with hundreds of guests encodes them for every figures poll (its loop waits).
+_GUEST_FIELDS = tuple(f.name for f in fields(GuestFigures))
+
+
 def _encode_guest(g: GuestFigures) -> pb.GuestStats:
-    return pb.GuestStats(**asdict(g))
+    return pb.GuestStats(**{name: getattr(g, name) for name in _GUEST_FIELDS})
 
 
 def _decode_guest(m: pb.GuestStats) -> GuestFigures:
