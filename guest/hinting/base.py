@@ -57,9 +57,13 @@ class _Sent:
     cancelled: bool
 
 
-def _retrieved(task: asyncio.Future[None]) -> None:
-    """Read a finished report's outcome, so one that ends after it was abandoned
-    (its error read by nobody) is not logged as a lost exception."""
+def _ended(task: asyncio.Future[None], answered: asyncio.Future[None]) -> None:
+    """A report task's end, however it came: its policy is woken (a task cancelled
+    before its first step never ran the ``finally`` that does so), and its outcome
+    is read, so one that ends after it was abandoned (its error read by nobody) is
+    not logged as a lost exception."""
+    if not answered.done():
+        answered.set_result(None)
     if not task.cancelled():
         task.exception()
 
@@ -154,9 +158,10 @@ class Policy(abc.ABC):
         return sent.error is None
 
     async def _report_step(self, batch: list[Block]) -> _Sent:
-        """The report step: the blocks go to the device and stay isolated for exactly
-        as long as it has them — report() returns or raises only when the device can
-        no longer discard them, however long that takes.
+        """The report step: the blocks go to the device and stay isolated for as long
+        as it has them — report() returns or raises only when the device can no
+        longer discard them, however long that takes (and for good, if abandoned:
+        see below).
 
         Cancelled mid-report (the policy is stopping), the report is still let
         finish, for up to ``stop_grace`` seconds: the device may be discarding the
@@ -177,7 +182,7 @@ class Policy(abc.ABC):
         # acknowledgement waits.)
         answered = asyncio.get_running_loop().create_future()
         report = asyncio.ensure_future(self._device_report(batch, answered))
-        report.add_done_callback(_retrieved)  # an abandoned report's end is read too
+        report.add_done_callback(lambda task: _ended(task, answered))
         cancelled = False
         try:
             await answered

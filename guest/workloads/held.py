@@ -16,10 +16,12 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Iterator
 
-# A block is stored as pfn << ORDER_BITS | order (orders are 0..10, Linux 6.1's
-# MAX_ORDER - 1; 6 bits leave room without costing range: pfns stay below 2^57).
+# A block is stored as pfn << ORDER_BITS | order in an unsigned 64-bit slot (orders
+# are 0..10, Linux 6.1's MAX_ORDER - 1; 6 bits leave room and pfns below 2^58,
+# 2^70 bytes of RAM).
 ORDER_BITS = 6
 _ORDER_MASK = (1 << ORDER_BITS) - 1
+_PFN_LIMIT = 1 << (64 - ORDER_BITS)
 
 
 class HeldBlocks:
@@ -63,6 +65,6 @@ class HeldBlocks:
 
 
 def _code(pfn: int, order: int) -> int:
-    if not 0 <= order <= _ORDER_MASK or pfn < 0:
+    if not 0 <= order <= _ORDER_MASK or not 0 <= pfn < _PFN_LIMIT:
         raise ValueError(f"block ({pfn}, {order}) out of range")
     return pfn << ORDER_BITS | order

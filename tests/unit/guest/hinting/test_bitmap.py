@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -459,3 +460,46 @@ async def test_the_policy_books_a_report_in_the_loop_pass_after_the_device_answe
         assert booked_in - dev.answered_in <= 2
     finally:
         await pol.stop()
+
+
+class _BuggyDevice(LoopbackDevice):
+    async def report(self, batch: Sequence[tuple[int, int]]) -> None:
+        raise RuntimeError("a bug in the device")
+
+
+def _isolated_block(mm: BuddyAllocator) -> tuple[int, int]:
+    a = mm.alloc(MAX_ORDER)
+    mm.free(a, MAX_ORDER)
+    mm.isolate(a, MAX_ORDER)
+    return a, MAX_ORDER
+
+
+async def test_a_device_bug_leaves_its_blocks_isolated_and_shows() -> None:
+    # Not a refusal (ReportError): the device never said it is done with the blocks.
+    mm, pol = make(_BuggyDevice())
+    block = _isolated_block(mm)
+    with pytest.raises(RuntimeError, match="a bug in the device"):
+        await pol.report_batch([block], mark=True, to_tail=True)
+    assert mm.block_at(block[0]).state == "isolated"
+    assert pol.abandoned == [block]
+    assert pol.in_flight == []
+
+
+async def test_a_report_task_cancelled_before_it_ran_does_not_hang_its_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cancelled before its first step, the report never ran the code that wakes the
+    # policy: the task's end must wake it all the same.
+    real = asyncio.ensure_future
+
+    def cancelled_at_once(coro: Any) -> Any:
+        task = real(coro)
+        task.cancel()
+        return task
+
+    mm, pol = make(LoopbackDevice())
+    block = _isolated_block(mm)
+    monkeypatch.setattr("guest.hinting.base.asyncio.ensure_future", cancelled_at_once)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(pol.report_batch([block], mark=True, to_tail=True), 2.0)
+    assert mm.block_at(block[0]).state == "isolated", "the device may hold them: kept"

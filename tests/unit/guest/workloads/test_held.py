@@ -16,6 +16,7 @@ from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import WorkloadParams, memhog
 from guest.workloads.held import HeldBlocks
 from pagehint.config import BARE_MEMORY
+from tests.waiting import wait_for
 
 MIB = 1 << 20
 
@@ -50,6 +51,10 @@ def test_take_out_of_range_and_bad_blocks_are_refused() -> None:
         held.append(-1, 0)
     with pytest.raises(ValueError):
         held.append(1, 64)
+    with pytest.raises(ValueError):
+        held.append(1 << 58, 0)
+    held.append((1 << 58) - 1, 10)
+    assert list(held) == [((1 << 58) - 1, 10)]
 
 
 async def test_a_hog_of_32768_blocks_gives_the_collector_nothing_to_walk() -> None:
@@ -58,10 +63,7 @@ async def test_a_hog_of_32768_blocks_gives_the_collector_nothing_to_walk() -> No
     mm = BuddyAllocator(256 * MIB, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm))
     task = asyncio.create_task(memhog(ctx, WorkloadParams(hold_seconds=60)))
-    for _ in range(2000):
-        if ctx.stats.alloc_ops >= 32768:
-            break
-        await asyncio.sleep(0.005)
+    await wait_for(lambda: ctx.stats.alloc_ops >= 32768, 20.0, "the hog allocated")
     ctx.stop.set()
     await asyncio.wait_for(task, 10)
     assert len(ctx.groups["hog"]) == 32768
