@@ -68,6 +68,14 @@ def _ended(task: asyncio.Future[None], answered: asyncio.Future[None]) -> None:
         task.exception()
 
 
+def _log_late_bug(task: asyncio.Future[None]) -> None:
+    """An abandoned report that ends in a bug (not a device's refusal): nobody waits
+    for it any more, so it is logged here rather than lost."""
+    error = None if task.cancelled() else task.exception()
+    if error is not None and not isinstance(error, ReportError):
+        POLICY_LOG.error(f"an abandoned report ended in a bug: {type(error).__name__}: {error}")
+
+
 class PolicyRuleError(Exception):
     """A policy broke the contract (docs/policies.md), e.g. reported a block it did
     not isolate. Raised before anything reaches the device."""
@@ -192,6 +200,7 @@ class Policy(abc.ABC):
         self.in_flight = []
         if not report.done():
             self._abandon(batch)
+            report.add_done_callback(_log_late_bug)
             raise asyncio.CancelledError
         error = report.exception() if not report.cancelled() else asyncio.CancelledError()
         if error is not None and not isinstance(error, ReportError):

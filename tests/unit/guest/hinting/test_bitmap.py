@@ -503,3 +503,22 @@ async def test_a_report_task_cancelled_before_it_ran_does_not_hang_its_policy(
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(pol.report_batch([block], mark=True, to_tail=True), 2.0)
     assert mm.block_at(block[0]).state == "isolated", "the device may hold them: kept"
+
+
+class _LateBugDevice(LoopbackDevice):
+    async def report(self, batch: Sequence[tuple[int, int]]) -> None:
+        await asyncio.sleep(0.3)
+        raise RuntimeError("late bug after abandon")
+
+
+async def test_an_abandoned_report_that_ends_in_a_bug_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mm, pol = make(_LateBugDevice(), threshold=1, stop_grace=0.05)
+    pol.start()
+    a = mm.alloc(MAX_ORDER)
+    mm.free(a, MAX_ORDER)
+    await wait_for(lambda: bool(pol.in_flight), 2.0, "the report")
+    await asyncio.wait_for(pol.stop(), 2.0)
+    assert pol.stats.abandoned_reports == 1
+    await wait_for(lambda: "late bug after abandon" in caplog.text, 2.0, "the late bug in the log")
