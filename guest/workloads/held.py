@@ -4,11 +4,12 @@ A memhog guest of 256 MiB holds 32,768 order-0 blocks; held as a list of
 ``(pfn, order)`` tuples, every full (generation 2) collection visits each entry
 of every such list — the tuples themselves are untracked, the list's slots are
 not. A load test's 128 guests in one process held ~2 M entries that way, and
-its full collections grew with them to 40–67 ms each, every ~0.5 s (measured
-with ``gc.callbacks`` in `pagehint loadtest --guests 256`): an acknowledgement
-that arrived during one waited as long, and they were the run's slowest acks.
-An ``array`` holds machine integers and has no references to walk, so the
-collector's cost no longer grows with what the workloads hold.
+its full collections grew with them to 40–67 ms each, every ~0.5 s (a one-off
+measurement with ``gc.callbacks`` in one `pagehint loadtest --guests 256` run):
+an acknowledgement that arrived during one waited as long, and they were the
+run's slowest acks. An ``array`` holds machine integers: the collector visits
+its type and nothing else, so its cost no longer grows with what the
+workloads hold.
 """
 
 from __future__ import annotations
