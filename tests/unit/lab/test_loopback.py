@@ -15,6 +15,7 @@ from host.device import BalloonDevice
 from host.memory.sim import SimBackend
 from lab.loopback import LoopbackTransport
 from pagehint.config import BARE_MEMORY, GuestConfig, HintingConfig
+from tests.blocks import isolated_block
 from tests.waiting import wait_for
 from virtqueue import features as F
 from virtqueue.codec import ChainMsg, Negotiation
@@ -33,13 +34,6 @@ def config(**kw: object) -> GuestConfig:
     }
     base.update(kw)
     return GuestConfig(**base)  # type: ignore[arg-type]
-
-
-def isolated_block(mm: BuddyAllocator) -> tuple[int, int]:
-    pfn = mm.alloc(MAX_ORDER)
-    mm.free(pfn, MAX_ORDER)
-    mm.isolate(pfn, MAX_ORDER)
-    return pfn, MAX_ORDER
 
 
 async def test_a_report_is_checked_discarded_and_answered_by_the_real_device() -> None:

@@ -17,6 +17,7 @@ from guest.mm.check import check_invariants
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import churn_for
 from pagehint.config import BARE_MEMORY, HintingConfig
+from tests.blocks import isolated_block
 from tests.waiting import wait_for
 
 RAM = 64 << 20
@@ -467,17 +468,10 @@ class _BuggyDevice(LoopbackDevice):
         raise RuntimeError("a bug in the device")
 
 
-def _isolated_block(mm: BuddyAllocator) -> tuple[int, int]:
-    a = mm.alloc(MAX_ORDER)
-    mm.free(a, MAX_ORDER)
-    mm.isolate(a, MAX_ORDER)
-    return a, MAX_ORDER
-
-
 async def test_a_device_bug_leaves_its_blocks_isolated_and_shows() -> None:
     # Not a refusal (ReportError): the device never said it is done with the blocks.
     mm, pol = make(_BuggyDevice())
-    block = _isolated_block(mm)
+    block = isolated_block(mm)
     with pytest.raises(RuntimeError, match="a bug in the device"):
         await pol.report_batch([block], mark=True, to_tail=True)
     assert mm.block_at(block[0]).state == "isolated"
@@ -498,7 +492,7 @@ async def test_a_report_task_cancelled_before_it_ran_does_not_hang_its_policy(
         return task
 
     mm, pol = make(LoopbackDevice())
-    block = _isolated_block(mm)
+    block = isolated_block(mm)
     monkeypatch.setattr("guest.hinting.base.asyncio.ensure_future", cancelled_at_once)
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(pol.report_batch([block], mark=True, to_tail=True), 2.0)
