@@ -87,6 +87,9 @@ class ReportingPolicy(Policy):
         self._t_sync = 0.0
         self.budget_exhausted = 0
         self.zones_skipped = 0
+        # The guest's jiffies count from its boot, so guests booted at other instants
+        # have timer wheels of other phases (timer_wheel.py), as separate VMs do.
+        self.boot = mm.booted_at
 
     # ---- request state machine ----------------------------------------------------------
 
@@ -107,7 +110,7 @@ class ReportingPolicy(Policy):
         # schedule_delayed_work(): the pass runs when the timer wheel fires, a few
         # jiffies after the delay (timer_wheel.py), not at the delay exactly.
         loop = asyncio.get_running_loop()
-        when = fire_time(loop.time(), self.delay, self.cfg.timer_hz)
+        when = fire_time(loop.time(), self.delay, self.cfg.timer_hz, self.boot)
         self._timer = loop.call_at(when, self._start_pass)
 
     def _start_pass(self) -> None:

@@ -14,6 +14,14 @@ for, that is how far the kernel's cycle drifts from an exact 2 s period
 (bench/reference/linux/: chained passes 2.016 s apart). The timer is not
 deferrable (BASE_STD), so an idle CPU wakes for it; only the kworker's wake-up
 comes on top, not modelled.
+
+Each guest keeps its own jiffies, counted from its own boot: a kernel's jiffies
+start at INITIAL_JIFFIES (include/linux/jiffies.h) and its ticks fall at whole
+multiples of TICK_NSEC of its own monotonic clock (kernel/time/tick-sched.c,
+tick_init_jiffy_update), which starts at its boot. So guests booted at other
+instants have other bucket boundaries; on one host clock they all had the same
+ones, and every guest registering within one 32 ms bucket ran its first pass at
+the same instant — a burst no set of separately booted VMs makes.
 """
 
 from __future__ import annotations
@@ -24,6 +32,11 @@ LVL_CLK_SHIFT = 3  # kernel/time/timer.c: each level is 8 times coarser
 LVL_BITS = 6  # 64 buckets per level
 LVL_SIZE = 1 << LVL_BITS
 DEBIAN_HZ = 250  # CONFIG_HZ of Debian 12's 6.1 (/boot/config-6.1.0-57-amd64)
+
+
+def initial_jiffies(hz: int) -> int:
+    """INITIAL_JIFFIES on a 64-bit kernel: (unsigned long)(unsigned int)(-300 * HZ)."""
+    return 2**32 - 300 * hz
 
 
 def lvl_depth(hz: int) -> int:
@@ -54,14 +67,17 @@ def bucket_expiry(expires: int, clk: int, hz: int = DEBIAN_HZ) -> int:
     return ((expires >> shift) + 1) << shift
 
 
-def fire_time(now: float, delay: float, hz: int) -> float:
+def fire_time(now: float, delay: float, hz: int, boot: float = 0.0) -> float:
     """Seconds (on ``now``'s clock) at which delayed work queued at ``now`` for
-    ``delay`` seconds runs. ``hz`` 0 is an exact timer; a zero delay queues the
-    work at once, as queue_delayed_work() does."""
+    ``delay`` seconds runs in a guest that booted at ``boot`` (the same clock):
+    its jiffies are INITIAL_JIFFIES at boot and tick every 1/hz from there.
+    ``hz`` 0 is an exact timer; a zero delay queues the work at once, as
+    queue_delayed_work() does."""
     if hz <= 0 or delay <= 0:
         return now + max(delay, 0.0)
-    jiffies = math.floor(now * hz)
+    first = initial_jiffies(hz)
+    jiffies = first + math.floor((now - boot) * hz)
     # PAGE_REPORTING_DELAY is 2 * HZ jiffies; another delay is rounded up to whole
     # jiffies, as msecs_to_jiffies() does.
     ticks = math.ceil(delay * hz - 1e-9)
-    return bucket_expiry(jiffies + ticks, jiffies, hz) / hz
+    return boot + (bucket_expiry(jiffies + ticks, jiffies, hz) - first) / hz

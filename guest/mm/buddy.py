@@ -26,6 +26,7 @@ we refuse and keep the lists intact.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from guest.mm import fallback
@@ -81,6 +82,9 @@ class BuddyAllocator(BuddyLists):
         model: MemoryModel | None = None,
     ) -> None:
         check_ram_size(ram_bytes)
+        # The guest's boot, on the monotonic clock (asyncio's and uvloop's loop.time()
+        # read it too): its kernel timers count jiffies from here (timer_wheel.py).
+        self.booted_at = time.monotonic()
         model = model if model is not None else AllocatorModel()
         self.model = model
         self.ram_bytes = ram_bytes

@@ -179,7 +179,9 @@ async def test_isolation_obeys_the_min_watermark_and_ends_that_lists_cycle() -> 
 async def test_a_requested_pass_runs_when_the_timer_wheel_fires() -> None:
     # Delayed work: at HZ=100 a 1 s delay is 100 jiffies, filed in level 1 (8-jiffy
     # buckets). Requested half a jiffy into a jiffy j with j + 100 on a bucket
-    # boundary, the pass runs at j + 108: 75 ms after an exact timer would.
+    # boundary, the pass runs at j + 108: 75 ms after an exact timer would. The
+    # jiffies are the guest's own, counted from its boot (INITIAL_JIFFIES is a
+    # multiple of 8 at HZ=100, so the buckets start at its boot).
     mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     dev = LoopbackDevice(capacity=4)
     cfg = HintingConfig(policy="reporting", capacity=4, delay=1.0, order=9, timer_hz=100)
@@ -188,19 +190,46 @@ async def test_a_requested_pass_runs_when_the_timer_wheel_fires() -> None:
     started: list[float] = []
     dev.on_report = lambda batch: started.append(loop.time())
     jiffy = 0.01
+
+    def jiffies() -> float:
+        return (loop.time() - pol.boot) / jiffy
+
     for _ in range(10):  # a loaded loop may wake late: try again at the next one
-        now = loop.time() / jiffy
+        now = jiffies()
         target = math.floor(now) // 8 * 8 + 4  # a j with j % 8 == 4 ...
         while target + 0.5 <= now:
             target += 8
         await asyncio.sleep((target + 0.5 - now) * jiffy)  # ... half a jiffy in
-        if math.floor(loop.time() / jiffy) % 8 == 4:
+        if math.floor(jiffies()) % 8 == 4:
             break
     t0 = loop.time()
     pol.start()
-    due = fire_time(t0, 1.0, 100)
-    if math.floor(t0 / jiffy) % 8 == 4:
+    due = fire_time(t0, 1.0, 100, pol.boot)
+    if math.floor((t0 - pol.boot) / jiffy) % 8 == 4:
         assert due - t0 > 1.06
     await wait_for(lambda: bool(started), 5.0, "the first pass")
     assert started[0] >= due - 0.002
     await pol.stop()
+
+
+async def test_guests_booted_apart_run_their_first_pass_apart() -> None:
+    # Two guests registering at the same instant, booted 12 ms apart (3 jiffies at
+    # HZ=250): each has its own jiffies, so their 2 s timers land in buckets of other
+    # phases — 12 or 20 ms apart, never together, as they were on one shared clock.
+    cfg = HintingConfig(policy="reporting", capacity=4, delay=2.0, order=9, timer_hz=250)
+    loop = asyncio.get_running_loop()
+    pols = [
+        ReportingPolicy(cfg, BuddyAllocator(64 << 20, model=BARE_MEMORY), LoopbackDevice(4))
+        for _ in range(2)
+    ]
+    pols[1].boot = pols[0].boot - 0.012
+    try:
+        for pol in pols:
+            pol.start()
+        whens = [p._timer.when() for p in pols if p._timer is not None]
+        assert len(whens) == 2
+        assert 0.011 < abs(whens[1] - whens[0]) < 0.021
+        assert all(2.0 < w - loop.time() <= 2.033 for w in whens)
+    finally:
+        for pol in pols:
+            await pol.stop()
