@@ -132,6 +132,7 @@ class BalloonDevice:
             balloon=s.balloon is not None,
             stats_interval_ms=round(self.stats_interval * 1000) if s.balloon is not None else 0,
             migration=s.balloon is not None and s.balloon.snap is not None,
+            touches_in_chain=s.touches_in_chain,
         )
 
     def handle_report(

@@ -153,6 +153,8 @@ class ReportingQueue:
             self.device.refuse("malformed", f"guest {session.guest_id}: empty message")
             return None
         if isinstance(decoded, codec.ChainMsg):  # the hot path first
+            if decoded.touched is not None:
+                self._touched_in_chain(session, decoded.touched)
             used = self.device.handle_report(session, decoded.id, decoded.pfns, decoded.orders)
             if used is None:
                 # A fence ended the session while this chain waited: it was cancelled
@@ -186,6 +188,21 @@ class ReportingQueue:
         if problem:
             self.device.refuse(problem, f"guest {session.guest_id}: stats refused")
         return None
+
+    def _touched_in_chain(self, session: Session, t: codec.TouchedMsg) -> None:
+        """A chain's own touches (Chain.touched), applied before its ranges are
+        checked, as a Touched message just before it would be. Refused (counted,
+        nothing applied; the chain is handled still) from a guest that did not
+        negotiate them, or numbered: a numbered batch is the host's memory model's,
+        and gets a Notice of its own, which a chain's answer cannot carry."""
+        if not session.touches_in_chain:
+            problem = "touched_in_chain_unnegotiated"
+        elif session.host_memory or t.seq or t.evict_ack:
+            problem = "touched_in_chain_numbered"
+        else:
+            self.device.answer_touched(session, t.pfns, t.counts)
+            return
+        self.device.refuse(problem, f"guest {session.guest_id}: touches in a chain refused")
 
     async def _delayed_message(
         self, session: Session, msg: codec.GuestMessage | codec.Malformed

@@ -153,6 +153,8 @@ class Session:
     # Follows the host's memory model (--host-memory, and the guest offered it): its
     # touches are answered with Notices, and it hears of its frames' evictions.
     host_memory: bool = False
+    # Offered touches in its chains (Chain.touched), and was told yes.
+    touches_in_chain: bool = False
     # Why the OOM killer ended it (its stream ends ABORTED with this); "" otherwise.
     killed: str = ""
     # Its Reporting streams' wake-ups: set when the host has something to tell it
@@ -315,6 +317,7 @@ class SessionTable:
             queue_size=self.queue_size,
             peer=peer,
             host_memory=follows,
+            touches_in_chain=offer.touches_in_chain,
             balloon=self._balloon(offer) if offer.balloon else None,
         )
         self._open(s, previous_session)

@@ -39,6 +39,8 @@ class Negotiation:
     balloon: bool = False
     # The guest takes part in snapshots (dirty log, pause, image check): issue 25.
     migration: bool = False
+    # The guest may carry touches in its chains (Chain.touched): see the proto.
+    touches_in_chain: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Accepted:
     stats_interval_ms: int = 0
     # The guest offered migration and the host can snapshot it (shm).
     migration: bool = False
+    # The guest offered touches in chains, and this host applies them.
+    touches_in_chain: bool = False
 
 
 # How the host finished a chain (the wire's UsedStatus).
@@ -227,6 +231,7 @@ def decode_accepted(m: pb.NegotiateReply) -> Accepted:
         balloon=m.balloon,
         stats_interval_ms=m.stats_interval_ms,
         migration=m.migration,
+        touches_in_chain=m.touches_in_chain,
     )
 
 
@@ -234,7 +239,11 @@ def decode_accepted(m: pb.NegotiateReply) -> Accepted:
 
 
 def encode_chain_msg(c: ChainMsg) -> pb.GuestMessage:
-    return pb.GuestMessage(chain=pb.Chain(id=c.id, pfn=c.pfns, order=c.orders))
+    t = c.touched
+    if t is None:
+        return pb.GuestMessage(chain=pb.Chain(id=c.id, pfn=c.pfns, order=c.orders))
+    touched = pb.Touched(pfn=t.pfns, count=t.counts, seq=t.seq, evict_ack=t.evict_ack)
+    return pb.GuestMessage(chain=pb.Chain(id=c.id, pfn=c.pfns, order=c.orders, touched=touched))
 
 
 def encode_touched_msg(t: TouchedMsg) -> pb.GuestMessage:
@@ -247,6 +256,8 @@ class ChainMsg(NamedTuple):
     id: int
     pfns: Sequence[int]
     orders: Sequence[int]
+    # The touches queued before it, carried in it (Chain.touched; None: none).
+    touched: TouchedMsg | None = None
 
 
 class TouchedMsg(NamedTuple):
@@ -363,7 +374,11 @@ def decode_guest_message(m: pb.GuestMessage | Malformed) -> GuestMsg | None:
         raise Undecodable(f"a message that does not decode as {m.what}")
     kind = m.WhichOneof("kind")
     if kind == "chain":
-        return ChainMsg(m.chain.id, m.chain.pfn, m.chain.order)
+        c = m.chain
+        if not c.HasField("touched"):
+            return ChainMsg(c.id, c.pfn, c.order)
+        t = c.touched
+        return ChainMsg(c.id, c.pfn, c.order, TouchedMsg(t.pfn, t.count, t.seq, t.evict_ack))
     if kind == "touched":
         t = m.touched
         return TouchedMsg(t.pfn, t.count, t.seq, t.evict_ack)

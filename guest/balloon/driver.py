@@ -198,6 +198,7 @@ class BalloonDriver:
             host_memory=True,
             balloon=True,  # likewise: an older host answers false
             migration=True,  # likewise
+            touches_in_chain=True,  # likewise: an older host answers false
         )
 
     def _adopt(self, acc: Accepted) -> None:

@@ -15,7 +15,11 @@ has re-gated what waits (``on_evicted``): only then does the host move the
 frames out. Without the model it only tracks touches for the sim's ledger.
 
 Touches and chains share one stream and one write lock (``write_lock``): a
-chain is written after every touch queued before it (``before_chain``).
+chain is written after every touch queued before it (``before_chain``). Where
+the host said it takes them (touches_in_chain) and the touches are unnumbered
+(no host_memory), the last batch goes in the chain itself: one write, not two —
+on a loop shared by a hundred guests each write is a pass of the loop an
+acknowledgement waits for.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from guest.balloon.transport import Stream, TransportError
 from guest.balloon.window import ChainWindow, Outstanding
 from guest.hinting.device import Block
 from guest.mm.buddy import BuddyAllocator
-from virtqueue.codec import Accepted, GuestMsg, NoticeMsg, TouchedMsg, UsedMsg
+from virtqueue.codec import Accepted, ChainMsg, GuestMsg, NoticeMsg, TouchedMsg, UsedMsg
 
 
 class TouchLink:
@@ -48,6 +52,9 @@ class TouchLink:
         self._stopped = False
         self.regates = 0  # eviction Notices taken in (before_chain looks again after one)
         self.host_memory = False
+        # Touches may ride in chains (Chain.touched): the host said it takes them,
+        # and they are unnumbered (no host_memory, so no Notice answers them).
+        self.carry = False
         self.host_memory_seen = False  # any session had it: the summary's fault figures
         self.gated = False  # shm with host_memory: accesses wait for their touches
         self.major_faults = 0  # summed over Notices: swap-ins the host did for us
@@ -90,33 +97,41 @@ class TouchLink:
             try:
                 try:
                     async with self.write_lock:
-                        await self.before_chain(stream)
-                        await stream.write(make(out.id))
+                        msg = make(out.id)
+                        is_chain = isinstance(msg, ChainMsg)
+                        carried = await self.before_chain(stream, carry=is_chain)
+                        if carried is not None and isinstance(msg, ChainMsg):
+                            msg = msg._replace(touched=carried)
+                        await stream.write(msg)
                 except TransportError as e:
                     self.conn.lost(stream, str(e))
                 return out, await out.future
             finally:
                 window.close(out)
 
-    async def before_chain(self, stream: Stream) -> None:
+    async def before_chain(self, stream: Stream, carry: bool = False) -> TouchedMsg | None:
         """Under ``write_lock``, before a chain is written: every touch queued goes
-        first, and with the gate (shm, host_memory) the chain waits until they are
-        settled — a block of it may be one whose check at its free still waits for
-        its frames (guest/ram.py): the host must not discard it before they are
-        back and read. An eviction Notice while it waits re-gates those checks
-        (guest/ram.py ``regate``: new touches, later tickets): then it waits for
-        those too, or the host would discard the block before the check read it
-        back (the chain's discard, then the check reading zeros: a loss)."""
+        first — the last batch returned, for the chain to carry, when ``carry`` and
+        the session lets it (``self.carry``) — and with the gate (shm,
+        host_memory) the chain waits until they are settled: a block of it may
+        be one whose check at its free still waits for its frames (guest/ram.py),
+        and the host must not discard it before they are back and read. An
+        eviction Notice while it waits re-gates those checks (guest/ram.py
+        ``regate``: new touches, later tickets): then it waits for those too, or
+        the host would discard the block before the check read it back (the
+        chain's discard, then the check reading zeros: a loss)."""
+        if carry and self.carry:  # never gated: no host_memory
+            return await self._send_touches(stream, keep_last=True)
         while True:
             ticket = self.touches.runs_created
             regates = self.regates
             if self.touches.runs or self._evict_ack:
                 await self._send_touches(stream)
             if not (self.gated and self.settled_runs < ticket):
-                return
+                return None
             await self._settled_locked(ticket)
             if self.regates == regates or self._stopped or self.conn.fatal is not None:
-                return
+                return None
 
     def adopt(self, acc: Accepted) -> None:
         """A new session: the host memory model on or off, and the old session's
@@ -126,6 +141,7 @@ class TouchLink:
         self.host_memory = acc.host_memory
         self.host_memory_seen = self.host_memory_seen or acc.host_memory
         self.gated = acc.host_memory and acc.backend == "shm"
+        self.carry = acc.touches_in_chain and not acc.host_memory
         self._batches.clear()
         self.touch_seq = 0
         self._evict_ack = 0  # the old session's evictions are no business of the new
@@ -164,7 +180,9 @@ class TouchLink:
             except TransportError as e:
                 self.conn.lost(stream, str(e))
 
-    async def _send_touches(self, stream: Stream) -> None:
+    async def _send_touches(self, stream: Stream, keep_last: bool = False) -> TouchedMsg | None:
+        """Write every queued touch batch; with ``keep_last``, the last one is
+        returned unwritten (taken off the queue: its writer must send it)."""
         while self.touches.runs or self._evict_ack:
             runs = self.touches.take()
             seq = 0
@@ -175,7 +193,11 @@ class TouchLink:
             # of any touch made since (the host moves the frames, then the touches
             # bring back what they need).
             ack, self._evict_ack = self._evict_ack, 0
-            await stream.write(TouchedMsg([p for p, _ in runs], [n for _, n in runs], seq, ack))
+            msg = TouchedMsg([p for p, _ in runs], [n for _, n in runs], seq, ack)
+            if keep_last and not (self.touches.runs or self._evict_ack):
+                return msg
+            await stream.write(msg)
+        return None
 
     def on_notice(self, n: NoticeMsg) -> None:
         """The host evicted frames, and/or settled a touch batch (with its cost)."""

@@ -41,7 +41,7 @@ HINT_START: HintAction
 HINT_STOP: HintAction
 
 class NegotiateRequest(_message.Message):
-    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session", "host_memory", "balloon", "migration")
+    __slots__ = ("guest_id", "ram_bytes", "page_size", "features", "poison_val", "capacity", "previous_session", "host_memory", "balloon", "migration", "touches_in_chain")
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class NegotiateRequest(_message.Message):
     HOST_MEMORY_FIELD_NUMBER: _ClassVar[int]
     BALLOON_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_FIELD_NUMBER: _ClassVar[int]
+    TOUCHES_IN_CHAIN_FIELD_NUMBER: _ClassVar[int]
     guest_id: str
     ram_bytes: int
     page_size: int
@@ -62,7 +63,8 @@ class NegotiateRequest(_message.Message):
     host_memory: bool
     balloon: bool
     migration: bool
-    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ..., previous_session: _Optional[str] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ..., migration: _Optional[bool] = ...) -> None: ...
+    touches_in_chain: bool
+    def __init__(self, guest_id: _Optional[str] = ..., ram_bytes: _Optional[int] = ..., page_size: _Optional[int] = ..., features: _Optional[int] = ..., poison_val: _Optional[int] = ..., capacity: _Optional[int] = ..., previous_session: _Optional[str] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ..., migration: _Optional[bool] = ..., touches_in_chain: _Optional[bool] = ...) -> None: ...
 
 class Fence(_message.Message):
     __slots__ = ("known", "done_ids")
@@ -73,7 +75,7 @@ class Fence(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., done_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NegotiateReply(_message.Message):
-    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance", "session_timeout_ms", "host_memory", "balloon", "stats_interval_ms", "migration")
+    __slots__ = ("features", "queue_size", "max_chain_ranges", "session", "backend", "shm_path", "discard", "min_order", "fence", "instance", "session_timeout_ms", "host_memory", "balloon", "stats_interval_ms", "migration", "touches_in_chain")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHAIN_RANGES_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +91,7 @@ class NegotiateReply(_message.Message):
     BALLOON_FIELD_NUMBER: _ClassVar[int]
     STATS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_FIELD_NUMBER: _ClassVar[int]
+    TOUCHES_IN_CHAIN_FIELD_NUMBER: _ClassVar[int]
     features: int
     queue_size: int
     max_chain_ranges: int
@@ -104,17 +107,20 @@ class NegotiateReply(_message.Message):
     balloon: bool
     stats_interval_ms: int
     migration: bool
-    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ..., stats_interval_ms: _Optional[int] = ..., migration: _Optional[bool] = ...) -> None: ...
+    touches_in_chain: bool
+    def __init__(self, features: _Optional[int] = ..., queue_size: _Optional[int] = ..., max_chain_ranges: _Optional[int] = ..., session: _Optional[str] = ..., backend: _Optional[str] = ..., shm_path: _Optional[str] = ..., discard: _Optional[str] = ..., min_order: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., instance: _Optional[str] = ..., session_timeout_ms: _Optional[int] = ..., host_memory: _Optional[bool] = ..., balloon: _Optional[bool] = ..., stats_interval_ms: _Optional[int] = ..., migration: _Optional[bool] = ..., touches_in_chain: _Optional[bool] = ...) -> None: ...
 
 class Chain(_message.Message):
-    __slots__ = ("id", "pfn", "order")
+    __slots__ = ("id", "pfn", "order", "touched")
     ID_FIELD_NUMBER: _ClassVar[int]
     PFN_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
+    TOUCHED_FIELD_NUMBER: _ClassVar[int]
     id: int
     pfn: _containers.RepeatedScalarFieldContainer[int]
     order: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, id: _Optional[int] = ..., pfn: _Optional[_Iterable[int]] = ..., order: _Optional[_Iterable[int]] = ...) -> None: ...
+    touched: Touched
+    def __init__(self, id: _Optional[int] = ..., pfn: _Optional[_Iterable[int]] = ..., order: _Optional[_Iterable[int]] = ..., touched: _Optional[_Union[Touched, _Mapping]] = ...) -> None: ...
 
 class Touched(_message.Message):
     __slots__ = ("pfn", "count", "seq", "evict_ack")

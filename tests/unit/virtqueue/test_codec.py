@@ -131,3 +131,29 @@ def test_memory_model_figures_roundtrip_and_old_callers_still_build_them() -> No
     old = codec.HostFigures([], 0, 0, 0, 0, 0, 0)
     assert (old.host_memory_bytes, old.swap_bytes, old.oom_kills) == (0, 0, 0)
     assert codec.GuestFigures("g", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, True).major_faults == 0
+
+
+def test_a_chain_carries_its_touches_and_a_plain_one_none() -> None:
+    touched = codec.TouchedMsg([0, 4096], [512, 1])
+    decoded = codec.decode_guest_message(
+        codec.encode_guest_msg(codec.ChainMsg(9, [512], [9], touched))
+    )
+    assert isinstance(decoded, codec.ChainMsg) and decoded.touched is not None
+    assert (list(decoded.touched.pfns), list(decoded.touched.counts)) == ([0, 4096], [512, 1])
+    assert (decoded.id, list(decoded.pfns), list(decoded.orders)) == (9, [512], [9])
+    # An empty batch is still a batch sent (present, not absent).
+    empty = codec.decode_guest_message(
+        codec.encode_chain_msg(codec.ChainMsg(1, [0], [9], codec.TouchedMsg([], [])))
+    )
+    assert isinstance(empty, codec.ChainMsg) and empty.touched is not None
+    plain = codec.decode_guest_message(encode_chain(1, [(0, 9)]))
+    assert isinstance(plain, codec.ChainMsg) and plain.touched is None
+
+
+def test_touches_in_chain_is_negotiated_and_off_by_default() -> None:
+    n = codec.Negotiation("g", 1 << 30, 4096, F.mask(F.REPORTING), 0, touches_in_chain=True)
+    assert codec.decode_negotiate(codec.encode_negotiate(n)) == n
+    assert codec.Negotiation("g", 1 << 30, 4096, 0, 0).touches_in_chain is False
+    a = codec.Accepted(0, 64, 32, "tok", "sim", "", "free", touches_in_chain=True)
+    assert codec.decode_accepted(codec.encode_accepted(a)) == a
+    assert codec.Accepted(0, 64, 32, "tok", "sim", "", "free").touches_in_chain is False

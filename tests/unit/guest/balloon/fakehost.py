@@ -9,8 +9,9 @@ makes negotiation fail, and ``restart`` swaps in a fresh device (a host restart)
 The host's memory model (issue 23) is the fake's own, not the device's: with
 ``host_memory`` it accepts a guest's offer, records each touch batch
 (``touched``), answers it with a Notice when ``settle_touches`` (``delay_us``
-each), ``notice`` sends one of its own, and ``oom_kill`` ends the streams as
-the host's OOM killer does (ABORTED).
+each), takes touches carried in chains unless ``touches_in_chain`` is off (an
+older host; ``carried`` counts them), ``notice`` sends one of its own, and
+``oom_kill`` ends the streams as the host's OOM killer does (ABORTED).
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ class FakeStream:
                 self.inbox.put_nowait(NoticeMsg([], msg.seq, self.host.delay_us, 0, 0))
             return
         self.host.chains_received += 1
+        if isinstance(msg, ChainMsg) and msg.touched is not None:
+            # Applied before the chain, as host/queue.py does (Chain.touched).
+            t = msg.touched
+            self.host.device.handle_touched(self.session, t.pfns, t.counts)
+            self.host.touched.append(t)
+            self.host.carried += 1
         if self.host.hold:
             self.host.held.append((self, msg))
         else:
@@ -113,6 +120,9 @@ class FakeHost:
         self.settle_touches = True
         self.delay_us = 0
         self.touched: list[TouchedMsg] = []
+        # Chain.touched: False answers as a host older than the field does.
+        self.touches_in_chain = True
+        self.carried = 0  # touch batches that came in chains
         self.backend_name: str | None = None  # answer as this backend (the device is sim)
 
     # ---- controls -----------------------------------------------------------------
@@ -158,6 +168,7 @@ class FakeHost:
         return dataclasses.replace(
             acc,
             host_memory=self.host_memory and n.host_memory,
+            touches_in_chain=self.touches_in_chain and acc.touches_in_chain,
             backend=self.backend_name or acc.backend,
         )
 
