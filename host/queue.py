@@ -194,7 +194,11 @@ class ReportingQueue:
         checked, as a Touched message just before it would be. Refused (counted,
         nothing applied; the chain is handled still) from a guest that did not
         negotiate them, or numbered: a numbered batch is the host's memory model's,
-        and gets a Notice of its own, which a chain's answer cannot carry."""
+        and gets a Notice of its own, which a chain's answer cannot carry. Nothing
+        is applied for a session that ended while the chain waited (--latency): its
+        chain is not handled either."""
+        if session.ended:
+            return
         if not session.touches_in_chain:
             problem = "touched_in_chain_unnegotiated"
         elif session.host_memory or t.seq or t.evict_ack:

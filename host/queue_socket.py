@@ -30,12 +30,13 @@ from host.queue import ReportingQueue
 from host.stream import StreamEnd, reporting
 from pagehint.errors import UsageError
 from virtqueue import codec, framing
+from virtqueue.contract import MAX_GUEST_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
 # As gRPC's --max-receive-message-length for the stream (host/server.py): a chain of
 # 512 ranges packs to about 6 KiB.
-MAX_FRAME_BYTES = 64 * 1024
+MAX_FRAME_BYTES = MAX_GUEST_MESSAGE_BYTES
 # Answers buffered for a guest that does not read, before the host waits for it
 # (asyncio's own high-water mark for a stream writer).
 WRITE_HIGH_WATER = 64 * 1024

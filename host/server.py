@@ -27,13 +27,13 @@ from pagehint.config import HostConfig
 from pagehint.errors import UsageError
 from pagehint.units import format_size
 from virtqueue import codec
-from virtqueue.contract import PAGE_SIZE
+from virtqueue.contract import MAX_GUEST_MESSAGE_BYTES, PAGE_SIZE
 
 log = logging.getLogger(__name__)
 
 # A chain of 512 ranges packs to about 6 KiB: anything far bigger is refused by gRPC
 # itself (RESOURCE_EXHAUSTED) before it is parsed.
-MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = MAX_GUEST_MESSAGE_BYTES
 PEAK_PERIOD = 0.25  # seconds between samples of the host-wide resident peak
 STOP_TASKS_SECONDS = 2.0  # the janitor and the controller, at stop
 

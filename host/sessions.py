@@ -153,7 +153,8 @@ class Session:
     # Follows the host's memory model (--host-memory, and the guest offered it): its
     # touches are answered with Notices, and it hears of its frames' evictions.
     host_memory: bool = False
-    # Offered touches in its chains (Chain.touched), and was told yes.
+    # Offered touches in its chains (Chain.touched), and was told yes (never with
+    # host_memory).
     touches_in_chain: bool = False
     # Why the OOM killer ended it (its stream ends ABORTED with this); "" otherwise.
     killed: str = ""
@@ -317,7 +318,7 @@ class SessionTable:
             queue_size=self.queue_size,
             peer=peer,
             host_memory=follows,
-            touches_in_chain=offer.touches_in_chain,
+            touches_in_chain=offer.touches_in_chain and not follows,  # no Notice in a chain
             balloon=self._balloon(offer) if offer.balloon else None,
         )
         self._open(s, previous_session)

@@ -18,6 +18,7 @@ from pagehint.errors import UsageError
 from pagehint.units import format_size
 from virtqueue.contract import (
     MAX_ORDER,
+    MAX_TOUCH_RUNS,
     MIN_GUEST_RAM,
     PAGEBLOCK_ORDER,
     guest_id_problem,
@@ -369,7 +370,8 @@ class GuestConfig:
     timeline: str | None = None
     loop: str = "auto"
     metrics_port: int | None = None
-    # Frames touched again after a discard are told to the host in batches of this size...
+    # Frames touched again after a discard are told to the host in batches of this
+    # many runs (at most MAX_TOUCH_RUNS: a batch is one message of at most 64 KiB)...
     touch_batch: int = 1024
     # ...or after this long, whichever comes first.
     touch_flush_seconds: float = 0.2
@@ -429,7 +431,7 @@ class GuestConfig:
                 ("connect_timeout", "--connect-timeout", at_least(0, strict=True)),
                 ("stall_warning", "--stall-warning", at_least(0, strict=True)),
                 ("start_delay", "--start-delay", at_least(0)),
-                ("touch_batch", "touch batch", between(1, MAX_COUNT, whole=True)),
+                ("touch_batch", "touch batch", between(1, MAX_TOUCH_RUNS, whole=True)),
                 ("touch_flush_seconds", "touch flush", at_least(0, strict=True)),
                 ("reconnect_min", "reconnect backoff", at_least(0, strict=True)),
                 ("reconnect_max", "reconnect backoff", at_least(self.reconnect_min)),

@@ -19,6 +19,19 @@ PAGEBLOCK_ORDER = 9
 MIN_GUEST_RAM = 64 << 20
 MAX_GUEST_RAM = 64 << 30
 
+# The largest message a guest may send on its Reporting stream: the host's gRPC
+# max_receive_message_length and its queue socket's frame limit.
+MAX_GUEST_MESSAGE_BYTES = 64 * 1024
+# A touch run on the wire at most: its pfn as fixed64 (8 bytes) and its count, at
+# most MAX_GUEST_RAM's 2**24 pages, a varint of at most 4 bytes.
+TOUCH_RUN_BYTES = 12
+# A chain's range on the wire at most: a fixed64 pfn and an order of one varint byte.
+CHAIN_RANGE_BYTES = 9
+# Room for the rest of a message (ids, tags, the packed arrays' lengths).
+MESSAGE_FRAME_BYTES = 1024
+# The most runs a touch batch may hold and still fit in one message.
+MAX_TOUCH_RUNS = (MAX_GUEST_MESSAGE_BYTES - MESSAGE_FRAME_BYTES) // TOUCH_RUN_BYTES
+
 
 def guest_id_problem(guest_id: str) -> str | None:
     """Why a guest id is not one the contract allows (None: it is)."""

@@ -36,6 +36,12 @@ from guest.balloon.window import ChainWindow, Outstanding
 from guest.hinting.device import Block
 from guest.mm.buddy import BuddyAllocator
 from virtqueue.codec import Accepted, ChainMsg, GuestMsg, NoticeMsg, TouchedMsg, UsedMsg
+from virtqueue.contract import (
+    CHAIN_RANGE_BYTES,
+    MAX_GUEST_MESSAGE_BYTES,
+    MESSAGE_FRAME_BYTES,
+    TOUCH_RUN_BYTES,
+)
 
 
 class TouchLink:
@@ -97,31 +103,43 @@ class TouchLink:
             try:
                 try:
                     async with self.write_lock:
-                        msg = make(out.id)
-                        is_chain = isinstance(msg, ChainMsg)
-                        carried = await self.before_chain(stream, carry=is_chain)
-                        if carried is not None and isinstance(msg, ChainMsg):
-                            msg = msg._replace(touched=carried)
-                        await stream.write(msg)
+                        # The stream may have broken, or a new session begun, while
+                        # this waited: then nothing goes on it (the touches queued
+                        # now are the new session's), and the fence settles ``out``.
+                        if stream is self.conn.stream:
+                            await self._write_after_touches(stream, make(out.id))
                 except TransportError as e:
                     self.conn.lost(stream, str(e))
                 return out, await out.future
             finally:
                 window.close(out)
 
-    async def before_chain(self, stream: Stream, carry: bool = False) -> TouchedMsg | None:
+    async def _write_after_touches(self, stream: Stream, msg: GuestMsg) -> None:
+        """Under ``write_lock``: ``msg`` written after every touch queued before it,
+        the last batch carried in it where it is a chain and the session lets it."""
+        room = -1  # the most runs the message may carry (-1: none)
+        if isinstance(msg, ChainMsg) and self.carry:
+            used = len(msg.pfns) * CHAIN_RANGE_BYTES + MESSAGE_FRAME_BYTES
+            room = (MAX_GUEST_MESSAGE_BYTES - used) // TOUCH_RUN_BYTES
+        carried = await self.before_chain(stream, room)
+        if carried is not None and isinstance(msg, ChainMsg):
+            msg = msg._replace(touched=carried)
+        await stream.write(msg)
+
+    async def before_chain(self, stream: Stream, room: int = -1) -> TouchedMsg | None:
         """Under ``write_lock``, before a chain is written: every touch queued goes
-        first — the last batch returned, for the chain to carry, when ``carry`` and
-        the session lets it (``self.carry``) — and with the gate (shm,
-        host_memory) the chain waits until they are settled: a block of it may
+        first — the last batch returned unwritten, for the chain to carry, when it
+        has at most ``room`` runs (the chain and it fit in one message; -1: never)
+        — and with the gate (shm, host_memory) the chain waits until they are
+        settled: a block of it may
         be one whose check at its free still waits for its frames (guest/ram.py),
         and the host must not discard it before they are back and read. An
         eviction Notice while it waits re-gates those checks (guest/ram.py
         ``regate``: new touches, later tickets): then it waits for those too, or
         the host would discard the block before the check read it back (the
         chain's discard, then the check reading zeros: a loss)."""
-        if carry and self.carry:  # never gated: no host_memory
-            return await self._send_touches(stream, keep_last=True)
+        if room >= 0:  # carrying: never gated (no host_memory)
+            return await self._send_touches(stream, room)
         while True:
             ticket = self.touches.runs_created
             regates = self.regates
@@ -132,6 +150,8 @@ class TouchLink:
             await self._settled_locked(ticket)
             if self.regates == regates or self._stopped or self.conn.fatal is not None:
                 return None
+            if stream is not self.conn.stream:
+                return None  # a new session while it waited: nothing more on the old
 
     def adopt(self, acc: Accepted) -> None:
         """A new session: the host memory model on or off, and the old session's
@@ -171,18 +191,23 @@ class TouchLink:
 
     async def flush_touches(self) -> None:
         self._flush_queued = False
-        stream = self.conn.stream
-        if stream is None or not (self.touches.runs or self._evict_ack):
+        if self.conn.stream is None or not (self.touches.runs or self._evict_ack):
             return
         async with self.write_lock:
+            # The stream as it is now: one that broke while this waited for the lock
+            # must not take the touches a new session has queued since.
+            stream = self.conn.stream
+            if stream is None:
+                return
             try:
                 await self._send_touches(stream)
             except TransportError as e:
                 self.conn.lost(stream, str(e))
 
-    async def _send_touches(self, stream: Stream, keep_last: bool = False) -> TouchedMsg | None:
-        """Write every queued touch batch; with ``keep_last``, the last one is
-        returned unwritten (taken off the queue: its writer must send it)."""
+    async def _send_touches(self, stream: Stream, room: int = -1) -> TouchedMsg | None:
+        """Write every queued touch batch; the last one is returned unwritten
+        instead when it has at most ``room`` runs (taken off the queue: its caller
+        must send it)."""
         while self.touches.runs or self._evict_ack:
             runs = self.touches.take()
             seq = 0
@@ -194,7 +219,7 @@ class TouchLink:
             # bring back what they need).
             ack, self._evict_ack = self._evict_ack, 0
             msg = TouchedMsg([p for p, _ in runs], [n for _, n in runs], seq, ack)
-            if keep_last and not (self.touches.runs or self._evict_ack):
+            if len(runs) <= room and not (self.touches.runs or self._evict_ack):
                 return msg
             await stream.write(msg)
         return None

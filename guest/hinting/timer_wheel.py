@@ -15,13 +15,18 @@ for, that is how far the kernel's cycle drifts from an exact 2 s period
 deferrable (BASE_STD), so an idle CPU wakes for it; only the kworker's wake-up
 comes on top, not modelled.
 
-Each guest keeps its own jiffies, counted from its own boot: a kernel's jiffies
-start at INITIAL_JIFFIES (include/linux/jiffies.h) and its ticks fall at whole
-multiples of TICK_NSEC of its own monotonic clock (kernel/time/tick-sched.c,
-tick_init_jiffy_update), which starts at its boot. So guests booted at other
-instants have other bucket boundaries; on one host clock they all had the same
-ones, and every guest registering within one 32 ms bucket ran its first pass at
-the same instant — a burst no set of separately booted VMs makes.
+Each guest keeps its own jiffies. A kernel's jiffies_64 starts at
+INITIAL_JIFFIES (include/linux/jiffies.h) and counts from when its tick starts,
+some boot-dependent time after its monotonic clock's zero; its ticks fall on
+whole multiples of TICK_NSEC of that clock (tick_init_jiffy_update in
+kernel/time/tick-sched.c, since 13bb06f8dd42 — v6.4, and sent to the 6.1 stable
+series). The bucket grid is aligned to absolute jiffies values, so its phase is
+the guest's own. The model puts the guest's jiffy 0 (INITIAL_JIFFIES) at its
+allocator's construction, its "boot" — an arbitrary origin, as the kernel's
+is. What matters is that guests booted at other instants have other bucket
+boundaries: on one host clock they all had the same ones, and every guest
+registering within one 32 ms bucket ran its first pass at the same instant — a
+burst no set of separately booted VMs makes.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from host.device import BalloonDevice
+from host.memory.hostmem import HostMemory
 from host.memory.sim import SimBackend
 from host.queue import ReportingQueue
 from host.sessions import Session
@@ -13,8 +16,10 @@ RAM = 64 << 20
 REPORTING = F.mask(F.REPORTING)
 
 
-def session(d: BalloonDevice, carry: bool) -> Session:
-    offer = codec.Negotiation("g", RAM, 4096, REPORTING, 0, touches_in_chain=carry)
+def session(d: BalloonDevice, carry: bool, host_memory: bool = False) -> Session:
+    offer = codec.Negotiation(
+        "g", RAM, 4096, REPORTING, 0, host_memory=host_memory, touches_in_chain=carry
+    )
     s, _ = d.table.negotiate(offer)
     return s
 
@@ -28,6 +33,11 @@ def test_the_host_says_it_takes_touches_in_chains_only_when_offered() -> None:
     assert d.accepted(session(d, carry=True), None).touches_in_chain
     d.table.end(next(iter(d.table.sessions)), "done")
     assert not d.accepted(session(d, carry=False), None).touches_in_chain
+    # Nor to a guest that follows the host's memory model: its touch batches are
+    # numbered, each answered by a Notice, which a chain's answer cannot carry.
+    model = BalloonDevice(SimBackend(model=HostMemory(RAM // 4096, 0)))
+    s = session(model, carry=True, host_memory=True)
+    assert s.host_memory and not model.accepted(s, None).touches_in_chain
 
 
 def test_a_chains_touches_are_applied_before_its_ranges() -> None:
@@ -70,3 +80,16 @@ def test_touches_in_a_chain_are_refused_unless_negotiated_and_unnumbered() -> No
     # A bad run in them is refused as in a Touched message of its own.
     q._one_message(s, chain(5, codec.TouchedMsg([0, 1], [1])))
     assert d.metrics.refusals["touched_malformed"] == 1
+
+
+async def test_a_chains_touches_held_by_latency_are_dropped_if_its_session_ended() -> None:
+    # --latency holds the chain, touches and all; a fence ending the session while
+    # it waits cancels the chain, and its touches with it (nothing booked).
+    d = BalloonDevice(SimBackend())
+    q = ReportingQueue(d, latency=0.05)
+    s = session(d, carry=True)
+    held = asyncio.create_task(q._delayed_message(s, chain(1, codec.TouchedMsg([1024], [16]))))
+    await asyncio.sleep(0.01)
+    d.table.end(s.token, "fenced")
+    assert await held is None
+    assert s.totals.touched_pages == 0 and s.ram.resident_pages() == 0

@@ -56,20 +56,22 @@ def test_no_wheel_and_no_delay_are_exact() -> None:
 def test_jiffies_count_from_the_guests_boot() -> None:
     # INITIAL_JIFFIES (include/linux/jiffies.h) is 2**32 - 300 * HZ on a 64-bit kernel.
     assert initial_jiffies(250) == 2**32 - 75_000
-    # The same request instant in guests booted 0, 4, ..., 28 ms before a boundary of
-    # the host clock's 32 ms grid: each guest's buckets start at its own boot, so the
-    # 2 s timer fires at 8 different instants, where one clock fired them together.
+    # The same request instant in guests booted 4 ms (a jiffy) apart: each guest's
+    # buckets are aligned to its own jiffies, so the 2 s timer fires at 8 different
+    # instants, where one shared clock fired requests within a bucket together.
     now = 100.0
     own = {round(fire_time(now, 2.0, 250, boot=now - 10.0 - k * 0.004), 6) for k in range(8)}
     assert len(own) == 8
     shared = {round(fire_time(now + k * 0.001, 2.0, 250), 6) for k in range(8)}
     assert len(shared) == 1
-    # Within one guest, the wheel is the kernel's: from its boot, 500 jiffies from
-    # jiffy 0 fire at 504 (INITIAL_JIFFIES is a multiple of 8 at HZ=250).
+    # Within one guest, the wheel is the kernel's from the model's origin (jiffy 0 =
+    # INITIAL_JIFFIES at its boot): 500 jiffies from there fire at 504
+    # (INITIAL_JIFFIES is a multiple of 8 at HZ=250).
     assert fire_time(7.0, 2.0, 250, boot=7.0) == pytest.approx(7.0 + 504 / 250)
 
 
 def test_initial_jiffies_moves_the_coarser_levels() -> None:
-    # 600 jiffies is level 2 (64-jiffy buckets); INITIAL_JIFFIES at HZ=250 is 8 mod 64,
-    # so from the guest's boot the timer fires at jiffy 640 - 8 = 632, not 640.
+    # 600 jiffies is level 2 (64-jiffy buckets), aligned to absolute jiffies values;
+    # INITIAL_JIFFIES at HZ=250 is 8 mod 64, so counted from the model's origin the
+    # timer fires at jiffy 640 - 8 = 632, not 640.
     assert fire_time(0.0, 600 / 250, 250, boot=0.0) == pytest.approx(632 / 250)
