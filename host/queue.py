@@ -200,13 +200,13 @@ class ReportingQueue:
         if session.ended:
             return
         if not session.touches_in_chain:
-            problem = "touched_in_chain_unnegotiated"
+            problem, why = "touched_in_chain_unnegotiated", "not negotiated"
         elif session.host_memory or t.seq or t.evict_ack:
-            problem = "touched_in_chain_numbered"
+            problem, why = "touched_in_chain_numbered", "they belong to the host memory model"
         else:
             self.device.answer_touched(session, t.pfns, t.counts)
             return
-        self.device.refuse(problem, f"guest {session.guest_id}: touches in a chain refused")
+        self.device.refuse(problem, f"guest {session.guest_id}: touches in a chain refused: {why}")
 
     async def _delayed_message(
         self, session: Session, msg: codec.GuestMessage | codec.Malformed

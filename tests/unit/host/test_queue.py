@@ -9,6 +9,7 @@ from host.memory.hostmem import HostMemory
 from host.memory.sim import SimBackend
 from host.queue import ReportingQueue
 from host.sessions import Session
+from tests.logs import log_lines
 from virtqueue import codec
 from virtqueue import features as F
 
@@ -55,7 +56,8 @@ def test_a_chains_touches_are_applied_before_its_ranges() -> None:
 
 
 def test_touches_in_a_chain_are_refused_unless_negotiated_and_unnumbered() -> None:
-    # Refused (counted, nothing applied), the chain handled still.
+    # Refused (counted, nothing applied), the chain handled still; the log says which rule.
+    lines = log_lines()
     d = BalloonDevice(SimBackend())
     q = ReportingQueue(d)
     s = session(d, carry=False)
@@ -80,6 +82,9 @@ def test_touches_in_a_chain_are_refused_unless_negotiated_and_unnumbered() -> No
     # A bad run in them is refused as in a Touched message of its own.
     q._one_message(s, chain(5, codec.TouchedMsg([0, 1], [1])))
     assert d.metrics.refusals["touched_malformed"] == 1
+    d.problems.flush(force=True)
+    assert any("refused: not negotiated" in line for line in lines), lines
+    assert any("refused: they belong to the host memory model" in line for line in lines), lines
 
 
 async def test_a_chains_touches_held_by_latency_are_dropped_if_its_session_ended() -> None:
