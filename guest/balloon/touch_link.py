@@ -131,10 +131,9 @@ class TouchLink:
         first — the last batch returned unwritten, for the chain to carry, when it
         has at most ``room`` runs (the chain and it fit in one message; -1: never)
         — and with the gate (shm, host_memory) the chain waits until they are
-        settled: a block of it may
-        be one whose check at its free still waits for its frames (guest/ram.py),
-        and the host must not discard it before they are back and read. An
-        eviction Notice while it waits re-gates those checks (guest/ram.py
+        settled: a block of it may be one whose check at its free still waits for
+        its frames (guest/ram.py), and the host must not discard it before they
+        are back and read. An eviction Notice while it waits re-gates those checks (guest/ram.py
         ``regate``: new touches, later tickets): then it waits for those too, or
         the host would discard the block before the check read it back (the
         chain's discard, then the check reading zeros: a loss)."""

@@ -75,7 +75,8 @@ def bucket_expiry(expires: int, clk: int, hz: int = DEBIAN_HZ) -> int:
 def fire_time(now: float, delay: float, hz: int, boot: float = 0.0) -> float:
     """Seconds (on ``now``'s clock) at which delayed work queued at ``now`` for
     ``delay`` seconds runs in a guest that booted at ``boot`` (the same clock):
-    its jiffies are INITIAL_JIFFIES at boot and tick every 1/hz from there.
+    the model's origin of its jiffies (INITIAL_JIFFIES there, a tick every 1/hz
+    from there; the module's doc says why any origin of its own will do).
     ``hz`` 0 is an exact timer; a zero delay queues the work at once, as
     queue_delayed_work() does."""
     if hz <= 0 or delay <= 0:
