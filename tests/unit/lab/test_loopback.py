@@ -155,3 +155,41 @@ async def test_an_ended_stream_stays_ended_and_the_hosts_lines_are_the_hosts(
     (negotiated,) = [r for r in caplog.records if "negotiated" in r.getMessage()]
     assert negotiated.source == "host"  # type: ignore[attr-defined]
     await t.aclose()
+
+
+async def test_touches_carried_in_a_chain_reach_the_real_host_before_it() -> None:
+    # Through the host's own negotiation and queue: the guest offers touches in
+    # chains, the host grants them, and the touches queued before a report ride in
+    # its chain — applied before its ranges, so the host holds exactly the touched
+    # pages the chain did not cover, and nothing is refused.
+    device = BalloonDevice(SimBackend())
+    mm = BuddyAllocator(RAM, model=BARE_MEMORY)
+    driver = BalloonDriver(
+        config(touch_flush_seconds=3600), mm, transport=LoopbackTransport(device)
+    )
+    await driver.start()
+    try:
+        assert driver.conn.accepted is not None and driver.conn.accepted.touches_in_chain
+        assert driver.link.carry
+        touched = [mm.alloc(0) for _ in range(8)]
+        for pfn in touched:
+            driver.link.on_alloc(pfn, 0)
+        writes: list[object] = []
+        stream = driver.conn.stream
+        assert stream is not None
+        write = stream.write
+
+        async def recording(msg: object) -> None:
+            writes.append(msg)
+            await write(msg)  # type: ignore[arg-type]
+
+        stream.write = recording  # type: ignore[method-assign]
+        await driver.report([isolated_block(mm)])
+        assert len(writes) == 1 and isinstance(writes[0], ChainMsg)
+        assert writes[0].touched is not None
+        session = device.table.sessions[driver.conn.session]
+        assert session.totals.touched_pages == 8
+        assert session.ram.resident_pages() == 8
+        assert not device.metrics.refusals
+    finally:
+        await driver.stop()
