@@ -239,17 +239,22 @@ def decode_accepted(m: pb.NegotiateReply) -> Accepted:
 
 
 def encode_chain_msg(c: ChainMsg) -> pb.GuestMessage:
-    t = c.touched
-    if t is None:
+    if c.touched is None:
         return pb.GuestMessage(chain=pb.Chain(id=c.id, pfn=c.pfns, order=c.orders))
-    touched = pb.Touched(pfn=t.pfns, count=t.counts, seq=t.seq, evict_ack=t.evict_ack)
+    touched = _touched_pb(c.touched)
     return pb.GuestMessage(chain=pb.Chain(id=c.id, pfn=c.pfns, order=c.orders, touched=touched))
 
 
 def encode_touched_msg(t: TouchedMsg) -> pb.GuestMessage:
-    return pb.GuestMessage(
-        touched=pb.Touched(pfn=t.pfns, count=t.counts, seq=t.seq, evict_ack=t.evict_ack)
-    )
+    return pb.GuestMessage(touched=_touched_pb(t))
+
+
+def _touched_pb(t: TouchedMsg) -> pb.Touched:
+    return pb.Touched(pfn=t.pfns, count=t.counts, seq=t.seq, evict_ack=t.evict_ack)
+
+
+def _touched_msg(t: pb.Touched) -> TouchedMsg:
+    return TouchedMsg(t.pfn, t.count, t.seq, t.evict_ack)
 
 
 class ChainMsg(NamedTuple):
@@ -377,11 +382,9 @@ def decode_guest_message(m: pb.GuestMessage | Malformed) -> GuestMsg | None:
         c = m.chain
         if not c.HasField("touched"):
             return ChainMsg(c.id, c.pfn, c.order)
-        t = c.touched
-        return ChainMsg(c.id, c.pfn, c.order, TouchedMsg(t.pfn, t.count, t.seq, t.evict_ack))
+        return ChainMsg(c.id, c.pfn, c.order, _touched_msg(c.touched))
     if kind == "touched":
-        t = m.touched
-        return TouchedMsg(t.pfn, t.count, t.seq, t.evict_ack)
+        return _touched_msg(m.touched)
     if kind in ("inflate", "deflate"):
         p = m.inflate if kind == "inflate" else m.deflate
         return PagesMsg(kind == "inflate", p.id, p.pfn, p.actual_pages)

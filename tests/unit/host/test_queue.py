@@ -10,6 +10,7 @@ from host.memory.sim import SimBackend
 from host.queue import ReportingQueue
 from host.sessions import Session
 from tests.logs import log_lines
+from tests.waiting import wait_for
 from virtqueue import codec
 from virtqueue import features as F
 
@@ -27,6 +28,12 @@ def session(d: BalloonDevice, carry: bool, host_memory: bool = False) -> Session
 
 def chain(chain_id: int, touched: codec.TouchedMsg | None) -> codec.GuestMessage:
     return codec.encode_guest_msg(codec.ChainMsg(chain_id, [0], [9], touched))
+
+
+def done(q: ReportingQueue, s: Session, msg: codec.GuestMessage) -> bool:
+    """The message handled, and answered as a chain the host finished."""
+    used = q._one_message(s, msg)
+    return used is not None and codec.decode_used(used).status == codec.DONE
 
 
 def test_the_host_says_it_takes_touches_in_chains_only_when_offered() -> None:
@@ -48,8 +55,7 @@ def test_a_chains_touches_are_applied_before_its_ranges() -> None:
     d = BalloonDevice(SimBackend())
     q = ReportingQueue(d)
     s = session(d, carry=True)
-    used = q._one_message(s, chain(1, codec.TouchedMsg([0], [1024])))
-    assert used is not None and codec.decode_used(used).status == codec.DONE
+    assert done(q, s, chain(1, codec.TouchedMsg([0], [1024])))
     assert s.ram.resident_pages() == 512
     assert s.totals.touched_pages == 1024
     assert not d.metrics.refusals
@@ -61,8 +67,7 @@ def test_touches_in_a_chain_are_refused_unless_negotiated_and_unnumbered() -> No
     d = BalloonDevice(SimBackend())
     q = ReportingQueue(d)
     s = session(d, carry=False)
-    used = q._one_message(s, chain(1, codec.TouchedMsg([1024], [8])))
-    assert used is not None and codec.decode_used(used).status == codec.DONE
+    assert done(q, s, chain(1, codec.TouchedMsg([1024], [8])))
     assert s.ram.resident_pages() == 0
     assert d.metrics.refusals == {"touched_in_chain_unnegotiated": 1}
     d.table.end(s.token, "done")
@@ -94,7 +99,7 @@ async def test_a_chains_touches_held_by_latency_are_dropped_if_its_session_ended
     q = ReportingQueue(d, latency=0.05)
     s = session(d, carry=True)
     held = asyncio.create_task(q._delayed_message(s, chain(1, codec.TouchedMsg([1024], [16]))))
-    await asyncio.sleep(0.01)
+    await wait_for(lambda: q.inflight == 1, 2.0, "the chain held")
     d.table.end(s.token, "fenced")
     assert await held is None
     assert s.totals.touched_pages == 0 and s.ram.resident_pages() == 0

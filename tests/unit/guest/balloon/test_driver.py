@@ -14,6 +14,7 @@ from guest.hinting.registry import make_policy
 from guest.mm import MAX_ORDER, BuddyAllocator
 from pagehint.config import BARE_MEMORY, GuestConfig, HintingConfig
 from pagehint.errors import UsageError
+from tests.blocks import isolated_block
 from tests.logs import log_lines
 from tests.unit.guest.balloon.fakehost import FakeHost
 from tests.waiting import wait_for
@@ -48,16 +49,9 @@ async def setup() -> AsyncIterator[tuple[FakeHost, BalloonDriver, BuddyAllocator
         await driver.stop()
 
 
-def block(mm: BuddyAllocator) -> tuple[int, int]:
-    pfn = mm.alloc(MAX_ORDER)
-    mm.free(pfn, MAX_ORDER)
-    mm.isolate(pfn, MAX_ORDER)
-    return pfn, MAX_ORDER
-
-
 async def test_done(setup: tuple[FakeHost, BalloonDriver, BuddyAllocator, list[str]]) -> None:
     host, driver, mm, _ = setup
-    await driver.report([block(mm)])
+    await driver.report([isolated_block(mm)])
     assert host.device.metrics.chains == 1
     assert driver.view.acked_pages_this_host == 1 << MAX_ORDER
 
@@ -69,7 +63,7 @@ async def test_a_refused_chain_fails_alone_and_the_stream_survives(
     with pytest.raises(ReportError) as e:
         await driver.report([(mm.nr_pages, 0)])  # outside guest RAM
     assert e.value.reason == "out_of_range"
-    await driver.report([block(mm)])
+    await driver.report([isolated_block(mm)])
     assert driver.connects == 1, "a refusal must not cost the connection"
     assert host.device.metrics.refusals["out_of_range"] == 1
 
@@ -79,7 +73,7 @@ async def test_a_late_answer_is_waited_for_with_no_timeout(
 ) -> None:
     host, driver, mm, lines = setup
     host.hold = True
-    report = asyncio.create_task(driver.report([block(mm)]))
+    report = asyncio.create_task(driver.report([isolated_block(mm)]))
     await asyncio.sleep(0.7)
     assert not report.done()
     assert driver.oldest_report_age() >= 0.6
@@ -95,7 +89,7 @@ async def test_broken_stream_strands_the_chain_until_the_fence_cancels_it(
     host, driver, mm, _ = setup
     host.hold = True
     host.down = True  # the reconnect cannot happen yet: nothing can settle the chain
-    report = asyncio.create_task(driver.report([block(mm)]))
+    report = asyncio.create_task(driver.report([isolated_block(mm)]))
     await wait_for(lambda: host.chains_received == 1, 1.0, "the chain at the host")
     host.break_streams()
     await asyncio.sleep(0.5)
@@ -115,7 +109,7 @@ async def test_a_chain_done_whose_answer_was_lost_is_booked_done_after_the_fence
 ) -> None:
     host, driver, mm, _ = setup
     host.lose_answers = True
-    report = asyncio.create_task(driver.report([block(mm)]))
+    report = asyncio.create_task(driver.report([isolated_block(mm)]))
     await wait_for(lambda: host.device.metrics.chains == 1, 1.0, "the discard")
     host.lose_answers = False
     host.break_streams()
@@ -130,9 +124,9 @@ async def test_a_restarted_host_has_nothing_to_fence(
     setup: tuple[FakeHost, BalloonDriver, BuddyAllocator, list[str]],
 ) -> None:
     host, driver, mm, _ = setup
-    await driver.report([block(mm)])
+    await driver.report([isolated_block(mm)])
     host.hold = True
-    report = asyncio.create_task(driver.report([block(mm)]))
+    report = asyncio.create_task(driver.report([isolated_block(mm)]))
     await wait_for(lambda: host.chains_received == 2, 1.0, "the chain at the host")
     old_instance = driver.view.host_instance
     host.restart()
@@ -142,7 +136,7 @@ async def test_a_restarted_host_has_nothing_to_fence(
     assert driver.view.host_instance != old_instance
     assert driver.view.acked_pages_this_host == 0
     host.hold = False
-    await driver.report([block(mm)])
+    await driver.report([isolated_block(mm)])
     assert driver.view.acked_pages_this_host == 1 << MAX_ORDER
 
 
@@ -172,7 +166,7 @@ async def test_a_smaller_capacity_fits_a_host_with_small_chains() -> None:
     await driver.start()
     try:
         assert make_policy(cfg.hinting, mm, driver).capacity == 8
-        await driver.report([block(mm) for _ in range(8)])
+        await driver.report([isolated_block(mm) for _ in range(8)])
     finally:
         await driver.stop()
 

@@ -20,8 +20,9 @@ from guest.mm.constants import PAGE_SIZE
 from guest.ram import SharedRam
 from guest.workloads.base import WorkloadContext
 from pagehint.config import BARE_MEMORY
+from tests.blocks import isolated_block
 from tests.unit.guest.balloon.fakehost import FakeHost
-from tests.unit.guest.balloon.test_driver import RAM, block, config
+from tests.unit.guest.balloon.test_driver import RAM, config
 from tests.waiting import wait_for as _wait_for
 from virtqueue.codec import NoticeMsg
 
@@ -157,7 +158,7 @@ async def test_an_oom_kill_ends_the_guest_without_reconnecting(setup: Setup) -> 
     stopped: list[BaseException] = []
     driver.conn.on_fatal.append(stopped.append)
     host.hold = True  # a chain in flight when the killer strikes
-    pfn, order = block(mm)
+    pfn, order = isolated_block(mm)
     report = asyncio.ensure_future(driver.report([(pfn, order)]))
     await wait_for(lambda: host.chains_received == 1, timeout=5)
     host.oom_kill()

@@ -11,8 +11,9 @@ from guest.balloon import BalloonDriver
 from guest.hinting.device import ReportError
 from guest.mm import BuddyAllocator
 from pagehint.config import BARE_MEMORY
+from tests.blocks import isolated_block
 from tests.unit.guest.balloon.fakehost import FakeHost, FakeStream
-from tests.unit.guest.balloon.test_driver import block, config
+from tests.unit.guest.balloon.test_driver import config
 from tests.waiting import wait_for
 from virtqueue.codec import ChainMsg, GuestMsg, TouchedMsg, encode_guest_msg
 from virtqueue.contract import MAX_GUEST_MESSAGE_BYTES, MAX_TOUCH_RUNS
@@ -50,7 +51,7 @@ async def touch_then_report(
             pfn = mm.alloc(0)
             driver.link.on_alloc(pfn, 0)
             order.append(pfn)
-        await driver.report([block(mm)])
+        await driver.report([isolated_block(mm)])
         s = host.device.table.sessions[driver.conn.session]
         return writes, s.ram.resident_pages(), s.totals.touched_pages, order
     finally:
@@ -112,10 +113,10 @@ async def test_a_chain_that_waited_through_a_reconnect_takes_no_touches_of_the_n
             driver.link.on_alloc(mm.alloc(0), 0)
         await driver.link.flush_touches()
         allocated = 10
-        b = block(mm)
+        b = isolated_block(mm)
         await driver.link.write_lock.acquire()  # another writer holds it
         report = asyncio.create_task(driver.report([b]))
-        await asyncio.sleep(0.01)
+        await wait_for(lambda: bool(driver.window.chains), 2.0, "the report waiting for the lock")
         host.break_streams()
         await wait_for(
             lambda: driver.conn.connects >= 2 and driver.conn.connected.is_set(),
@@ -158,7 +159,7 @@ async def test_a_batch_too_big_to_ride_with_its_chain_goes_on_its_own() -> None:
             for _ in range(MAX_TOUCH_RUNS - 1):  # one run short of a full batch
                 mm.alloc(0)
                 driver.link.on_alloc(mm.alloc(0), 0)
-            await driver.report([block(mm) for _ in range(ranges)])
+            await driver.report([isolated_block(mm) for _ in range(ranges)])
             assert [type(w) for w in writes] == expected
             for w in writes:
                 assert len(encode_guest_msg(w).SerializeToString()) <= MAX_GUEST_MESSAGE_BYTES
