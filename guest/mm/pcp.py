@@ -29,6 +29,14 @@ from collections import deque
 
 from guest.mm.constants import MIGRATE_PCPTYPES, PAGE_ALLOC_COSTLY_ORDER, PAGEBLOCK_ORDER
 
+# CONFIG_PCP_BATCH_SCALE_MAX: the most times nr_pcp_free() doubles a drain (batch
+# << 5 = 2,016 pages at batch 63). "mm: restrict the pcp batch scale factor to
+# avoid too long latency" (upstream 52166607ecc9, v6.10) came to 6.1 stable in
+# August 2024 (6.1.104); the reference guest's kernel has it — Debian's
+# /boot/config-6.1.0-57-amd64 sets 5 — and an ftrace of its 65,536-page free
+# (kmem:mm_page_pcpu_drain) drains 63, 126, ... 2,016, then 2,016 each time.
+PCP_BATCH_SCALE_MAX = 5
+
 NR_LOWORDER_PCP_LISTS = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1)
 THP_PINDEX = NR_LOWORDER_PCP_LISTS
 NR_PCP_LISTS = NR_LOWORDER_PCP_LISTS + 1
@@ -59,8 +67,9 @@ class PerCpuPages:
         self.count = 0
         self.high = 0
         self.batch = 1
-        # Doubles the drain size for each drain with no allocation in between
-        # (nr_pcp_free); halved by each allocation (rmqueue_pcplist).
+        # Doubles the drain size for each drain with no allocation in between, up
+        # to PCP_BATCH_SCALE_MAX times (nr_pcp_free); halved by each allocation
+        # (rmqueue_pcplist).
         self.free_factor = 0
         self.enabled = False
 
@@ -83,7 +92,7 @@ class PerCpuPages:
             return 1
         max_nr_free = high - batch
         n = batch << self.free_factor
-        if n < max_nr_free:
+        if n < max_nr_free and self.free_factor < PCP_BATCH_SCALE_MAX:
             self.free_factor += 1
         return max(batch, min(n, max_nr_free))
 
