@@ -7,6 +7,9 @@ booting Debian 12's own kernel (linux-image-amd64, 6.1) with a
 (touch a region, hold it, unmap it, idle), while this script samples QEMU's
 resident memory every 10 ms. QEMU discards each reported range with
 MADV_DONTNEED at once, so the drops of its RSS are the kernel's reports.
+The recording also keeps each CPU's per-CPU list count in each zone just before
+and after the free (``pcp_counts``, from /proc/zoneinfo): what a long free
+leaves on the list depends on the count it began with.
 
 Needs (Debian 12): qemu-system-x86 linux-image-amd64 busybox-static gcc cpio.
 Run as root, on an idle machine:
@@ -128,6 +131,13 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
             sys.exit(f"record: qemu exited {proc.returncode}: {err.strip()[:300]}")
         text = serial.read_text(errors="replace")
     proc_text = sections(text)
+    # Per-CPU list counts, zone by zone and CPU by CPU, just before and after the
+    # free (workload.c): the count the free began with decides what stays listed.
+    pcp = {
+        line.split()[1]: [int(x) for x in line.split()[2:]]
+        for line in text.splitlines()
+        if line.startswith("PAGEHINT-PCP ")
+    }
     if "PAGEHINT-ERROR" in text:
         sys.exit("record: the guest said " + text[text.index("PAGEHINT-ERROR") :].splitlines()[0])
     return {
@@ -147,6 +157,7 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
         "marks": marks,
         "samples": samples,
         "proc": proc_text,
+        "pcp_counts": pcp,
     }
 
 

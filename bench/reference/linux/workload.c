@@ -17,6 +17,22 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Each CPU's per-CPU list count in each zone (/proc/zoneinfo's "count:"), on one
+ * line: where a long free ends on the list depends on the count it began with
+ * (nr_pcp_free's drains), and which CPU runs the free is the scheduler's choice. */
+static void pcp_counts(const char *when) {
+    static char buf[1 << 16];
+    FILE *f = fopen("/proc/zoneinfo", "r");
+    if (!f) return;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    printf("PAGEHINT-PCP %s", when);
+    for (char *p = buf; (p = strstr(p, "count: ")); p += 7) printf(" %ld", atol(p + 7));
+    printf("\n");
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     if (argc != 5) {
         fprintf(stderr, "usage: workload thp|small REGION_MIB HOLD_S IDLE_S\n");
@@ -34,9 +50,11 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < len; i += 4096) p[i] = 1;
     printf("PAGEHINT-MARK touched %.3f\n", now()); fflush(stdout);
     sleep(hold);
+    pcp_counts("before");
     printf("PAGEHINT-MARK freeing %.3f\n", now()); fflush(stdout);
     munmap(raw, len + pad);
     printf("PAGEHINT-MARK freed %.3f\n", now()); fflush(stdout);
+    pcp_counts("after");
     sleep(idle);
     printf("PAGEHINT-MARK done %.3f\n", now()); fflush(stdout);
     return 0;
