@@ -104,7 +104,7 @@ KERNEL_DRAINS = [63, 126, 252, 504, 1008] + [2016] * 29
 def test_nr_pcp_free_stops_doubling_at_pcp_batch_scale_max(monkeypatch: pytest.MonkeyPatch) -> None:
     # nr_pcp_free() with CONFIG_PCP_BATCH_SCALE_MAX=5 (6.1 stable): without the
     # cap the drains would double on to high - batch (6,922) and the list would
-    # end with 3,289 pages, not the kernel's 6,385.
+    # end with 3,427 pages, not the kernel's 6,385.
     mm = BuddyAllocator(2 * GIB, model=AllocatorModel())
     zone = mm.zones[-1]
     zone.pcp.set_high_and_batch(6985, 63)  # the reference guest's zoneinfo
