@@ -132,10 +132,11 @@ def test_nr_pcp_free_stops_doubling_at_pcp_batch_scale_max(monkeypatch: pytest.M
 def test_the_thps_a_burst_of_frees_leaves_on_the_list_depend_on_its_count_before() -> None:
     # free_unref_page_commit + nr_pcp_free: past ``high`` each THP free drains a
     # batch, doubled each time up to PCP_BATCH_SCALE_MAX (2,016 pages: four THPs),
-    # THP's list first, then round robin; the THPs left when the burst ends follow
-    # that sawtooth, set by the pages already on the lists when it began — between
-    # the list full (high: 13 THPs here, less the small pages) and four THPs under
-    # it. The reference kernel's first passes left 5, 10 and 6 THPs unreturned
+    # THP's list first, then round robin; the lists' count ends the burst within
+    # one capped drain of ``high``, and how many of those pages are THPs follows
+    # the sawtooth set by the small pages already listed when it began (with up
+    # to 3,000 of them, as here: 6 to 10 THPs; more small pages leave fewer). The
+    # reference kernel's first passes left 5, 10 and 6 THPs unreturned
     # (bench/reference/linux/thp-*.json). bench/README.md ("Against the real
     # kernel") leans on it: a recording that does not carry that count cannot fix
     # which a run keeps.
