@@ -127,6 +127,17 @@ def reporting_order(rec: dict[str, Any]) -> int:
     return int(str(said).strip()) if said is not None else int(rec["reporting_order"])
 
 
+def kernel_address(rec: dict[str, Any]) -> int | None:
+    """Where the recorded boot's KASLR put the kernel (bytes): the start of
+    "Kernel code" in its /proc/iomem; None when the recording has no iomem. The
+    boot's written-and-freed memory lies after it (guest/mm/layout.py), and the
+    pass whose walk reaches it returns it."""
+    for line in str(rec.get("proc", {}).get("iomem", "")).splitlines():
+        if line.strip().endswith(": Kernel code"):
+            return int(line.strip().split("-", 1)[0], 16)
+    return None
+
+
 @dataclass(frozen=True)
 class Schedule:
     """When the recorded workload started and began to free, in seconds after the
@@ -206,6 +217,9 @@ def pagehint_run(
                 "--reporting-order", str(reporting_order(rec)),
                 "--scenario", str(scen), "--timeline", str(tl), "--quiet",
             ]  # fmt: skip
+            kernel_at = kernel_address(rec)
+            if kernel_at is not None:
+                args += ["--kernel-at", str(kernel_at)]
             guest = group.start_guest(args, name=f"guest-{mode}-{backend}")
             guest.communicate(timeout=120)
             if guest.returncode != 0:

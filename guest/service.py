@@ -23,7 +23,7 @@ from guest.balloon import BalloonDriver
 from guest.balloon.connection import OomKilled
 from guest.balloon.free_page_hint import HINT_BLOCK_ORDER
 from guest.hinting.device import LoopbackDevice, ReportingDevice
-from guest.mm.buddy import BuddyAllocator
+from guest.mm.buddy import BuddyAllocator, boot_written_free
 from guest.mm.constants import PAGE_SIZE
 from guest.ram import RamFileRefused, SharedRam
 from guest.runtime import GuestRuntime, HostFaults, add_host_faults, make_allocator
@@ -236,6 +236,11 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
         if block.state == "allocated":
             for listener in rt.memory.on_alloc:
                 listener(block.pfn, block.order)
+    # What the boot wrote and then freed (its decompression buffer and copies of
+    # the kernel): free in the buddy, and held by the host all the same.
+    for pfn, order in boot_written_free(rt.mm) if rt.memory.on_alloc else ():
+        for listener in rt.memory.on_alloc:
+            listener(pfn, order)
 
 
 class DriverReadings:

@@ -112,6 +112,14 @@ def _timer_hz(v: object) -> str | None:
     return "must be one of 0, 100, 250, 300, 1000 (a kernel's CONFIG_HZ; 0: an exact timer)"
 
 
+def _kernel_at(v: object) -> str | None:
+    # CONFIG_PHYSICAL_ALIGN (2 MiB) from LOAD_PHYSICAL_ADDR (16 MiB) up; whether it
+    # fits the guest's RAM is the layout's to say (guest/mm/layout.py).
+    if _number(v, True) and v >= 16 << 20 and not v % (2 << 20) and v < 1 << 46:
+        return None
+    return "must be a multiple of 2MiB from 16MiB up (where a kernel loads)"
+
+
 def optional(inner: Check) -> Check:
     return lambda v: None if v is None else inner(v)
 
@@ -241,12 +249,19 @@ class MemoryConfig:
     # None: the kernel's (calculate_min_free_kbytes, raised for THP); else as set
     # in /proc/sys/vm/min_free_kbytes.
     min_free_kbytes: int | None = None
+    # Where the kernel image was loaded, in bytes (the linux layout): 16 MiB,
+    # CONFIG_PHYSICAL_START, as booted with nokaslr. Debian's kernel has KASLR, a
+    # random 2 MiB-aligned address each boot; a real boot's is the start of
+    # "Kernel code" in its /proc/iomem. The memory its decompression buffer leaves
+    # written and free is found there (guest/mm/layout.py).
+    kernel_at: int = 16 << 20
 
     def __post_init__(self) -> None:
         validate(
             self,
             (
                 ("cpus", "--cpus", between(1, MAX_CPUS, whole=True)),
+                ("kernel_at", "--kernel-at", _kernel_at),
                 ("layout", "--boot-layout", one_of(MEMORY_LAYOUTS)),
                 (
                     "min_free_kbytes",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from guest.mm.buddy import BuddyAllocator
+from guest.mm.buddy import BuddyAllocator, boot_written_free
 from guest.mm.constants import MAX_BLOCK_PAGES
 
 # Zero bytes for clearing a block's frames without allocating (a view: no copy).
@@ -39,6 +39,7 @@ class TouchTracker:
         # life: run k is on the wire once runs_taken >= k (the driver's settle tickets).
         self.runs_created = 0
         self.runs_taken = 0
+        self.boot_written_sent = False
 
     def reset(self, mm: BuddyAllocator, enabled: bool) -> None:
         """A new session: the host holds nothing for us yet; queue what we use."""
@@ -50,6 +51,12 @@ class TouchTracker:
             for b in mm.blocks():
                 if b.state == "allocated":
                     self.on_alloc(b.pfn, b.order)
+            if not self.boot_written_sent:
+                # The first host holds what the boot wrote and freed, as QEMU does;
+                # a later one starts from nothing, as for every other free page.
+                self.boot_written_sent = True
+                for pfn, order in boot_written_free(mm):
+                    self.on_alloc(pfn, order)
 
     def on_alloc(self, pfn: int, order: int) -> bool:
         """The workload touched a block; True when a full batch is waiting."""

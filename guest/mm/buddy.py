@@ -45,7 +45,7 @@ from guest.mm.constants import (
     REPORTED,
     TAIL,
 )
-from guest.mm.layout import boot_layout, free_ranges
+from guest.mm.layout import aligned_blocks, boot_layout, free_ranges
 from guest.mm.lists import (
     AllocatorError,
     BlockInfo,
@@ -64,7 +64,14 @@ _NEVER = NR_ORDERS + 1  # a hook order no block reaches: the hook is off
 _FREE_OR_REPORTED = FREE | REPORTED
 
 
-__all__ = ["AllocatorError", "BlockInfo", "BuddyAllocator", "NotifyFree", "check_ram_size"]
+__all__ = [
+    "AllocatorError",
+    "BlockInfo",
+    "BuddyAllocator",
+    "NotifyFree",
+    "boot_written_free",
+    "check_ram_size",
+]
 
 
 class BuddyAllocator(BuddyLists):
@@ -118,9 +125,13 @@ class BuddyAllocator(BuddyLists):
         self.fallbacks = 0  # allocations served from another migratetype's lists
         self._pcp = model.pcp
         self._watermarks = model.watermarks
-        layout = boot_layout(model.layout, self.nr_pages)
+        layout = boot_layout(model.layout, self.nr_pages, model.kernel_at >> PAGE_SHIFT)
         self.reserved = layout.reserved
-        self._populate(layout.reserved)
+        # Ranges the boot wrote (its free pages are held by the host all the same).
+        self.boot_written = layout.written
+        # memblock_free_all keeps back what the end of boot frees: khugepaged sets
+        # the watermarks (and so the per-CPU lists' high) without those pages.
+        self._populate(layout.reserved + layout.freed_late)
         self.min_free_kbytes = set_watermarks(
             self.zones, min_free_kbytes or model.min_free_kbytes, model.thp, model.cpus
         )
@@ -129,6 +140,7 @@ class BuddyAllocator(BuddyLists):
         self.boot_held = [
             (self.alloc(0, mt), mt) for mt, pages in layout.allocated for _ in range(pages)
         ]
+        free_reserved_area(self, layout.freed_late)
 
     def _populate(self, reserved: tuple[tuple[int, int], ...]) -> None:
         """memblock_free_all(): RAM outside the reservations goes to the buddy in the
@@ -138,16 +150,11 @@ class BuddyAllocator(BuddyLists):
         for start, end in reserved:
             pg[start:end] = bytes([ALLOCATED]) * (end - start)
         for start, end in free_ranges(self.nr_pages, reserved):
-            pfn = start
-            while pfn < end:
-                order = min(MAX_ORDER, (pfn & -pfn).bit_length() - 1 if pfn else MAX_ORDER)
-                while pfn + (1 << order) > end:
-                    order -= 1
+            for pfn, order in aligned_blocks(start, end):
                 zone = self._zone_of_block[pfn >> MAX_ORDER]
                 pg[pfn] = FREE | order
                 zone.free_area[order].free_list[MIGRATE_MOVABLE].tail[pfn] = None
                 zone.nr_free_pages += 1 << order
-                pfn += 1 << order
         for zone in self.zones:
             zone.managed_pages = zone.spanned_pages - sum(
                 max(0, min(e, zone.end_pfn) - max(s, zone.start_pfn)) for s, e in reserved
@@ -316,3 +323,30 @@ class BuddyAllocator(BuddyLists):
             order = flag & ORDER_MASK
             yield BlockInfo(pfn, order, _state_name(flag), bool(flag & REPORTED))
             pfn += 1 << order
+
+
+def free_reserved_area(mm: BuddyAllocator, ranges: tuple[tuple[int, int], ...]) -> None:
+    """free_reserved_area(): the kernel image's gaps and init memory, page by page
+    (free_reserved_page -> __free_page: onto the per-CPU list), each counted managed
+    again (adjust_managed_page_count)."""
+    for start, end in ranges:
+        for pfn in range(start, end):
+            mm.zone_of(pfn).managed_pages += 1
+            mm.free(pfn, 0)
+
+
+def boot_written_free(mm: BuddyAllocator) -> Iterator[tuple[int, int]]:
+    """The free, unreported pages of the ranges the boot wrote (the layout's
+    ``written``), as aligned (pfn, order) blocks: the host holds them though the
+    guest has no use for them, until a report returns them."""
+    written = mm.boot_written
+    if not written:
+        return
+    for b in mm.blocks():
+        if b.state not in ("free", "pcp") or b.reported:
+            continue
+        end = b.pfn + (1 << b.order)
+        for start, stop in written:
+            lo, hi = max(b.pfn, start), min(end, stop)
+            if lo < hi:
+                yield from aligned_blocks(lo, hi)

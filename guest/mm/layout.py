@@ -11,24 +11,48 @@ boot then allocates some of it for good (slab, stacks, page tables, the first
 processes), stealing pageblocks for the unmovable and reclaimable kinds.
 
 The ``linux`` layout is that, with every size measured on the reference guest
-(bench/reference/linux/: Debian 12's 6.1 kernel, 2 GiB, 2 vCPUs under QEMU 7.2),
-from its /proc/iomem, /proc/zoneinfo and /proc/meminfo; sizes that grow with
-RAM are scaled (the memory map is 64 bytes a page). The 2 GiB guest's managed
-pages come out as its zoneinfo reads: DMA 3,840, DMA32 499,193.
-``none`` is the earlier model: all of RAM free from pfn 0, nothing allocated.
+(bench/reference/linux/: Debian 12's 6.1 kernel, 2 GiB, 2 vCPUs under QEMU 7.2,
+booted with ``-kernel``), from its /proc/iomem, /proc/zoneinfo and /proc/meminfo,
+and from its /proc/kpageflags read against QEMU's page map at registration
+(``boot-map.json``, ``record.py --boot-map``); sizes that grow with RAM are
+scaled (the memory map is 64 bytes a page). The 2 GiB guest's managed pages and
+watermarks come out as its zoneinfo reads: DMA 3,840, DMA32 499,193; min 11,177.
+
+The kernel image sits where the decompressor put it: at ``kernel_at``
+(CONFIG_PHYSICAL_START, 16 MiB, by default, as booted with ``nokaslr``; Debian's
+kernel has KASLR, which picks a random 2 MiB-aligned address: a recording's
+/proc/iomem "Kernel code" says which). Its sections stay reserved; the gaps
+between them and its init memory are freed at the end of boot, after khugepaged
+set the watermarks, page by page onto the per-CPU lists (free_reserved_area ->
+free_reserved_page), where the reference guest's registration finds them.
+
+Boot also writes memory it then frees, which the host therefore holds though the
+guest's buddy has it free and unreported: QEMU's copy of the protected-mode
+kernel at 1 MiB (x86_load_linux), the decompressor's copy of itself below
+LOAD_PHYSICAL_ADDR + init_size (arch/x86/boot/compressed/head_64.S), and the
+decompression buffer from the kernel's load address to init_size (misc.c
+decompresses ``max(output_len, kernel_total_size)``, which for this build
+passes the image by about 10 MiB). Free page reporting returns it when a pass's
+walk reaches it; the reference guest's small late passes are that.
+
+``none`` is the earlier model: all of RAM free from pfn 0, nothing allocated,
+nothing written.
 ``auto`` (the default) is ``linux`` from 1 GiB of RAM and ``none`` below. A
 departure, named in the README: under 1 GiB a Linux guest keeps so little free
 beside its kernel (82 MiB reserved, 28 MiB allocated by boot, a THP-raised
 min_free_kbytes) that free page reporting's zone gate (low + 64 MiB) seldom
 opens; the small guests of examples, demos and tests keep the plain layout
-unless given ``--boot-layout linux`` (which fits from 76 MiB).
+unless given ``--boot-layout linux`` (which fits from 128 MiB).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 from guest.mm.constants import (
+    MAX_ORDER,
     MIGRATE_MOVABLE,
     MIGRATE_RECLAIMABLE,
     MIGRATE_UNMOVABLE,
@@ -39,17 +63,34 @@ LAYOUTS = ("auto", "linux", "none")
 
 # The first 1 MiB: pfn 0 (no RAM), 0x1-0x9e (reserved), 0x9f-0xff (e820 hole).
 LOW_RESERVED_PAGES = 0x100
-# CONFIG_PHYSICAL_START (Debian's config: 0x1000000): the kernel without KASLR.
+# CONFIG_PHYSICAL_START (Debian's config: 0x1000000): the kernel without KASLR,
+# and LOAD_PHYSICAL_ADDR, the base the decompressor relocates itself from.
 KERNEL_START_PFN = 0x1000000 >> PAGE_SHIFT
-# The reference guest's "Kernel code/rodata/data/bss" (/proc/iomem) in pages,
-# after free_kernel_image_pages() frees the gaps between them and __init.
-KERNEL_IMAGE_PAGES = 3586 + 2283 + 585 + 4336
+# CONFIG_PHYSICAL_ALIGN (0x200000): KASLR's slots, and a --kernel-at's alignment.
+KERNEL_ALIGN_PAGES = 0x200000 >> PAGE_SHIFT
+# The kernel image's reserved runs from its load address (PageReserved in the
+# reference guest's /proc/kpageflags at registration, boot-map.json): text, rodata,
+# data with what of init stays, bss, brk. Its "Kernel code/rodata/data/bss" in
+# /proc/iomem begin at the same offsets.
+KERNEL_RESERVED = ((0, 3586), (4096, 6379), (6656, 8260), (8975, 12803), (13312, 13329))
+# The gaps between those runs, up to the next 2 MiB: reserved at memblock_free_all,
+# freed onto the per-CPU lists at the end of boot (free_kernel_image_pages,
+# free_initmem). In kpageflags at registration: neither buddy nor reserved.
+KERNEL_FREED_END = 13824
+# The bzImage's setup header (/boot/vmlinuz-6.1.0-57-amd64): init_size (offset
+# 0x260, 0x3f98000) is the decompression buffer from the load address; syssize x 16
+# (offset 0x1f4: 8,225,280 bytes) the protected-mode kernel QEMU loads at 1 MiB and
+# the decompressor copies of itself (its bss beyond that is not in the header).
+INIT_SIZE_PAGES = 0x3F98000 >> PAGE_SHIFT
+ZO_PAGES = -(-8_225_280 >> PAGE_SHIFT)
+QEMU_KERNEL_LOAD_PFN = 0x100000 >> PAGE_SHIFT
 # struct page is 64 bytes (sparse vmemmap, 2 MiB mappings): RAM / 64.
 MEMMAP_BYTES_PER_PAGE = 64
 # The rest of memblock's reservations on the reference guest (per-CPU areas,
-# page tables of the direct map, ACPI copies, log buffer...): present 520,160 -
-# managed 499,193 - kernel 10,790 - memory map 8,192 in its DMA32 zone.
-OTHER_MEMBLOCK_PAGES = 1985
+# page tables of the direct map, ACPI copies, log buffer...): kpageflags' other
+# reserved runs below the memory map (830 + 62 + 565 pages), which is also present
+# 520,160 - managed 499,193 - kernel 11,318 - memory map 8,192 in its DMA32 zone.
+OTHER_MEMBLOCK_PAGES = 1457
 # QEMU+SeaBIOS's e820 keeps the last 128 KiB below the RAM's top (7ffe0000-7fffffff
 # on the reference guest): not RAM to the kernel.
 FIRMWARE_TOP_PAGES = 32
@@ -68,18 +109,25 @@ BOOT_ALLOCATED = (
 
 @dataclass(frozen=True)
 class BootLayout:
-    """Pages the buddy never gets (``reserved``: half-open pfn ranges) and pages
-    early boot allocates and holds (``allocated``: (migratetype, pages))."""
+    """Pages the buddy never gets (``reserved``: half-open pfn ranges), pages
+    memblock_free_all keeps back that the end of boot frees onto the per-CPU lists
+    (``freed_late``), pages early boot allocates and holds (``allocated``:
+    (migratetype, pages)), and the ranges the boot wrote (``written``): those of
+    their pages that are free are held by the host all the same."""
 
     reserved: tuple[tuple[int, int], ...]
     allocated: tuple[tuple[int, int], ...]
+    freed_late: tuple[tuple[int, int], ...] = ()
+    written: tuple[tuple[int, int], ...] = ()
 
     @property
     def reserved_pages(self) -> int:
         return sum(end - start for start, end in self.reserved)
 
 
-def boot_layout(name: str, nr_pages: int) -> BootLayout:
+def boot_layout(name: str, nr_pages: int, kernel_at: int = KERNEL_START_PFN) -> BootLayout:
+    """The layout ``name`` of ``nr_pages`` of RAM, the kernel loaded at pfn
+    ``kernel_at``; ValueError when it does not fit."""
     if name == "auto":
         name = "linux" if nr_pages >= AUTO_LINUX_MIN_PAGES else "none"
     if name == "none":
@@ -90,18 +138,78 @@ def boot_layout(name: str, nr_pages: int) -> BootLayout:
     top = nr_pages - FIRMWARE_TOP_PAGES
     # memblock allocates top-down: the memory map highest, then the rest below it.
     low_end = top - memmap - OTHER_MEMBLOCK_PAGES
-    kernel_end = KERNEL_START_PFN + KERNEL_IMAGE_PAGES
-    if kernel_end >= low_end:
-        raise ValueError(
-            f"{nr_pages << PAGE_SHIFT >> 20} MiB is too small for the linux layout (the "
-            f"kernel image ends at {kernel_end << PAGE_SHIFT >> 20} MiB): give --boot-layout none"
-        )
+    _check_kernel_at(kernel_at, low_end, nr_pages)
     reserved = (
         (0, LOW_RESERVED_PAGES),
-        (KERNEL_START_PFN, kernel_end),
+        *((kernel_at + s, kernel_at + e) for s, e in KERNEL_RESERVED),
         (low_end, nr_pages),
     )
-    return BootLayout(reserved, BOOT_ALLOCATED)
+    runs = (*KERNEL_RESERVED, (KERNEL_FREED_END, KERNEL_FREED_END))
+    freed_late = tuple((kernel_at + e, kernel_at + s) for (_, e), (s, _) in pairwise(runs))
+    zo_end = KERNEL_START_PFN + INIT_SIZE_PAGES
+    written = merged(
+        [
+            (QEMU_KERNEL_LOAD_PFN, QEMU_KERNEL_LOAD_PFN + ZO_PAGES),
+            (zo_end - ZO_PAGES, zo_end),
+            (kernel_at, kernel_at + INIT_SIZE_PAGES),
+        ]
+    )
+    return BootLayout(reserved, BOOT_ALLOCATED, freed_late, written)
+
+
+def merged(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Half-open ranges, sorted, overlapping ones joined."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return tuple(out)
+
+
+def aligned_blocks(start: int, end: int) -> Iterator[tuple[int, int]]:
+    """[start, end) as the largest naturally aligned blocks, in pfn order:
+    (pfn, order), order at most MAX_ORDER (__free_pages_memory's split)."""
+    pfn = start
+    while pfn < end:
+        order = min(MAX_ORDER, (pfn & -pfn).bit_length() - 1 if pfn else MAX_ORDER)
+        while pfn + (1 << order) > end:
+            order -= 1
+        yield pfn, order
+        pfn += 1 << order
+
+
+def _check_kernel_at(kernel_at: int, low_end: int, nr_pages: int) -> None:
+    """Where the decompressor may have put the kernel: 2 MiB aligned, from
+    LOAD_PHYSICAL_ADDR up, its whole buffer below memblock's top reservations, and
+    clear of the decompressor's own copy (kaslr.c's MEM_AVOID_ZO_RANGE) unless at
+    LOAD_PHYSICAL_ADDR itself, whose buffer holds that copy."""
+    mib = nr_pages << PAGE_SHIFT >> 20
+    end = kernel_at + INIT_SIZE_PAGES
+    if end > low_end:
+        if kernel_at == KERNEL_START_PFN:
+            raise ValueError(
+                f"{mib} MiB is too small for the linux layout (the kernel's decompression "
+                f"buffer ends at {end << PAGE_SHIFT >> 20} MiB): give --boot-layout none"
+            )
+        raise ValueError(
+            f"--kernel-at {kernel_at << PAGE_SHIFT >> 20}MiB: the kernel's "
+            f"{INIT_SIZE_PAGES << PAGE_SHIFT >> 20} MiB decompression buffer must end below "
+            f"{low_end << PAGE_SHIFT >> 20} MiB in a {mib} MiB guest"
+        )
+    if kernel_at % KERNEL_ALIGN_PAGES or kernel_at < KERNEL_START_PFN:
+        raise ValueError(
+            f"--kernel-at {kernel_at << PAGE_SHIFT >> 10}KiB: a kernel loads at a multiple "
+            f"of 2 MiB from 16 MiB up"
+        )
+    zo_start = KERNEL_START_PFN + INIT_SIZE_PAGES - ZO_PAGES
+    if kernel_at != KERNEL_START_PFN and kernel_at < zo_start + ZO_PAGES and end > zo_start:
+        raise ValueError(
+            f"--kernel-at {kernel_at << PAGE_SHIFT >> 20}MiB: overlaps the decompressor's own "
+            f"copy at {zo_start << PAGE_SHIFT >> 20}-{(zo_start + ZO_PAGES) << PAGE_SHIFT >> 20} "
+            "MiB, which KASLR avoids"
+        )
 
 
 def free_ranges(nr_pages: int, reserved: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:

@@ -1,6 +1,6 @@
 """Which of the kernel allocator's rules a BuddyAllocator runs.
 
-The allocator reads these six settings from any object that has them: the
+The allocator reads these seven settings from any object that has them: the
 guest's validated MemoryConfig (pagehint/config.py, where each default's source
 is written) or ``AllocatorModel`` here. The allocator imports nothing above it,
 so the settings' shape is stated here, once."""
@@ -24,6 +24,8 @@ class MemoryModel(Protocol):
     def watermarks(self) -> bool: ...
     @property
     def min_free_kbytes(self) -> int | None: ...
+    @property
+    def kernel_at(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -36,3 +38,4 @@ class AllocatorModel:
     layout: str = "auto"
     watermarks: bool = True
     min_free_kbytes: int | None = None
+    kernel_at: int = 16 << 20  # CONFIG_PHYSICAL_START: no KASLR

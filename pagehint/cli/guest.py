@@ -161,6 +161,11 @@ def _memory_flags(p: argparse.ArgumentParser, e: Mapping[str, str]) -> None:
         p, e, "--min-free-kbytes", default=None,
         help="as /proc/sys/vm/min_free_kbytes (default: the kernel's, raised for THP)",
     )  # fmt: skip
+    add_flag(
+        p, e, "--kernel-at", default=default_of(MemoryConfig, "kernel_at", exact_size),
+        help="where the kernel image was loaded (linux layout): 16MiB without KASLR; "
+        "a real boot's is its /proc/iomem 'Kernel code' start, e.g. 1388MiB",
+    )  # fmt: skip
 
 
 def _memory_config(a: argparse.Namespace) -> MemoryConfig:
@@ -176,6 +181,7 @@ def _memory_config(a: argparse.Namespace) -> MemoryConfig:
         min_free_kbytes=None
         if a.min_free_kbytes is None
         else convert(a.min_free_kbytes, int, "--min-free-kbytes"),
+        kernel_at=parse_size(str(a.kernel_at), "--kernel-at"),
     )
 
 

@@ -11,6 +11,11 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
     insmod /lib/$m.ko || echo "PAGEHINT-ERROR insmod $m"
 done
 echo "PAGEHINT-MARK registered"
+# --boot-map: the guest's page states now, before any pass (the first is 2 s
+# away) and before the workload; the host reads QEMU's page map at this mark.
+if grep -q pagehint.bootmap=1 /proc/cmdline; then
+    /workload kpageflags || echo "PAGEHINT-ERROR kpageflags"
+fi
 # Linux 6.1's page_reporting_register() sets page_reporting_order to the
 # driver's order or pageblock_order, whatever the command line said (the fix,
 # "mm/page_reporting: Add checks for page_reporting_order param", is 6.2's);

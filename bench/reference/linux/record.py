@@ -27,6 +27,7 @@ import argparse
 import glob
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,40 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, accel: str) -> dict:
+def resident_runs(pid: int, ram_bytes: int) -> list[list[int]]:
+    """The guest-physical pages QEMU holds now, as [start, end) pfn runs: its RAM
+    mapping's entries in /proc/PID/pagemap (bit 63: present)."""
+    maps = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if hi - lo == ram_bytes:
+                maps.append(lo)
+    if len(maps) != 1:
+        sys.exit(f"record: {len(maps)} mappings of the guest's RAM size in qemu; expected 1")
+    n = ram_bytes >> 12
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek((maps[0] >> 12) * 8)
+        entries = struct.unpack(f"{n}Q", f.read(n * 8))
+    runs: list[list[int]] = []
+    for pfn, entry in enumerate(entries):
+        if entry >> 63:
+            if runs and runs[-1][1] == pfn:
+                runs[-1][1] = pfn + 1
+            else:
+                runs.append([pfn, pfn + 1])
+    return runs
+
+
+def run(
+    mode: str,
+    region_mib: int,
+    order: int | None,
+    ram_mib: int,
+    cpus: int,
+    accel: str,
+    boot_map: bool = False,
+) -> dict:
     image, release = kernel()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -96,6 +130,8 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
         if order is not None:
             # init.sh writes it after the driver registered (6.1 resets it there).
             append += f" pagehint.order={order}"
+        if boot_map:
+            append += " pagehint.bootmap=1"
         kvm = accel == "kvm"
         cmd = [
             "qemu-system-x86_64", "-accel", "kvm" if kvm else "tcg",
@@ -109,6 +145,7 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         samples: list[tuple[float, int]] = []
         marks: dict[str, float] = {}
+        resident: list[list[int]] | None = None
         seen = 0
         while proc.poll() is None:
             t = time.monotonic() - t0
@@ -121,6 +158,8 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
                 for line in text[seen:].splitlines():
                     if line.startswith("PAGEHINT-MARK "):
                         marks.setdefault(line.split()[1], t)
+                        if boot_map and line.split()[1] == "registered" and resident is None:
+                            resident = resident_runs(proc.pid, ram_mib << 20)
                 seen = len(text)
             if time.monotonic() - t0 > 600:
                 proc.kill()
@@ -140,7 +179,7 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
     }
     if "PAGEHINT-ERROR" in text:
         sys.exit("record: the guest said " + text[text.index("PAGEHINT-ERROR") :].splitlines()[0])
-    return {
+    out = {
         "kernel": release,
         "qemu": subprocess.run(
             ["qemu-system-x86_64", "--version"], capture_output=True, text=True
@@ -159,6 +198,20 @@ def run(mode: str, region_mib: int, order: int | None, ram_mib: int, cpus: int, 
         "proc": proc_text,
         "pcp_counts": pcp,
     }
+    if boot_map:
+        # At registration, before any pass: the guest's page states and what the
+        # host holds. Free pages the host holds are memory the boot wrote and freed.
+        out["boot_map"] = {
+            "kpageflags": [
+                [k, int(a, 16), int(b, 16)]
+                for k, a, b in (
+                    line.split()[1:] for line in text.splitlines()
+                    if line.startswith("PAGEHINT-KPF ")
+                )
+            ],
+            "resident": resident,
+        }  # fmt: skip
+    return out
 
 
 def sections(text: str) -> dict[str, str]:
@@ -187,9 +240,13 @@ def main() -> None:
         "--accel", choices=["kvm", "tcg"], default="tcg",
         help="tcg by default: on this project's machine /dev/kvm opens but a guest never runs",
     )  # fmt: skip
+    ap.add_argument(
+        "--boot-map", action="store_true",
+        help="also record, at registration, the guest's /proc/kpageflags and QEMU's page map",
+    )  # fmt: skip
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    rec = run(a.mode, a.region, a.order, a.ram, a.cpus, a.accel)
+    rec = run(a.mode, a.region, a.order, a.ram, a.cpus, a.accel, a.boot_map)
     Path(a.out).write_text(json.dumps(rec) + "\n")
     print(f"record: {len(rec['samples'])} samples, marks {rec['marks']} -> {a.out}")
 

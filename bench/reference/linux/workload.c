@@ -33,9 +33,39 @@ static void pcp_counts(const char *when) {
     fflush(stdout);
 }
 
+/* "workload kpageflags": every pfn's state from /proc/kpageflags, as runs on
+ * lines "PAGEHINT-KPF KIND START END" (hex, half-open): B free in the buddy
+ * (KPF_BUDDY, set on every page of a free block), R reserved (KPF_RESERVED), N no
+ * page (KPF_NOPAGE), O anything else (allocated, or free on a per-CPU list).
+ * record.py --boot-map reads it against QEMU's page map: which free pages the
+ * boot wrote (the host holds them). */
+static int kpageflags(void) {
+    static unsigned long long v[1 << 16];
+    unsigned long long pfn = 0, start = 0;
+    char cur = 0;
+    size_t n;
+    FILE *f = fopen("/proc/kpageflags", "rb");
+    if (!f) { perror("kpageflags"); return 1; }
+    while ((n = fread(v, 8, 1 << 16, f)) > 0) {
+        for (size_t i = 0; i < n; i++, pfn++) {
+            char k = (v[i] >> 20 & 1) ? 'N' : (v[i] >> 10 & 1) ? 'B' : (v[i] >> 32 & 1) ? 'R' : 'O';
+            if (k != cur) {
+                if (cur) printf("PAGEHINT-KPF %c %llx %llx\n", cur, start, pfn);
+                cur = k;
+                start = pfn;
+            }
+        }
+    }
+    if (cur) printf("PAGEHINT-KPF %c %llx %llx\n", cur, start, pfn);
+    fclose(f);
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "kpageflags") == 0) return kpageflags();
     if (argc != 5) {
-        fprintf(stderr, "usage: workload thp|small REGION_MIB HOLD_S IDLE_S\n");
+        fprintf(stderr, "usage: workload thp|small REGION_MIB HOLD_S IDLE_S | workload kpageflags\n");
         return 2;
     }
     int thp = strcmp(argv[1], "thp") == 0;

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from guest.balloon.touches import TouchTracker
 from guest.mm import BuddyAllocator
+from guest.mm.buddy import boot_written_free
+from guest.mm.model import AllocatorModel
 from pagehint.config import BARE_MEMORY
 
 
@@ -42,3 +44,18 @@ def test_a_new_session_queues_what_is_allocated_and_off_means_nothing() -> None:
     t.reset(mm, enabled=False)
     assert t.on_alloc(p, 3) is False and t.runs == []
     t.discarded([(p, 3)])  # ignored when off
+
+
+def test_the_first_host_is_told_of_what_the_boot_wrote_and_freed_a_later_one_is_not() -> None:
+    # As QEMU holds the memory the guest's boot wrote (its decompression buffer,
+    # the copies of the kernel) until a report returns it; a host that starts over
+    # holds none of the guest's free memory.
+    mm = BuddyAllocator(1 << 30, model=AllocatorModel(layout="linux"))
+    written = sum(1 << o for _, o in boot_written_free(mm))
+    allocated = sum(1 << b.order for b in mm.blocks() if b.state == "allocated")
+    assert written > 0
+    t = TouchTracker(batch=1 << 20)
+    t.reset(mm, enabled=True)
+    assert sum(n for _, n in t.runs) == allocated + written
+    t.reset(mm, enabled=True)
+    assert sum(n for _, n in t.runs) == allocated
