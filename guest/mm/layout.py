@@ -42,7 +42,7 @@ departure, named in the README: under 1 GiB a Linux guest keeps so little free
 beside its kernel (82 MiB reserved, 28 MiB allocated by boot, a THP-raised
 min_free_kbytes) that free page reporting's zone gate (low + 64 MiB) seldom
 opens; the small guests of examples, demos and tests keep the plain layout
-unless given ``--boot-layout linux`` (which fits from 128 MiB).
+unless given ``--boot-layout linux`` (which fits from 87 MiB).
 """
 
 from __future__ import annotations
