@@ -35,8 +35,23 @@ done
 echo "PAGEHINT-BEGIN thp"; cat /sys/kernel/mm/transparent_hugepage/enabled; echo "PAGEHINT-END thp"
 echo "PAGEHINT-BEGIN min_free_kbytes"; cat /proc/sys/vm/min_free_kbytes; echo "PAGEHINT-END min_free_kbytes"
 echo "PAGEHINT-BEGIN reporting_order"; cat /sys/module/page_reporting/parameters/page_reporting_order; echo "PAGEHINT-END reporting_order"
+# --trace-reports: each report's pages, by order, as the kernel isolated them
+# (kprobes on __isolate_free_page and the driver's report callback; nothing else
+# calls the first while the workload runs, as nothing compacts).
+if grep -q pagehint.trace=1 /proc/cmdline; then
+    mount -t tracefs nodev /sys/kernel/tracing
+    t=/sys/kernel/tracing
+    echo 'p:iso __isolate_free_page order=%si' >> $t/kprobe_events \
+        && echo 'p:rep virtballoon_free_page_report nents=%dx' >> $t/kprobe_events \
+        && echo 1 > $t/events/kprobes/enable || echo "PAGEHINT-ERROR kprobes"
+fi
 echo "PAGEHINT-MARK start"
 /workload "$mode" "$region" 4 25
+if grep -q pagehint.trace=1 /proc/cmdline; then
+    echo "PAGEHINT-BEGIN trace"
+    grep -v "^#" /sys/kernel/tracing/trace | awk '{print $4, $5, $NF}'
+    echo "PAGEHINT-END trace"
+fi
 echo "PAGEHINT-BEGIN buddyinfo-after"; cat /proc/buddyinfo; echo "PAGEHINT-END buddyinfo-after"
 echo "PAGEHINT-BEGIN vmstat-after"; grep -E "pgfree|pgalloc|thp" /proc/vmstat; echo "PAGEHINT-END vmstat-after"
 echo PAGEHINT-POWEROFF

@@ -120,6 +120,7 @@ def run(
     cpus: int,
     accel: str,
     boot_map: bool = False,
+    trace_reports: bool = False,
 ) -> dict:
     image, release = kernel()
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +133,8 @@ def run(
             append += f" pagehint.order={order}"
         if boot_map:
             append += " pagehint.bootmap=1"
+        if trace_reports:
+            append += " pagehint.trace=1"
         kvm = accel == "kvm"
         cmd = [
             "qemu-system-x86_64", "-accel", "kvm" if kvm else "tcg",
@@ -198,6 +201,8 @@ def run(
         "proc": proc_text,
         "pcp_counts": pcp,
     }
+    if trace_reports:
+        out["reports"] = traced_reports(proc_text.get("trace", ""))
     if boot_map:
         # At registration, before any pass: the guest's page states and what the
         # host holds. Free pages the host holds are memory the boot wrote and freed.
@@ -212,6 +217,23 @@ def run(
             "resident": resident,
         }  # fmt: skip
     return out
+
+
+def traced_reports(trace: str) -> list[dict[str, object]]:
+    """Each report the kernel made: its time (the guest's clock, seconds) and the
+    orders of the pages it carried, in the order they were isolated."""
+    reports: list[dict[str, object]] = []
+    orders: list[int] = []
+    for line in trace.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        if parts[1] == "iso:":
+            orders.append(int(parts[-1].split("=")[1], 0))
+        elif parts[1] == "rep:":
+            reports.append({"t": float(parts[0].rstrip(":")), "orders": orders})
+            orders = []
+    return reports
 
 
 def sections(text: str) -> dict[str, str]:
@@ -244,9 +266,13 @@ def main() -> None:
         "--boot-map", action="store_true",
         help="also record, at registration, the guest's /proc/kpageflags and QEMU's page map",
     )  # fmt: skip
+    ap.add_argument(
+        "--trace-reports", action="store_true",
+        help="also record each report's pages by order (kprobes inside the guest)",
+    )  # fmt: skip
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    rec = run(a.mode, a.region, a.order, a.ram, a.cpus, a.accel, a.boot_map)
+    rec = run(a.mode, a.region, a.order, a.ram, a.cpus, a.accel, a.boot_map, a.trace_reports)
     Path(a.out).write_text(json.dumps(rec) + "\n")
     print(f"record: {len(rec['samples'])} samples, marks {rec['marks']} -> {a.out}")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 
+import pytest
+
 from guest.hinting.device import LoopbackDevice
 from guest.hinting.reporting import (
     PAGE_REPORTING_IDLE,
@@ -14,6 +16,7 @@ from guest.hinting.reporting import (
 from guest.hinting.timer_wheel import fire_time
 from guest.mm import MAX_ORDER, BuddyAllocator
 from guest.mm.check import check_invariants
+from guest.mm.exact import alloc_at
 from guest.mm.procfs import reported_pages
 from pagehint.config import BARE_MEMORY, HintingConfig
 from tests.waiting import wait_for
@@ -262,3 +265,41 @@ async def test_at_order_9_a_2_gib_guest_gets_256_mib_passes_2_s_apart() -> None:
     first, second = passes[0][0][0], passes[1][0][0]
     assert 2.0 <= first - t0 <= 2.0 + 0.032 + 0.2  # 0.2: a loaded test machine
     assert 2.0 <= second - passes[0][-1][0] <= 2.0 + 0.032 + 0.2
+
+
+@pytest.mark.parametrize(("fragments", "order10"), [(36, 60), (45, 51), (52, 44)])
+async def test_at_order_0_a_pass_takes_64_less_the_fragments_left_in_its_last_report(
+    fragments: int, order10: int
+) -> None:
+    # page_reporting_cycle's budget per list (ceil(nr_free / (32 x 16)): 1 for the
+    # 2 GiB guest's ~500 order-10 blocks) allows two reports while walking it, and
+    # the scatterlist is shared across lists: the unreported fragments below
+    # order 10 fill reports of 32, and what is left over rides in the order-10
+    # list's first report. So the pass takes 64 - (fragments mod 32) order-10
+    # blocks. The figures are the reference kernel's own first pass after a
+    # 256 MiB free at order 0, traced: 36, 45 and 52 fragments, then 60, 51 and
+    # 44 order-10 blocks (bench/reference/linux/traced-order0-*.json).
+    mm = BuddyAllocator(2 << 30, model=BARE_MEMORY)
+    dev = LoopbackDevice(capacity=32)
+    pol = ReportingPolicy(HintingConfig(policy="reporting", order=0, delay=0.01), mm, dev)
+    for _ in range(12):  # report all of the idle guest first
+        await pol.process()
+    assert reported_pages(mm) == mm.nr_free_pages
+    # the workload's region: 80 order-10 blocks allocated and freed, unreported
+    region = [mm.alloc(MAX_ORDER) for _ in range(80)]
+    for pfn in region:
+        mm.free(pfn, MAX_ORDER)
+    # alloc_at splits a reported order-10 block around one block of ``order``:
+    # 10 - order unreported fragments, one of each order from ``order`` to 9.
+    tops = sorted(dma32_top_list(mm) - set(region))
+    whole, rest = divmod(fragments, 10)
+    for i in range(whole):
+        assert alloc_at(mm, tops[i], 0) is None
+    if rest:
+        assert alloc_at(mm, tops[whole], 10 - rest) is None
+    orders: list[int] = []
+    dev.on_report = lambda batch: orders.extend(o for _, o in batch)
+    await pol.process()
+    assert sum(1 for o in orders if o < MAX_ORDER) == fragments
+    assert sum(1 for o in orders if o == MAX_ORDER) == order10
+    await pol.stop()
