@@ -337,6 +337,13 @@ class SharedRam:
             return
         self._stamp(pfn, order, gen)
 
+    def write_free(self, pfn: int, order: int) -> None:
+        """The boot wrote this block and freed it: its frames hold something, so the
+        host holds them, but no allocation's contents the page checks should keep."""
+        if self.gate is not None and self._defer(pfn, order, lambda: self._stamp(pfn, order, 0)):
+            return
+        self._stamp(pfn, order, 0)
+
     def _defer(self, pfn: int, order: int, access: Callable[[], None]) -> bool:
         """Queue ``access`` if the block's frames are not to be touched yet."""
         assert self.gate is not None

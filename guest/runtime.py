@@ -22,6 +22,7 @@ from guest.memory import GuestMemory
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.check import InvariantError, check_invariants
 from guest.mm.constants import PAGE_SIZE
+from guest.mm.layout import KERNEL_START_PFN
 from guest.trace.load import load_plan
 from guest.trace.replay import ReplayPlan, ReplayStats, prepare, replay
 from guest.trace.replay import summary as replay_summary
@@ -107,7 +108,8 @@ def make_allocator(cfg: GuestConfig) -> BuddyAllocator:
     it never names are --trace-untouched's), so a replay lays out nothing."""
     model = cfg.memory
     if cfg.trace is not None and model.layout != "none":
-        model = dataclasses.replace(model, layout="none")
+        # nor loads a kernel anywhere (--kernel-at is the layout's, as is the rest)
+        model = dataclasses.replace(model, layout="none", kernel_at=KERNEL_START_PFN * PAGE_SIZE)
     try:
         return BuddyAllocator(cfg.ram_bytes, model=model)
     except ValueError as e:  # a layout that does not fit this RAM

@@ -238,9 +238,13 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
                 listener(block.pfn, block.order)
     # What the boot wrote and then freed (its decompression buffer and copies of
     # the kernel): free in the buddy, and held by the host all the same.
+    # (Free: the RAM file's page checks get no allocation's contents to hold it to.)
     for pfn, order in boot_written_free(rt.mm) if rt.memory.on_alloc else ():
         for listener in rt.memory.on_alloc:
-            listener(pfn, order)
+            if ram is None or listener != ram.on_alloc:
+                listener(pfn, order)
+        if ram is not None:
+            ram.write_free(pfn, order)
 
 
 class DriverReadings:

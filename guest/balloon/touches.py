@@ -47,16 +47,16 @@ class TouchTracker:
         self.runs = []
         self.runs_taken = self.runs_created
         self.host_has = bytearray(mm.nr_pages if enabled else 0)
+        # The first host holds what the boot wrote and freed, as QEMU does (on shm
+        # without the memory model the RAM file itself holds it); a later one starts
+        # from nothing, as for every other free page.
+        first, self.boot_written_sent = not self.boot_written_sent, True
         if enabled:
             for b in mm.blocks():
                 if b.state == "allocated":
                     self.on_alloc(b.pfn, b.order)
-            if not self.boot_written_sent:
-                # The first host holds what the boot wrote and freed, as QEMU does;
-                # a later one starts from nothing, as for every other free page.
-                self.boot_written_sent = True
-                for pfn, order in boot_written_free(mm):
-                    self.on_alloc(pfn, order)
+            for pfn, order in boot_written_free(mm) if first else ():
+                self.on_alloc(pfn, order)
 
     def on_alloc(self, pfn: int, order: int) -> bool:
         """The workload touched a block; True when a full batch is waiting."""

@@ -22,18 +22,23 @@ The kernel image sits where the decompressor put it: at ``kernel_at``
 (CONFIG_PHYSICAL_START, 16 MiB, by default, as booted with ``nokaslr``; Debian's
 kernel has KASLR, which picks a random 2 MiB-aligned address: a recording's
 /proc/iomem "Kernel code" says which). Its sections stay reserved; the gaps
-between them and its init memory are freed at the end of boot, after khugepaged
-set the watermarks, page by page onto the per-CPU lists (free_reserved_area ->
-free_reserved_page), where the reference guest's registration finds them.
+between them and its init memory are freed after every initcall, so after
+khugepaged set the watermarks (hugepage_init), page by page onto the per-CPU
+lists (free_initmem, mark_rodata_ro -> free_reserved_area -> free_reserved_page;
+adjust_managed_page_count recomputes no watermark). At registration the
+reference guest's kpageflags has them neither in the buddy nor reserved (on a
+list, or allocated by then: kpageflags does not tell the two apart).
 
 Boot also writes memory it then frees, which the host therefore holds though the
 guest's buddy has it free and unreported: QEMU's copy of the protected-mode
-kernel at 1 MiB (x86_load_linux), the decompressor's copy of itself below
-LOAD_PHYSICAL_ADDR + init_size (arch/x86/boot/compressed/head_64.S), and the
-decompression buffer from the kernel's load address to init_size (misc.c
-decompresses ``max(output_len, kernel_total_size)``, which for this build
-passes the image by about 10 MiB). Free page reporting returns it when a pass's
-walk reaches it; the reference guest's small late passes are that.
+kernel at 1 MiB (x86_load_linux: the bzImage less its setup sectors), the
+decompressor's copy of itself ending at LOAD_PHYSICAL_ADDR + init_size
+(arch/x86/boot/compressed/head_64.S; KASLR picks the kernel's address only
+later, in extract_kernel, and avoids that copy), and the kernel's decompressed
+image, ELF headers and relocations from its load address (misc.c writes
+``output_len`` bytes there, then moves the segments into place: for this build
+about 10 MiB past the image's end). Free page reporting returns it when a
+pass's walk reaches it; the reference guest's small late passes are that.
 
 ``none`` is the earlier model: all of RAM free from pfn 0, nothing allocated,
 nothing written.
@@ -69,20 +74,26 @@ KERNEL_START_PFN = 0x1000000 >> PAGE_SHIFT
 # CONFIG_PHYSICAL_ALIGN (0x200000): KASLR's slots, and a --kernel-at's alignment.
 KERNEL_ALIGN_PAGES = 0x200000 >> PAGE_SHIFT
 # The kernel image's reserved runs from its load address (PageReserved in the
-# reference guest's /proc/kpageflags at registration, boot-map.json): text, rodata,
-# data with what of init stays, bss, brk. Its "Kernel code/rodata/data/bss" in
-# /proc/iomem begin at the same offsets.
+# reference guest's /proc/kpageflags at registration, boot-map.json): text,
+# rodata, data and the tables the linker puts after it (bug table, ORC unwind,
+# vvar), bss, the brk in use. Its "Kernel code/rodata/data/bss" in /proc/iomem
+# begin at the same offsets.
 KERNEL_RESERVED = ((0, 3586), (4096, 6379), (6656, 8260), (8975, 12803), (13312, 13329))
-# The gaps between those runs, up to the next 2 MiB: reserved at memblock_free_all,
-# freed onto the per-CPU lists at the end of boot (free_kernel_image_pages,
-# free_initmem). In kpageflags at registration: neither buddy nor reserved.
-KERNEL_FREED_END = 13824
-# The bzImage's setup header (/boot/vmlinuz-6.1.0-57-amd64): init_size (offset
-# 0x260, 0x3f98000) is the decompression buffer from the load address; syssize x 16
-# (offset 0x1f4: 8,225,280 bytes) the protected-mode kernel QEMU loads at 1 MiB and
-# the decompressor copies of itself (its bss beyond that is not in the header).
+# The gaps between the first four runs: reserved at memblock_free_all (memblock
+# reserves _text to __bss_stop), freed at the end of boot (free_kernel_image_pages,
+# free_initmem). What follows the brk in use was never reserved: buddy memory.
+KERNEL_FREED_END = 13312
+# The bzImage (/boot/vmlinuz-6.1.0-57-amd64): its setup header's init_size (offset
+# 0x260: 0x3f98000), the decompression buffer from the load address; the
+# protected-mode kernel, the file less its (setup_sects + 1) x 512 bytes of setup
+# (8,226,752 bytes), which QEMU loads at 1 MiB and the decompressor copies to the
+# end of the buffer at LOAD_PHYSICAL_ADDR (its bss, heap and page tables beyond
+# the copied part are not in the header: the copy is put flush against the end);
+# and output_len, the decompressed length its XZ payload's size trailer gives
+# (65,906,612 bytes: the image, its ELF headers and relocations).
 INIT_SIZE_PAGES = 0x3F98000 >> PAGE_SHIFT
-ZO_PAGES = -(-8_225_280 >> PAGE_SHIFT)
+ZO_PAGES = -(-8_226_752 >> PAGE_SHIFT)
+OUTPUT_LEN_PAGES = -(-65_906_612 >> PAGE_SHIFT)
 QEMU_KERNEL_LOAD_PFN = 0x100000 >> PAGE_SHIFT
 # struct page is 64 bytes (sparse vmemmap, 2 MiB mappings): RAM / 64.
 MEMMAP_BYTES_PER_PAGE = 64
@@ -125,12 +136,25 @@ class BootLayout:
         return sum(end - start for start, end in self.reserved)
 
 
+def resolved(name: str, nr_pages: int) -> str:
+    """The layout ``name`` stands for in a guest of ``nr_pages``: ``auto`` is
+    linux from 1 GiB."""
+    if name == "auto":
+        return "linux" if nr_pages >= AUTO_LINUX_MIN_PAGES else "none"
+    return name
+
+
 def boot_layout(name: str, nr_pages: int, kernel_at: int = KERNEL_START_PFN) -> BootLayout:
     """The layout ``name`` of ``nr_pages`` of RAM, the kernel loaded at pfn
     ``kernel_at``; ValueError when it does not fit."""
-    if name == "auto":
-        name = "linux" if nr_pages >= AUTO_LINUX_MIN_PAGES else "none"
+    name = resolved(name, nr_pages)
     if name == "none":
+        if kernel_at != KERNEL_START_PFN:
+            raise ValueError(
+                f"--kernel-at {kernel_at << PAGE_SHIFT >> 20}MiB: only the linux layout "
+                f"places a kernel, and this {nr_pages << PAGE_SHIFT >> 20} MiB guest's layout "
+                "is none (auto is linux from 1 GiB): give --boot-layout linux"
+            )
         return BootLayout((), ())
     if name != "linux":
         raise ValueError(f"boot layout {name!r}: expected one of {', '.join(LAYOUTS)}")
@@ -144,14 +168,17 @@ def boot_layout(name: str, nr_pages: int, kernel_at: int = KERNEL_START_PFN) -> 
         *((kernel_at + s, kernel_at + e) for s, e in KERNEL_RESERVED),
         (low_end, nr_pages),
     )
-    runs = (*KERNEL_RESERVED, (KERNEL_FREED_END, KERNEL_FREED_END))
-    freed_late = tuple((kernel_at + e, kernel_at + s) for (_, e), (s, _) in pairwise(runs))
+    freed_late = tuple(
+        (kernel_at + e, kernel_at + s)
+        for (_, e), (s, _) in pairwise(KERNEL_RESERVED)
+        if s <= KERNEL_FREED_END
+    )
     zo_end = KERNEL_START_PFN + INIT_SIZE_PAGES
     written = merged(
         [
             (QEMU_KERNEL_LOAD_PFN, QEMU_KERNEL_LOAD_PFN + ZO_PAGES),
             (zo_end - ZO_PAGES, zo_end),
-            (kernel_at, kernel_at + INIT_SIZE_PAGES),
+            (kernel_at, kernel_at + OUTPUT_LEN_PAGES),
         ]
     )
     return BootLayout(reserved, BOOT_ALLOCATED, freed_late, written)
@@ -180,6 +207,16 @@ def aligned_blocks(start: int, end: int) -> Iterator[tuple[int, int]]:
         pfn += 1 << order
 
 
+def linux_min_pages() -> int:
+    """The least RAM (pages, whole MiB) the linux layout fits with the kernel at
+    16 MiB: its decompression buffer below memblock's top reservations."""
+    need = KERNEL_START_PFN + INIT_SIZE_PAGES + FIRMWARE_TOP_PAGES + OTHER_MEMBLOCK_PAGES
+    n = need
+    while n - (-(-n * MEMMAP_BYTES_PER_PAGE >> PAGE_SHIFT)) < need:
+        n += 256
+    return n
+
+
 def _check_kernel_at(kernel_at: int, low_end: int, nr_pages: int) -> None:
     """Where the decompressor may have put the kernel: 2 MiB aligned, from
     LOAD_PHYSICAL_ADDR up, its whole buffer below memblock's top reservations, and
@@ -191,7 +228,8 @@ def _check_kernel_at(kernel_at: int, low_end: int, nr_pages: int) -> None:
         if kernel_at == KERNEL_START_PFN:
             raise ValueError(
                 f"{mib} MiB is too small for the linux layout (the kernel's decompression "
-                f"buffer ends at {end << PAGE_SHIFT >> 20} MiB): give --boot-layout none"
+                f"buffer ends at {end << PAGE_SHIFT >> 20} MiB; it needs "
+                f"{linux_min_pages() << PAGE_SHIFT >> 20} MiB or more): give --boot-layout none"
             )
         raise ValueError(
             f"--kernel-at {kernel_at << PAGE_SHIFT >> 20}MiB: the kernel's "

@@ -62,3 +62,17 @@ def test_move_to_copies_what_the_guest_owns(tmp_path: Path) -> None:
     ram.on_free(a, 3)
     assert ram.data_loss_pages == 0
     assert os.path.getsize(new) == mm.ram_bytes
+
+
+def test_a_free_block_the_boot_wrote_is_held_but_checked_by_no_one(tmp_path: Path) -> None:
+    mm, ram, _ = make(tmp_path)
+    a = mm.alloc(2)
+    mm.free(a, 2)
+    before = ram.resident_bytes()
+    ram.write_free(a, 2)
+    assert ram.resident_bytes() >= before + 4 * PAGE_SIZE  # the file holds the frames
+    assert a not in ram.gen_of  # no allocation's stamp to hold a later owner to
+    b = mm.alloc(2)
+    ram.on_alloc(b, 2)
+    ram.on_free(b, 2)
+    assert ram.data_loss_pages == 0

@@ -59,3 +59,14 @@ def test_the_first_host_is_told_of_what_the_boot_wrote_and_freed_a_later_one_is_
     assert sum(n for _, n in t.runs) == allocated + written
     t.reset(mm, enabled=True)
     assert sum(n for _, n in t.runs) == allocated
+
+
+def test_a_first_session_on_shm_without_the_memory_model_is_the_first_host_too() -> None:
+    # The RAM file held the boot's written pages from the start; a later session
+    # with the memory model is a host that starts over.
+    mm = BuddyAllocator(1 << 30, model=AllocatorModel(layout="linux"))
+    allocated = sum(1 << b.order for b in mm.blocks() if b.state == "allocated")
+    t = TouchTracker(batch=1 << 20)
+    t.reset(mm, enabled=False)
+    t.reset(mm, enabled=True)
+    assert sum(n for _, n in t.runs) == allocated
