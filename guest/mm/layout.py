@@ -75,9 +75,8 @@ KERNEL_START_PFN = 0x1000000 >> PAGE_SHIFT
 KERNEL_ALIGN_PAGES = 0x200000 >> PAGE_SHIFT
 # The kernel image's reserved runs from its load address (PageReserved in the
 # reference guest's /proc/kpageflags at registration, boot-map.json): text,
-# rodata, data and the tables the linker puts after it (bug table, ORC unwind,
-# vvar), bss, the brk in use. Its "Kernel code/rodata/data/bss" in /proc/iomem
-# begin at the same offsets.
+# rodata, data and what stays reserved after it, bss, the brk in use. Its
+# "Kernel code/rodata/data/bss" in /proc/iomem begin at the same offsets.
 KERNEL_RESERVED = ((0, 3586), (4096, 6379), (6656, 8260), (8975, 12803), (13312, 13329))
 # The gaps between the first four runs: reserved at memblock_free_all (memblock
 # reserves _text to __bss_stop), freed at the end of boot (free_kernel_image_pages,
