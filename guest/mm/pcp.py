@@ -34,7 +34,8 @@ from guest.mm.constants import MIGRATE_PCPTYPES, PAGE_ALLOC_COSTLY_ORDER, PAGEBL
 # avoid too long latency" (upstream 52166607ecc9, v6.7) came to 6.1 stable in
 # August 2024 (6.1.104); the reference guest's kernel has it — Debian's
 # /boot/config-6.1.0-57-amd64 sets 5 — and an ftrace of its 65,536-page free
-# (kmem:mm_page_pcpu_drain) drains 63, 126, ... 2,016, then 2,016 each time.
+# (record.py --trace-drains: traced-drains-small.json) drains 63, 126, ... 2,016,
+# then 2,016 each time.
 PCP_BATCH_SCALE_MAX = 5
 
 NR_LOWORDER_PCP_LISTS = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1)

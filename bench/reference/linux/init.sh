@@ -45,8 +45,32 @@ if grep -q pagehint.trace=1 /proc/cmdline; then
         && echo 'p:rep virtballoon_free_page_report nents=%dx' >> $t/kprobe_events \
         && echo 1 > $t/events/kprobes/enable || echo "PAGEHINT-ERROR kprobes"
 fi
+# --trace-drains: the free's page frees, allocations and per-CPU drains, traced
+# for the munmap alone (workload.c turns tracing on and off around it).
+if grep -q pagehint.tracedrains=1 /proc/cmdline; then
+    mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+    t=/sys/kernel/tracing
+    echo 0 > $t/tracing_on
+    echo 16384 > $t/buffer_size_kb
+    for e in mm_page_alloc mm_page_free mm_page_free_batched mm_page_pcpu_drain; do
+        echo 1 > $t/events/kmem/$e/enable || echo "PAGEHINT-ERROR trace $e"
+    done
+    export PAGEHINT_TRACE_FREE=1
+fi
 echo "PAGEHINT-MARK start"
 /workload "$mode" "$region" 4 25
+# Each drain (a run of mm_page_pcpu_drain, one event a page, between the frees that
+# commit pages to the list: mm_page_free_batched, mm_page_free) by its size, in order;
+# then the pages freed and allocated while the munmap ran.
+if grep -q pagehint.tracedrains=1 /proc/cmdline; then
+    grep -v "^#" /sys/kernel/tracing/trace | awk '
+        $5 == "mm_page_pcpu_drain:" { d++; next }
+        d { drains = drains " " d; d = 0 }
+        $5 == "mm_page_free:" { f++ }
+        $5 == "mm_page_alloc:" { a++ }
+        END { if (d) drains = drains " " d
+              print "PAGEHINT-DRAINS" drains; print "PAGEHINT-FREEOPS", f + 0, a + 0 }'
+fi
 if grep -q pagehint.trace=1 /proc/cmdline; then
     echo "PAGEHINT-BEGIN trace"
     grep -v "^#" /sys/kernel/tracing/trace | awk '{print $4, $5, $NF}'

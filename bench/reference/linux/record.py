@@ -121,6 +121,7 @@ def run(
     accel: str,
     boot_map: bool = False,
     trace_reports: bool = False,
+    trace_drains: bool = False,
 ) -> dict:
     image, release = kernel()
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,6 +136,8 @@ def run(
             append += " pagehint.bootmap=1"
         if trace_reports:
             append += " pagehint.trace=1"
+        if trace_drains:
+            append += " pagehint.tracedrains=1"
         kvm = accel == "kvm"
         cmd = [
             "qemu-system-x86_64", "-accel", "kvm" if kvm else "tcg",
@@ -203,6 +206,8 @@ def run(
     }
     if trace_reports:
         out["reports"] = traced_reports(proc_text.get("trace", ""))
+    if trace_drains:
+        out["free_trace"] = traced_free(text)
     if boot_map:
         # At registration, before any pass: the guest's page states and what the
         # host holds. Free pages the host holds are memory the boot wrote and freed.
@@ -234,6 +239,19 @@ def traced_reports(trace: str) -> list[dict[str, object]]:
             reports.append({"t": float(parts[0].rstrip(":")), "orders": orders})
             orders = []
     return reports
+
+
+def traced_free(text: str) -> dict[str, object]:
+    """The munmap, traced: each per-CPU drain's size in order, and the pages freed
+    and allocated while it ran."""
+    out: dict[str, object] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:1] == ["PAGEHINT-DRAINS"]:
+            out["drains"] = [int(x) for x in parts[1:]]
+        elif parts[:1] == ["PAGEHINT-FREEOPS"]:
+            out["frees"], out["allocs"] = int(parts[1]), int(parts[2])
+    return out
 
 
 def sections(text: str) -> dict[str, str]:
@@ -270,9 +288,16 @@ def main() -> None:
         "--trace-reports", action="store_true",
         help="also record each report's pages by order (kprobes inside the guest)",
     )  # fmt: skip
+    ap.add_argument(
+        "--trace-drains", action="store_true",
+        help="also record the free's per-CPU drains, frees and allocations (ftrace in the guest)",
+    )  # fmt: skip
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    rec = run(a.mode, a.region, a.order, a.ram, a.cpus, a.accel, a.boot_map, a.trace_reports)
+    rec = run(
+        a.mode, a.region, a.order, a.ram, a.cpus, a.accel, a.boot_map, a.trace_reports,
+        a.trace_drains,
+    )  # fmt: skip
     Path(a.out).write_text(json.dumps(rec) + "\n")
     print(f"record: {len(rec['samples'])} samples, marks {rec['marks']} -> {a.out}")
 

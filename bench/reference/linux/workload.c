@@ -62,6 +62,13 @@ static int kpageflags(void) {
     return 0;
 }
 
+/* --trace-drains: tracing on for the munmap alone (init.sh set the events up). */
+static void tracing(const char *on) {
+    if (!getenv("PAGEHINT_TRACE_FREE")) return;
+    FILE *t = fopen("/sys/kernel/tracing/tracing_on", "w");
+    if (t) { fputs(on, t); fclose(t); }
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "kpageflags") == 0) return kpageflags();
     if (argc != 5) {
@@ -82,7 +89,9 @@ int main(int argc, char **argv) {
     sleep(hold);
     pcp_counts("before");
     printf("PAGEHINT-MARK freeing %.3f\n", now()); fflush(stdout);
+    tracing("1");
     munmap(raw, len + pad);
+    tracing("0");
     printf("PAGEHINT-MARK freed %.3f\n", now()); fflush(stdout);
     pcp_counts("after");
     sleep(idle);

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -92,28 +94,37 @@ def test_nr_pcp_free_doubles_each_drain_without_an_allocation() -> None:
     assert factor > 1 and pcp.free_factor == factor >> 1
 
 
-# What the reference guest's kernel did, traced (ftrace kmem:mm_page_alloc,
-# mm_page_free, mm_page_pcpu_drain inside the QEMU guest of bench/reference/linux,
-# 2026-12-05): the workload's munmap of 256 MiB of order-0 pages on a CPU whose
-# list held 1,138 pages allocated 19 (mmu_gather's batch pages), freed 65,685
-# (the region, its 129 page tables, the 19) and drained 34 times: these sizes.
-# /proc/zoneinfo read 6,385 on the list afterwards; high 6,985, batch 63.
-KERNEL_DRAINS = [63, 126, 252, 504, 1008] + [2016] * 29
+# What the reference guest's kernel did, traced: `python -m
+# bench.reference.linux.record --mode small --trace-drains` (ftrace kmem events
+# inside the QEMU guest for the workload's munmap of 256 MiB of order-0 pages):
+# the CPU that ran it held ``before`` pages on its lists, allocated ``allocs``
+# (mmu_gather's batch pages), freed ``frees`` (the region, its page tables, the
+# batch pages) and drained these sizes; /proc/zoneinfo read ``after`` then.
+DRAINS_TRACE = Path(__file__).parents[4] / "bench/reference/linux/traced-drains-small.json"
+
+
+def kernel_free() -> tuple[int, int, int, list[int], int]:
+    rec = json.loads(DRAINS_TRACE.read_text())
+    before, after = rec["pcp_counts"]["before"], rec["pcp_counts"]["after"]
+    cpu = next(i for i, (b, a) in enumerate(zip(before, after, strict=True)) if b != a)
+    trace = rec["free_trace"]
+    return before[cpu], trace["allocs"], trace["frees"], trace["drains"], after[cpu]
 
 
 def test_nr_pcp_free_stops_doubling_at_pcp_batch_scale_max(monkeypatch: pytest.MonkeyPatch) -> None:
     # nr_pcp_free() with CONFIG_PCP_BATCH_SCALE_MAX=5 (6.1 stable): without the
-    # cap the drains would double on to high - batch (6,922) and the list would
-    # end with 3,427 pages, not the kernel's 6,385.
+    # cap the drains would double on to high - batch (6,922), not stop at 2,016.
+    listed, allocs, frees, kernel_drains, after = kernel_free()
+    assert kernel_drains[:6] == [63, 126, 252, 504, 1008, 2016] and max(kernel_drains) == 2016
     mm = BuddyAllocator(2 * GIB, model=AllocatorModel())
     zone = mm.zones[-1]
     assert (zone.pcp.high, zone.pcp.batch) == (6985, 63)  # the reference guest's zoneinfo
-    pfns = [mm.alloc(0) for _ in range(65_685 + 1_138 + 19)]
-    held, region = pfns[:1_138], pfns[1_138:]
-    for pfn in held[: 1_138 - zone.pcp.count]:
+    pfns = [mm.alloc(0) for _ in range(frees + listed)]
+    held, region = pfns[:listed], pfns[listed:]
+    for pfn in held[: listed - zone.pcp.count]:
         mm.free(pfn)
-    assert zone.pcp.count == 1_138
-    gather = [mm.alloc(0) for _ in range(19)]
+    assert zone.pcp.count == listed
+    gather = [mm.alloc(0) for _ in range(allocs)]
     drains: list[int] = []
     bulk = mm.free_pcppages_bulk
 
@@ -122,10 +133,10 @@ def test_nr_pcp_free_stops_doubling_at_pcp_batch_scale_max(monkeypatch: pytest.M
         bulk(z, count, pindex)
 
     monkeypatch.setattr(mm, "free_pcppages_bulk", recording)
-    for pfn in region[: 65_685 - 19] + gather:
+    for pfn in region[: frees - allocs] + gather:
         mm.free(pfn)
-    assert drains == KERNEL_DRAINS
-    assert abs(zone.pcp.count - 6_385) <= 2  # the zoneinfo read itself takes a page or two
+    assert drains == kernel_drains
+    assert abs(zone.pcp.count - after) <= 2  # the zoneinfo read itself takes a page or two
     check_invariants(mm)
 
 
