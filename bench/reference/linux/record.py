@@ -179,9 +179,10 @@ def run(
     # Per-CPU list counts, zone by zone and CPU by CPU, just before and after the
     # free (workload.c): the count the free began with decides what stays listed.
     pcp = {
-        line.split()[1]: [int(x) for x in line.split()[2:]]
-        for line in text.splitlines()
-        if line.startswith("PAGEHINT-PCP ")
+        when: [int(x) for x in counts]
+        for _, when, *counts in (
+            line.split() for line in text.splitlines() if line.startswith("PAGEHINT-PCP ")
+        )
     }
     if "PAGEHINT-ERROR" in text:
         sys.exit("record: the guest said " + text[text.index("PAGEHINT-ERROR") :].splitlines()[0])
