@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from guest.trace.replay import fill_warning
 from pagehint.schema import GuestSummary, TraceSummary
 from pagehint.units import format_size
 
@@ -105,7 +106,8 @@ def _trace_rows(t: TraceSummary) -> list[tuple[str, str]]:
         (
             "trace pfns",
             ("none" if pfns is None else f"{pfns[0]}-{pfns[1]}") + f" mapped {t['mapping']}; "
-            f"{t['initially_allocated_pages']:,} pages allocated before the first event",
+            f"{t['initially_allocated_pages']:,} pages allocated before the first event; "
+            f"{t.get('block_fill', 0.0):.0%} of the pages of the 4 MiB blocks it touches",
         ),
         ("inconsistent", _reasons(t["inconsistencies"]) or "none"),
     ]
@@ -146,6 +148,10 @@ def _trace_notes(t: TraceSummary) -> list[tuple[str, str]]:
             "reported at the start (as on a guest that has been up)"
             if t.get("untouched_reported_pages")
             else "",
+        ),
+        (
+            "warning",
+            fill_warning(t.get("block_fill", 1.0)) if t.get("untouched_reported_pages") else "",
         ),
         (
             "warning",

@@ -24,7 +24,7 @@ from guest.mm.check import InvariantError, check_invariants
 from guest.mm.constants import PAGE_SIZE
 from guest.mm.layout import KERNEL_START_PFN
 from guest.trace.load import load_plan
-from guest.trace.replay import ReplayPlan, ReplayStats, prepare, replay
+from guest.trace.replay import ReplayPlan, ReplayStats, fill_warning, prepare, replay
 from guest.trace.replay import summary as replay_summary
 from guest.workloads.base import WorkloadContext
 from guest.workloads.boot import boot
@@ -150,6 +150,10 @@ class GuestRuntime:
             self.replay_untouched = cfg.trace.untouched
             self.replay_plan = load_plan(cfg.trace)
             self.replay_speed = cfg.trace.speed
+            if self.replay_untouched == "reported" and (
+                warning := fill_warning(self.replay_plan.block_fill)
+            ):
+                log.warning(warning)
 
     def _on_mark(self, label: str) -> None:
         # A row of its own, at once: marks closer than a sampling period all show.
@@ -206,6 +210,7 @@ class GuestRuntime:
             "free_bytes": (self.mm.nr_free_pages + self.mm.nr_pcp_pages) * PAGE_SIZE,
             "isolated_bytes": self.mm.isolated_bytes,
             "allocated_bytes": self.mm.allocated_pages * PAGE_SIZE,
+            "pcp_bytes": self.mm.nr_pcp_pages * PAGE_SIZE,
             "reported_bytes": st.reported_bytes,
             "host_resident_bytes": self.host.resident_bytes(),
         }

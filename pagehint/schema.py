@@ -67,6 +67,7 @@ class TraceSummary(TypedDict):
     substituted: int  # allocations of blocks under report that took another block
     untouched_allocated_pages: int  # pages the trace never names, held allocated
     untouched_reported_pages: NotRequired[int]  # ...or free and marked reported
+    block_fill: NotRequired[float]  # pages named / pages of the 4 MiB blocks touched
     seconds_clock: bool  # the trace's clock is seconds (not a counter)
     batched_only: bool  # frees known only from mm_page_free_batched
     lost_markers: int
@@ -201,6 +202,7 @@ class TimelineRow(TypedDict):
     free_bytes: int
     isolated_bytes: int  # taken off the free lists, under report
     allocated_bytes: int
+    pcp_bytes: NotRequired[int]  # of free_bytes, on per-CPU lists: reported only once drained
     reported_bytes: int  # acknowledged so far
     host_resident_bytes: int | None  # what the host holds for this guest (None: unknown)
     mark: NotRequired[str]  # event "mark": its label

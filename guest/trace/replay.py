@@ -28,15 +28,25 @@ Choices a replay has to make, and the ones made here:
   (``substituted``), and the trace's later free of that pfn frees the
   substitute.
 - **The level the events come from.** mm_page_alloc/mm_page_free fire at the
-  allocator's API: a page freed into a per-CPU list reaches the buddy (and can
-  merge, and be reported) only when the list is drained. The replay frees
-  straight into the buddy, as if the per-CPU lists were off.
+  allocator's API, before a free reaches a per-CPU list; the replay frees
+  through the guest's own per-CPU lists (guest/mm/pcp.py) as the kernel would,
+  so a freed page reaches the buddy (and can merge, and be reported) only when
+  its list drains (``--pcp off``: straight into the buddy).
+- **How much of each block the trace fills.** ``block_fill`` is the share of
+  the pages of the 4 MiB blocks the trace touches that it names. Where it is
+  low the traced machine had most of the rest of those blocks in use: an
+  order-0 allocation takes the smallest free blocks first (__rmqueue_smallest),
+  and a free block's buddy is never free (the two would have merged). Yet
+  ``--trace-untouched reported`` counts that memory free, so frees merge with
+  neighbours the traced machine never had free. The guest warns below
+  ``LOW_FILL``.
 """
 
 from __future__ import annotations
 
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from guest.mm.constants import ALLOCATED, MAX_ORDER, MIN_RAM, PAGE_SIZE, RAM_ALIGN
@@ -47,6 +57,9 @@ from pagehint.config import TRACE_MAPPINGS
 from pagehint.schema import TraceSummary
 
 TICK_MASK = 63  # events between counting ticks (a power of two, minus one)
+# Below this block_fill a replay that counts untouched pages reported warns: more
+# of each block is the traced machine's other memory than the trace's own.
+LOW_FILL = 0.5
 _MAX_BLOCK = 1 << MAX_ORDER
 
 
@@ -63,6 +76,7 @@ class ReplayPlan:
     pfns: array[int]  # mapped
     ram_bytes: int  # what covers the mapped events
     initial: list[tuple[int, int]]  # (pfn, order) allocated before the first event
+    block_fill: float  # pages named / pages of the 4 MiB blocks touched
 
 
 @dataclass
@@ -101,7 +115,32 @@ def plan_replay(trace: Trace, mapping: str = "identity") -> ReplayPlan:
         low = _MAX_BLOCK - 1
         pfns = array("q", ((to_guest[p >> MAX_ORDER] << MAX_ORDER) | (p & low) for p in trace.pfns))
     ends = max(p + (1 << o) for p, o in zip(pfns, trace.orders, strict=True))
-    return ReplayPlan(trace, mapping, pfns, _cover(ends), _initial(trace, pfns))
+    fill = _block_fill(_touched_pages(pfns, trace.orders, ends))
+    return ReplayPlan(trace, mapping, pfns, _cover(ends), _initial(trace, pfns), fill)
+
+
+def fill_warning(fill: float) -> str:
+    """What a user replaying with --trace-untouched reported should know when the
+    trace fills little of its blocks (empty: nothing to say)."""
+    if fill >= LOW_FILL:
+        return ""
+    return (
+        f"the trace names {fill:.0%} of the pages of the 4 MiB blocks it touches: the "
+        "rest was the traced machine's other memory, which --trace-untouched reported "
+        "counts free, so frees merge with memory that machine had in use "
+        "(--trace-untouched allocated holds it; see examples/traces/README.md)"
+    )
+
+
+def _block_fill(touched: bytearray) -> float:
+    """The share of the pages of the order-10 blocks ``touched`` names that it names."""
+    named = blocks = 0
+    for start in range(0, len(touched), _MAX_BLOCK):
+        n = touched.count(1, start, start + _MAX_BLOCK)
+        if n:
+            named += n
+            blocks += 1
+    return named / (blocks * _MAX_BLOCK) if blocks else 0.0
 
 
 def _initial(trace: Trace, pfns: array[int]) -> list[tuple[int, int]]:
@@ -145,10 +184,10 @@ def prepare(
         stats.untouched_reported_pages = _report_untouched(ctx)
 
 
-def _touched(plan: ReplayPlan, nr_pages: int) -> bytearray:
+def _touched_pages(pfns: array[int], orders: Sequence[int], nr_pages: int) -> bytearray:
     """A byte per guest page: 1 where some event of the trace names it."""
     touched = bytearray(nr_pages)
-    for pfn, order in zip(plan.pfns, plan.trace.orders, strict=True):
+    for pfn, order in zip(pfns, orders, strict=True):
         end = min(pfn + (1 << order), nr_pages)
         if pfn < end:
             touched[pfn:end] = b"\x01" * (end - pfn)
@@ -174,7 +213,7 @@ def _report_untouched(ctx: WorkloadContext) -> int:
 
 def _allocate_untouched(plan: ReplayPlan, ctx: WorkloadContext) -> int:
     mm = ctx.memory.mm
-    touched = _touched(plan, mm.nr_pages)
+    touched = _touched_pages(plan.pfns, plan.trace.orders, mm.nr_pages)
     alloc_at = ctx.memory.alloc_at
     pages = 0
     for block in range(0, mm.nr_pages, _MAX_BLOCK):
@@ -308,6 +347,7 @@ def summary(plan: ReplayPlan, stats: ReplayStats, speed: float | None) -> TraceS
         "substituted": stats.substituted,
         "untouched_allocated_pages": stats.untouched_allocated_pages,
         "untouched_reported_pages": stats.untouched_reported_pages,
+        "block_fill": round(plan.block_fill, 4),
         "seconds_clock": t.seconds_clock,
         "batched_only": t.batched_only,
         "lost_markers": t.lost_markers,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from guest.hinting.device import LoopbackDevice
+from guest.mm import PAGE_SIZE
 from guest.runtime import ACK_ROW_INTERVAL, GuestRuntime
 from guest.workloads.scenario import parse_scenario
 from pagehint.config import GuestConfig, HintingConfig, MemoryConfig
@@ -55,6 +56,18 @@ async def test_acks_get_rows_of_their_own_at_a_bounded_rate(tmp_path: Path) -> N
     assert rows[-1]["event"] == "end" and rows[-1]["reported_bytes"] == s["reported_bytes"]
     marks = [r for r in rows if r["event"] == "mark"]
     assert [m.get("mark") for m in marks] == ["free"]
+
+
+async def test_rows_say_what_of_the_free_memory_waits_on_the_per_cpu_lists(
+    tmp_path: Path,
+) -> None:
+    tl = tmp_path / "t.jsonl"
+    rt = GuestRuntime(_cfg(tl), scenario=parse_scenario(ALLOC_FREE))
+    await rt.run()
+    rows = read_lines(TimelineRow, tl)
+    assert all(0 <= r["pcp_bytes"] <= r["free_bytes"] for r in rows)
+    # The 32 MiB free left pages on the list (THP-sized and order-0 frees go there).
+    assert rows[-1]["pcp_bytes"] == rt.mm.nr_pcp_pages * PAGE_SIZE > 0
 
 
 async def test_an_early_workload_idles_until_the_duration() -> None:

@@ -10,7 +10,16 @@ from guest.memory import GuestMemory
 from guest.mm import BuddyAllocator
 from guest.mm.check import check_invariants
 from guest.trace.parse import parse_trace
-from guest.trace.replay import ReplayError, ReplayStats, plan_replay, prepare, replay, summary
+from guest.trace.replay import (
+    LOW_FILL,
+    ReplayError,
+    ReplayStats,
+    fill_warning,
+    plan_replay,
+    prepare,
+    replay,
+    summary,
+)
 from guest.workloads.base import WorkloadContext
 from pagehint.config import BARE_MEMORY
 
@@ -179,3 +188,16 @@ def test_an_empty_trace_cannot_be_replayed(tmp_path: Path) -> None:
     p.write_text("# tracer: nop\n")
     with pytest.raises(ReplayError, match="no mm_page_alloc"):
         plan_replay(parse_trace(str(p)))
+
+
+def test_block_fill_is_the_share_of_the_touched_blocks_pages_the_trace_names(
+    tmp_path: Path,
+) -> None:
+    # Block 0: pages 0-511 (an order-9 allocation); block 1: one page. Identity and
+    # compact map the same blocks, so the fill is the same.
+    path = trace_file(tmp_path, [("mm_page_alloc", 0x200, 9), ("mm_page_alloc", 0x400, 0)])
+    for mapping in ("identity", "compact"):
+        plan = plan_replay(parse_trace(path), mapping)
+        assert plan.block_fill == pytest.approx(513 / 2048)
+    assert "names 25% of the pages" in fill_warning(513 / 2048)
+    assert fill_warning(LOW_FILL) == ""
