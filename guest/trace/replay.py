@@ -115,7 +115,7 @@ def plan_replay(trace: Trace, mapping: str = "identity") -> ReplayPlan:
         low = _MAX_BLOCK - 1
         pfns = array("q", ((to_guest[p >> MAX_ORDER] << MAX_ORDER) | (p & low) for p in trace.pfns))
     ends = max(p + (1 << o) for p, o in zip(pfns, trace.orders, strict=True))
-    fill = _block_fill(_touched_pages(pfns, trace.orders, ends))
+    fill = _block_fill(pfns, trace.orders)
     return ReplayPlan(trace, mapping, pfns, _cover(ends), _initial(trace, pfns), fill)
 
 
@@ -132,15 +132,20 @@ def fill_warning(fill: float) -> str:
     )
 
 
-def _block_fill(touched: bytearray) -> float:
-    """The share of the pages of the order-10 blocks ``touched`` names that it names."""
-    named = blocks = 0
-    for start in range(0, len(touched), _MAX_BLOCK):
-        n = touched.count(1, start, start + _MAX_BLOCK)
-        if n:
-            named += n
-            blocks += 1
-    return named / (blocks * _MAX_BLOCK) if blocks else 0.0
+def _block_fill(pfns: array[int], orders: Sequence[int]) -> float:
+    """The share of the pages of the order-10 blocks the events touch that they
+    name. Per touched block, not per page of RAM: an identity trace may name a
+    pfn far beyond any RAM (refused later, with a reason)."""
+    blocks: dict[int, bytearray] = {}
+    for pfn, order in zip(pfns, orders, strict=True):
+        block = blocks.get(pfn >> MAX_ORDER)
+        if block is None:
+            block = blocks[pfn >> MAX_ORDER] = bytearray(_MAX_BLOCK)
+        start = pfn & (_MAX_BLOCK - 1)
+        n = min(1 << order, _MAX_BLOCK - start)  # a misaligned event stays in its block
+        block[start : start + n] = b"\x01" * n
+    named = sum(b.count(1) for b in blocks.values())
+    return named / (len(blocks) * _MAX_BLOCK) if blocks else 0.0
 
 
 def _initial(trace: Trace, pfns: array[int]) -> list[tuple[int, int]]:

@@ -200,4 +200,8 @@ def test_block_fill_is_the_share_of_the_touched_blocks_pages_the_trace_names(
         plan = plan_replay(parse_trace(path), mapping)
         assert plan.block_fill == pytest.approx(513 / 2048)
     assert "names 25% of the pages" in fill_warning(513 / 2048)
+    # A pfn far past any RAM (refused later, with its reason) costs a block, not RAM;
+    # a misaligned event counts within its block.
+    far = trace_file(tmp_path, [("mm_page_alloc", 1 << 40, 0), ("mm_page_alloc", 0x7FF, 3)])
+    assert plan_replay(parse_trace(far)).block_fill == pytest.approx(2 / 2048)
     assert fill_warning(LOW_FILL) == ""
