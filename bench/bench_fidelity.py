@@ -7,8 +7,9 @@ bench/reference/linux/ (Debian 12's 6.1 under QEMU, recorded on this machine),
 runs the same history through a real pagehint host and guest on each backend,
 on that recording's schedule after the balloon's registration and at the order
 its kernel reported at, and prints the four figures side by side: min–max over
-the runs, and the verdict of the 5% goal (pagehint's range against the
-kernel's, widened by 5% of the kernel's median).
+the runs, the verdict of the 5% goal (pagehint's range against the
+kernel's, widened by 5% of the kernel's median), and how far the kernel's own
+runs land from each other (each over each other).
 
     .venv/bin/python -m bench.bench_fidelity [--backends sim,shm] [--json OUT]
 """
@@ -16,6 +17,7 @@ kernel's, widened by 5% of the kernel's median).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from collections.abc import Sequence
@@ -50,6 +52,14 @@ def verdict(kernel: Sequence[float | None], ours: Sequence[float | None]) -> str
     return "within 5%" if all(lo <= v <= hi for v in o) else "outside 5%"
 
 
+def self_spread(values: Sequence[float | None]) -> tuple[float, float] | None:
+    """The kernel's runs over each other (every ordered pair): how far apart the
+    real thing's own runs land, beside which a per-run 5% is to be read."""
+    xs = [v for v in values if v]
+    ratios = [a / b for a, b in itertools.permutations(xs, 2)]
+    return (round(min(ratios), 3), round(max(ratios), 3)) if ratios else None
+
+
 def run(backends: Sequence[str]) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     for mode in MODES:
@@ -65,6 +75,7 @@ def run(backends: Sequence[str]) -> dict[str, dict[str, object]]:
             kv = [getattr(f, field) for f in kernel]
             row[f"kernel_{field}"] = span(kv)
             row[f"kernel_{field}_runs"] = kv
+            row[f"kernel_{field}_self"] = self_spread(kv)
             for backend in backends:
                 ov = [getattr(f, field) for f in ours[backend]]
                 row[f"{backend}_{field}"] = span(ov)
@@ -88,6 +99,7 @@ def show(results: dict[str, dict[str, object]], backends: Sequence[str]) -> str:
             parts = [f"  {field:15s} kernel {fmt(row[f'kernel_{field}']):>13s}"]
             for b in backends:
                 parts.append(f"{b} {fmt(row[f'{b}_{field}']):>13s} ({row[f'{b}_{field}_verdict']})")
+            parts.append(f"kernel run over kernel run {fmt(row.get(f'kernel_{field}_self'))}")
             lines.append("   ".join(parts))
     return "\n".join(lines)
 

@@ -80,3 +80,15 @@ def test_the_kernels_late_small_pass_follows_where_kaslr_put_it() -> None:
                 assert len(late) == 1, (path.name, at >> 20, fig.passes)
                 seen["high"] += 1
     assert seen["low"] >= 3 and seen["high"] >= 3
+
+
+def test_the_kernels_own_runs_over_each_other() -> None:
+    from bench.bench_fidelity import self_spread
+
+    assert self_spread([2.0, 1.0, 4.0]) == (0.25, 4.0)
+    assert self_spread([3.0]) is None and self_spread([None, 0.0, 2.0]) is None
+    # What the order-0 rows are read beside: the committed recordings' time to 90%
+    # lands more than twice apart between runs of the same history.
+    t90 = [kernel_run(p)[0].t90_s for p in reference_files("order0")]
+    spread = self_spread(t90)
+    assert spread is not None and spread[1] > 2
