@@ -35,11 +35,13 @@ Choices a replay has to make, and the ones made here:
 - **How much of each block the trace fills.** ``block_fill`` is the share of
   the pages of the 4 MiB blocks the trace touches that it names. Where it is
   low the traced machine had most of the rest of those blocks in use: an
-  order-0 allocation takes the smallest free blocks first (__rmqueue_smallest),
-  and a free block's buddy is never free (the two would have merged). Yet
-  ``--trace-untouched reported`` counts that memory free, so frees merge with
-  neighbours the traced machine never had free. The guest warns below
-  ``LOW_FILL``.
+  order-0 allocation reuses its CPU's recently freed pages, then refills a
+  batch from the smallest free blocks of its migratetype (__rmqueue_smallest),
+  and two free blocks in the buddy lists below pageblock order are never
+  buddies (they would have merged) — so a small free block's neighbours were
+  allocated, or on a per-CPU list. Yet ``--trace-untouched reported`` counts
+  that memory free, so frees merge with neighbours the traced machine never
+  had free. The guest warns below ``LOW_FILL``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,11 @@ trace never names counts as reported long ago), and after each free it gets
 back what the workload freed — all of it but what the kernel's own rules keep
 from reporting: the pages waiting on the per-CPU list (the timeline's
 ``pcp_bytes``) and the freed pages that share a 2 MiB block (the reporting
-order) with a page the workload still holds, worked out here from the trace."""
+order) with a page the workload still holds, worked out here from the trace.
+(Freed pages that share a block with a page on the per-CPU list are kept too
+and are not counted here: the list's pages are the last ones freed, whole
+blocks of the buffer, so their blocks' edges are a few pages; the 5% covers
+them.)"""
 
 from __future__ import annotations
 
