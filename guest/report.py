@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guest.trace.replay import fill_warning
+from guest.trace.replay import fill_text, fill_warning
 from pagehint.schema import GuestSummary, TraceSummary
 from pagehint.units import format_size
 
@@ -106,8 +106,12 @@ def _trace_rows(t: TraceSummary) -> list[tuple[str, str]]:
         (
             "trace pfns",
             ("none" if pfns is None else f"{pfns[0]}-{pfns[1]}") + f" mapped {t['mapping']}; "
-            f"{t['initially_allocated_pages']:,} pages allocated before the first event; "
-            f"{t.get('block_fill', 0.0):.0%} of the pages of the 4 MiB blocks it touches",
+            f"{t['initially_allocated_pages']:,} pages allocated before the first event"
+            + (
+                f"; {fill_text(t['block_fill'])} of the pages of the 4 MiB blocks it touches"
+                if "block_fill" in t
+                else ""
+            ),
         ),
         ("inconsistent", _reasons(t["inconsistencies"]) or "none"),
     ]
@@ -151,7 +155,8 @@ def _trace_notes(t: TraceSummary) -> list[tuple[str, str]]:
         ),
         (
             "warning",
-            fill_warning(t.get("block_fill", 1.0)) if t.get("untouched_reported_pages") else "",
+            # Not when the untouched pages were held (--trace-untouched allocated).
+            fill_warning(t.get("block_fill", 1.0)) if not t["untouched_allocated_pages"] else "",
         ),
         (
             "warning",

@@ -150,7 +150,7 @@ class GuestRuntime:
             self.replay_untouched = cfg.trace.untouched
             self.replay_plan = load_plan(cfg.trace)
             self.replay_speed = cfg.trace.speed
-            if self.replay_untouched == "reported" and (
+            if self.replay_untouched != "allocated" and (
                 warning := fill_warning(self.replay_plan.block_fill)
             ):
                 log.warning(warning)

@@ -46,6 +46,8 @@ Choices a replay has to make, and the ones made here:
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from array import array
 from collections.abc import Sequence
@@ -59,7 +61,7 @@ from pagehint.config import TRACE_MAPPINGS
 from pagehint.schema import TraceSummary
 
 TICK_MASK = 63  # events between counting ticks (a power of two, minus one)
-# Below this block_fill a replay that counts untouched pages reported warns: more
+# Below this block_fill a replay that counts untouched pages free warns: more
 # of each block is the traced machine's other memory than the trace's own.
 LOW_FILL = 0.5
 _MAX_BLOCK = 1 << MAX_ORDER
@@ -78,7 +80,13 @@ class ReplayPlan:
     pfns: array[int]  # mapped
     ram_bytes: int  # what covers the mapped events
     initial: list[tuple[int, int]]  # (pfn, order) allocated before the first event
-    block_fill: float  # pages named / pages of the 4 MiB blocks touched
+
+    @functools.cached_property
+    def block_fill(self) -> float:
+        """Pages named / pages of the 4 MiB blocks touched. Worked out when first
+        asked, after the command has refused a trace too large for any guest (whose
+        blocks could be millions)."""
+        return _block_fill(self.pfns, self.trace.orders)
 
 
 @dataclass
@@ -117,20 +125,28 @@ def plan_replay(trace: Trace, mapping: str = "identity") -> ReplayPlan:
         low = _MAX_BLOCK - 1
         pfns = array("q", ((to_guest[p >> MAX_ORDER] << MAX_ORDER) | (p & low) for p in trace.pfns))
     ends = max(p + (1 << o) for p, o in zip(pfns, trace.orders, strict=True))
-    fill = _block_fill(pfns, trace.orders)
-    return ReplayPlan(trace, mapping, pfns, _cover(ends), _initial(trace, pfns), fill)
+    return ReplayPlan(trace, mapping, pfns, _cover(ends), _initial(trace, pfns))
+
+
+def fill_text(fill: float) -> str:
+    """``block_fill`` as a share a reader can compare with LOW_FILL: one decimal,
+    rounded down (49.95% is under half), and never 0% for a trace that names a page."""
+    if 0 < fill < 0.001:
+        return "<0.1%"
+    return f"{math.floor(fill * 1000 + 1e-9) / 10:.1f}%"
 
 
 def fill_warning(fill: float) -> str:
-    """What a user replaying with --trace-untouched reported should know when the
-    trace fills little of its blocks (empty: nothing to say)."""
+    """What a user replaying with the untouched pages free (--trace-untouched
+    reported or free) should know when the trace fills little of its blocks
+    (empty: nothing to say)."""
     if fill >= LOW_FILL:
         return ""
     return (
-        f"the trace names {fill:.0%} of the pages of the 4 MiB blocks it touches: the "
-        "rest was the traced machine's other memory, which --trace-untouched reported "
-        "counts free, so frees merge with memory that machine had in use "
-        "(--trace-untouched allocated holds it; see examples/traces/README.md)"
+        f"the trace names {fill_text(fill)} of the pages of the 4 MiB blocks it touches: "
+        "the rest was the traced machine's other memory, which --trace-untouched "
+        "reported or free counts free, so frees merge with memory that machine had in "
+        "use (--trace-untouched allocated holds it; see examples/traces/README.md)"
     )
 
 

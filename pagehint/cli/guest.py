@@ -501,9 +501,14 @@ def _trace_ram(trace: TraceConfig) -> int:
     """The RAM that covers the trace's pfns (once mapped)."""
     plan = load_plan(trace)
     if plan.ram_bytes > MAX_RAM:
+        hint = (
+            "use --trace-map compact"
+            if plan.mapping == "identity"
+            else "even packed, its 4 MiB blocks are too many for one guest"
+        )
         raise UsageError(
             f"--trace {trace.path}: its pfns reach {plan.ram_bytes >> 30} GiB, above the "
-            f"64 GiB a guest can have; use --trace-map compact"
+            f"64 GiB a guest can have; {hint}"
         )
     return plan.ram_bytes
 

@@ -11,7 +11,8 @@ order) with a page the workload still holds, worked out here from the trace.
 (Freed pages that share a block with a page on the per-CPU list are kept too
 and are not counted here: the list's pages are the last ones freed, whole
 blocks of the buffer, so their blocks' edges are a few pages; the 5% covers
-them.)"""
+them.) Held to 2%, tighter than the issue's 5%, so that it tells a replay that
+ignores either rule."""
 
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ def test_each_free_comes_back_and_nothing_before_it(procs: Procs, tmp_path: Path
     assert len(frees) == 2 and all(b >= 500 * MIB for *_, b in frees), frees
     s, rows = replay(procs, tmp_path, "reported")
     assert s["trace"]["block_fill"] > 0.5  # a recording the README's recipe makes
+    assert s["trace"]["untouched_reported_pages"] > 0
     peak = 0
     for r in rows:
         if r["t"] < frees[0][0]:
@@ -108,4 +110,6 @@ def test_each_free_comes_back_and_nothing_before_it(procs: Procs, tmp_path: Path
         kept = after["pcp_bytes"] + kept_by_held_pages(trace, after["t"])
         print(f"free {i}: returned {returned >> 20} MiB of {freed >> 20}; kept "
               f"{kept >> 20} MiB ({after['pcp_bytes'] >> 20} MiB on the per-CPU list)")  # fmt: skip
-        assert abs(returned - (freed - kept)) <= 0.05 * freed, (i, returned >> 20, kept >> 20)
+        # The issue asks for 5%; runs land within 3 MiB (0.6%), and 2% still tells
+        # a replay that ignored either rule (each moves the first free by over 2%).
+        assert abs(returned - (freed - kept)) <= 0.02 * freed, (i, returned >> 20, kept >> 20)

@@ -39,12 +39,13 @@ def test_policy_errors_and_a_trace_show() -> None:
     assert "6 of 10 events fell outside RAM" in text
     assert "mm_page_free_batched" in text
     assert "1 failed allocations, 3 other events" in text
-    assert "blocks it touches" not in text.split("warning")[-1]  # no untouched reported
-    reported = format_summary(
-        summary(trace=dict(trace, untouched_reported_pages=9, block_fill=0.08))
-    )
-    assert "8% of the pages of the 4 MiB blocks it touches" in reported
-    assert "names 8% of the pages" in reported and "--trace-untouched allocated" in reported
+    assert "blocks it touches" not in text  # a summary from before block_fill
+    for untouched in ({"untouched_reported_pages": 9}, {}):  # reported, free
+        low = format_summary(summary(trace=dict(trace, **untouched, block_fill=0.08)))
+        assert "; 8.0% of the pages of the 4 MiB blocks it touches" in low
+        assert "names 8.0% of the pages" in low and "--trace-untouched allocated" in low
+    held = dict(trace, untouched_allocated_pages=9, block_fill=0.08)
+    assert "names 8.0%" not in format_summary(summary(trace=held))
 
 
 def test_the_host_memory_figures_show_only_when_the_host_said_something() -> None:

@@ -193,13 +193,14 @@ def test_an_empty_trace_cannot_be_replayed(tmp_path: Path) -> None:
 def test_block_fill_is_the_share_of_the_touched_blocks_pages_the_trace_names(
     tmp_path: Path,
 ) -> None:
-    # Block 0: pages 0-511 (an order-9 allocation); block 1: one page. Identity and
-    # compact map the same blocks, so the fill is the same.
+    # Block 0: pages 512-1023 (an order-9 allocation); block 1: one page. Identity
+    # and compact map the same blocks, so the fill is the same.
     path = trace_file(tmp_path, [("mm_page_alloc", 0x200, 9), ("mm_page_alloc", 0x400, 0)])
     for mapping in ("identity", "compact"):
         plan = plan_replay(parse_trace(path), mapping)
         assert plan.block_fill == pytest.approx(513 / 2048)
-    assert "names 25% of the pages" in fill_warning(513 / 2048)
+    assert "names 25.0% of the pages" in fill_warning(513 / 2048)
+    assert "names <0.1% of" in fill_warning(1 / 1024) and "names 49.9% of" in fill_warning(0.4995)
     # A pfn far past any RAM (refused later, with its reason) costs a block, not RAM;
     # a misaligned event counts within its block.
     far = trace_file(tmp_path, [("mm_page_alloc", 1 << 40, 0), ("mm_page_alloc", 0x7FF, 3)])

@@ -157,6 +157,25 @@ def test_a_gzip_trace_with_damaged_data(tmp_path: Path, capsys: pytest.CaptureFi
     assert f"--trace {f}: cannot read past line" in err
 
 
+def test_a_trace_too_large_for_a_guest_says_what_would_fit_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 16,385 distinct 4 MiB blocks: 64 GiB and one block, even packed.
+    lines = "".join(
+        f"  a-1 [000] ..... 1.000000: mm_page_free: page=00000000deadbeef pfn={b << 12:#x} "
+        "order=0\n"
+        for b in range(16385)
+    )
+    f = tmp_path / "t.trace"
+    f.write_text(lines)
+    argv = ["guest", "--trace", str(f), "--duration", "1"]
+    assert "above the 64 GiB a guest can have; use --trace-map compact" in one_line(
+        argv, capsys, {}
+    )
+    packed = one_line([*argv, "--trace-map", "compact"], capsys, {})
+    assert "even packed, its 4 MiB blocks are too many for one guest" in packed
+
+
 def test_compare_out_where_no_folder_can_be(capsys: pytest.CaptureFixture[str]) -> None:
     err = one_line(["compare", "--out", "/proc/pagehint-test/run", "--duration", "1"], capsys, {})
     assert "--out /proc/pagehint-test/run" in err
