@@ -39,9 +39,9 @@ Choices a replay has to make, and the ones made here:
   batch from the smallest free blocks of its migratetype (__rmqueue_smallest),
   and two free blocks in the buddy lists below pageblock order are never
   buddies (they would have merged) — so a small free block's neighbours were
-  allocated, or on a per-CPU list. Yet ``--trace-untouched reported`` counts
-  that memory free, so frees merge with neighbours the traced machine never
-  had free. The guest warns below ``LOW_FILL``.
+  allocated, or on a per-CPU list. Yet ``--trace-untouched reported`` (or
+  ``free``) counts that memory free, so frees merge with neighbours the traced
+  machine never had free. The guest warns below ``LOW_FILL``.
 """
 
 from __future__ import annotations
