@@ -116,6 +116,12 @@ def make_allocator(cfg: GuestConfig) -> BuddyAllocator:
         raise UsageError(f"--boot-layout {cfg.memory.layout}: {e}") from None
 
 
+def _warn_of_low_fill(plan: ReplayPlan, untouched: str) -> None:
+    """A trace that fills little of its blocks, replayed with the rest free."""
+    if untouched != "allocated" and (warning := fill_warning(plan.block_fill)):
+        log.warning(warning)
+
+
 class GuestRuntime:
     def __init__(
         self,
@@ -150,10 +156,7 @@ class GuestRuntime:
             self.replay_untouched = cfg.trace.untouched
             self.replay_plan = load_plan(cfg.trace)
             self.replay_speed = cfg.trace.speed
-            if self.replay_untouched != "allocated" and (
-                warning := fill_warning(self.replay_plan.block_fill)
-            ):
-                log.warning(warning)
+            _warn_of_low_fill(self.replay_plan, self.replay_untouched)
 
     def _on_mark(self, label: str) -> None:
         # A row of its own, at once: marks closer than a sampling period all show.

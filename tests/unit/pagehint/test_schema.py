@@ -34,7 +34,8 @@ def test_optional_fields_are_optional() -> None:
     required, optional = _keys(TimelineRow)
     host_memory = {"major_faults", "minor_faults", "fault_wait_seconds", "swapped_bytes"}
     balloon = {"balloon_target_bytes", "balloon_bytes"}
-    assert optional == {"mark", "chain", "oom_killed"} | host_memory | balloon
+    # pcp_bytes: written in every row since 2026-12-05; optional so older files read.
+    assert optional == {"mark", "chain", "oom_killed", "pcp_bytes"} | host_memory | balloon
     assert "t" in required
     required, optional = _keys(GuestSummary)
     assert {"backend", "host_chains", "drops"} <= optional and "guest_id" in required

@@ -378,8 +378,10 @@ async def test_churn_never_gets_an_isolated_page_during_slow_reports(seed: int) 
 
     async def hog_cycles() -> None:
         # big allocations freed again: they make reportable blocks for the worker
+        # (2 MiB blocks: page by page, the churn's pages interleaved with the hog's
+        # as the loop switched between them, and some seeds freed no whole block)
         for _ in range(4):
-            await ctx.alloc_bytes("hog", 24 << 20, 0)
+            await ctx.alloc_bytes("hog", 24 << 20, 9)
             await asyncio.sleep(0.02)
             await ctx.free_group("hog")
             await asyncio.sleep(0.08)
