@@ -9,6 +9,7 @@ from guest.mm.procfs import buddyinfo
 from guest.workloads.base import WorkloadContext
 from guest.workloads.builtin import WorkloadParams, churn, fragment, memhog
 from pagehint.config import BARE_MEMORY
+from tests.waiting import wait_for
 
 
 async def _run_for(coro_fn, ctx: WorkloadContext, seconds: float) -> None:  # type: ignore[no-untyped-def]
@@ -53,7 +54,11 @@ async def test_fragment_leaves_only_order0_holes() -> None:
     mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
     ctx = WorkloadContext(GuestMemory(mm))
     # everything allocated page by page, every other page freed: nothing merges
-    await _run_for(fragment(ctx, WorkloadParams(hog_fraction=1.0)), ctx, 0.5)
+    # (waited for, not timed: a loaded CI machine once took over 0.5 s)
+    task = asyncio.create_task(fragment(ctx, WorkloadParams(hog_fraction=1.0)))
+    await wait_for(lambda: ctx.stats.free_ops == mm.nr_pages // 2, 30, "every other page freed")
+    ctx.stop.set()
+    await asyncio.wait_for(task, 5)
     info = buddyinfo(mm)
     assert sum(c[0] for c in info.values()) == mm.nr_pages // 2
     assert all(sum(c[1:]) == 0 for c in info.values())
