@@ -144,7 +144,11 @@ def test_the_side_by_side_command_runs_and_tells_the_runs_apart(tmp_path: Path) 
     assert all(not x["errors"] for x in rows.values())
     # Reporting gives freed memory back: the host holds less over the run than
     # with nothing, and swaps less (with nothing, both halves' memory stays held).
-    assert rows["reporting"]["host_gib_min"] < rows["none"]["host_gib_min"]
+    # Unless the run with nothing had a guest OOM-killed: its memory went with it,
+    # and the GiB·min of the run that killed is no longer the same measure (on
+    # 2026-12-05 this machine's slower runs killed one, and the two came out equal).
+    if rows["none"]["oom_kills"] == 0:
+        assert rows["reporting"]["host_gib_min"] < rows["none"]["host_gib_min"]
     assert rows["none"]["swap_peak_bytes"] > 0 or rows["none"]["oom_kills"] > 0
     assert rows["reporting"]["swap_peak_bytes"] < rows["none"]["swap_peak_bytes"] or (
         rows["none"]["oom_kills"] > rows["reporting"]["oom_kills"]
