@@ -97,7 +97,9 @@ async def test_an_oom_killed_guest_says_so_in_one_line_and_exits_3() -> None:
     assert line == f"pagehint guest: {OOM_DETAIL}"
     summary = json.loads(out.decode().strip().splitlines()[-1])
     assert summary["oom_killed"] is True
-    assert summary["major_faults"] == 1 and summary["fault_wait_seconds"] > 0
+    # One major fault per Notice the host sent: one, unless a loaded machine broke
+    # the first stream before the kill and the guest's next session got one too.
+    assert summary["major_faults"] == len(host.seqs) >= 1 and summary["fault_wait_seconds"] > 0
     assert summary["swapped_bytes"] == 8192
     assert host.offered == [True] and host.seqs[0] == 1
     assert summary["duration_s"] < 30  # it stopped, not ran its 60 s

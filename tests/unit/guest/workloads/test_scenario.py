@@ -333,7 +333,9 @@ def test_twenty_thousand_groups_held_at_once_are_counted_quickly() -> None:
     text = "".join(_steps(f'op = "alloc"\nname = "a{i}"\nsize = "4KiB"') for i in range(20_000))
     t0 = time.monotonic()
     check_fits(parse_scenario(text, "t.toml"), 128 << 20)
-    assert time.monotonic() - t0 < 5  # a running total, not a sum per step (16 s)
+    # A running total, not a sum per step: that took 16 s on an idle machine, this
+    # takes 1.3 s (5.5 s once under a loaded CI run), so 12 s still tells them apart.
+    assert time.monotonic() - t0 < 12
 
 
 async def test_until_inside_a_repeat_counts_from_each_turn() -> None:
