@@ -10,8 +10,8 @@ from reporting: the pages waiting on the per-CPU list (the timeline's
 order) with a page the workload still holds, worked out here from the trace.
 (Freed pages that share a block with a page on the per-CPU list are kept too
 and are not counted here: the list's pages are the last ones freed, whole
-blocks of the buffer, so their blocks' edges are a few pages; the 5% covers
-them.) Held to 2%, tighter than the issue's 5%, so that it tells a replay that
+blocks of the buffer, so their blocks' edges are a few pages; the tolerance
+covers them.) Held to 2%, tighter than the issue's 5%, so that it tells a replay that
 ignores either rule."""
 
 from __future__ import annotations
