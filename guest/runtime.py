@@ -137,8 +137,10 @@ class GuestRuntime:
             scenario = load_scenario(cfg.scenario)
         self.scenario = scenario
         self._out: IO[str] | None = None
-        self.ctx = WorkloadContext(self.memory, seed=cfg.seed, on_mark=self._on_mark)
         self.policy: Policy = make_policy(cfg.hinting, self.mm, device)
+        self.ctx = WorkloadContext(
+            self.memory, seed=cfg.seed, on_mark=self._on_mark, kernel=self.policy.kernel_work
+        )
         self.started = time.monotonic()
         # What the run reads of its host (the service gives one: guest/service.py).
         self.host: HostReadings = NoHost()

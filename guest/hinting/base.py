@@ -13,6 +13,7 @@ from guest.hinting.device import Block, ReportError, ReportingDevice
 from guest.mm.buddy import BuddyAllocator
 from guest.mm.constants import FREE, ISOLATED, PAGE_SIZE, STATE_MASK
 from guest.mm.exact import containing_block
+from guest.sched import KernelWork
 from pagehint.config import HintingConfig
 from pagehint.ratelog import RateLimitedLog
 from pagehint.stats import LatencyHistogram
@@ -124,6 +125,9 @@ class Policy(abc.ABC):
         self.on_ack: list[Callable[[], None]] = []
         # Contract breaks found by report_batch (a guarded outside policy shares its list).
         self.rule_errors: list[str] = []
+        # Under way while the worker runs a pass or has a report out: the workload
+        # yields to it at each operation meanwhile (guest/sched.py).
+        self.kernel_work = KernelWork()
 
     @abc.abstractmethod
     def start(self) -> None: ...
@@ -155,7 +159,8 @@ class Policy(abc.ABC):
         """
         if not batch:
             return True
-        sent = await self._report_step(batch)
+        with self.kernel_work.running():
+            sent = await self._report_step(batch)
         self.drain(batch, reported=mark and sent.error is None, to_tail=to_tail)
         if sent.error is None:
             self._book_done(batch, sent.elapsed_ms)

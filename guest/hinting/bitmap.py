@@ -166,7 +166,8 @@ class BitmapPolicy(Policy):
             return True
         batch: list[Block] = []
         try:
-            return await self._walk_zones(due, batch, cross)
+            with self.kernel_work.running():
+                return await self._walk_zones(due, batch, cross)
         finally:
             # Stopped mid-walk: blocks isolated but not yet sent go back unreported
             # (v10's page_hinting_disable waits for the walk instead; a stop here

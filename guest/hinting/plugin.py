@@ -90,6 +90,7 @@ class GuardedPolicy(Policy):
         self.stats = self.inner.stats
         self.on_ack = self.inner.on_ack
         self.problems = self.inner.problems
+        self.kernel_work = self.inner.kernel_work
         self.inner.rule_errors = self.errors
 
     def _broke(self, what: str) -> None:

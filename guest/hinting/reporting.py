@@ -146,9 +146,10 @@ class ReportingPolicy(Policy):
         self.stats.walks += 1
         self._t_sync = time.perf_counter()
         try:
-            for zone in self.mm.zones:
-                if not await self.process_zone(zone):
-                    break
+            with self.kernel_work.running():
+                for zone in self.mm.zones:
+                    if not await self.process_zone(zone):
+                        break
         finally:
             # Whatever is still isolated (a cancelled pass) goes back unreported.
             self.drain(self._batch, reported=False)

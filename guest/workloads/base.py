@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from guest.memory import GuestMemory
 from guest.mm.constants import PAGE_SIZE
+from guest.sched import KernelWork
 from guest.workloads import share
 from guest.workloads.held import HeldBlocks
 
@@ -45,6 +46,7 @@ class WorkloadContext:
         seed: int = 0,
         on_mark: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        kernel: KernelWork | None = None,
     ) -> None:
         self.memory = memory
         self.rng = random.Random(seed)
@@ -58,6 +60,11 @@ class WorkloadContext:
         self._next_check = 1 << CLOCK_SHIFT  # op count at which to look at the clock
         self._next_yield = YIELD_EVERY  # op count at which to yield, at the latest
         self._resumed = time.perf_counter()
+        # The policy's worker, which runs ahead of the workload while under way
+        # (guest/sched.py): it cues the next operation to look (and yield).
+        self._kernel = kernel
+        if kernel is not None:
+            kernel.subscribe(self._kernel_cue)
         # The host's memory model (host_memory): what the host said the workload's
         # touches cost (swap-ins, writeback of what made room: Notice.delay_us), not
         # yet waited; and the seconds waited so far. A fault stalls the vCPU that
@@ -111,14 +118,25 @@ class WorkloadContext:
         loop shared by many guests, as the LoopShare says: see share.py)."""
         await self.ticks(1)
 
+    def _kernel_cue(self) -> None:
+        self._next_check = 0
+
     async def _maybe_yield(self) -> None:
         """Every 2**CLOCK_SHIFT operations: yield if YIELD_EVERY have passed since
-        the last yield, or YIELD_AFTER_S of work."""
+        the last yield, or YIELD_AFTER_S of work. At every operation while the
+        policy's worker is under way: it goes first (guest/sched.py)."""
+        if self._kernel is not None and self._kernel.active:
+            self._next_check = self._ops + 1
+            await self._yield_now()
+            return
         self._next_check = ((self._ops >> CLOCK_SHIFT) + 1) << CLOCK_SHIFT
         if self._ops >= self._next_yield or time.perf_counter() - self._resumed >= YIELD_AFTER_S:
-            await asyncio.sleep(0)
-            self._resumed = time.perf_counter()
-            self._next_yield = self._ops + YIELD_EVERY
+            await self._yield_now()
+
+    async def _yield_now(self) -> None:
+        await asyncio.sleep(0)
+        self._resumed = time.perf_counter()
+        self._next_yield = self._ops + YIELD_EVERY
 
     async def ticks(self, n: int) -> None:
         """Count ``n`` operations at once (a tight loop's batch), yielding as tick()

@@ -123,3 +123,30 @@ async def test_until_counts_from_registration_not_after_the_boot_footprint(
     await rt.run()
     (at,) = [t for t, label in rt.ctx.stats.marks if label == "at"]
     assert 0.55 <= at < 0.8, at
+
+
+async def test_the_workload_yields_to_its_policys_work_at_each_operation() -> None:
+    """guest/sched.py: while the policy's worker is under way, each of the
+    workload's operations lets the loop run (a woken kworker preempts it)."""
+    rt = GuestRuntime(_cfg(None), device=LoopbackDevice())
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    with rt.policy.kernel_work.running():
+        before = turns
+        for _ in range(10):
+            await rt.ctx.tick()
+        during = turns - before
+    before = turns
+    for _ in range(10):
+        await rt.ctx.tick()
+    after = turns - before
+    task.cancel()
+    assert during >= 10 and after == 0, (during, after)

@@ -518,3 +518,28 @@ async def test_an_abandoned_report_that_ends_in_a_bug_is_logged(
     await asyncio.wait_for(pol.stop(), 2.0)
     assert pol.stats.abandoned_reports == 1
     await wait_for(lambda: "late bug after abandon" in caplog.text, 2.0, "the late bug in the log")
+
+
+async def test_a_walk_is_kernel_work_from_its_start_to_its_end() -> None:
+    """guest/sched.py: the workload yields to the hinting work under way, its walk
+    and its reports alike; while the worker waits for bits, it does not."""
+    dev = LoopbackDevice(capacity=16)
+    mm, pol = make(dev, threshold=4)
+    seen: list[int] = []
+    report = dev.report
+
+    async def watched(batch: Sequence[tuple[int, int]]) -> None:
+        seen.append(pol.kernel_work.active)
+        await report(batch)
+
+    dev.report = watched  # type: ignore[method-assign]
+    pol.start()
+    try:
+        assert pol.kernel_work.active == 0
+        fill_and_free(mm)
+        await wait_for(lambda: len(dev.blocks) == 14, 3.0, "every isolatable block reported")
+        await wait_for(pol.idle, 1.0, "worker idle")
+        assert seen and all(n == 2 for n in seen), seen  # the walk, and its report
+        assert pol.kernel_work.active == 0
+    finally:
+        await pol.stop()

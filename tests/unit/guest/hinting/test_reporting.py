@@ -306,3 +306,22 @@ async def test_at_order_0_a_pass_takes_64_less_the_fragments_left_in_its_last_re
     assert sum(1 for o in orders if o < MAX_ORDER) == fragments
     assert sum(1 for o in orders if o == MAX_ORDER) == order10
     await pol.stop()
+
+
+async def test_a_pass_is_kernel_work_from_its_start_to_its_end() -> None:
+    """guest/sched.py: the workload yields to a pass under way, its walks and its
+    reports alike; between passes it does not."""
+    mm, pol, dev = make(1 << 30)
+    seen: list[int] = []
+    report = dev.report
+
+    async def watched(batch: list[tuple[int, int]]) -> None:
+        seen.append(pol.kernel_work.active)
+        await report(batch)
+
+    dev.report = watched  # type: ignore[method-assign]
+    assert pol.kernel_work.active == 0
+    await pol.process()
+    assert seen and all(n == 2 for n in seen), seen  # the pass, and its report
+    assert pol.kernel_work.active == 0
+    await pol.stop()

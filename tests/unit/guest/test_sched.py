@@ -1,0 +1,91 @@
+"""Kernel work runs ahead of the workload (guest/sched.py): while a policy's worker
+is under way, a busy workload yields before each operation, so each await of the
+worker waits at most one operation, as a woken kworker preempts a user task."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from guest.memory import GuestMemory
+from guest.mm import BuddyAllocator
+from guest.sched import KernelWork
+from guest.workloads.base import WorkloadContext
+from pagehint.config import BARE_MEMORY
+
+
+class _SlowMemory(GuestMemory):
+    """Each allocation takes at least 50 us of wall time (a page written into a
+    shared-memory RAM file costs 15-30 us here)."""
+
+    def alloc(self, order: int = 0, migratetype: int = 1) -> int:
+        end = time.perf_counter() + 5e-5
+        while time.perf_counter() < end:
+            pass
+        return super().alloc(order, migratetype)
+
+
+def _context(kernel: KernelWork | None) -> WorkloadContext:
+    return WorkloadContext(_SlowMemory(BuddyAllocator(64 << 20, model=BARE_MEMORY)), kernel=kernel)
+
+
+async def _ops_per_worker_await(ctx: WorkloadContext, kernel: KernelWork, awaits: int) -> list[int]:
+    """The workload's operations between each two turns of a worker under way."""
+    seen = []
+    with kernel.running():
+        for _ in range(awaits):
+            before = ctx.stats.alloc_ops
+            await asyncio.sleep(0)
+            seen.append(ctx.stats.alloc_ops - before)
+    return seen
+
+
+async def test_a_worker_under_way_waits_at_most_one_operation_per_await() -> None:
+    kernel = KernelWork()
+    ctx = _context(kernel)
+    work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))  # 4,096 operations
+    await asyncio.sleep(0.005)  # the workload is in its stride
+    seen = await _ops_per_worker_await(ctx, kernel, 50)
+    ctx.stop.set()
+    await work
+    assert max(seen) <= 1, seen
+
+
+async def test_without_the_cue_a_worker_waits_behind_a_millisecond_slice() -> None:
+    """The same worker beside a workload that does not yield to it: what the cue mends."""
+    kernel = KernelWork()
+    ctx = _context(None)
+    work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
+    await asyncio.sleep(0.005)
+    seen = await _ops_per_worker_await(ctx, kernel, 50)
+    ctx.stop.set()
+    await work
+    assert max(seen) >= 10, seen  # 1 ms of 50 us operations, and more
+
+
+async def test_once_the_work_ends_the_workload_goes_back_to_its_slices() -> None:
+    kernel = KernelWork()
+    ctx = _context(kernel)
+    work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
+    await asyncio.sleep(0.005)
+    await _ops_per_worker_await(ctx, kernel, 5)
+    seen = []
+    for _ in range(20):
+        before = ctx.stats.alloc_ops
+        await asyncio.sleep(0)
+        seen.append(ctx.stats.alloc_ops - before)
+    ctx.stop.set()
+    await work
+    assert min(seen[1:]) >= 10, seen
+
+
+def test_work_is_under_way_while_any_of_it_is_nested_or_not() -> None:
+    kernel = KernelWork()
+    cues: list[int] = []
+    kernel.subscribe(lambda: cues.append(kernel.active))
+    with kernel.running():
+        with kernel.running():
+            assert kernel.active == 2
+        assert kernel.active == 1
+    assert kernel.active == 0
+    assert cues == [1, 2]
