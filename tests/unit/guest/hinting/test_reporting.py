@@ -311,7 +311,7 @@ async def test_at_order_0_a_pass_takes_64_less_the_fragments_left_in_its_last_re
 async def test_a_pass_is_kernel_work_from_its_start_to_its_end() -> None:
     """guest/sched.py: the workload yields to a pass under way, its walks and its
     reports alike; between passes it does not."""
-    mm, pol, dev = make(1 << 30)
+    _mm, pol, dev = make(1 << 30)
     seen: list[int] = []
     report = dev.report
 
