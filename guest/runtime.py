@@ -152,12 +152,10 @@ class GuestRuntime:
         self.policy.on_ack.append(self._on_ack)
         self.replay_plan: ReplayPlan | None = None
         self.replay_stats = ReplayStats()
-        self.replay_speed: float | None = None
-        self.replay_untouched = "reported"
+        self.replay_speed = cfg.trace.speed if cfg.trace is not None else None
+        self.replay_untouched = cfg.trace.untouched if cfg.trace is not None else "reported"
         if cfg.trace is not None:
-            self.replay_untouched = cfg.trace.untouched
             self.replay_plan = load_plan(cfg.trace)
-            self.replay_speed = cfg.trace.speed
             _warn_of_low_fill(self.replay_plan, self.replay_untouched)
 
     def _on_mark(self, label: str) -> None:
