@@ -21,7 +21,8 @@ YIELD_EVERY = 512
 # page of a shared-memory RAM file costs 15-30 us here, so 512 of them held the
 # loop 8-15 ms, and each await of a reporting pass waited that long behind the
 # workload (a pass that began while a region was being touched came 60-90 ms
-# late, where the kernel's worker runs on the other CPU at once). A yield costs
+# late, where the kernel's kworker preempts the workload when woken: see
+# guest/sched.py, which now also lets a pass under way go first). A yield costs
 # 3 us on uvloop (measured here), so 1 ms of work between yields costs < 1%.
 YIELD_AFTER_S = 0.001
 # The clock is read every 2**CLOCK_SHIFT (32) operations (a read costs ~0.2 us, an
