@@ -27,13 +27,13 @@ waited up to a millisecond behind it, and since the kernel schedules the next
 pass 2 s after the previous one ends, the lag carried into every pass after it
 (measured on shm, where touching a page costs 15-30 us: a pass during a
 256 MiB touch ended 21 ms late, and every later pass came that much later).
-While a policy's work is under way, the workload yields between its
-operations instead (a trace replay between its batches of 64 events), so a
-pass waits at most one operation at each await: for its own yields, and for
-the host's answer, which the loop sees only when it polls. The price is the
-other way round from the kernel's: while a report is out, 6.1's workload runs
-at full speed beside the sleeping kworker, pagehint's pays a yield (~3 us)
-per operation to poll for the answer.
+While a policy's pass is under way, the workload yields between its
+operations instead (a trace replay between its batches of 64 events), so the
+pass waits at most one operation at each of its own awaits. While a report is
+out with the host the kworker sleeps, and 6.1's workload runs at full speed
+beside it; pagehint's loop sees the answer only when it polls, so the workload
+polls every POLL_S of its work: at most a yield's cost, and the answer is taken
+up within about two polls (the workload's turn already queued, then the pass's).
 """
 
 from __future__ import annotations
@@ -41,22 +41,42 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+# Seconds of the workload's work between polls while a report is out. A yield
+# costs 4.5 us on uvloop in a workload's tick (10.9 us on plain asyncio), against
+# 0.8 us for a tick that does not yield (measured here, 2026-12-06): a poll every
+# 100 us costs under 5% (11% on asyncio), where a yield at every operation cost a
+# busy sim workload 23-41% of its operations for as long as the host took. An
+# answer waits at most about 0.2 ms, a twentieth of the 10 ms at which the
+# reference recordings sample the kernel's returns (bench/reference/linux/record.py).
+POLL_S = 1e-4
+
 
 class KernelWork:
-    """Whether a policy's worker is under way, and who yields to it."""
+    """Whether a policy's worker is under way, and whether it waits on the host."""
 
-    __slots__ = ("_on_begin", "active")
+    __slots__ = ("_on_begin", "active", "waiting")
 
     def __init__(self) -> None:
-        self.active = 0  # nested: a pass, and each report inside it
+        self.active = 0  # passes under way
+        self.waiting = 0  # reports out with the host (a pass's, or a bare one)
         self._on_begin: list[Callable[[], None]] = []
 
     def subscribe(self, on_begin: Callable[[], None]) -> None:
-        """Call ``on_begin`` whenever work begins (a workload's cue to yield at once)."""
+        """Call ``on_begin`` whenever work begins (a workload's cue to look at once)."""
         self._on_begin.append(on_begin)
+
+    @property
+    def under_way(self) -> bool:
+        return bool(self.active or self.waiting)
+
+    @property
+    def runnable(self) -> bool:
+        """A pass under way and not waiting on the host: it goes first."""
+        return self.active > self.waiting
 
     @contextmanager
     def running(self) -> Iterator[None]:
+        """A pass, from its start to its end."""
         self.active += 1
         try:
             for cue in self._on_begin:
@@ -64,3 +84,14 @@ class KernelWork:
             yield
         finally:
             self.active -= 1
+
+    @contextmanager
+    def waiting_on_host(self) -> Iterator[None]:
+        """A report out with the host: the workload polls every POLL_S meanwhile."""
+        self.waiting += 1
+        try:
+            for cue in self._on_begin:
+                cue()
+            yield
+        finally:
+            self.waiting -= 1

@@ -125,8 +125,8 @@ class Policy(abc.ABC):
         self.on_ack: list[Callable[[], None]] = []
         # Contract breaks found by report_batch (a guarded outside policy shares its list).
         self.rule_errors: list[str] = []
-        # Under way while the worker runs a pass or has a report out: the workload
-        # yields to it at each operation meanwhile (guest/sched.py).
+        # Under way while the worker runs a pass (the workload yields to it between
+        # operations) or has a report out (the workload polls: guest/sched.py).
         self.kernel_work = KernelWork()
 
     @abc.abstractmethod
@@ -159,7 +159,7 @@ class Policy(abc.ABC):
         """
         if not batch:
             return True
-        with self.kernel_work.running():
+        with self.kernel_work.waiting_on_host():
             sent = await self._report_step(batch)
         self.drain(batch, reported=mark and sent.error is None, to_tail=to_tail)
         if sent.error is None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from guest.memory import GuestMemory
 from guest.mm.constants import PAGE_SIZE
-from guest.sched import KernelWork
+from guest.sched import POLL_S, KernelWork
 from guest.workloads import share
 from guest.workloads.held import HeldBlocks
 
@@ -124,11 +124,14 @@ class WorkloadContext:
 
     async def _maybe_yield(self) -> None:
         """Every 2**CLOCK_SHIFT operations: yield if YIELD_EVERY have passed since
-        the last yield, or YIELD_AFTER_S of work. At every operation while the
-        policy's worker is under way: it goes first (guest/sched.py)."""
-        if self._kernel is not None and self._kernel.active:
+        the last yield, or YIELD_AFTER_S of work. While the policy's worker is
+        under way (guest/sched.py): at every operation while it runs, after
+        POLL_S of work while it waits on the host."""
+        kernel = self._kernel
+        if kernel is not None and kernel.under_way:
             self._next_check = self._ops + 1
-            await self._yield_now()
+            if kernel.runnable or time.perf_counter() - self._resumed >= POLL_S:
+                await self._yield_now()
             return
         self._next_check = ((self._ops >> CLOCK_SHIFT) + 1) << CLOCK_SHIFT
         if self._ops >= self._next_yield or time.perf_counter() - self._resumed >= YIELD_AFTER_S:

@@ -149,4 +149,6 @@ async def test_the_workload_yields_to_its_policys_work_at_each_operation() -> No
         await rt.ctx.tick()
     after = turns - before
     task.cancel()
-    assert during >= 10 and after == 0, (during, after)
+    # After it, the workload is back to its millisecond slices (one may end among
+    # the ten operations if the process was paused that long).
+    assert during >= 10 and after <= 1, (during, after)

@@ -1,6 +1,7 @@
-"""Kernel work runs ahead of the workload (guest/sched.py): while a policy's worker
-is under way, a busy workload yields before each operation, so each await of the
-worker waits at most one operation, as a woken kworker preempts a user task."""
+"""Kernel work runs ahead of the workload (guest/sched.py): while a policy's pass
+is under way, a busy workload yields between its operations, so each await of the
+pass waits at most one operation, as a woken kworker preempts a user task; while
+a report is out with the host, the workload only polls, every POLL_S of its work."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 from guest.memory import GuestMemory
 from guest.mm import BuddyAllocator
-from guest.sched import KernelWork
+from guest.sched import POLL_S, KernelWork
 from guest.workloads.base import WorkloadContext
 from pagehint.config import BARE_MEMORY
 
@@ -29,10 +30,13 @@ def _context(kernel: KernelWork | None) -> WorkloadContext:
     return WorkloadContext(_SlowMemory(BuddyAllocator(64 << 20, model=BARE_MEMORY)), kernel=kernel)
 
 
-async def _ops_per_worker_await(ctx: WorkloadContext, kernel: KernelWork, awaits: int) -> list[int]:
-    """The workload's operations between each two turns of a worker under way."""
+async def _ops_per_worker_await(
+    ctx: WorkloadContext, kernel: KernelWork, awaits: int, waiting: bool = False
+) -> list[int]:
+    """The workload's operations between each two turns of a worker under way (or,
+    ``waiting``, of one whose report is out with the host)."""
     seen = []
-    with kernel.running():
+    with kernel.waiting_on_host() if waiting else kernel.running():
         for _ in range(awaits):
             before = ctx.stats.alloc_ops
             await asyncio.sleep(0)
@@ -79,13 +83,30 @@ async def test_once_the_work_ends_the_workload_goes_back_to_its_slices() -> None
     assert min(seen[1:]) >= 10, seen
 
 
+async def test_while_a_report_is_out_the_workload_only_polls() -> None:
+    """50 us operations: a poll every POLL_S (100 us) is every second or third of
+    them, not every one; the loop still sees an answer within a few."""
+    assert POLL_S == 1e-4
+    kernel = KernelWork()
+    ctx = _context(kernel)
+    work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
+    await asyncio.sleep(0.005)
+    seen = await _ops_per_worker_await(ctx, kernel, 50, waiting=True)
+    ctx.stop.set()
+    await work
+    assert max(seen) <= 3, seen  # at most POLL_S and one operation more
+    assert sorted(seen)[len(seen) // 2] >= 2, seen  # not at every operation
+
+
 def test_work_is_under_way_while_any_of_it_is_nested_or_not() -> None:
     kernel = KernelWork()
-    cues: list[int] = []
-    kernel.subscribe(lambda: cues.append(kernel.active))
+    cues: list[tuple[int, bool]] = []  # (passes, runnable) at each cue
+    kernel.subscribe(lambda: cues.append((kernel.active, kernel.runnable)))
     with kernel.running():
-        with kernel.running():
-            assert kernel.active == 2
-        assert kernel.active == 1
-    assert kernel.active == 0
-    assert cues == [1, 2]
+        with kernel.waiting_on_host():
+            assert (kernel.active, kernel.waiting, kernel.runnable) == (1, 1, False)
+        assert (kernel.active, kernel.waiting, kernel.runnable) == (1, 0, True)
+    with kernel.waiting_on_host():  # a report with no pass around it
+        assert kernel.under_way and not kernel.runnable
+    assert (kernel.active, kernel.waiting, kernel.under_way) == (0, 0, False)
+    assert cues == [(1, True), (1, False), (0, False)]

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from guest.hinting.plugin import check_policy_name, load_policy_class
-from pagehint.config import BARE_MEMORY
+from guest.hinting.device import LoopbackDevice
+from guest.hinting.plugin import GuardedPolicy, check_policy_name, load_policy_class
+from guest.mm import BuddyAllocator
+from pagehint.config import BARE_MEMORY, HintingConfig
 from pagehint.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -124,6 +126,17 @@ def test_loaded_by_path_and_by_module() -> None:
     finally:
         sys.path.remove(str(ROOT))
     assert by_module.__name__ == "IdlePolicy"
+
+
+def test_a_guarded_policy_shares_its_policys_kernel_work() -> None:
+    """The workload yields to what the policy's own passes mark (guest/sched.py)."""
+    spec = f"{IDLE}:IdlePolicy"
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
+    guarded = GuardedPolicy(
+        load_policy_class(spec), HintingConfig(policy=spec), mm, LoopbackDevice()
+    )
+    assert guarded.inner is not None
+    assert guarded.kernel_work is guarded.inner.kernel_work
 
 
 def test_bad_specs_are_one_line_errors(tmp_path: Path) -> None:

@@ -309,19 +309,26 @@ async def test_at_order_0_a_pass_takes_64_less_the_fragments_left_in_its_last_re
 
 
 async def test_a_pass_is_kernel_work_from_its_start_to_its_end() -> None:
-    """guest/sched.py: the workload yields to a pass under way, its walks and its
-    reports alike; between passes it does not."""
-    _mm, pol, dev = make(1 << 30)
-    seen: list[int] = []
+    """guest/sched.py: the workload yields to a pass under way and polls while its
+    report is out; between passes it does neither, whatever became of the reports."""
+    mm, pol, dev = make(1 << 30)
+    seen: list[tuple[int, int]] = []
     report = dev.report
 
     async def watched(batch: list[tuple[int, int]]) -> None:
-        seen.append(pol.kernel_work.active)
+        seen.append((pol.kernel_work.active, pol.kernel_work.waiting))
         await report(batch)
 
     dev.report = watched  # type: ignore[method-assign]
     assert pol.kernel_work.active == 0
     await pol.process()
-    assert seen and all(n == 2 for n in seen), seen  # the pass, and its report
-    assert pol.kernel_work.active == 0
+    assert seen and all(n == (1, 1) for n in seen), seen  # the pass, and its report out
+    assert (pol.kernel_work.active, pol.kernel_work.waiting) == (0, 0)
+    held = [mm.alloc(9) for _ in range(64)]
+    for pfn in held:
+        mm.free(pfn, 9)  # unreported again
+    dev.fail_next = 3  # failed reports end the pass early
+    await pol.process()
+    assert pol.stats.failures >= 1
+    assert (pol.kernel_work.active, pol.kernel_work.waiting) == (0, 0)
     await pol.stop()
