@@ -101,5 +101,6 @@ async def test_an_oom_killed_guest_says_so_in_one_line_and_exits_3() -> None:
     # the first stream before the kill and the guest's next session got one too.
     assert summary["major_faults"] == len(host.seqs) >= 1 and summary["fault_wait_seconds"] > 0
     assert summary["swapped_bytes"] == 8192
-    assert host.offered == [True] and host.seqs[0] == 1
+    # Every session offered its touches (one, or two as above).
+    assert host.offered and all(host.offered) and host.seqs[0] == 1
     assert summary["duration_s"] < 30  # it stopped, not ran its 60 s
