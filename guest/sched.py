@@ -46,7 +46,7 @@ from contextlib import contextmanager
 # 0.8 us for a tick that does not yield (measured here, 2026-12-06): a poll every
 # 100 us costs under 5% (11% on asyncio), where a yield at every operation cost a
 # busy sim workload 23-41% of its operations for as long as the host took. An
-# answer waits at most about 0.2 ms, a twentieth of the 10 ms at which the
+# answer waits at most about 0.2 ms, a fiftieth of the 10 ms at which the
 # reference recordings sample the kernel's returns (bench/reference/linux/record.py).
 POLL_S = 1e-4
 
