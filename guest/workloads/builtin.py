@@ -52,7 +52,12 @@ async def churn_for(
     max_order: int = 3,
     seconds: float | None = None,
     group: str = "churn",
+    ops: int | None = None,
 ) -> None:
+    """Churn at ``ops_per_second`` for ``seconds``, or until ``ops`` operations are
+    done, or (neither) until stopped. A count runs the same history on a slow
+    backend as on a fast one: by time, a backend whose touches cost more does
+    fewer operations and so touches a different amount of memory."""
     mm = ctx.memory.mm
     target_pages = int(mm.nr_pages * occupancy)
     held = ctx.groups.setdefault(group, HeldBlocks())
@@ -62,13 +67,18 @@ async def churn_for(
     per_tick = max(1, int(ops_per_second * tick))
     loop = asyncio.get_running_loop()
     start = loop.time()
+    left = ops
     while not ctx.stop.is_set():
         if seconds is not None and loop.time() - start >= seconds:
             break
+        if left is not None and left <= 0:
+            break
         slice_start = loop.time()
-        for _ in range(per_tick):
+        for _ in range(per_tick if left is None else min(per_tick, left)):
             if ctx.stop.is_set():  # a long slice (a high --rate) still stops at once
                 break
+            if left is not None:
+                left -= 1
             await ctx.unpaused()
             # Drift toward the target: allocate more often when below it.
             p_alloc = 0.5 + 0.5 * (target_pages - held_pages) / max(1, target_pages)

@@ -13,8 +13,10 @@ Steps (``op`` names the kind)::
     [[steps]]
     op = "mark"       # label: shows on timelines and plots
     [[steps]]
-    op = "churn"      # seconds, occupancy (default 0.5), rate (ops/s, default 20000),
-                      # name (default "churn": the group a later free can name)
+    op = "churn"      # seconds or ops (operations, one of them), occupancy (default
+                      # 0.5), rate (ops/s, default 20000), name (default "churn": the
+                      # group a later free can name). ops runs the same history on
+                      # any backend or load; seconds does as many as the time allows
     [[steps]]
     op = "repeat"     # count, steps = [ {op = ...}, ... ]
 
@@ -77,10 +79,11 @@ class Mark:
 
 @dataclass(frozen=True)
 class Churn:
-    seconds: float
+    seconds: float | None  # one of seconds and ops
     occupancy: float
     rate: float
     name: str = "churn"  # the group churn holds its blocks in (a later free can name it)
+    ops: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ _FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "free": ({"name"}, {"stride", "offset"}),
     "sleep": (set(), {"seconds", "until"}),
     "mark": ({"label"}, set()),
-    "churn": ({"seconds"}, {"occupancy", "rate", "name"}),
+    "churn": (set(), {"seconds", "ops", "occupancy", "rate", "name"}),
     "repeat": ({"count", "steps"}, set()),
 }
 
@@ -172,13 +175,18 @@ class _Parser:
         if op == "mark":
             return Mark(self.string(raw["label"], where, "label"))
         if op == "churn":
+            if ("seconds" in raw) == ("ops" in raw):
+                raise self.fail(where, "give seconds or ops, one of them")
             group = self.string(raw.get("name", "churn"), where, "name")
             names.add(group)
             return Churn(
-                self.number(raw["seconds"], where, "seconds", 0.0, 86400.0),
+                self.number(raw["seconds"], where, "seconds", 0.0, 86400.0)
+                if "seconds" in raw
+                else None,
                 self.number(raw.get("occupancy", 0.5), where, "occupancy", 0.0, 0.95),
                 self.number(raw.get("rate", 20_000), where, "rate", 1.0, 10_000_000.0),
                 group,
+                self.integer(raw["ops"], where, "ops", 1, 10**9) if "ops" in raw else None,
             )
         count = self.integer(raw["count"], where, "count", 1, 1_000_000)
         return Repeat(count, self.steps(raw["steps"], f"{where}.steps", names, depth + 1))
@@ -403,7 +411,9 @@ async def _run_steps(steps: tuple[Step, ...], ctx: WorkloadContext, began: float
         elif isinstance(step, Mark):
             ctx.mark(step.label)
         elif isinstance(step, Churn):
-            await churn_for(ctx, step.occupancy, step.rate, seconds=step.seconds, group=step.name)
+            await churn_for(
+                ctx, step.occupancy, step.rate, seconds=step.seconds, group=step.name, ops=step.ops
+            )
         else:
             for _ in range(step.count):
                 if ctx.stop.is_set():

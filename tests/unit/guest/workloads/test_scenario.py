@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,10 @@ def test_parse_good_scenario() -> None:
         ),
         ('[[steps]]\nop = "sleep"\nseconds = 1\nuntil = 2', "give seconds or until, one of"),
         ('[[steps]]\nop = "sleep"\nuntil = "soon"', "until must be a number"),
+        ('[[steps]]\nop = "churn"', "step[1] (churn): give seconds or ops, one of them"),
+        ('[[steps]]\nop = "churn"\nseconds = 1\nops = 5', "give seconds or ops, one of them"),
+        ('[[steps]]\nop = "churn"\nops = 0', "ops must be an integer in 1..1000000000"),
+        ('[[steps]]\nop = "churn"\nops = 2.5', "ops must be an integer"),
     ],
 )
 def test_bad_scenarios_name_file_step_and_problem(text: str, needle: str) -> None:
@@ -116,6 +121,30 @@ until = 1.2
 op = "mark"
 label = "c"
 """
+
+
+async def test_a_churn_by_count_does_that_many_operations_however_slow_they_are() -> None:
+    # The differential test runs one history on two backends; by time, the one
+    # whose touches cost more did fewer operations and held different memory.
+    # Each operation here costs 1 ms against the churn's 0.1 ms budget (a rate of
+    # 10,000/s): by seconds it would do about a tenth of them; by count, all.
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
+    ctx = WorkloadContext(GuestMemory(mm))
+    alloc, free = ctx.memory.alloc, ctx.memory.free
+
+    def slow_alloc(order: int) -> int:
+        time.sleep(0.001)
+        return alloc(order)
+
+    def slow_free(pfn: int, order: int) -> None:
+        time.sleep(0.001)
+        free(pfn, order)
+
+    ctx.memory.alloc, ctx.memory.free = slow_alloc, slow_free  # type: ignore[method-assign]
+    sc = parse_scenario('[[steps]]\nop = "churn"\nops = 300\nrate = 10000', "c.toml")
+    await run_scenario(sc, ctx)
+    assert ctx.stats.alloc_ops + ctx.stats.free_ops == 300
+    check_invariants(mm)
 
 
 async def test_sleep_until_keeps_the_schedule_from_the_scenarios_start() -> None:
