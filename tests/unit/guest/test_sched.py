@@ -13,6 +13,7 @@ from guest.mm import BuddyAllocator
 from guest.sched import POLL_S, KernelWork
 from guest.workloads.base import WorkloadContext
 from pagehint.config import BARE_MEMORY
+from tests.waiting import wait_for
 
 
 class _SlowMemory(GuestMemory):
@@ -28,6 +29,12 @@ class _SlowMemory(GuestMemory):
 
 def _context(kernel: KernelWork | None) -> WorkloadContext:
     return WorkloadContext(_SlowMemory(BuddyAllocator(64 << 20, model=BARE_MEMORY)), kernel=kernel)
+
+
+async def _in_its_stride(ctx: WorkloadContext) -> None:
+    """Until the workload has done a slice's worth of operations (32: it reads
+    the clock every 32), so that it is past its start."""
+    await wait_for(lambda: ctx.stats.alloc_ops >= 32, 10.0, "the workload to get going")
 
 
 async def _ops_per_worker_await(
@@ -48,7 +55,7 @@ async def test_a_worker_under_way_waits_at_most_one_operation_per_await() -> Non
     kernel = KernelWork()
     ctx = _context(kernel)
     work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))  # 4,096 operations
-    await asyncio.sleep(0.005)  # the workload is in its stride
+    await _in_its_stride(ctx)
     seen = await _ops_per_worker_await(ctx, kernel, 50)
     ctx.stop.set()
     await work
@@ -60,7 +67,7 @@ async def test_without_the_cue_a_worker_waits_behind_a_millisecond_slice() -> No
     kernel = KernelWork()
     ctx = _context(None)
     work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
-    await asyncio.sleep(0.005)
+    await _in_its_stride(ctx)
     seen = await _ops_per_worker_await(ctx, kernel, 50)
     ctx.stop.set()
     await work
@@ -71,7 +78,7 @@ async def test_once_the_work_ends_the_workload_goes_back_to_its_slices() -> None
     kernel = KernelWork()
     ctx = _context(kernel)
     work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
-    await asyncio.sleep(0.005)
+    await _in_its_stride(ctx)
     await _ops_per_worker_await(ctx, kernel, 5)
     seen = []
     for _ in range(20):
@@ -90,7 +97,7 @@ async def test_while_a_report_is_out_the_workload_only_polls() -> None:
     kernel = KernelWork()
     ctx = _context(kernel)
     work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
-    await asyncio.sleep(0.005)
+    await _in_its_stride(ctx)
     seen = await _ops_per_worker_await(ctx, kernel, 50, waiting=True)
     ctx.stop.set()
     await work
