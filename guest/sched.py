@@ -32,33 +32,43 @@ operations instead (a trace replay between its batches of 64 events), so the
 pass waits at most one operation at each of its own awaits. While a report is
 out with the host the kworker sleeps, and 6.1's workload runs at full speed
 beside it; pagehint's loop sees the answer only when it polls, so the workload
-polls every POLL_S of its work: at most a yield's cost, and the answer is taken
-up within about two polls (the workload's turn already queued, then the pass's).
+polls every POLL_S of its work, or HOST_SHARE of the time the host has had the
+report if that is longer (poll_interval): the answer is taken up within about
+two polls (the workload's turn already queued, then the pass's), and a host
+that takes long, or never answers, costs the workload no more than its usual
+slices once the interval reaches them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from time import perf_counter
 
-# Seconds of the workload's work between polls while a report is out. A yield
-# costs 4.5 us on uvloop in a workload's tick (10.9 us on plain asyncio), against
-# 0.8 us for a tick that does not yield (measured here, 2026-12-06): a poll every
-# 100 us costs under 5% (11% on asyncio), where a yield at every operation cost a
-# busy sim workload 23-41% of its operations for as long as the host took. An
-# answer waits at most about 0.2 ms, a fiftieth of the 10 ms at which the
-# reference recordings sample the kernel's returns (bench/reference/linux/record.py).
+# Seconds of the workload's work between polls while a report is out, at least.
+# A yield costs 3-4.5 us on uvloop alone, 7-8.5 us amid a churn's operations (its
+# caches), against 4-9 us for an operation (measured here, 2026-12-06); an answer
+# waits at most about 0.2 ms, a fiftieth of the 10 ms at which the reference
+# recordings sample the kernel's returns (bench/reference/linux/record.py).
 POLL_S = 1e-4
+# ...and at most this share of the time the host has had the report: an answer
+# comes at most 5% later than the host gave it, the band bench/fidelity.py holds
+# every figure to (1 +/- 0.05 of the kernel's). A poll every POLL_S for as long
+# as a stalled host takes cost a busy sim workload 16-19% of its operations
+# (bench_sched); growing with the wait, the polls reach the workload's usual
+# 1 ms slices after 20 ms, so a report out for good costs nothing more.
+HOST_SHARE = 0.05
 
 
 class KernelWork:
     """Whether a policy's worker is under way, and whether it waits on the host."""
 
-    __slots__ = ("_on_begin", "active", "waiting")
+    __slots__ = ("_on_begin", "active", "waiting", "waiting_since")
 
     def __init__(self) -> None:
         self.active = 0  # passes under way
         self.waiting = 0  # reports out with the host (a pass's, or a bare one)
+        self.waiting_since = 0.0  # perf_counter() when the earliest of them went out
         self._on_begin: list[Callable[[], None]] = []
 
     def subscribe(self, on_begin: Callable[[], None]) -> None:
@@ -74,6 +84,11 @@ class KernelWork:
         """A pass under way and not waiting on the host: it goes first."""
         return self.active > self.waiting
 
+    def poll_interval(self, now: float) -> float:
+        """Seconds of work between the workload's polls while a report is out:
+        POLL_S, or HOST_SHARE of the time the host has had it if longer."""
+        return max(POLL_S, HOST_SHARE * (now - self.waiting_since))
+
     @contextmanager
     def running(self) -> Iterator[None]:
         """A pass, from its start to its end."""
@@ -87,7 +102,9 @@ class KernelWork:
 
     @contextmanager
     def waiting_on_host(self) -> Iterator[None]:
-        """A report out with the host: the workload polls every POLL_S meanwhile."""
+        """A report out with the host: the workload polls meanwhile (poll_interval)."""
+        if not self.waiting:
+            self.waiting_since = perf_counter()
         self.waiting += 1
         try:
             for cue in self._on_begin:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from guest.memory import GuestMemory
 from guest.mm.constants import PAGE_SIZE
-from guest.sched import POLL_S, KernelWork
+from guest.sched import KernelWork
 from guest.workloads import share
 from guest.workloads.held import HeldBlocks
 
@@ -61,6 +61,7 @@ class WorkloadContext:
         self._next_check = 1 << CLOCK_SHIFT  # op count at which to look at the clock
         self._next_yield = YIELD_EVERY  # op count at which to yield, at the latest
         self._resumed = time.perf_counter()
+        self._ops_resumed = 0  # the op count at _resumed
         # The policy's worker, which runs ahead of the workload while under way
         # (guest/sched.py): it cues the next operation to look (and yield).
         self._kernel = kernel
@@ -109,7 +110,7 @@ class WorkloadContext:
         # What was waited, not the loop's lateness on top of it (a shared loop wakes
         # sleepers late; that is not the host's fault time).
         self.fault_wait_seconds += min(time.monotonic() - t0, debt)
-        self._resumed = time.perf_counter()
+        self._resume()
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -126,20 +127,40 @@ class WorkloadContext:
         """Every 2**CLOCK_SHIFT operations: yield if YIELD_EVERY have passed since
         the last yield, or YIELD_AFTER_S of work. While the policy's worker is
         under way (guest/sched.py): at every operation while it runs, after
-        POLL_S of work while it waits on the host."""
+        its poll interval of work while it waits on the host (KernelWork.poll_interval)."""
         kernel = self._kernel
         if kernel is not None and kernel.under_way:
             self._next_check = self._ops + 1
-            if kernel.runnable or time.perf_counter() - self._resumed >= POLL_S:
+            if kernel.runnable:
                 await self._yield_now()
+                return
+            now = time.perf_counter()
+            spent = now - self._resumed
+            every = min(YIELD_AFTER_S, kernel.poll_interval(now))
+            if spent >= every:
+                await self._yield_now()
+                return
+            # Not yet: look again about when that will have passed, at the rate of
+            # the operations since the last yield (not at every operation: a
+            # coroutine and a clock read each), and within 2**CLOCK_SHIFT at the
+            # latest.
+            done = self._ops - self._ops_resumed
+            if done > 0 and spent > 0:
+                ahead = int((every - spent) * done / spent)
+                self._next_check += min(max(ahead, 0), (1 << CLOCK_SHIFT) - 1)
             return
         self._next_check = ((self._ops >> CLOCK_SHIFT) + 1) << CLOCK_SHIFT
         if self._ops >= self._next_yield or time.perf_counter() - self._resumed >= YIELD_AFTER_S:
             await self._yield_now()
 
+    def _resume(self) -> None:
+        """The workload's work starts again now (after a yield, a sleep, a wait)."""
+        self._resumed = time.perf_counter()
+        self._ops_resumed = self._ops
+
     async def _yield_now(self) -> None:
         await asyncio.sleep(0)
-        self._resumed = time.perf_counter()
+        self._resume()
         self._next_yield = self._ops + YIELD_EVERY
 
     async def ticks(self, n: int) -> None:
@@ -158,7 +179,7 @@ class WorkloadContext:
             # own await) must not be charged as a whole window of work.
             spent = min(time.perf_counter() - self._resumed, loop_share.window)
             await loop_share.pass_turn(spent)
-            self._resumed = time.perf_counter()
+            self._resume()
         if not self.running.is_set():
             await self._park()
 
@@ -174,7 +195,7 @@ class WorkloadContext:
             return awake and not self.stop.is_set()
         finally:
             # Time asleep is not work: the loop share charges only what runs.
-            self._resumed = time.perf_counter()
+            self._resume()
 
     async def _sleep(self, seconds: float) -> bool:
         if seconds <= 0:

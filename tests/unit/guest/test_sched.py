@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from guest import sched
 from guest.memory import GuestMemory
 from guest.mm import BuddyAllocator
-from guest.sched import POLL_S, KernelWork
+from guest.sched import HOST_SHARE, POLL_S, KernelWork
 from guest.workloads.base import WorkloadContext
 from pagehint.config import BARE_MEMORY
 from tests.waiting import wait_for
@@ -90,10 +93,14 @@ async def test_once_the_work_ends_the_workload_goes_back_to_its_slices() -> None
     assert min(seen[1:]) >= 10, seen
 
 
-async def test_while_a_report_is_out_the_workload_only_polls() -> None:
+async def test_while_a_report_is_out_the_workload_only_polls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """50 us operations: a poll every POLL_S (100 us) is every second or third of
-    them, not every one; the loop still sees an answer within a few."""
+    them, not every one; the loop still sees an answer within a few. (The
+    interval held at POLL_S: HOST_SHARE's growth is the next tests'.)"""
     assert POLL_S == 1e-4
+    monkeypatch.setattr(sched, "HOST_SHARE", 0.0)
     kernel = KernelWork()
     ctx = _context(kernel)
     work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
@@ -103,6 +110,39 @@ async def test_while_a_report_is_out_the_workload_only_polls() -> None:
     await work
     assert max(seen) <= 3, seen  # at most POLL_S and one operation more
     assert sorted(seen)[len(seen) // 2] >= 2, seen  # not at every operation
+
+
+def test_the_poll_interval_grows_with_the_hosts_time() -> None:
+    kernel = KernelWork()
+    with kernel.waiting_on_host():
+        t0 = kernel.waiting_since
+        with kernel.waiting_on_host():  # a second report: the wait is the first's
+            assert kernel.waiting_since == t0
+        assert kernel.poll_interval(t0) == POLL_S
+        assert kernel.poll_interval(t0 + 0.001) == POLL_S
+        assert kernel.poll_interval(t0 + 0.01) == pytest.approx(HOST_SHARE * 0.01)
+        assert kernel.poll_interval(t0 + 1.0) == pytest.approx(HOST_SHARE)
+
+
+async def test_a_host_that_does_not_answer_costs_the_workload_only_its_slices() -> None:
+    """A report out for a second (a stalled or gone host): the workload is back to
+    its 1 ms slices, 20 and more 50 us operations between turns, not a poll
+    every two (which cost a busy workload 16-19% of its operations for as long
+    as the host took: bench_sched)."""
+    kernel = KernelWork()
+    ctx = _context(kernel)
+    work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
+    await _in_its_stride(ctx)
+    with kernel.waiting_on_host():
+        kernel.waiting_since -= 1.0
+        seen = []
+        for _ in range(20):
+            before = ctx.stats.alloc_ops
+            await asyncio.sleep(0)
+            seen.append(ctx.stats.alloc_ops - before)
+    ctx.stop.set()
+    await work
+    assert sorted(seen)[len(seen) // 2] >= 10, seen
 
 
 def test_work_is_under_way_while_any_of_it_is_nested_or_not() -> None:
