@@ -40,18 +40,23 @@ async def _in_its_stride(ctx: WorkloadContext) -> None:
     await wait_for(lambda: ctx.stats.alloc_ops >= 32, 10.0, "the workload to get going")
 
 
+async def _ops_per_await(ctx: WorkloadContext, awaits: int) -> list[int]:
+    """The workload's operations between each two turns of this task."""
+    seen = []
+    for _ in range(awaits):
+        before = ctx.stats.alloc_ops
+        await asyncio.sleep(0)
+        seen.append(ctx.stats.alloc_ops - before)
+    return seen
+
+
 async def _ops_per_worker_await(
     ctx: WorkloadContext, kernel: KernelWork, awaits: int, waiting: bool = False
 ) -> list[int]:
     """The workload's operations between each two turns of a worker under way (or,
     ``waiting``, of one whose report is out with the host)."""
-    seen = []
     with kernel.waiting_on_host() if waiting else kernel.running():
-        for _ in range(awaits):
-            before = ctx.stats.alloc_ops
-            await asyncio.sleep(0)
-            seen.append(ctx.stats.alloc_ops - before)
-    return seen
+        return await _ops_per_await(ctx, awaits)
 
 
 async def test_a_worker_under_way_waits_at_most_one_operation_per_await() -> None:
@@ -83,11 +88,7 @@ async def test_once_the_work_ends_the_workload_goes_back_to_its_slices() -> None
     work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
     await _in_its_stride(ctx)
     await _ops_per_worker_await(ctx, kernel, 5)
-    seen = []
-    for _ in range(20):
-        before = ctx.stats.alloc_ops
-        await asyncio.sleep(0)
-        seen.append(ctx.stats.alloc_ops - before)
+    seen = await _ops_per_await(ctx, 20)
     ctx.stop.set()
     await work
     assert min(seen[1:]) >= 10, seen
@@ -135,11 +136,7 @@ async def test_a_host_that_does_not_answer_costs_the_workload_only_its_slices() 
     await _in_its_stride(ctx)
     with kernel.waiting_on_host():
         kernel.waiting_since -= 1.0
-        seen = []
-        for _ in range(20):
-            before = ctx.stats.alloc_ops
-            await asyncio.sleep(0)
-            seen.append(ctx.stats.alloc_ops - before)
+        seen = await _ops_per_await(ctx, 20)
     ctx.stop.set()
     await work
     assert sorted(seen)[len(seen) // 2] >= 10, seen
