@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from guest.memory import GuestMemory
 from guest.mm.constants import PAGE_SIZE
-from guest.sched import KernelWork
+from guest.sched import POLL_S, KernelWork
 from guest.workloads import share
 from guest.workloads.held import HeldBlocks
 
@@ -127,28 +127,30 @@ class WorkloadContext:
         """Every 2**CLOCK_SHIFT operations: yield if YIELD_EVERY have passed since
         the last yield, or YIELD_AFTER_S of work. While the policy's worker is
         under way (guest/sched.py): at every operation while it runs, after
-        its poll interval of work while it waits on the host (KernelWork.poll_interval)."""
+        POLL_S of work while it waits on the host (unless the host is late)."""
         kernel = self._kernel
         if kernel is not None and kernel.under_way:
-            self._next_check = self._ops + 1
             if kernel.runnable:
+                self._next_check = self._ops + 1
                 await self._yield_now()
                 return
             now = time.perf_counter()
-            spent = now - self._resumed
-            every = min(YIELD_AFTER_S, kernel.poll_interval(now))
-            if spent >= every:
-                await self._yield_now()
+            if not kernel.host_late(now):
+                self._next_check = self._ops + 1
+                spent = now - self._resumed
+                if spent >= POLL_S:
+                    await self._yield_now()
+                    return
+                # Not yet: look again about halfway to POLL_S at the rate of the
+                # operations since the last yield (not at every operation: a
+                # coroutine and a clock read each), within 2**CLOCK_SHIFT at most.
+                done = self._ops - self._ops_resumed
+                if done > 0 and spent > 0:
+                    ahead = int((POLL_S - spent) * done / spent) // 2
+                    self._next_check += min(max(ahead, 0), (1 << CLOCK_SHIFT) - 1)
                 return
-            # Not yet: look again about when that will have passed, at the rate of
-            # the operations since the last yield (not at every operation: a
-            # coroutine and a clock read each), and within 2**CLOCK_SHIFT at the
-            # latest.
-            done = self._ops - self._ops_resumed
-            if done > 0 and spent > 0:
-                ahead = int((every - spent) * done / spent)
-                self._next_check += min(max(ahead, 0), (1 << CLOCK_SHIFT) - 1)
-            return
+            # The host is late (sched.HOST_LATE_S): the usual slices; the pass's
+            # cue still comes when the answer lets it go on.
         self._next_check = ((self._ops >> CLOCK_SHIFT) + 1) << CLOCK_SHIFT
         if self._ops >= self._next_yield or time.perf_counter() - self._resumed >= YIELD_AFTER_S:
             await self._yield_now()
