@@ -59,6 +59,7 @@ ANSWER_S = 0.01
 async def _answering(kernel: KernelWork) -> None:
     while True:
         with kernel.waiting_on_host():
+            kernel.written()  # on the stream at once
             await asyncio.sleep(ANSWER_S)
 
 
@@ -66,6 +67,7 @@ async def _answering(kernel: KernelWork) -> None:
 async def _state(kernel: KernelWork, state: str) -> AsyncIterator[None]:
     if state == "stalled":
         with kernel.waiting_on_host():
+            kernel.written()  # on the stream, and never answered
             yield
     elif state == "running":
         with kernel.running():

@@ -32,13 +32,14 @@ operations instead (a trace replay between its batches of 64 events), so the
 pass waits at most one operation at each of its own awaits. While a report is
 out with the host the kworker sleeps, and 6.1's workload runs at full speed
 beside it; pagehint's loop sees the answer only when it polls, so the workload
-polls every POLL_S of its work while the oldest report out is younger than
-HOST_LATE_S. The answer then reaches the pass within about three polls (the
-stream's reader, the report's task, the pass: each takes a turn of the loop),
-and when the pass can go on (runnable again) the workload is cued to yield at
-its next operation. A report older than that is late by the project's own
-measure of a healthy host, and the workload goes back to its usual slices: a
-host that stalls, or never answers, costs it only the polls of HOST_LATE_S.
+polls every POLL_S of its work until every report out has been with the host
+(written on the stream) for HOST_LATE_S. The answer then reaches the pass
+within about three polls (the stream's reader, the report's task, the pass:
+each takes a turn of the loop), and when the pass can go on (runnable again)
+the workload is cued to yield at its next operation. A report with the host
+longer than that is late by the project's own measure of a healthy host, and
+the workload goes back to its usual slices: a host that stalls, or never
+answers, costs it only the polls of HOST_LATE_S.
 (v10's worker spins on the host's answer, holding its CPU; pagehint's lets the
 workload run beside it, kinder to the workload than v10 was.)
 """
@@ -70,7 +71,7 @@ class KernelWork:
 
     def __init__(self) -> None:
         self.active = 0  # passes under way
-        self._out: list[float] = []  # perf_counter() at each report out with the host
+        self._out: list[_Report] = []  # reports out with the host, oldest first
         self._on_begin: list[Callable[[], None]] = []
 
     def subscribe(self, on_begin: Callable[[], None]) -> None:
@@ -92,9 +93,25 @@ class KernelWork:
         """A pass under way and not waiting on the host: it goes first."""
         return self.active > len(self._out)
 
+    def written(self) -> None:
+        """The oldest report not yet on the wire now is (the device calls this as it
+        writes a chain): the host has it, and its clock for HOST_LATE_S starts."""
+        for report in self._out:
+            if report.written_at is None:
+                report.written_at = perf_counter()
+                return
+
     def host_late(self, now: float) -> bool:
-        """The oldest report out has been out longer than HOST_LATE_S."""
-        return bool(self._out) and now - min(self._out) > HOST_LATE_S
+        """Every report out is with the host, the oldest for over HOST_LATE_S. Not
+        while one is still being written: the guest's own send (behind its
+        touches on the stream) is the kick, the kworker's work, and polls keep
+        it going. A device that never says (an in-process one) is never late."""
+        oldest = now
+        for report in self._out:
+            if report.written_at is None:
+                return False
+            oldest = min(oldest, report.written_at)
+        return now - oldest > HOST_LATE_S
 
     def _cue(self) -> None:
         for cue in self._on_begin:
@@ -114,12 +131,19 @@ class KernelWork:
     def waiting_on_host(self) -> Iterator[None]:
         """A report out with the host: the workload polls meanwhile (POLL_S), and
         is cued when the pass can go on (the kworker woken by the answer)."""
-        sent = perf_counter()
-        self._out.append(sent)
+        report = _Report()
+        self._out.append(report)
         try:
             self._cue()
             yield
         finally:
-            self._out.remove(sent)
+            self._out.remove(report)
             if self.runnable:
                 self._cue()
+
+
+class _Report:
+    __slots__ = ("written_at",)
+
+    def __init__(self) -> None:
+        self.written_at: float | None = None  # perf_counter() once on the wire

@@ -228,6 +228,7 @@ def _wire(rt: GuestRuntime, driver: BalloonDriver | None, ram: SharedRam | None)
             lambda e: setattr(rt, "oom_killed", rt.oom_killed or isinstance(e, OomKilled))
         )
         connected.view.epoch = rt.started
+        connected.on_chain_written = rt.policy.kernel_work.written
         rt.host = DriverReadings(connected, ram)
     # What the guest's kernel allocated before any listener was there (the boot
     # layout: reserved ranges, boot's slab and tables): written, as a booted

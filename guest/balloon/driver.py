@@ -101,6 +101,9 @@ class BalloonDriver:
         # Ranges per chain: the host's (its answer's max_chain_ranges), as a
         # virtqueue's size is the device's; 0 until the first session.
         self.capacity = 0
+        # Told as each chain goes on the stream (the policy's KernelWork.written:
+        # from then on the host has it, and the guest's own send is done).
+        self.on_chain_written: Callable[[], None] | None = None
         self.window = ChainWindow()
         self.conn = Connection(
             transport if transport is not None else default_transport(cfg),
@@ -163,7 +166,11 @@ class BalloonDriver:
         pfns, orders = _columns(sent)
         try:
             chain, used = await self.link.send_answered(
-                self.window, sent, orders, lambda chain_id: ChainMsg(chain_id, pfns, orders)
+                self.window,
+                sent,
+                orders,
+                lambda chain_id: ChainMsg(chain_id, pfns, orders),
+                on_written=self.on_chain_written,
             )
         except TransportError:
             raise ReportError(f"host {self.address} unavailable", reason="unavailable") from None

@@ -90,11 +90,13 @@ class TouchLink:
         batch: Sequence[Block],
         orders: Sequence[int],
         make: Callable[[int], GuestMsg],
+        on_written: Callable[[], None] | None = None,
     ) -> tuple[Outstanding, UsedMsg]:
         """One message the host answers by id (a chain, balloon pages): a slot in the
         ring, written after the touches queued before it, outstanding until answered
-        or fenced. TransportError only when not connected (a write that fails may or
-        may not have reached the host: only a fence can tell)."""
+        or fenced; ``on_written`` is called once it is on the stream. TransportError
+        only when not connected (a write that fails may or may not have reached the
+        host: only a fence can tell)."""
         async with window.slots:
             stream, session = self.conn.stream, self.conn.session
             if stream is None or not self.conn.connected.is_set():
@@ -108,6 +110,8 @@ class TouchLink:
                         # now are the new session's), and the fence settles ``out``.
                         if stream is self.conn.stream:
                             await self._write_after_touches(stream, make(out.id))
+                            if on_written is not None:
+                                on_written()
                 except TransportError as e:
                     self.conn.lost(stream, str(e))
                 return out, await out.future

@@ -115,21 +115,28 @@ async def test_while_a_report_is_out_the_workload_only_polls(
     assert sorted(seen)[len(seen) // 2] >= 2, seen  # not at every operation
 
 
-def test_a_report_is_late_once_the_oldest_out_is_older_than_host_late_s() -> None:
+def test_a_report_is_late_once_every_one_out_has_been_with_the_host_host_late_s() -> None:
     kernel = KernelWork()
+    far = HOST_LATE_S + 0.01
     assert not kernel.host_late(time.perf_counter() + 3600)  # nothing out
     with contextlib.ExitStack() as a:
         a.enter_context(kernel.waiting_on_host())
+        # Not yet written (the guest's own send, behind its touches): never late.
+        assert not kernel.host_late(time.perf_counter() + 3600)
+        kernel.written()
         first = time.perf_counter()
+        assert kernel.host_late(first + far)
         with contextlib.ExitStack() as b:
             b.enter_context(kernel.waiting_on_host())
             assert kernel.waiting == 2
-            assert kernel.host_late(first + HOST_LATE_S + 0.01)
+            assert not kernel.host_late(first + far)  # the second is still being sent
+            kernel.written()
+            assert kernel.host_late(first + far)  # the oldest with the host is late
             a.close()  # the first is answered before the second: not nested
             assert kernel.waiting == 1
-            # The oldest still out is the second: not late by the first's clock.
+            # What is out now is the second: not late by the first's clock.
             assert not kernel.host_late(first + HOST_LATE_S)
-            assert kernel.host_late(time.perf_counter() + HOST_LATE_S + 0.01)
+            assert kernel.host_late(time.perf_counter() + far)
         assert not kernel.under_way
 
 
@@ -143,6 +150,7 @@ async def test_a_host_that_is_late_costs_the_workload_only_its_slices() -> None:
     work = asyncio.create_task(ctx.alloc_bytes("x", 16 << 20, 0))
     await _in_its_stride(ctx)
     with kernel.waiting_on_host():
+        kernel.written()
         await wait_for(lambda: kernel.host_late(time.perf_counter()), 10.0, "the host late")
         seen = await _ops_per_await(ctx, 20)
     ctx.stop.set()

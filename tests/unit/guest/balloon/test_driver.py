@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,6 +13,7 @@ from guest.balloon.connection import NegotiationRefused
 from guest.hinting.device import ReportError
 from guest.hinting.registry import make_policy
 from guest.mm import MAX_ORDER, BuddyAllocator
+from guest.sched import HOST_LATE_S, KernelWork
 from pagehint.config import BARE_MEMORY, GuestConfig, HintingConfig
 from pagehint.errors import UsageError
 from tests.blocks import isolated_block
@@ -54,6 +56,25 @@ async def test_done(setup: tuple[FakeHost, BalloonDriver, BuddyAllocator, list[s
     await driver.report([isolated_block(mm)])
     assert host.device.metrics.chains == 1
     assert driver.view.acked_pages_this_host == 1 << MAX_ORDER
+
+
+async def test_the_policys_kernel_work_hears_when_the_chain_is_on_the_stream(
+    setup: tuple[FakeHost, BalloonDriver, BuddyAllocator, list[str]],
+) -> None:
+    # HOST_LATE_S counts from the write: the guest's own send (behind its touches)
+    # is not the host being late.
+    host, driver, mm, _ = setup
+    host.hold = True
+    kernel = KernelWork()
+    driver.on_chain_written = kernel.written
+    with kernel.waiting_on_host():
+        assert not kernel.host_late(time.perf_counter() + 3600)
+        report = asyncio.create_task(driver.report([isolated_block(mm)]))
+        late = HOST_LATE_S + 0.01
+        await wait_for(lambda: kernel.host_late(time.perf_counter() + late), 5.0, "the write")
+        host.release()
+        await asyncio.wait_for(report, 5.0)
+    assert host.device.metrics.chains == 1
 
 
 async def test_a_refused_chain_fails_alone_and_the_stream_survives(
