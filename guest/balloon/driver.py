@@ -41,7 +41,7 @@ from guest.balloon.host_view import HostView
 from guest.balloon.inflation import GuestBalloon
 from guest.balloon.migration import MigrationAgent
 from guest.balloon.queue_socket import QueueSocketTransport
-from guest.balloon.touch_link import TouchLink
+from guest.balloon.touch_link import TouchLink, nothing
 from guest.balloon.transport import (
     GrpcTransport,
     NegotiationRefused,
@@ -76,6 +76,11 @@ def _columns(batch: Sequence[Block]) -> tuple[Sequence[int], Sequence[int]]:
     return pfns, orders
 
 
+def _chain(pfns: Sequence[int], orders: Sequence[int]) -> Callable[[int], ChainMsg]:
+    """The chain's message, once its id is known."""
+    return lambda chain_id: ChainMsg(chain_id, pfns, orders)
+
+
 def default_transport(cfg: GuestConfig) -> Transport:
     """gRPC to --host; with --queue-socket, the streams on that socket."""
     assert cfg.host is not None
@@ -101,9 +106,7 @@ class BalloonDriver:
         # Ranges per chain: the host's (its answer's max_chain_ranges), as a
         # virtqueue's size is the device's; 0 until the first session.
         self.capacity = 0
-        # Told as each chain goes on the stream (the policy's KernelWork.written:
-        # from then on the host has it, and the guest's own send is done).
-        self.on_chain_written: Callable[[], None] | None = None
+        self.on_chain_written: Callable[[], None] = nothing  # KernelWork.written: host has it
         self.window = ChainWindow()
         self.conn = Connection(
             transport if transport is not None else default_transport(cfg),
@@ -166,11 +169,7 @@ class BalloonDriver:
         pfns, orders = _columns(sent)
         try:
             chain, used = await self.link.send_answered(
-                self.window,
-                sent,
-                orders,
-                lambda chain_id: ChainMsg(chain_id, pfns, orders),
-                on_written=self.on_chain_written,
+                self.window, sent, orders, _chain(pfns, orders), self.on_chain_written
             )
         except TransportError:
             raise ReportError(f"host {self.address} unavailable", reason="unavailable") from None

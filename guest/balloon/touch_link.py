@@ -44,6 +44,10 @@ from virtqueue.contract import (
 )
 
 
+def nothing() -> None:
+    """A callback that does nothing (the default of one)."""
+
+
 class TouchLink:
     def __init__(
         self, conn: Connection, mm: BuddyAllocator, *, batch: int, flush_seconds: float
@@ -63,8 +67,7 @@ class TouchLink:
         self.carry = False
         self.host_memory_seen = False  # any session had it: the summary's fault figures
         self.gated = False  # shm with host_memory: accesses wait for their touches
-        self.major_faults = 0  # summed over Notices: swap-ins the host did for us
-        self.minor_faults = 0
+        self.major_faults = self.minor_faults = 0  # summed over Notices (major: swap-ins)
         self.fault_delay_seconds = 0.0  # what Notices told the workload to wait
         self.on_fault_delay: list[Callable[[float], None]] = []
         self.on_settled: list[Callable[[int], None]] = []  # with the runs now settled
@@ -90,13 +93,12 @@ class TouchLink:
         batch: Sequence[Block],
         orders: Sequence[int],
         make: Callable[[int], GuestMsg],
-        on_written: Callable[[], None] | None = None,
+        on_written: Callable[[], None] = nothing,
     ) -> tuple[Outstanding, UsedMsg]:
         """One message the host answers by id (a chain, balloon pages): a slot in the
-        ring, written after the touches queued before it, outstanding until answered
-        or fenced; ``on_written`` is called once it is on the stream. TransportError
-        only when not connected (a write that fails may or may not have reached the
-        host: only a fence can tell)."""
+        ring, written after the touches queued before it (then ``on_written``), out
+        until answered or fenced. TransportError only when not connected (a write
+        that fails may or may not have reached the host: only a fence can tell)."""
         async with window.slots:
             stream, session = self.conn.stream, self.conn.session
             if stream is None or not self.conn.connected.is_set():
@@ -110,8 +112,7 @@ class TouchLink:
                         # now are the new session's), and the fence settles ``out``.
                         if stream is self.conn.stream:
                             await self._write_after_touches(stream, make(out.id))
-                            if on_written is not None:
-                                on_written()
+                            on_written()
                 except TransportError as e:
                     self.conn.lost(stream, str(e))
                 return out, await out.future
