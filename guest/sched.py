@@ -56,11 +56,12 @@ from time import perf_counter
 # waits about three polls, 0.3 ms, a thirtieth of the 10 ms at which the
 # reference recordings sample the kernel's returns (bench/reference/linux/record.py).
 POLL_S = 1e-4
-# A report out longer than this is late: the load test's goal for a healthy host,
-# ack p99 <= 50 ms with 256 guests (issue 27, bench/bench_loadtest.py P99_GOAL_MS).
-# Polling every POLL_S for as long as a stalled host took cost a busy sim
-# workload 16-19% of its operations (bench_sched, measured 2026-12-06); past
-# this, its usual 1 ms slices, which take up a late answer within a few ms.
+# A report with the host (on the stream) longer than this is late: the load
+# test's goal for a healthy host, ack p99 <= 50 ms with 256 guests (issue 27,
+# bench/bench_loadtest.py P99_GOAL_MS). Polling every POLL_S for as long as a
+# stalled host took cost a busy sim workload 16-19% of its operations
+# (bench_sched, measured 2026-12-06); past this, its usual 1 ms slices, which
+# take up a late answer within a few ms.
 HOST_LATE_S = 0.05
 
 
