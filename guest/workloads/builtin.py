@@ -63,7 +63,9 @@ async def churn_for(
     held = ctx.groups.setdefault(group, HeldBlocks())
     held_pages = held.pages()
     rng = ctx.rng
-    tick = 0.01  # do a slice of the work every 10 ms
+    # A slice of the work every 10 ms, or every operation's share of a second at
+    # rates under 100/s (a slice of one operation every 10 ms would be 100/s).
+    tick = max(0.01, 1.0 / ops_per_second)
     per_tick = max(1, int(ops_per_second * tick))
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -98,6 +100,8 @@ async def churn_for(
                     held_pages += 1 << order
             # A slice at a high --rate is long: on a shared loop it takes turns too.
             await ctx.tick()
+        if left is not None and left <= 0:
+            break  # done: no wait for a next slice that will not come
         spent = loop.time() - slice_start
         await ctx.sleep(max(0.0, tick - spent))
     if not held:

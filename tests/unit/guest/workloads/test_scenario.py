@@ -147,6 +147,30 @@ async def test_a_churn_by_count_does_that_many_operations_however_slow_they_are(
     check_invariants(mm)
 
 
+@pytest.mark.parametrize(
+    ("text", "least", "most"),
+    [
+        # 3 operations at 20/s: two waits of 50 ms between them, none after.
+        ('[[steps]]\nop = "churn"\nops = 3\nrate = 20', 0.09, 1.0),
+        # 50 churns of one operation: no 10 ms wait after each (that was 0.5 s).
+        (
+            '[[steps]]\nop = "repeat"\ncount = 50\nsteps = [{op = "churn", ops = 1}]',
+            0.0,
+            0.4,
+        ),
+    ],
+)
+async def test_a_churn_keeps_its_rate_and_ends_with_its_last_operation(
+    text: str, least: float, most: float
+) -> None:
+    mm = BuddyAllocator(64 << 20, model=BARE_MEMORY)
+    ctx = WorkloadContext(GuestMemory(mm))
+    t0 = time.monotonic()
+    await run_scenario(parse_scenario(text, "c.toml"), ctx)
+    assert least <= time.monotonic() - t0 < most
+    check_invariants(mm)
+
+
 async def test_sleep_until_keeps_the_schedule_from_the_scenarios_start() -> None:
     # A recorded history's steps fall at its times after the start, however long
     # the steps before them took; a time already past is no wait at all. (Bounds
