@@ -102,8 +102,11 @@ async def churn_for(
             await ctx.tick()
         if left is not None and left <= 0:
             break  # done: no wait for a next slice that will not come
-        spent = loop.time() - slice_start
-        await ctx.sleep(max(0.0, tick - spent))
+        now = loop.time()
+        wait = tick - (now - slice_start)
+        if seconds is not None:  # a slow rate's long tick still ends on time
+            wait = min(wait, start + seconds - now)
+        await ctx.sleep(max(0.0, wait))
     if not held:
         ctx.groups.pop(group, None)
 

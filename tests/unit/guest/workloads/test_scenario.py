@@ -152,6 +152,8 @@ async def test_a_churn_by_count_does_that_many_operations_however_slow_they_are(
     [
         # 3 operations at 20/s: two waits of 50 ms between them, none after.
         ('[[steps]]\nop = "churn"\nops = 3\nrate = 20', 0.09, 1.0),
+        # 0.3 s at 2/s: the second operation's wait is cut to the churn's end.
+        ('[[steps]]\nop = "churn"\nseconds = 0.3\nrate = 2', 0.25, 0.45),
         # 50 churns of one operation: no 10 ms wait after each (that was 0.5 s).
         (
             '[[steps]]\nop = "repeat"\ncount = 50\nsteps = [{op = "churn", ops = 1}]',
