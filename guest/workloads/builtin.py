@@ -62,7 +62,6 @@ async def churn_for(
     target_pages = int(mm.nr_pages * occupancy)
     held = ctx.groups.setdefault(group, HeldBlocks())
     held_pages = held.pages()
-    rng = ctx.rng
     # A slice of the work every 10 ms, or every operation's share of a second at
     # rates under 100/s (a slice of one operation every 10 ms would be 100/s).
     tick = max(0.01, 1.0 / ops_per_second)
@@ -82,22 +81,7 @@ async def churn_for(
             if left is not None:
                 left -= 1
             await ctx.unpaused()
-            # Drift toward the target: allocate more often when below it.
-            p_alloc = 0.5 + 0.5 * (target_pages - held_pages) / max(1, target_pages)
-            if held and rng.random() >= p_alloc:
-                pfn, order = held.take(rng.randrange(len(held)))
-                ctx.memory.free(pfn, order)
-                ctx.stats.free_ops += 1
-                held_pages -= 1 << order
-            else:
-                order = rng.randint(0, max_order)
-                pfn = ctx.memory.alloc(order)
-                ctx.stats.alloc_ops += 1
-                if pfn < 0:
-                    ctx.stats.alloc_failures += 1
-                else:
-                    held.append(pfn, order)
-                    held_pages += 1 << order
+            held_pages += _churn_once(ctx, held, held_pages, target_pages, max_order)
             # A slice at a high --rate is long: on a shared loop it takes turns too.
             await ctx.tick()
         if left is not None and left <= 0:
@@ -109,6 +93,28 @@ async def churn_for(
         await ctx.sleep(max(0.0, wait))
     if not held:
         ctx.groups.pop(group, None)
+
+
+def _churn_once(
+    ctx: WorkloadContext, held: HeldBlocks, held_pages: int, target_pages: int, max_order: int
+) -> int:
+    """One operation of a churn, drifting toward its target (allocating more often
+    when below it); the change in the pages it holds."""
+    rng = ctx.rng
+    p_alloc = 0.5 + 0.5 * (target_pages - held_pages) / max(1, target_pages)
+    if held and rng.random() >= p_alloc:
+        pfn, order = held.take(rng.randrange(len(held)))
+        ctx.memory.free(pfn, order)
+        ctx.stats.free_ops += 1
+        return -(1 << order)
+    order = rng.randint(0, max_order)
+    pfn = ctx.memory.alloc(order)
+    ctx.stats.alloc_ops += 1
+    if pfn < 0:
+        ctx.stats.alloc_failures += 1
+        return 0
+    held.append(pfn, order)
+    return 1 << order
 
 
 async def fragment(ctx: WorkloadContext, p: WorkloadParams) -> None:
