@@ -108,13 +108,7 @@ def _churn_once(
         ctx.stats.free_ops += 1
         return -(1 << order)
     order = rng.randint(0, max_order)
-    pfn = ctx.memory.alloc(order)
-    ctx.stats.alloc_ops += 1
-    if pfn < 0:
-        ctx.stats.alloc_failures += 1
-        return 0
-    held.append(pfn, order)
-    return 1 << order
+    return ctx.alloc_into(held, order) << order
 
 
 async def fragment(ctx: WorkloadContext, p: WorkloadParams) -> None:
